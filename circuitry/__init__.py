@@ -1,0 +1,58 @@
+"""circuitry: circuit breakers for Python that remember.
+
+.. code-block:: python
+
+    from circuitry import circuit, CircuitOpenError
+
+    @circuit("payment_api", failure_threshold=5, recovery_timeout=60, on=(TimeoutError, ConnectionError))
+    async def charge(card, amount): ...
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from circuitry._clock import Clock, SystemClock
+from circuitry._core import BreakerStats, CircuitBreaker, Permit
+from circuitry._faces import Circuit, circuit
+from circuitry._policy import Policy
+from circuitry._registry import Registry, default_registry, set_default_registry
+from circuitry._state import CircuitState
+from circuitry.events import Event, EventKind, Hook, StructlogHook
+from circuitry.exceptions import (
+    CircuitBreakerError,
+    CircuitOpenError,
+    ConfigurationError,
+    RegistryConflictError,
+)
+
+__all__ = [
+    "BreakerStats",
+    "Circuit",
+    "CircuitBreaker",
+    "CircuitBreakerError",
+    "CircuitOpenError",
+    "CircuitState",
+    "Clock",
+    "ConfigurationError",
+    "Event",
+    "EventKind",
+    "Hook",
+    "Permit",
+    "Policy",
+    "Registry",
+    "RegistryConflictError",
+    "StructlogHook",
+    "SystemClock",
+    "circuit",
+    "default_registry",
+    "set_default_registry",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import version
+
+        return version("circuitry")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

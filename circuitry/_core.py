@@ -1,0 +1,635 @@
+"""The breaker: a pure, synchronous state machine.
+
+No I/O, no awaiting, no user code under the lock. :meth:`CircuitBreaker.admit` hands out a permit
+and :meth:`CircuitBreaker.record_success` (and friends) report how the call went; the faces in
+:mod:`circuitry._calls` drive these for functions, coroutines, generators and ``with`` blocks.
+
+The hot path — a closed breaker with only the consecutive-failure rule — takes no lock at all: the
+permit is the generation number (``_fast``), a success is one atomic counter increment, and the lock
+is taken only when there is state to change (a failure, or a success that ends a run of failures).
+Counters are :func:`itertools.count` objects, whose ``next()`` is atomic under the GIL, so totals
+stay exact under any number of threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from circuitry import _calls
+from circuitry._clock import SYSTEM_CLOCK, Clock
+from circuitry._policy import MAX_DURATION, Policy
+from circuitry._state import CircuitState
+from circuitry._window import CountWindow, TimeWindow
+from circuitry.events import Dispatcher, Event, EventKind
+from circuitry.exceptions import CircuitOpenError, ConfigurationError
+
+__all__ = ["BreakerStats", "CircuitBreaker", "Permit", "validate_name"]
+
+CLOSED: Final = CircuitState.CLOSED
+OPEN: Final = CircuitState.OPEN
+HALF_OPEN: Final = CircuitState.HALF_OPEN
+FORCED_OPEN: Final = CircuitState.FORCED_OPEN
+DISABLED: Final = CircuitState.DISABLED
+
+_MESSAGE_LIMIT: Final = 500
+MAX_NAME_LENGTH: Final = 200
+
+
+def validate_name(name: object) -> str:
+    """A breaker name: a non-empty ``str`` of at most 200 characters, no control characters."""
+    if not isinstance(name, str):
+        raise ConfigurationError(f"name must be a str, got {name!r} ({type(name).__name__})")
+    if not name or len(name) > MAX_NAME_LENGTH:
+        raise ConfigurationError(f"name must be 1 to {MAX_NAME_LENGTH} characters, got {len(name)}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ConfigurationError(f"name must not contain control characters, got {name!r}")
+    return name
+
+
+def _count_value(counter: itertools.count[int]) -> int:
+    # itertools.count has no public read; its repr is stable ("count(5)") across supported versions.
+    return int(repr(counter)[6:-1])
+
+
+class Permit:
+    """An admission that is not the plain closed-state one: a half-open probe, a call a
+    metrics-only breaker would have rejected (``shadow``), or a call through a disabled breaker.
+
+    Plain closed-state admissions are represented by the bare generation number (an ``int``) inside
+    circuitry; :meth:`CircuitBreaker.admit` wraps those too, for code that drives a breaker by hand.
+    """
+
+    __slots__ = ("generation", "probe", "shadow")
+
+    def __init__(self, generation: int, probe: int | None = None, shadow: bool = False) -> None:
+        self.generation = generation
+        self.probe = probe
+        self.shadow = shadow
+
+    def __repr__(self) -> str:
+        return f"Permit(generation={self.generation}, probe={self.probe}, shadow={self.shadow})"
+
+
+Token = int | Permit
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStats:
+    """A consistent snapshot of a breaker's counters and state.
+
+    ``successes + failures + ignored + rejected + cancelled`` is every call ever attempted.
+    """
+
+    name: str
+    state: CircuitState
+    generation: int
+    consecutive_failures: int
+    successes: int
+    failures: int
+    ignored: int
+    rejected: int
+    cancelled: int
+    would_reject: int
+    opened_at: float | None
+    retry_after: float | None
+    probes_in_flight: int
+    last_failure_at: float | None
+
+    @property
+    def calls(self) -> int:
+        return self.successes + self.failures + self.ignored + self.rejected + self.cancelled
+
+
+class CircuitBreaker:
+    """One named circuit.
+
+    Usually obtained from a registry (``circuit("name").breaker`` or ``registry.get("name")``); it can
+    also be built standalone: ``CircuitBreaker("payments", failure_threshold=3)``.
+
+    Args:
+        name: The circuit's name (1–200 characters, no control characters).
+        policy: A :class:`Policy`; or give its fields as keyword arguments.
+        clock: Where time comes from (default: the system's monotonic and wall clocks).
+        dispatcher: Where events go (registries pass theirs; standalone breakers emit to nobody).
+        rng: Random source for jitter (inject a seeded ``random.Random`` in tests).
+
+    .. versionadded:: 0.1.0
+    """
+
+    __slots__ = (
+        "__weakref__", "_classify", "_consecutive", "_dispatch", "_enforce", "_fast", "_gen",
+        "_last_failure_at", "_lock", "_n_cancel", "_n_fail", "_n_ign", "_n_ok", "_n_rej",
+        "_n_shadow", "_now", "_open_for", "_open_until", "_opened_at", "_policy", "_probe_ok",
+        "_probe_seq", "_probes", "_reopens", "_rng", "_shared", "_state", "_timed", "_wall",
+        "_window", "clock", "name",
+    )
+
+    def __init__(self, name: str, policy: Policy | None = None, *, clock: Clock | None = None,
+                 dispatcher: Dispatcher | None = None, rng: random.Random | None = None,
+                 **policy_kwargs: Any) -> None:
+        self.name = validate_name(name)
+        if policy is None:
+            policy = Policy.from_kwargs(policy_kwargs)
+        elif policy_kwargs:
+            raise ConfigurationError("give a Policy or keyword arguments, not both")
+        elif not isinstance(policy, Policy):
+            raise ConfigurationError(f"policy must be a Policy, got {policy!r}")
+        clock = SYSTEM_CLOCK if clock is None else clock
+        if not (callable(getattr(clock, "monotonic", None)) and callable(getattr(clock, "time", None))):
+            raise ConfigurationError(f"clock must have monotonic() and time() methods, got {clock!r}")
+        self.clock = clock
+        self._now: Callable[[], float] = clock.monotonic
+        self._wall: Callable[[], float] = clock.time
+        self._dispatch = dispatcher if dispatcher is not None else Dispatcher()
+        self._rng = rng if rng is not None else random.Random()
+        self._lock = threading.Lock()
+        self._n_ok = itertools.count()
+        self._n_fail = itertools.count()
+        self._n_ign = itertools.count()
+        self._n_rej = itertools.count()
+        self._n_cancel = itertools.count()
+        self._n_shadow = itertools.count()
+        self._state = CLOSED
+        self._gen = 0
+        self._enforce = True
+        self._consecutive = 0
+        self._opened_at: float | None = None
+        self._open_until = 0.0
+        self._open_for = 0.0
+        self._reopens = 0
+        self._probes: dict[int, float] = {}
+        self._probe_seq = 0
+        self._probe_ok = 0
+        self._last_failure_at: float | None = None
+        self._shared: Any = None  # the store's link, when persistence is attached
+        self._apply_policy(policy)
+
+    # -- configuration ------------------------------------------------------------------------------
+
+    def _apply_policy(self, policy: Policy) -> None:
+        self._policy = policy
+        self._classify = policy.is_failure()
+        self._timed = policy.timed
+        self._window = self._new_window()
+        self._update_fast()
+
+    def _new_window(self) -> CountWindow | TimeWindow | None:
+        p = self._policy
+        if p.window_size is not None:
+            return CountWindow(p.window_size)
+        if p.window_duration is not None:
+            return TimeWindow(p.window_duration)
+        return None
+
+    def _update_fast(self) -> None:
+        # The lock-free path serves a closed breaker whose only rule is consecutive failures.
+        lean = self._window is None and self._policy.result_is_failure is None
+        self._fast = self._gen if (self._state is CLOSED and lean) else -1
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    def reconfigure(self, policy: Policy) -> None:
+        """Replace the policy; counts and windows start over, the state is kept."""
+        with self._lock:
+            self._gen += 1
+            self._consecutive = 0
+            self._apply_policy(policy)
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> CircuitState:
+        """The current state. An open circuit whose period has ended reads (and becomes) half-open."""
+        if self._state is OPEN and self._now() >= self._open_until:
+            events: list[Event] = []
+            with self._lock:
+                if self._state is OPEN and self._now() >= self._open_until:
+                    self._to(HALF_OPEN, "recovery_timeout", self._now(), events)
+            self._emit(events)
+        return self._state
+
+    @property
+    def generation(self) -> int:
+        return self._gen
+
+    @property
+    def metrics_only(self) -> bool:
+        """True when the breaker records and transitions but never refuses a call."""
+        return not self._enforce
+
+    def stats(self) -> BreakerStats:
+        """A snapshot of the counters and state."""
+        state = self.state
+        with self._lock:
+            now = self._now()
+            if self._state is OPEN:
+                retry: float | None = max(0.0, self._open_until - now)
+            elif self._state is FORCED_OPEN:
+                retry = None
+            else:
+                retry = 0.0
+            return BreakerStats(
+                name=self.name, state=state, generation=self._gen,
+                consecutive_failures=self._consecutive,
+                successes=_count_value(self._n_ok), failures=_count_value(self._n_fail),
+                ignored=_count_value(self._n_ign), rejected=_count_value(self._n_rej),
+                cancelled=_count_value(self._n_cancel), would_reject=_count_value(self._n_shadow),
+                opened_at=self._opened_at, retry_after=retry,
+                probes_in_flight=sum(1 for exp in self._probes.values() if exp > now),
+                last_failure_at=self._last_failure_at,
+            )
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self.name!r} {self._state.value} generation={self._gen}>"
+
+    # -- calling ------------------------------------------------------------------------------------
+
+    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn(*args, **kwargs)`` through this breaker.
+
+        For a plain callable, returns its result. For an ``async`` callable (anything returning an
+        awaitable), returns an awaitable: ``await breaker.call(fetch, url)``; its outcome is recorded
+        when it completes. Refused calls raise :class:`CircuitOpenError`.
+        """
+        return _calls.call_through(self, fn, args, kwargs)
+
+    # -- admission ----------------------------------------------------------------------------------
+
+    def admit(self) -> Permit:
+        """Ask to make a call. Raises :class:`CircuitOpenError` if refused.
+
+        Every permit must be reported exactly once with :meth:`record_success`,
+        :meth:`record_failure`, :meth:`record_ignored` or :meth:`release`.
+        """
+        token = self._acquire()
+        return Permit(token) if type(token) is int else token  # type: ignore[return-value]
+
+    def _acquire(self) -> Token:
+        fast = self._fast
+        if fast >= 0:
+            return fast
+        return self._acquire_slow()
+
+    def _acquire_slow(self) -> Token:
+        # Lock-free rejection while open: an outage is exactly when calls arrive fastest.
+        if self._state is OPEN and self._enforce:
+            now = self._now()
+            until = self._open_until
+            if now < until:
+                raise self._reject(CircuitState.OPEN, until - now, "open")
+        events: list[Event] = []
+        with self._lock:
+            got = self._acquire_locked(events)
+        if events:
+            self._emit(events)
+        if type(got) is tuple:  # refused: hooks run and the error is built outside the lock
+            raise self._reject(*got)
+        return got  # type: ignore[return-value]
+
+    def _acquire_locked(self, events: list[Event]) -> Token | tuple[CircuitState, float | None, str]:
+        state = self._state
+        if state is CLOSED:
+            return self._gen
+        if state is DISABLED:
+            return Permit(self._gen)
+        now = self._now()
+        if state is FORCED_OPEN:
+            if self._enforce:
+                return (FORCED_OPEN, None, "forced_open")
+            next(self._n_shadow)
+            return Permit(self._gen, shadow=True)
+        if state is OPEN:
+            if now < self._open_until:
+                if self._enforce:
+                    return (OPEN, self._open_until - now, "open")
+                next(self._n_shadow)
+                return Permit(self._gen, shadow=True)
+            self._to(HALF_OPEN, "recovery_timeout", now, events)
+        # half-open: hand out probe permits, reclaiming those whose lease ran out
+        probes = self._probes
+        if len(probes) >= self._policy.half_open_max_calls:
+            for pid in [pid for pid, exp in probes.items() if exp <= now]:
+                del probes[pid]
+        if len(probes) >= self._policy.half_open_max_calls:
+            if self._enforce:
+                return (HALF_OPEN, max(0.0, min(probes.values()) - now), "probes_taken")
+            next(self._n_shadow)
+            return Permit(self._gen, shadow=True)
+        shared = self._shared
+        if shared is not None and not shared.acquire_probe(self, now):
+            return (HALF_OPEN, self._policy.effective_probe_timeout, "probes_taken")
+        self._probe_seq += 1
+        probes[self._probe_seq] = now + self._policy.effective_probe_timeout
+        return Permit(self._gen, probe=self._probe_seq)
+
+    def _reject(self, state: CircuitState, retry_after: float | None, reason: str) -> CircuitOpenError:
+        next(self._n_rej)
+        hooks = self._dispatch.rejection
+        if hooks:
+            self._dispatch.emit(hooks, Event(
+                EventKind.REJECTION, self.name, self._wall(), self._gen, state, reason=reason))
+        return CircuitOpenError(self.name, state.value, self._opened_at, retry_after)
+
+    # -- outcomes -----------------------------------------------------------------------------------
+
+    def record_success(self, permit: Token, duration: float | None = None) -> None:
+        """Report that an admitted call succeeded (``duration`` in seconds feeds the slow-call rule)."""
+        next(self._n_ok)
+        if type(permit) is int:
+            if permit != self._gen or (self._window is None and not self._consecutive):
+                return
+        elif permit.shadow or permit.probe is None:  # type: ignore[union-attr]
+            return
+        events: list[Event] = []
+        with self._lock:
+            if type(permit) is int:
+                if permit == self._gen and self._state is CLOSED:
+                    self._consecutive = 0
+                    if self._window is not None:
+                        now = self._now()
+                        self._window.add(False, self._is_slow(duration), now)
+                        reason = self._rate_reason(now)
+                        if reason is not None:
+                            self._trip(reason, now, None, None, events)
+            else:
+                self._probe_done(permit, True, None, None, events)  # type: ignore[arg-type]
+        self._emit(events)
+
+    def record_failure(self, permit: Token, exc: BaseException | None = None,
+                       duration: float | None = None) -> None:
+        """Report that an admitted call failed (a counted failure; classification is the caller's)."""
+        next(self._n_fail)
+        hint = None
+        if exc is not None and self._policy.retry_after is not None:
+            hint = self._retry_after_hint(exc)
+        wall = self._wall()
+        self._last_failure_at = wall
+        events: list[Event] = []
+        with self._lock:
+            if type(permit) is int:
+                if permit == self._gen and self._state is CLOSED:
+                    now = self._now()
+                    self._consecutive += 1
+                    reason = "failure_threshold" if self._consecutive >= self._policy.failure_threshold \
+                        else None
+                    if self._window is not None:
+                        self._window.add(True, self._is_slow(duration), now)
+                        if reason is None:
+                            reason = self._rate_reason(now)
+                    if reason is not None:
+                        self._trip(reason, now, exc, hint, events)
+            else:
+                self._probe_done(permit, False, exc, hint, events)  # type: ignore[arg-type]
+            state = self._state
+            gen = self._gen
+        hooks = self._dispatch.failure
+        if hooks:
+            etype, emsg = describe(exc)
+            self._dispatch.emit(hooks, Event(EventKind.FAILURE, self.name, wall, gen, state,
+                                             error_type=etype, error_message=emsg))
+        self._emit(events)
+
+    def record_ignored(self, permit: Token) -> None:
+        """Report an exception that is neither failure nor success: it changes no count."""
+        next(self._n_ign)
+        if type(permit) is not int:
+            self._release_probe(permit)  # type: ignore[arg-type]
+
+    def release(self, permit: Token) -> None:
+        """Report a call that never finished (cancelled, interrupted): counted as cancelled only."""
+        next(self._n_cancel)
+        if type(permit) is not int:
+            self._release_probe(permit)  # type: ignore[arg-type]
+
+    # Faces call these two: they classify the outcome, then record it.
+
+    def _on_error(self, token: Token, exc: BaseException, duration: float | None = None) -> None:
+        try:
+            failed = bool(self._classify(exc))
+        except Exception as err:  # a broken predicate must not replace the caller's exception
+            _report("circuitry.classifier_failed", self.name, err)
+            failed = True
+        if failed:
+            self.record_failure(token, exc, duration)
+        else:
+            self.record_ignored(token)
+
+    def _on_result(self, token: Token, result: object, duration: float | None = None) -> None:
+        predicate = self._policy.result_is_failure
+        if predicate is not None:
+            try:
+                bad = bool(predicate(result))
+            except Exception as err:
+                _report("circuitry.classifier_failed", self.name, err)
+                bad = True
+            if bad:
+                self.record_failure(token, _BadResult(result), duration)
+                return
+        self.record_success(token, duration)
+
+    def _clear_consecutive(self, token: int) -> None:
+        with self._lock:
+            if token == self._gen and self._state is CLOSED:
+                self._consecutive = 0
+
+    # -- manual control -----------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Close the circuit and start counting afresh (in-flight calls become stale)."""
+        self._manual(CLOSED)
+
+    def force_open(self) -> None:
+        """Refuse every call until :meth:`reset` (or :meth:`force_closed`)."""
+        self._manual(FORCED_OPEN)
+
+    def force_closed(self) -> None:
+        """Let every call through and change nothing (disabled) until :meth:`reset`."""
+        self._manual(DISABLED)
+
+    def set_metrics_only(self, enabled: bool = True) -> None:
+        """Keep recording and transitioning, but never refuse a call (would-be rejections are
+        counted in :attr:`BreakerStats.would_reject` and emitted as shadow rejections)."""
+        if not isinstance(enabled, bool):
+            raise ConfigurationError(f"enabled must be a bool, got {enabled!r}")
+        self._enforce = not enabled
+
+    def _manual(self, to: CircuitState) -> None:
+        events: list[Event] = []
+        with self._lock:
+            if self._state is to:
+                self._gen += 1  # same state: still start over
+                self._reset_counts()
+                self._update_fast()
+            else:
+                self._to(to, "manual", self._now(), events)
+        self._emit(events)
+
+    # -- internals (lock held) ----------------------------------------------------------------------
+
+    def _is_slow(self, duration: float | None) -> bool:
+        limit = self._policy.slow_call_duration
+        return limit is not None and duration is not None and duration > limit
+
+    def _rate_reason(self, now: float) -> str | None:
+        assert self._window is not None
+        calls, failures, slow = self._window.totals(now)
+        p = self._policy
+        if calls < p.minimum_calls:
+            return None
+        if p.failure_rate_threshold is not None and failures >= p.failure_rate_threshold * calls:
+            return "failure_rate"
+        if p.slow_call_duration is not None and slow >= p.slow_call_rate_threshold * calls:
+            return "slow_call_rate"
+        return None
+
+    def _retry_after_hint(self, exc: BaseException) -> float | None:
+        fn = self._policy.retry_after
+        assert fn is not None
+        try:
+            value = fn(exc)
+        except Exception as err:
+            _report("circuitry.retry_after_failed", self.name, err)
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        v = float(value)
+        return None if math.isnan(v) else v
+
+    def _open_period(self, hint: float | None) -> float:
+        p = self._policy
+        cap = p.recovery_cap
+        if hint is not None:
+            return min(max(hint, 0.0), cap)
+        d = p.recovery_timeout
+        if p.backoff_factor > 1.0 and self._reopens:
+            # compare in log space: backoff_factor ** reopens overflows long before it matters
+            if d <= 0.0 or self._reopens * math.log(p.backoff_factor) >= math.log(cap / d):
+                d = cap
+            else:
+                d *= p.backoff_factor ** self._reopens
+        if p.jitter:
+            d *= 1.0 + p.jitter * (2.0 * self._rng.random() - 1.0)
+        return min(max(d, 0.0), cap, MAX_DURATION)
+
+    def _trip(self, reason: str, now: float, exc: BaseException | None, hint: float | None,
+              events: list[Event]) -> None:
+        self._to(OPEN, reason, now, events, exc, hint)
+
+    def _probe_done(self, permit: Permit, ok: bool, exc: BaseException | None, hint: float | None,
+                    events: list[Event]) -> None:
+        if permit.probe is None:
+            return
+        live = self._probes.pop(permit.probe, None) is not None
+        if self._shared is not None:
+            self._shared.release_probe(self)
+        if not live or permit.generation != self._gen or self._state is not HALF_OPEN:
+            return  # stale: the lease expired or the circuit moved on
+        now = self._now()
+        if ok:
+            self._probe_ok += 1
+            if self._probe_ok >= self._policy.success_threshold:
+                self._to(CLOSED, "probe_succeeded", now, events)
+        else:
+            self._reopens += 1
+            self._to(OPEN, "probe_failed", now, events, exc, hint)
+
+    def _release_probe(self, permit: Permit) -> None:
+        if permit.probe is None:
+            return
+        with self._lock:
+            if self._probes.pop(permit.probe, None) is not None and self._shared is not None:
+                self._shared.release_probe(self)
+
+    def _reset_counts(self) -> None:
+        self._consecutive = 0
+        self._probes.clear()
+        self._probe_ok = 0
+        if self._window is not None:
+            self._window = self._new_window()
+
+    def _to(self, to: CircuitState, reason: str, now: float, events: list[Event],
+            exc: BaseException | None = None, hint: float | None = None) -> None:
+        frm = self._state
+        self._gen += 1
+        self._reset_counts()
+        open_for = None
+        if to is OPEN:
+            if frm is not HALF_OPEN:
+                self._reopens = 0
+            open_for = self._open_period(hint)
+            self._open_for = open_for
+            self._opened_at = self._wall()
+            self._open_until = now + open_for  # before the state: lock-free readers see both
+        elif to is FORCED_OPEN:
+            self._opened_at = self._wall()
+        elif to is CLOSED or to is DISABLED:
+            self._reopens = 0
+            self._opened_at = None
+        self._state = to
+        self._update_fast()
+        if self._dispatch.transition or self._shared is not None:
+            etype, emsg = describe(exc) if exc is not None else (None, None)
+            events.append(Event(EventKind.TRANSITION, self.name, self._wall(), self._gen, to, frm,
+                                reason, etype, emsg, open_for))
+
+    def _emit(self, events: list[Event]) -> None:
+        if not events:
+            return
+        shared = self._shared
+        if shared is not None:
+            for ev in events:
+                shared.transitioned(self, ev)
+        hooks = self._dispatch.transition
+        if hooks:
+            for ev in events:
+                self._dispatch.emit(hooks, ev)
+
+
+class _BadResult(Exception):
+    """Stands for a return value that ``result_is_failure`` rejected (never raised to the caller)."""
+
+    def __init__(self, result: object) -> None:
+        super().__init__(f"result rejected by result_is_failure: {_short_repr(result)}")
+
+
+def _short_repr(value: object) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__qualname__}>"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def describe(exc: BaseException | None) -> tuple[str | None, str | None]:
+    """``(qualified type name, message truncated to 500 characters)`` — never a traceback."""
+    if exc is None:
+        return None, None
+    if isinstance(exc, _BadResult):
+        return "result_is_failure", str(exc)[:_MESSAGE_LIMIT]
+    etype = type(exc)
+    name = etype.__qualname__ if etype.__module__ == "builtins" else f"{etype.__module__}.{etype.__qualname__}"
+    try:
+        msg = str(exc)
+    except Exception:
+        msg = "<unprintable>"
+    if len(msg) > _MESSAGE_LIMIT:
+        msg = msg[: _MESSAGE_LIMIT - 3] + "..."
+    return name, msg
+
+
+def _report(event: str, circuit: str, err: Exception) -> None:
+    try:
+        import structlog
+
+        structlog.get_logger("circuitry").error(event, circuit=circuit, error_type=type(err).__qualname__,
+                                                error_message=str(err)[:_MESSAGE_LIMIT])
+    except Exception:  # pragma: no cover
+        pass

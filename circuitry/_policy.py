@@ -1,0 +1,243 @@
+"""A breaker's policy: every tunable, validated once, at construction.
+
+Validation is strict on purpose. ``0``, negatives, NaN, infinities, booleans (``True`` is an ``int``
+in Python), strings and absurd sizes raise :class:`~circuitry.ConfigurationError` naming the
+argument, instead of being coerced (``threshold or DEFAULT`` turns a deliberate 0 into 5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, Final
+
+from circuitry.exceptions import ConfigurationError
+
+__all__ = ["MAX_DURATION", "Policy"]
+
+#: The longest duration any setting may take (one year); computed durations clamp to it.
+MAX_DURATION: Final = 365.0 * 24 * 3600
+_MAX_COUNT: Final = 1_000_000_000
+_MAX_WINDOW: Final = 1_000_000
+_MAX_PROBES: Final = 10_000
+
+ExceptionFilter = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+
+
+def _int(name: str, value: object, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if not lo <= value <= hi:
+        raise ConfigurationError(f"{name} must be between {lo} and {hi}, got {value!r}")
+    return value
+
+
+def _number(name: str, value: object, *, lo: float, hi: float, lo_open: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    v = float(value)
+    if math.isnan(v) or math.isinf(v):
+        raise ConfigurationError(f"{name} must be finite, got {value!r}")
+    if (v <= lo if lo_open else v < lo) or v > hi:
+        bracket = "(" if lo_open else "["
+        raise ConfigurationError(f"{name} must be in {bracket}{lo:g}, {hi:g}], got {value!r}")
+    return v
+
+
+def _optional_callable(name: str, value: object) -> Callable[..., Any] | None:
+    if value is not None and not callable(value):
+        raise ConfigurationError(f"{name} must be callable or None, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _exception_filter(name: str, value: object) -> ExceptionFilter:
+    types: tuple[object, ...]
+    if isinstance(value, type):
+        types = (value,)
+    elif isinstance(value, tuple):
+        if not value:
+            raise ConfigurationError(f"{name} must not be an empty tuple")
+        types = value
+    elif callable(value):
+        return value  # type: ignore[return-value]
+    else:
+        raise ConfigurationError(
+            f"{name} must be an exception type, a tuple of them, or a predicate; got {value!r}"
+        )
+    for t in types:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise ConfigurationError(f"{name} must contain exception types, got {t!r}")
+        if not issubclass(t, Exception):
+            raise ConfigurationError(
+                f"{name} contains {t.__name__}, which is not an Exception subclass: "
+                "cancellation and interpreter exits are never counted"
+            )
+    return value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How a breaker decides. Build one with keyword arguments; every field is validated.
+
+    Args:
+        failure_threshold: Consecutive failures that open a closed circuit.
+        recovery_timeout: Seconds an open circuit refuses calls before it lets probes through.
+        half_open_max_calls: Probes allowed in flight at once while half-open.
+        success_threshold: Successful probes needed to close a half-open circuit.
+        probe_timeout: Seconds a probe permit lives; a probe that never reports back loses its permit
+            after this (default: ``recovery_timeout``).
+        failure_rate_threshold: Optional rule: open when the failure fraction over the sliding window
+            reaches this (``0 < x <= 1``), once ``minimum_calls`` are in the window.
+        window_size: Count-based sliding window (the last N calls) for the rate rules.
+        window_duration: Time-based sliding window in seconds, instead of ``window_size``.
+        minimum_calls: Calls the window must hold before a rate rule can open the circuit.
+        slow_call_duration: Optional rule: calls slower than this many seconds are *slow*.
+        slow_call_rate_threshold: Open when the slow fraction over the window reaches this.
+        on: What counts as a failure: an exception type, a tuple of types, or a predicate
+            ``(exc) -> bool``. Other exceptions pass through as *ignored*. Alias: ``expected_exception``.
+        result_is_failure: Optional predicate ``(result) -> bool`` marking bad return values as failures.
+        backoff_factor: Multiply the open period by this on every re-open from half-open (``>= 1``).
+        max_recovery_timeout: Cap on the open period (default: ``10 * recovery_timeout`` with backoff).
+        jitter: Randomise each open period by up to this fraction (``0 <= x <= 1``).
+        retry_after: Optional ``(exc) -> seconds | None`` setting the open period from the failure that
+            opened the circuit (e.g. an HTTP ``Retry-After``); clamped to ``max_recovery_timeout``.
+
+    .. versionadded:: 0.1.0
+    """
+
+    failure_threshold: int = 5
+    recovery_timeout: float = 60.0
+    half_open_max_calls: int = 1
+    success_threshold: int = 1
+    probe_timeout: float | None = None
+    failure_rate_threshold: float | None = None
+    window_size: int | None = None
+    window_duration: float | None = None
+    minimum_calls: int = 10
+    slow_call_duration: float | None = None
+    slow_call_rate_threshold: float = 1.0
+    on: ExceptionFilter = Exception
+    result_is_failure: Callable[[Any], bool] | None = None
+    backoff_factor: float = 1.0
+    max_recovery_timeout: float | None = None
+    jitter: float = 0.0
+    retry_after: Callable[[BaseException], float | None] | None = None
+
+    def __post_init__(self) -> None:
+        s = object.__setattr__
+        s(self, "failure_threshold", _int("failure_threshold", self.failure_threshold, 1, _MAX_COUNT))
+        s(self, "recovery_timeout",
+          _number("recovery_timeout", self.recovery_timeout, lo=0.0, hi=MAX_DURATION))
+        s(self, "half_open_max_calls",
+          _int("half_open_max_calls", self.half_open_max_calls, 1, _MAX_PROBES))
+        s(self, "success_threshold", _int("success_threshold", self.success_threshold, 1, _MAX_COUNT))
+        if self.probe_timeout is not None:
+            s(self, "probe_timeout", _number("probe_timeout", self.probe_timeout, lo=0.0, hi=MAX_DURATION))
+        if self.failure_rate_threshold is not None:
+            s(self, "failure_rate_threshold",
+              _number("failure_rate_threshold", self.failure_rate_threshold, lo=0.0, hi=1.0))
+        if self.slow_call_duration is not None:
+            s(self, "slow_call_duration",
+              _number("slow_call_duration", self.slow_call_duration, lo=0.0, hi=MAX_DURATION))
+        s(self, "slow_call_rate_threshold",
+          _number("slow_call_rate_threshold", self.slow_call_rate_threshold, lo=0.0, hi=1.0))
+        if self.window_size is not None and self.window_duration is not None:
+            raise ConfigurationError("window_size and window_duration are exclusive: give one of them")
+        if self.window_size is not None:
+            s(self, "window_size", _int("window_size", self.window_size, 1, _MAX_WINDOW))
+        if self.window_duration is not None:
+            s(self, "window_duration",
+              _number("window_duration", self.window_duration, lo=0.0, hi=24 * 3600.0))
+        rules = self.failure_rate_threshold is not None or self.slow_call_duration is not None
+        if rules and self.window_size is None and self.window_duration is None:
+            s(self, "window_size", 100)
+        if not rules and (self.window_size is not None or self.window_duration is not None):
+            raise ConfigurationError(
+                "window_size/window_duration need a rate rule: set failure_rate_threshold "
+                "or slow_call_duration"
+            )
+        s(self, "minimum_calls", _int("minimum_calls", self.minimum_calls, 1, _MAX_WINDOW))
+        if self.window_size is not None and self.minimum_calls > self.window_size:
+            raise ConfigurationError(
+                f"minimum_calls ({self.minimum_calls}) must not exceed window_size ({self.window_size})"
+            )
+        s(self, "on", _exception_filter("on", self.on))
+        _optional_callable("result_is_failure", self.result_is_failure)
+        _optional_callable("retry_after", self.retry_after)
+        s(self, "backoff_factor", _number("backoff_factor", self.backoff_factor, lo=1.0, hi=1000.0,
+                                          lo_open=False))
+        if self.max_recovery_timeout is not None:
+            cap = _number("max_recovery_timeout", self.max_recovery_timeout, lo=0.0, hi=MAX_DURATION)
+            if cap < self.recovery_timeout:
+                raise ConfigurationError(
+                    f"max_recovery_timeout ({cap:g}) must not be below recovery_timeout "
+                    f"({self.recovery_timeout:g})"
+                )
+            s(self, "max_recovery_timeout", cap)
+        s(self, "jitter", _number("jitter", self.jitter, lo=0.0, hi=1.0, lo_open=False))
+
+    # -- derived ------------------------------------------------------------------------------------
+
+    @property
+    def windowed(self) -> bool:
+        """Whether a rate rule needs the sliding window on every call."""
+        return self.window_size is not None or self.window_duration is not None
+
+    @property
+    def timed(self) -> bool:
+        """Whether calls must be timed (the slow-call rule)."""
+        return self.slow_call_duration is not None
+
+    @property
+    def effective_probe_timeout(self) -> float:
+        return self.probe_timeout if self.probe_timeout is not None else self.recovery_timeout
+
+    @property
+    def recovery_cap(self) -> float:
+        """The longest open period: ``max_recovery_timeout`` or its default."""
+        if self.max_recovery_timeout is not None:
+            return self.max_recovery_timeout
+        if self.backoff_factor > 1.0 or self.jitter > 0.0 or self.retry_after is not None:
+            return min(MAX_DURATION, self.recovery_timeout * 10.0)
+        return self.recovery_timeout
+
+    def is_failure(self) -> Callable[[BaseException], bool]:
+        """The exception classifier, built once per breaker."""
+        on = self.on
+        if isinstance(on, type | tuple):
+            types = on
+
+            def matches(exc: BaseException) -> bool:
+                return isinstance(exc, types)
+
+            return matches
+        return on
+
+    def as_dict(self) -> dict[str, Any]:
+        """The policy as plain data (callables by their qualified name), for display and storage."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, type):
+                v = v.__qualname__
+            elif isinstance(v, tuple):
+                v = [t.__qualname__ for t in v]
+            elif callable(v):
+                v = getattr(v, "__qualname__", repr(v))
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> Policy:
+        """Build a policy from keyword arguments, accepting the seed's ``expected_exception`` alias."""
+        if "expected_exception" in kwargs:
+            if "on" in kwargs:
+                raise ConfigurationError("give on= or expected_exception=, not both")
+            kwargs = dict(kwargs)
+            kwargs["on"] = kwargs.pop("expected_exception")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ConfigurationError(f"unknown policy argument(s): {', '.join(unknown)}")
+        return cls(**kwargs)

@@ -1,0 +1,170 @@
+"""Registries: one breaker per name.
+
+A process has a default registry (what ``circuit("name")`` uses) and may build explicit
+:class:`Registry` objects. Getting a name creates its breaker once; asking again with a *different*
+policy is a :class:`~circuitry.RegistryConflictError`, never a silent overwrite.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from circuitry._clock import SYSTEM_CLOCK, Clock
+from circuitry._core import CircuitBreaker, validate_name
+from circuitry._policy import Policy
+from circuitry.events import Dispatcher, Hook, StructlogHook
+from circuitry.exceptions import ConfigurationError, RegistryConflictError
+
+__all__ = ["Registry", "default_registry", "set_default_registry"]
+
+
+class Registry:
+    """Named breakers sharing a clock and a set of hooks.
+
+    Args:
+        clock: The clock every breaker of this registry reads (inject a fake one in tests).
+        hooks: Event hooks; default: one :class:`~circuitry.events.StructlogHook` logging transitions.
+        rng: Random source for jitter.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, *, clock: Clock | None = None, hooks: Iterable[Hook] | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.clock = SYSTEM_CLOCK if clock is None else clock
+        self.dispatcher = Dispatcher((StructlogHook(),) if hooks is None else hooks)
+        self._rng = rng
+        self._lock = threading.Lock()
+        # The faces read this dict directly on every call: it must only ever be mutated in place.
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self._attached: list[Any] = []
+
+    # -- lookup -------------------------------------------------------------------------------------
+
+    def get(self, name: str, policy: Policy | None = None, **policy_kwargs: Any) -> CircuitBreaker:
+        """The breaker called ``name``, created on first use.
+
+        With no policy, an existing breaker is returned whatever its policy (a new one gets the
+        defaults). With a policy that differs from the existing breaker's, raises
+        :class:`~circuitry.RegistryConflictError`.
+        """
+        if policy is not None and policy_kwargs:
+            raise ConfigurationError("give a Policy or keyword arguments, not both")
+        if policy is None and policy_kwargs:
+            policy = Policy.from_kwargs(policy_kwargs)
+        breaker = self.breakers.get(name)
+        if breaker is None:
+            validate_name(name)
+            with self._lock:
+                breaker = self.breakers.get(name)
+                if breaker is None:
+                    breaker = CircuitBreaker(name, policy or Policy(), clock=self.clock,
+                                             dispatcher=self.dispatcher, rng=self._rng)
+                    for attachment in self._attached:
+                        attachment.adopt(breaker)
+                    self.breakers[name] = breaker
+                    return breaker
+        if policy is not None and policy != breaker.policy:
+            raise RegistryConflictError(_conflict_message(name, breaker.policy, policy))
+        return breaker
+
+    def reconfigure(self, name: str, policy: Policy | None = None, **policy_kwargs: Any) -> CircuitBreaker:
+        """Give an existing (or new) breaker a new policy, explicitly. State is kept; counts restart."""
+        if policy is None:
+            policy = Policy.from_kwargs(policy_kwargs)
+        breaker = self.get(name)
+        breaker.reconfigure(policy)
+        return breaker
+
+    def __getitem__(self, name: str) -> CircuitBreaker:
+        return self.breakers[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.breakers
+
+    def __iter__(self) -> Iterator[CircuitBreaker]:
+        return iter(list(self.breakers.values()))
+
+    def __len__(self) -> int:
+        return len(self.breakers)
+
+    def names(self) -> list[str]:
+        return sorted(self.breakers)
+
+    def remove(self, name: str) -> None:
+        """Forget a breaker (its decorated functions recreate it with their policy on next call)."""
+        with self._lock:
+            self.breakers.pop(name, None)
+
+    def clear(self) -> None:
+        """Forget every breaker."""
+        with self._lock:
+            self.breakers.clear()
+
+    def reset_all(self) -> None:
+        """Close every circuit of this registry."""
+        for breaker in self:
+            breaker.reset()
+
+    # -- hooks and attachments ----------------------------------------------------------------------
+
+    def add_hook(self, hook: Hook) -> None:
+        self.dispatcher.add(hook)
+
+    def remove_hook(self, hook: Hook) -> None:
+        self.dispatcher.remove(hook)
+
+    def attach(self, attachment: Any) -> None:
+        """Attach something (a store) that must adopt every breaker, existing and future."""
+        with self._lock:
+            self._attached.append(attachment)
+            existing = list(self.breakers.values())
+        for breaker in existing:
+            attachment.adopt(breaker)
+
+    def detach(self, attachment: Any) -> None:
+        with self._lock:
+            if attachment in self._attached:
+                self._attached.remove(attachment)
+
+    def __repr__(self) -> str:
+        return f"<Registry {len(self.breakers)} breakers>"
+
+
+def _conflict_message(name: str, old: Policy, new: Policy) -> str:
+    a, b = old.as_dict(), new.as_dict()
+    diffs = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k])
+    return (f"circuit {name!r} is already registered with another policy ({diffs}); "
+            "use Registry.reconfigure() to change it")
+
+
+class _DefaultRef:
+    """The faces hold this and read ``.breakers`` per call, so swapping the default registry (as
+    :func:`circuitry.testing.isolated_registry` does) reaches functions decorated at import time."""
+
+    __slots__ = ("breakers", "registry")
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.breakers = registry.breakers
+
+
+DEFAULT = _DefaultRef(Registry())
+
+
+def default_registry() -> Registry:
+    """The process-wide registry that ``circuit(name)`` uses."""
+    return DEFAULT.registry
+
+
+def set_default_registry(registry: Registry) -> Registry:
+    """Make ``registry`` the process-wide default; returns the previous one."""
+    if not isinstance(registry, Registry):
+        raise ConfigurationError(f"registry must be a Registry, got {registry!r}")
+    previous = DEFAULT.registry
+    DEFAULT.registry = registry
+    DEFAULT.breakers = registry.breakers
+    return previous

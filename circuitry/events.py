@@ -1,0 +1,202 @@
+"""Events: what a breaker tells the world, and the hooks that listen.
+
+A breaker emits a frozen :class:`Event` for every real transition, every rejection and every
+counted failure. Successes are too hot to emit one by one: they are counted (see
+:meth:`CircuitBreaker.stats`) and persisted as per-minute rollups by the store.
+
+Hooks are plain callables (the :class:`Hook` protocol). A hook may carry a ``kinds`` attribute (a
+set of :class:`EventKind`) to receive only those kinds; a breaker builds no event nobody listens to,
+so a hook that only wants transitions costs nothing on failures and rejections. Hooks run *after*
+the breaker's lock is released, in the thread of the call that caused the event, and a hook that
+raises is logged and otherwise ignored: it never changes a call's outcome.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from circuitry._state import CircuitState
+
+__all__ = ["Event", "EventKind", "Hook", "StructlogHook"]
+
+
+class EventKind(enum.Enum):
+    """What an :class:`Event` records."""
+
+    TRANSITION = "transition"
+    REJECTION = "rejection"
+    FAILURE = "failure"
+
+
+_TRANSITION_NAMES = {
+    CircuitState.OPEN: "circuitry.circuit_opened",
+    CircuitState.HALF_OPEN: "circuitry.circuit_half_opened",
+    CircuitState.CLOSED: "circuitry.circuit_closed",
+    CircuitState.FORCED_OPEN: "circuitry.circuit_forced_open",
+    CircuitState.DISABLED: "circuitry.circuit_disabled",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened to a breaker.
+
+    Attributes:
+        kind: Transition, rejection or failure.
+        circuit: The breaker's name.
+        at: Wall-clock time (epoch seconds).
+        generation: The breaker's generation after the event (bumped by every transition).
+        from_state: For transitions, the state left.
+        to_state: For transitions, the state entered; for the others, the state at the time.
+        reason: Why: ``"failure_threshold"``, ``"failure_rate"``, ``"slow_call_rate"``,
+            ``"probe_failed"``, ``"probe_succeeded"``, ``"recovery_timeout"``, ``"manual"``,
+            ``"remote"`` (another process), ``"open"``/``"probes_taken"`` for rejections.
+        error_type: For failures (and the transitions they caused), the exception's qualified name.
+        error_message: The exception's message, truncated to 500 characters. Never a traceback.
+        open_for: For openings, how long the circuit refuses calls (seconds).
+        shadow: True when a metrics-only breaker *would* have rejected (the call went through).
+    """
+
+    kind: EventKind
+    circuit: str
+    at: float
+    generation: int
+    to_state: CircuitState
+    from_state: CircuitState | None = None
+    reason: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    open_for: float | None = None
+    shadow: bool = False
+
+    @property
+    def name(self) -> str:
+        """The dotted, past-tense event name, e.g. ``circuitry.circuit_opened``."""
+        if self.kind is EventKind.TRANSITION:
+            return _TRANSITION_NAMES[self.to_state]
+        if self.kind is EventKind.REJECTION:
+            return "circuitry.call_rejected"
+        return "circuitry.call_failed"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for logs and storage."""
+        out: dict[str, Any] = {"event": self.name, "circuit": self.circuit, "at": self.at,
+                               "generation": self.generation, "state": self.to_state.value}
+        if self.from_state is not None:
+            out["from_state"] = self.from_state.value
+        for key in ("reason", "error_type", "error_message", "open_for"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.shadow:
+            out["shadow"] = True
+        return out
+
+
+@runtime_checkable
+class Hook(Protocol):
+    """Anything callable with an :class:`Event`. Optionally has ``kinds``: the kinds it wants."""
+
+    def __call__(self, event: Event) -> None: ...
+
+
+_ALL_KINDS = frozenset(EventKind)
+
+
+def hook_kinds(hook: Hook) -> frozenset[EventKind]:
+    kinds = getattr(hook, "kinds", None)
+    return _ALL_KINDS if kinds is None else frozenset(kinds)
+
+
+class StructlogHook:
+    """The default hook: logs transitions through structlog (``circuitry.circuit_opened`` ...).
+
+    Openings log at warning level, everything else at info. Pass ``kinds`` to log rejections and
+    failures too (at info and debug level): beware that an outage then logs once per call.
+    """
+
+    __slots__ = ("_logger", "kinds")
+
+    def __init__(self, kinds: Iterable[EventKind] = (EventKind.TRANSITION,), logger: Any = None) -> None:
+        self.kinds = frozenset(kinds)
+        self._logger = logger
+
+    def __call__(self, event: Event) -> None:
+        logger = self._logger
+        if logger is None:
+            import structlog  # lazily: importing circuitry must not configure or import logging backends
+
+            logger = self._logger = structlog.get_logger("circuitry")
+        data = event.as_dict()
+        name = data.pop("event")
+        if event.kind is EventKind.TRANSITION:
+            level = "warning" if event.to_state in (CircuitState.OPEN, CircuitState.FORCED_OPEN) else "info"
+        elif event.kind is EventKind.REJECTION:
+            level = "info"
+        else:
+            level = "debug"
+        getattr(logger, level)(name, **data)
+
+    def __repr__(self) -> str:
+        return f"StructlogHook(kinds={sorted(k.value for k in self.kinds)})"
+
+
+class Dispatcher:
+    """Hooks of one registry, pre-sorted by kind so that asking "does anyone listen?" is one load."""
+
+    __slots__ = ("_hooks", "_lock", "failure", "rejection", "transition")
+
+    def __init__(self, hooks: Iterable[Hook] = ()) -> None:
+        self._lock = threading.Lock()
+        self._hooks: tuple[Hook, ...] = ()
+        self.transition: tuple[Hook, ...] = ()
+        self.rejection: tuple[Hook, ...] = ()
+        self.failure: tuple[Hook, ...] = ()
+        for h in hooks:
+            self.add(h)
+
+    @property
+    def hooks(self) -> tuple[Hook, ...]:
+        return self._hooks
+
+    def add(self, hook: Hook) -> None:
+        if not callable(hook):
+            from circuitry.exceptions import ConfigurationError
+
+            raise ConfigurationError(f"hooks must be callable, got {hook!r}")
+        with self._lock:
+            self._set((*self._hooks, hook))
+
+    def remove(self, hook: Hook) -> None:
+        with self._lock:
+            self._set(tuple(h for h in self._hooks if h is not hook))
+
+    def _set(self, hooks: tuple[Hook, ...]) -> None:
+        self._hooks = hooks
+        self.transition = tuple(h for h in hooks if EventKind.TRANSITION in hook_kinds(h))
+        self.rejection = tuple(h for h in hooks if EventKind.REJECTION in hook_kinds(h))
+        self.failure = tuple(h for h in hooks if EventKind.FAILURE in hook_kinds(h))
+
+    def emit(self, hooks: Sequence[Hook], event: Event) -> None:
+        """Deliver one event; a hook that raises is logged and skipped, never re-raised."""
+        for hook in hooks:
+            try:
+                hook(event)
+            except Exception as exc:  # a hook must never change a protected call's outcome
+                _report_hook_error(hook, event, exc)
+
+
+def _report_hook_error(hook: object, event: Event, exc: Exception) -> None:
+    try:
+        import structlog
+
+        structlog.get_logger("circuitry").error(
+            "circuitry.hook_failed", hook=repr(hook), event_name=event.name, circuit=event.circuit,
+            error_type=type(exc).__qualname__, error_message=str(exc)[:500],
+        )
+    except Exception:  # pragma: no cover - logging itself broken: nothing left to tell
+        pass

@@ -1,0 +1,84 @@
+"""Exceptions raised by circuitry.
+
+The tree::
+
+    Exception
+    ├── CircuitBreakerError          (the seed's name; catch this to catch every rejection)
+    │   └── CircuitOpenError         (a call was refused: the circuit is open or its probes are taken)
+    └── ValueError
+        └── ConfigurationError       (an argument is invalid; raised at construction, names the argument)
+            └── RegistryConflictError  (a name is already registered with another policy)
+
+A rejection is a *fresh* :class:`CircuitOpenError` every time: it carries a snapshot of the breaker
+(``name``, ``state``, ``opened_at``, ``retry_after``) and nothing else, so it keeps no frames or
+breaker internals alive however many rejections a program handles.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CircuitBreakerError",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "RegistryConflictError",
+]
+
+
+class ConfigurationError(ValueError):
+    """An invalid argument, raised at construction; the message names the argument."""
+
+
+class RegistryConflictError(ConfigurationError):
+    """A breaker name is already registered with a different policy.
+
+    Registries never overwrite by name: reconfigure explicitly with :meth:`Registry.reconfigure`.
+    """
+
+
+class CircuitBreakerError(Exception):
+    """Base class of the errors a circuit raises instead of calling the protected function."""
+
+
+class CircuitOpenError(CircuitBreakerError):
+    """A call was refused because the circuit is open (or half-open with every probe taken).
+
+    The attributes are a snapshot taken at the moment of rejection:
+
+    Attributes:
+        name: The breaker's name.
+        state: The state's value at rejection (``"open"``, ``"half_open"`` or ``"forced_open"``).
+        opened_at: Wall-clock time (seconds since the epoch) when the circuit last opened, or ``None``.
+        retry_after: Seconds until the circuit lets a probe through (``0.0`` when a probe may be
+            admitted as soon as one finishes; ``None`` when forced open).
+    """
+
+    # The snapshot lives in ``args`` (set by the C-level ``BaseException.__new__``), so building one
+    # costs no Python-level ``__init__``: rejections are the hot path of an outage.
+    __slots__ = ()
+
+    @property
+    def name(self) -> str:
+        return self.args[0]  # type: ignore[no-any-return]
+
+    @property
+    def state(self) -> str:
+        return self.args[1]  # type: ignore[no-any-return]
+
+    @property
+    def opened_at(self) -> float | None:
+        return self.args[2]  # type: ignore[no-any-return]
+
+    @property
+    def retry_after(self) -> float | None:
+        return self.args[3]  # type: ignore[no-any-return]
+
+    def __str__(self) -> str:
+        if len(self.args) != 4:
+            return super().__str__()
+        name, state, _, retry_after = self.args
+        if retry_after is None:
+            return f"circuit {name!r} is {state}; calls are refused until it is reset"
+        return f"circuit {name!r} is {state}; retry after {retry_after:.3f}s"
+
+    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[object, ...]]:
+        return (type(self), self.args)
