@@ -186,6 +186,15 @@ def _poisson_log10_sf(count: int, mean: float) -> float:
     return min(0.0, log_tail / math.log(10.0))
 
 
+def _chi2_upper(df: int, z: float) -> float:
+    """Upper quantile of chi-square with ``df`` degrees of freedom at normal quantile ``z``.
+
+    Wilson & Hilferty's cube-root approximation (PNAS 17, 684-688, 1931).
+    """
+    c = 2.0 / (9.0 * df)
+    return df * (1.0 - c + z * math.sqrt(c)) ** 3
+
+
 def _bernoulli_ll(k: int, n: int) -> float:
     """Maximised Bernoulli log-likelihood of ``k`` failures in ``n`` calls."""
     if k <= 0 or k >= n:
@@ -394,7 +403,11 @@ def _trend(fidx: list[int], n: int) -> _Trend:
         q = max(1e-9, 1.0 - mu / c) if c > 0 else 1.0
         if mu > 0.0:
             chi2 += (x - mu) ** 2 / (mu * q)
-    phi = max(1.0, chi2 / (m - 2))
+    # Correct only when the dispersion is significant (chi-square upper 5 % point, Wilson-Hilferty):
+    # with few buckets the estimate is noisy, and flooring a noisy estimate at 1 would bias z down.
+    df = m - 2
+    phi = chi2 / df if chi2 > _chi2_upper(df, 1.645) else 1.0
+    phi = max(1.0, phi)
     return _Trend(z / math.sqrt(phi), math.exp(b))
 
 
