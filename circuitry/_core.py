@@ -65,15 +65,26 @@ class Permit:
     circuitry; :meth:`CircuitBreaker.admit` wraps those too, for code that drives a breaker by hand.
     """
 
-    __slots__ = ("generation", "probe", "shadow")
+    __slots__ = ("closed", "generation", "probe", "shadow")
 
-    def __init__(self, generation: int, probe: int | None = None, shadow: bool = False) -> None:
+    def __init__(self, generation: int, probe: int | None = None, shadow: bool = False,
+                 closed: bool = False) -> None:
         self.generation = generation
         self.probe = probe
         self.shadow = shadow
+        self.closed = closed  # a plain closed-state admission, wrapped by admit()
 
     def __repr__(self) -> str:
-        return f"Permit(generation={self.generation}, probe={self.probe}, shadow={self.shadow})"
+        kind = "probe" if self.probe is not None else "shadow" if self.shadow else \
+            "closed" if self.closed else "uncounted"
+        return f"<Permit {kind} generation={self.generation}>"
+
+
+def _plain(permit: Token) -> Token:
+    """Unwrap what admit() wrapped: a closed-state Permit is its generation number."""
+    if type(permit) is not int and permit.closed:  # type: ignore[union-attr]
+        return permit.generation  # type: ignore[union-attr]
+    return permit
 
 
 Token = int | Permit
@@ -270,7 +281,7 @@ class CircuitBreaker:
         :meth:`record_failure`, :meth:`record_ignored` or :meth:`release`.
         """
         token = self._acquire()
-        return Permit(token) if type(token) is int else token  # type: ignore[return-value]
+        return Permit(token, closed=True) if type(token) is int else token  # type: ignore[return-value]
 
     def _acquire(self) -> Token:
         fast = self._fast
@@ -343,6 +354,7 @@ class CircuitBreaker:
     def record_success(self, permit: Token, duration: float | None = None) -> None:
         """Report that an admitted call succeeded (``duration`` in seconds feeds the slow-call rule)."""
         next(self._n_ok)
+        permit = _plain(permit)
         if type(permit) is int:
             if permit != self._gen or (self._window is None and not self._consecutive):
                 return
@@ -367,6 +379,7 @@ class CircuitBreaker:
                        duration: float | None = None) -> None:
         """Report that an admitted call failed (a counted failure; classification is the caller's)."""
         next(self._n_fail)
+        permit = _plain(permit)
         hint = None
         if exc is not None and self._policy.retry_after is not None:
             hint = self._retry_after_hint(exc)

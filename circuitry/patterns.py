@@ -61,9 +61,10 @@ MIN_FAILURES: Final = 10
 # (benchmarks/patterns/calibrate.py, seeds disjoint from the evaluation seeds) and are kept deliberately
 # conservative where a wrong call is costly (escalating, burst).
 _BURST_LOG10_P: Final = -5.0  # Bonferroni-adjusted log10 p-value of the clustering test
-_BURST_MIN_EXCESS: Final = 1.5  # and at least 1.5x the pairs expected without clustering
-_TREND_Z: Final = 3.0  # dispersion-corrected Cochran-Armitage z in operational time
-_LAPLACE_Z: Final = 1.5  # Laplace z on declustered episodes in operational time
+_BURST_MIN_EXCESS: Final = 2.0  # and at least twice the pairs expected without clustering
+_BURST_STRONG_EXCESS: Final = 3.0  # clustering this strong is a burst even if the window also trends
+_TREND_Z: Final = 2.0  # dispersion-corrected Cochran-Armitage z in operational time
+_LAPLACE_Z: Final = 1.5  # and Laplace z on declustered episodes in operational time
 _INTERMITTENT_PER_SECOND: Final = 1.0 / 60.0  # at most one failure a minute ...
 _INTERMITTENT_MAX_RATE: Final = 0.05  # ... and under 5 % of calls
 _FINE_BUCKETS: Final = 4096  # the finest time buckets are at least 1 s and at most window/4096
@@ -367,7 +368,7 @@ def _trend(fidx: list[int], n: int) -> _Trend:
     144-148, 1982). A smooth rise fits the log-linear model and keeps its z; one burst does not.
     """
     k = len(fidx)
-    m = max(6, min(20, k // 4))
+    m = max(6, min(40, k // 4))
     xs = [0] * m
     for i in fidx:
         xs[min(m - 1, i * m // n)] += 1
@@ -553,24 +554,31 @@ def classify(
     cp_at, cp_llr, before, after = _change_point(fidx, n)
 
     kind: PatternType
-    is_trend = trend.z >= _TREND_Z and laplace_z >= _LAPLACE_Z
     is_cluster = clus.log10_p <= _BURST_LOG10_P and clus.excess >= _BURST_MIN_EXCESS
-    if is_trend:
-        kind = "escalating"
-        score = min(trend.z - _TREND_Z, 2.0 * (laplace_z - _LAPLACE_Z))
-    elif is_cluster:
+    is_trend = trend.z >= _TREND_Z and laplace_z >= _LAPLACE_Z
+    # Significance of clustering, on a log scale, relative to the threshold (> 0 means significant).
+    clus_margin = min(
+        math.log10(max(1e-3, -clus.log10_p)) - math.log10(-_BURST_LOG10_P),
+        math.log(max(clus.excess, 1e-3) / _BURST_MIN_EXCESS),
+    )
+    trend_margin = min(trend.z - _TREND_Z, laplace_z - _LAPLACE_Z)
+    if is_cluster and (clus.excess >= _BURST_STRONG_EXCESS or not is_trend):
+        # Strong clustering wins over a trend: a few outages that happen to fall late in the window
+        # raise the failure rate of its second half without being an escalation.
         kind = "burst"
-        score = math.log10(-clus.log10_p) - math.log10(-_BURST_LOG10_P)
+        score = clus_margin if is_trend else min(clus_margin, -trend_margin)
+    elif is_trend:
+        kind = "escalating"
+        score = trend_margin
+        if is_cluster:
+            score = min(score, math.log(_BURST_STRONG_EXCESS / clus.excess))
     else:
-        # Margins to the nearest boundary: clustering, trend, and the rate boundary between the two.
-        clus_margin = math.log10(max(1e-3, -_BURST_LOG10_P)) - math.log10(max(1e-3, -clus.log10_p))
-        trend_margin = (_TREND_Z - trend.z) / 2.0
         rare = per_second <= _INTERMITTENT_PER_SECOND and rate <= _INTERMITTENT_MAX_RATE
         kind = "intermittent" if rare else "steady"
         rate_margin = abs(math.log(max(per_second, 1e-12) / _INTERMITTENT_PER_SECOND))
         if rare:
             rate_margin = min(rate_margin, math.log(_INTERMITTENT_MAX_RATE / max(rate, 1e-12)))
-        score = min(clus_margin, trend_margin, rate_margin)
+        score = min(-clus_margin, -trend_margin, rate_margin)
 
     ep_p90 = _quantile(episodes.durations, 0.9)
     evidence = PatternEvidence(

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from circuitry import Registry
+from circuitry.testing import CapturedEvents, FakeClock, isolated_registry
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def registry(clock: FakeClock) -> Iterator[Registry]:
+    """A fresh default registry on a fake clock, with an event-capturing hook."""
+    with isolated_registry(clock=clock) as reg:
+        yield reg
+
+
+@pytest.fixture
+def events(registry: Registry) -> Iterator[CapturedEvents]:
+    captured = CapturedEvents()
+    registry.add_hook(captured)
+    yield captured
+    registry.remove_hook(captured)
+
+
+class Boom(Exception):
+    pass
+
+
+class Other(Exception):
+    pass

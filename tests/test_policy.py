@@ -1,0 +1,107 @@
+"""Invalid configuration fails at construction, naming the argument."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from circuitry import CircuitBreaker, ConfigurationError, Policy, circuit
+from circuitry.testing import isolated_registry
+
+BAD_VALUES = {
+    "failure_threshold": [0, -1, 1.5, True, "5", None, 10**12, math.nan],
+    "recovery_timeout": [0, -1, math.nan, math.inf, -math.inf, True, "60", None, 1e12],
+    "half_open_max_calls": [0, -3, False, 2.0, 10**6],
+    "success_threshold": [0, -1, True],
+    "probe_timeout": [0, -5, math.nan, math.inf],
+    "failure_rate_threshold": [0, -0.1, 1.5, math.nan, True, "0.5"],
+    "window_duration": [0, -1, math.inf, 10**9],
+    "slow_call_duration": [0, -1, math.nan],
+    "backoff_factor": [0.5, 0, -2, math.inf, 10**6],
+    "jitter": [-0.1, 1.5, math.nan],
+    "on": [42, "ValueError", (), (ValueError, 3), KeyboardInterrupt, (ValueError, SystemExit)],
+    "result_is_failure": [3, "x"],
+    "retry_after": [3],
+}
+
+
+@pytest.mark.parametrize(("argument", "value"), [(k, v) for k, vs in BAD_VALUES.items() for v in vs])
+def test_bad_value_raises_configuration_error_naming_the_argument(argument: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=argument):
+        Policy.from_kwargs({argument: value})
+
+
+def test_configuration_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="failure_threshold"):
+        Policy(failure_threshold=0)
+
+
+def test_zero_is_not_replaced_by_the_default() -> None:
+    with pytest.raises(ConfigurationError):
+        CircuitBreaker("x", failure_threshold=0)
+
+
+def test_window_size_absurd_and_minimum_calls_above_window() -> None:
+    with pytest.raises(ConfigurationError, match="window_size"):
+        Policy(failure_rate_threshold=0.5, window_size=10**8)
+    with pytest.raises(ConfigurationError, match="minimum_calls"):
+        Policy(failure_rate_threshold=0.5, window_size=10, minimum_calls=20)
+
+
+def test_window_without_rule_and_both_windows_are_errors() -> None:
+    with pytest.raises(ConfigurationError, match="window_size"):
+        Policy(window_size=10)
+    with pytest.raises(ConfigurationError, match="exclusive"):
+        Policy(failure_rate_threshold=0.5, window_size=10, window_duration=5)
+
+
+def test_rate_rule_defaults_to_a_count_window_of_100() -> None:
+    assert Policy(failure_rate_threshold=0.5).window_size == 100
+
+
+def test_max_recovery_timeout_below_recovery_timeout() -> None:
+    with pytest.raises(ConfigurationError, match="max_recovery_timeout"):
+        Policy(recovery_timeout=60, max_recovery_timeout=30)
+
+
+def test_unknown_argument_is_named() -> None:
+    with pytest.raises(ConfigurationError, match="failure_treshold"):
+        Policy.from_kwargs({"failure_treshold": 3})
+
+
+def test_expected_exception_alias_and_exclusive_with_on() -> None:
+    assert Policy.from_kwargs({"expected_exception": KeyError}).on is KeyError
+    with pytest.raises(ConfigurationError, match="expected_exception"):
+        Policy.from_kwargs({"expected_exception": KeyError, "on": KeyError})
+
+
+@pytest.mark.parametrize("name", ["", "x" * 201, "a\nb", "tab\there", "nul\x00", 42, None, b"bytes"])
+def test_bad_names(name: object) -> None:
+    with pytest.raises(ConfigurationError, match="name"):
+        CircuitBreaker(name, failure_threshold=1)  # type: ignore[arg-type]
+    with isolated_registry(), pytest.raises(ConfigurationError, match="name"):
+        circuit(name)  # type: ignore[arg-type]
+
+
+def test_bad_clock_and_policy_object() -> None:
+    with pytest.raises(ConfigurationError, match="clock"):
+        CircuitBreaker("x", clock=object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="policy"):
+        CircuitBreaker("x", policy={"failure_threshold": 3})  # type: ignore[arg-type]
+
+
+def test_circuit_rejects_bad_fallback_and_registry() -> None:
+    with isolated_registry():
+        with pytest.raises(ConfigurationError, match="fallback"):
+            circuit("x", fallback=3)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="registry"):
+            circuit("y", registry="default")  # type: ignore[arg-type]
+
+
+def test_valid_policy_round_trips_as_dict() -> None:
+    p = Policy(failure_threshold=3, on=(KeyError, TimeoutError), recovery_timeout=1)
+    d = p.as_dict()
+    assert d["failure_threshold"] == 3
+    assert d["on"] == ["KeyError", "TimeoutError"]
+    assert d["recovery_timeout"] == 1.0
