@@ -89,6 +89,9 @@ def _plain(permit: Token) -> Token:
 
 Token = int | Permit
 
+# One generator for every breaker's jitter: a Random holds 2.5 KB of state, more than a whole idle breaker.
+_JITTER_RNG = random.Random()
+
 
 @dataclass(frozen=True, slots=True)
 class BreakerStats:
@@ -124,7 +127,7 @@ class CircuitBreaker:
     also be built standalone: ``CircuitBreaker("payments", failure_threshold=3)``.
 
     Args:
-        name: The circuit's name (1–200 characters, no control characters).
+        name: The circuit's name (1 to 200 characters, no control characters).
         policy: A :class:`Policy`; or give its fields as keyword arguments.
         clock: Where time comes from (default: the system's monotonic and wall clocks).
         dispatcher: Where events go (registries pass theirs; standalone breakers emit to nobody).
@@ -158,7 +161,7 @@ class CircuitBreaker:
         self._now: Callable[[], float] = clock.monotonic
         self._wall: Callable[[], float] = clock.time
         self._dispatch = dispatcher if dispatcher is not None else Dispatcher()
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng if rng is not None else _JITTER_RNG
         self._lock = threading.Lock()
         self._n_ok = itertools.count()
         self._n_fail = itertools.count()
@@ -444,7 +447,7 @@ class CircuitBreaker:
                 _report("circuitry.classifier_failed", self.name, err)
                 bad = True
             if bad:
-                self.record_failure(token, _BadResult(result), duration)
+                self.record_failure(token, _BadResultError(result), duration)
                 return
         self.record_success(token, duration)
 
@@ -468,8 +471,9 @@ class CircuitBreaker:
         self._manual(DISABLED)
 
     def set_metrics_only(self, enabled: bool = True) -> None:
-        """Keep recording and transitioning, but never refuse a call (would-be rejections are
-        counted in :attr:`BreakerStats.would_reject` and emitted as shadow rejections)."""
+        """Keep recording and transitioning, but never refuse a call. Calls that would have been
+        refused go through as *shadow* calls: counted in :attr:`BreakerStats.would_reject`, their
+        outcomes counted but changing no state."""
         if not isinstance(enabled, bool):
             raise ConfigurationError(f"enabled must be a bool, got {enabled!r}")
         self._enforce = not enabled
@@ -540,12 +544,12 @@ class CircuitBreaker:
                     events: list[Event]) -> None:
         if permit.probe is None:
             return
-        live = self._probes.pop(permit.probe, None) is not None
-        if self._shared is not None:
+        lease = self._probes.pop(permit.probe, None)
+        if lease is not None and self._shared is not None:
             self._shared.release_probe(self)
-        if not live or permit.generation != self._gen or self._state is not HALF_OPEN:
-            return  # stale: the lease expired or the circuit moved on
         now = self._now()
+        if lease is None or lease <= now or permit.generation != self._gen or self._state is not HALF_OPEN:
+            return  # stale: the lease expired or the circuit moved on
         if ok:
             self._probe_ok += 1
             if self._probe_ok >= self._policy.success_threshold:
@@ -606,7 +610,7 @@ class CircuitBreaker:
                 self._dispatch.emit(hooks, ev)
 
 
-class _BadResult(Exception):
+class _BadResultError(Exception):
     """Stands for a return value that ``result_is_failure`` rejected (never raised to the caller)."""
 
     def __init__(self, result: object) -> None:
@@ -625,7 +629,7 @@ def describe(exc: BaseException | None) -> tuple[str | None, str | None]:
     """``(qualified type name, message truncated to 500 characters)`` — never a traceback."""
     if exc is None:
         return None, None
-    if isinstance(exc, _BadResult):
+    if isinstance(exc, _BadResultError):
         return "result_is_failure", str(exc)[:_MESSAGE_LIMIT]
     etype = type(exc)
     name = etype.__qualname__ if etype.__module__ == "builtins" else f"{etype.__module__}.{etype.__qualname__}"

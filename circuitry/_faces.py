@@ -129,7 +129,7 @@ class Circuit:
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         if isinstance(fn, classmethod | staticmethod):
-            return type(fn)(self(fn.__func__))  # type: ignore[return-value]
+            return type(fn)(self(fn.__func__))
         fallback = self._fallback
         if inspect.iscoroutinefunction(fn):
             wrapper: Any = self._wrap_async(fn)
@@ -145,7 +145,7 @@ class Circuit:
             return self._wrap_object(fn)
         else:
             raise ConfigurationError(f"circuit() decorates callables, got {fn!r}")
-        functools.update_wrapper(wrapper, fn)
+        functools.update_wrapper(wrapper, fn)  # type: ignore[arg-type]
         wrapper.circuit = self
         return wrapper  # type: ignore[no-any-return]
 
@@ -213,7 +213,7 @@ class Circuit:
                     kwargs: dict[str, Any]) -> Any:
             return _calls.call_through(lookup(), wrapped, args, kwargs, fallback)
 
-        return wrapt.FunctionWrapper(fn, through)  # type: ignore[return-value]
+        return wrapt.FunctionWrapper(fn, through)
 
     # -- with / async with --------------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ def _number(name: str, value: object, *, lo: float, hi: float, lo_open: bool = T
 def _optional_callable(name: str, value: object) -> Callable[..., Any] | None:
     if value is not None and not callable(value):
         raise ConfigurationError(f"{name} must be callable or None, got {value!r}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _exception_filter(name: str, value: object) -> ExceptionFilter:
@@ -60,7 +60,7 @@ def _exception_filter(name: str, value: object) -> ExceptionFilter:
             raise ConfigurationError(f"{name} must not be an empty tuple")
         types = value
     elif callable(value):
-        return value  # type: ignore[return-value]
+        return value
     else:
         raise ConfigurationError(
             f"{name} must be an exception type, a tuple of them, or a predicate; got {value!r}"
@@ -73,7 +73,7 @@ def _exception_filter(name: str, value: object) -> ExceptionFilter:
                 f"{name} contains {t.__name__}, which is not an Exception subclass: "
                 "cancellation and interpreter exits are never counted"
             )
-    return value  # type: ignore[return-value]
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -331,6 +331,7 @@ def test_metrics_only_never_refuses_but_transitions_and_counts(clock: FakeClock)
     b.record_success(p)
     assert b.state is CircuitState.OPEN  # shadow outcomes change nothing
     assert b.stats().would_reject == 1
+    assert events.transitions() == [("closed", "open")]
     b.set_metrics_only(False)
     with pytest.raises(CircuitOpenError):
         b.admit()

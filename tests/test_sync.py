@@ -218,8 +218,7 @@ def test_sync_function_with_async_fallback_is_a_configuration_error(registry: Re
 def test_generators_are_one_call_each(registry: Registry, clock: FakeClock) -> None:
     @circuit("gen", failure_threshold=1, recovery_timeout=5)
     def numbers(n: int, fail: bool = False) -> Any:
-        for i in range(n):
-            yield i
+        yield from range(n)
         if fail:
             raise Boom()
         return "done"

@@ -13,7 +13,7 @@ Failure processes, per class (the ranges are the definitions of the classes used
   2 to 60 per minute (a "high-rate" variant at 12 to 60 per minute, where most gaps are under 5 s), with
   constant or ramping traffic.
 * ``intermittent`` -- failures form a renewal process with Weibull gaps (shape 0.8 to 2, a hard variant
-  0.6 to 0.8), mean gap 2 to 15 minutes; failure probability per call under 5 %.
+  0.6 to 0.8) counted in calls, mean gap 2 to 15 minutes; failure probability per call under 5 %.
 * ``burst`` -- failures clustered in time beyond what the traffic explains: a self-exciting Hawkes process
   (branching ratio 0.7 to 0.95, exponential kernel 0.5 to 5 s), a Neyman-Scott cluster process, a two-state
   (healthy / outage) Markov-modulated process, short outages on a steady background, and hard cases: a
@@ -153,7 +153,11 @@ def steady(rng: random.Random, expected: float, *, high_rate: bool = False, ramp
 
 
 def intermittent(rng: random.Random, expected: float, *, hard: bool = False) -> Window:
-    """Rare failures with Weibull-distributed gaps (a renewal process), independent of traffic.
+    """Rare failures with Weibull-distributed gaps (a renewal process) in operational time.
+
+    The gaps are counted in calls, so when traffic ramps the failures per second follow it and the
+    failure probability per call stays constant (otherwise a falling traffic ramp would be a genuine
+    escalation per call).
 
     Args:
         rng: Random source.
@@ -167,22 +171,24 @@ def intermittent(rng: random.Random, expected: float, *, hard: bool = False) -> 
     max_gap = min(900.0, 8 * 3600.0 / max(expected, 1.0))
     mean_gap = _log_uniform(rng, 120.0, max(120.0, max_gap))
     duration = max(expected * mean_gap, 600.0)
-    scale = mean_gap / math.gamma(1.0 + 1.0 / shape)
-    events: list[float] = []
-    # Start the renewal process before the window so the first gap is not special.
-    t = -rng.weibullvariate(scale, shape) * rng.random()
-    while True:
-        t += rng.weibullvariate(scale, shape)
-        if t >= duration:
-            break
-        if t >= 0:
-            events.append(t)
     rate, ramp_f = _pick_traffic(rng, duration, 0.3, 5.0)
     rate = max(rate, 25.0 / mean_gap)  # keeps failure probability per call <= 4 %
     rate = min(rate, MAX_CALLS / duration / ((1 + ramp_f) / 2))
     times = traffic(rng, rate, 0.0, duration, ramp_f)
+    calls_per_gap = mean_gap * _mean_rate(rate, ramp_f)
+    scale = calls_per_gap / math.gamma(1.0 + 1.0 / shape)
+    failed = [False] * len(times)
+    # Start the renewal process before the window so the first gap is not special.
+    x = -rng.weibullvariate(scale, shape) * rng.random()
+    while True:
+        x += rng.weibullvariate(scale, shape)
+        i = math.ceil(x)
+        if i >= len(times):
+            break
+        if i >= 0:
+            failed[i] = True
     kind = "intermittent-hard" if hard else "intermittent"
-    return Window("intermittent", kind, _attach(times, events), 0.0, duration)
+    return Window("intermittent", kind, list(zip(times, failed, strict=True)), 0.0, duration)
 
 
 # ---------------------------------------------------------------------------------------------- burst

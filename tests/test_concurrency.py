@@ -1,0 +1,261 @@
+"""Threads, coroutines and one breaker: exact counts, one probe, no serialisation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from circuitry import CircuitOpenError, CircuitState, Registry, circuit
+from circuitry.testing import FakeClock
+
+from .conftest import Boom, Other
+
+
+def _open_then_expire(registry: Registry, clock: FakeClock, name: str, **policy: Any) -> None:
+    b = registry.get(name, failure_threshold=1, recovery_timeout=30, half_open_max_calls=1, **policy)
+    b.record_failure(b.admit(), Boom())
+    assert b.state is CircuitState.OPEN
+    clock.advance(30)  # the open period has just ended
+
+
+async def test_fifty_coroutines_arriving_at_half_open_send_exactly_one_probe(
+        registry: Registry, clock: FakeClock) -> None:
+    _open_then_expire(registry, clock, "herd")
+    entered = 0
+    go = asyncio.Event()
+
+    @circuit("herd")
+    async def fetch() -> str:
+        nonlocal entered
+        entered += 1
+        await asyncio.sleep(0.01)  # the probe is still in flight while the others arrive
+        return "ok"
+
+    async def caller() -> str:
+        await go.wait()
+        try:
+            return await fetch()
+        except CircuitOpenError:
+            return "rejected"
+
+    tasks = [asyncio.ensure_future(caller()) for _ in range(50)]
+    await asyncio.sleep(0)
+    go.set()
+    results = await asyncio.gather(*tasks)
+    assert entered == 1
+    assert results.count("ok") == 1 and results.count("rejected") == 49
+    assert registry["herd"].state is CircuitState.CLOSED
+
+
+def test_fifty_threads_arriving_at_half_open_send_exactly_one_probe(registry: Registry, clock: FakeClock) -> None:
+    _open_then_expire(registry, clock, "herd")
+    entered = []
+    release = threading.Event()
+    barrier = threading.Barrier(50)
+
+    @circuit("herd")
+    def fetch() -> str:
+        entered.append(1)
+        release.wait(10)  # hold the probe until every thread has tried
+        return "ok"
+
+    results: list[str] = []
+
+    def caller() -> None:
+        barrier.wait(10)
+        try:
+            results.append(fetch())
+        except CircuitOpenError:
+            results.append("rejected")
+            if results.count("rejected") == 49:
+                release.set()
+
+    threads = [threading.Thread(target=caller) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert len(entered) == 1
+    assert sorted(results) == ["ok"] + ["rejected"] * 49
+
+
+def test_eight_threads_hammering_one_breaker_keep_exact_counts(registry: Registry) -> None:
+    per_thread = 20_000
+    b = registry.get("hammer", failure_threshold=10**9, on=Boom)
+
+    @circuit("hammer")
+    def work(i: int) -> int:
+        if i % 7 == 0:
+            raise Boom()
+        if i % 11 == 0:
+            raise Other()
+        return i
+
+    def worker() -> None:
+        for i in range(per_thread):
+            try:
+                work(i)
+            except (Boom, Other):
+                pass
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    fails = sum(1 for i in range(per_thread) if i % 7 == 0) * 8
+    ignored = sum(1 for i in range(per_thread) if i % 7 and i % 11 == 0) * 8
+    s = b.stats()
+    assert (s.failures, s.ignored, s.successes) == (fails, ignored, per_thread * 8 - fails - ignored)
+
+
+def test_threads_exact_counts_on_the_locked_window_path(registry: Registry) -> None:
+    b = registry.get("window", failure_rate_threshold=0.99, window_size=1000, minimum_calls=1000)
+
+    def worker(seed: int) -> None:
+        for i in range(5000):
+            p = b.admit()
+            if (i + seed) % 5 == 0:
+                b.record_failure(p, Boom())
+            else:
+                b.record_success(p)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    s = b.stats()
+    assert (s.failures, s.successes, s.state) == (8000, 32000, CircuitState.CLOSED)
+    assert b._window is not None and b._window.totals(0)[:2] == (1000, b._window.totals(0)[1])
+
+
+async def test_ten_thousand_coroutines_and_eight_threads_keep_exact_counts(registry: Registry) -> None:
+    b = registry.get("mixed", failure_threshold=10**9, on=Boom)
+
+    @circuit("mixed")
+    async def aio(i: int) -> int:
+        await asyncio.sleep(0)
+        if i % 5 == 0:
+            raise Boom()
+        return i
+
+    @circuit("mixed")
+    def sync(i: int) -> int:
+        if i % 5 == 0:
+            raise Boom()
+        return i
+
+    def thread_worker() -> None:
+        for i in range(10_000):
+            try:
+                sync(i)
+            except Boom:
+                pass
+
+    async def coro(i: int) -> None:
+        try:
+            await aio(i)
+        except Boom:
+            pass
+
+    threads = [threading.Thread(target=thread_worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    await asyncio.gather(*(coro(i) for i in range(10_000)))
+    for t in threads:
+        t.join()
+    s = b.stats()
+    assert s.failures == 2000 + 8 * 2000
+    assert s.successes == 8000 + 8 * 8000
+    assert s.calls == 10_000 * 9
+
+
+def test_threads_run_through_a_closed_breaker_in_parallel(registry: Registry) -> None:
+    """If the breaker held a lock across the call (pybreaker), the barrier could never fill."""
+    n = 8
+    barrier = threading.Barrier(n, timeout=10)
+
+    @circuit("parallel")
+    def slow() -> None:
+        barrier.wait()  # returns only once all n calls are inside the function at the same time
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            slow()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert registry["parallel"].stats().successes == n
+
+
+def test_with_block_shared_by_threads_keeps_permits_apart(registry: Registry, clock: FakeClock) -> None:
+    c = circuit("shared_with", failure_threshold=10**6)
+    barrier = threading.Barrier(8, timeout=10)
+    outcomes: list[str] = []
+
+    def run(k: int) -> None:
+        for i in range(2000):
+            try:
+                with c:
+                    if i == 0:
+                        barrier.wait()
+                    if (i + k) % 4 == 0:
+                        raise Boom()
+                outcomes.append("ok")
+            except Boom:
+                outcomes.append("failed")
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    s = registry["shared_with"].stats()
+    assert (s.successes, s.failures) == (outcomes.count("ok"), outcomes.count("failed")) == (12000, 4000)
+
+
+@pytest.mark.parametrize("probes", [1, 3])
+def test_half_open_never_exceeds_its_permits_under_threads(registry: Registry, clock: FakeClock,
+                                                           probes: int) -> None:
+    b = registry.get("permits", failure_threshold=1, recovery_timeout=1, half_open_max_calls=probes)
+    b.record_failure(b.admit(), Boom())
+    clock.advance(1)
+    inside = 0
+    peak = 0
+    lock = threading.Lock()
+    barrier = threading.Barrier(16, timeout=10)
+
+    def run() -> None:
+        nonlocal inside, peak
+        barrier.wait()
+        for _ in range(200):
+            try:
+                p = b.admit()
+            except CircuitOpenError:
+                continue
+            with lock:
+                inside += 1
+                peak = max(peak, inside)
+            with lock:
+                inside -= 1
+            b.record_ignored(p)  # probe ends without a verdict: permit back, still half-open
+
+    threads = [threading.Thread(target=run) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 1 <= peak <= probes
+    assert b.stats().probes_in_flight == 0

@@ -1,0 +1,110 @@
+"""Rejections retain nothing; failing calls' frames are not kept alive by the breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import tracemalloc
+import weakref
+
+import pytest
+
+from circuitry import CircuitOpenError, Registry, circuit
+
+from .conftest import Boom
+
+
+class Big:
+    def __init__(self) -> None:
+        self.payload = bytearray(10_000_000)
+
+
+def test_one_hundred_thousand_rejections_retain_no_memory(registry: Registry) -> None:
+    @circuit("mem", failure_threshold=1, recovery_timeout=3600)
+    def f() -> None:
+        raise Boom()
+
+    with pytest.raises(Boom):
+        f()
+
+    def reject(n: int) -> None:
+        for _ in range(n):
+            try:
+                f()
+            except CircuitOpenError:
+                pass
+
+    reject(1000)  # warm up caches
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    reject(100_000)
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert registry["mem"].stats().rejected == 101_000
+    assert after - before < 4096, after - before  # purgatory's shared error grows ~1.5 KB per call
+
+
+@pytest.mark.parametrize("face", ["decorator", "with", "call"])
+def test_a_failing_calls_locals_are_not_kept_alive(registry: Registry, face: str) -> None:
+    refs: list[weakref.ref[Big]] = []
+
+    def work() -> None:
+        big = Big()
+        refs.append(weakref.ref(big))
+        raise Boom()
+
+    c = circuit("frames", failure_threshold=10**6)
+    for _ in range(3):
+        try:
+            if face == "decorator":
+                c(work)()
+            elif face == "with":
+                with c:
+                    work()
+            else:
+                c.call(work)
+        except Boom:
+            pass
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
+
+
+def test_the_call_that_opens_the_circuit_does_not_keep_its_frames(registry: Registry) -> None:
+    refs: list[weakref.ref[Big]] = []
+
+    @circuit("opening", failure_threshold=1)
+    def work() -> None:
+        big = Big()
+        refs.append(weakref.ref(big))
+        raise Boom()
+
+    try:
+        work()
+    except Boom:
+        pass
+    for _ in range(3):
+        with pytest.raises(CircuitOpenError):
+            work()
+    gc.collect()
+    assert refs[0]() is None
+
+
+async def test_async_failures_do_not_keep_frames(registry: Registry) -> None:
+    refs: list[weakref.ref[Big]] = []
+
+    @circuit("afr", failure_threshold=10**6)
+    async def work() -> None:
+        big = Big()
+        refs.append(weakref.ref(big))
+        await asyncio.sleep(0)
+        raise Boom()
+
+    for _ in range(3):
+        try:
+            await work()
+        except Boom:
+            pass
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]

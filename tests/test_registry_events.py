@@ -1,0 +1,206 @@
+"""Registries (get-or-create, conflicts, iteration, memory) and event hooks."""
+
+from __future__ import annotations
+
+import threading
+import tracemalloc
+
+import pytest
+
+from circuitry import (
+    CircuitBreakerError,
+    CircuitOpenError,
+    CircuitState,
+    Event,
+    EventKind,
+    Registry,
+    RegistryConflictError,
+    StructlogHook,
+    circuit,
+    default_registry,
+)
+from circuitry.testing import CapturedEvents, FakeClock, capture_events, isolated_registry
+
+from .conftest import Boom
+
+
+def test_get_or_create_returns_the_same_breaker(registry: Registry) -> None:
+    a = registry.get("svc", failure_threshold=3)
+    assert registry.get("svc") is a
+    assert registry.get("svc", failure_threshold=3) is a
+    assert "svc" in registry and len(registry) == 1 and list(registry) == [a]
+
+
+def test_a_conflicting_policy_is_an_error_not_an_overwrite(registry: Registry) -> None:
+    a = registry.get("svc", failure_threshold=3)
+    with pytest.raises(RegistryConflictError, match="failure_threshold: 3 -> 4"):
+        registry.get("svc", failure_threshold=4)
+    with pytest.raises(RegistryConflictError):
+        circuit("svc", failure_threshold=7)
+    assert registry["svc"] is a and a.policy.failure_threshold == 3
+
+
+def test_registry_conflict_error_is_a_configuration_error() -> None:
+    assert issubclass(RegistryConflictError, ValueError)
+    assert issubclass(CircuitOpenError, CircuitBreakerError)
+
+
+def test_concurrent_get_or_create_makes_one_breaker() -> None:
+    reg = Registry(hooks=[])
+    got = []
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        barrier.wait()
+        got.append(reg.get("race"))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(b) for b in got}) == 1
+
+
+def test_reset_all_and_remove(registry: Registry) -> None:
+    for name in ("a", "b"):
+        registry.get(name).force_open()
+    registry.reset_all()
+    assert all(b.state is CircuitState.CLOSED for b in registry)
+    registry.remove("a")
+    assert registry.names() == ["b"]
+    registry.clear()
+    assert len(registry) == 0
+
+
+def test_isolated_registry_restores_the_default() -> None:
+    before = default_registry()
+    with isolated_registry() as reg:
+        assert default_registry() is reg
+    assert default_registry() is before
+
+
+def test_idle_breakers_cost_little_memory() -> None:
+    reg = Registry(hooks=[])
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for i in range(2000):
+        reg.get(f"svc-{i}")
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    per_breaker = used / 2000
+    assert per_breaker < 2048, per_breaker  # measured about 1.3 KB: bounded, independent of traffic
+
+
+def test_an_idle_breakers_memory_does_not_grow_with_traffic() -> None:
+    reg = Registry(hooks=[])
+    b = reg.get("svc", failure_rate_threshold=0.5, window_size=50, minimum_calls=50)
+    for _ in range(100):
+        b.record_success(b.admit())
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for i in range(20_000):
+        p = b.admit()
+        if i % 3:
+            b.record_success(p)
+        else:
+            b.record_failure(p, Boom())
+    grown = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert grown < 2048, grown
+
+
+def test_hooks_receive_frozen_events(registry: Registry, clock: FakeClock) -> None:
+    with capture_events(registry) as events:
+        b = registry.get("svc", failure_threshold=1, recovery_timeout=5)
+        b.record_failure(b.admit(), Boom("x"))
+        with pytest.raises(CircuitOpenError):
+            b.admit()
+    assert [e.kind for e in events] == [EventKind.FAILURE, EventKind.TRANSITION, EventKind.REJECTION]
+    with pytest.raises(AttributeError):
+        events[0].circuit = "other"  # type: ignore[misc]
+    assert events[1].as_dict()["event"] == "circuitry.circuit_opened"
+
+
+def test_a_hook_that_raises_never_changes_a_calls_outcome(registry: Registry) -> None:
+    def broken(event: Event) -> None:
+        raise RuntimeError("hook bug")
+
+    registry.add_hook(broken)
+
+    @circuit("svc", failure_threshold=1)
+    def f(fail: bool) -> int:
+        if fail:
+            raise Boom()
+        return 1
+
+    assert f(False) == 1
+    with pytest.raises(Boom):
+        f(True)
+    with pytest.raises(CircuitOpenError):
+        f(False)
+
+
+def test_hooks_run_after_the_lock_is_released(registry: Registry) -> None:
+    seen = []
+
+    def reenter(event: Event) -> None:
+        b = registry["svc"]
+        assert not b._lock.locked()
+        seen.append((event.name, b.state))  # calling back into the breaker must not deadlock
+
+    registry.add_hook(reenter)
+    b = registry.get("svc", failure_threshold=1)
+    b.record_failure(b.admit(), Boom())
+    with pytest.raises(CircuitOpenError):
+        b.admit()
+    assert [n for n, _ in seen] == ["circuitry.call_failed", "circuitry.circuit_opened",
+                                    "circuitry.call_rejected"]
+
+
+def test_hook_kinds_filter_what_is_built(registry: Registry) -> None:
+    only = CapturedEvents()
+    only.kinds = frozenset({EventKind.TRANSITION})  # type: ignore[misc]
+    registry.add_hook(only)
+    b = registry.get("svc", failure_threshold=2)
+    b.record_failure(b.admit(), Boom())
+    assert only == []
+    b.record_failure(b.admit(), Boom())
+    assert only.names() == ["circuitry.circuit_opened"]
+    assert registry.dispatcher.failure == ()
+
+
+def test_exactly_one_event_per_transition(registry: Registry, clock: FakeClock, events: CapturedEvents) -> None:
+    b = registry.get("svc", failure_threshold=1, recovery_timeout=1)
+    for _ in range(20):
+        b.record_failure(b.admit(), Boom())
+        clock.advance(1)
+        b.state
+        b.state
+        b.record_success(b.admit())
+    assert events.transitions() == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")] * 20
+
+
+def test_structlog_hook_logs_dotted_past_tense_names() -> None:
+    from structlog.testing import capture_logs
+
+    hook = StructlogHook(kinds=EventKind)
+    reg = Registry(hooks=[hook], clock=FakeClock())
+    b = reg.get("svc", failure_threshold=1)
+    with capture_logs() as logs:
+        b.record_failure(b.admit(), Boom("down"))
+        with pytest.raises(CircuitOpenError):
+            b.admit()
+    assert [(entry["event"], entry["log_level"]) for entry in logs] == [
+        ("circuitry.call_failed", "debug"),
+        ("circuitry.circuit_opened", "warning"),
+        ("circuitry.call_rejected", "info"),
+    ]
+    assert logs[1]["circuit"] == "svc" and logs[1]["reason"] == "failure_threshold"
+
+
+def test_non_callable_hook_is_rejected() -> None:
+    from circuitry import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="hooks"):
+        Registry(hooks=[42])  # type: ignore[list-item]

@@ -1,0 +1,41 @@
+"""Checked by ``mypy --strict`` (see pyproject's [tool.mypy] files): decorated functions keep their
+parameter and return types. Each ``reveal_type``-free assignment below would fail type checking if
+the decorator erased the signature."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from circuitry import CircuitBreaker, circuit
+
+if TYPE_CHECKING:
+    from typing_extensions import assert_type
+
+
+@circuit("typed_sync", failure_threshold=3)
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+@circuit("typed_async")
+async def fetch(url: str, *, retries: int = 1) -> bytes:
+    return url.encode() * retries
+
+
+def use() -> None:
+    total: int = add(1, b=2)
+    assert_type(add(1), int)
+    with circuit("typed_with") as breaker:
+        assert_type(breaker, CircuitBreaker)
+    del total
+
+
+def coroutine_type() -> Coroutine[Any, Any, bytes]:
+    return fetch("u", retries=2)  # the return annotation checks the decorated type
+
+
+async def use_async() -> bytes:
+    data = await fetch("x")
+    assert_type(data, bytes)
+    return data
