@@ -3,8 +3,8 @@ aiobreaker, side by side, in one process.
 
 Run from the repository root::
 
-    python benchmarks/bench_core.py            # full run (about 2-3 minutes on 2 cores)
-    python benchmarks/bench_core.py --quick    # a smoke run (about 15 s; numbers are rough)
+    python benchmarks/bench_core.py            # full run (9 repeats, about 70 s on 2 cores)
+    python benchmarks/bench_core.py --quick    # a smoke run (about 5 s; numbers are rough)
     python benchmarks/bench_core.py --store    # also time circuitry with the SQLite store attached
                                                # (errors clearly if circuitry.store is not there)
 
@@ -32,6 +32,7 @@ import gc
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -335,6 +336,8 @@ def store_registry(tmpdir: str) -> tuple[Registry, Any]:
     """
     import circuitry.store as store_mod  # type: ignore[import-not-found]
 
+    if getattr(store_mod, "__file__", None) is None:  # a bare directory (namespace package): not there yet
+        raise ImportError("circuitry.store is an empty namespace package")
     factory = getattr(store_mod, "SQLiteStore", None) or getattr(store_mod, "Store", None)
     if factory is None:
         raise RuntimeError("circuitry.store has no SQLiteStore/Store: update store_registry() in "
@@ -359,6 +362,13 @@ def machine() -> list[str]:
     except OSError:
         pass
     versions = ", ".join(f"{name} {metadata.version(name)}" for name in LIBS)
+    try:
+        rev = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
+    if rev:
+        versions += f" (circuitry at git {rev})"
     return [
         f"platform: {platform.platform()}",
         f"CPU: {cpu} ({os.cpu_count()} logical CPUs)",
@@ -464,13 +474,13 @@ def report(cells: list[Cell], store_lib: str | None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 repeats, 10x fewer calls")
-    ap.add_argument("--repeats", type=int, default=None, help="repeats (default 7; 3 with --quick)")
+    ap.add_argument("--repeats", type=int, default=None, help="repeats (default 9; 3 with --quick)")
     ap.add_argument("-n", type=int, default=None, help="calls per sync-success cell (default 200000)")
     ap.add_argument("--store", action="store_true",
                     help="require the circuitry + SQLite store cells (error if circuitry.store is missing); "
                          "without it they are added only when circuitry.store imports")
     args = ap.parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 7)
+    repeats = args.repeats or (3 if args.quick else 9)
     n_base = args.n or (20_000 if args.quick else 200_000)
     if repeats < 1 or n_base < 1:
         ap.error("--repeats and -n must be positive")
@@ -489,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         except Exception as err:
             if args.store:
-                raise
+                print(f"--store: circuitry.store could not be attached: {err!r}", file=sys.stderr)
+                return 2
             print(f"note: circuitry.store imports but could not be attached ({err!r}); store cells skipped",
                   file=sys.stderr)
         else:

@@ -29,7 +29,7 @@ from circuitry._window import CountWindow, TimeWindow
 from circuitry.events import Dispatcher, Event, EventKind
 from circuitry.exceptions import CircuitOpenError, ConfigurationError
 
-__all__ = ["BreakerStats", "CircuitBreaker", "Permit", "validate_name"]
+__all__ = ["BreakerStats", "CircuitBreaker", "Permit", "SharedState", "validate_name"]
 
 CLOSED: Final = CircuitState.CLOSED
 OPEN: Final = CircuitState.OPEN
@@ -91,6 +91,19 @@ Token = int | Permit
 
 # One generator for every breaker's jitter: a Random holds 2.5 KB of state, more than a whole idle breaker.
 _JITTER_RNG = random.Random()
+
+
+@dataclass(frozen=True, slots=True)
+class SharedState:
+    """What a store persists of a breaker (wall-clock times, for other processes and later runs)."""
+
+    state: CircuitState
+    generation: int
+    opened_at: float | None
+    open_until: float | None
+    open_for: float
+    reopens: int
+    consecutive_failures: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,6 +502,64 @@ class CircuitBreaker:
                 self._to(to, "manual", self._now(), events)
         self._emit(events)
 
+    # -- shared state (the store's side) ------------------------------------------------------------
+
+    def snapshot(self) -> SharedState:
+        """The state as the store persists it: wall-clock times, so other processes can read them."""
+        with self._lock:
+            until = None
+            if self._state is OPEN:
+                until = self._wall() + max(0.0, self._open_until - self._now())
+            return SharedState(self._state, self._gen, self._opened_at, until, self._open_for, self._reopens,
+                               self._consecutive)
+
+    def _trip_shared(self, generation: int) -> bool:
+        """Open because the failures of every process together reached the threshold (the store
+        decides that); only if still closed in ``generation``. Returns whether it opened."""
+        events: list[Event] = []
+        with self._lock:
+            if self._state is not CLOSED or self._gen != generation:
+                return False
+            self._to(OPEN, "shared_failures", self._now(), events)
+        self._emit(events)
+        return True
+
+    def _apply_shared(self, state: CircuitState, opened_at: float | None, open_until: float | None,
+                      open_for: float | None, reopens: int, reason: str) -> int:
+        """Adopt a state decided elsewhere (another process, or a previous run); returns the generation.
+
+        Wall-clock times become monotonic deadlines here, clamped so a clock jump can neither
+        extend an open period past its length nor make it negative.
+        """
+        events: list[Event] = []
+        with self._lock:
+            now = self._now()
+            if state is OPEN:
+                length = max(0.0, open_for or 0.0)
+                remaining = 0.0 if open_until is None else open_until - self._wall()
+                remaining = min(max(remaining, 0.0), length)
+            same = state is self._state and (state is not OPEN or opened_at == self._opened_at)
+            if not same:
+                frm = self._state
+                self._gen += 1
+                self._reset_counts()
+                self._state = state
+                if self._dispatch.transition:
+                    events.append(Event(EventKind.TRANSITION, self.name, self._wall(), self._gen, state, frm,
+                                        reason, open_for=open_for if state is OPEN else None))
+            if state is OPEN:
+                self._open_for = max(0.0, open_for or 0.0)
+                self._open_until = now + remaining
+            if state is OPEN or state is FORCED_OPEN:
+                self._opened_at = opened_at
+            elif state is CLOSED or state is DISABLED:
+                self._opened_at = None
+            self._reopens = max(0, reopens)
+            self._update_fast()
+            gen = self._gen
+        self._emit(events)
+        return gen
+
     # -- internals (lock held) ----------------------------------------------------------------------
 
     def _is_slow(self, duration: float | None) -> bool:
@@ -592,7 +663,7 @@ class CircuitBreaker:
             self._opened_at = None
         self._state = to
         self._update_fast()
-        if self._dispatch.transition or self._shared is not None:
+        if self._dispatch.transition:
             etype, emsg = describe(exc) if exc is not None else (None, None)
             events.append(Event(EventKind.TRANSITION, self.name, self._wall(), self._gen, to, frm,
                                 reason, etype, emsg, open_for))
@@ -600,10 +671,6 @@ class CircuitBreaker:
     def _emit(self, events: list[Event]) -> None:
         if not events:
             return
-        shared = self._shared
-        if shared is not None:
-            for ev in events:
-                shared.transitioned(self, ev)
         hooks = self._dispatch.transition
         if hooks:
             for ev in events:

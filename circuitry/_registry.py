@@ -7,6 +7,7 @@ policy is a :class:`~circuitry.RegistryConflictError`, never a silent overwrite.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from collections.abc import Iterable, Iterator
@@ -18,7 +19,7 @@ from circuitry._policy import Policy
 from circuitry.events import Dispatcher, Hook, StructlogHook
 from circuitry.exceptions import ConfigurationError, RegistryConflictError
 
-__all__ = ["Registry", "default_registry", "set_default_registry"]
+__all__ = ["Registry", "configure", "default_db_path", "default_registry", "set_default_registry"]
 
 
 class Registry:
@@ -28,12 +29,13 @@ class Registry:
         clock: The clock every breaker of this registry reads (inject a fake one in tests).
         hooks: Event hooks; default: one :class:`~circuitry.events.StructlogHook` logging transitions.
         rng: Random source for jitter.
+        store: Where breakers persist: a :class:`~circuitry.store.SQLiteStore`, or a path to one.
 
     .. versionadded:: 0.1.0
     """
 
     def __init__(self, *, clock: Clock | None = None, hooks: Iterable[Hook] | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, store: Any = None) -> None:
         self.clock = SYSTEM_CLOCK if clock is None else clock
         self.dispatcher = Dispatcher((StructlogHook(),) if hooks is None else hooks)
         self._rng = rng
@@ -41,6 +43,14 @@ class Registry:
         # The faces read this dict directly on every call: it must only ever be mutated in place.
         self.breakers: dict[str, CircuitBreaker] = {}
         self._attached: list[Any] = []
+        if store is not None:
+            if isinstance(store, str | os.PathLike):
+                from circuitry.store import SQLiteStore
+
+                store = SQLiteStore(store)
+            if not hasattr(store, "adopt"):
+                raise ConfigurationError(f"store must be a path or a store, got {store!r}")
+            self.attach(store)
 
     # -- lookup -------------------------------------------------------------------------------------
 
@@ -118,17 +128,27 @@ class Registry:
         self.dispatcher.remove(hook)
 
     def attach(self, attachment: Any) -> None:
-        """Attach something (a store) that must adopt every breaker, existing and future."""
+        """Attach something (a store) that must adopt every breaker, existing and future; if it is
+        callable, it also becomes a hook (a store records failures and transitions that way)."""
         with self._lock:
             self._attached.append(attachment)
             existing = list(self.breakers.values())
+        if callable(attachment):
+            self.dispatcher.add(attachment)
         for breaker in existing:
             attachment.adopt(breaker)
+
+    @property
+    def store(self) -> Any:
+        """The store attached to this registry, or ``None``."""
+        return next((a for a in self._attached if hasattr(a, "adopt")), None)
 
     def detach(self, attachment: Any) -> None:
         with self._lock:
             if attachment in self._attached:
                 self._attached.remove(attachment)
+        if callable(attachment):
+            self.dispatcher.remove(attachment)
 
     def __repr__(self) -> str:
         return f"<Registry {len(self.breakers)} breakers>"
@@ -152,12 +172,64 @@ class _DefaultRef:
         self.breakers = registry.breakers
 
 
-DEFAULT = _DefaultRef(Registry())
+#: The environment variable naming the default registry's database (``:memory:`` or ``none``: no store).
+DB_ENV = "CIRCUITRY_DB"
+#: The default registry's database when the variable is unset, relative to the working directory at
+#: first use (so every worker of one application, started in one directory, shares it).
+DEFAULT_DB = "circuitry.db"
+
+
+def default_db_path() -> str | None:
+    """Where the default registry persists: ``$CIRCUITRY_DB``, else ``./circuitry.db``; ``None`` for none."""
+    value = os.environ.get(DB_ENV)
+    if value is None:
+        return DEFAULT_DB
+    if value.strip().lower() in ("", ":memory:", "memory", "none", "off"):
+        return None
+    return value
+
+
+def _default_registry() -> Registry:
+    path = default_db_path()
+    if path is None:
+        return Registry()
+    from circuitry.store import SQLiteStore
+
+    return Registry(store=SQLiteStore(path))  # opens nothing until the first breaker is created
+
+
+DEFAULT = _DefaultRef(_default_registry())
 
 
 def default_registry() -> Registry:
     """The process-wide registry that ``circuit(name)`` uses."""
     return DEFAULT.registry
+
+
+def configure(*, db: str | os.PathLike[str] | None, **store_options: Any) -> Registry:
+    """Set where the process-wide registry persists, and return it.
+
+    Args:
+        db: A SQLite file path, or ``None`` (or ``":memory:"``) to keep breakers in memory only.
+        **store_options: Options of :class:`~circuitry.store.SQLiteStore` (``retention=``, ...).
+
+    The previous store is flushed and closed; existing breakers are adopted by the new one (and take
+    the state stored there, if any).
+
+    .. versionadded:: 0.1.0
+    """
+    registry = DEFAULT.registry
+    old = registry.store
+    if old is not None:
+        registry.detach(old)
+        old.close()
+    if db is not None and os.fspath(db) != ":memory:":
+        from circuitry.store import SQLiteStore
+
+        registry.attach(SQLiteStore(db, **store_options))
+    elif store_options:
+        raise ConfigurationError(f"store options given without a database: {sorted(store_options)}")
+    return registry
 
 
 def set_default_registry(registry: Registry) -> Registry:

@@ -5,6 +5,8 @@ The tree::
     Exception
     ├── CircuitBreakerError          (the seed's name; catch this to catch every rejection)
     │   └── CircuitOpenError         (a call was refused: the circuit is open or its probes are taken)
+    ├── StoreError                   (raised by explicit store operations, never into a protected call)
+    │   └── SchemaVersionError       (the database was written by a newer circuitry)
     └── ValueError
         └── ConfigurationError       (an argument is invalid; raised at construction, names the argument)
             └── RegistryConflictError  (a name is already registered with another policy)
@@ -21,6 +23,8 @@ __all__ = [
     "CircuitOpenError",
     "ConfigurationError",
     "RegistryConflictError",
+    "SchemaVersionError",
+    "StoreError",
 ]
 
 
@@ -33,6 +37,17 @@ class RegistryConflictError(ConfigurationError):
 
     Registries never overwrite by name: reconfigure explicitly with :meth:`Registry.reconfigure`.
     """
+
+
+class StoreError(Exception):
+    """An explicit store operation failed (opening, migrating, querying).
+
+    Protected calls never see this: while the store is failing, breakers go on from memory.
+    """
+
+
+class SchemaVersionError(StoreError):
+    """The database's schema is newer than this circuitry understands; upgrade circuitry."""
 
 
 class CircuitBreakerError(Exception):
@@ -48,8 +63,9 @@ class CircuitOpenError(CircuitBreakerError):
         name: The breaker's name.
         state: The state's value at rejection (``"open"``, ``"half_open"`` or ``"forced_open"``).
         opened_at: Wall-clock time (seconds since the epoch) when the circuit last opened, or ``None``.
-        retry_after: Seconds until the circuit lets a probe through (``0.0`` when a probe may be
-            admitted as soon as one finishes; ``None`` when forced open).
+        retry_after: Seconds until the circuit may admit a call: the rest of the open period; while
+            half-open with every probe taken, the time until the earliest probe's lease runs out (an
+            upper bound: a probe may finish sooner); ``None`` when forced open.
     """
 
     # The snapshot lives in ``args`` (set by the C-level ``BaseException.__new__``), so building one

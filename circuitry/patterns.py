@@ -36,11 +36,10 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import compress, islice
-from operator import le
+from operator import itemgetter, le, mul, sub
 from typing import Final, Literal
 
 __all__ = [
@@ -61,7 +60,8 @@ MIN_FAILURES: Final = 10
 # (benchmarks/patterns/calibrate.py, seeds disjoint from the evaluation seeds) and are kept deliberately
 # conservative where a wrong call is costly (escalating, burst).
 _BURST_LOG10_P: Final = -5.0  # Bonferroni-adjusted log10 p-value of the clustering test
-_BURST_MIN_EXCESS: Final = 2.0  # and at least twice the pairs expected without clustering
+_BURST_MIN_EXCESS: Final = 2.0  # and at least twice the pairs expected without clustering ...
+_BURST_MIN_CORRELATION: Final = 0.2  # ... or a within-bucket correlation this high (dense failures)
 _BURST_STRONG_EXCESS: Final = 3.0  # clustering this strong is a burst even if the window also trends
 _TREND_Z: Final = 2.0  # dispersion-corrected Cochran-Armitage z in operational time
 _LAPLACE_Z: Final = 1.5  # and Laplace z on declustered episodes in operational time
@@ -76,10 +76,10 @@ _DECLUSTER_FRACTION: Final = 0.1  # merge failures closer than 10 % of the mean 
 # ``python -m benchmarks.patterns.calibrate``; evaluated on disjoint held-out seeds by
 # ``python -m benchmarks.patterns.run``.
 _CALIBRATION: Final[dict[str, tuple[float, float, float]]] = {
-    "burst": (1.9665, 7.5712, -0.3387),  # n=708, accuracy=0.975
-    "steady": (-2.9193, 4.7373, 0.4215),  # n=888, accuracy=0.881
-    "intermittent": (-10.2115, 4.3701, 3.1747),  # n=811, accuracy=0.921
-    "escalating": (3.3448, 3.2358, -0.8839),  # n=681, accuracy=0.946
+    "burst": (1.8051, 8.1872, -0.3483),  # n=721, accuracy=0.975
+    "steady": (-4.7648, 5.4136, 0.9308),  # n=878, accuracy=0.891
+    "intermittent": (-10.2436, 4.3820, 3.1832),  # n=812, accuracy=0.920
+    "escalating": (2.4443, 3.2237, -0.6146),  # n=679, accuracy=0.948
 }
 
 
@@ -99,6 +99,7 @@ class PatternEvidence:
         dispersion_index: Observed / expected failure pairs sharing a time bucket, at the most
             significant scale (1 for independent failures; the index of dispersion minus one, scaled).
         dispersion_z: Tarone's over-dispersion Z at that scale.
+        dispersion_correlation: Tarone's estimate of the correlation of failures within a bucket there.
         dispersion_p_value: Bonferroni-adjusted p-value of the clustering test (smallest over scales).
         dispersion_bucket_seconds: Bucket width of the most significant scale.
         trend_z: Cochran-Armitage trend z in operational time, divided by the root of the
@@ -131,6 +132,7 @@ class PatternEvidence:
     burstiness_corrected: float | None = None
     dispersion_index: float | None = None
     dispersion_z: float | None = None
+    dispersion_correlation: float | None = None
     dispersion_p_value: float | None = None
     dispersion_bucket_seconds: float | None = None
     trend_z: float | None = None
@@ -218,17 +220,15 @@ def _quantile(sorted_values: Sequence[float], q: float) -> float:
 
 def _columns(calls: Sequence[tuple[float, bool]]) -> tuple[list[float], list[bool]]:
     """Split and validate the calls: finite timestamps in non-decreasing order."""
-    ts = [c[0] for c in calls]
-    flags = [bool(c[1]) for c in calls]
+    ts = list(map(itemgetter(0), calls))
+    flags = list(map(itemgetter(1), calls))
     if ts and not all(map(le, ts, islice(ts, 1, None))):
         for i in range(1, len(ts)):
             a, b = ts[i - 1], ts[i]
             if not (math.isfinite(a) and math.isfinite(b)):
                 raise ValueError(f"timestamps must be finite; got {a!r} and {b!r} at positions {i - 1}, {i}")
             if not a <= b:
-                raise ValueError(
-                    f"calls must be in time order; timestamp {b!r} at position {i} follows {a!r}"
-                )
+                raise ValueError(f"calls must be in time order; timestamp {b!r} at position {i} follows {a!r}")
     if ts and not (math.isfinite(ts[0]) and math.isfinite(ts[-1])):
         raise ValueError(f"timestamps must be finite; got {ts[0]!r} .. {ts[-1]!r}")
     return ts, flags
@@ -257,13 +257,13 @@ def burstiness(gaps: Sequence[float]) -> tuple[float | None, float | None]:
 
     ``B = (sigma - mu) / (sigma + mu)`` (Goh & Barabasi, "Burstiness and memory in complex systems",
     EPL 81, 48002, 2008) is -1 for a regular sequence, 0 for a Poisson process and tends to 1 for a
-    very bursty one. For ``n`` events the coefficient of variation ``r = sigma / mu`` cannot exceed
-    ``sqrt(n - 1)``, so ``B`` is biased towards 0 for short sequences; Kim & Jo ("Measuring burstiness for
-    finite event sequences", Phys. Rev. E 94, 032311, 2016) rescale it to
+    very bursty one. For ``n`` inter-event times the coefficient of variation ``r = sigma / mu`` cannot
+    exceed ``sqrt(n - 1)``, so ``B`` is biased towards 0 for short sequences; Kim & Jo ("Measuring
+    burstiness for finite event sequences", Phys. Rev. E 94, 032311, 2016) rescale it to
     ``A_n = (sqrt(n+1) r - sqrt(n-1)) / ((sqrt(n+1) - 2) r + sqrt(n-1))``, which spans [-1, 1] for any n.
 
     Args:
-        gaps: Inter-event times (``n - 1`` gaps for ``n`` events).
+        gaps: Inter-event times (``n`` of them).
 
     Returns:
         ``(B, A_n)``, or ``(None, None)`` with fewer than two gaps or a zero mean gap.
@@ -274,10 +274,10 @@ def burstiness(gaps: Sequence[float]) -> tuple[float | None, float | None]:
     mu = sum(gaps) / m
     if mu <= 0.0:
         return None, None
-    sigma = math.sqrt(max(0.0, sum((g - mu) ** 2 for g in gaps) / m))
+    sigma = math.sqrt(max(0.0, math.fsum(map(mul, gaps, gaps)) / m - mu * mu))
     b = (sigma - mu) / (sigma + mu)
     r = sigma / mu
-    n = m + 1
+    n = m
     root_p, root_m = math.sqrt(n + 1.0), math.sqrt(n - 1.0)
     denom = (root_p - 2.0) * r + root_m
     a_n = (root_p * r - root_m) / denom if denom > 0.0 else b
@@ -289,6 +289,7 @@ class _Clustering:
     log10_p: float  # Bonferroni-adjusted
     excess: float  # observed / expected pairs
     tarone_z: float
+    correlation: float  # Tarone's moment estimate of the intra-bucket correlation
     bucket_seconds: float
 
 
@@ -302,53 +303,51 @@ def _clustering(ts: list[float], fts: list[float], start: float, span: float) ->
     ``N`` calls placed independently of time, ``E[Q] = C(k, 2) * sum n_i (n_i - 1) / (N (N - 1))``, and
     for sparse failures ``Q`` is close to Poisson (the birthday problem), where the normal approximation
     of Tarone's Z badly overstates significance. The p-value is the Poisson upper tail, Bonferroni-adjusted
-    over the scales; Tarone's Z is reported as evidence.
+    over the scales; Tarone's Z and his moment estimate of the intra-bucket correlation
+    ``rho = (S - N) / sum n_i (n_i - 1)`` are reported too. Two effect sizes matter: the pair excess
+    ``Q / E[Q]`` (large for sparse clustered failures) and ``rho`` (the excess cannot exceed ``1 / p``, so
+    for dense failures -- long outages on a noisy background -- only ``rho`` shows the clustering).
     """
     n = len(ts)
     k = len(fts)
     width = max(1.0, span / _FINE_BUCKETS)
     m = max(1, math.ceil(span / width))
     # Calls per fine bucket by bisection on the (sorted) timestamps: O(m log n), no pass over the calls.
-    edges = [bisect_left(ts, start + width * j) for j in range(1, m)]
+    bounds = [start + width * j for j in range(1, m)]
+    edges = [bisect_left(ts, b) for b in bounds]
     counts = [b - a for a, b in zip([0, *edges], [*edges, n], strict=True)]
-    fidx = [min(m - 1, int((t - start) / width)) for t in fts]
+    fedges = [bisect_left(fts, b) for b in bounds]
+    xs = [b - a for a, b in zip([0, *fedges], [*fedges, k], strict=True)]
     pairs_total = k * (k - 1) / 2.0
     p = k / n
     pq = p * (1.0 - p)
-    best = _Clustering(0.0, 1.0, 0.0, width)
+    best = _Clustering(0.0, 1.0, 0.0, 0.0, width)
     best_raw = math.inf
     for scale in range(_SCALES):
         factor = 4**scale
         if scale:
             counts = [sum(counts[j : j + 4]) for j in range(0, len(counts), 4)]
-            fidx = [j // 4 for j in fidx]
+            xs = [sum(xs[j : j + 4]) for j in range(0, len(xs), 4)]
         if len(counts) < 2:
             break
         same = sum(c * (c - 1) for c in counts)
         if same <= 0 or n < 2:
             continue
         expected = pairs_total * same / (n * (n - 1.0))
-        per_bucket = Counter(fidx)
-        observed = sum(x * (x - 1) for x in per_bucket.values()) // 2
+        observed = sum(x * (x - 1) for x in xs if x > 1) // 2
         log10_p = _poisson_log10_sf(observed, expected)
         if log10_p < best_raw:
             best_raw = log10_p
-            s = sum((x - c * p) ** 2 for x, c in zip(_expand(per_bucket, len(counts)), counts, strict=True))
+            s = sum((x - c * p) ** 2 for x, c in zip(xs, counts, strict=True))
             z = (s / pq - n) / math.sqrt(2.0 * same) if pq > 0.0 else 0.0
             best = _Clustering(
                 log10_p=min(0.0, log10_p + math.log10(_SCALES)),
                 excess=observed / expected if expected > 0 else 1.0,
                 tarone_z=z,
+                correlation=(s / pq - n) / same if pq > 0.0 else 0.0,
                 bucket_seconds=width * factor,
             )
     return best
-
-
-def _expand(counter: Counter[int], size: int) -> list[int]:
-    out = [0] * size
-    for j, x in counter.items():
-        out[j] = x
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,10 +370,9 @@ def _trend(fidx: list[int], n: int) -> _Trend:
     """
     k = len(fidx)
     m = max(6, min(40, k // 4))
-    xs = [0] * m
-    for i in fidx:
-        xs[min(m - 1, i * m // n)] += 1
     bounds = [j * n // m for j in range(m + 1)]
+    cuts = [bisect_left(fidx, b) for b in bounds]
+    xs = [cuts[j + 1] - cuts[j] for j in range(m)]
     ns = [bounds[j + 1] - bounds[j] for j in range(m)]
     ss = [(j + 0.5) / m - 0.5 for j in range(m)]
     p = k / n
@@ -430,21 +428,17 @@ def _decluster(fidx: list[int], fts: list[float], n: int) -> _Episodes:
     """
     k = len(fidx)
     gap = max(1, int(_DECLUSTER_FRACTION * n / k))
-    starts = [fidx[0]]
-    durations: list[float] = []
-    first = 0
+    # Index of the first failure of each episode (list comprehension: this is the O(k) hot path).
+    heads = [0, *[j for j, d in enumerate(map(sub, islice(fidx, 1, None), fidx), 1) if d > gap]]
+    tails = [*[j - 1 for j in islice(heads, 1, None)], k - 1]
+    starts = [fidx[j] for j in heads]
+    durations = sorted(fts[b] - fts[a] for a, b in zip(heads, tails, strict=True))
     clustered_calls = 0
     clustered_failures = 0
-    for j in range(1, k + 1):
-        if j == k or fidx[j] - fidx[j - 1] > gap:
-            durations.append(fts[j - 1] - fts[first])
-            if j - first >= 3:
-                clustered_calls += fidx[j - 1] - fidx[first] + 1
-                clustered_failures += j - first
-            if j < k:
-                starts.append(fidx[j])
-                first = j
-    durations.sort()
+    for a, b in zip(heads, tails, strict=True):
+        if b - a >= 2:  # three or more failures
+            clustered_calls += fidx[b] - fidx[a] + 1
+            clustered_failures += b - a + 1
     rest = n - clustered_calls
     background = (k - clustered_failures) / rest if rest > 0 else 0.0
     return _Episodes(starts, durations, background)
@@ -472,7 +466,7 @@ def _change_point(fidx: list[int], n: int) -> tuple[int, float, float, float]:
     477-488, 1970).
 
     The likelihood only changes slope at failures, so the split is searched just before and just after
-    each failure: O(k).
+    each failure; with many failures on a grid of every ``k // 512``-th failure, then around the best.
 
     Returns:
         ``(split_index, llr, rate_before, rate_after)``; the change is between call ``split_index - 1``
@@ -481,19 +475,23 @@ def _change_point(fidx: list[int], n: int) -> tuple[int, float, float, float]:
     k = len(fidx)
     base = _bernoulli_ll(k, n)
     best, best_at, best_k1 = -math.inf, 0, 0
-    for j in range(k):
-        # Split before failure j: j failures in [0, fidx[j]).
-        at = fidx[j]
-        if 0 < at < n:
-            ll = _bernoulli_ll(j, at) + _bernoulli_ll(k - j, n - at)
-            if ll > best:
-                best, best_at, best_k1 = ll, at, j
-        # Split after failure j: j + 1 failures in [0, fidx[j] + 1).
-        at = fidx[j] + 1
-        if 0 < at < n:
-            ll = _bernoulli_ll(j + 1, at) + _bernoulli_ll(k - j - 1, n - at)
-            if ll > best:
-                best, best_at, best_k1 = ll, at, j + 1
+
+    def scan(js: range) -> None:
+        nonlocal best, best_at, best_k1
+        for j in js:
+            # Split before failure j (j failures in [0, fidx[j])) and just after it (j + 1 failures).
+            for at, k1 in ((fidx[j], j), (fidx[j] + 1, j + 1)):
+                if 0 < at < n:
+                    ll = _bernoulli_ll(k1, at) + _bernoulli_ll(k - k1, n - at)
+                    if ll > best:
+                        best, best_at, best_k1 = ll, at, k1
+
+    # With many failures, scan every stride-th failure, then refine around the best: O(k / stride + stride).
+    stride = max(1, k // 512)
+    scan(range(0, k, stride))
+    if stride > 1:
+        centre = max(0, min(k - 1, best_k1))
+        scan(range(max(0, centre - stride), min(k, centre + stride + 1)))
     if best == -math.inf:
         return 0, 0.0, k / n, k / n
     return best_at, best - base, best_k1 / best_at, (k - best_k1) / (n - best_at)
@@ -535,7 +533,7 @@ def classify(
     span = end - start
     fidx = list(compress(range(n), flags))
     k = len(fidx)
-    fts = [ts[i] for i in fidx]
+    fts = list(compress(ts, flags))
     rate = k / n if n else 0.0
     per_second = k / span if span > 0.0 else (math.inf if k else 0.0)
     basic = PatternEvidence(
@@ -548,15 +546,15 @@ def classify(
     if k < MIN_FAILURES:
         return PatternResult(None, 0.0, basic)
 
-    gaps = [b - a for a, b in zip(fts, islice(fts, 1, None))]
+    gaps = [b - a for a, b in zip(fts, islice(fts, 1, None), strict=False)]
     mean_gap = (fts[-1] - fts[0]) / (k - 1)
     b_raw, b_corr = burstiness(gaps)
-    clus = _clustering(ts, fts, start, span) if span > 0.0 else _Clustering(-math.inf, math.inf, 0.0, 0.0)
+    clus = _clustering(ts, fts, start, span) if span > 0.0 else _Clustering(-math.inf, math.inf, 0.0, 1.0, 0.0)
     trend = _trend(fidx, n)
     episodes = _decluster(fidx, fts, n)
     laplace_z = _laplace(episodes.starts, n)
     half = n // 2
-    k_first = sum(1 for i in fidx if i < half)
+    k_first = bisect_left(fidx, half)
     k_second = k - k_first
     half_ratio = (k_second / (n - half)) / (k_first / half) if k_first and half else math.inf
     # Conditional test: given k failures, k_second ~ Binomial(k, (n - half) / n) under a constant rate.
@@ -564,12 +562,17 @@ def classify(
     cp_at, cp_llr, before, after = _change_point(fidx, n)
 
     kind: PatternType
-    is_cluster = clus.log10_p <= _BURST_LOG10_P and clus.excess >= _BURST_MIN_EXCESS
+    is_cluster = clus.log10_p <= _BURST_LOG10_P and (
+        clus.excess >= _BURST_MIN_EXCESS or clus.correlation >= _BURST_MIN_CORRELATION
+    )
     is_trend = trend.z >= _TREND_Z and laplace_z >= _LAPLACE_Z
     # Significance of clustering, on a log scale, relative to the threshold (> 0 means significant).
     clus_margin = min(
         math.log10(max(1e-3, -clus.log10_p)) - math.log10(-_BURST_LOG10_P),
-        math.log(max(clus.excess, 1e-3) / _BURST_MIN_EXCESS),
+        max(
+            math.log(max(clus.excess, 1e-3) / _BURST_MIN_EXCESS),
+            math.log(max(clus.correlation, 1e-3) / _BURST_MIN_CORRELATION),
+        ),
     )
     trend_margin = min(trend.z - _TREND_Z, laplace_z - _LAPLACE_Z)
     if is_cluster and (clus.excess >= _BURST_STRONG_EXCESS or not is_trend):
@@ -602,6 +605,7 @@ def classify(
         burstiness_corrected=b_corr,
         dispersion_index=clus.excess,
         dispersion_z=clus.tarone_z,
+        dispersion_correlation=clus.correlation,
         dispersion_p_value=10.0**clus.log10_p,
         dispersion_bucket_seconds=clus.bucket_seconds,
         trend_z=trend.z,
@@ -661,7 +665,7 @@ def classify_seed_heuristic(calls: Sequence[tuple[float, bool]]) -> PatternResul
     )
     if k < 5:
         return PatternResult(None, 0.0, basic)
-    gaps = [b - a for a, b in zip(fts, islice(fts, 1, None))]
+    gaps = [b - a for a, b in zip(fts, islice(fts, 1, None), strict=False)]
     short = sum(1 for g in gaps if g < 5.0) / len(gaps)
     mid = ts[0] + span / 2.0
     second = sum(1 for t in fts if t >= mid)

@@ -16,13 +16,14 @@ The rules, with the measured statistics they use:
     Failures are independent with probability ``p`` per call, so a run of ``k`` failures starts at a given
     call with probability about ``(1 - p) p^k``. The threshold is the smallest ``k`` (never below the
     current one) for which the expected number of such runs per hour of traffic is below 0.01. Timeout
-    unchanged.
+    unchanged. At 50 % failures or more the service is down rather than noisy: nothing is recommended.
 ``intermittent``
     Failures are isolated: keep the threshold (raised by the same rule as ``steady`` if needed) and
     shorten the timeout to at most 30 s, since a trip is most likely transient.
 ``escalating``
-    The service is degrading: threshold 3 (or lower if current), the timeout kept, and an exponential
-    backoff multiplier of 2 for consecutive failed probes.
+    The service is degrading: a lower threshold -- 3, or the smallest that the failure rate measured after
+    the change point rarely reaches by chance, never above the current one -- the timeout kept, and an
+    exponential backoff multiplier of 2 for consecutive failed probes.
 
 .. versionadded:: 0.1.0
 """
@@ -50,6 +51,7 @@ _FALSE_TRIPS_PER_HOUR: Final = 0.01  # tolerated random trips from independent f
 _BURST_TIMEOUT_FACTOR: Final = 1.0  # timeout = factor * p90 burst duration
 _INTERMITTENT_TIMEOUT: Final = 30.0
 _ESCALATING_BACKOFF: Final = 2.0
+_FAILING_RATE: Final = 0.5  # a "steady" service failing this share of calls is down, not noisy
 _MIN_BURST_FAILURES: Final = 5  # a run of at least this many failures counts as a burst
 
 
@@ -267,6 +269,10 @@ def recommend(
             f"calls into an outage (background failure rate {p_bg:.3%} needs >= {floor}); timeout covers "
             f"the 90th-percentile burst of {p90:.0f} s"
         )
+    elif kind == "steady" and ev.failure_rate >= _FAILING_RATE:
+        # Not noise to ride out: the service fails most calls. Raising the threshold would only send more
+        # calls into it, so leave the settings alone.
+        return unchanged(f"steady failures at {ev.failure_rate:.0%} of calls: the service is failing, not noisy")
     elif kind == "steady":
         p = ev.failure_rate
         needed = safe_threshold(p, calls_per_hour)
@@ -285,7 +291,9 @@ def recommend(
             f"probably transient, so recover quickly"
         )
     else:  # escalating
-        threshold = min(current_threshold, _FAST_THRESHOLD)
+        # Lower, but not so low that the current (post-change) failure rate trips it by chance.
+        floor = safe_threshold(ev.rate_after or ev.failure_rate, calls_per_hour)
+        threshold = min(current_threshold, max(_FAST_THRESHOLD, floor))
         backoff = _ESCALATING_BACKOFF
         cp = ev.change_point_time
         why = (

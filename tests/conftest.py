@@ -1,11 +1,16 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
 
-import pytest
+# The test suite's default registry keeps breakers in memory: tests that persist say where.
+os.environ.setdefault("CIRCUITRY_DB", ":memory:")
 
-from circuitry import Registry
-from circuitry.testing import CapturedEvents, FakeClock, isolated_registry
+from collections.abc import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+
+from circuitry import Registry  # noqa: E402
+from circuitry.testing import CapturedEvents, FakeClock, isolated_registry  # noqa: E402
 
 
 @pytest.fixture

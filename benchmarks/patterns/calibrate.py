@@ -20,15 +20,15 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.patterns.generators import make_windows  # noqa: E402
-from benchmarks.patterns.metrics import CLASSES, TRAIN_SEED, Row, ece, run_classifier  # noqa: E402
+from benchmarks.patterns.generators import make_windows
+from benchmarks.patterns.metrics import CLASSES, TRAIN_SEED, Row, ece, run_classifier
 
 TRAIN_WINDOWS = 4000
 
 
 def _solve3(a: list[list[float]], b: list[float]) -> list[float]:
     """Solve a 3x3 linear system by Gaussian elimination with partial pivoting."""
-    m = [row[:] + [v] for row, v in zip(a, b, strict=True)]
+    m = [[*row, v] for row, v in zip(a, b, strict=True)]
     for col in range(3):
         piv = max(range(col, 3), key=lambda r: abs(m[r][col]))
         m[col], m[piv] = m[piv], m[col]

@@ -335,17 +335,15 @@ def burst_on_background(rng: random.Random, expected: float, *, where: str = "ra
     p_out = rng.uniform(0.5, 1.0)
     share = rng.uniform(0.4, 0.8)  # share of the failures that come from the outages
     rate = _log_uniform(rng, 1.0, 30.0)
-    per_outage = p_out * out_len * rate
-    scale = min(1.0, expected * share / (n_out * per_outage))
-    rate *= scale  # fewer calls if the outages alone would exceed the expected count
-    rate = max(rate, 0.3)
-    per_outage = p_out * out_len * rate
-    background = max(1.0, expected - n_out * per_outage)
-    duration = max(600.0, 20 * n_out * out_len)
+    # Fewer calls if the outages alone would exceed their share of the expected count.
+    rate = max(0.3, min(rate, expected * share / (n_out * p_out * out_len)))
+    background = max(1.0, expected - n_out * p_out * out_len * rate)
+    # Long enough that the background stays under 3 % of calls (and the outages short relative to it).
+    duration = max(600.0, 20 * n_out * out_len, background / (0.03 * rate))
     if where == "end":
         duration = max(duration, out_len / 0.05)
-    duration = min(duration, MAX_CALLS / rate)
-    p_bg = min(0.2, background / (rate * duration))
+    duration = min(duration, MAX_CALLS / rate, 4 * 3600.0)
+    p_bg = min(0.03, background / (rate * duration))
     outages: list[tuple[float, float]] = []
     if where == "end":
         s = duration - out_len - rng.uniform(0.0, 0.03) * duration
@@ -383,6 +381,7 @@ def escalating(rng: random.Random, expected: float, *, shape: str = "loglinear")
     ratio = _log_uniform(rng, 5.0, 40.0)
     duration = _log_uniform(rng, 300.0, 3600.0)
     if shape == "loglinear":
+
         def rel(t: float) -> float:
             return float(ratio ** (t / duration))
     elif shape == "powerlaw":

@@ -47,10 +47,7 @@ def run_classifier(
     """
     rows = []
     for w in windows:
-        if windowed:
-            r = classifier(w.calls, window_start=w.start, window_end=w.end)
-        else:
-            r = classifier(w.calls)
+        r = classifier(w.calls, window_start=w.start, window_end=w.end) if windowed else classifier(w.calls)
         rows.append(Row(w.kind, w.label, r.evidence.failures, r.type, r.confidence, r.evidence.score))
     return rows
 

@@ -71,9 +71,9 @@ class Outcome:
             setattr(self, f, getattr(self, f) + getattr(other, f))
 
 
-def _outages(rng: random.Random, end: float, healthy_mean: float, out_lo: float, out_hi: float) -> list[
-    tuple[float, float]
-]:
+def _outages(
+    rng: random.Random, end: float, healthy_mean: float, out_lo: float, out_hi: float
+) -> list[tuple[float, float]]:
     out = []
     t = rng.expovariate(1.0 / healthy_mean)
     while t < end:
@@ -171,7 +171,7 @@ def simulate(
             if f >= 0 and f not in opened_in:
                 opened_in[f] = t  # already open when the failing period began
             if t < open_until:
-                if f < 0:
+                if f < 0 and not any(a <= t < b for a, b in degraded):
                     out.healthy_rejected += 1
                 continue
             # Probe.
@@ -242,18 +242,14 @@ def run_replay(per_kind: int = 30, seed: int = REPLAY_SEED) -> ReplayResult:
             cut = bisect_right([t for t, _ in svc.calls], HOUR)
             train, test = svc.calls[:cut], svc.calls[cut:]
             result = classify(train, window_start=0.0, window_end=HOUR)
-            rec = recommend(
-                result, current_threshold=DEFAULT_THRESHOLD, current_timeout=DEFAULT_TIMEOUT, calls=train
-            )
+            rec = recommend(result, current_threshold=DEFAULT_THRESHOLD, current_timeout=DEFAULT_TIMEOUT, calls=train)
             settings[kind].append(
                 (result.type, rec.recommended_threshold, rec.recommended_timeout, rec.backoff_multiplier)
             )
             test_failing = [(max(a, HOUR), b) for a, b in svc.failing if b > HOUR]
             test_degraded = [(max(a, HOUR), b) for a, b in svc.degraded if b > HOUR]
             default[kind].add(
-                simulate(
-                    test, test_failing, test_degraded, threshold=DEFAULT_THRESHOLD, timeout=DEFAULT_TIMEOUT
-                )
+                simulate(test, test_failing, test_degraded, threshold=DEFAULT_THRESHOLD, timeout=DEFAULT_TIMEOUT)
             )
             recommended[kind].add(
                 simulate(

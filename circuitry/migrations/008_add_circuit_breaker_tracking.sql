@@ -1,0 +1,113 @@
+-- circuitry schema, version 8: the circuit breaker tables.
+--
+-- Plain SQL, idempotent: `sqlite3 pipeline.db < migrations/008_add_circuit_breaker_tracking.sql`
+-- adds the tables to an existing application database (and does nothing the second time). The
+-- number continues the seed application's migration series, so its documented command works as is.
+-- The library and `circuitry migrate --db PATH` apply pending migrations the same way.
+
+PRAGMA journal_mode = WAL;
+
+CREATE TABLE IF NOT EXISTS circuitry_schema (
+    version     INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL,
+    applied_at  TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
+
+-- One row per circuit: the state every process of the host shares.
+CREATE TABLE IF NOT EXISTS circuit_breaker_states (
+    service_name        TEXT PRIMARY KEY,
+    current_state       TEXT NOT NULL DEFAULT 'closed'
+                        CHECK (current_state IN ('closed', 'open', 'half_open', 'forced_open', 'disabled')),
+    failure_count       INTEGER NOT NULL DEFAULT 0,
+    failure_threshold   INTEGER NOT NULL DEFAULT 5,
+    recovery_timeout    INTEGER NOT NULL DEFAULT 60,
+    last_failure_time   TIMESTAMP,
+    state_changed_at    TIMESTAMP,
+    -- circuitry's additions
+    version             INTEGER NOT NULL DEFAULT 0,     -- bumped by every compare-and-set write
+    opened_at           REAL,                           -- epoch seconds
+    open_until          REAL,                           -- epoch seconds
+    open_for            REAL,                           -- seconds
+    reopen_count        INTEGER NOT NULL DEFAULT 0,
+    updated_by          TEXT,                           -- host:pid of the last writer
+    updated_at          REAL
+);
+
+-- History: every failure and every transition (successes and rejections are rolled up per minute).
+CREATE TABLE IF NOT EXISTS circuit_breaker_events (
+    id              INTEGER PRIMARY KEY,
+    service_name    TEXT NOT NULL,
+    event_type      TEXT NOT NULL,          -- state_change, failure, store_fault, dropped
+    from_state      TEXT,
+    to_state        TEXT,
+    error_type      TEXT,
+    error_message   TEXT,
+    additional_data TEXT,                   -- JSON
+    created_at      TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    ts              REAL NOT NULL,          -- epoch seconds (created_at as a number)
+    process         TEXT
+);
+CREATE INDEX IF NOT EXISTS circuit_breaker_events_service_ts ON circuit_breaker_events (service_name, ts);
+CREATE INDEX IF NOT EXISTS circuit_breaker_events_ts ON circuit_breaker_events (ts);
+
+CREATE TABLE IF NOT EXISTS circuit_breaker_failure_patterns (
+    id                  INTEGER PRIMARY KEY,
+    service_name        TEXT NOT NULL,
+    pattern_type        TEXT,               -- burst, steady, intermittent, escalating; NULL: abstained
+    time_window_seconds INTEGER NOT NULL,
+    failure_count       INTEGER NOT NULL,
+    error_rate          REAL NOT NULL,      -- failures per second
+    suggested_threshold INTEGER,
+    suggested_timeout   INTEGER,
+    confidence_score    REAL NOT NULL,
+    evidence            TEXT,               -- JSON
+    created_at          TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    ts                  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS circuit_breaker_failure_patterns_service_ts
+    ON circuit_breaker_failure_patterns (service_name, ts);
+
+-- Per-minute rollups, one row per circuit and minute; every process adds its counts.
+CREATE TABLE IF NOT EXISTS circuit_breaker_metrics (
+    service_name    TEXT NOT NULL,
+    minute          INTEGER NOT NULL,       -- epoch seconds // 60
+    bucket_start    TIMESTAMP NOT NULL,
+    calls           INTEGER NOT NULL DEFAULT 0,
+    successes       INTEGER NOT NULL DEFAULT 0,
+    failures        INTEGER NOT NULL DEFAULT 0,
+    ignored         INTEGER NOT NULL DEFAULT 0,
+    rejections      INTEGER NOT NULL DEFAULT 0,
+    cancelled       INTEGER NOT NULL DEFAULT 0,
+    latency_count   INTEGER NOT NULL DEFAULT 0,
+    latency_sum_ms  REAL NOT NULL DEFAULT 0,
+    latency_max_ms  REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (service_name, minute)
+);
+
+CREATE TABLE IF NOT EXISTS circuit_breaker_alerts (
+    id              INTEGER PRIMARY KEY,
+    service_name    TEXT NOT NULL,
+    alert_type      TEXT NOT NULL,
+    severity        TEXT NOT NULL CHECK (severity IN ('info', 'warning', 'error', 'critical')),
+    message         TEXT NOT NULL,
+    details         TEXT,                   -- JSON
+    acknowledged    BOOLEAN NOT NULL DEFAULT FALSE,
+    created_at      TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    acknowledged_at TIMESTAMP,
+    occurrences     INTEGER NOT NULL DEFAULT 1,
+    last_seen_at    TIMESTAMP
+);
+CREATE INDEX IF NOT EXISTS circuit_breaker_alerts_service
+    ON circuit_breaker_alerts (service_name, acknowledged, created_at);
+
+-- Half-open probe permits shared by every process: a row is a lease, taken atomically.
+CREATE TABLE IF NOT EXISTS circuit_breaker_probe_leases (
+    lease_id        INTEGER PRIMARY KEY,
+    service_name    TEXT NOT NULL,
+    holder          TEXT NOT NULL,
+    expires_at      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS circuit_breaker_probe_leases_service
+    ON circuit_breaker_probe_leases (service_name, expires_at);
+
+INSERT OR IGNORE INTO circuitry_schema (version, name) VALUES (8, 'add_circuit_breaker_tracking');

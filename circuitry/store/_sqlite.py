@@ -1,0 +1,844 @@
+"""The SQLite store: persistent, shared circuit state and history, off the call path.
+
+How it works, in one place:
+
+* **Write-behind.** Failures and transitions reach the store as events (it is a registry hook);
+  they are appended to a bounded in-memory queue — nothing else happens on the caller's thread —
+  and one writer thread drains the queue in batched transactions. Successes, rejections and the
+  rest are never queued: the writer reads each breaker's atomic counters and adds the differences
+  to per-minute rows of ``circuit_breaker_metrics``.
+* **Shared state.** ``circuit_breaker_states`` holds one row per circuit with a ``version``. A local
+  transition is written as a compare-and-set (``UPDATE … WHERE version = ?``); if another process
+  moved first, the write changes nothing and this process adopts the row instead — never
+  last-writer-wins. The writer polls ``PRAGMA data_version`` (a read of a counter in shared memory)
+  every ``poll_interval`` and applies other processes' transitions, so they are seen within one
+  poll. A new process adopts the stored state; it never resets it.
+* **Combined evidence.** Each writer cycle adds the failures its process saw since the last cycle
+  to the row's ``failure_count`` (a success anywhere resets it to the failures seen after that
+  success). When the sum reaches the circuit's ``failure_threshold``, the process that noticed opens
+  the circuit (by compare-and-set), so four workers seeing two failures each trip a threshold-5
+  circuit even though none of them alone would.
+* **Probe leases.** While half-open, a probe permit is also a row of
+  ``circuit_breaker_probe_leases``, taken in a ``BEGIN IMMEDIATE`` transaction that counts the live
+  leases: ``half_open_max_calls`` probes in flight across all processes, not per process. A lease
+  expires after ``probe_timeout``, so one held by a killed process frees itself.
+* **Faults.** The store is advisory. Any SQLite or OS error is caught in the writer, reported once
+  per episode (a structured ``circuitry.store_fault`` warning, and a ``store_fault`` event row once
+  the database takes writes again), retried with backoff; the queue is kept, so the backlog catches
+  up. A corrupt file is renamed aside and a fresh database created; a deleted file is recreated and
+  every circuit's state rewritten. If the bounded queue fills, new rows are dropped, counted, and a
+  ``dropped`` event row records how many.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import json
+import math
+import os
+import socket
+import sqlite3
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from circuitry._core import CircuitBreaker, _count_value
+from circuitry._state import CircuitState
+from circuitry.events import Event, EventKind
+from circuitry.exceptions import ConfigurationError, SchemaVersionError, StoreError
+from circuitry.store._schema import migrate
+
+if TYPE_CHECKING:
+    from circuitry._registry import Registry
+
+__all__ = ["SQLiteStore", "StoreHealth"]
+
+_ISO: Final = "strftime('%Y-%m-%d %H:%M:%f', ?, 'unixepoch')"
+_MAX_BATCH: Final = 20_000
+_QUIET_REASONS: Final = frozenset({"remote", "restored"})  # decided elsewhere: already recorded there
+
+
+def _process_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _classify(exc: BaseException) -> str:
+    text = str(exc).lower()
+    if isinstance(exc, SchemaVersionError):
+        return "newer_schema"
+    if "locked" in text or "busy" in text:
+        return "locked"
+    if "full" in text:
+        return "disk_full"
+    if "readonly" in text or "read-only" in text or "read only" in text:
+        return "read_only"
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return "corrupt"
+    if "unable to open" in text or isinstance(exc, FileNotFoundError | PermissionError):
+        return "unavailable"
+    if "deleted" in text:
+        return "deleted"
+    return "io_error"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """How the store is doing (see :meth:`SQLiteStore.health`)."""
+
+    path: str
+    healthy: bool
+    fault: str | None
+    faults: int
+    queued: int
+    written_events: int
+    dropped: int
+    set_aside: tuple[str, ...]
+
+
+class _Link:
+    """The store's view of one breaker; the breaker calls it (``_shared``) to take probe leases."""
+
+    __slots__ = ("breaker", "counts", "denied_episode", "denied_until", "leases", "name", "store",
+                 "synced_gen", "version", "__weakref__")
+
+    def __init__(self, store: SQLiteStore, breaker: CircuitBreaker) -> None:
+        self.store = store
+        self.breaker = breaker
+        self.name = breaker.name
+        self.version = -1  # the row version last synced; -1: not yet read
+        self.synced_gen = -1  # the breaker generation that row version corresponds to
+        self.counts = _counters(breaker)
+        self.leases: list[int] = []
+        self.denied_until = 0.0
+        self.denied_episode = -2
+
+    def acquire_probe(self, breaker: CircuitBreaker, now: float) -> bool:
+        return self.store._acquire_probe(self)
+
+    def release_probe(self, breaker: CircuitBreaker) -> None:
+        if self.leases:
+            with contextlib.suppress(IndexError):
+                self.store._lease_releases.append(self.leases.pop())
+
+
+def _counters(b: CircuitBreaker) -> tuple[int, int, int, int, int]:
+    return (_count_value(b._n_ok), _count_value(b._n_fail), _count_value(b._n_ign), _count_value(b._n_rej),
+            _count_value(b._n_cancel))
+
+
+_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+_FORK_LEFTOVERS: list[object] = []  # connections inherited across fork(): never used, never closed
+
+
+class SQLiteStore:
+    """Persist and share the breakers of a registry in one SQLite file.
+
+    Attach it to a registry (``Registry(store=SQLiteStore("app.db"))`` or
+    ``circuitry.configure(db="app.db")``); every breaker of the registry then persists through it.
+    Nothing is opened until the first breaker is adopted.
+
+    Args:
+        path: The database file (created if missing; the circuit tables are added to an existing
+            application database).
+        retention: Seconds of event history to keep (default 7 days); older rows are pruned after
+            their per-minute rollups exist.
+        max_events: The most event rows kept, whatever their age (the oldest go first).
+        poll_interval: Seconds between checks for other processes' changes (and queue drains).
+        metrics_interval: Seconds between per-minute metric writes.
+        queue_size: The bounded queue of rows waiting to be written; beyond it rows are dropped and
+            counted.
+        busy_timeout: Seconds the writer waits on a locked database before reporting a fault.
+
+    .. versionadded:: 0.1.0
+    """
+
+    kinds = frozenset({EventKind.TRANSITION, EventKind.FAILURE})
+
+    def __init__(self, path: str | os.PathLike[str], *, retention: float = 7 * 86400.0,
+                 max_events: int = 1_000_000, poll_interval: float = 0.025, metrics_interval: float = 1.0,
+                 queue_size: int = 200_000, busy_timeout: float = 5.0) -> None:
+        if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+            raise ConfigurationError(f"path must be a file path, got {path!r}")
+        if os.fspath(path) == ":memory:":
+            raise ConfigurationError("path must be a file: an in-memory database cannot be shared")
+        for name, value, lo, hi in (("retention", retention, 1.0, 10 * 365 * 86400.0),
+                                    ("poll_interval", poll_interval, 0.001, 60.0),
+                                    ("metrics_interval", metrics_interval, 0.01, 3600.0),
+                                    ("busy_timeout", busy_timeout, 0.0, 600.0)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                    or not lo <= value <= hi:
+                raise ConfigurationError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+        for name, ivalue, ilo in (("max_events", max_events, 1000), ("queue_size", queue_size, 100)):
+            if isinstance(ivalue, bool) or not isinstance(ivalue, int) or not ilo <= ivalue <= 10**9:
+                raise ConfigurationError(f"{name} must be an int in [{ilo}, 10**9], got {ivalue!r}")
+        self.path = Path(os.fspath(path))
+        self.retention = float(retention)
+        self.max_events = max_events
+        self.poll_interval = float(poll_interval)
+        self.metrics_interval = float(metrics_interval)
+        self.queue_size = queue_size
+        self.busy_timeout = float(busy_timeout)
+        self._init_runtime()
+        _STORES.add(self)
+
+    def _init_runtime(self) -> None:
+        self.process = _process_name()
+        self._lock = threading.Lock()
+        self._links: dict[str, _Link] = {}
+        self._queue: deque[tuple[Any, ...]] = deque()
+        self._lease_releases: deque[int] = deque()
+        self._dropped = itertools.count()
+        self._dropped_reported = 0
+        self._wake = threading.Event()
+        self._cycle_done = threading.Condition(threading.Lock())
+        self._cycles = 0
+        self._clean_cycles = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._stopping = False
+        self._conn: sqlite3.Connection | None = None
+        self._inode: tuple[int, int] | None = None
+        self._side_conn: sqlite3.Connection | None = None
+        self._side_lock = threading.Lock()
+        self._data_version = -1
+        self._pending_metrics: dict[tuple[str, int], list[int]] = {}
+        self._last_metrics = 0.0
+        self._last_prune = 0.0
+        self._fault: str | None = None
+        self._fault_since = 0.0
+        self._faults = 0
+        self._backoff = 0.0
+        self._written = 0
+        self._set_aside: list[str] = []
+        self._disabled: str | None = None
+        self._opened_once = False
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+    # -- registry side --------------------------------------------------------------------------------
+
+    def attach(self, registry: Registry) -> None:
+        """Persist every breaker of ``registry``, existing and future."""
+        registry.attach(self)
+
+    def adopt(self, breaker: CircuitBreaker) -> None:
+        """Start persisting ``breaker``: it takes the stored state, if there is one."""
+        if self._closed:
+            return
+        if not self.path.is_absolute():  # pin the file now: a later chdir must not move the database
+            self.path = self.path.absolute()
+        link = _Link(self, breaker)
+        with self._lock:
+            self._links[breaker.name] = link
+        breaker._shared = link
+        try:
+            row = self._side(lambda c: c.execute(_SELECT_STATE + " WHERE service_name = ?",
+                                                 (breaker.name,)).fetchone())
+        except Exception as exc:  # the writer will read it (and report the fault) on its next cycle
+            self._note_fault(exc)
+            row = None
+        if row is not None:
+            self._apply_row(link, row, "restored")
+        self._ensure_thread()
+        self._wake.set()
+
+    def __call__(self, event: Event) -> None:
+        """The store's hook: queue failures and local transitions for the writer."""
+        if event.reason in _QUIET_REASONS:
+            return
+        if len(self._queue) >= self.queue_size:
+            next(self._dropped)
+            return
+        self._queue.append((event.circuit, event.kind is EventKind.TRANSITION,
+                            event.from_state.value if event.from_state is not None else None,
+                            event.to_state.value, event.error_type, event.error_message, event.at,
+                            event.reason, event.open_for, event.generation))
+        if event.kind is EventKind.TRANSITION:
+            self._wake.set()  # transitions are committed promptly, not at the next poll
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None or self._closed:
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"circuitry-store:{self.path.name}",
+                                                daemon=True)
+                self._thread.start()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Write everything queued and pending now; True if a clean cycle finished within ``timeout``."""
+        if self._thread is None:
+            return not self._queue
+        deadline = time.monotonic() + timeout
+        with self._cycle_done:
+            target = self._cycles + 2  # a cycle that *started* after this call
+            while True:
+                self._wake.set()
+                if self._clean_cycles >= target or (self._cycles >= target and self._disabled):
+                    return self._clean_cycles >= target
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._thread is None or not self._thread.is_alive():
+                    return False
+                self._cycle_done.wait(min(remaining, 0.05))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush (waiting at most ``timeout`` seconds), stop the writer and close the database."""
+        if self._closed:
+            return
+        self.flush(timeout)
+        self._closed = True
+        self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.1, timeout))
+        with self._side_lock:
+            if self._side_conn is not None:
+                self._side_conn.close()
+                self._side_conn = None
+        for link in list(self._links.values()):
+            if link.breaker._shared is link:
+                link.breaker._shared = None
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> SQLiteStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        import asyncio
+
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
+
+    def health(self) -> StoreHealth:
+        return StoreHealth(str(self.path), self._fault is None and self._disabled is None,
+                           self._disabled or self._fault, self._faults, len(self._queue), self._written,
+                           _count_value(self._dropped), tuple(self._set_aside))
+
+    def _after_fork(self) -> None:
+        # A connection must never cross fork(): the child keeps the parent's objects unused (closing them
+        # could checkpoint or unlink the parent's WAL) and opens its own on demand.
+        _FORK_LEFTOVERS.extend(c for c in (self._conn, self._side_conn) if c is not None)
+        links = list(self._links.values())
+        closed = self._closed
+        self._init_runtime()
+        self._closed = closed
+        for link in links:
+            link.leases.clear()
+            link.counts = _counters(link.breaker)  # the parent reports what it counted before the fork
+            self._links[link.name] = link
+        if links and not closed:
+            self._ensure_thread()
+
+    # -- connections ----------------------------------------------------------------------------------
+
+    def _open(self, timeout: float) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA journal_size_limit = 67108864")
+            conn.execute("PRAGMA foreign_keys = ON")
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _side(self, fn: Any) -> Any:
+        """Run ``fn(conn)`` on the short-timeout connection used by callers' threads (leases, adoption)."""
+        if self._disabled:
+            raise StoreError(self._disabled)
+        with self._side_lock:
+            if self._side_conn is None:
+                self._side_conn = self._open(timeout=0.2)
+            try:
+                return fn(self._side_conn)
+            except sqlite3.DatabaseError:
+                self._side_conn.close()
+                self._side_conn = None
+                raise
+
+    def _writer_conn(self) -> sqlite3.Connection:
+        conn = self._conn
+        if conn is not None:
+            try:
+                st = os.stat(self.path)
+                if (st.st_dev, st.st_ino) == self._inode:
+                    return conn
+            except FileNotFoundError:
+                pass
+            self._drop_writer_conn()
+            self._report("deleted", StoreError(f"{self.path} was deleted or replaced"))
+            self._resync_all()
+        try:
+            conn = self._open(self.busy_timeout)
+        except sqlite3.DatabaseError as exc:
+            if _classify(exc) != "corrupt":
+                raise
+            self._set_corrupt_aside(exc)
+            conn = self._open(self.busy_timeout)
+        st = os.stat(self.path)
+        if self._inode is None and not self._opened_once:
+            self._opened_once = True
+            _log("info", "circuitry.store_opened", path=str(self.path), process=self.process)
+        self._inode = (st.st_dev, st.st_ino)
+        self._conn = conn
+        self._data_version = -1
+        return conn
+
+    def _drop_writer_conn(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+        self._conn = None
+        self._inode = None
+        with self._side_lock:
+            if self._side_conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._side_conn.close()
+                self._side_conn = None
+
+    def _set_corrupt_aside(self, exc: BaseException) -> None:
+        self._drop_writer_conn()
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{os.getpid()}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                src.rename(str(aside) + suffix)
+        self._set_aside.append(str(aside))
+        self._report("corrupt", exc, set_aside=str(aside))
+        self._resync_all()
+
+    def _resync_all(self) -> None:
+        for link in list(self._links.values()):
+            link.version = -1
+            link.synced_gen = -1
+
+    # -- the writer -----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._backoff or self.poll_interval)
+            self._wake.clear()
+            stopping = self._stopping
+            clean = False
+            if not self._disabled:
+                try:
+                    self._cycle(final=stopping)
+                    clean = not self._queue and not self._lease_releases
+                    if self._fault is not None:
+                        self._recovered()
+                except Exception as exc:
+                    self._on_cycle_error(exc)
+            with self._cycle_done:
+                self._cycles += 1
+                if clean:
+                    self._clean_cycles = self._cycles
+                self._cycle_done.notify_all()
+            if stopping:
+                if self._conn is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.close()
+                    self._conn = None
+                return
+
+    def _on_cycle_error(self, exc: Exception) -> None:
+        kind = _classify(exc)
+        if kind == "newer_schema":
+            self._disabled = str(exc)
+            self._report(kind, exc)
+            return
+        if kind == "corrupt":
+            try:
+                self._set_corrupt_aside(exc)
+            except OSError as err:
+                self._report("unavailable", err)
+        else:
+            self._report(kind, exc)
+        if kind in ("deleted", "io_error"):
+            self._drop_writer_conn()
+        self._backoff = min(5.0, max(0.05, self._backoff * 2))
+
+    def _note_fault(self, exc: BaseException) -> None:
+        self._report(_classify(exc), exc)
+
+    def _report(self, kind: str, exc: BaseException, **extra: Any) -> None:
+        """One structured warning per fault episode (the kind changing starts a new one)."""
+        with self._lock:
+            if self._fault == kind:
+                return
+            self._fault = kind
+            self._fault_since = time.time()
+            self._faults += 1
+        _log("warning", "circuitry.store_fault", path=str(self.path), fault=kind,
+             error_type=type(exc).__qualname__, error_message=str(exc)[:500],
+             note="protected calls continue from memory; writes are retried", **extra)
+        self._queue.append(("", None, "store_fault", kind, type(exc).__qualname__, str(exc)[:500],
+                            time.time(), json.dumps(extra) if extra else None, None, None))
+
+    def _recovered(self) -> None:
+        with self._lock:
+            kind, since = self._fault, self._fault_since
+            self._fault = None
+            self._backoff = 0.0
+        _log("info", "circuitry.store_recovered", path=str(self.path), fault=kind,
+             seconds=round(time.time() - since, 3))
+
+    def _cycle(self, final: bool = False) -> None:
+        conn = self._writer_conn()
+        now = time.time()
+        links = list(self._links.values())
+        for link in links:
+            self._collect(link, now)
+        self._sync_states(conn, links, now)
+        self._write_events(conn)
+        self._release_leases(conn)
+        if final or now - self._last_metrics >= self.metrics_interval:
+            self._write_metrics(conn)
+            self._last_metrics = now
+        self._poll(conn)
+        if now - self._last_prune >= 60.0:
+            self._prune(conn, now)
+            self._last_prune = now
+
+    @contextlib.contextmanager
+    def _tx(self, conn: sqlite3.Connection) -> Iterator[None]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _collect(self, link: _Link, now: float) -> None:
+        counts = _counters(link.breaker)
+        old = link.counts
+        delta = [a - b for a, b in zip(counts, old, strict=True)]
+        if any(delta):
+            link.counts = counts
+            key = (link.name, int(now // 60))
+            bucket = self._pending_metrics.get(key)
+            if bucket is None:
+                self._pending_metrics[key] = delta
+            else:
+                for i, d in enumerate(delta):
+                    bucket[i] += d
+
+    def _sync_states(self, conn: sqlite3.Connection, links: Sequence[_Link], now: float) -> None:
+        for link in links:
+            b = link.breaker
+            if link.version < 0:
+                row = conn.execute(_SELECT_STATE + " WHERE service_name = ?", (link.name,)).fetchone()
+                if row is not None:
+                    if b.generation == link.synced_gen or link.synced_gen == -1 and row[2] >= 0:
+                        self._apply_row(link, row, "restored" if link.synced_gen == -1 else "remote")
+                    link.version = row[2]
+                else:
+                    self._insert_state(conn, link, now)
+                    continue
+            snap = b.snapshot()
+            if snap.generation != link.synced_gen:
+                self._write_state(conn, link, now)
+            elif snap.state is CircuitState.CLOSED:
+                self._share_evidence(conn, link, now)
+
+    def _insert_state(self, conn: sqlite3.Connection, link: _Link, now: float) -> None:
+        snap = link.breaker.snapshot()
+        p = link.breaker.policy
+        conn.execute(
+            "INSERT OR IGNORE INTO circuit_breaker_states (service_name, current_state, failure_count, "
+            "failure_threshold, recovery_timeout, state_changed_at, version, opened_at, open_until, open_for, "
+            f"reopen_count, updated_by, updated_at) VALUES (?, ?, ?, ?, ?, {_ISO}, 1, ?, ?, ?, ?, ?, ?)",
+            (link.name, snap.state.value, snap.consecutive_failures, p.failure_threshold, p.recovery_timeout,
+             now, snap.opened_at, snap.open_until, snap.open_for, snap.reopens, self.process, now))
+        link.version = 1
+        link.synced_gen = snap.generation
+
+    def _write_state(self, conn: sqlite3.Connection, link: _Link, now: float) -> None:
+        """Compare-and-set the breaker's current state; if another process moved first, adopt its row."""
+        b = link.breaker
+        snap = b.snapshot()
+        p = b.policy
+        with self._tx(conn):
+            cur = conn.execute(
+                f"UPDATE circuit_breaker_states SET current_state = ?, failure_count = ?, failure_threshold = ?, "
+                f"recovery_timeout = ?, state_changed_at = {_ISO}, version = version + 1, opened_at = ?, "
+                "open_until = ?, open_for = ?, reopen_count = ?, updated_by = ?, updated_at = ?, "
+                f"last_failure_time = coalesce({_ISO}, last_failure_time) "
+                "WHERE service_name = ? AND version = ?",
+                (snap.state.value, snap.consecutive_failures, p.failure_threshold, p.recovery_timeout, now,
+                 snap.opened_at, snap.open_until, snap.open_for, snap.reopens, self.process, now,
+                 b._last_failure_at, link.name, link.version))
+            if cur.rowcount == 1:
+                if snap.state is not CircuitState.HALF_OPEN:
+                    conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ?", (link.name,))
+                link.version += 1
+                link.synced_gen = snap.generation
+                return
+            row = conn.execute(_SELECT_STATE + " WHERE service_name = ?", (link.name,)).fetchone()
+        if row is None:
+            self._insert_state(conn, link, now)
+        else:
+            self._apply_row(link, row, "remote")
+
+    def _share_evidence(self, conn: sqlite3.Connection, link: _Link, now: float) -> None:
+        """Add this process's failures since the last cycle to the shared count; trip on the sum."""
+        b = link.breaker
+        failures = link.counts[1]
+        successes = link.counts[0]
+        seen = getattr(link, "_evidence", None)
+        link._evidence = (successes, failures)  # type: ignore[attr-defined]
+        if seen is None:
+            return
+        d_ok, d_fail = successes - seen[0], failures - seen[1]
+        if not d_ok and not d_fail:
+            return
+        with self._tx(conn):
+            if d_ok:
+                row = conn.execute(
+                    f"UPDATE circuit_breaker_states SET failure_count = ?, last_failure_time = "
+                    f"CASE WHEN ? > 0 THEN {_ISO} ELSE last_failure_time END "
+                    "WHERE service_name = ? AND version = ? AND current_state = 'closed' RETURNING failure_count",
+                    (b._consecutive, d_fail, now, link.name, link.version)).fetchone()
+            else:
+                row = conn.execute(
+                    f"UPDATE circuit_breaker_states SET failure_count = failure_count + ?, last_failure_time = {_ISO} "
+                    "WHERE service_name = ? AND version = ? AND current_state = 'closed' RETURNING failure_count",
+                    (d_fail, now, link.name, link.version)).fetchone()
+        if row is not None and row[0] >= b.policy.failure_threshold and b._trip_shared(link.synced_gen):
+            self._write_state(conn, link, now)
+
+    def _apply_row(self, link: _Link, row: Sequence[Any], reason: str) -> None:
+        name, state, version, opened_at, open_until, open_for, reopens = row
+        try:
+            cs = CircuitState(state)
+        except ValueError:
+            return
+        link.synced_gen = link.breaker._apply_shared(cs, opened_at, open_until, open_for, reopens or 0, reason)
+        link.version = version
+
+    def _write_events(self, conn: sqlite3.Connection) -> None:
+        dropped = _count_value(self._dropped)
+        if dropped > self._dropped_reported:
+            lost = dropped - self._dropped_reported
+            _log("warning", "circuitry.store_dropped", path=str(self.path), rows=lost, total=dropped,
+                 note="the write queue was full; raise queue_size or fix the store fault")
+            self._queue.append(("", None, None, None, "dropped", f"{lost} rows dropped: queue full",
+                                time.time(), json.dumps({"dropped": lost, "total": dropped}), None, None))
+            self._dropped_reported = dropped
+        while self._queue:
+            batch = []
+            with contextlib.suppress(IndexError):
+                for _ in range(min(_MAX_BATCH, len(self._queue))):
+                    batch.append(self._queue.popleft())
+            try:
+                with self._tx(conn):
+                    conn.executemany(_INSERT_EVENT, [_event_row(r, self.process) for r in batch])
+            except BaseException:
+                self._queue.extendleft(reversed(batch))  # nothing is lost: retried next cycle
+                raise
+            self._written += len(batch)
+
+    def _release_leases(self, conn: sqlite3.Connection) -> None:
+        if not self._lease_releases:
+            return
+        ids = []
+        with contextlib.suppress(IndexError):
+            while self._lease_releases:
+                ids.append(self._lease_releases.popleft())
+        try:
+            conn.executemany("DELETE FROM circuit_breaker_probe_leases WHERE lease_id = ?", [(i,) for i in ids])
+        except BaseException:
+            self._lease_releases.extendleft(ids)
+            raise
+
+    def _write_metrics(self, conn: sqlite3.Connection) -> None:
+        pending = self._pending_metrics
+        if not pending:
+            return
+        self._pending_metrics = {}
+        rows = [(name, minute, minute * 60, sum(d), d[0], d[1], d[2], d[3], d[4])
+                for (name, minute), d in pending.items()]
+        try:
+            with self._tx(conn):
+                conn.executemany(_UPSERT_METRICS, rows)
+        except BaseException:
+            for key, d in pending.items():  # keep them: merged into what accumulated meanwhile
+                bucket = self._pending_metrics.setdefault(key, [0] * 5)
+                for i, v in enumerate(d):
+                    bucket[i] += v
+            raise
+
+    def _poll(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version:
+            return
+        self._data_version = version
+        links = self._links
+        for row in conn.execute(_SELECT_STATE).fetchall():
+            link = links.get(row[0])
+            if link is not None and row[2] > link.version:
+                self._apply_row(link, row, "remote")
+
+    def _prune(self, conn: sqlite3.Connection, now: float) -> None:
+        with self._tx(conn):
+            conn.execute("DELETE FROM circuit_breaker_events WHERE ts < ?", (now - self.retention,))
+            conn.execute("DELETE FROM circuit_breaker_metrics WHERE minute < ?",
+                         (int((now - max(self.retention, 90 * 86400.0)) // 60),))
+            conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE expires_at < ?", (now - 3600,))
+            count = conn.execute("SELECT max(id) - min(id) + 1 FROM circuit_breaker_events").fetchone()[0]
+            if count is not None and count > self.max_events:
+                conn.execute("DELETE FROM circuit_breaker_events WHERE id < (SELECT max(id) FROM "
+                             "circuit_breaker_events) - ?", (self.max_events,))
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    # -- probe leases (called by breakers, in the caller's thread, only when half-open) --------------
+
+    def _acquire_probe(self, link: _Link) -> bool:
+        if self._disabled or self._closed:
+            return True
+        wall = time.time()
+        if link.denied_episode == link.version and wall < link.denied_until:
+            return False
+        limit = link.breaker.policy.half_open_max_calls
+        lease = link.breaker.policy.effective_probe_timeout
+
+        def take(conn: sqlite3.Connection) -> tuple[bool, float]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                state = conn.execute("SELECT current_state, open_until FROM circuit_breaker_states "
+                                     "WHERE service_name = ?", (link.name,)).fetchone()
+                if state is not None and (state[0] in ("closed", "forced_open", "disabled")
+                                          or state[0] == "open" and (state[1] or 0) > wall):
+                    conn.execute("COMMIT")  # another process decided: the poll will bring it here
+                    return False, wall + self.poll_interval
+                conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ? AND expires_at <= ?",
+                             (link.name, wall))
+                live = [r[0] for r in conn.execute(
+                    "SELECT expires_at FROM circuit_breaker_probe_leases WHERE service_name = ?", (link.name,))]
+                if len(live) >= limit:
+                    conn.execute("COMMIT")
+                    return False, min(live)
+                cur = conn.execute("INSERT INTO circuit_breaker_probe_leases (service_name, holder, expires_at) "
+                                   "VALUES (?, ?, ?)", (link.name, self.process, wall + lease))
+                conn.execute("COMMIT")
+                link.leases.append(cur.lastrowid or 0)
+                return True, 0.0
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+
+        try:
+            granted, until = self._side(take)
+        except Exception as exc:  # the store is advisory: decide from memory
+            self._note_fault(exc)
+            return True
+        if not granted:
+            link.denied_until = until
+            link.denied_episode = link.version
+        return bool(granted)
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run a read-only query on a fresh connection; rows as dicts. Raises :class:`StoreError`."""
+        try:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5.0)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        try:
+            conn.row_factory = sqlite3.Row
+            return [dict(r) for r in conn.execute(sql, params).fetchall()]
+        except sqlite3.Error as exc:
+            raise StoreError(f"query failed on {self.path}: {exc}") from exc
+        finally:
+            conn.close()
+
+    async def aquery(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """:meth:`query` for asyncio code, on aiosqlite."""
+        import aiosqlite
+
+        try:
+            async with aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5.0) as conn:
+                conn.row_factory = aiosqlite.Row
+                async with conn.execute(sql, params) as cursor:
+                    return [dict(r) for r in await cursor.fetchall()]
+        except sqlite3.Error as exc:
+            raise StoreError(f"query failed on {self.path}: {exc}") from exc
+
+
+_SELECT_STATE: Final = ("SELECT service_name, current_state, version, opened_at, open_until, open_for, "
+                        "reopen_count FROM circuit_breaker_states")
+_INSERT_EVENT: Final = (
+    "INSERT INTO circuit_breaker_events (service_name, event_type, from_state, to_state, error_type, "
+    f"error_message, additional_data, created_at, ts, process) VALUES (?, ?, ?, ?, ?, ?, ?, {_ISO}, ?, ?)")
+_UPSERT_METRICS: Final = (
+    "INSERT INTO circuit_breaker_metrics (service_name, minute, bucket_start, calls, successes, failures, "
+    "ignored, rejections, cancelled) VALUES (?, ?, strftime('%Y-%m-%d %H:%M:%S', ?, 'unixepoch'), ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (service_name, minute) DO UPDATE SET calls = calls + excluded.calls, "
+    "successes = successes + excluded.successes, failures = failures + excluded.failures, "
+    "ignored = ignored + excluded.ignored, rejections = rejections + excluded.rejections, "
+    "cancelled = cancelled + excluded.cancelled")
+
+
+def _event_row(r: tuple[Any, ...], process: str) -> tuple[Any, ...]:
+    name, is_transition, frm, to, etype, emsg, at, reason, open_for, gen = r
+    if is_transition is None:  # the store's own rows: faults and drops
+        return (name or "circuitry", to if frm is None else frm, None, None, etype, emsg, reason, at, at, process)
+    if is_transition:
+        extra: dict[str, Any] = {"reason": reason, "generation": gen}
+        if open_for is not None:
+            extra["open_for"] = open_for
+        return (name, "state_change", frm, to, etype, emsg, json.dumps(extra), at, at, process)
+    return (name, "failure", None, to, etype, emsg, None, at, at, process)
+
+
+def _log(level: str, event: str, **fields: Any) -> None:
+    try:
+        import structlog
+
+        getattr(structlog.get_logger("circuitry"), level)(event, **fields)
+    except Exception:  # pragma: no cover - logging itself broken
+        pass
+
+
+def _close_all_at_exit() -> None:
+    """At interpreter exit, flush what each open store has queued — briefly: exit must stay prompt."""
+    deadline = time.monotonic() + 1.5
+    for store in list(_STORES):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        with contextlib.suppress(Exception):
+            store.close(timeout=remaining)
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._after_fork()
+
+
+atexit.register(_close_all_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
