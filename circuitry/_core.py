@@ -126,7 +126,6 @@ class BreakerStats:
     opened_at: float | None
     retry_after: float | None
     probes_in_flight: int
-    last_failure_at: float | None
 
     @property
     def calls(self) -> int:
@@ -150,8 +149,8 @@ class CircuitBreaker:
     """
 
     __slots__ = (
-        "__weakref__", "_classify", "_consecutive", "_dispatch", "_enforce", "_fast", "_gen",
-        "_last_failure_at", "_lock", "_n_cancel", "_n_fail", "_n_ign", "_n_ok", "_n_rej",
+        "__weakref__", "_classify", "_consec", "_dirty", "_dispatch", "_enforce", "_fail_types", "_fast",
+        "_gen", "_lock", "_n_cancel", "_n_fail", "_n_ign", "_n_ok", "_n_rej", "_thr1",
         "_n_shadow", "_now", "_open_for", "_open_until", "_opened_at", "_policy", "_probe_ok",
         "_probe_seq", "_probes", "_reopens", "_rng", "_shared", "_state", "_timed", "_wall",
         "_window", "clock", "name",
@@ -185,7 +184,10 @@ class CircuitBreaker:
         self._state = CLOSED
         self._gen = 0
         self._enforce = True
-        self._consecutive = 0
+        # Consecutive failures: an atomic counter, replaced (not zeroed) by a success; ``_dirty`` says
+        # whether it may be non-zero, so a success costs one attribute read when nothing failed.
+        self._consec = itertools.count()
+        self._dirty = False
         self._opened_at: float | None = None
         self._open_until = 0.0
         self._open_for = 0.0
@@ -193,7 +195,6 @@ class CircuitBreaker:
         self._probes: dict[int, float] = {}
         self._probe_seq = 0
         self._probe_ok = 0
-        self._last_failure_at: float | None = None
         self._shared: Any = None  # the store's link, when persistence is attached
         self._apply_policy(policy)
 
@@ -203,6 +204,11 @@ class CircuitBreaker:
         self._policy = policy
         self._classify = policy.is_failure()
         self._timed = policy.timed
+        self._thr1 = policy.failure_threshold - 1
+        # The faces count a failure inline when classification is an isinstance check and the open
+        # period needs nothing from the exception.
+        on = policy.on
+        self._fail_types = on if isinstance(on, type | tuple) and policy.retry_after is None else None
         self._window = self._new_window()
         self._update_fast()
 
@@ -215,9 +221,14 @@ class CircuitBreaker:
         return None
 
     def _update_fast(self) -> None:
-        # The lock-free path serves a closed breaker whose only rule is consecutive failures.
-        lean = self._window is None and self._policy.result_is_failure is None
-        self._fast = self._gen if (self._state is CLOSED and lean) else -1
+        # ``_fast`` tells the faces, in one read, which path a call takes: the generation number (>= 0)
+        # for the lock-free path — a closed breaker whose only rule is consecutive failures; -2 for
+        # an enforcing open breaker, whose rejections the faces raise themselves; -1 for the rest.
+        if self._state is CLOSED:
+            lean = self._window is None and self._policy.result_is_failure is None
+            self._fast = self._gen if lean else -1
+        else:
+            self._fast = -2 if (self._state is OPEN and self._enforce) else -1
 
     @property
     def policy(self) -> Policy:
@@ -227,7 +238,7 @@ class CircuitBreaker:
         """Replace the policy; counts and windows start over, the state is kept."""
         with self._lock:
             self._gen += 1
-            self._consecutive = 0
+            self._reset_counts()
             self._apply_policy(policy)
 
     # -- reading ------------------------------------------------------------------------------------
@@ -265,13 +276,12 @@ class CircuitBreaker:
                 retry = 0.0
             return BreakerStats(
                 name=self.name, state=state, generation=self._gen,
-                consecutive_failures=self._consecutive,
+                consecutive_failures=_count_value(self._consec),
                 successes=_count_value(self._n_ok), failures=_count_value(self._n_fail),
                 ignored=_count_value(self._n_ign), rejected=_count_value(self._n_rej),
                 cancelled=_count_value(self._n_cancel), would_reject=_count_value(self._n_shadow),
                 opened_at=self._opened_at, retry_after=retry,
                 probes_in_flight=sum(1 for exp in self._probes.values() if exp > now),
-                last_failure_at=self._last_failure_at,
             )
 
     def __repr__(self) -> str:
@@ -372,7 +382,7 @@ class CircuitBreaker:
         next(self._n_ok)
         permit = _plain(permit)
         if type(permit) is int:
-            if permit != self._gen or (self._window is None and not self._consecutive):
+            if permit != self._gen or (self._window is None and not self._dirty):
                 return
         elif permit.shadow or permit.probe is None:  # type: ignore[union-attr]
             return
@@ -380,7 +390,7 @@ class CircuitBreaker:
         with self._lock:
             if type(permit) is int:
                 if permit == self._gen and self._state is CLOSED:
-                    self._consecutive = 0
+                    self._clear()
                     if self._window is not None:
                         now = self._now()
                         self._window.add(False, self._is_slow(duration), now)
@@ -399,16 +409,13 @@ class CircuitBreaker:
         hint = None
         if exc is not None and self._policy.retry_after is not None:
             hint = self._retry_after_hint(exc)
-        wall = self._wall()
-        self._last_failure_at = wall
         events: list[Event] = []
         with self._lock:
             if type(permit) is int:
                 if permit == self._gen and self._state is CLOSED:
                     now = self._now()
-                    self._consecutive += 1
-                    reason = "failure_threshold" if self._consecutive >= self._policy.failure_threshold \
-                        else None
+                    self._dirty = True
+                    reason = "failure_threshold" if next(self._consec) >= self._thr1 else None
                     if self._window is not None:
                         self._window.add(True, self._is_slow(duration), now)
                         if reason is None:
@@ -422,7 +429,7 @@ class CircuitBreaker:
         hooks = self._dispatch.failure
         if hooks:
             etype, emsg = describe(exc)
-            self._dispatch.emit(hooks, Event(EventKind.FAILURE, self.name, wall, gen, state,
+            self._dispatch.emit(hooks, Event(EventKind.FAILURE, self.name, self._wall(), gen, state,
                                              error_type=etype, error_message=emsg))
         self._emit(events)
 
@@ -467,7 +474,20 @@ class CircuitBreaker:
     def _clear_consecutive(self, token: int) -> None:
         with self._lock:
             if token == self._gen and self._state is CLOSED:
-                self._consecutive = 0
+                self._clear()
+
+    def _clear(self) -> None:
+        self._dirty = False
+        self._consec = itertools.count()
+
+    def _trip_fast(self, token: int, exc: BaseException) -> None:
+        """The faces counted the failure that reached the threshold: open, if still in ``token``'s
+        generation (another thread may have opened it already)."""
+        events: list[Event] = []
+        with self._lock:
+            if token == self._gen and self._state is CLOSED:
+                self._to(OPEN, "failure_threshold", self._now(), events, exc)
+        self._emit(events)
 
     # -- manual control -----------------------------------------------------------------------------
 
@@ -489,7 +509,9 @@ class CircuitBreaker:
         outcomes counted but changing no state."""
         if not isinstance(enabled, bool):
             raise ConfigurationError(f"enabled must be a bool, got {enabled!r}")
-        self._enforce = not enabled
+        with self._lock:
+            self._enforce = not enabled
+            self._update_fast()
 
     def _manual(self, to: CircuitState) -> None:
         events: list[Event] = []
@@ -511,7 +533,7 @@ class CircuitBreaker:
             if self._state is OPEN:
                 until = self._wall() + max(0.0, self._open_until - self._now())
             return SharedState(self._state, self._gen, self._opened_at, until, self._open_for, self._reopens,
-                               self._consecutive)
+                               _count_value(self._consec))
 
     def _trip_shared(self, generation: int) -> bool:
         """Open because the failures of every process together reached the threshold (the store
@@ -637,7 +659,7 @@ class CircuitBreaker:
                 self._shared.release_probe(self)
 
     def _reset_counts(self) -> None:
-        self._consecutive = 0
+        self._clear()
         self._probes.clear()
         self._probe_ok = 0
         if self._window is not None:

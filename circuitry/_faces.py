@@ -31,7 +31,7 @@ from circuitry import _calls
 from circuitry._core import CircuitBreaker, validate_name
 from circuitry._policy import Policy
 from circuitry._registry import DEFAULT, Registry
-from circuitry.exceptions import ConfigurationError
+from circuitry.exceptions import CircuitOpenError, ConfigurationError
 
 if TYPE_CHECKING:
     from circuitry._core import Token
@@ -66,11 +66,15 @@ def circuit(name: str, *, registry: Registry | None = None, fallback: Callable[.
 
     .. versionadded:: 0.1.0
     """
-    try:
-        key: tuple[Any, ...] | None = (name, registry, fallback, *sorted(policy.items()))
-        hash(key)
-    except TypeError:
-        key = None
+    key: tuple[Any, ...] | None
+    if not policy and fallback is None:
+        key = (name, registry)
+    else:
+        try:
+            key = (name, registry, fallback, *sorted(policy.items()))
+            hash(key)
+        except TypeError:
+            key = None
     if key is not None:
         face = _cache.get(key)
         if face is not None:
@@ -101,7 +105,9 @@ class Circuit:
         self._ref: Any = registry if registry is not None else DEFAULT
         self._fallback = fallback
         self._policy = policy
-        self._entries: contextvars.ContextVar[list[Any]] = contextvars.ContextVar(f"circuitry:{name}")
+        # Each entry of a `with` block: (breaker, permit, start time, the enclosing entry) for this
+        # thread or task — never on the shared object, which many tasks may enter at once.
+        self._entries: contextvars.ContextVar[tuple[Any, ...] | None] = contextvars.ContextVar(f"circuitry:{name}")
         self._current_registry().get(name, policy)  # register now: a conflicting policy fails here
 
     def _current_registry(self) -> Registry:
@@ -153,21 +159,37 @@ class Circuit:
         ref, name, create, fallback = self._ref, self.name, self._create, self._fallback
         drive = _calls.drive_sync
 
+        # The hot path, written out: a closed breaker admits with one read (`_fast` is the generation)
+        # and counts a success with one atomic increment; an open one refuses from this frame. Every
+        # other case goes to the general driver.
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             b = ref.breakers.get(name) or create()
             token = b._fast
-            if token < 0:  # not plain closed: the general driver decides
+            if token < 0:
+                if token == -2 and fallback is None and not b._dispatch.rejection:
+                    now = b._now()
+                    until = b._open_until
+                    if now < until:
+                        next(b._n_rej)
+                        raise CircuitOpenError(name, "open", b._opened_at, until - now)
                 return drive(b, fn, args, kwargs, fallback)
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
-                b._on_error(token, exc)
+                types = b._fail_types
+                if types is not None and isinstance(exc, types) and token == b._gen and not b._dispatch.failure:
+                    next(b._n_fail)
+                    b._dirty = True
+                    if next(b._consec) >= b._thr1:
+                        b._trip_fast(token, exc)
+                else:
+                    b._on_error(token, exc)
                 raise
             except BaseException:
                 next(b._n_cancel)
                 raise
             next(b._n_ok)
-            if b._consecutive:
+            if b._dirty:
                 b._clear_consecutive(token)
             return result
 
@@ -181,17 +203,30 @@ class Circuit:
             b = ref.breakers.get(name) or create()
             token = b._fast
             if token < 0:
+                if token == -2 and fallback is None and not b._dispatch.rejection:
+                    now = b._now()
+                    until = b._open_until
+                    if now < until:
+                        next(b._n_rej)
+                        raise CircuitOpenError(name, "open", b._opened_at, until - now)
                 return await drive(b, fn, args, kwargs, fallback)
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
-                b._on_error(token, exc)
+                types = b._fail_types
+                if types is not None and isinstance(exc, types) and token == b._gen and not b._dispatch.failure:
+                    next(b._n_fail)
+                    b._dirty = True
+                    if next(b._consec) >= b._thr1:
+                        b._trip_fast(token, exc)
+                else:
+                    b._on_error(token, exc)
                 raise
             except BaseException:
                 next(b._n_cancel)
                 raise
             next(b._n_ok)
-            if b._consecutive:
+            if b._dirty:
                 b._clear_consecutive(token)
             return result
 
@@ -219,9 +254,10 @@ class Circuit:
 
     def __enter__(self) -> CircuitBreaker:
         b = self._ref.breakers.get(self.name) or self._create()
-        token = b._acquire()
-        entry = [b, token, b._now() if b._timed else None, None]
-        entry[3] = self._entries.set(entry)
+        token = b._fast
+        if token < 0:
+            token = b._acquire_slow()
+        self._entries.set((b, token, b._now() if b._timed else None, self._entries.get(None)))
         return b
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -229,24 +265,43 @@ class Circuit:
         entry = self._entries.get(None)
         if entry is None:
             raise RuntimeError(f"{self!r}: __exit__ without a matching __enter__")
-        self._entries.reset(entry[3])
-        b: CircuitBreaker = entry[0]
-        token: Token = entry[1]
-        t0 = entry[2]
+        b, token, t0, outer = entry
+        self._entries.set(outer)
         if exc is None:
-            if t0 is None:
-                b.record_success(token)
+            if token == b._fast:  # closed, lock-free, same generation
+                next(b._n_ok)
+                if b._dirty:
+                    b._clear_consecutive(token)
             else:
-                b.record_success(token, b._now() - t0)
+                b.record_success(token, None if t0 is None else b._now() - t0)
         elif isinstance(exc, Exception):
             b._on_error(token, exc, None if t0 is None else b._now() - t0)
         else:
             b.release(token)
 
     async def __aenter__(self) -> CircuitBreaker:
-        return self.__enter__()
+        b = self._ref.breakers.get(self.name) or self._create()
+        token = b._fast
+        if token < 0:
+            token = b._acquire_slow()
+        self._entries.set((b, token, b._now() if b._timed else None, self._entries.get(None)))
+        return b
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        self.__exit__(exc_type, exc, tb)
-
+        entry = self._entries.get(None)
+        if entry is None:
+            raise RuntimeError(f"{self!r}: __aexit__ without a matching __aenter__")
+        b, token, t0, outer = entry
+        self._entries.set(outer)
+        if exc is None:
+            if token == b._fast:
+                next(b._n_ok)
+                if b._dirty:
+                    b._clear_consecutive(token)
+            else:
+                b.record_success(token, None if t0 is None else b._now() - t0)
+        elif isinstance(exc, Exception):
+            b._on_error(token, exc, None if t0 is None else b._now() - t0)
+        else:
+            b.release(token)

@@ -76,10 +76,10 @@ _DECLUSTER_FRACTION: Final = 0.1  # merge failures closer than 10 % of the mean 
 # ``python -m benchmarks.patterns.calibrate``; evaluated on disjoint held-out seeds by
 # ``python -m benchmarks.patterns.run``.
 _CALIBRATION: Final[dict[str, tuple[float, float, float]]] = {
-    "burst": (1.8051, 8.1872, -0.3483),  # n=721, accuracy=0.975
-    "steady": (-4.7648, 5.4136, 0.9308),  # n=878, accuracy=0.891
-    "intermittent": (-10.2436, 4.3820, 3.1832),  # n=812, accuracy=0.920
-    "escalating": (2.4443, 3.2237, -0.6146),  # n=679, accuracy=0.948
+    "burst": (1.8049, 8.1836, -0.3475),  # n=721, accuracy=0.975
+    "steady": (-4.7830, 5.4636, 0.9329),  # n=877, accuracy=0.891
+    "intermittent": (-10.2305, 4.3819, 3.1796),  # n=812, accuracy=0.920
+    "escalating": (2.2860, 3.2833, -0.5855),  # n=680, accuracy=0.947
 }
 
 

@@ -105,8 +105,8 @@ class StoreHealth:
 class _Link:
     """The store's view of one breaker; the breaker calls it (``_shared``) to take probe leases."""
 
-    __slots__ = ("breaker", "counts", "denied_episode", "denied_until", "leases", "name", "store",
-                 "synced_gen", "version", "__weakref__")
+    __slots__ = ("__weakref__", "_evidence", "breaker", "counts", "denied_episode", "denied_until",
+                 "last_failure", "leases", "name", "store", "synced_gen", "version")
 
     def __init__(self, store: SQLiteStore, breaker: CircuitBreaker) -> None:
         self.store = store
@@ -118,6 +118,8 @@ class _Link:
         self.leases: list[int] = []
         self.denied_until = 0.0
         self.denied_episode = -2
+        self.last_failure: float | None = None
+        self._evidence: tuple[int, int] | None = None
 
     def acquire_probe(self, breaker: CircuitBreaker, now: float) -> bool:
         return self.store._acquire_probe(self)
@@ -254,6 +256,10 @@ class SQLiteStore:
         """The store's hook: queue failures and local transitions for the writer."""
         if event.reason in _QUIET_REASONS:
             return
+        if event.kind is EventKind.FAILURE:
+            link = self._links.get(event.circuit)
+            if link is not None:
+                link.last_failure = event.at
         if len(self._queue) >= self.queue_size:
             next(self._dropped)
             return
@@ -588,7 +594,7 @@ class SQLiteStore:
                 "WHERE service_name = ? AND version = ?",
                 (snap.state.value, snap.consecutive_failures, p.failure_threshold, p.recovery_timeout, now,
                  snap.opened_at, snap.open_until, snap.open_for, snap.reopens, self.process, now,
-                 b._last_failure_at, link.name, link.version))
+                 link.last_failure, link.name, link.version))
             if cur.rowcount == 1:
                 if snap.state is not CircuitState.HALF_OPEN:
                     conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ?", (link.name,))
@@ -606,8 +612,8 @@ class SQLiteStore:
         b = link.breaker
         failures = link.counts[1]
         successes = link.counts[0]
-        seen = getattr(link, "_evidence", None)
-        link._evidence = (successes, failures)  # type: ignore[attr-defined]
+        seen = link._evidence
+        link._evidence = (successes, failures)
         if seen is None:
             return
         d_ok, d_fail = successes - seen[0], failures - seen[1]
@@ -619,7 +625,7 @@ class SQLiteStore:
                     f"UPDATE circuit_breaker_states SET failure_count = ?, last_failure_time = "
                     f"CASE WHEN ? > 0 THEN {_ISO} ELSE last_failure_time END "
                     "WHERE service_name = ? AND version = ? AND current_state = 'closed' RETURNING failure_count",
-                    (b._consecutive, d_fail, now, link.name, link.version)).fetchone()
+                    (_count_value(b._consec), d_fail, now, link.name, link.version)).fetchone()
             else:
                 row = conn.execute(
                     f"UPDATE circuit_breaker_states SET failure_count = failure_count + ?, last_failure_time = {_ISO} "
