@@ -16,7 +16,8 @@ from circuitry._clock import Clock, SystemClock
 from circuitry._core import BreakerStats, CircuitBreaker, Permit
 from circuitry._faces import Circuit, circuit
 from circuitry._policy import Policy
-from circuitry._registry import Registry, default_registry, set_default_registry
+from circuitry._registry import Registry, configure, default_registry, set_default_registry
+from circuitry._seed import DatabaseCircuitBreaker, MultiServiceDatabaseCircuitBreaker
 from circuitry._state import CircuitState
 from circuitry.events import Event, EventKind, Hook, StructlogHook
 from circuitry.exceptions import (
@@ -24,6 +25,8 @@ from circuitry.exceptions import (
     CircuitOpenError,
     ConfigurationError,
     RegistryConflictError,
+    SchemaVersionError,
+    StoreError,
 )
 
 __all__ = [
@@ -35,16 +38,21 @@ __all__ = [
     "CircuitState",
     "Clock",
     "ConfigurationError",
+    "DatabaseCircuitBreaker",
     "Event",
     "EventKind",
     "Hook",
+    "MultiServiceDatabaseCircuitBreaker",
     "Permit",
     "Policy",
     "Registry",
     "RegistryConflictError",
+    "SchemaVersionError",
+    "StoreError",
     "StructlogHook",
     "SystemClock",
     "circuit",
+    "configure",
     "default_registry",
     "set_default_registry",
 ]

@@ -34,7 +34,7 @@ from circuitry._registry import DEFAULT, Registry
 from circuitry.exceptions import CircuitOpenError, ConfigurationError
 
 if TYPE_CHECKING:
-    from circuitry._core import Token
+    pass
 
 __all__ = ["Circuit", "circuit"]
 

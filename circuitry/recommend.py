@@ -37,7 +37,7 @@ from typing import Final
 
 from circuitry.patterns import PatternResult, PatternType
 
-__all__ = ["MAX_THRESHOLD", "MAX_TIMEOUT", "MIN_TIMEOUT", "Recommendation", "recommend"]
+__all__ = ["MAX_THRESHOLD", "MAX_TIMEOUT", "MIN_TIMEOUT", "Recommendation", "recommend", "safe_threshold"]
 
 #: Largest threshold ever recommended.
 MAX_THRESHOLD: Final = 20

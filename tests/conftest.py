@@ -5,12 +5,12 @@ import os
 # The test suite's default registry keeps breakers in memory: tests that persist say where.
 os.environ.setdefault("CIRCUITRY_DB", ":memory:")
 
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Iterator
 
-import pytest  # noqa: E402
+import pytest
 
-from circuitry import Registry  # noqa: E402
-from circuitry.testing import CapturedEvents, FakeClock, isolated_registry  # noqa: E402
+from circuitry import Registry
+from circuitry.testing import CapturedEvents, FakeClock, isolated_registry
 
 
 @pytest.fixture

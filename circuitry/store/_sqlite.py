@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from circuitry._clock import SYSTEM_CLOCK, Clock
 from circuitry._core import CircuitBreaker, _count_value
 from circuitry._state import CircuitState
 from circuitry.events import Event, EventKind
@@ -105,8 +106,8 @@ class StoreHealth:
 class _Link:
     """The store's view of one breaker; the breaker calls it (``_shared``) to take probe leases."""
 
-    __slots__ = ("__weakref__", "_evidence", "breaker", "counts", "denied_episode", "denied_until",
-                 "last_failure", "leases", "name", "store", "synced_gen", "version")
+    __slots__ = ("__weakref__", "_evidence", "adopt_gen", "breaker", "counts", "denied_episode",
+                 "denied_until", "last_failure", "leases", "name", "store", "synced_gen", "version")
 
     def __init__(self, store: SQLiteStore, breaker: CircuitBreaker) -> None:
         self.store = store
@@ -114,6 +115,7 @@ class _Link:
         self.name = breaker.name
         self.version = -1  # the row version last synced; -1: not yet read
         self.synced_gen = -1  # the breaker generation that row version corresponds to
+        self.adopt_gen = breaker.generation
         self.counts = _counters(breaker)
         self.leases: list[int] = []
         self.denied_until = 0.0
@@ -157,6 +159,7 @@ class SQLiteStore:
         queue_size: The bounded queue of rows waiting to be written; beyond it rows are dropped and
             counted.
         busy_timeout: Seconds the writer waits on a locked database before reporting a fault.
+        clock: The wall clock of timestamps and leases (inject the registry's fake clock in tests).
 
     .. versionadded:: 0.1.0
     """
@@ -165,7 +168,7 @@ class SQLiteStore:
 
     def __init__(self, path: str | os.PathLike[str], *, retention: float = 7 * 86400.0,
                  max_events: int = 1_000_000, poll_interval: float = 0.025, metrics_interval: float = 1.0,
-                 queue_size: int = 200_000, busy_timeout: float = 5.0) -> None:
+                 queue_size: int = 200_000, busy_timeout: float = 5.0, clock: Clock | None = None) -> None:
         if not isinstance(path, str | os.PathLike) or not os.fspath(path):
             raise ConfigurationError(f"path must be a file path, got {path!r}")
         if os.fspath(path) == ":memory:":
@@ -187,6 +190,7 @@ class SQLiteStore:
         self.metrics_interval = float(metrics_interval)
         self.queue_size = queue_size
         self.busy_timeout = float(busy_timeout)
+        self._time = (SYSTEM_CLOCK if clock is None else clock).time
         self._init_runtime()
         _STORES.add(self)
 
@@ -437,6 +441,7 @@ class SQLiteStore:
         for link in list(self._links.values()):
             link.version = -1
             link.synced_gen = -1
+            link.adopt_gen = -1  # whatever the new file holds, this process's state goes in
 
     # -- the writer -----------------------------------------------------------------------------------
 
@@ -492,13 +497,13 @@ class SQLiteStore:
             if self._fault == kind:
                 return
             self._fault = kind
-            self._fault_since = time.time()
+            self._fault_since = self._time()
             self._faults += 1
         _log("warning", "circuitry.store_fault", path=str(self.path), fault=kind,
              error_type=type(exc).__qualname__, error_message=str(exc)[:500],
              note="protected calls continue from memory; writes are retried", **extra)
         self._queue.append(("", None, "store_fault", kind, type(exc).__qualname__, str(exc)[:500],
-                            time.time(), json.dumps(extra) if extra else None, None, None))
+                            self._time(), json.dumps(extra) if extra else None, None, None))
 
     def _recovered(self) -> None:
         with self._lock:
@@ -506,11 +511,11 @@ class SQLiteStore:
             self._fault = None
             self._backoff = 0.0
         _log("info", "circuitry.store_recovered", path=str(self.path), fault=kind,
-             seconds=round(time.time() - since, 3))
+             seconds=round(self._time() - since, 3))
 
     def _cycle(self, final: bool = False) -> None:
         conn = self._writer_conn()
-        now = time.time()
+        now = self._time()
         links = list(self._links.values())
         for link in links:
             self._collect(link, now)
@@ -553,15 +558,16 @@ class SQLiteStore:
     def _sync_states(self, conn: sqlite3.Connection, links: Sequence[_Link], now: float) -> None:
         for link in links:
             b = link.breaker
-            if link.version < 0:
+            if link.version < 0:  # not read yet (adoption could not), or the file was replaced
                 row = conn.execute(_SELECT_STATE + " WHERE service_name = ?", (link.name,)).fetchone()
-                if row is not None:
-                    if b.generation == link.synced_gen or link.synced_gen == -1 and row[2] >= 0:
-                        self._apply_row(link, row, "restored" if link.synced_gen == -1 else "remote")
-                    link.version = row[2]
-                else:
+                if row is None:
                     self._insert_state(conn, link, now)
                     continue
+                link.version = row[2]
+                if b.generation == link.adopt_gen:
+                    self._apply_row(link, row, "restored")
+                    continue
+                # the breaker moved since adoption: its state goes in by compare-and-set below
             snap = b.snapshot()
             if snap.generation != link.synced_gen:
                 self._write_state(conn, link, now)
@@ -635,7 +641,7 @@ class SQLiteStore:
             self._write_state(conn, link, now)
 
     def _apply_row(self, link: _Link, row: Sequence[Any], reason: str) -> None:
-        name, state, version, opened_at, open_until, open_for, reopens = row
+        _, state, version, opened_at, open_until, open_for, reopens = row
         try:
             cs = CircuitState(state)
         except ValueError:
@@ -650,7 +656,7 @@ class SQLiteStore:
             _log("warning", "circuitry.store_dropped", path=str(self.path), rows=lost, total=dropped,
                  note="the write queue was full; raise queue_size or fix the store fault")
             self._queue.append(("", None, None, None, "dropped", f"{lost} rows dropped: queue full",
-                                time.time(), json.dumps({"dropped": lost, "total": dropped}), None, None))
+                                self._time(), json.dumps({"dropped": lost, "total": dropped}), None, None))
             self._dropped_reported = dropped
         while self._queue:
             batch = []
@@ -723,7 +729,7 @@ class SQLiteStore:
     def _acquire_probe(self, link: _Link) -> bool:
         if self._disabled or self._closed:
             return True
-        wall = time.time()
+        wall = self._time()
         if link.denied_episode == link.version and wall < link.denied_until:
             return False
         limit = link.breaker.policy.half_open_max_calls
@@ -735,7 +741,7 @@ class SQLiteStore:
                 state = conn.execute("SELECT current_state, open_until FROM circuit_breaker_states "
                                      "WHERE service_name = ?", (link.name,)).fetchone()
                 if state is not None and (state[0] in ("closed", "forced_open", "disabled")
-                                          or state[0] == "open" and (state[1] or 0) > wall):
+                                          or (state[0] == "open" and (state[1] or 0) > wall)):
                     conn.execute("COMMIT")  # another process decided: the poll will bring it here
                     return False, wall + self.poll_interval
                 conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ? AND expires_at <= ?",
@@ -848,3 +854,48 @@ def _after_fork_in_child() -> None:
 atexit.register(_close_all_at_exit)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# -- summaries the seed's API and the CLI read --------------------------------------------------------
+
+_LAST_HOUR_SQL: Final = (
+    "SELECT coalesce(sum(calls), 0) AS calls, coalesce(sum(successes), 0) AS successes, "
+    "coalesce(sum(failures), 0) AS failures, coalesce(sum(rejections), 0) AS rejections "
+    "FROM circuit_breaker_metrics WHERE service_name = ? AND minute >= ?")
+_TRANSITIONS_SQL: Final = (
+    "SELECT ts, from_state, to_state FROM circuit_breaker_events WHERE service_name = ? "
+    "AND event_type = 'state_change' AND ts >= ? ORDER BY ts, id")
+
+
+def open_seconds(transitions: Sequence[dict[str, Any]], since: float, now: float, open_at_start: bool) -> float:
+    """Seconds a circuit refused calls in ``[since, now]``, from its ``state_change`` rows."""
+    total = 0.0
+    opened = since if open_at_start else None
+    for row in transitions:
+        refusing = row["to_state"] in ("open", "forced_open")
+        if refusing and opened is None:
+            opened = row["ts"]
+        elif not refusing and opened is not None:
+            total += row["ts"] - opened
+            opened = None
+    if opened is not None:
+        total += now - opened
+    return total
+
+
+def last_hour_summary(store: SQLiteStore, service: str, now: float | None = None) -> dict[str, Any]:
+    """The seed's ``last_hour_metrics``: total calls, success rate (%), seconds the circuit was open."""
+    now = time.time() if now is None else now
+    since = now - 3600.0
+    row = store.query(_LAST_HOUR_SQL, (service, int(since // 60)))[0]
+    decided = row["successes"] + row["failures"]
+    transitions = store.query(_TRANSITIONS_SQL, (service, since))
+    before = store.query("SELECT to_state FROM circuit_breaker_events WHERE service_name = ? AND "
+                         "event_type = 'state_change' AND ts < ? ORDER BY ts DESC, id DESC LIMIT 1", (service, since))
+    open_at_start = bool(before) and before[0]["to_state"] in ("open", "forced_open")
+    return {
+        "total_calls": row["calls"],
+        "success_rate": round(100.0 * row["successes"] / decided, 1) if decided else 100.0,
+        "circuit_open_duration": round(open_seconds(transitions, since, now, open_at_start)),
+        "rejections": row["rejections"],
+    }

@@ -1,0 +1,222 @@
+"""The seed's examples (docs: database-circuit-breaker.md), with only the import changed."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from circuitry import (
+    CircuitBreakerError,
+    ConfigurationError,
+    DatabaseCircuitBreaker,
+    MultiServiceDatabaseCircuitBreaker,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ApiClient:
+    def __init__(self) -> None:
+        self.down = False
+
+    async def generate(self, prompt: str, model: str) -> str:
+        await asyncio.sleep(0)
+        if self.down:
+            raise ConnectionError("openrouter unavailable")
+        return f"{model}: {prompt}"
+
+
+async def test_basic_usage(tmp_path: Path) -> None:
+    alerts: list[dict[str, Any]] = []
+
+    def my_alert_handler(alert_data: dict[str, Any]) -> None:
+        alerts.append(alert_data)
+
+    api_client = ApiClient()
+    prompt, model = "hello", "gpt"
+    breaker = DatabaseCircuitBreaker(
+        db_path=str(tmp_path / "pipeline.db"),
+        service_name="openrouter_api",
+        failure_threshold=5,
+        recovery_timeout=60,
+        enable_alerts=True,
+        alert_callback=my_alert_handler,
+    )
+    result = await breaker.call(api_client.generate, prompt, model)
+    assert result == "gpt: hello"
+    api_client.down = True
+    for _ in range(5):
+        with pytest.raises(ConnectionError):
+            await breaker.call(api_client.generate, prompt, model)
+    rejected = False
+    try:
+        result = await breaker.call(api_client.generate, prompt, model)
+    except CircuitBreakerError:
+        rejected = True  # "Circuit is open, handle accordingly"
+    assert rejected
+
+
+async def test_multi_service_management(tmp_path: Path) -> None:
+    class PaymentApi:
+        async def process(self, transaction: dict[str, int]) -> str:
+            return f"processed {transaction['amount']}"
+
+    async def check_stock(item_id: int) -> int:
+        return item_id * 2
+
+    payment_api, transaction, item_id = PaymentApi(), {"amount": 10}, 21
+    manager = MultiServiceDatabaseCircuitBreaker(db_path=str(tmp_path / "pipeline.db"), enable_alerts=True)
+    breaker = await manager.get_breaker("payment_api")
+    result = await breaker.call(payment_api.process, transaction)
+    assert result == "processed 10"
+    result = await manager.call("inventory_api", check_stock, item_id)
+    assert result == 42
+    attention_services = manager.get_services_needing_attention()
+    assert attention_services == []
+    (await manager.get_breaker("payment_api")).breaker.force_open()
+    attention = manager.get_services_needing_attention()
+    assert [s["service_name"] for s in attention] == ["payment_api"]
+
+
+async def test_get_stats_keys_and_values(tmp_path: Path) -> None:
+    breaker = DatabaseCircuitBreaker(db_path=str(tmp_path / "stats.db"), service_name="stats_api",
+                                     failure_threshold=3, recovery_timeout=60)
+
+    async def ok() -> int:
+        return 1
+
+    async def bad() -> int:
+        raise TimeoutError
+
+    for _ in range(7):
+        await breaker.call(ok)
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            await breaker.call(bad)
+    stats = breaker.get_stats()
+    assert set(stats) >= {"state", "failure_count", "success_rate", "latest_pattern", "last_hour_metrics",
+                          "unacknowledged_alerts"}
+    assert stats["state"] == "closed"
+    assert stats["failure_count"] == 2
+    assert stats["success_rate"] == pytest.approx(77.8)
+    hour = stats["last_hour_metrics"]
+    assert set(hour) >= {"total_calls", "success_rate", "circuit_open_duration"}
+    assert hour["total_calls"] == 9
+    assert hour["success_rate"] == pytest.approx(77.8)
+    assert hour["circuit_open_duration"] == 0
+
+
+async def test_reset_and_the_alert_query(tmp_path: Path) -> None:
+    db = tmp_path / "pipeline.db"
+    breaker = DatabaseCircuitBreaker(db_path=str(db), service_name="svc", failure_threshold=1)
+
+    async def bad() -> None:
+        raise ValueError
+
+    with pytest.raises(ValueError):
+        await breaker.call(bad)
+    assert breaker.get_stats()["state"] == "open"
+    await breaker.reset()  # "Manually reset if needed"
+    assert breaker.get_stats()["state"] == "closed"
+    service_name = "svc"
+    with sqlite3.connect(db) as conn:
+        cursor = conn.cursor()
+        cursor.execute("""
+            SELECT * FROM circuit_breaker_alerts
+            WHERE service_name = ? AND acknowledged = FALSE
+            ORDER BY created_at DESC
+        """, (service_name,))
+        assert isinstance(cursor.fetchall(), list)
+
+
+def test_recommendations_have_the_seed_keys(tmp_path: Path) -> None:
+    breaker = DatabaseCircuitBreaker(db_path=str(tmp_path / "r.db"), service_name="rec")
+    rec = breaker.get_recommendations()
+    assert set(rec) == {"has_recommendations", "message", "current_threshold", "recommended_threshold",
+                        "current_timeout", "recommended_timeout", "confidence", "primary_pattern"}
+
+
+def test_example_scenarios() -> None:
+    class RateLimitError(Exception):
+        pass
+
+    class OperationalError(Exception):
+        pass
+
+    breaker = DatabaseCircuitBreaker(
+        service_name="api_rate_limited",
+        failure_threshold=3,  # Open quickly on rate limit errors
+        recovery_timeout=300,  # Wait 5 minutes before retry
+        expected_exception=RateLimitError,
+    )
+    assert breaker.breaker.policy.on is RateLimitError
+    breaker = DatabaseCircuitBreaker(
+        service_name="db_heavy_query",
+        failure_threshold=10,  # Allow more failures for transient issues
+        recovery_timeout=30,  # Quick recovery for database
+        expected_exception=(OperationalError, TimeoutError),
+    )
+    assert breaker.breaker.policy.failure_threshold == 10
+
+
+async def test_multi_region_failover() -> None:
+    async def api_call(region: str) -> str:
+        if region == "us-east":
+            raise ConnectionError
+        return region
+
+    manager = MultiServiceDatabaseCircuitBreaker()
+    (await manager.get_breaker("api_us-east")).breaker.force_open()
+    regions = ["us-east", "us-west", "eu-central"]
+    result = None
+    for region in regions:
+        try:
+            breaker = await manager.get_breaker(f"api_{region}")
+            result = await breaker.call(api_call, region)
+            break  # Success, exit loop
+        except CircuitBreakerError:
+            continue  # Try next region
+    assert result == "us-west"
+
+
+def test_the_migration_adds_the_tables_to_an_existing_database(tmp_path: Path) -> None:
+    db = tmp_path / "pipeline.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE cards (id INTEGER PRIMARY KEY, front TEXT)")
+        conn.execute("INSERT INTO cards (front) VALUES ('hola')")
+    sql = (ROOT / "migrations" / "008_add_circuit_breaker_tracking.sql").read_text()
+    for _ in range(2):  # idempotent: `sqlite3 pipeline.db < migrations/008_...sql` twice is fine
+        with sqlite3.connect(db) as conn:
+            conn.executescript(sql)
+    with sqlite3.connect(db) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert conn.execute("SELECT front FROM cards").fetchall() == [("hola",)]
+    assert {"circuit_breaker_states", "circuit_breaker_events", "circuit_breaker_failure_patterns",
+            "circuit_breaker_metrics", "circuit_breaker_alerts"} <= tables
+
+
+def test_seed_columns_exist(tmp_path: Path) -> None:
+    db = tmp_path / "cols.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript((ROOT / "migrations" / "008_add_circuit_breaker_tracking.sql").read_text())
+        cols = {t: {r[1] for r in conn.execute(f"PRAGMA table_info({t})")} for t in (
+            "circuit_breaker_states", "circuit_breaker_events", "circuit_breaker_failure_patterns",
+            "circuit_breaker_alerts")}
+    assert cols["circuit_breaker_states"] >= {"service_name", "current_state", "failure_count", "failure_threshold",
+                                              "recovery_timeout", "last_failure_time", "state_changed_at"}
+    assert cols["circuit_breaker_events"] >= {"service_name", "event_type", "from_state", "to_state", "error_type",
+                                              "error_message", "additional_data"}
+    assert cols["circuit_breaker_failure_patterns"] >= {
+        "service_name", "pattern_type", "time_window_seconds", "failure_count", "error_rate",
+        "suggested_threshold", "suggested_timeout", "confidence_score"}
+    assert cols["circuit_breaker_alerts"] >= {"service_name", "alert_type", "severity", "message", "details",
+                                              "acknowledged", "created_at"}
+
+
+def test_service_name_is_required() -> None:
+    with pytest.raises(ConfigurationError, match="service_name"):
+        DatabaseCircuitBreaker()
