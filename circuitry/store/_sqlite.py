@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import itertools
 import json
 import math
@@ -74,6 +75,12 @@ def _classify(exc: BaseException) -> str:
     text = str(exc).lower()
     if isinstance(exc, SchemaVersionError):
         return "newer_schema"
+    if isinstance(exc, OSError):  # the file system, before SQLite got a say
+        if exc.errno == errno.ENOSPC:
+            return "disk_full"
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return "read_only"
+        return "unavailable"
     if "locked" in text or "busy" in text:
         return "locked"
     if "full" in text:
@@ -222,6 +229,7 @@ class SQLiteStore:
         self._faults = 0
         self._backoff = 0.0
         self._written = 0
+        self._rejected_rows = 0
         self._set_aside: list[str] = []
         self._disabled: str | None = None
         self._opened_once = False
@@ -580,9 +588,11 @@ class SQLiteStore:
         conn.execute(
             "INSERT OR IGNORE INTO circuit_breaker_states (service_name, current_state, failure_count, "
             "failure_threshold, recovery_timeout, state_changed_at, version, opened_at, open_until, open_for, "
-            f"reopen_count, updated_by, updated_at) VALUES (?, ?, ?, ?, ?, {_ISO}, 1, ?, ?, ?, ?, ?, ?)",
+            f"reopen_count, updated_by, updated_at, last_failure_time) VALUES (?, ?, ?, ?, ?, {_ISO}, 1, ?, ?, ?, ?, "
+            f"?, ?, {_ISO})",
             (link.name, snap.state.value, snap.consecutive_failures, p.failure_threshold, p.recovery_timeout,
-             now, snap.opened_at, snap.open_until, snap.open_for, snap.reopens, self.process, now))
+             now, snap.opened_at, snap.open_until, snap.open_for, snap.reopens, self.process, now,
+             link.last_failure))
         link.version = 1
         link.synced_gen = snap.generation
 
@@ -655,7 +665,7 @@ class SQLiteStore:
             lost = dropped - self._dropped_reported
             _log("warning", "circuitry.store_dropped", path=str(self.path), rows=lost, total=dropped,
                  note="the write queue was full; raise queue_size or fix the store fault")
-            self._queue.append(("", None, None, None, "dropped", f"{lost} rows dropped: queue full",
+            self._queue.append(("", None, "dropped", None, "queue_full", f"{lost} rows dropped: queue full",
                                 self._time(), json.dumps({"dropped": lost, "total": dropped}), None, None))
             self._dropped_reported = dropped
         while self._queue:
@@ -665,11 +675,27 @@ class SQLiteStore:
                     batch.append(self._queue.popleft())
             try:
                 with self._tx(conn):
-                    conn.executemany(_INSERT_EVENT, [_event_row(r, self.process) for r in batch])
+                    try:
+                        conn.executemany(_INSERT_EVENT, [_event_row(r, self.process) for r in batch])
+                    except (sqlite3.IntegrityError, sqlite3.InterfaceError, TypeError, ValueError):
+                        self._insert_one_by_one(conn, batch)  # a row SQLite refuses must not wedge the queue
             except BaseException:
                 self._queue.extendleft(reversed(batch))  # nothing is lost: retried next cycle
                 raise
             self._written += len(batch)
+
+    def _insert_one_by_one(self, conn: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None:
+        for r in batch:
+            try:
+                conn.execute("SAVEPOINT one_row")
+                conn.execute(_INSERT_EVENT, _event_row(r, self.process))
+                conn.execute("RELEASE one_row")
+            except (sqlite3.IntegrityError, sqlite3.InterfaceError, TypeError, ValueError) as exc:
+                conn.execute("ROLLBACK TO one_row")
+                conn.execute("RELEASE one_row")
+                self._rejected_rows += 1
+                _log("error", "circuitry.store_row_rejected", path=str(self.path), row=repr(r)[:300],
+                     error_message=str(exc)[:300], total=self._rejected_rows)
 
     def _release_leases(self, conn: sqlite3.Connection) -> None:
         if not self._lease_releases:
@@ -816,8 +842,8 @@ _UPSERT_METRICS: Final = (
 
 def _event_row(r: tuple[Any, ...], process: str) -> tuple[Any, ...]:
     name, is_transition, frm, to, etype, emsg, at, reason, open_for, gen = r
-    if is_transition is None:  # the store's own rows: faults and drops
-        return (name or "circuitry", to if frm is None else frm, None, None, etype, emsg, reason, at, at, process)
+    if is_transition is None:  # the store's own rows (faults, drops): the event type stands in `frm`
+        return (name or "circuitry", frm, None, to, etype, emsg, reason, at, at, process)
     if is_transition:
         extra: dict[str, Any] = {"reason": reason, "generation": gen}
         if open_for is not None:

@@ -1,0 +1,448 @@
+"""The SQLite store in one process: persistence, restart, sharing between stores on one file (each
+store is what one process would have), leases, evidence, retention, and every fault it must survive.
+
+Several stores on one file behave like several processes: each has its own connections, and
+``PRAGMA data_version`` changes for commits made by the others. The real multi-process tests are
+in ``test_store_processes.py``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from circuitry import CircuitOpenError, CircuitState, Registry, SchemaVersionError, circuit
+from circuitry.store import SQLiteStore
+from circuitry.store._schema import LATEST_VERSION, migrate
+from circuitry.testing import FakeClock
+
+from .conftest import Boom, Other
+
+WALL = time.time()
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``check`` until true (a liveness bound, not a speed claim)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.005)
+    return check()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(start=1000.0, wall=WALL)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "circuits.db"
+
+
+@pytest.fixture
+def make(db: Path, clock: FakeClock) -> Iterator[Callable[..., tuple[Registry, SQLiteStore]]]:
+    made: list[SQLiteStore] = []
+
+    def factory(path: Path = db, **options: Any) -> tuple[Registry, SQLiteStore]:
+        options.setdefault("poll_interval", 0.01)
+        store = SQLiteStore(path, clock=clock, **options)
+        made.append(store)
+        return Registry(clock=clock, hooks=[], store=store), store
+
+    yield factory
+    for store in made:
+        store.close(timeout=2)
+
+
+def rows(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def fail(b: Any, n: int = 1, exc: BaseException | None = None) -> None:
+    for _ in range(n):
+        b.record_failure(b.admit(), exc or Boom("down"))
+
+
+def test_nothing_is_opened_until_a_breaker_exists(db: Path, clock: FakeClock) -> None:
+    store = SQLiteStore(db, clock=clock)
+    Registry(store=store, hooks=[])
+    assert not db.exists()
+    store.close()
+
+
+def test_failures_and_transitions_become_event_rows(make: Any, db: Path) -> None:
+    reg, store = make()
+    b = reg.get("svc", failure_threshold=2)
+    fail(b, 2, ValueError("x" * 5000))
+    assert store.flush()
+    events = rows(db, "SELECT event_type, from_state, to_state, error_type, length(error_message), additional_data "
+                      "FROM circuit_breaker_events WHERE service_name = 'svc' ORDER BY id")
+    assert [e[0] for e in events] == ["failure", "failure", "state_change"]
+    assert events[0][3] == "ValueError" and events[0][4] == 500  # truncated, never a traceback
+    assert events[2][1:3] == ("closed", "open")
+    assert '"reason": "failure_threshold"' in events[2][5]
+    state = rows(db, "SELECT current_state, failure_threshold, recovery_timeout, last_failure_time IS NOT NULL "
+                     "FROM circuit_breaker_states")
+    assert state == [("open", 2, 60, 1)]
+
+
+def test_successes_and_rejections_roll_up_per_minute(make: Any, db: Path) -> None:
+    reg, store = make()
+    b = reg.get("svc", failure_threshold=3, on=Boom)
+    for _ in range(7):
+        b.record_success(b.admit())
+    b.record_ignored(b.admit())
+    b.release(b.admit())
+    fail(b, 3)
+    for _ in range(4):
+        with pytest.raises(CircuitOpenError):
+            b.admit()
+    store.close()
+    totals = rows(db, "SELECT sum(calls), sum(successes), sum(failures), sum(ignored), sum(rejections), "
+                      "sum(cancelled) FROM circuit_breaker_metrics WHERE service_name = 'svc'")
+    assert totals == [(16, 7, 3, 1, 4, 1)]
+
+
+def test_restart_keeps_an_open_circuit_open_for_the_remaining_time(make: Any, db: Path, clock: FakeClock) -> None:
+    reg, store = make()
+    b = reg.get("svc", failure_threshold=1, recovery_timeout=60)
+    fail(b)
+    store.close()
+    clock.advance(20)
+    reg2, _ = make()
+    b2 = reg2.get("svc", failure_threshold=1, recovery_timeout=60)
+    assert b2.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError) as info:
+        b2.admit()
+    assert info.value.retry_after == pytest.approx(40, abs=0.01)
+    clock.advance(40)
+    assert b2.state is CircuitState.HALF_OPEN
+
+
+def test_restart_clamps_a_wall_clock_jump(make: Any, db: Path, clock: FakeClock) -> None:
+    reg, store = make()
+    fail(reg.get("svc", failure_threshold=1, recovery_timeout=60))
+    store.close()
+    clock.set_wall(WALL - 10**6)  # the clock went far backwards: never open longer than the period
+    reg2, _ = make()
+    with pytest.raises(CircuitOpenError) as info:
+        reg2.get("svc").admit()
+    assert info.value.retry_after is not None and info.value.retry_after <= 60
+
+
+def test_a_new_process_never_resets_shared_state(make: Any, db: Path) -> None:
+    reg_a, store_a = make()
+    reg_a.get("svc", failure_threshold=1).force_open()
+    assert store_a.flush()
+    reg_b, store_b = make()
+    b = reg_b.get("svc", failure_threshold=1)
+    assert b.state is CircuitState.FORCED_OPEN
+    assert store_b.flush()
+    assert rows(db, "SELECT current_state FROM circuit_breaker_states") == [("forced_open",)]
+
+
+def test_a_transition_in_one_process_reaches_the_other(make: Any) -> None:
+    reg_a, _ = make()
+    reg_b, _ = make()
+    a = reg_a.get("svc", failure_threshold=1, recovery_timeout=60)
+    b = reg_b.get("svc", failure_threshold=1, recovery_timeout=60)
+    fail(a)
+    assert eventually(lambda: b.state is CircuitState.OPEN)
+    with pytest.raises(CircuitOpenError):
+        b.admit()
+    a.reset()
+    assert eventually(lambda: b.state is CircuitState.CLOSED)
+
+
+def test_transitions_are_compare_and_set(make: Any, db: Path) -> None:
+    """Both processes open at once: one row version per real change, and both end up agreeing."""
+    reg_a, store_a = make()
+    reg_b, store_b = make()
+    a = reg_a.get("svc", failure_threshold=1, recovery_timeout=60)
+    b = reg_b.get("svc", failure_threshold=1, recovery_timeout=60)
+    assert store_a.flush() and store_b.flush()
+    fail(a)
+    fail(b)
+    assert store_a.flush() and store_b.flush()
+    assert eventually(lambda: a.state is b.state is CircuitState.OPEN)
+    (version, opened_at), = rows(db, "SELECT version, opened_at FROM circuit_breaker_states")
+    assert version == 2  # inserted (1), opened once (2): the loser adopted the winner's row
+    assert eventually(lambda: a.stats().opened_at == b.stats().opened_at == opened_at)
+
+
+def test_failures_of_several_processes_add_up(make: Any, db: Path) -> None:
+    """Four workers each see 2 failures of a threshold-5 circuit: together they trip it."""
+    pairs = [make() for _ in range(4)]
+    breakers = [reg.get("svc", failure_threshold=5, recovery_timeout=60) for reg, _ in pairs]
+    for _, store in pairs:
+        assert store.flush()
+    for b in breakers:
+        fail(b, 2)
+        assert b.state is CircuitState.CLOSED  # none of them alone would open
+    assert eventually(lambda: all(b.state is CircuitState.OPEN for b in breakers))
+    opened = rows(db, "SELECT count(*) FROM circuit_breaker_events WHERE event_type = 'state_change' "
+                      "AND to_state = 'open'")
+    assert opened == [(1,)]
+
+
+def test_a_success_resets_the_shared_count(make: Any) -> None:
+    (reg_a, store_a), (reg_b, store_b) = make(), make()
+    a = reg_a.get("svc", failure_threshold=4)
+    b = reg_b.get("svc", failure_threshold=4)
+    assert store_a.flush() and store_b.flush()
+    fail(a, 2)
+    assert store_a.flush()
+    b.record_success(b.admit())  # the service answered: the 2 failures before are no longer consecutive
+    assert store_b.flush()
+    fail(b, 2)
+    assert store_a.flush() and store_b.flush() and store_a.flush()
+    assert a.state is CircuitState.CLOSED and b.state is CircuitState.CLOSED
+    fail(a, 1)
+    fail(b, 1)  # 2 + 2: the shared count reaches the threshold
+    assert eventually(lambda: a.state is CircuitState.OPEN and b.state is CircuitState.OPEN)
+
+
+def test_probe_leases_are_shared(make: Any, clock: FakeClock) -> None:
+    (reg_a, store_a), (reg_b, store_b) = make(), make()
+    a = reg_a.get("svc", failure_threshold=1, recovery_timeout=10, probe_timeout=5)
+    b = reg_b.get("svc", failure_threshold=1, recovery_timeout=10, probe_timeout=5)
+    fail(a)
+    assert eventually(lambda: b.state is CircuitState.OPEN)
+    clock.advance(10)
+    probe = a.admit()  # a holds the one permit
+    with pytest.raises(CircuitOpenError) as info:
+        b.admit()
+    assert info.value.state == "half_open"
+    clock.advance(5)  # a's probe never reports back: its lease expires, b may probe
+    p = b.admit()
+    b.record_success(p)
+    assert eventually(lambda: a.state is CircuitState.CLOSED)
+    a.record_failure(probe, Boom())  # the lost probe, late: stale
+    assert a.state is CircuitState.CLOSED
+
+
+def test_the_default_policy_path_of_a_decorator_persists(make: Any, db: Path) -> None:
+    reg, store = make()
+
+    @circuit("decorated", registry=reg, failure_threshold=2)
+    def f() -> None:
+        raise Boom()
+
+    for _ in range(2):
+        with pytest.raises(Boom):
+            f()
+    store.close()
+    assert rows(db, "SELECT count(*) FROM circuit_breaker_events WHERE event_type = 'failure'") == [(2,)]
+
+
+def test_a_newer_schema_is_refused_with_a_clear_message(db: Path, make: Any) -> None:
+    with sqlite3.connect(db) as conn:
+        migrate(conn)
+        conn.execute("INSERT INTO circuitry_schema (version, name) VALUES (?, 'future')", (LATEST_VERSION + 1,))
+    with pytest.raises(SchemaVersionError, match="upgrade circuitry"), sqlite3.connect(db) as conn:
+        migrate(conn)
+    with capture_logs() as logs:
+        reg, store = make()
+        b = reg.get("svc", failure_threshold=1)
+        fail(b)  # still protected, from memory
+        assert b.state is CircuitState.OPEN
+        store.flush(1)
+    assert any(e["event"] == "circuitry.store_fault" and e["fault"] == "newer_schema" for e in logs)
+
+
+def test_retention_prunes_old_events_and_caps_their_number(make: Any, db: Path, clock: FakeClock) -> None:
+    reg, store = make(retention=3600, max_events=1000)
+    b = reg.get("svc", failure_threshold=10**6)
+    fail(b, 500)
+    assert store.flush()
+    clock.advance(7200)
+    fail(b, 1500)
+    assert store.flush()
+    store._last_prune = 0.0
+    assert store.flush()
+    ((count, oldest),) = rows(db, "SELECT count(*), min(ts) FROM circuit_breaker_events")
+    assert count <= 1001
+    assert oldest >= WALL + 7200 - 1
+
+
+# -- faults: zero exceptions reach protected calls, one warning per episode, the backlog catches up --
+
+
+def _hammer(reg: Registry, n: int) -> int:
+    """Protected calls through a decorator while the store is failing; returns exceptions seen that
+    were not the function's own or a rejection (there must be none)."""
+    surprises = 0
+
+    @circuit("faulty", registry=reg, failure_threshold=10**6, on=Boom)
+    def call(i: int) -> int:
+        if i % 3 == 0:
+            raise Boom()
+        if i % 7 == 0:
+            raise Other()
+        return i
+
+    for i in range(n):
+        try:
+            call(i)
+        except (Boom, Other):
+            pass
+        except Exception:
+            surprises += 1
+    return surprises
+
+
+def _expected(n: int) -> tuple[int, int, int]:
+    fails = sum(1 for i in range(n) if i % 3 == 0)
+    ignored = sum(1 for i in range(n) if i % 3 and i % 7 == 0)
+    return n - fails - ignored, fails, ignored
+
+
+def _assert_caught_up(db: Path, n: int) -> None:
+    ok, fails, ignored = _expected(n)
+    got = rows(db, "SELECT sum(successes), sum(failures), sum(ignored) FROM circuit_breaker_metrics "
+                   "WHERE service_name = 'faulty'")
+    assert got == [(ok, fails, ignored)]
+    assert rows(db, "SELECT count(*) FROM circuit_breaker_events WHERE service_name = 'faulty' "
+                    "AND event_type = 'failure'") == [(fails,)]
+
+
+def _fault_warnings(logs: list[dict[str, Any]], kind: str) -> int:
+    return sum(1 for e in logs if e["event"] == "circuitry.store_fault" and e["fault"] == kind)
+
+
+def test_fault_locked_database(make: Any, db: Path) -> None:
+    reg, store = make(busy_timeout=0.05)
+    reg.get("faulty", failure_threshold=10**6, on=Boom)
+    assert store.flush()
+    blocker = sqlite3.connect(db, isolation_level=None)
+    with capture_logs() as logs:
+        blocker.execute("BEGIN EXCLUSIVE")
+        assert _hammer(reg, 3000) == 0
+        assert eventually(lambda: store.health().fault == "locked")
+        time.sleep(0.3)  # several failed write attempts during the episode
+        blocker.execute("COMMIT")
+        blocker.close()
+        assert store.flush(10)
+    assert _fault_warnings(logs, "locked") == 1
+    assert any(e["event"] == "circuitry.store_recovered" for e in logs)
+    store.close()
+    _assert_caught_up(db, 3000)
+
+
+def test_fault_disk_full(make: Any, db: Path) -> None:
+    reg, store = make()
+    reg.get("faulty", failure_threshold=10**6, on=Boom)
+    assert store.flush()
+    conn = store._conn
+    assert conn is not None
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    with capture_logs() as logs:
+        conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
+        assert _hammer(reg, 6000) == 0
+        assert eventually(lambda: store.health().fault == "disk_full")
+        conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+        assert store.flush(10)
+    assert _fault_warnings(logs, "disk_full") == 1
+    store.close()
+    _assert_caught_up(db, 6000)
+
+
+def test_fault_read_only_database(make: Any, db: Path) -> None:
+    reg, store = make()
+    reg.get("faulty", failure_threshold=10**6, on=Boom)
+    assert store.flush()
+    conn = store._conn
+    assert conn is not None
+    with capture_logs() as logs:
+        conn.execute("PRAGMA query_only = ON")  # writes now fail as on a read-only file
+        assert _hammer(reg, 3000) == 0
+        assert eventually(lambda: store.health().fault == "read_only")
+        conn.execute("PRAGMA query_only = OFF")
+        assert store.flush(10)
+    assert _fault_warnings(logs, "read_only") == 1
+    store.close()
+    _assert_caught_up(db, 3000)
+
+
+def test_fault_unreachable_folder(make: Any, tmp_path: Path) -> None:
+    """The database's folder cannot be created or written (a read-only or missing mount): calls go on,
+    and once the folder is usable the backlog is written. (A file where the folder should be gives the
+    same error whoever runs the test; permission bits do not stop root.)"""
+    blocker = tmp_path / "mnt"
+    blocker.write_text("not a folder")
+    db = blocker / "x.db"
+    with capture_logs() as logs:
+        reg, store = make(path=db)
+        assert _hammer(reg, 600) == 0
+        assert eventually(lambda: store.health().fault == "unavailable")
+        blocker.unlink()
+        assert store.flush(10)
+    assert _fault_warnings(logs, "unavailable") == 1
+    store.close()
+    _assert_caught_up(db, 600)
+
+
+def test_fault_corrupt_file_is_set_aside(make: Any, db: Path) -> None:
+    db.write_bytes(b"this is not a database, it is a grocery list\n" * 200)
+    with capture_logs() as logs:
+        reg, store = make()
+        assert _hammer(reg, 600) == 0
+        assert store.flush(10)
+    assert _fault_warnings(logs, "corrupt") == 1
+    (aside,) = store.health().set_aside
+    assert Path(aside).read_bytes().startswith(b"this is not a database")
+    store.close()
+    _assert_caught_up(db, 600)
+    assert rows(db, "PRAGMA quick_check") == [("ok",)]
+
+
+def test_fault_deleted_file_is_recreated_with_the_current_state(make: Any, db: Path) -> None:
+    reg, store = make()
+    reg.get("other", failure_threshold=1).force_open()
+    reg.get("faulty", failure_threshold=10**6, on=Boom)
+    assert store.flush()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    with capture_logs() as logs:
+        assert _hammer(reg, 300) == 0
+        assert store.flush(10)
+    assert _fault_warnings(logs, "deleted") == 1
+    assert rows(db, "SELECT service_name, current_state FROM circuit_breaker_states ORDER BY 1") == [
+        ("faulty", "closed"), ("other", "forced_open")]
+    store.close()
+    got = rows(db, "SELECT sum(calls) FROM circuit_breaker_metrics WHERE service_name = 'faulty'")
+    assert got[0][0] is not None and got[0][0] > 0
+
+
+def test_a_full_queue_drops_counts_and_records_it(make: Any, db: Path) -> None:
+    reg, store = make(queue_size=100, busy_timeout=0.05)
+    reg.get("faulty", failure_threshold=10**6, on=Boom)
+    assert store.flush()
+    blocker = sqlite3.connect(db, isolation_level=None)
+    with capture_logs() as logs:
+        blocker.execute("BEGIN EXCLUSIVE")
+        assert _hammer(reg, 3000) == 0  # 1000 failures into a queue of 100
+        blocker.execute("COMMIT")
+        blocker.close()
+        assert store.flush(10)
+    health = store.health()
+    assert health.dropped > 0
+    assert any(e["event"] == "circuitry.store_dropped" for e in logs)
+    store.close()
+    written = rows(db, "SELECT count(*) FROM circuit_breaker_events WHERE service_name = 'faulty' "
+                       "AND event_type = 'failure'")[0][0]
+    (note,) = rows(db, "SELECT additional_data FROM circuit_breaker_events WHERE event_type = 'dropped'")
+    assert written + health.dropped == _expected(3000)[1]  # every failure either written or counted
+    assert f'"total": {health.dropped}' in note[0]
+    # the rollups never drop: they come from counters, not the queue
+    assert rows(db, "SELECT sum(failures) FROM circuit_breaker_metrics WHERE service_name = 'faulty'") == [
+        (_expected(3000)[1],)]
