@@ -73,6 +73,11 @@ class DatabaseCircuitBreaker:
             on=expected_exception, **policy)
         self.enable_alerts = enable_alerts
         self.alert_callback = alert_callback
+        store = self.registry.store
+        if store is not None:
+            store.set_alerts_enabled(service_name, enable_alerts)
+            if alert_callback is not None and enable_alerts:
+                store.add_alert_callback(alert_callback, service=service_name)
 
     def __repr__(self) -> str:
         return f"<DatabaseCircuitBreaker {self.service_name!r} {self.breaker.state.value}>"
@@ -123,12 +128,31 @@ class DatabaseCircuitBreaker:
         return stats
 
     def get_recommendations(self) -> dict[str, Any]:
-        """The seed's recommendation dict for this service."""
+        """The seed's recommendation dict: the last analysis window classified now, and the settings
+        that pattern calls for (nothing below the confidence floor)."""
+        store = self.registry.store
+        if store is not None:
+            try:
+                _, rec = store.analyse(self.service_name)
+                return dict(rec.as_seed_dict())
+            except StoreError:
+                pass
         p = self.breaker.policy
-        return {"has_recommendations": False, "message": "not enough history to recommend a change",
+        return {"has_recommendations": False, "message": "No change recommended: no history stored",
                 "current_threshold": p.failure_threshold, "recommended_threshold": p.failure_threshold,
                 "current_timeout": p.recovery_timeout, "recommended_timeout": p.recovery_timeout,
                 "confidence": 0.0, "primary_pattern": None}
+
+    def apply_recommendations(self) -> bool:
+        """Apply the current recommendation (threshold, timeout, backoff) to the breaker: one explicit
+        call. Returns whether anything changed. (``SQLiteStore(auto_apply=True)`` does it for you.)"""
+        store = self.registry.store
+        if store is None:
+            return False
+        from circuitry.store._analyst import apply
+
+        _, rec = store.analyse(self.service_name)
+        return apply(self.breaker, rec)
 
 
 def _latest_pattern(store: Any, service: str) -> dict[str, Any] | None:
@@ -186,7 +210,17 @@ class MultiServiceDatabaseCircuitBreaker:
         return {name: b.get_stats() for name, b in sorted(self._breakers.items())}
 
     def get_services_needing_attention(self) -> list[dict[str, Any]]:
-        """Services that are not closed, or have unacknowledged alerts, most urgent first."""
+        """Services that are not closed, or have unacknowledged alerts, most urgent first — every
+        service in the database, not only this process's."""
+        store = self.registry.store
+        if store is not None:
+            from circuitry.store._sqlite import services_needing_attention
+
+            store.flush(0.25)
+            try:
+                return services_needing_attention(store)
+            except StoreError:
+                pass
         out = []
         for name, b in sorted(self._breakers.items()):
             stats = b.get_stats()

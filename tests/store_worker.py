@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any
 
+import structlog
 from circuitry import CircuitOpenError, Registry, circuit
 from circuitry.store import SQLiteStore
 
@@ -30,6 +31,10 @@ class Other(Exception):
 
 class Cancel(BaseException):
     """Stands for a cancellation: propagates untouched, counted as cancelled."""
+
+
+# Logs go to stderr (the test sends it to a file): stdout carries only this worker's JSON lines.
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 
 def say(**fields: Any) -> None:

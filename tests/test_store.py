@@ -212,7 +212,7 @@ def test_a_success_resets_the_shared_count(make: Any) -> None:
 
 
 def test_probe_leases_are_shared(make: Any, clock: FakeClock) -> None:
-    (reg_a, store_a), (reg_b, store_b) = make(), make()
+    (reg_a, _), (reg_b, _) = make(), make()
     a = reg_a.get("svc", failure_threshold=1, recovery_timeout=10, probe_timeout=5)
     b = reg_b.get("svc", failure_threshold=1, recovery_timeout=10, probe_timeout=5)
     fail(a)

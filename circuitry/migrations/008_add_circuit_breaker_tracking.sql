@@ -94,11 +94,14 @@ CREATE TABLE IF NOT EXISTS circuit_breaker_alerts (
     acknowledged    BOOLEAN NOT NULL DEFAULT FALSE,
     created_at      TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
     acknowledged_at TIMESTAMP,
-    occurrences     INTEGER NOT NULL DEFAULT 1,
-    last_seen_at    TIMESTAMP
+    occurrences     INTEGER NOT NULL DEFAULT 1,  -- repeats aggregated into this alert
+    last_seen_at    TIMESTAMP,
+    alert_key       TEXT,                   -- deduplication key: service, type (and advice)
+    ts              REAL                    -- created_at as epoch seconds
 );
 CREATE INDEX IF NOT EXISTS circuit_breaker_alerts_service
     ON circuit_breaker_alerts (service_name, acknowledged, created_at);
+CREATE INDEX IF NOT EXISTS circuit_breaker_alerts_key ON circuit_breaker_alerts (alert_key, acknowledged);
 
 -- Half-open probe permits shared by every process: a row is a lease, taken atomically.
 CREATE TABLE IF NOT EXISTS circuit_breaker_probe_leases (

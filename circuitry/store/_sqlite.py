@@ -45,7 +45,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -55,6 +55,10 @@ from circuitry._core import CircuitBreaker, _count_value
 from circuitry._state import CircuitState
 from circuitry.events import Event, EventKind
 from circuitry.exceptions import ConfigurationError, SchemaVersionError, StoreError
+from circuitry.alerts import AlertEngine, AlertPolicy
+from circuitry.patterns import PatternResult
+from circuitry.recommend import Recommendation
+from circuitry.store._analyst import Analyst
 from circuitry.store._schema import migrate
 
 if TYPE_CHECKING:
@@ -167,6 +171,10 @@ class SQLiteStore:
             counted.
         busy_timeout: Seconds the writer waits on a locked database before reporting a fault.
         clock: The wall clock of timestamps and leases (inject the registry's fake clock in tests).
+        analysis_interval: Seconds between pattern analyses of every circuit (and alert checks).
+        analysis_window: Seconds of history each analysis classifies.
+        alert_policy: Alert thresholds and deduplication (:class:`~circuitry.alerts.AlertPolicy`).
+        auto_apply: Apply recommended thresholds and timeouts automatically (off by default).
 
     .. versionadded:: 0.1.0
     """
@@ -175,12 +183,16 @@ class SQLiteStore:
 
     def __init__(self, path: str | os.PathLike[str], *, retention: float = 7 * 86400.0,
                  max_events: int = 1_000_000, poll_interval: float = 0.025, metrics_interval: float = 1.0,
-                 queue_size: int = 200_000, busy_timeout: float = 5.0, clock: Clock | None = None) -> None:
+                 queue_size: int = 200_000, busy_timeout: float = 5.0, clock: Clock | None = None,
+                 analysis_interval: float = 60.0, analysis_window: float = 900.0,
+                 alert_policy: AlertPolicy | None = None, auto_apply: bool = False) -> None:
         if not isinstance(path, str | os.PathLike) or not os.fspath(path):
             raise ConfigurationError(f"path must be a file path, got {path!r}")
         if os.fspath(path) == ":memory:":
             raise ConfigurationError("path must be a file: an in-memory database cannot be shared")
         for name, value, lo, hi in (("retention", retention, 1.0, 10 * 365 * 86400.0),
+                                    ("analysis_interval", analysis_interval, 0.01, 86400.0),
+                                    ("analysis_window", analysis_window, 1.0, 30 * 86400.0),
                                     ("poll_interval", poll_interval, 0.001, 60.0),
                                     ("metrics_interval", metrics_interval, 0.01, 3600.0),
                                     ("busy_timeout", busy_timeout, 0.0, 600.0)):
@@ -198,7 +210,11 @@ class SQLiteStore:
         self.queue_size = queue_size
         self.busy_timeout = float(busy_timeout)
         self._time = (SYSTEM_CLOCK if clock is None else clock).time
+        if not isinstance(auto_apply, bool):
+            raise ConfigurationError(f"auto_apply must be a bool, got {auto_apply!r}")
         self._init_runtime()
+        self.analyst = Analyst(self, interval=float(analysis_interval), window=float(analysis_window),
+                               alert_policy=alert_policy, auto_apply=auto_apply)
         _STORES.add(self)
 
     def _init_runtime(self) -> None:
@@ -281,6 +297,7 @@ class SQLiteStore:
                             event.reason, event.open_for, event.generation))
         if event.kind is EventKind.TRANSITION:
             self._wake.set()  # transitions are committed promptly, not at the next poll
+            self.analyst.transitioned(event)
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -292,6 +309,7 @@ class SQLiteStore:
                 self._thread = threading.Thread(target=self._run, name=f"circuitry-store:{self.path.name}",
                                                 daemon=True)
                 self._thread.start()
+                self.analyst.start()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Write everything queued and pending now; True if a clean cycle finished within ``timeout``."""
@@ -314,6 +332,7 @@ class SQLiteStore:
         if self._closed:
             return
         self.flush(timeout)
+        self.analyst.close(min(timeout, 2.0))
         self._closed = True
         self._stopping = True
         self._wake.set()
@@ -350,7 +369,8 @@ class SQLiteStore:
     def _after_fork(self) -> None:
         # A connection must never cross fork(): the child keeps the parent's objects unused (closing them
         # could checkpoint or unlink the parent's WAL) and opens its own on demand.
-        _FORK_LEFTOVERS.extend(c for c in (self._conn, self._side_conn) if c is not None)
+        _FORK_LEFTOVERS.extend(c for c in (self._conn, self._side_conn, self.analyst._conn) if c is not None)
+        self.analyst.after_fork()
         links = list(self._links.values())
         closed = self._closed
         self._init_runtime()
@@ -569,8 +589,11 @@ class SQLiteStore:
             if link.version < 0:  # not read yet (adoption could not), or the file was replaced
                 row = conn.execute(_SELECT_STATE + " WHERE service_name = ?", (link.name,)).fetchone()
                 if row is None:
-                    self._insert_state(conn, link, now)
-                    continue
+                    if self._insert_state(conn, link, now):
+                        continue
+                    row = conn.execute(_SELECT_STATE + " WHERE service_name = ?", (link.name,)).fetchone()
+                    if row is None:  # pragma: no cover - inserted and deleted in between
+                        continue
                 link.version = row[2]
                 if b.generation == link.adopt_gen:
                     self._apply_row(link, row, "restored")
@@ -582,10 +605,11 @@ class SQLiteStore:
             elif snap.state is CircuitState.CLOSED:
                 self._share_evidence(conn, link, now)
 
-    def _insert_state(self, conn: sqlite3.Connection, link: _Link, now: float) -> None:
+    def _insert_state(self, conn: sqlite3.Connection, link: _Link, now: float) -> bool:
+        """Insert the circuit's row; False if another process inserted it first."""
         snap = link.breaker.snapshot()
         p = link.breaker.policy
-        conn.execute(
+        cur = conn.execute(
             "INSERT OR IGNORE INTO circuit_breaker_states (service_name, current_state, failure_count, "
             "failure_threshold, recovery_timeout, state_changed_at, version, opened_at, open_until, open_for, "
             f"reopen_count, updated_by, updated_at, last_failure_time) VALUES (?, ?, ?, ?, ?, {_ISO}, 1, ?, ?, ?, ?, "
@@ -593,8 +617,11 @@ class SQLiteStore:
             (link.name, snap.state.value, snap.consecutive_failures, p.failure_threshold, p.recovery_timeout,
              now, snap.opened_at, snap.open_until, snap.open_for, snap.reopens, self.process, now,
              link.last_failure))
+        if cur.rowcount != 1:
+            return False
         link.version = 1
         link.synced_gen = snap.generation
+        return True
 
     def _write_state(self, conn: sqlite3.Connection, link: _Link, now: float) -> None:
         """Compare-and-set the breaker's current state; if another process moved first, adopt its row."""
@@ -619,7 +646,7 @@ class SQLiteStore:
                 return
             row = conn.execute(_SELECT_STATE + " WHERE service_name = ?", (link.name,)).fetchone()
         if row is None:
-            self._insert_state(conn, link, now)
+            link.version = -1  # the row is gone: the next cycle inserts it
         else:
             self._apply_row(link, row, "remote")
 
@@ -797,6 +824,51 @@ class SQLiteStore:
             link.denied_episode = link.version
         return bool(granted)
 
+    # -- alerts and analysis ---------------------------------------------------------------------------
+
+    def add_alert_callback(self, callback: Callable[[dict[str, Any]], Any], service: str | None = None,
+                           timeout: float = 2.0) -> None:
+        """Deliver new alerts (of ``service``, or all) to ``callback`` — sync or async, time-limited,
+        on its own thread: it can neither block nor break a protected call."""
+        if not callable(callback):
+            raise ConfigurationError(f"alert_callback must be callable, got {callback!r}")
+        self.analyst.add_callback(callback, service, timeout)
+
+    def set_alerts_enabled(self, service: str, enabled: bool) -> None:
+        if enabled:
+            self.analyst.muted.discard(service)
+        else:
+            self.analyst.muted.add(service)
+
+    def analyse(self, service: str) -> tuple[PatternResult, Recommendation]:
+        """Classify ``service``'s recent history now and recommend settings (no rows written)."""
+        link = self._links.get(service)
+        if link is None:
+            raise StoreError(f"no circuit {service!r} in this store")
+        self.flush(0.5)
+        conn = self._open(timeout=self.busy_timeout)
+        try:
+            return self.analyst.analyse(conn, link.breaker, self._time())
+        finally:
+            conn.close()
+
+    def alerts(self, service: str | None = None, *, include_acknowledged: bool = False,
+               limit: int = 100) -> list[dict[str, Any]]:
+        """Alert rows, newest first."""
+        where, params = [], []
+        if service is not None:
+            where.append("service_name = ?")
+            params.append(service)
+        if not include_acknowledged:
+            where.append("acknowledged = FALSE")
+        sql = "SELECT * FROM circuit_breaker_alerts" + (" WHERE " + " AND ".join(where) if where else "")
+        return self.query(sql + " ORDER BY ts DESC, id DESC LIMIT ?", (*params, limit))
+
+    def acknowledge(self, alert_id: int | None = None, *, service: str | None = None) -> int:
+        """Acknowledge one alert by id, or every open alert of a service; returns how many."""
+        return acknowledge(self.path, alert_id=alert_id, service=service, now=self._time(),
+                           engine=self.analyst.engine)
+
     # -- reading --------------------------------------------------------------------------------------
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -925,3 +997,65 @@ def last_hour_summary(store: SQLiteStore, service: str, now: float | None = None
         "circuit_open_duration": round(open_seconds(transitions, since, now, open_at_start)),
         "rejections": row["rejections"],
     }
+
+
+def acknowledge(path: str | os.PathLike[str], *, alert_id: int | None = None, service: str | None = None,
+                now: float | None = None, engine: AlertEngine | None = None) -> int:
+    """Acknowledge alerts in the database at ``path`` (by id, or all of a service); returns how many."""
+    if (alert_id is None) == (service is None):
+        raise ConfigurationError("give alert_id or service (one of them)")
+    now = time.time() if now is None else now
+    conn = sqlite3.connect(os.fspath(path), timeout=5.0, isolation_level=None)
+    try:
+        column, value = ("id", alert_id) if alert_id is not None else ("service_name", service)
+        keys = conn.execute(f"UPDATE circuit_breaker_alerts SET acknowledged = TRUE, acknowledged_at = {_ISO} "
+                            f"WHERE {column} = ? AND acknowledged = FALSE RETURNING alert_key",
+                            (now, value)).fetchall()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot acknowledge in {os.fspath(path)}: {exc}") from exc
+    finally:
+        conn.close()
+    if engine is not None:
+        for (key,) in keys:
+            if key:
+                engine.acknowledge(key)  # the next occurrence raises a fresh alert
+    return len(keys)
+
+
+_SEVERITY_RANK: Final = {"critical": 0, "error": 1, "warning": 2, "info": 3}
+
+
+def services_needing_attention(store: SQLiteStore, now: float | None = None) -> list[dict[str, Any]]:
+    """Circuits that are not closed, have unacknowledged warning-or-worse alerts, or failed more than
+    half their calls in the last hour; most urgent first."""
+    now = time.time() if now is None else now
+    states = {r["service_name"]: r["current_state"] for r in store.query(
+        "SELECT service_name, current_state FROM circuit_breaker_states")}
+    alerts: dict[str, list[str]] = {}
+    for r in store.query("SELECT service_name, severity FROM circuit_breaker_alerts WHERE acknowledged = FALSE"):
+        alerts.setdefault(r["service_name"], []).append(r["severity"])
+    rates = {r["service_name"]: r for r in store.query(
+        "SELECT service_name, sum(successes) AS ok, sum(failures) AS failed FROM circuit_breaker_metrics "
+        "WHERE minute >= ? GROUP BY service_name", (int((now - 3600) // 60),))}
+    out = []
+    for name in sorted(set(states) | set(alerts)):
+        state = states.get(name, "closed")
+        severities = [s for s in alerts.get(name, []) if s != "info"]
+        rate = rates.get(name)
+        decided = (rate["ok"] + rate["failed"]) if rate else 0
+        success_rate = round(100.0 * rate["ok"] / decided, 1) if rate and decided else 100.0
+        reasons = []
+        if state != "closed":
+            reasons.append(f"circuit is {state}")
+        if severities:
+            reasons.append(f"{len(severities)} unacknowledged alert(s), worst: "
+                           f"{min(severities, key=lambda s: _SEVERITY_RANK.get(s, 9))}")
+        if decided >= 20 and success_rate < 50.0:
+            reasons.append(f"success rate {success_rate}% in the last hour")
+        if reasons:
+            worst = min((_SEVERITY_RANK.get(s, 9) for s in severities), default=9)
+            out.append({"service_name": name, "state": state, "reasons": reasons,
+                        "unacknowledged_alerts": len(alerts.get(name, [])), "success_rate": success_rate,
+                        "_rank": (0 if state in ("open", "forced_open") else 1 if state == "half_open" else 2, worst)})
+    out.sort(key=lambda s: s.pop("_rank"))
+    return out
