@@ -791,10 +791,11 @@ class SQLiteStore:
         def take(conn: sqlite3.Connection) -> tuple[bool, float]:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                state = conn.execute("SELECT current_state, open_until FROM circuit_breaker_states "
+                state = conn.execute("SELECT current_state, open_until, version FROM circuit_breaker_states "
                                      "WHERE service_name = ?", (link.name,)).fetchone()
-                if state is not None and (state[0] in ("closed", "forced_open", "disabled")
-                                          or (state[0] == "open" and (state[1] or 0) > wall)):
+                moved = state is not None and state[2] > link.version  # a change this process has not seen
+                if moved and (state[0] in ("closed", "forced_open", "disabled")
+                              or (state[0] == "open" and (state[1] or 0) > wall)):
                     conn.execute("COMMIT")  # another process decided: the poll will bring it here
                     return False, wall + self.poll_interval
                 conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ? AND expires_at <= ?",

@@ -1,0 +1,300 @@
+"""The store's analyst: patterns from stored history, recommendations, alerts and their callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from circuitry import CircuitOpenError, CircuitState, DatabaseCircuitBreaker, Registry, circuit
+from circuitry.store import SQLiteStore
+from circuitry.store._analyst import load_calls
+from circuitry.testing import FakeClock
+
+from .conftest import Boom
+
+NOW = time.time()
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.005)
+    return check()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(start=1000.0, wall=NOW)
+
+
+@pytest.fixture
+def make(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., tuple[Registry, SQLiteStore]]]:
+    made: list[SQLiteStore] = []
+
+    def factory(**options: Any) -> tuple[Registry, SQLiteStore]:
+        options.setdefault("poll_interval", 0.01)
+        options.setdefault("analysis_interval", 3600.0)  # the tests run analyses themselves
+        store = SQLiteStore(tmp_path / "a.db", clock=clock, **options)
+        made.append(store)
+        return Registry(clock=clock, hooks=[], store=store), store
+
+    yield factory
+    for store in made:
+        store.close(timeout=2)
+
+
+def write_history(path: Path, service: str, failures: list[float], ok_per_minute: int, start: float,
+                  end: float) -> None:
+    """Stored history as the writer would leave it: one row per failure, per-minute success counts."""
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO circuit_breaker_events (service_name, event_type, to_state, error_type, ts) "
+            "VALUES (?, 'failure', 'closed', 'TimeoutError', ?)", [(service, t) for t in failures])
+        conn.executemany(
+            "INSERT INTO circuit_breaker_metrics (service_name, minute, bucket_start, calls, successes, failures) "
+            "VALUES (?, ?, '', ?, ?, 0)",
+            [(service, m, ok_per_minute, ok_per_minute) for m in range(int(start // 60), int(end // 60) + 1)])
+
+
+def bursts(start: float, n_bursts: int, per_burst: int, rng: random.Random) -> list[float]:
+    out = []
+    for k in range(n_bursts):
+        t0 = start + 60 + k * 270 + rng.uniform(0, 30)
+        out.extend(t0 + rng.uniform(0, 3) for _ in range(per_burst))
+    return sorted(out)
+
+
+def test_load_calls_spreads_successes_over_their_minute(make: Any, tmp_path: Path) -> None:
+    reg, store = make()
+    reg.get("svc")
+    assert store.flush()
+    base = (int(NOW // 60) - 4) * 60.0  # two whole minutes, well inside the window
+    write_history(tmp_path / "a.db", "svc", [base + 30.5], ok_per_minute=6, start=base, end=base + 60)
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        calls = load_calls(conn, "svc", base - 10, NOW)
+    assert [t for t, failed in calls if failed] == [base + 30.5]
+    ok = [t for t, failed in calls if not failed]
+    assert ok == [base + 5 + 10 * i for i in range(12)]
+    assert [t for t, _ in calls] == sorted(t for t, _ in calls)
+
+
+def test_a_burst_history_is_classified_stored_and_recommended(make: Any, tmp_path: Path) -> None:
+    reg, store = make()
+    b = reg.get("bursty", failure_threshold=5, recovery_timeout=60)
+    assert store.flush()
+    start = NOW - 900
+    write_history(tmp_path / "a.db", "bursty", bursts(start, 3, 12, random.Random(4)), 600, start, NOW)
+    results = store.analyst.run_once(NOW)
+    result, rec = results["bursty"]
+    assert result.type == "burst"
+    assert 0.0 < result.confidence <= 1.0
+    ((ptype, failures, conf, thr),) = store.query(
+        "SELECT pattern_type, failure_count, confidence_score, suggested_threshold "
+        "FROM circuit_breaker_failure_patterns WHERE service_name = 'bursty'")[0].values(),
+    assert (ptype, failures) == ("burst", 36) and conf == pytest.approx(result.confidence)
+    assert thr == rec.recommended_threshold
+    breaker = DatabaseCircuitBreaker(service_name="bursty", registry=reg, failure_threshold=5,
+                                     recovery_timeout=60)
+    stats = breaker.get_stats()
+    assert stats["latest_pattern"]["type"] == "burst"
+    assert stats["latest_pattern"]["confidence"] == pytest.approx(result.confidence)
+    assert b.policy.failure_threshold == 5  # nothing applied without asking
+
+
+def test_get_recommendations_and_apply_them_explicitly(make: Any, tmp_path: Path, clock: FakeClock) -> None:
+    reg, store = make()
+    breaker = DatabaseCircuitBreaker(service_name="bursty", registry=reg, failure_threshold=8,
+                                     recovery_timeout=10)
+    assert store.flush()
+    write_history(tmp_path / "a.db", "bursty", bursts(NOW - 900, 3, 12, random.Random(5)), 600, NOW - 900, NOW)
+    rec = breaker.get_recommendations()
+    assert set(rec) == {"has_recommendations", "message", "current_threshold", "recommended_threshold",
+                        "current_timeout", "recommended_timeout", "confidence", "primary_pattern"}
+    assert rec["primary_pattern"] == "burst" and rec["has_recommendations"] is True
+    assert rec["current_threshold"] == 8 and rec["recommended_threshold"] < 8
+    assert "consider adjusting threshold to" in rec["message"]
+    assert breaker.apply_recommendations() is True
+    p = breaker.breaker.policy
+    assert (p.failure_threshold, p.recovery_timeout) == (rec["recommended_threshold"], rec["recommended_timeout"])
+
+
+def test_thin_history_recommends_nothing(make: Any) -> None:
+    reg, store = make()
+    breaker = DatabaseCircuitBreaker(service_name="quiet", registry=reg)
+    assert store.flush()
+    rec = breaker.get_recommendations()
+    assert rec["has_recommendations"] is False and rec["recommended_threshold"] == rec["current_threshold"]
+
+
+def test_auto_apply_is_off_by_default_and_works_when_on(make: Any, tmp_path: Path) -> None:
+    reg, store = make(auto_apply=True)
+    b = reg.get("bursty", failure_threshold=8, recovery_timeout=10)
+    assert store.flush()
+    write_history(tmp_path / "a.db", "bursty", bursts(NOW - 900, 3, 12, random.Random(6)), 600, NOW - 900, NOW)
+    store.analyst.run_once(NOW)
+    assert b.policy.failure_threshold < 8
+
+
+def test_opening_and_closing_raise_alerts_delivered_to_the_callback(make: Any, clock: FakeClock) -> None:
+    reg, store = make()
+    got: list[dict[str, Any]] = []
+    store.add_alert_callback(got.append)
+    b = reg.get("svc", failure_threshold=1, recovery_timeout=5)
+    b.record_failure(b.admit(), Boom())
+    assert eventually(lambda: len(got) == 1)
+    clock.advance(5)
+    b.record_success(b.admit())
+    assert eventually(lambda: len(got) == 2)
+    assert [(a["alert_type"], a["severity"]) for a in got] == [("circuit_opened", "error"), ("circuit_closed", "info")]
+    rows = store.alerts("svc")
+    assert {r["alert_type"] for r in rows} == {"circuit_opened", "circuit_closed"}
+    assert all(r["id"] == a["id"] for r, a in zip(sorted(rows, key=lambda r: r["id"]), got, strict=True))
+
+
+def test_acknowledge_by_id_and_by_service(make: Any, clock: FakeClock) -> None:
+    reg, store = make()
+    b = reg.get("svc", failure_threshold=1, recovery_timeout=5)
+    b.record_failure(b.admit(), Boom())
+    clock.advance(5)
+    b.record_success(b.admit())
+    assert eventually(lambda: len(store.alerts("svc")) == 2)
+    first = store.alerts("svc")[-1]["id"]
+    assert store.acknowledge(first) == 1
+    assert len(store.alerts("svc")) == 1
+    assert store.acknowledge(service="svc") == 1
+    assert store.alerts("svc") == []
+    assert len(store.alerts("svc", include_acknowledged=True)) == 2
+    seed = DatabaseCircuitBreaker(service_name="svc", registry=reg, failure_threshold=1, recovery_timeout=5)
+    assert seed.get_stats()["unacknowledged_alerts"] == 0
+
+
+def test_a_flapping_circuit_does_not_flood(make: Any, clock: FakeClock) -> None:
+    reg, store = make()
+    got: list[dict[str, Any]] = []
+    store.add_alert_callback(got.append)
+    b = reg.get("flappy", failure_threshold=1, recovery_timeout=1)
+    for _ in range(40):
+        b.record_failure(b.admit(), Boom())
+        clock.advance(1)
+        b.record_success(b.admit())
+        assert store.flush()
+    assert eventually(lambda: any(a["alert_type"] == "flapping" for a in got))
+    time.sleep(0.1)
+    store.analyst.run_once(clock.time())  # drains the counted repeats into the rows
+    rows = store.alerts("flappy")
+    assert len(got) <= 6 and len(rows) <= 6
+    opened = [r for r in rows if r["alert_type"] == "circuit_opened"]
+    assert len(opened) == 1 and opened[0]["occurrences"] == 40
+    assert any(r["severity"] == "critical" for r in rows)
+
+
+def test_two_processes_raise_one_alert_between_them(make: Any, clock: FakeClock) -> None:
+    """Both processes open the circuit before either hears of the other: the database keeps one
+    alert and counts the second occurrence into it."""
+    (reg_a, store_a), (reg_b, store_b) = make(), make()
+    a, b = reg_a.get("svc", failure_threshold=1), reg_b.get("svc", failure_threshold=1)
+    assert store_a.flush() and store_b.flush()
+    a.record_failure(a.admit(), Boom())
+    b.record_failure(b.admit(), Boom())
+
+    def opened() -> list[dict[str, Any]]:
+        return [r for r in store_a.alerts("svc") if r["alert_type"] == "circuit_opened"]
+
+    assert eventually(lambda: len(opened()) == 1 and opened()[0]["occurrences"] == 2)
+    assert a.state is b.state is CircuitState.OPEN
+
+
+def test_the_seeds_alert_handler_gets_the_seeds_keys(tmp_path: Path) -> None:
+    received: list[dict[str, Any]] = []
+
+    def alert_handler(alert_data: dict[str, Any]) -> None:
+        if alert_data["severity"] == "critical":
+            received.append(alert_data)
+        if alert_data["alert_type"] == "threshold_recommendation":
+            received.append(alert_data)
+        received.append(alert_data)
+
+    breaker = DatabaseCircuitBreaker(db_path=str(tmp_path / "seed.db"), service_name="openrouter_api",
+                                     failure_threshold=1, enable_alerts=True, alert_callback=alert_handler)
+
+    async def down() -> None:
+        raise ConnectionError
+
+    with pytest.raises(ConnectionError):
+        asyncio.run(breaker.call(down))
+    assert eventually(lambda: len(received) >= 1)
+    assert {"service_name", "alert_type", "severity", "message", "details", "acknowledged"} <= set(received[0])
+    assert received[0]["alert_type"] == "circuit_opened"
+
+
+def test_disabled_alerts_raise_nothing(tmp_path: Path) -> None:
+    breaker = DatabaseCircuitBreaker(db_path=str(tmp_path / "quiet.db"), service_name="quiet",
+                                     failure_threshold=1, enable_alerts=False)
+
+    async def down() -> None:
+        raise ConnectionError
+
+    with pytest.raises(ConnectionError):
+        asyncio.run(breaker.call(down))
+    store = breaker.registry.store
+    assert store is not None and store.flush()
+    time.sleep(0.2)
+    assert store.alerts("quiet") == []
+
+
+@pytest.mark.parametrize("kind", ["raises", "hangs", "calls_back", "async_hangs"])
+def test_alert_callbacks_cannot_affect_protected_calls(make: Any, clock: FakeClock, kind: str) -> None:
+    reg, store = make()
+    release = threading.Event()
+    seen: list[str] = []
+    b = reg.get("svc", failure_threshold=1, recovery_timeout=1)
+
+    def raises(alert: dict[str, Any]) -> None:
+        seen.append(alert["alert_type"])
+        raise RuntimeError("callback bug")
+
+    def hangs(alert: dict[str, Any]) -> None:
+        seen.append(alert["alert_type"])
+        release.wait(30)
+
+    def calls_back(alert: dict[str, Any]) -> None:
+        seen.append(alert["alert_type"])
+        b.stats()
+        b.reset()
+
+    async def async_hangs(alert: dict[str, Any]) -> None:
+        seen.append(alert["alert_type"])
+        await asyncio.sleep(30)
+
+    store.add_alert_callback({"raises": raises, "hangs": hangs, "calls_back": calls_back,
+                              "async_hangs": async_hangs}[kind], timeout=0.2)
+
+    @circuit("svc", registry=reg)
+    def call(fail: bool) -> str:
+        if fail:
+            raise Boom()
+        return "ok"
+
+    outcomes = []
+    for i in range(200):
+        try:
+            outcomes.append(call(i % 10 == 0))
+        except Boom:
+            outcomes.append("boom")
+        except CircuitOpenError:
+            outcomes.append("refused")
+            clock.advance(1)
+    release.set()
+    assert set(outcomes) <= {"ok", "boom", "refused"}
+    assert outcomes.count("boom") >= 1
+    assert eventually(lambda: len(seen) >= 1)
