@@ -8,15 +8,20 @@ the breaker's counters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import random
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from circuitry._faces import circuit
 from circuitry._registry import Registry
 from circuitry.events import Event, EventKind
 from circuitry.exceptions import CircuitOpenError
+
+if TYPE_CHECKING:
+    from circuitry.store import SQLiteStore
 
 PHASES = (("healthy", 0.02, 1.5), ("outage", 0.95, 2.0), ("recovering", 0.30, 1.0), ("healthy", 0.02, 1.5))
 
@@ -46,7 +51,18 @@ class FlakyService:
         return f"item-{item}"
 
 
-async def run_demo(out: TextIO = sys.stdout, seed: int = 7) -> dict[str, int]:
+def _fresh_store(db: str) -> SQLiteStore:
+    """A store on a fresh file: the demo's numbers are about this run."""
+    from circuitry.store import SQLiteStore
+
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(db + suffix)
+    return SQLiteStore(db, analysis_interval=3600, analysis_window=60)
+
+
+async def run_demo(out: TextIO = sys.stdout, seed: int = 7, db: str | None = "circuitry-demo.db") -> dict[str, int]:
+    """Run the demo; with ``db``, the breaker persists there (state, history, patterns, alerts)."""
     rng = random.Random(seed)
     start = time.monotonic()
     service = FlakyService(rng, start)
@@ -58,7 +74,8 @@ async def run_demo(out: TextIO = sys.stdout, seed: int = 7) -> dict[str, int]:
         out.write(f"{t:6.2f}s  [{phase:<10}] {event.name:<30}{extra}\n")
 
     show.kinds = frozenset({EventKind.TRANSITION})  # type: ignore[attr-defined]
-    registry = Registry(hooks=[show], rng=rng)
+    store = None if db is None else _fresh_store(db)
+    registry = Registry(hooks=[show], rng=rng, store=store)
 
     @circuit("inventory_api", registry=registry, failure_threshold=5, recovery_timeout=0.4,
              backoff_factor=1.5, on=ConnectionError)
@@ -86,5 +103,19 @@ async def run_demo(out: TextIO = sys.stdout, seed: int = 7) -> dict[str, int]:
         f"(the service saw {service.calls} calls).\n"
         f"breaker counters: successes={stats.successes} failures={stats.failures} rejected={stats.rejected}\n"
     )
+    if store is not None:
+        store.flush(5)
+        results = store.analyst.run_once()
+        result, rec = results["inventory_api"]
+        alerts = store.alerts("inventory_api", include_acknowledged=True, limit=1000)
+        store.close()
+        pattern = f"{result.type} (confidence {result.confidence:.2f})" if result.type else "none (too little data)"
+        out.write(
+            f"\nhistory written to {store.path}:\n"
+            f"  failure pattern of the last minute: {pattern}\n"
+            f"  recommendation: {rec.as_seed_dict()['message']}\n"
+            f"  alerts raised: {len(alerts)} ({', '.join(sorted({a['alert_type'] for a in alerts}))})\n"
+            f"look at it with:  circuitry status --db {db}   ·   circuitry alerts --db {db}   ·   "
+            f"sqlite3 {db} 'SELECT * FROM circuit_breaker_events'\n")
     return {"calls": item, "served": served, "failed": failed, "refused": refused,
             "service_calls": service.calls}

@@ -53,9 +53,9 @@ from typing import TYPE_CHECKING, Any, Final
 from circuitry._clock import SYSTEM_CLOCK, Clock
 from circuitry._core import CircuitBreaker, _count_value
 from circuitry._state import CircuitState
+from circuitry.alerts import AlertEngine, AlertPolicy
 from circuitry.events import Event, EventKind
 from circuitry.exceptions import ConfigurationError, SchemaVersionError, StoreError
-from circuitry.alerts import AlertEngine, AlertPolicy
 from circuitry.patterns import PatternResult
 from circuitry.recommend import Recommendation
 from circuitry.store._analyst import Analyst

@@ -1,0 +1,131 @@
+"""The command line: migrate, status, alerts, ack, patterns, recommend, demo."""
+
+from __future__ import annotations
+
+import io
+import random
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from circuitry import Registry
+from circuitry._cli import main
+from circuitry.store import SQLiteStore
+from circuitry.store._schema import LATEST_VERSION
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(argv), out=out)
+    return code, out.getvalue()
+
+
+@pytest.fixture
+def populated(tmp_path: Path) -> Path:
+    db = tmp_path / "app.db"
+    store = SQLiteStore(db, poll_interval=0.01, analysis_interval=3600)
+    reg = Registry(hooks=[], store=store)
+    b = reg.get("payments", failure_threshold=2, recovery_timeout=60)
+    reg.get("search").record_success(reg.get("search").admit())
+    for _ in range(2):
+        b.record_failure(b.admit(), TimeoutError("slow"))
+    deadline = time.monotonic() + 10
+    while not store.alerts("payments") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    store.close()
+    return db
+
+
+def test_migrate_creates_and_is_idempotent(tmp_path: Path) -> None:
+    db = tmp_path / "sub" / "new.db"
+    code, out = run("migrate", "--db", str(db))
+    assert code == 0 and f"applied migration(s) {LATEST_VERSION}" in out
+    code, out = run("migrate", "--db", str(db))
+    assert code == 0 and "up to date" in out
+
+
+def test_migrate_adds_tables_to_an_application_database(tmp_path: Path) -> None:
+    db = tmp_path / "pipeline.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE cards (id INTEGER PRIMARY KEY)")
+    assert run("migrate", "--db", str(db))[0] == 0
+    with sqlite3.connect(db) as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"cards", "circuit_breaker_states", "circuit_breaker_alerts"} <= names
+
+
+def test_migrate_refuses_a_newer_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "future.db"
+    run("migrate", "--db", str(db))
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO circuitry_schema (version, name) VALUES (999, 'future')")
+    code, _ = run("migrate", "--db", str(db))
+    assert code == 2
+    assert "newer than" in capsys.readouterr().err
+
+
+def test_status_lists_every_circuit(populated: Path) -> None:
+    code, out = run("status", "--db", str(populated))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["SERVICE", "STATE", "FAILS"]
+    payments = next(line for line in lines if line.startswith("payments"))
+    assert payments.split()[1] == "open"
+    assert any(line.startswith("search") and line.split()[1] == "closed" for line in lines)
+
+
+def test_alerts_and_ack(populated: Path) -> None:
+    code, out = run("alerts", "--db", str(populated))
+    assert code == 0 and "circuit_opened" in out and "error" in out
+    alert_id = out.splitlines()[2].split()[0]
+    code, out = run("ack", "--db", str(populated), "--id", alert_id)
+    assert (code, out) == (0, "acknowledged 1 alert(s)\n")
+    assert run("alerts", "--db", str(populated))[1] == "(none)\n"
+    assert "circuit_opened" in run("alerts", "--db", str(populated), "--all")[1]
+    assert run("ack", "--db", str(populated), "--service", "payments")[0] == 1  # nothing left to ack
+
+
+def test_patterns_and_recommend(tmp_path: Path) -> None:
+    db = tmp_path / "hist.db"
+    run("migrate", "--db", str(db))
+    now = time.time()
+    rng = random.Random(3)
+    failures = sorted(now - 800 + k * 250 + rng.uniform(0, 3) for k in range(3) for _ in range(12))
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO circuit_breaker_states (service_name, failure_threshold, recovery_timeout) "
+                     "VALUES ('bursty', 8, 30)")
+        conn.executemany("INSERT INTO circuit_breaker_events (service_name, event_type, ts) "
+                         "VALUES ('bursty', 'failure', ?)", [(t,) for t in failures])
+        conn.executemany("INSERT INTO circuit_breaker_metrics (service_name, minute, bucket_start, successes) "
+                         "VALUES ('bursty', ?, '', 600)", [(m,) for m in range(int((now - 900) // 60),
+                                                                               int(now // 60) + 1)])
+        conn.execute("INSERT INTO circuit_breaker_failure_patterns (service_name, pattern_type, time_window_seconds, "
+                     "failure_count, error_rate, confidence_score, ts) VALUES ('bursty', 'burst', 900, 36, 0.04, "
+                     "0.93, ?)", (now,))
+    code, out = run("recommend", "--db", str(db), "--service", "bursty")
+    assert code == 0 and "pattern:     burst" in out and "threshold:   8 ->" in out
+    code, out = run("recommend", "--db", str(db), "--service", "bursty", "--json")
+    assert '"primary_pattern": "burst"' in out
+    code, out = run("patterns", "--db", str(db))
+    assert code == 0 and "bursty" in out and "0.93" in out
+
+
+def test_reading_a_missing_database_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("status", "--db", str(tmp_path / "none.db"))[0] == 2
+    assert "no database at" in capsys.readouterr().err
+
+
+def test_demo_runs_and_writes_a_database(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "circuitry", "demo", "--db", "demo.db"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "circuitry.circuit_opened" in proc.stdout and "refused fast by the open circuit" in proc.stdout
+    with sqlite3.connect(tmp_path / "demo.db") as conn:
+        failures = conn.execute("SELECT count(*) FROM circuit_breaker_events WHERE event_type = 'failure'")
+        assert failures.fetchone()[0] > 0
+        assert conn.execute("SELECT current_state FROM circuit_breaker_states").fetchone()[0] in ("closed", "open",
+                                                                                                 "half_open")
