@@ -15,6 +15,8 @@ EXPECTED = {
     "sync_quickstart.py": ["refused fast: circuit 'weather_api' is open", "sunny in Lisbon", "state: closed"],
     "async_quickstart.py": ["price: timed out", "price: 9.99", "stock: 7"],
     "failover.py": ["request 4: served by us-west", "api_us-east      open"],
+    "persistence.py": ["starting state: closed", "refused: circuit 'billing_api' is open", "events stored in"],
+    "multiprocess.py": ["worker 0: refused", "worker 1: refused", "worker 2: refused", "worker 3: refused"],
 }
 
 
@@ -29,6 +31,14 @@ def test_example_runs(path: Path, tmp_path: Path) -> None:
     for text in EXPECTED.get(path.name, []):
         assert text in proc.stdout, proc.stdout
     assert path.name in EXPECTED, "give every example its expected output"
+
+
+def test_persistence_example_restarts_open(tmp_path: Path) -> None:
+    run(ROOT / "examples" / "persistence.py", tmp_path)
+    second = run(ROOT / "examples" / "persistence.py", tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "starting state: open" in second.stdout
+    assert "failed:" not in second.stdout  # the service is not called at all while the circuit is open
 
 
 def readme_blocks() -> list[str]:

@@ -132,7 +132,7 @@ class _Link:
         self.denied_until = 0.0
         self.denied_episode = -2
         self.last_failure: float | None = None
-        self._evidence: tuple[int, int] | None = None
+        self._evidence = (self.counts[0], self.counts[1])  # what was shared so far: nothing after adoption
 
     def acquire_probe(self, breaker: CircuitBreaker, now: float) -> bool:
         return self.store._acquire_probe(self)
@@ -602,6 +602,7 @@ class SQLiteStore:
             snap = b.snapshot()
             if snap.generation != link.synced_gen:
                 self._write_state(conn, link, now)
+                link._evidence = (link.counts[0], link.counts[1])  # evidence counts within a generation
             elif snap.state is CircuitState.CLOSED:
                 self._share_evidence(conn, link, now)
 
@@ -657,8 +658,6 @@ class SQLiteStore:
         successes = link.counts[0]
         seen = link._evidence
         link._evidence = (successes, failures)
-        if seen is None:
-            return
         d_ok, d_fail = successes - seen[0], failures - seen[1]
         if not d_ok and not d_fail:
             return
@@ -685,6 +684,7 @@ class SQLiteStore:
             return
         link.synced_gen = link.breaker._apply_shared(cs, opened_at, open_until, open_for, reopens or 0, reason)
         link.version = version
+        link._evidence = (link.counts[0], link.counts[1])
 
     def _write_events(self, conn: sqlite3.Connection) -> None:
         dropped = _count_value(self._dropped)
