@@ -622,6 +622,7 @@ class SQLiteStore:
             return False
         link.version = 1
         link.synced_gen = snap.generation
+        link._evidence = (link.counts[0], link.counts[1])  # the row's failure_count has them already
         return True
 
     def _write_state(self, conn: sqlite3.Connection, link: _Link, now: float) -> None:
@@ -682,9 +683,11 @@ class SQLiteStore:
             cs = CircuitState(state)
         except ValueError:
             return
-        link.synced_gen = link.breaker._apply_shared(cs, opened_at, open_until, open_for, reopens or 0, reason)
+        gen = link.breaker._apply_shared(cs, opened_at, open_until, open_for, reopens or 0, reason)
+        if gen != link.synced_gen:  # a new generation: evidence from the old one no longer counts
+            link._evidence = (link.counts[0], link.counts[1])
+        link.synced_gen = gen
         link.version = version
-        link._evidence = (link.counts[0], link.counts[1])
 
     def _write_events(self, conn: sqlite3.Connection) -> None:
         dropped = _count_value(self._dropped)
