@@ -104,6 +104,7 @@ class SharedState:
     open_for: float
     reopens: int
     consecutive_failures: int
+    reason: str  # why the latest transition happened ("manual", "failure_threshold", ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +173,7 @@ class CircuitBreaker:
         "_policy",
         "_probe_ok",
         "_probe_seq",
+        "_reason",
         "_probes",
         "_reopens",
         "_rng",
@@ -221,6 +223,7 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._open_for = 0.0
         self._reopens = 0
+        self._reason = "initial"
         self._probes: dict[int, float] = {}
         self._probe_seq = 0
         self._probe_ok = 0
@@ -562,7 +565,7 @@ class CircuitBreaker:
             if self._state is OPEN:
                 until = self._wall() + max(0.0, self._open_until - self._now())
             return SharedState(self._state, self._gen, self._opened_at, until, self._open_for, self._reopens,
-                               _count_value(self._consec))
+                               _count_value(self._consec), self._reason)
 
     def _trip_shared(self, generation: int) -> bool:
         """Open because the failures of every process together reached the threshold (the store
@@ -593,6 +596,7 @@ class CircuitBreaker:
             if not same:
                 frm = self._state
                 self._gen += 1
+                self._reason = reason
                 self._reset_counts()
                 self._state = state
                 if self._dispatch.transition:
@@ -698,6 +702,7 @@ class CircuitBreaker:
             exc: BaseException | None = None, hint: float | None = None) -> None:
         frm = self._state
         self._gen += 1
+        self._reason = reason
         self._reset_counts()
         open_for = None
         if to is OPEN:

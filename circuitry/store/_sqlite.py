@@ -68,7 +68,10 @@ __all__ = ["SQLiteStore", "StoreHealth"]
 
 _ISO: Final = "strftime('%Y-%m-%d %H:%M:%f', ?, 'unixepoch')"
 _MAX_BATCH: Final = 20_000
-_QUIET_REASONS: Final = frozenset({"remote", "restored"})  # decided elsewhere: already recorded there
+_QUIET_REASONS: Final = frozenset({"remote", "restored"})
+# The automatic transitions: a state one of these steps on from the stored one builds on it.
+_NEXT_STEPS: Final = frozenset({("closed", "open"), ("open", "half_open"), ("half_open", "closed"),
+                                ("half_open", "open")})  # decided elsewhere: already recorded there
 
 
 def _process_name() -> str:
@@ -626,31 +629,43 @@ class SQLiteStore:
         return True
 
     def _write_state(self, conn: sqlite3.Connection, link: _Link, now: float) -> None:
-        """Compare-and-set the breaker's current state; if another process moved first, adopt its row."""
+        """Compare-and-set the breaker's current state.
+
+        If another process wrote first, its row wins — unless this process's state is one legitimate
+        step on from the row's (the other process went open -> half_open, and this one's probe closed
+        the circuit), or this process's change was an operator's (``reset()``, ``force_open()``): then
+        this state is written on top of the row, again by compare-and-set.
+        """
         b = link.breaker
-        snap = b.snapshot()
         p = b.policy
-        with self._tx(conn):
-            cur = conn.execute(
-                f"UPDATE circuit_breaker_states SET current_state = ?, failure_count = ?, failure_threshold = ?, "
-                f"recovery_timeout = ?, state_changed_at = {_ISO}, version = version + 1, opened_at = ?, "
-                "open_until = ?, open_for = ?, reopen_count = ?, updated_by = ?, updated_at = ?, "
-                f"last_failure_time = coalesce({_ISO}, last_failure_time) "
-                "WHERE service_name = ? AND version = ?",
-                (snap.state.value, snap.consecutive_failures, p.failure_threshold, p.recovery_timeout, now,
-                 snap.opened_at, snap.open_until, snap.open_for, snap.reopens, self.process, now,
-                 link.last_failure, link.name, link.version))
-            if cur.rowcount == 1:
-                if snap.state is not CircuitState.HALF_OPEN:
-                    conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ?", (link.name,))
-                link.version += 1
-                link.synced_gen = snap.generation
+        for _ in range(3):
+            snap = b.snapshot()
+            with self._tx(conn):
+                cur = conn.execute(
+                    f"UPDATE circuit_breaker_states SET current_state = ?, failure_count = ?, failure_threshold = ?, "
+                    f"recovery_timeout = ?, state_changed_at = {_ISO}, version = version + 1, opened_at = ?, "
+                    "open_until = ?, open_for = ?, reopen_count = ?, updated_by = ?, updated_at = ?, "
+                    f"last_failure_time = coalesce({_ISO}, last_failure_time) "
+                    "WHERE service_name = ? AND version = ?",
+                    (snap.state.value, snap.consecutive_failures, p.failure_threshold, p.recovery_timeout, now,
+                     snap.opened_at, snap.open_until, snap.open_for, snap.reopens, self.process, now,
+                     link.last_failure, link.name, link.version))
+                if cur.rowcount == 1:
+                    if snap.state is not CircuitState.HALF_OPEN:
+                        conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ?", (link.name,))
+                    link.version += 1
+                    link.synced_gen = snap.generation
+                    return
+                row = conn.execute(_SELECT_STATE + " WHERE service_name = ?", (link.name,)).fetchone()
+            if row is None:
+                link.version = -1  # the row is gone: the next cycle inserts it
                 return
-            row = conn.execute(_SELECT_STATE + " WHERE service_name = ?", (link.name,)).fetchone()
-        if row is None:
-            link.version = -1  # the row is gone: the next cycle inserts it
-        else:
+            mine = snap.state.value
+            if mine != row[1] and (snap.reason == "manual" or (row[1], mine) in _NEXT_STEPS):
+                link.version = row[2]  # our change follows theirs: write it on top
+                continue
             self._apply_row(link, row, "remote")
+            return
 
     def _share_evidence(self, conn: sqlite3.Connection, link: _Link, now: float) -> None:
         """Add this process's failures since the last cycle to the shared count; trip on the sum."""
@@ -683,8 +698,9 @@ class SQLiteStore:
             cs = CircuitState(state)
         except ValueError:
             return
+        before = link.breaker.generation
         gen = link.breaker._apply_shared(cs, opened_at, open_until, open_for, reopens or 0, reason)
-        if gen != link.synced_gen:  # a new generation: evidence from the old one no longer counts
+        if gen != before:  # a new generation: evidence from the old one no longer counts
             link._evidence = (link.counts[0], link.counts[1])
         link.synced_gen = gen
         link.version = version
