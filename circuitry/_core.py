@@ -173,8 +173,8 @@ class CircuitBreaker:
         "_policy",
         "_probe_ok",
         "_probe_seq",
-        "_reason",
         "_probes",
+        "_reason",
         "_reopens",
         "_rng",
         "_shared",
@@ -361,6 +361,14 @@ class CircuitBreaker:
             self._emit(events)
         if type(got) is tuple:  # refused: hooks run and the error is built outside the lock
             raise self._reject(*got)
+        shared = self._shared
+        # A probe is reserved here; across processes it also needs a lease, taken by the store outside
+        # the lock (it is I/O). Without one the reservation is given back and the call refused.
+        if (shared is not None and type(got) is Permit and got.probe is not None
+                and not shared.acquire_probe(self, self._now())):
+            with self._lock:
+                self._probes.pop(got.probe, None)
+            raise self._reject(HALF_OPEN, self._policy.effective_probe_timeout, "probes_taken")
         return got  # type: ignore[return-value]
 
     def _acquire_locked(self, events: list[Event]) -> Token | tuple[CircuitState, float | None, str]:
@@ -392,9 +400,6 @@ class CircuitBreaker:
                 return (HALF_OPEN, max(0.0, min(probes.values()) - now), "probes_taken")
             next(self._n_shadow)
             return Permit(self._gen, shadow=True)
-        shared = self._shared
-        if shared is not None and not shared.acquire_probe(self, now):
-            return (HALF_OPEN, self._policy.effective_probe_timeout, "probes_taken")
         self._probe_seq += 1
         probes[self._probe_seq] = now + self._policy.effective_probe_timeout
         return Permit(self._gen, probe=self._probe_seq)
@@ -567,26 +572,21 @@ class CircuitBreaker:
             return SharedState(self._state, self._gen, self._opened_at, until, self._open_for, self._reopens,
                                _count_value(self._consec), self._reason)
 
-    def _trip_shared(self, generation: int) -> bool:
-        """Open because the failures of every process together reached the threshold (the store
-        decides that); only if still closed in ``generation``. Returns whether it opened."""
-        events: list[Event] = []
-        with self._lock:
-            if self._state is not CLOSED or self._gen != generation:
-                return False
-            self._to(OPEN, "shared_failures", self._now(), events)
-        self._emit(events)
-        return True
-
     def _apply_shared(self, state: CircuitState, opened_at: float | None, open_until: float | None,
-                      open_for: float | None, reopens: int, reason: str) -> int:
+                      open_for: float | None, reopens: int, reason: str, expect: int | None = None) -> int:
         """Adopt a state decided elsewhere (another process, or a previous run); returns the generation.
+
+        With ``expect``, only if the breaker is still in that generation (else nothing changes and
+        the result is -1): a local transition made since is not overwritten here — the store settles
+        it by compare-and-set.
 
         Wall-clock times become monotonic deadlines here, clamped so a clock jump can neither
         extend an open period past its length nor make it negative.
         """
         events: list[Event] = []
         with self._lock:
+            if expect is not None and expect != self._gen:
+                return -1
             now = self._now()
             if state is OPEN:
                 length = max(0.0, open_for or 0.0)

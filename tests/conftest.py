@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tracemalloc
 
 # The test suite's default registry keeps breakers in memory: tests that persist say where.
 os.environ.setdefault("CIRCUITRY_DB", ":memory:")
@@ -39,3 +40,11 @@ class Boom(Exception):
 
 class Other(Exception):
     pass
+
+
+def circuitry_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> int:
+    """Bytes still held by allocations made in circuitry's own code (other threads of the test
+    process — stores and deliverers left by earlier tests — do not count)."""
+    only = [tracemalloc.Filter(True, "*/circuitry/*")]
+    diff = after.filter_traces(only).compare_to(before.filter_traces(only), "filename")
+    return sum(d.size_diff for d in diff)

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import structlog
+
 from circuitry import CircuitOpenError, Registry, circuit
 from circuitry.store import SQLiteStore
 
@@ -283,19 +284,33 @@ def no_close(args: dict[str, Any]) -> None:
     # ... and simply return: no close(), no flush()
 
 
+def _wait_child(pid: int, deadline: float) -> int | str:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.005)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return "hung"
+
+
 def fork(args: dict[str, Any]) -> None:
     """The gunicorn --preload pattern: a store in use before os.fork(); children record failures on
-    their copies of the breaker and leave via os._exit after flushing; the parent keeps working."""
+    their copies of the breaker and leave via os._exit after flushing; the parent keeps working. Before
+    each fork the parent records a burst of failures, so its writer is often mid-transaction then."""
     store, reg = open_store(args)
     b = reg.get("forked", failure_threshold=10**9, recovery_timeout=60.0)
     other = reg.get("forked-signal", failure_threshold=1, recovery_timeout=600.0)
     b.record_failure(b.admit(), Boom("parent before fork"))
     ok_before = store.flush(10)
     parent_failures = 1
-    children = []
+    children: list[int | str] = []
     for round_ in range(args["rounds"]):
-        b.record_failure(b.admit(), Boom("parent, queued at fork"))  # in the parent's queue when it forks
-        parent_failures += 1
+        for _ in range(args["burst"]):  # queued in the parent when it forks; the parent's writer is busy
+            b.record_failure(b.admit(), Boom("parent, queued at fork"))
+        parent_failures += args["burst"]
         pid = os.fork()
         if pid == 0:  # the child
             code = 0
@@ -304,29 +319,15 @@ def fork(args: dict[str, Any]) -> None:
                     b.record_failure(b.admit(), Boom(f"child {round_}"))
                 if round_ == 0:
                     other.force_open()  # a transition made in a child reaches the parent
-                code = 0 if store.flush(10) else 3
+                code = 0 if store.flush(args["child_flush"]) else 3
             except BaseException:
                 code = 5
             os._exit(code)
-        children.append(pid)
         # the parent keeps working while the child runs
         for _ in range(3):
             b.record_failure(b.admit(), Boom("parent after fork"))
             parent_failures += 1
-        deadline = time.monotonic() + args["child_deadline"]
-        status = None
-        while time.monotonic() < deadline:
-            done, st = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status = os.waitstatus_to_exitcode(st)
-                break
-            time.sleep(0.005)
-        if status is None:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            say(child_hung=round_)
-            status = "hung"
-        children[-1] = status
+        children.append(_wait_child(pid, args["child_deadline"]))
     b.record_failure(b.admit(), Boom("parent after the children"))
     parent_failures += 1
     ok_after = store.flush(10)
@@ -336,8 +337,6 @@ def fork(args: dict[str, Any]) -> None:
     signal_state = other.state.value
     events = store.query("SELECT process, count(*) AS n FROM circuit_breaker_events WHERE service_name = 'forked' "
                          "AND event_type = 'failure' GROUP BY process")
-    metrics = store.query("SELECT coalesce(sum(failures), 0) AS f FROM circuit_breaker_metrics "
-                          "WHERE service_name = 'forked'")
     # the parent's writer connection still works: one more round trip through it
     b.record_failure(b.admit(), Boom("parent, last"))
     parent_failures += 1
@@ -349,12 +348,38 @@ def fork(args: dict[str, Any]) -> None:
         last_events = conn.execute("SELECT count(*) FROM circuit_breaker_events WHERE service_name = 'forked' "
                                    "AND event_type = 'failure'").fetchone()[0]
     say(children=children, ok_before=ok_before, ok_after=ok_after, ok_last=ok_last, signal_state=signal_state,
-        events=events, metric_failures=metrics[0]["f"], parent_failures=parent_failures, parent_pid=os.getpid(),
-        last_events=last_events, quick_check=check, health=health)
+        events=events, parent_failures=parent_failures, last_events=last_events, quick_check=check, health=health)
+
+
+def fork_parent_closes(args: dict[str, Any]) -> None:
+    """A store in use before os.fork(); the parent closes its store while the child is still writing
+    (configure() to another file, or the parent winding down). The child's rows must still land."""
+    store, reg = open_store(args)
+    b = reg.get("forked", failure_threshold=10**9, recovery_timeout=60.0)
+    b.record_failure(b.admit(), Boom("parent before fork"))
+    store.flush(10)
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            flushes = []
+            for _ in range(args["child_rounds"]):
+                for _ in range(10):
+                    b.record_failure(b.admit(), Boom("child"))
+                flushes.append(store.flush(5))
+                time.sleep(0.05)
+            say(child_failures=10 * args["child_rounds"], flushes=flushes, child_process=store.process)
+        except BaseException:
+            code = 5
+        os._exit(code)
+    time.sleep(args["close_after"])
+    store.close(timeout=10)
+    status = _wait_child(pid, args["child_deadline"])
+    say(child_status=status)
 
 
 MODES = {f.__name__: f for f in (conservation, probe, probe_hold, evidence, watch, open_exit, report, crash,
-                                 no_close, fork)}
+                                 no_close, fork, fork_parent_closes)}
 
 if __name__ == "__main__":
     MODES[sys.argv[1]](json.loads(sys.argv[2]))

@@ -21,7 +21,7 @@ from circuitry import (
 )
 from circuitry.testing import CapturedEvents, FakeClock, capture_events, isolated_registry
 
-from .conftest import Boom
+from .conftest import Boom, circuitry_growth
 
 
 def test_get_or_create_returns_the_same_breaker(registry: Registry) -> None:
@@ -97,16 +97,17 @@ def test_an_idle_breakers_memory_does_not_grow_with_traffic() -> None:
     b = reg.get("svc", failure_rate_threshold=0.5, window_size=50, minimum_calls=50)
     for _ in range(100):
         b.record_success(b.admit())
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
+    tracemalloc.start(5)
+    base = tracemalloc.take_snapshot()
     for i in range(20_000):
         p = b.admit()
         if i % 3:
             b.record_success(p)
         else:
             b.record_failure(p, Boom())
-    grown = tracemalloc.get_traced_memory()[0] - base
+    after = tracemalloc.take_snapshot()
     tracemalloc.stop()
+    grown = circuitry_growth(base, after)
     assert grown < 2048, grown
 
 

@@ -90,6 +90,7 @@ class Analyst:
         self._callbacks: list[_Callback] = []
         self._transitions: deque[Event] = deque(maxlen=100_000)
         self._wake = threading.Event()
+        self.io_lock = threading.RLock()  # held while the connection is in use (fork() waits for it)
         self._thread: threading.Thread | None = None
         self._closed = False
         self._conn: sqlite3.Connection | None = None
@@ -128,7 +129,8 @@ class Analyst:
             self._conn = None
 
     def after_fork(self) -> None:
-        self._conn = None  # the store keeps the parent's connection objects from being closed
+        self._conn = None  # closed by the store before the fork
+        self.io_lock = threading.RLock()
         self._thread = None
         self._wake = threading.Event()
         self._transitions.clear()
@@ -143,10 +145,11 @@ class Analyst:
                 return
             try:
                 now = self.store._time()
-                self._alert_transitions(now)
-                if now - self._last_run >= self.interval:
-                    self._last_run = now
-                    self.run_once(now)
+                with self.io_lock:
+                    self._alert_transitions(now)
+                    if now - self._last_run >= self.interval:
+                        self._last_run = now
+                        self.run_once(now)
                 self._failing = False
             except Exception as exc:  # the analyst is advisory too: report once, try again later
                 if not self._failing:
@@ -176,7 +179,10 @@ class Analyst:
 
     def run_once(self, now: float | None = None) -> dict[str, tuple[PatternResult, Recommendation]]:
         """Analyse every circuit of the store now; returns the results by name."""
-        now = self.store._time() if now is None else now
+        with self.io_lock:
+            return self._run_once(self.store._time() if now is None else now)
+
+    def _run_once(self, now: float) -> dict[str, tuple[PatternResult, Recommendation]]:
         conn = self._connection()
         results: dict[str, tuple[PatternResult, Recommendation]] = {}
         alerts: list[Alert] = []

@@ -152,7 +152,6 @@ def _counters(b: CircuitBreaker) -> tuple[int, int, int, int, int]:
 
 
 _STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
-_FORK_LEFTOVERS: list[object] = []  # connections inherited across fork(): never used, never closed
 
 
 class SQLiteStore:
@@ -239,6 +238,8 @@ class SQLiteStore:
         self._inode: tuple[int, int] | None = None
         self._side_conn: sqlite3.Connection | None = None
         self._side_lock = threading.Lock()
+        self._writer_lock = threading.Lock()
+        self._fork_held: list[Any] = []
         self._data_version = -1
         self._pending_metrics: dict[tuple[str, int], list[int]] = {}
         self._last_metrics = 0.0
@@ -369,10 +370,35 @@ class SQLiteStore:
                            self._disabled or self._fault, self._faults, len(self._queue), self._written,
                            _count_value(self._dropped), tuple(self._set_aside))
 
+    def _before_fork(self) -> None:
+        """Close every connection before ``fork()``, with the threads that use them held outside.
+
+        SQLite keeps its file-lock bookkeeping per process: a child that inherits an open connection —
+        or one in the middle of a write — inherits locks it can never release, and the parent, no
+        longer seeing the child's connections, may checkpoint and delete a WAL the child still writes
+        to. With nothing open at the fork, both sides simply open their own connections again.
+        """
+        self._fork_held = [lock for lock in (self._writer_lock, self._side_lock, self.analyst.io_lock)
+                           if lock.acquire(timeout=10)]
+        self._drop_connections()
+
+    def _after_fork_in_parent(self) -> None:
+        for lock in reversed(self._fork_held):
+            lock.release()
+        self._fork_held = []
+
+    def _drop_connections(self) -> None:
+        for conn in (self._conn, self._side_conn, self.analyst._conn):
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        self._conn = self._side_conn = self.analyst._conn = None
+        self._inode = None
+        self._data_version = -1
+
     def _after_fork(self) -> None:
-        # A connection must never cross fork(): the child keeps the parent's objects unused (closing them
-        # could checkpoint or unlink the parent's WAL) and opens its own on demand.
-        _FORK_LEFTOVERS.extend(c for c in (self._conn, self._side_conn, self.analyst._conn) if c is not None)
+        # Nothing was open at the fork (see _before_fork); the child starts its own threads on demand.
+        self._fork_held = []
         self.analyst.after_fork()
         links = list(self._links.values())
         closed = self._closed
@@ -381,6 +407,7 @@ class SQLiteStore:
         for link in links:
             link.leases.clear()
             link.counts = _counters(link.breaker)  # the parent reports what it counted before the fork
+            link._evidence = (link.counts[0], link.counts[1])
             self._links[link.name] = link
         if links and not closed:
             self._ensure_thread()
@@ -484,7 +511,8 @@ class SQLiteStore:
             clean = False
             if not self._disabled:
                 try:
-                    self._cycle(final=stopping)
+                    with self._writer_lock:  # fork() waits for this: no connection may cross it in use
+                        self._cycle(final=stopping)
                     clean = not self._queue and not self._lease_releases
                     if self._fault is not None:
                         self._recovered()
@@ -599,7 +627,7 @@ class SQLiteStore:
                         continue
                 link.version = row[2]
                 if b.generation == link.adopt_gen:
-                    self._apply_row(link, row, "restored")
+                    self._apply_row(link, row, "restored", expect=link.adopt_gen)
                     continue
                 # the breaker moved since adoption: its state goes in by compare-and-set below
             snap = b.snapshot()
@@ -661,10 +689,11 @@ class SQLiteStore:
                 link.version = -1  # the row is gone: the next cycle inserts it
                 return
             mine = snap.state.value
-            if mine != row[1] and (snap.reason == "manual" or (row[1], mine) in _NEXT_STEPS):
+            local = snap.reason not in _QUIET_REASONS  # a decision of this process, not a copy of the row
+            if mine != row[1] and local and (snap.reason == "manual" or (row[1], mine) in _NEXT_STEPS):
                 link.version = row[2]  # our change follows theirs: write it on top
                 continue
-            self._apply_row(link, row, "remote")
+            self._apply_row(link, row, "remote", expect=snap.generation)
             return
 
     def _share_evidence(self, conn: sqlite3.Connection, link: _Link, now: float) -> None:
@@ -677,6 +706,7 @@ class SQLiteStore:
         d_ok, d_fail = successes - seen[0], failures - seen[1]
         if not d_ok and not d_fail:
             return
+        opened = None
         with self._tx(conn):
             if d_ok:
                 row = conn.execute(
@@ -689,17 +719,37 @@ class SQLiteStore:
                     f"UPDATE circuit_breaker_states SET failure_count = failure_count + ?, last_failure_time = {_ISO} "
                     "WHERE service_name = ? AND version = ? AND current_state = 'closed' RETURNING failure_count",
                     (d_fail, now, link.name, link.version)).fetchone()
-        if row is not None and row[0] >= b.policy.failure_threshold and b._trip_shared(link.synced_gen):
-            self._write_state(conn, link, now)
+            if row is not None and row[0] >= b.policy.failure_threshold:
+                # The sum crossed the threshold in this transaction, so exactly one process sees it:
+                # that one opens the circuit, in the same transaction, for everyone.
+                open_for = b._open_period(None)
+                cur = conn.execute(
+                    f"UPDATE circuit_breaker_states SET current_state = 'open', failure_count = 0, "
+                    f"state_changed_at = {_ISO}, version = version + 1, opened_at = ?, open_until = ?, open_for = ?, "
+                    "reopen_count = 0, updated_by = ?, updated_at = ? WHERE service_name = ? AND version = ?",
+                    (now, now, now + open_for, open_for, self.process, now, link.name, link.version))
+                if cur.rowcount == 1:
+                    opened = (now, now + open_for, open_for)
+        if opened is not None:
+            link.version += 1
+            gen = b._apply_shared(CircuitState.OPEN, opened[0], opened[1], opened[2], 0, "shared_failures",
+                                  expect=link.synced_gen)
+            if gen >= 0:
+                link.synced_gen = gen
+                link._evidence = (link.counts[0], link.counts[1])
 
-    def _apply_row(self, link: _Link, row: Sequence[Any], reason: str) -> None:
+    def _apply_row(self, link: _Link, row: Sequence[Any], reason: str, expect: int | None = None) -> None:
+        """Adopt a stored row — only if the breaker is still in generation ``expect`` (when given):
+        a local transition not yet written is settled by compare-and-set instead."""
         _, state, version, opened_at, open_until, open_for, reopens = row
         try:
             cs = CircuitState(state)
         except ValueError:
             return
         before = link.breaker.generation
-        gen = link.breaker._apply_shared(cs, opened_at, open_until, open_for, reopens or 0, reason)
+        gen = link.breaker._apply_shared(cs, opened_at, open_until, open_for, reopens or 0, reason, expect)
+        if gen < 0:
+            return  # the breaker moved on: the next cycle writes its state against this row's version
         if gen != before:  # a new generation: evidence from the old one no longer counts
             link._evidence = (link.counts[0], link.counts[1])
         link.synced_gen = gen
@@ -782,7 +832,7 @@ class SQLiteStore:
         for row in conn.execute(_SELECT_STATE).fetchall():
             link = links.get(row[0])
             if link is not None and row[2] > link.version:
-                self._apply_row(link, row, "remote")
+                self._apply_row(link, row, "remote", expect=link.synced_gen)
 
     def _prune(self, conn: sqlite3.Connection, now: float) -> None:
         with self._tx(conn):
@@ -964,6 +1014,17 @@ def _close_all_at_exit() -> None:
             store.close(timeout=remaining)
 
 
+def _before_fork() -> None:
+    for store in list(_STORES):
+        if not store._closed:
+            store._before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for store in list(_STORES):
+        store._after_fork_in_parent()
+
+
 def _after_fork_in_child() -> None:
     for store in list(_STORES):
         store._after_fork()
@@ -971,7 +1032,8 @@ def _after_fork_in_child() -> None:
 
 atexit.register(_close_all_at_exit)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
 
 
 # -- summaries the seed's API and the CLI read --------------------------------------------------------
