@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import tracemalloc
 
 # The test suite's default registry keeps breakers in memory: tests that persist say where.
 os.environ.setdefault("CIRCUITRY_DB", ":memory:")
@@ -42,9 +41,18 @@ class Other(Exception):
     pass
 
 
-def circuitry_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> int:
-    """Bytes still held by allocations made in circuitry's own code (other threads of the test
-    process — stores and deliverers left by earlier tests — do not count)."""
-    only = [tracemalloc.Filter(True, "*/circuitry/*")]
-    diff = after.filter_traces(only).compare_to(before.filter_traces(only), "filename")
-    return sum(d.size_diff for d in diff)
+def measure_in_subprocess(script: str) -> int:
+    """Run ``script`` in a fresh interpreter and return the integer it prints.
+
+    Memory measurements need a process of their own: tracemalloc sees every thread, and earlier tests
+    leave store writers and alert deliverers running in this one.
+    """
+    import subprocess
+    import sys
+    import textwrap
+
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "CIRCUITRY_DB": ":memory:"})
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout.strip().splitlines()[-1])
+

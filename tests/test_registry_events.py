@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import tracemalloc
 
 import pytest
 
@@ -21,7 +20,7 @@ from circuitry import (
 )
 from circuitry.testing import CapturedEvents, FakeClock, capture_events, isolated_registry
 
-from .conftest import Boom, circuitry_growth
+from .conftest import Boom, measure_in_subprocess
 
 
 def test_get_or_create_returns_the_same_breaker(registry: Registry) -> None:
@@ -81,33 +80,39 @@ def test_isolated_registry_restores_the_default() -> None:
 
 
 def test_idle_breakers_cost_little_memory() -> None:
-    reg = Registry(hooks=[])
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
-    for i in range(2000):
-        reg.get(f"svc-{i}")
-    used = tracemalloc.get_traced_memory()[0] - base
-    tracemalloc.stop()
-    per_breaker = used / 2000
+    per_breaker = measure_in_subprocess("""
+        import tracemalloc
+        from circuitry import Registry
+        reg = Registry(hooks=[])
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(2000):
+            reg.get(f"svc-{i}")
+        print((tracemalloc.get_traced_memory()[0] - base) // 2000)
+    """)
     assert per_breaker < 2048, per_breaker  # measured about 1.3 KB: bounded, independent of traffic
 
 
 def test_an_idle_breakers_memory_does_not_grow_with_traffic() -> None:
-    reg = Registry(hooks=[])
-    b = reg.get("svc", failure_rate_threshold=0.5, window_size=50, minimum_calls=50)
-    for _ in range(100):
-        b.record_success(b.admit())
-    tracemalloc.start(5)
-    base = tracemalloc.take_snapshot()
-    for i in range(20_000):
-        p = b.admit()
-        if i % 3:
-            b.record_success(p)
-        else:
-            b.record_failure(p, Boom())
-    after = tracemalloc.take_snapshot()
-    tracemalloc.stop()
-    grown = circuitry_growth(base, after)
+    grown = measure_in_subprocess("""
+        import tracemalloc
+        from circuitry import Registry
+        class Boom(Exception):
+            pass
+        reg = Registry(hooks=[])
+        b = reg.get("svc", failure_rate_threshold=0.5, window_size=50, minimum_calls=50)
+        for _ in range(100):
+            b.record_success(b.admit())
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(20_000):
+            p = b.admit()
+            if i % 3:
+                b.record_success(p)
+            else:
+                b.record_failure(p, Boom())
+        print(tracemalloc.get_traced_memory()[0] - base)
+    """)
     assert grown < 2048, grown
 
 
