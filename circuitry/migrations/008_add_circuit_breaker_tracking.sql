@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS circuit_breaker_events (
     process         TEXT
 );
 CREATE INDEX IF NOT EXISTS circuit_breaker_events_service_ts ON circuit_breaker_events (service_name, ts);
-CREATE INDEX IF NOT EXISTS circuit_breaker_events_ts ON circuit_breaker_events (ts);
+-- (no index on ts alone: retention prunes per service, through the index above)
 
 CREATE TABLE IF NOT EXISTS circuit_breaker_failure_patterns (
     id                  INTEGER PRIMARY KEY,

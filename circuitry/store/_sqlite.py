@@ -288,20 +288,29 @@ class SQLiteStore:
         """The store's hook: queue failures and local transitions for the writer."""
         if event.reason in _QUIET_REASONS:
             return
+        # Rows are queued in their final form: the writer inserts them as they are.
         if event.kind is EventKind.FAILURE:
             link = self._links.get(event.circuit)
             if link is not None:
                 link.last_failure = event.at
+            if len(self._queue) >= self.queue_size:
+                next(self._dropped)
+                return
+            self._queue.append((event.circuit, "failure", None, event.to_state.value, event.error_type,
+                                event.error_message, None, event.at, event.at, self.process))
+            return
+        extra: dict[str, Any] = {"reason": event.reason, "generation": event.generation}
+        if event.open_for is not None:
+            extra["open_for"] = event.open_for
         if len(self._queue) >= self.queue_size:
             next(self._dropped)
-            return
-        self._queue.append((event.circuit, event.kind is EventKind.TRANSITION,
-                            event.from_state.value if event.from_state is not None else None,
-                            event.to_state.value, event.error_type, event.error_message, event.at,
-                            event.reason, event.open_for, event.generation))
-        if event.kind is EventKind.TRANSITION:
-            self._wake.set()  # transitions are committed promptly, not at the next poll
-            self.analyst.transitioned(event)
+        else:
+            self._queue.append((event.circuit, "state_change",
+                                event.from_state.value if event.from_state is not None else None,
+                                event.to_state.value, event.error_type, event.error_message, json.dumps(extra),
+                                event.at, event.at, self.process))
+        self._wake.set()  # transitions are committed promptly, not at the next poll
+        self.analyst.transitioned(event)
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -561,8 +570,9 @@ class SQLiteStore:
         _log("warning", "circuitry.store_fault", path=str(self.path), fault=kind,
              error_type=type(exc).__qualname__, error_message=str(exc)[:500],
              note="protected calls continue from memory; writes are retried", **extra)
-        self._queue.append(("", None, "store_fault", kind, type(exc).__qualname__, str(exc)[:500],
-                            self._time(), json.dumps(extra) if extra else None, None, None))
+        at = self._time()
+        self._queue.append(("circuitry", "store_fault", None, kind, type(exc).__qualname__, str(exc)[:500],
+                            json.dumps(extra) if extra else None, at, at, self.process))
 
     def _recovered(self) -> None:
         with self._lock:
@@ -761,8 +771,9 @@ class SQLiteStore:
             lost = dropped - self._dropped_reported
             _log("warning", "circuitry.store_dropped", path=str(self.path), rows=lost, total=dropped,
                  note="the write queue was full; raise queue_size or fix the store fault")
-            self._queue.append(("", None, "dropped", None, "queue_full", f"{lost} rows dropped: queue full",
-                                self._time(), json.dumps({"dropped": lost, "total": dropped}), None, None))
+            at = self._time()
+            self._queue.append(("circuitry", "dropped", None, None, "queue_full", f"{lost} rows dropped: queue full",
+                                json.dumps({"dropped": lost, "total": dropped}), at, at, self.process))
             self._dropped_reported = dropped
         while self._queue:
             batch = []
@@ -772,7 +783,7 @@ class SQLiteStore:
             try:
                 with self._tx(conn):
                     try:
-                        conn.executemany(_INSERT_EVENT, [_event_row(r, self.process) for r in batch])
+                        conn.executemany(_INSERT_EVENT, batch)
                     except (sqlite3.IntegrityError, sqlite3.InterfaceError, TypeError, ValueError):
                         self._insert_one_by_one(conn, batch)  # a row SQLite refuses must not wedge the queue
             except BaseException:
@@ -784,7 +795,7 @@ class SQLiteStore:
         for r in batch:
             try:
                 conn.execute("SAVEPOINT one_row")
-                conn.execute(_INSERT_EVENT, _event_row(r, self.process))
+                conn.execute(_INSERT_EVENT, r)
                 conn.execute("RELEASE one_row")
             except (sqlite3.IntegrityError, sqlite3.InterfaceError, TypeError, ValueError) as exc:
                 conn.execute("ROLLBACK TO one_row")
@@ -835,8 +846,12 @@ class SQLiteStore:
                 self._apply_row(link, row, "remote", expect=link.synced_gen)
 
     def _prune(self, conn: sqlite3.Connection, now: float) -> None:
+        # every circuit that writes events has a state row; the store's own rows go under "circuitry"
+        services = [r[0] for r in conn.execute(
+            "SELECT service_name FROM circuit_breaker_states UNION SELECT 'circuitry'")]
         with self._tx(conn):
-            conn.execute("DELETE FROM circuit_breaker_events WHERE ts < ?", (now - self.retention,))
+            conn.executemany("DELETE FROM circuit_breaker_events WHERE service_name = ? AND ts < ?",
+                             [(name, now - self.retention) for name in services])
             conn.execute("DELETE FROM circuit_breaker_metrics WHERE minute < ?",
                          (int((now - max(self.retention, 90 * 86400.0)) // 60),))
             conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE expires_at < ?", (now - 3600,))
@@ -980,18 +995,6 @@ _UPSERT_METRICS: Final = (
     "successes = successes + excluded.successes, failures = failures + excluded.failures, "
     "ignored = ignored + excluded.ignored, rejections = rejections + excluded.rejections, "
     "cancelled = cancelled + excluded.cancelled")
-
-
-def _event_row(r: tuple[Any, ...], process: str) -> tuple[Any, ...]:
-    name, is_transition, frm, to, etype, emsg, at, reason, open_for, gen = r
-    if is_transition is None:  # the store's own rows (faults, drops): the event type stands in `frm`
-        return (name or "circuitry", frm, None, to, etype, emsg, reason, at, at, process)
-    if is_transition:
-        extra: dict[str, Any] = {"reason": reason, "generation": gen}
-        if open_for is not None:
-            extra["open_for"] = open_for
-        return (name, "state_change", frm, to, etype, emsg, json.dumps(extra), at, at, process)
-    return (name, "failure", None, to, etype, emsg, None, at, at, process)
 
 
 def _log(level: str, event: str, **fields: Any) -> None:
