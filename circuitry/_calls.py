@@ -144,6 +144,17 @@ def async_gen_wrapper(lookup: Callable[[], CircuitBreaker], fn: Callable[..., As
     return wrapper
 
 
+def _awaitable(value: object) -> bool:
+    # inspect.isawaitable costs ~150 ns on a plain value; the type check answers most results at once
+    t = type(value)
+    if t in _PLAIN:
+        return False
+    return inspect.isawaitable(value)
+
+
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, tuple, dict, set})
+
+
 def call_through(b: CircuitBreaker, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                  fallback: Fallback | None = None) -> Any:
     """``breaker.call(fn, ...)``: for a plain function the result; for a coroutine function (or any
@@ -164,7 +175,7 @@ def call_through(b: CircuitBreaker, fn: Callable[..., Any], args: tuple[Any, ...
     except BaseException:
         b.release(token)
         raise
-    if inspect.isawaitable(result):
+    if _awaitable(result):
         return finish_async(b, token, result, t0)
     b._on_result(token, result, None if t0 is None else b._now() - t0)
     return result

@@ -204,6 +204,7 @@ class CircuitBreaker:
         self._now: Callable[[], float] = clock.monotonic
         self._wall: Callable[[], float] = clock.time
         self._dispatch = dispatcher if dispatcher is not None else Dispatcher()
+        self._dispatch.watch(self)
         self._rng = rng if rng is not None else _JITTER_RNG
         self._lock = threading.Lock()
         self._n_ok = itertools.count()
@@ -237,10 +238,6 @@ class CircuitBreaker:
         self._classify = policy.is_failure()
         self._timed = policy.timed
         self._thr1 = policy.failure_threshold - 1
-        # The faces count a failure inline when classification is an isinstance check and the open
-        # period needs nothing from the exception.
-        on = policy.on
-        self._fail_types = on if isinstance(on, type | tuple) and policy.retry_after is None else None
         self._window = self._new_window()
         self._update_fast()
 
@@ -255,12 +252,26 @@ class CircuitBreaker:
     def _update_fast(self) -> None:
         # ``_fast`` tells the faces, in one read, which path a call takes: the generation number (>= 0)
         # for the lock-free path — a closed breaker whose only rule is consecutive failures; -2 for
-        # an enforcing open breaker, whose rejections the faces raise themselves; -1 for the rest.
+        # an enforcing open breaker whose rejections nobody listens to, which the faces refuse
+        # themselves; -1 for the rest.
         if self._state is CLOSED:
             lean = self._window is None and self._policy.result_is_failure is None
             self._fast = self._gen if lean else -1
         else:
-            self._fast = -2 if (self._state is OPEN and self._enforce) else -1
+            plain_open = self._state is OPEN and self._enforce and not self._dispatch.rejection
+            self._fast = -2 if plain_open else -1
+        # ``_fail_types``: the exception types a face may count inline — set when classification is an
+        # isinstance check, the open period needs nothing from the exception and no hook wants failures.
+        p = self._policy
+        on = p.on
+        inline = isinstance(on, type | tuple) and p.retry_after is None and not self._dispatch.failure
+        self._fail_types: type[BaseException] | tuple[type[BaseException], ...] | None = (
+            on if inline else None)  # type: ignore[assignment]
+
+    def _hooks_changed(self) -> None:
+        """The dispatcher's hooks changed: which paths the faces may take inline may have too."""
+        with self._lock:
+            self._update_fast()
 
     @property
     def policy(self) -> Policy:

@@ -166,7 +166,7 @@ class Circuit:
             b = ref.breakers.get(name) or create()
             token = b._fast
             if token < 0:
-                if token == -2 and fallback is None and not b._dispatch.rejection:
+                if token == -2 and fallback is None:
                     now = b._now()
                     until = b._open_until
                     if now < until:
@@ -177,7 +177,7 @@ class Circuit:
                 result = fn(*args, **kwargs)
             except Exception as exc:
                 types = b._fail_types
-                if types is not None and isinstance(exc, types) and token == b._gen and not b._dispatch.failure:
+                if types is not None and isinstance(exc, types) and token == b._gen:
                     next(b._n_fail)
                     b._dirty = True
                     if next(b._consec) >= b._thr1:
@@ -203,7 +203,7 @@ class Circuit:
             b = ref.breakers.get(name) or create()
             token = b._fast
             if token < 0:
-                if token == -2 and fallback is None and not b._dispatch.rejection:
+                if token == -2 and fallback is None:
                     now = b._now()
                     until = b._open_until
                     if now < until:
@@ -214,7 +214,7 @@ class Circuit:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
                 types = b._fail_types
-                if types is not None and isinstance(exc, types) and token == b._gen and not b._dispatch.failure:
+                if types is not None and isinstance(exc, types) and token == b._gen:
                     next(b._n_fail)
                     b._dirty = True
                     if next(b._consec) >= b._thr1:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -147,10 +148,11 @@ class StructlogHook:
 class Dispatcher:
     """Hooks of one registry, pre-sorted by kind so that asking "does anyone listen?" is one load."""
 
-    __slots__ = ("_hooks", "_lock", "failure", "rejection", "transition")
+    __slots__ = ("_hooks", "_lock", "_watchers", "failure", "rejection", "transition")
 
     def __init__(self, hooks: Iterable[Hook] = ()) -> None:
         self._lock = threading.Lock()
+        self._watchers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._hooks: tuple[Hook, ...] = ()
         self.transition: tuple[Hook, ...] = ()
         self.rejection: tuple[Hook, ...] = ()
@@ -174,11 +176,17 @@ class Dispatcher:
         with self._lock:
             self._set(tuple(h for h in self._hooks if h is not hook))
 
+    def watch(self, breaker: Any) -> None:
+        """Tell ``breaker`` (its ``_hooks_changed()``) whenever the hooks change."""
+        self._watchers.add(breaker)
+
     def _set(self, hooks: tuple[Hook, ...]) -> None:
         self._hooks = hooks
         self.transition = tuple(h for h in hooks if EventKind.TRANSITION in hook_kinds(h))
         self.rejection = tuple(h for h in hooks if EventKind.REJECTION in hook_kinds(h))
         self.failure = tuple(h for h in hooks if EventKind.FAILURE in hook_kinds(h))
+        for breaker in list(self._watchers):
+            breaker._hooks_changed()
 
     def emit(self, hooks: Sequence[Hook], event: Event) -> None:
         """Deliver one event; a hook that raises is logged and skipped, never re-raised."""

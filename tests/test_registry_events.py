@@ -210,3 +210,27 @@ def test_non_callable_hook_is_rejected() -> None:
 
     with pytest.raises(ConfigurationError, match="hooks"):
         Registry(hooks=[42])  # type: ignore[list-item]
+
+
+def test_hooks_added_later_see_what_decorated_calls_do(registry: Registry) -> None:
+    """The faces count failures and refuse calls inline only while nobody listens; a hook added later
+    switches them to the path that emits events, and removing it switches back."""
+
+    @circuit("late", failure_threshold=2, recovery_timeout=60)
+    def f() -> None:
+        raise Boom()
+
+    with pytest.raises(Boom):
+        f()
+    captured = CapturedEvents()
+    registry.add_hook(captured)
+    with pytest.raises(Boom):
+        f()  # counted, and emitted: the second failure opens the circuit
+    with pytest.raises(CircuitOpenError):
+        f()
+    assert captured.names() == ["circuitry.call_failed", "circuitry.circuit_opened", "circuitry.call_rejected"]
+    registry.remove_hook(captured)
+    with pytest.raises(CircuitOpenError):
+        f()
+    assert len(captured) == 3
+    assert registry["late"].stats().rejected == 2
