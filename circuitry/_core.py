@@ -265,8 +265,9 @@ class CircuitBreaker:
         p = self._policy
         on = p.on
         inline = isinstance(on, type | tuple) and p.retry_after is None and not self._dispatch.failure
-        self._fail_types: type[BaseException] | tuple[type[BaseException], ...] | None = (
-            on if inline else None)  # type: ignore[assignment]
+        # (an empty tuple matches nothing: the face then takes the general path, with one check less)
+        self._fail_types: type[BaseException] | tuple[type[BaseException], ...] = (
+            on if inline else ())  # type: ignore[assignment]
 
     def _hooks_changed(self) -> None:
         """The dispatcher's hooks changed: which paths the faces may take inline may have too."""

@@ -163,7 +163,10 @@ class Circuit:
         # and counts a success with one atomic increment; an open one refuses from this frame. Every
         # other case goes to the general driver.
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            b = ref.breakers.get(name) or create()
+            try:
+                b = ref.breakers[name]
+            except KeyError:
+                b = create()
             token = b._fast
             if token < 0:
                 if token == -2 and fallback is None:
@@ -176,8 +179,7 @@ class Circuit:
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
-                types = b._fail_types
-                if types is not None and isinstance(exc, types) and token == b._gen:
+                if isinstance(exc, b._fail_types) and token == b._gen:
                     next(b._n_fail)
                     b._dirty = True
                     if next(b._consec) >= b._thr1:
@@ -200,7 +202,10 @@ class Circuit:
         drive = _calls.drive_async
 
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            b = ref.breakers.get(name) or create()
+            try:
+                b = ref.breakers[name]
+            except KeyError:
+                b = create()
             token = b._fast
             if token < 0:
                 if token == -2 and fallback is None:
@@ -213,8 +218,7 @@ class Circuit:
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
-                types = b._fail_types
-                if types is not None and isinstance(exc, types) and token == b._gen:
+                if isinstance(exc, b._fail_types) and token == b._gen:
                     next(b._n_fail)
                     b._dirty = True
                     if next(b._consec) >= b._thr1:
