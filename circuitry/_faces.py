@@ -197,6 +197,9 @@ class Circuit:
 
         return wrapper
 
+    # The async wrapper and the async-with methods repeat their sync twins line for line, on purpose:
+    # sharing a helper would put one more call (~50 ns) on every protected call.
+
     def _wrap_async(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         ref, name, create, fallback = self._ref, self.name, self._create, self._fallback
         drive = _calls.drive_async

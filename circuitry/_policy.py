@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from circuitry.exceptions import ConfigurationError
 
-__all__ = ["MAX_DURATION", "Policy"]
+__all__ = ["MAX_DURATION", "Policy", "check_int", "check_number"]
 
 #: The longest duration any setting may take (one year); computed durations clamp to it.
 MAX_DURATION: Final = 365.0 * 24 * 3600
@@ -25,7 +25,8 @@ _MAX_PROBES: Final = 10_000
 ExceptionFilter = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
 
-def _int(name: str, value: object, lo: int, hi: int) -> int:
+def check_int(name: str, value: object, lo: int, hi: int) -> int:
+    """``value`` as an int in ``[lo, hi]`` (booleans refused), or a ConfigurationError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigurationError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     if not lo <= value <= hi:
@@ -33,7 +34,8 @@ def _int(name: str, value: object, lo: int, hi: int) -> int:
     return value
 
 
-def _number(name: str, value: object, *, lo: float, hi: float, lo_open: bool = True) -> float:
+def check_number(name: str, value: object, *, lo: float, hi: float, lo_open: bool = True) -> float:
+    """``value`` as a finite float in ``(lo, hi]`` (or ``[lo, hi]``), or a ConfigurationError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
     v = float(value)
@@ -126,29 +128,29 @@ class Policy:
 
     def __post_init__(self) -> None:
         s = object.__setattr__
-        s(self, "failure_threshold", _int("failure_threshold", self.failure_threshold, 1, _MAX_COUNT))
+        s(self, "failure_threshold", check_int("failure_threshold", self.failure_threshold, 1, _MAX_COUNT))
         s(self, "recovery_timeout",
-          _number("recovery_timeout", self.recovery_timeout, lo=0.0, hi=MAX_DURATION))
+          check_number("recovery_timeout", self.recovery_timeout, lo=0.0, hi=MAX_DURATION))
         s(self, "half_open_max_calls",
-          _int("half_open_max_calls", self.half_open_max_calls, 1, _MAX_PROBES))
-        s(self, "success_threshold", _int("success_threshold", self.success_threshold, 1, _MAX_COUNT))
+          check_int("half_open_max_calls", self.half_open_max_calls, 1, _MAX_PROBES))
+        s(self, "success_threshold", check_int("success_threshold", self.success_threshold, 1, _MAX_COUNT))
         if self.probe_timeout is not None:
-            s(self, "probe_timeout", _number("probe_timeout", self.probe_timeout, lo=0.0, hi=MAX_DURATION))
+            s(self, "probe_timeout", check_number("probe_timeout", self.probe_timeout, lo=0.0, hi=MAX_DURATION))
         if self.failure_rate_threshold is not None:
             s(self, "failure_rate_threshold",
-              _number("failure_rate_threshold", self.failure_rate_threshold, lo=0.0, hi=1.0))
+              check_number("failure_rate_threshold", self.failure_rate_threshold, lo=0.0, hi=1.0))
         if self.slow_call_duration is not None:
             s(self, "slow_call_duration",
-              _number("slow_call_duration", self.slow_call_duration, lo=0.0, hi=MAX_DURATION))
+              check_number("slow_call_duration", self.slow_call_duration, lo=0.0, hi=MAX_DURATION))
         s(self, "slow_call_rate_threshold",
-          _number("slow_call_rate_threshold", self.slow_call_rate_threshold, lo=0.0, hi=1.0))
+          check_number("slow_call_rate_threshold", self.slow_call_rate_threshold, lo=0.0, hi=1.0))
         if self.window_size is not None and self.window_duration is not None:
             raise ConfigurationError("window_size and window_duration are exclusive: give one of them")
         if self.window_size is not None:
-            s(self, "window_size", _int("window_size", self.window_size, 1, _MAX_WINDOW))
+            s(self, "window_size", check_int("window_size", self.window_size, 1, _MAX_WINDOW))
         if self.window_duration is not None:
             s(self, "window_duration",
-              _number("window_duration", self.window_duration, lo=0.0, hi=24 * 3600.0))
+              check_number("window_duration", self.window_duration, lo=0.0, hi=24 * 3600.0))
         rules = self.failure_rate_threshold is not None or self.slow_call_duration is not None
         if rules and self.window_size is None and self.window_duration is None:
             s(self, "window_size", 100)
@@ -157,7 +159,7 @@ class Policy:
                 "window_size/window_duration need a rate rule: set failure_rate_threshold "
                 "or slow_call_duration"
             )
-        s(self, "minimum_calls", _int("minimum_calls", self.minimum_calls, 1, _MAX_WINDOW))
+        s(self, "minimum_calls", check_int("minimum_calls", self.minimum_calls, 1, _MAX_WINDOW))
         if self.window_size is not None and self.minimum_calls > self.window_size:
             raise ConfigurationError(
                 f"minimum_calls ({self.minimum_calls}) must not exceed window_size ({self.window_size})"
@@ -165,17 +167,17 @@ class Policy:
         s(self, "on", _exception_filter("on", self.on))
         _optional_callable("result_is_failure", self.result_is_failure)
         _optional_callable("retry_after", self.retry_after)
-        s(self, "backoff_factor", _number("backoff_factor", self.backoff_factor, lo=1.0, hi=1000.0,
+        s(self, "backoff_factor", check_number("backoff_factor", self.backoff_factor, lo=1.0, hi=1000.0,
                                           lo_open=False))
         if self.max_recovery_timeout is not None:
-            cap = _number("max_recovery_timeout", self.max_recovery_timeout, lo=0.0, hi=MAX_DURATION)
+            cap = check_number("max_recovery_timeout", self.max_recovery_timeout, lo=0.0, hi=MAX_DURATION)
             if cap < self.recovery_timeout:
                 raise ConfigurationError(
                     f"max_recovery_timeout ({cap:g}) must not be below recovery_timeout "
                     f"({self.recovery_timeout:g})"
                 )
             s(self, "max_recovery_timeout", cap)
-        s(self, "jitter", _number("jitter", self.jitter, lo=0.0, hi=1.0, lo_open=False))
+        s(self, "jitter", check_number("jitter", self.jitter, lo=0.0, hi=1.0, lo_open=False))
 
     # -- derived ------------------------------------------------------------------------------------
 

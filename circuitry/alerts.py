@@ -55,6 +55,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from circuitry._policy import check_int, check_number
 from circuitry._state import CircuitState
 from circuitry.events import Event, EventKind
 from circuitry.exceptions import ConfigurationError
@@ -177,26 +178,6 @@ class Aggregate:
 # -- policy -------------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: object, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if not lo <= value <= hi:
-        raise ConfigurationError(f"{name} must be between {lo} and {hi}, got {value!r}")
-    return value
-
-
-def _check_number(name: str, value: object, lo: float, hi: float, *, lo_open: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ConfigurationError(f"{name} must be finite, got {value!r}")
-    if (v <= lo if lo_open else v < lo) or v > hi:
-        bracket = "(" if lo_open else "["
-        raise ConfigurationError(f"{name} must be in {bracket}{lo:g}, {hi:g}], got {value!r}")
-    return v
-
-
 @dataclass(frozen=True, slots=True)
 class AlertPolicy:
     """The tunables of an :class:`AlertEngine`; validated at construction.
@@ -230,15 +211,16 @@ class AlertPolicy:
 
     def __post_init__(self) -> None:
         setattr_ = object.__setattr__
-        setattr_(self, "high_failure_rate", _check_number("high_failure_rate", self.high_failure_rate, 0.0, 1.0))
-        _check_int("min_calls_for_rate", self.min_calls_for_rate, 1, _MAX_COUNT)
-        setattr_(self, "rate_window", _check_number("rate_window", self.rate_window, 0.0, _MAX_SECONDS))
-        _check_int("flapping_opens", self.flapping_opens, 2, 10_000)
-        setattr_(self, "flapping_window", _check_number("flapping_window", self.flapping_window, 0.0, _MAX_SECONDS))
-        setattr_(self, "open_too_long", _check_number("open_too_long", self.open_too_long, 0.0, _MAX_SECONDS))
+        setattr_(self, "high_failure_rate", check_number("high_failure_rate", self.high_failure_rate, lo=0.0, hi=1.0))
+        check_int("min_calls_for_rate", self.min_calls_for_rate, 1, _MAX_COUNT)
+        setattr_(self, "rate_window", check_number("rate_window", self.rate_window, lo=0.0, hi=_MAX_SECONDS))
+        check_int("flapping_opens", self.flapping_opens, 2, 10_000)
+        setattr_(self, "flapping_window",
+                 check_number("flapping_window", self.flapping_window, lo=0.0, hi=_MAX_SECONDS))
+        setattr_(self, "open_too_long", check_number("open_too_long", self.open_too_long, lo=0.0, hi=_MAX_SECONDS))
         setattr_(self, "dedup_window",
-                 _check_number("dedup_window", self.dedup_window, 0.0, _MAX_SECONDS, lo_open=False))
-        _check_int("max_services", self.max_services, 1, _MAX_COUNT)
+                 check_number("dedup_window", self.dedup_window, lo=0.0, hi=_MAX_SECONDS, lo_open=False))
+        check_int("max_services", self.max_services, 1, _MAX_COUNT)
 
 
 # -- engine -------------------------------------------------------------------------------------------
@@ -396,8 +378,8 @@ class AlertEngine:
         Raises:
             ConfigurationError: ``calls`` or ``failures`` is not a valid count.
         """
-        _check_int("calls", calls, 0, 2**62)
-        _check_int("failures", failures, 0, calls)
+        check_int("calls", calls, 0, 2**62)
+        check_int("failures", failures, 0, calls)
         now = _check_now(now)
         p = self._policy
         out: list[Alert] = []
@@ -667,9 +649,9 @@ class CallbackDeliverer:
         if not callable(callback):
             raise ConfigurationError(f"callback must be callable, got {callback!r}")
         self._callback = callback
-        self._timeout = _check_number("timeout", timeout, 0.0, _MAX_SECONDS)
-        self._max_queue = _check_int("max_queue", max_queue, 1, _MAX_COUNT)
-        self._max_runners = _check_int("max_stuck", max_stuck, 1, 1000)
+        self._timeout = check_number("timeout", timeout, lo=0.0, hi=_MAX_SECONDS)
+        self._max_queue = check_int("max_queue", max_queue, 1, _MAX_COUNT)
+        self._max_runners = check_int("max_stuck", max_stuck, 1, 1000)
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[dict[str, Any]] = deque()
         self._counters = _Counters()
@@ -767,7 +749,7 @@ class CallbackDeliverer:
         Returns:
             Whether the queue was drained and the worker stopped in time.
         """
-        timeout = _check_number("timeout", timeout, 0.0, _MAX_SECONDS, lo_open=False)
+        timeout = check_number("timeout", timeout, lo=0.0, hi=_MAX_SECONDS, lo_open=False)
         with self._cond:
             self._closing = True
             self._deadline = time.monotonic() + timeout

@@ -5,7 +5,7 @@ import os
 # The test suite's default registry keeps breakers in memory: tests that persist say where.
 os.environ.setdefault("CIRCUITRY_DB", ":memory:")
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -55,4 +55,16 @@ def measure_in_subprocess(script: str) -> int:
                           timeout=300, env={**os.environ, "CIRCUITRY_DB": ":memory:"})
     assert proc.returncode == 0, proc.stderr
     return int(proc.stdout.strip().splitlines()[-1])
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``check`` until it holds (a liveness bound for work on other threads, not a speed claim)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.005)
+    return check()
 

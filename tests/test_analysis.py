@@ -18,18 +18,11 @@ from circuitry.store import SQLiteStore
 from circuitry.store._analyst import load_calls
 from circuitry.testing import FakeClock
 
-from .conftest import Boom
+from .conftest import Boom, eventually
 
 NOW = time.time()
 
 
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.005)
-    return check()
 
 
 @pytest.fixture

@@ -22,19 +22,11 @@ from circuitry.store import SQLiteStore
 from circuitry.store._schema import LATEST_VERSION, migrate
 from circuitry.testing import FakeClock
 
-from .conftest import Boom, Other
+from .conftest import Boom, Other, eventually
 
 WALL = time.time()
 
 
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``check`` until true (a liveness bound, not a speed claim)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.005)
-    return check()
 
 
 @pytest.fixture

@@ -37,7 +37,6 @@ import contextlib
 import errno
 import itertools
 import json
-import math
 import os
 import socket
 import sqlite3
@@ -52,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from circuitry._clock import SYSTEM_CLOCK, Clock
 from circuitry._core import CircuitBreaker, _count_value
+from circuitry._policy import check_int, check_number
 from circuitry._state import CircuitState
 from circuitry.alerts import AlertEngine, AlertPolicy
 from circuitry.events import Event, EventKind
@@ -192,18 +192,14 @@ class SQLiteStore:
             raise ConfigurationError(f"path must be a file path, got {path!r}")
         if os.fspath(path) == ":memory:":
             raise ConfigurationError("path must be a file: an in-memory database cannot be shared")
-        for name, value, lo, hi in (("retention", retention, 1.0, 10 * 365 * 86400.0),
-                                    ("analysis_interval", analysis_interval, 0.01, 86400.0),
-                                    ("analysis_window", analysis_window, 1.0, 30 * 86400.0),
-                                    ("poll_interval", poll_interval, 0.001, 60.0),
-                                    ("metrics_interval", metrics_interval, 0.01, 3600.0),
-                                    ("busy_timeout", busy_timeout, 0.0, 600.0)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-                    or not lo <= value <= hi:
-                raise ConfigurationError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
-        for name, ivalue, ilo in (("max_events", max_events, 1000), ("queue_size", queue_size, 100)):
-            if isinstance(ivalue, bool) or not isinstance(ivalue, int) or not ilo <= ivalue <= 10**9:
-                raise ConfigurationError(f"{name} must be an int in [{ilo}, 10**9], got {ivalue!r}")
+        retention = check_number("retention", retention, lo=1.0, hi=10 * 365 * 86400.0, lo_open=False)
+        analysis_interval = check_number("analysis_interval", analysis_interval, lo=0.01, hi=86400.0, lo_open=False)
+        analysis_window = check_number("analysis_window", analysis_window, lo=1.0, hi=30 * 86400.0, lo_open=False)
+        poll_interval = check_number("poll_interval", poll_interval, lo=0.001, hi=60.0, lo_open=False)
+        metrics_interval = check_number("metrics_interval", metrics_interval, lo=0.01, hi=3600.0, lo_open=False)
+        busy_timeout = check_number("busy_timeout", busy_timeout, lo=0.0, hi=600.0, lo_open=False)
+        check_int("max_events", max_events, 1000, 10**9)
+        check_int("queue_size", queue_size, 100, 10**9)
         self.path = Path(os.fspath(path))
         self.retention = float(retention)
         self.max_events = max_events
