@@ -108,7 +108,8 @@ class Circuit:
         # Each entry of a `with` block: (breaker, permit, start time, the enclosing entry) for this
         # thread or task — never on the shared object, which many tasks may enter at once.
         self._entries: contextvars.ContextVar[tuple[Any, ...] | None] = contextvars.ContextVar(f"circuitry:{name}")
-        self._current_registry().get(name, policy)  # register now: a conflicting policy fails here
+        if policy is not None:  # a conflicting policy fails here; the breaker is made on first use
+            self._current_registry().declare(name, policy)
 
     def _current_registry(self) -> Registry:
         return self._registry if self._registry is not None else DEFAULT.registry

@@ -42,6 +42,7 @@ class Registry:
         self._lock = threading.Lock()
         # The faces read this dict directly on every call: it must only ever be mutated in place.
         self.breakers: dict[str, CircuitBreaker] = {}
+        self._declared: dict[str, Policy] = {}  # policies of decorated names not called yet
         self._attached: list[Any] = []
         if store is not None:
             if isinstance(store, str | os.PathLike):
@@ -71,7 +72,10 @@ class Registry:
             with self._lock:
                 breaker = self.breakers.get(name)
                 if breaker is None:
-                    breaker = CircuitBreaker(name, policy or Policy(), clock=self.clock,
+                    declared = self._declared.get(name)
+                    if policy is not None and declared is not None and policy != declared:
+                        raise RegistryConflictError(_conflict_message(name, declared, policy))
+                    breaker = CircuitBreaker(name, policy or declared or Policy(), clock=self.clock,
                                              dispatcher=self.dispatcher, rng=self._rng)
                     for attachment in self._attached:
                         attachment.adopt(breaker)
@@ -81,10 +85,25 @@ class Registry:
             raise RegistryConflictError(_conflict_message(name, breaker.policy, policy))
         return breaker
 
+    def declare(self, name: str, policy: Policy) -> None:
+        """Record the policy ``name`` will be created with, without creating it (no I/O: decorating a
+        function at import time must not open a database). A different policy already declared or in
+        use is a :class:`~circuitry.RegistryConflictError`."""
+        validate_name(name)
+        with self._lock:
+            current = self.breakers.get(name)
+            known = current.policy if current is not None else self._declared.get(name)
+            if known is not None and known != policy:
+                raise RegistryConflictError(_conflict_message(name, known, policy))
+            if current is None:
+                self._declared[name] = policy
+
     def reconfigure(self, name: str, policy: Policy | None = None, **policy_kwargs: Any) -> CircuitBreaker:
         """Give an existing (or new) breaker a new policy, explicitly. State is kept; counts restart."""
         if policy is None:
             policy = Policy.from_kwargs(policy_kwargs)
+        with self._lock:
+            self._declared.pop(name, None)
         breaker = self.get(name)
         breaker.reconfigure(policy)
         return breaker

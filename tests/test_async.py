@@ -99,8 +99,8 @@ async def test_async_with(registry: Registry) -> None:
 async def test_one_circuit_object_entered_by_many_tasks(registry: Registry, clock: FakeClock) -> None:
     """Permits live per task, not on the shared object: exits never mix up entries."""
     c = circuit("shared", failure_threshold=10**6, recovery_timeout=5, half_open_max_calls=3)
-    registry["shared"].force_open()
-    registry["shared"].reset()
+    c.breaker.force_open()
+    c.breaker.reset()
 
     async def worker(i: int) -> str:
         try:

@@ -234,3 +234,11 @@ def test_hooks_added_later_see_what_decorated_calls_do(registry: Registry) -> No
         f()
     assert len(captured) == 3
     assert registry["late"].stats().rejected == 2
+
+
+def test_two_decorations_with_different_policies_conflict_before_any_call(registry: Registry) -> None:
+    circuit("declared", failure_threshold=3)
+    assert "declared" not in registry  # declared, not created
+    with pytest.raises(RegistryConflictError, match="failure_threshold: 3 -> 4"):
+        circuit("declared", failure_threshold=4)
+    assert registry.get("declared").policy.failure_threshold == 3  # created with the declared policy

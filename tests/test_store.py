@@ -438,3 +438,17 @@ def test_a_full_queue_drops_counts_and_records_it(make: Any, db: Path) -> None:
     # the rollups never drop: they come from counters, not the queue
     assert rows(db, "SELECT sum(failures) FROM circuit_breaker_metrics WHERE service_name = 'faulty'") == [
         (_expected(3000)[1],)]
+
+
+def test_decorating_opens_nothing_until_the_first_call(make: Any, db: Path) -> None:
+    """Importing a module full of @circuit decorators does no I/O; the first call does."""
+    reg, store = make()
+
+    @circuit("lazy", registry=reg, failure_threshold=1)
+    def f() -> int:
+        return 1
+
+    assert "lazy" not in reg and not db.exists()
+    assert f() == 1
+    assert "lazy" in reg and reg["lazy"].policy.failure_threshold == 1
+    assert store.flush() and db.exists()
