@@ -713,7 +713,7 @@ class CircuitBreaker:
     def _to(self, to: CircuitState, reason: str, now: float, events: list[Event],
             exc: BaseException | None = None, hint: float | None = None) -> None:
         frm = self._state
-        self._gen += 1
+        self._gen += 1  # before the counters are replaced: the faces read them in the other order
         self._reason = reason
         self._reset_counts()
         open_for = None

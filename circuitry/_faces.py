@@ -180,10 +180,13 @@ class Circuit:
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
+                # The counter is read before the generation: a transition in between replaces it, so
+                # a completion that raced one lands in the discarded counter, never the new one.
+                consec = b._consec
                 if isinstance(exc, b._fail_types) and token == b._gen:
                     next(b._n_fail)
                     b._dirty = True
-                    if next(b._consec) >= b._thr1:
+                    if next(consec) >= b._thr1:
                         b._trip_fast(token, exc)
                 else:
                     b._on_error(token, exc)
@@ -222,10 +225,13 @@ class Circuit:
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
+                # The counter is read before the generation: a transition in between replaces it, so
+                # a completion that raced one lands in the discarded counter, never the new one.
+                consec = b._consec
                 if isinstance(exc, b._fail_types) and token == b._gen:
                     next(b._n_fail)
                     b._dirty = True
-                    if next(b._consec) >= b._thr1:
+                    if next(consec) >= b._thr1:
                         b._trip_fast(token, exc)
                 else:
                     b._on_error(token, exc)
