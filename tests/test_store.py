@@ -452,3 +452,14 @@ def test_decorating_opens_nothing_until_the_first_call(make: Any, db: Path) -> N
     assert f() == 1
     assert "lazy" in reg and reg["lazy"].policy.failure_threshold == 1
     assert store.flush() and db.exists()
+
+
+async def test_the_sqlite_store_is_a_store_and_reads_from_asyncio(make: Any) -> None:
+    from circuitry.store import Store
+
+    reg, store = make()
+    fail(reg.get("svc", failure_threshold=1))
+    assert isinstance(store, Store)
+    assert store.flush()
+    rows = await store.aquery("SELECT current_state FROM circuit_breaker_states WHERE service_name = ?", ("svc",))
+    assert rows == [{"current_state": "open"}]
