@@ -68,10 +68,10 @@ __all__ = ["SQLiteStore", "StoreHealth"]
 
 _ISO: Final = "strftime('%Y-%m-%d %H:%M:%f', ?, 'unixepoch')"
 _MAX_BATCH: Final = 20_000
-_QUIET_REASONS: Final = frozenset({"remote", "restored"})
+_QUIET_REASONS: Final = frozenset({"remote", "restored"})  # decided elsewhere: already recorded there
 # The automatic transitions: a state one of these steps on from the stored one builds on it.
 _NEXT_STEPS: Final = frozenset({("closed", "open"), ("open", "half_open"), ("half_open", "closed"),
-                                ("half_open", "open")})  # decided elsewhere: already recorded there
+                                ("half_open", "open")})
 
 
 def _process_name() -> str:
@@ -96,7 +96,7 @@ def _classify(exc: BaseException) -> str:
         return "read_only"
     if "not a database" in text or "malformed" in text or "corrupt" in text:
         return "corrupt"
-    if "unable to open" in text or isinstance(exc, FileNotFoundError | PermissionError):
+    if "unable to open" in text:
         return "unavailable"
     if "deleted" in text:
         return "deleted"
