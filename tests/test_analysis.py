@@ -291,3 +291,17 @@ def test_alert_callbacks_cannot_affect_protected_calls(make: Any, clock: FakeClo
     assert set(outcomes) <= {"ok", "boom", "refused"}
     assert outcomes.count("boom") >= 1
     assert eventually(lambda: len(seen) >= 1)
+
+
+def test_a_circuit_that_opens_is_analysed_at_once(make: Any, tmp_path: Path) -> None:
+    """Besides the periodic run (an hour apart here), an opening triggers an analysis of that circuit."""
+    reg, store = make()
+    b = reg.get("bursty", failure_threshold=1, recovery_timeout=60)
+    assert store.flush()
+    write_history(tmp_path / "a.db", "bursty", bursts(NOW - 900, 3, 12, random.Random(7)), 600, NOW - 900, NOW)
+    b.record_failure(b.admit(), Boom())
+
+    def stored() -> list[dict[str, Any]]:
+        return store.query("SELECT pattern_type FROM circuit_breaker_failure_patterns WHERE service_name = 'bursty'")
+
+    assert eventually(lambda: stored() == [{"pattern_type": "burst"}])

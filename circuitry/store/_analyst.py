@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from circuitry._state import CircuitState
 from circuitry.alerts import Alert, AlertEngine, AlertPolicy, CallbackDeliverer
 from circuitry.events import Event, EventKind
 from circuitry.patterns import PatternResult, classify
@@ -33,7 +34,10 @@ if TYPE_CHECKING:
     from circuitry._core import CircuitBreaker
     from circuitry.store._sqlite import SQLiteStore
 
-__all__ = ["Analyst", "load_calls"]
+__all__ = ["ON_OPEN_SPACING", "Analyst", "load_calls"]
+
+#: Seconds between two analyses of one circuit triggered by its openings (a flapping circuit opens often).
+ON_OPEN_SPACING = 10.0
 
 _ISO = "strftime('%Y-%m-%d %H:%M:%f', ?, 'unixepoch')"
 
@@ -97,6 +101,7 @@ class Analyst:
         self._last_run = 0.0
         self._failing = False
         self.runs = 0
+        self._analysed_at: dict[str, float] = {}
         self.latest: dict[str, tuple[PatternResult, Recommendation]] = {}
 
     # -- wiring ---------------------------------------------------------------------------------------
@@ -113,6 +118,7 @@ class Analyst:
 
     def start(self) -> None:
         if self._thread is None and not self._closed:
+            self._last_run = self.store._time()  # the first periodic run comes one interval from now
             self._thread = threading.Thread(target=self._run, name="circuitry-analyst", daemon=True)
             self._thread.start()
 
@@ -170,23 +176,36 @@ class Analyst:
 
     def _alert_transitions(self, now: float) -> None:
         alerts: list[Alert] = []
+        opened: set[str] = set()
         while self._transitions:
             event = self._transitions.popleft()
+            if event.to_state is CircuitState.OPEN:
+                opened.add(event.circuit)
             if event.circuit not in self.muted:
                 alerts.extend(self.engine.observe(event, event.at))
         if alerts:
             self._persist(alerts, now)
+        # A circuit that just opened is analysed at once (at most every ON_OPEN_SPACING seconds each):
+        # the pattern behind an outage is most useful while it is happening.
+        due = [name for name in opened if now - self._analysed_at.get(name, -1e18) >= ON_OPEN_SPACING]
+        if due:
+            self._run_once(now, only=due)
 
     def run_once(self, now: float | None = None) -> dict[str, tuple[PatternResult, Recommendation]]:
         """Analyse every circuit of the store now; returns the results by name."""
         with self.io_lock:
             return self._run_once(self.store._time() if now is None else now)
 
-    def _run_once(self, now: float) -> dict[str, tuple[PatternResult, Recommendation]]:
+    def _run_once(self, now: float, only: Sequence[str] | None = None) -> dict[str, tuple[PatternResult,
+                                                                                          Recommendation]]:
         conn = self._connection()
         results: dict[str, tuple[PatternResult, Recommendation]] = {}
         alerts: list[Alert] = []
-        for link in list(self.store._links.values()):
+        links = list(self.store._links.values())
+        if only is not None:
+            links = [link for link in links if link.name in only]
+        for link in links:
+            self._analysed_at[link.name] = now
             result, rec = self.analyse(conn, link.breaker, now)
             results[link.name] = (result, rec)
             if result.type is not None:
@@ -199,7 +218,8 @@ class Analyst:
             calls, failures = self._last_minute(conn, link.name, now)
             if not muted and calls:
                 alerts.extend(self.engine.observe_counts(link.name, calls, failures, now))
-        alerts.extend(a for a in self.engine.tick(now) if a.service_name not in self.muted)
+        if only is None:
+            alerts.extend(a for a in self.engine.tick(now) if a.service_name not in self.muted)
         self._persist(alerts, now)
         self.latest.update(results)
         self.runs += 1
