@@ -463,3 +463,14 @@ async def test_the_sqlite_store_is_a_store_and_reads_from_asyncio(make: Any) -> 
     assert store.flush()
     rows = await store.aquery("SELECT current_state FROM circuit_breaker_states WHERE service_name = ?", ("svc",))
     assert rows == [{"current_state": "open"}]
+
+
+def test_flush_writes_the_rollups_too(make: Any, db: Path) -> None:
+    """A process that flushes and then leaves by os._exit (a forked worker) keeps its counts."""
+    reg, store = make(metrics_interval=3600)
+    b = reg.get("svc")
+    assert store.flush()
+    for _ in range(5):
+        b.record_success(b.admit())
+    assert store.flush()
+    assert rows(db, "SELECT sum(successes) FROM circuit_breaker_metrics WHERE service_name = 'svc'") == [(5,)]

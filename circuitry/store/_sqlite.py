@@ -239,6 +239,7 @@ class SQLiteStore:
         self._data_version = -1
         self._pending_metrics: dict[tuple[str, int], list[int]] = {}
         self._last_metrics = 0.0
+        self._flush_metrics = False
         self._last_prune = 0.0
         self._fault: str | None = None
         self._fault_since = 0.0
@@ -326,6 +327,7 @@ class SQLiteStore:
             return not self._queue
         deadline = time.monotonic() + timeout
         with self._cycle_done:
+            self._flush_metrics = True  # the rollups too, not only the queue
             target = self._cycles + 2  # a cycle that *started* after this call
             while True:
                 self._wake.set()
@@ -579,6 +581,9 @@ class SQLiteStore:
              seconds=round(self._time() - since, 3))
 
     def _cycle(self, final: bool = False) -> None:
+        # Taken before the counts are collected: a flush() asked for after this point is served by
+        # the next cycle, which collects everything counted before it was asked.
+        flushing, self._flush_metrics = self._flush_metrics, False
         conn = self._writer_conn()
         now = self._time()
         links = list(self._links.values())
@@ -587,7 +592,7 @@ class SQLiteStore:
         self._sync_states(conn, links, now)
         self._write_events(conn)
         self._release_leases(conn)
-        if final or now - self._last_metrics >= self.metrics_interval:
+        if final or flushing or now - self._last_metrics >= self.metrics_interval:
             self._write_metrics(conn)
             self._last_metrics = now
         self._poll(conn)
