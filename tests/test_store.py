@@ -474,3 +474,12 @@ def test_flush_writes_the_rollups_too(make: Any, db: Path) -> None:
         b.record_success(b.admit())
     assert store.flush()
     assert rows(db, "SELECT sum(successes) FROM circuit_breaker_metrics WHERE service_name = 'svc'") == [(5,)]
+
+
+async def test_async_with_flushes_and_closes(db: Path, clock: FakeClock) -> None:
+    async with SQLiteStore(db, clock=clock) as store:
+        reg = Registry(clock=clock, hooks=[], store=store)
+        fail(reg.get("svc", failure_threshold=5), 3)
+    assert store.health().queued == 0
+    assert rows(db, "SELECT count(*) FROM circuit_breaker_events WHERE event_type = 'failure'") == [(3,)]
+    assert rows(db, "SELECT sum(failures) FROM circuit_breaker_metrics") == [(3,)]
