@@ -159,6 +159,9 @@ class CircuitBreaker:
         "_fail_types",
         "_fast",
         "_gen",
+        "_lat_max",
+        "_lat_n",
+        "_lat_sum",
         "_lock",
         "_n_cancel",
         "_n_fail",
@@ -225,6 +228,7 @@ class CircuitBreaker:
         self._open_for = 0.0
         self._reopens = 0
         self._reason = "initial"
+        self._lat_n, self._lat_sum, self._lat_max = 0, 0.0, 0.0  # timed calls, for latency rollups
         self._probes: dict[int, float] = {}
         self._probe_seq = 0
         self._probe_ok = 0
@@ -255,7 +259,7 @@ class CircuitBreaker:
         # an enforcing open breaker whose rejections nobody listens to, which the faces refuse
         # themselves; -1 for the rest.
         if self._state is CLOSED:
-            lean = self._window is None and self._policy.result_is_failure is None
+            lean = self._window is None and self._policy.result_is_failure is None and not self._timed
             self._fast = self._gen if lean else -1
         else:
             plain_open = self._state is OPEN and self._enforce and not self._dispatch.rejection
@@ -429,6 +433,8 @@ class CircuitBreaker:
     def record_success(self, permit: Token, duration: float | None = None) -> None:
         """Report that an admitted call succeeded (``duration`` in seconds feeds the slow-call rule)."""
         next(self._n_ok)
+        if duration is not None:
+            self._note_latency(duration)
         permit = _plain(permit)
         if type(permit) is int:
             if permit != self._gen or (self._window is None and not self._dirty):
@@ -454,6 +460,8 @@ class CircuitBreaker:
                        duration: float | None = None) -> None:
         """Report that an admitted call failed (a counted failure; classification is the caller's)."""
         next(self._n_fail)
+        if duration is not None:
+            self._note_latency(duration)
         permit = _plain(permit)
         hint = None
         if exc is not None and self._policy.retry_after is not None:
@@ -519,6 +527,20 @@ class CircuitBreaker:
                 self.record_failure(token, _BadResultError(result), duration)
                 return
         self.record_success(token, duration)
+
+    def _note_latency(self, duration: float) -> None:
+        with self._lock:
+            self._lat_n += 1
+            self._lat_sum += duration
+            if duration > self._lat_max:
+                self._lat_max = duration
+
+    def take_latency(self) -> tuple[int, float, float]:
+        """``(timed calls, total seconds, longest seconds)`` since the last call (the store's rollups)."""
+        with self._lock:
+            out = (self._lat_n, self._lat_sum, self._lat_max)
+            self._lat_n, self._lat_sum, self._lat_max = 0, 0.0, 0.0
+        return out
 
     def _clear_consecutive(self, token: int) -> None:
         with self._lock:

@@ -104,6 +104,8 @@ class Policy:
         jitter: Randomise each open period by up to this fraction (``0 <= x <= 1``).
         retry_after: Optional ``(exc) -> seconds | None`` setting the open period from the failure that
             opened the circuit (e.g. an HTTP ``Retry-After``); clamped to ``max_recovery_timeout``.
+        measure_latency: Time every call (two clock reads) so latency reaches the metrics; implied by
+            ``slow_call_duration``. Off by default: it takes the call off the lock-free path.
 
     .. versionadded:: 0.1.0
     """
@@ -125,6 +127,7 @@ class Policy:
     max_recovery_timeout: float | None = None
     jitter: float = 0.0
     retry_after: Callable[[BaseException], float | None] | None = None
+    measure_latency: bool = False
 
     def __post_init__(self) -> None:
         s = object.__setattr__
@@ -178,6 +181,8 @@ class Policy:
                 )
             s(self, "max_recovery_timeout", cap)
         s(self, "jitter", check_number("jitter", self.jitter, lo=0.0, hi=1.0, lo_open=False))
+        if not isinstance(self.measure_latency, bool):
+            raise ConfigurationError(f"measure_latency must be a bool, got {self.measure_latency!r}")
 
     # -- derived ------------------------------------------------------------------------------------
 
@@ -188,8 +193,8 @@ class Policy:
 
     @property
     def timed(self) -> bool:
-        """Whether calls must be timed (the slow-call rule)."""
-        return self.slow_call_duration is not None
+        """Whether calls must be timed (the slow-call rule, or latency metrics)."""
+        return self.slow_call_duration is not None or self.measure_latency
 
     @property
     def effective_probe_timeout(self) -> float:

@@ -23,6 +23,7 @@ BAD_VALUES = {
     "on": [42, "ValueError", (), (ValueError, 3), KeyboardInterrupt, (ValueError, SystemExit)],
     "result_is_failure": [3, "x"],
     "retry_after": [3],
+    "measure_latency": [1, "yes", None],
 }
 
 

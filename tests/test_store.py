@@ -483,3 +483,27 @@ async def test_async_with_flushes_and_closes(db: Path, clock: FakeClock) -> None
     assert store.health().queued == 0
     assert rows(db, "SELECT count(*) FROM circuit_breaker_events WHERE event_type = 'failure'") == [(3,)]
     assert rows(db, "SELECT sum(failures) FROM circuit_breaker_metrics") == [(3,)]
+
+
+def test_latency_reaches_the_rollups_when_measured(make: Any, db: Path, clock: FakeClock) -> None:
+    reg, store = make()
+
+    @circuit("timed", registry=reg, measure_latency=True, failure_threshold=10**6)
+    def call(ms: int) -> None:
+        clock.advance(ms / 1000)  # the call takes `ms` on the injected clock
+
+    @circuit("untimed", registry=reg)
+    def plain() -> None:
+        pass
+
+    for ms in (10, 20, 30, 40):
+        call(ms)
+    plain()
+    assert store.flush()
+    assert rows(db, "SELECT latency_count, round(latency_sum_ms, 6), round(latency_max_ms, 6) "
+                    "FROM circuit_breaker_metrics WHERE service_name = 'timed'") == [(4, 100.0, 40.0)]
+    assert rows(db, "SELECT latency_count FROM circuit_breaker_metrics WHERE service_name = 'untimed'") == [(0,)]
+    from circuitry.store._sqlite import last_hour_summary
+
+    summary = last_hour_summary(store, "timed", now=clock.time())
+    assert (summary["avg_latency_ms"], summary["max_latency_ms"]) == (25.0, 40.0)

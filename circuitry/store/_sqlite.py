@@ -237,7 +237,7 @@ class SQLiteStore:
         self._writer_lock = threading.Lock()
         self._fork_held: list[Any] = []
         self._data_version = -1
-        self._pending_metrics: dict[tuple[str, int], list[int]] = {}
+        self._pending_metrics: dict[tuple[str, int], list[float]] = {}
         self._last_metrics = 0.0
         self._flush_metrics = False
         self._last_prune = 0.0
@@ -614,7 +614,12 @@ class SQLiteStore:
     def _collect(self, link: _Link, now: float) -> None:
         counts = _counters(link.breaker)
         old = link.counts
-        delta = [a - b for a, b in zip(counts, old, strict=True)]
+        delta: list[float] = [a - b for a, b in zip(counts, old, strict=True)]
+        if link.breaker._timed:
+            n, total, longest = link.breaker.take_latency()
+            delta += [n, total * 1000.0, longest * 1000.0]
+        else:
+            delta += [0, 0.0, 0.0]
         if any(delta):
             link.counts = counts
             key = (link.name, int(now // 60))
@@ -622,8 +627,9 @@ class SQLiteStore:
             if bucket is None:
                 self._pending_metrics[key] = delta
             else:
-                for i, d in enumerate(delta):
+                for i, d in enumerate(delta[:7]):
                     bucket[i] += d
+                bucket[7] = max(bucket[7], delta[7])
 
     def _sync_states(self, conn: sqlite3.Connection, links: Sequence[_Link], now: float) -> None:
         for link in links:
@@ -823,16 +829,17 @@ class SQLiteStore:
         if not pending:
             return
         self._pending_metrics = {}
-        rows = [(name, minute, minute * 60, sum(d), d[0], d[1], d[2], d[3], d[4])
+        rows = [(name, minute, minute * 60, sum(d[:5]), d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7])
                 for (name, minute), d in pending.items()]
         try:
             with self._tx(conn):
                 conn.executemany(_UPSERT_METRICS, rows)
         except BaseException:
             for key, d in pending.items():  # keep them: merged into what accumulated meanwhile
-                bucket = self._pending_metrics.setdefault(key, [0] * 5)
-                for i, v in enumerate(d):
+                bucket = self._pending_metrics.setdefault(key, [0] * 7 + [0.0])
+                for i, v in enumerate(d[:7]):
                     bucket[i] += v
+                bucket[7] = max(bucket[7], d[7])
             raise
 
     def _poll(self, conn: sqlite3.Connection) -> None:
@@ -991,11 +998,14 @@ _INSERT_EVENT: Final = (
     f"error_message, additional_data, created_at, ts, process) VALUES (?, ?, ?, ?, ?, ?, ?, {_ISO}, ?, ?)")
 _UPSERT_METRICS: Final = (
     "INSERT INTO circuit_breaker_metrics (service_name, minute, bucket_start, calls, successes, failures, "
-    "ignored, rejections, cancelled) VALUES (?, ?, strftime('%Y-%m-%d %H:%M:%S', ?, 'unixepoch'), ?, ?, ?, ?, ?, ?) "
+    "ignored, rejections, cancelled, latency_count, latency_sum_ms, latency_max_ms) "
+    "VALUES (?, ?, strftime('%Y-%m-%d %H:%M:%S', ?, 'unixepoch'), ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (service_name, minute) DO UPDATE SET calls = calls + excluded.calls, "
     "successes = successes + excluded.successes, failures = failures + excluded.failures, "
     "ignored = ignored + excluded.ignored, rejections = rejections + excluded.rejections, "
-    "cancelled = cancelled + excluded.cancelled")
+    "cancelled = cancelled + excluded.cancelled, latency_count = latency_count + excluded.latency_count, "
+    "latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms, "
+    "latency_max_ms = max(latency_max_ms, excluded.latency_max_ms)")
 
 
 def _log(level: str, event: str, **fields: Any) -> None:
@@ -1044,7 +1054,9 @@ if hasattr(os, "register_at_fork"):
 
 _LAST_HOUR_SQL: Final = (
     "SELECT coalesce(sum(calls), 0) AS calls, coalesce(sum(successes), 0) AS successes, "
-    "coalesce(sum(failures), 0) AS failures, coalesce(sum(rejections), 0) AS rejections "
+    "coalesce(sum(failures), 0) AS failures, coalesce(sum(rejections), 0) AS rejections, "
+    "coalesce(sum(latency_count), 0) AS lat_n, coalesce(sum(latency_sum_ms), 0) AS lat_sum, "
+    "coalesce(max(latency_max_ms), 0) AS lat_max "
     "FROM circuit_breaker_metrics WHERE service_name = ? AND minute >= ?")
 _TRANSITIONS_SQL: Final = (
     "SELECT ts, from_state, to_state FROM circuit_breaker_events WHERE service_name = ? "
@@ -1082,6 +1094,8 @@ def last_hour_summary(store: SQLiteStore, service: str, now: float | None = None
         "success_rate": round(100.0 * row["successes"] / decided, 1) if decided else 100.0,
         "circuit_open_duration": round(open_seconds(transitions, since, now, open_at_start)),
         "rejections": row["rejections"],
+        "avg_latency_ms": round(row["lat_sum"] / row["lat_n"], 3) if row["lat_n"] else None,
+        "max_latency_ms": round(row["lat_max"], 3) if row["lat_n"] else None,
     }
 
 
