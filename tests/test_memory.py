@@ -43,11 +43,13 @@ def test_one_hundred_thousand_rejections_retain_no_memory() -> None:
         reject(1000)  # warm up caches
         gc.collect()
         tracemalloc.start()
+        reject(1000)  # what tracing itself allocates once
+        gc.collect()
         before = tracemalloc.get_traced_memory()[0]
         reject(100_000)
         gc.collect()
         after = tracemalloc.get_traced_memory()[0]
-        assert reg["mem"].stats().rejected == 101_000
+        assert reg["mem"].stats().rejected == 102_000
         print(after - before)
     """)
     assert grown < 4096, grown  # purgatory's shared error grows ~1.5 KB per call
