@@ -507,3 +507,29 @@ def test_latency_reaches_the_rollups_when_measured(make: Any, db: Path, clock: F
 
     summary = last_hour_summary(store, "timed", now=clock.time())
     assert (summary["avg_latency_ms"], summary["max_latency_ms"]) == (25.0, 40.0)
+
+
+def test_rollups_held_during_a_long_outage_are_bounded_and_lose_no_count(make: Any, db: Path,
+                                                                           clock: FakeClock) -> None:
+    """Three hours with a database that takes no writes: memory holds at most 60 minutes per circuit,
+    and once the database is back every call is in the rollups (the oldest filed under one minute)."""
+    from circuitry.store._sqlite import PENDING_MINUTES
+
+    reg, store = make(busy_timeout=0.05)
+    b = reg.get("svc", failure_threshold=10**6)
+    assert store.flush()
+    conn = store._conn
+    assert conn is not None
+    with capture_logs() as logs:
+        conn.execute("PRAGMA query_only = ON")  # no writes for the whole outage
+        with store._writer_lock:  # the writer waits: this loop plays its cycles, one a minute
+            for _ in range(180):
+                for _ in range(3):
+                    b.record_success(b.admit())
+                store._collect(store._links["svc"], clock.time())
+                clock.advance(60)
+            assert len(store._pending_metrics) <= PENDING_MINUTES + 1
+        conn.execute("PRAGMA query_only = OFF")
+        assert store.flush(10)
+    assert rows(db, "SELECT sum(successes), count(*) FROM circuit_breaker_metrics")[0][0] == 540
+    assert sum(1 for e in logs if e["event"] == "circuitry.store_rollups_coarsened") == 1

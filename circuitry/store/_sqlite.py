@@ -68,6 +68,8 @@ __all__ = ["SQLiteStore", "StoreHealth"]
 
 _ISO: Final = "strftime('%Y-%m-%d %H:%M:%f', ?, 'unixepoch')"
 _MAX_BATCH: Final = 20_000
+#: Per circuit, the most per-minute rollups held in memory while the database takes no writes.
+PENDING_MINUTES: Final = 60
 _QUIET_REASONS: Final = frozenset({"remote", "restored"})  # decided elsewhere: already recorded there
 # The automatic transitions: a state one of these steps on from the stored one builds on it.
 _NEXT_STEPS: Final = frozenset({("closed", "open"), ("open", "half_open"), ("half_open", "closed"),
@@ -144,6 +146,13 @@ class _Link:
         if self.leases:
             with contextlib.suppress(IndexError):
                 self.store._lease_releases.append(self.leases.pop())
+
+
+def _merge(bucket: list[float], delta: Sequence[float]) -> None:
+    """Add one rollup into another: the counts and latency sums add up, the latency maximum is kept."""
+    for i in range(7):
+        bucket[i] += delta[i]
+    bucket[7] = max(bucket[7], delta[7])
 
 
 def _counters(b: CircuitBreaker) -> tuple[int, int, int, int, int]:
@@ -240,6 +249,7 @@ class SQLiteStore:
         self._pending_metrics: dict[tuple[str, int], list[float]] = {}
         self._last_metrics = 0.0
         self._flush_metrics = False
+        self._coarsened = False
         self._last_prune = 0.0
         self._fault: str | None = None
         self._fault_since = 0.0
@@ -626,10 +636,33 @@ class SQLiteStore:
             bucket = self._pending_metrics.get(key)
             if bucket is None:
                 self._pending_metrics[key] = delta
+                if len(self._pending_metrics) > PENDING_MINUTES * max(1, len(self._links)):
+                    self._coarsen_pending()
             else:
-                for i, d in enumerate(delta[:7]):
-                    bucket[i] += d
-                bucket[7] = max(bucket[7], delta[7])
+                _merge(bucket, delta)
+
+    def _coarsen_pending(self) -> None:
+        """Bound the rollups waiting for a database that has been failing for a long time: per
+        circuit, minutes older than the newest PENDING_MINUTES fold into the oldest minute kept.
+        No count is lost; only the minute it is filed under moves (and this is said once)."""
+        by_service: dict[str, list[int]] = {}
+        for name, minute in self._pending_metrics:
+            by_service.setdefault(name, []).append(minute)
+        folded = 0
+        for name, minutes in by_service.items():
+            if len(minutes) <= PENDING_MINUTES:
+                continue
+            minutes.sort()
+            keep = minutes[-PENDING_MINUTES]
+            target = self._pending_metrics[(name, keep)]
+            for minute in minutes[:-PENDING_MINUTES]:
+                _merge(target, self._pending_metrics.pop((name, minute)))
+                folded += 1
+        if folded and not self._coarsened:
+            self._coarsened = True
+            _log("warning", "circuitry.store_rollups_coarsened", path=str(self.path), minutes=folded,
+                 note=f"the database has not taken writes for over {PENDING_MINUTES} minutes: older "
+                      "per-minute counts are kept, filed under the oldest minute still held")
 
     def _sync_states(self, conn: sqlite3.Connection, links: Sequence[_Link], now: float) -> None:
         for link in links:
@@ -836,10 +869,7 @@ class SQLiteStore:
                 conn.executemany(_UPSERT_METRICS, rows)
         except BaseException:
             for key, d in pending.items():  # keep them: merged into what accumulated meanwhile
-                bucket = self._pending_metrics.setdefault(key, [0] * 7 + [0.0])
-                for i, v in enumerate(d[:7]):
-                    bucket[i] += v
-                bucket[7] = max(bucket[7], d[7])
+                _merge(self._pending_metrics.setdefault(key, [0] * 7 + [0.0]), d)
             raise
 
     def _poll(self, conn: sqlite3.Connection) -> None:
