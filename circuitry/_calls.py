@@ -21,8 +21,12 @@ Fallback = Callable[..., Any]
 
 
 def drive_sync(b: CircuitBreaker, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-               fallback: Fallback | None) -> Any:
-    """Run a plain callable through the breaker (the general path: any state, any policy)."""
+               fallback: Fallback | None, defer_awaitables: bool = False) -> Any:
+    """Run a plain callable through the breaker (the general path: any state, any policy).
+
+    With ``defer_awaitables`` (``call()``, which cannot know what it is given), a result that is
+    awaitable is returned wrapped, and its outcome recorded when it completes.
+    """
     try:
         token = b._acquire()
     except CircuitOpenError as rejection:
@@ -38,6 +42,8 @@ def drive_sync(b: CircuitBreaker, fn: Callable[..., Any], args: tuple[Any, ...],
     except BaseException:
         b.release(token)
         raise
+    if defer_awaitables and _awaitable(result):
+        return finish_async(b, token, result, t0)
     b._on_result(token, result, None if t0 is None else b._now() - t0)
     return result
 
@@ -160,22 +166,4 @@ def call_through(b: CircuitBreaker, fn: Callable[..., Any], args: tuple[Any, ...
     """``breaker.call(fn, ...)``: for a plain function the result; for a coroutine function (or any
     callable returning an awaitable) an awaitable whose outcome is recorded when it completes —
     never counted a success merely because the coroutine object was created."""
-    try:
-        token = b._acquire()
-    except CircuitOpenError as rejection:
-        if fallback is None:
-            raise
-        return fallback(rejection, *args, **kwargs)
-    t0 = b._now() if b._timed else None
-    try:
-        result = fn(*args, **kwargs)
-    except Exception as exc:
-        b._on_error(token, exc, None if t0 is None else b._now() - t0)
-        raise
-    except BaseException:
-        b.release(token)
-        raise
-    if _awaitable(result):
-        return finish_async(b, token, result, t0)
-    b._on_result(token, result, None if t0 is None else b._now() - t0)
-    return result
+    return drive_sync(b, fn, args, kwargs, fallback, defer_awaitables=True)

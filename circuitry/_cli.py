@@ -155,9 +155,7 @@ def cmd_patterns(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
-    from circuitry.patterns import classify
-    from circuitry.recommend import recommend
-    from circuitry.store._analyst import load_calls
+    from circuitry.store._analyst import analyse_history
 
     now = time.time()
     with _connect(args.db) as conn:
@@ -165,11 +163,9 @@ def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
                       "WHERE service_name = ?", (args.service,))
         if not state and (args.threshold is None or args.timeout is None):
             raise StoreError(f"no circuit {args.service!r} in {args.db} (give --threshold and --timeout)")
-        calls = load_calls(conn, args.service, now - args.window, now)
-    threshold = args.threshold if args.threshold is not None else state[0]["failure_threshold"]
-    timeout = args.timeout if args.timeout is not None else float(state[0]["recovery_timeout"])
-    result = classify(calls, window_start=now - args.window, window_end=now)
-    rec = recommend(result, current_threshold=threshold, current_timeout=timeout, calls=calls)
+        threshold = args.threshold if args.threshold is not None else state[0]["failure_threshold"]
+        timeout = args.timeout if args.timeout is not None else float(state[0]["recovery_timeout"])
+        result, rec, calls = analyse_history(conn, args.service, threshold, timeout, now, args.window)
     if args.json:
         out.write(json.dumps(rec.as_seed_dict(), indent=2) + "\n")
         return 0

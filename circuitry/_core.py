@@ -451,7 +451,7 @@ class CircuitBreaker:
                         self._window.add(False, self._is_slow(duration), now)
                         reason = self._rate_reason(now)
                         if reason is not None:
-                            self._trip(reason, now, None, None, events)
+                            self._to(OPEN, reason, now, events)
             else:
                 self._probe_done(permit, True, None, None, events)  # type: ignore[arg-type]
         self._emit(events)
@@ -478,7 +478,7 @@ class CircuitBreaker:
                         if reason is None:
                             reason = self._rate_reason(now)
                     if reason is not None:
-                        self._trip(reason, now, exc, hint, events)
+                        self._to(OPEN, reason, now, events, exc, hint)
             else:
                 self._probe_done(permit, False, exc, hint, events)  # type: ignore[arg-type]
             state = self._state
@@ -695,10 +695,6 @@ class CircuitBreaker:
         if p.jitter:
             d *= 1.0 + p.jitter * (2.0 * self._rng.random() - 1.0)
         return min(max(d, 0.0), cap, MAX_DURATION)
-
-    def _trip(self, reason: str, now: float, exc: BaseException | None, hint: float | None,
-              events: list[Event]) -> None:
-        self._to(OPEN, reason, now, events, exc, hint)
 
     def _probe_done(self, permit: Permit, ok: bool, exc: BaseException | None, hint: float | None,
                     events: list[Event]) -> None:

@@ -117,10 +117,13 @@ class Circuit:
     def _create(self) -> CircuitBreaker:
         return self._current_registry().get(self.name, self._policy)
 
+    def _breaker_now(self) -> CircuitBreaker:
+        return self._ref.breakers.get(self.name) or self._create()
+
     @property
     def breaker(self) -> CircuitBreaker:
         """The breaker this circuit uses now (from the current registry)."""
-        return self._ref.breakers.get(self.name) or self._create()
+        return self._breaker_now()
 
     def __repr__(self) -> str:
         return f"circuit({self.name!r})"
@@ -246,17 +249,14 @@ class Circuit:
 
         return wrapper
 
-    def _lookup(self) -> CircuitBreaker:
-        return self._ref.breakers.get(self.name) or self._create()
-
     def _wrap_gen(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        return _calls.gen_wrapper(self._lookup, fn, self._fallback)
+        return _calls.gen_wrapper(self._breaker_now, fn, self._fallback)
 
     def _wrap_async_gen(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        return _calls.async_gen_wrapper(self._lookup, fn, self._fallback)
+        return _calls.async_gen_wrapper(self._breaker_now, fn, self._fallback)
 
     def _wrap_object(self, fn: Callable[P, R]) -> Callable[P, R]:
-        lookup, fallback = self._lookup, self._fallback
+        lookup, fallback = self._breaker_now, self._fallback
 
         def through(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:

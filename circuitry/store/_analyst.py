@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from circuitry._core import CircuitBreaker
     from circuitry.store._sqlite import SQLiteStore
 
-__all__ = ["ON_OPEN_SPACING", "Analyst", "load_calls"]
+__all__ = ["ON_OPEN_SPACING", "Analyst", "analyse_history", "load_calls"]
 
 #: Seconds between two analyses of one circuit triggered by its openings (a flapping circuit opens often).
 ON_OPEN_SPACING = 10.0
@@ -62,6 +62,16 @@ def load_calls(conn: sqlite3.Connection, service: str, since: float, until: floa
     calls = [(t, True) for t in failures] + [(t, False) for t in ok]
     calls.sort()
     return calls
+
+
+def analyse_history(conn: sqlite3.Connection, service: str, threshold: int, timeout: float, now: float,
+                    window: float) -> tuple[PatternResult, Recommendation, list[tuple[float, bool]]]:
+    """Classify the last ``window`` seconds of ``service`` and recommend settings against the current
+    ``threshold`` and ``timeout``; also returns the calls it looked at."""
+    calls = load_calls(conn, service, now - window, now)
+    result = classify(calls, window_start=now - window, window_end=now)
+    rec = recommend(result, current_threshold=threshold, current_timeout=timeout, calls=calls)
+    return result, rec, calls
 
 
 class _Callback:
@@ -227,11 +237,9 @@ class Analyst:
 
     def analyse(self, conn: sqlite3.Connection, breaker: CircuitBreaker,
                 now: float) -> tuple[PatternResult, Recommendation]:
-        calls = load_calls(conn, breaker.name, now - self.window, now)
-        result = classify(calls, window_start=now - self.window, window_end=now)
         p = breaker.policy
-        rec = recommend(result, current_threshold=p.failure_threshold, current_timeout=p.recovery_timeout,
-                        calls=calls)
+        result, rec, _ = analyse_history(conn, breaker.name, p.failure_threshold, p.recovery_timeout,
+                                         now, self.window)
         return result, rec
 
     def _last_minute(self, conn: sqlite3.Connection, service: str, now: float) -> tuple[int, int]:
