@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import os
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -33,10 +34,7 @@ from circuitry._policy import Policy
 from circuitry._registry import DEFAULT, Registry
 from circuitry.exceptions import CircuitOpenError, ConfigurationError
 
-if TYPE_CHECKING:
-    pass
-
-__all__ = ["Circuit", "circuit"]
+__all__ = ["SPEEDUPS", "Circuit", "circuit"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -88,181 +86,52 @@ def circuit(name: str, *, registry: Registry | None = None, fallback: Callable[.
     return face
 
 
-class Circuit:
-    """What :func:`circuit` returns. Safe to share: one object may be entered by many threads and
-    tasks at once (each entry keeps its permit in a context variable, not on the object)."""
+# -- the hot paths that have a C twin --------------------------------------------------------------
+#
+# circuitry/_speedups.c holds the same three pieces in C: the `with` methods (the statement's two
+# Python frames are most of a `with` block's cost) and the decorator's refusal and failure count.
+# The C versions read the breaker's slots where these read its attributes and call the same methods
+# everywhere else. CIRCUITRY_NO_SPEEDUPS=1 (read at import) runs the Python versions.
 
-    __slots__ = ("_entries", "_fallback", "_policy", "_ref", "_registry", "name")
 
-    def __init__(self, name: str, *, registry: Registry | None = None,
-                 fallback: Callable[..., Any] | None = None, policy: Policy | None = None) -> None:
-        self.name = validate_name(name)
-        if registry is not None and not isinstance(registry, Registry):
-            raise ConfigurationError(f"registry must be a Registry, got {registry!r}")
-        if fallback is not None and not callable(fallback):
-            raise ConfigurationError(f"fallback must be callable, got {fallback!r}")
-        self._registry = registry
-        self._ref: Any = registry if registry is not None else DEFAULT
-        self._fallback = fallback
-        self._policy = policy
-        # Each entry of a `with` block: (breaker, permit, start time, the enclosing entry) for this
-        # thread or task — never on the shared object, which many tasks may enter at once.
+def _py_reject(b: CircuitBreaker) -> None:
+    """While ``b``'s open period runs, count a rejection and raise; else return (the caller then
+    takes the general path, which moves the circuit to half-open). For ``b._fast == -2`` only."""
+    now = b._now()
+    until = b._open_until
+    if now < until:
+        next(b._n_rej)
+        raise CircuitOpenError(b.name, "open", b._opened_at, until - now)
+
+
+def _py_failed(b: CircuitBreaker, token: int, exc: Exception) -> None:
+    """Count ``exc``, raised by a call admitted lock-free with ``token``."""
+    # The counter is read before the generation: a transition in between replaces it, so a
+    # completion that raced one lands in the discarded counter, never the new one.
+    consec = b._consec
+    if isinstance(exc, b._fail_types) and token == b._gen:
+        next(b._n_fail)
+        b._dirty = True
+        if next(consec) >= b._thr1:
+            b._trip_fast(token, exc)
+    else:
+        b._on_error(token, exc)
+
+
+class _PyWithBase:
+    """``with`` / ``async with`` for :class:`Circuit`. Each entry keeps (breaker, permit, start time,
+    the enclosing entry) in a context variable — per thread and per task, never on the shared object,
+    which many tasks may enter at once."""
+
+    __slots__ = ("_entries", "_ref", "name")
+
+    def __init__(self, name: str, ref: Any) -> None:
+        self.name = name
+        self._ref = ref  # a Registry, or the default registry's ref: has ``.breakers``
         self._entries: contextvars.ContextVar[tuple[Any, ...] | None] = contextvars.ContextVar(f"circuitry:{name}")
-        if policy is not None:  # a conflicting policy fails here; the breaker is made on first use
-            self._current_registry().declare(name, policy)
-
-    def _current_registry(self) -> Registry:
-        return self._registry if self._registry is not None else DEFAULT.registry
 
     def _create(self) -> CircuitBreaker:
-        return self._current_registry().get(self.name, self._policy)
-
-    def _breaker_now(self) -> CircuitBreaker:
-        return self._ref.breakers.get(self.name) or self._create()
-
-    @property
-    def breaker(self) -> CircuitBreaker:
-        """The breaker this circuit uses now (from the current registry)."""
-        return self._breaker_now()
-
-    def __repr__(self) -> str:
-        return f"circuit({self.name!r})"
-
-    # -- call ---------------------------------------------------------------------------------------
-
-    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Call ``fn(*args, **kwargs)`` through the breaker; for an ``async`` callable, returns the
-        awaitable to ``await``."""
-        return _calls.call_through(self.breaker, fn, args, kwargs, self._fallback)
-
-    # -- decorator ----------------------------------------------------------------------------------
-
-    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
-        if isinstance(fn, classmethod | staticmethod):
-            return type(fn)(self(fn.__func__))
-        fallback = self._fallback
-        if inspect.iscoroutinefunction(fn):
-            wrapper: Any = self._wrap_async(fn)
-        elif inspect.isasyncgenfunction(fn):
-            wrapper = self._wrap_async_gen(fn)
-        elif inspect.isgeneratorfunction(fn):
-            wrapper = self._wrap_gen(fn)
-        elif inspect.isfunction(fn) or inspect.ismethod(fn):
-            if fallback is not None and inspect.iscoroutinefunction(fallback):
-                raise ConfigurationError(f"fallback {fallback!r} is async but {fn!r} is not")
-            wrapper = self._wrap_sync(fn)
-        elif callable(fn):
-            return self._wrap_object(fn)
-        else:
-            raise ConfigurationError(f"circuit() decorates callables, got {fn!r}")
-        functools.update_wrapper(wrapper, fn)  # type: ignore[arg-type]
-        wrapper.circuit = self
-        return wrapper  # type: ignore[no-any-return]
-
-    def _wrap_sync(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        ref, name, create, fallback = self._ref, self.name, self._create, self._fallback
-        drive = _calls.drive_sync
-
-        # The hot path, written out: a closed breaker admits with one read (`_fast` is the generation)
-        # and counts a success with one atomic increment; an open one refuses from this frame. Every
-        # other case goes to the general driver.
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                b = ref.breakers[name]
-            except KeyError:
-                b = create()
-            token = b._fast
-            if token < 0:
-                if token == -2 and fallback is None:
-                    now = b._now()
-                    until = b._open_until
-                    if now < until:
-                        next(b._n_rej)
-                        raise CircuitOpenError(name, "open", b._opened_at, until - now)
-                return drive(b, fn, args, kwargs, fallback)
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as exc:
-                # The counter is read before the generation: a transition in between replaces it, so
-                # a completion that raced one lands in the discarded counter, never the new one.
-                consec = b._consec
-                if isinstance(exc, b._fail_types) and token == b._gen:
-                    next(b._n_fail)
-                    b._dirty = True
-                    if next(consec) >= b._thr1:
-                        b._trip_fast(token, exc)
-                else:
-                    b._on_error(token, exc)
-                raise
-            except BaseException:
-                next(b._n_cancel)
-                raise
-            next(b._n_ok)
-            if b._dirty:
-                b._clear_consecutive(token)
-            return result
-
-        return wrapper
-
-    # The async wrapper and the async-with methods repeat their sync twins line for line, on purpose:
-    # sharing a helper would put one more call (~50 ns) on every protected call.
-
-    def _wrap_async(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        ref, name, create, fallback = self._ref, self.name, self._create, self._fallback
-        drive = _calls.drive_async
-
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                b = ref.breakers[name]
-            except KeyError:
-                b = create()
-            token = b._fast
-            if token < 0:
-                if token == -2 and fallback is None:
-                    now = b._now()
-                    until = b._open_until
-                    if now < until:
-                        next(b._n_rej)
-                        raise CircuitOpenError(name, "open", b._opened_at, until - now)
-                return await drive(b, fn, args, kwargs, fallback)
-            try:
-                result = await fn(*args, **kwargs)
-            except Exception as exc:
-                # The counter is read before the generation: a transition in between replaces it, so
-                # a completion that raced one lands in the discarded counter, never the new one.
-                consec = b._consec
-                if isinstance(exc, b._fail_types) and token == b._gen:
-                    next(b._n_fail)
-                    b._dirty = True
-                    if next(consec) >= b._thr1:
-                        b._trip_fast(token, exc)
-                else:
-                    b._on_error(token, exc)
-                raise
-            except BaseException:
-                next(b._n_cancel)
-                raise
-            next(b._n_ok)
-            if b._dirty:
-                b._clear_consecutive(token)
-            return result
-
-        return wrapper
-
-    def _wrap_gen(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        return _calls.gen_wrapper(self._breaker_now, fn, self._fallback)
-
-    def _wrap_async_gen(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        return _calls.async_gen_wrapper(self._breaker_now, fn, self._fallback)
-
-    def _wrap_object(self, fn: Callable[P, R]) -> Callable[P, R]:
-        lookup, fallback = self._breaker_now, self._fallback
-
-        def through(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> Any:
-            return _calls.call_through(lookup(), wrapped, args, kwargs, fallback)
-
-        return wrapt.FunctionWrapper(fn, through)
+        raise NotImplementedError
 
     # -- with / async with --------------------------------------------------------------------------
 
@@ -319,3 +188,172 @@ class Circuit:
             b._on_error(token, exc, None if t0 is None else b._now() - t0)
         else:
             b.release(token)
+
+
+_speedups: Any = None
+if not os.environ.get("CIRCUITRY_NO_SPEEDUPS"):
+    try:
+        from circuitry import _speedups
+    except ImportError:  # built without a C compiler
+        pass
+    else:
+        _speedups.bind(CircuitBreaker, CircuitOpenError)
+
+#: Whether the C accelerator is in use.
+SPEEDUPS: bool = _speedups is not None
+
+if TYPE_CHECKING or _speedups is None:
+    _WithBase = _PyWithBase
+    _reject = _py_reject
+    _failed = _py_failed
+else:
+    _WithBase = _speedups.WithBase
+    _reject = _speedups.reject
+    _failed = _speedups.failed
+
+
+class Circuit(_WithBase):
+    """What :func:`circuit` returns. Safe to share: one object may be entered by many threads and
+    tasks at once (each entry is kept per thread and per task, never on the object)."""
+
+    __slots__ = ("_fallback", "_policy", "_registry")
+
+    def __init__(self, name: str, *, registry: Registry | None = None,
+                 fallback: Callable[..., Any] | None = None, policy: Policy | None = None) -> None:
+        super().__init__(validate_name(name), registry if registry is not None else DEFAULT)
+        if registry is not None and not isinstance(registry, Registry):
+            raise ConfigurationError(f"registry must be a Registry, got {registry!r}")
+        if fallback is not None and not callable(fallback):
+            raise ConfigurationError(f"fallback must be callable, got {fallback!r}")
+        self._registry = registry
+        self._fallback = fallback
+        self._policy = policy
+        if policy is not None:  # a conflicting policy fails here; the breaker is made on first use
+            self._current_registry().declare(name, policy)
+
+    def _current_registry(self) -> Registry:
+        return self._registry if self._registry is not None else DEFAULT.registry
+
+    def _create(self) -> CircuitBreaker:
+        return self._current_registry().get(self.name, self._policy)
+
+    def _breaker_now(self) -> CircuitBreaker:
+        return self._ref.breakers.get(self.name) or self._create()
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The breaker this circuit uses now (from the current registry)."""
+        return self._breaker_now()
+
+    def __repr__(self) -> str:
+        return f"circuit({self.name!r})"
+
+    # -- call ---------------------------------------------------------------------------------------
+
+    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn(*args, **kwargs)`` through the breaker; for an ``async`` callable, returns the
+        awaitable to ``await``."""
+        return _calls.call_through(self.breaker, fn, args, kwargs, self._fallback)
+
+    # -- decorator ----------------------------------------------------------------------------------
+
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
+        if isinstance(fn, classmethod | staticmethod):
+            return type(fn)(self(fn.__func__))
+        fallback = self._fallback
+        if inspect.iscoroutinefunction(fn):
+            wrapper: Any = self._wrap_async(fn)
+        elif inspect.isasyncgenfunction(fn):
+            wrapper = self._wrap_async_gen(fn)
+        elif inspect.isgeneratorfunction(fn):
+            wrapper = self._wrap_gen(fn)
+        elif inspect.isfunction(fn) or inspect.ismethod(fn):
+            if fallback is not None and inspect.iscoroutinefunction(fallback):
+                raise ConfigurationError(f"fallback {fallback!r} is async but {fn!r} is not")
+            wrapper = self._wrap_sync(fn)
+        elif callable(fn):
+            return self._wrap_object(fn)
+        else:
+            raise ConfigurationError(f"circuit() decorates callables, got {fn!r}")
+        functools.update_wrapper(wrapper, fn)  # type: ignore[arg-type]
+        wrapper.circuit = self
+        return wrapper  # type: ignore[no-any-return]
+
+    def _wrap_sync(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        ref, name, create, fallback = self._ref, self.name, self._create, self._fallback
+        drive, reject, failed = _calls.drive_sync, _reject, _failed
+
+        # The hot path, written out: a closed breaker admits with one read (`_fast` is the generation)
+        # and counts a success with one atomic increment; an open one refuses from this frame. Every
+        # other case goes to the general driver.
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                b = ref.breakers[name]
+            except KeyError:
+                b = create()
+            token = b._fast
+            if token < 0:
+                if token == -2 and fallback is None:
+                    reject(b)  # raises while the open period runs
+                return drive(b, fn, args, kwargs, fallback)
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                failed(b, token, exc)
+                raise
+            except BaseException:
+                next(b._n_cancel)
+                raise
+            next(b._n_ok)
+            if b._dirty:
+                b._clear_consecutive(token)
+            return result
+
+        return wrapper
+
+    # The async wrapper and the async-with methods repeat their sync twins line for line, on purpose:
+    # sharing a helper would put one more call (~50 ns) on every protected call.
+
+    def _wrap_async(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        ref, name, create, fallback = self._ref, self.name, self._create, self._fallback
+        drive, reject, failed = _calls.drive_async, _reject, _failed
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                b = ref.breakers[name]
+            except KeyError:
+                b = create()
+            token = b._fast
+            if token < 0:
+                if token == -2 and fallback is None:
+                    reject(b)  # raises while the open period runs
+                return await drive(b, fn, args, kwargs, fallback)
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                failed(b, token, exc)
+                raise
+            except BaseException:
+                next(b._n_cancel)
+                raise
+            next(b._n_ok)
+            if b._dirty:
+                b._clear_consecutive(token)
+            return result
+
+        return wrapper
+
+    def _wrap_gen(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return _calls.gen_wrapper(self._breaker_now, fn, self._fallback)
+
+    def _wrap_async_gen(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return _calls.async_gen_wrapper(self._breaker_now, fn, self._fallback)
+
+    def _wrap_object(self, fn: Callable[P, R]) -> Callable[P, R]:
+        lookup, fallback = self._breaker_now, self._fallback
+
+        def through(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+            return _calls.call_through(lookup(), wrapped, args, kwargs, fallback)
+
+        return wrapt.FunctionWrapper(fn, through)

@@ -1,0 +1,277 @@
+"""The C accelerator (circuitry/_speedups.c) and its pure-Python twin.
+
+Every test here but the table internals runs against whichever faces are in use; the whole face suite
+also runs once more, in a subprocess, on the pure-Python faces (``CIRCUITRY_NO_SPEEDUPS=1``), so both
+implementations pass the same tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import gc
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+import weakref
+from pathlib import Path
+
+import pytest
+
+from circuitry import CircuitOpenError, CircuitState, Registry, _faces, circuit
+from circuitry._faces import Circuit
+from circuitry.testing import FakeClock
+
+from .conftest import Boom
+
+PURE = bool(os.environ.get("CIRCUITRY_NO_SPEEDUPS"))
+needs_c = pytest.mark.skipif(not _faces.SPEEDUPS, reason="the C accelerator is not in use (pure-Python faces)")
+
+
+def _compiler_available() -> bool:
+    cc = (sysconfig.get_config_var("CC") or "").split()
+    return bool(cc) and shutil.which(cc[0]) is not None
+
+
+def test_the_accelerator_is_in_use_wherever_it_can_be_built() -> None:
+    if PURE:
+        assert not _faces.SPEEDUPS
+        assert Circuit.__mro__[1] is _faces._PyWithBase
+    elif _compiler_available():
+        # pip install built it (setup.py marks it optional only for machines without a compiler)
+        assert _faces.SPEEDUPS, "a C compiler is available but circuitry._speedups did not build or import"
+        assert Circuit.__mro__[1].__module__ == "circuitry._speedups"
+    else:
+        assert (_faces._speedups is not None) == _faces.SPEEDUPS
+
+
+@pytest.mark.skipif(PURE, reason="this is the test that starts the pure-Python run")
+def test_the_face_tests_pass_on_the_pure_python_faces() -> None:
+    root = Path(__file__).resolve().parent.parent
+    files = ["tests/test_sync.py", "tests/test_async.py", "tests/test_concurrency.py", "tests/test_memory.py",
+             "tests/test_state_machine.py", "tests/test_speedups.py"]
+    env = {**os.environ, "CIRCUITRY_NO_SPEEDUPS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *files],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    tail = proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, tail
+    passed = re.search(r"(\d+) passed", proc.stdout)
+    assert passed is not None, tail
+    assert int(passed.group(1)) >= 60, tail
+    assert "failed" not in proc.stdout.splitlines()[-1], tail
+
+
+# -- behaviour both implementations share ------------------------------------------------------------
+
+
+def test_stale_with_completion_changes_nothing(registry: Registry, clock: FakeClock) -> None:
+    c = circuit("svc", failure_threshold=2)
+    b = c.breaker
+    c.__enter__()  # admitted in generation 0, lock-free
+    b.force_open()
+    b.reset()  # generation moved on twice
+    b.record_failure(b._acquire())  # one real failure in the new generation
+    c.__exit__(Boom, Boom(), None)  # the stale entry fails: must not count towards the threshold
+    assert b.state is CircuitState.CLOSED
+    assert b.stats().consecutive_failures == 1
+
+
+def test_a_with_block_at_half_open_holds_the_probe_and_gives_it_back(registry: Registry, clock: FakeClock) -> None:
+    c = circuit("svc", failure_threshold=1, recovery_timeout=10, half_open_max_calls=1)
+    with pytest.raises(Boom), c:
+        raise Boom()
+    clock.advance(10)
+    with c:
+        with pytest.raises(CircuitOpenError) as info, c:  # the only probe is taken (nested entry)
+            pass
+        assert info.value.state == "half_open"
+    assert c.breaker.state is CircuitState.CLOSED
+    with pytest.raises(Boom), c:
+        raise Boom()
+    clock.advance(10)
+    with pytest.raises(KeyboardInterrupt), c:  # a cancelled probe gives its permit back
+        raise KeyboardInterrupt
+    with c:
+        pass
+    assert c.breaker.state is CircuitState.CLOSED
+
+
+def test_timed_with_blocks_feed_the_slow_call_rule(registry: Registry, clock: FakeClock) -> None:
+    c = circuit("svc", slow_call_duration=1.0, slow_call_rate_threshold=0.5, window_size=4, minimum_calls=4)
+    for _ in range(4):
+        with c:
+            clock.advance(2.0)
+    assert c.breaker.state is CircuitState.OPEN
+    assert c.breaker.stats().successes == 4
+
+
+def test_one_circuit_entered_by_many_threads_with_nesting(registry: Registry) -> None:
+    c = circuit("svc", failure_threshold=10**9)
+    threads, rounds = 8, 500
+    start = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            start.wait()
+            for i in range(rounds):
+                with c:
+                    with contextlib.suppress(Boom), c:
+                        if (i + k) % 3 == 0:
+                            raise Boom()
+                    contextvars.ContextVar("touch").set(i)  # the thread's context is in use mid-block
+        except BaseException as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    pool = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert errors == []
+    s = c.breaker.stats()
+    failures = sum(1 for k in range(threads) for i in range(rounds) if (i + k) % 3 == 0)
+    assert s.failures == failures
+    assert s.successes == 2 * threads * rounds - failures
+    if _faces.SPEEDUPS:
+        assert c._open_entries == 0
+
+
+async def test_ten_thousand_tasks_inside_one_async_with(registry: Registry) -> None:
+    c = circuit("svc", failure_threshold=10**9)
+    gate, all_inside = asyncio.Event(), asyncio.Event()
+    inside = 0
+
+    async def task(i: int) -> None:
+        nonlocal inside
+        async with c:
+            inside += 1
+            if inside == 10_000:
+                all_inside.set()
+            await gate.wait()
+            if i % 7 == 0:
+                raise Boom()
+
+    tasks = [asyncio.create_task(task(i)) for i in range(10_000)]
+    await all_inside.wait()
+    if _faces.SPEEDUPS:
+        assert c._open_entries == 10_000
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert sum(isinstance(r, Boom) for r in results) == len(range(0, 10_000, 7))
+    s = c.breaker.stats()
+    assert (s.successes, s.failures) == (10_000 - len(range(0, 10_000, 7)), len(range(0, 10_000, 7)))
+    if _faces.SPEEDUPS:
+        assert c._open_entries == 0
+        assert c._table_capacity <= 32  # the burst's table was given back
+
+
+async def test_interleaved_tasks_nest_one_circuit(registry: Registry) -> None:
+    c = circuit("svc", failure_threshold=10**9)
+    order: list[str] = []
+
+    async def task(name: str, fail_inner: bool) -> None:
+        async with c:
+            await asyncio.sleep(0)
+            try:
+                async with c:
+                    order.append(name)
+                    await asyncio.sleep(0)
+                    if fail_inner:
+                        raise Boom()
+            except Boom:
+                pass
+            await asyncio.sleep(0)
+
+    await asyncio.gather(task("a", True), task("b", False), task("c", True))
+    s = c.breaker.stats()
+    assert sorted(order) == ["a", "b", "c"]
+    assert (s.successes, s.failures) == (4, 2)
+
+
+@needs_c  # (a ContextVar is inherited by the child task's copy of the context: no error there)
+async def test_exit_from_another_task_is_refused_and_keeps_the_entry(registry: Registry) -> None:
+    c = circuit("svc")
+    await c.__aenter__()
+
+    async def other() -> None:
+        await c.__aexit__(None, None, None)
+
+    with pytest.raises(RuntimeError, match="without a matching"):
+        await asyncio.create_task(other())
+    await c.__aexit__(None, None, None)  # the entering task's entry was kept
+    assert c.breaker.stats().successes == 1
+
+
+async def test_aenter_works_with_exit_stacks_and_the_iterator_protocol(registry: Registry) -> None:
+    c = circuit("svc")
+    async with contextlib.AsyncExitStack() as stack:
+        b = await stack.enter_async_context(c)
+        assert b is c.breaker
+    it = c.__aenter__().__await__()  # driven through the iterator protocol, as `yield from` does
+    with pytest.raises(StopIteration) as stop:
+        next(it)
+    assert stop.value.value is c.breaker
+    assert await c.__aexit__(None, None, None) is None
+    assert c.breaker.stats().successes == 2
+
+
+def test_rejection_and_counted_failure_from_the_decorator(registry: Registry, clock: FakeClock) -> None:
+    @circuit("svc", failure_threshold=2, recovery_timeout=5)
+    def f(fail: bool) -> int:
+        if fail:
+            raise Boom()
+        return 1
+
+    for _ in range(2):
+        with pytest.raises(Boom):
+            f(True)
+    with pytest.raises(CircuitOpenError) as info:
+        f(False)
+    assert (info.value.name, info.value.state, info.value.retry_after) == ("svc", "open", 5.0)
+    clock.advance(5)
+    assert f(False) == 1  # the open period ended: the general path probes and closes
+    s = registry["svc"].stats()
+    assert (s.successes, s.failures, s.rejected, s.state) == (1, 2, 1, CircuitState.CLOSED)
+
+
+# -- the C table's own bookkeeping ---------------------------------------------------------------------
+
+
+@needs_c
+def test_an_unreachable_cycle_through_an_open_entry_is_collected() -> None:
+    class Marker:
+        pass
+
+    def make_cycle() -> weakref.ref[Marker]:
+        c = Circuit("svc", registry=Registry(hooks=[]))
+        marker = Marker()
+        var: contextvars.ContextVar[object] = contextvars.ContextVar("cycle")
+
+        def enter_and_leave_open() -> None:
+            var.set((c, marker))  # the context refers to the circuit; the entry refers to the context
+            c.__enter__()
+
+        contextvars.copy_context().run(enter_and_leave_open)
+        assert c._open_entries == 1
+        return weakref.ref(marker)
+
+    gone = make_cycle()
+    gc.collect()
+    assert gone() is None
+
+
+@needs_c
+def test_an_entry_outlives_nothing_it_should_not() -> None:
+    reg = Registry(hooks=[])
+    c = Circuit("svc", registry=reg)
+    for _ in range(1000):
+        with c:
+            with c:
+                pass
+    assert (c._open_entries, c._table_capacity) == (0, 8)
