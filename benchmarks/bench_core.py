@@ -50,7 +50,7 @@ import pybreaker
 from purgatory.domain.model import OpenedState
 
 import circuitry
-from circuitry import CircuitOpenError, CircuitState, Registry, circuit
+from circuitry import CircuitOpenError, CircuitState, Registry, _faces, circuit
 
 PEERS = ("pybreaker", "circuitbreaker", "purgatory", "aiobreaker")
 LIBS = ("circuitry", *PEERS)
@@ -374,6 +374,8 @@ def machine() -> list[str]:
         f"CPU: {cpu} ({os.cpu_count()} logical CPUs)",
         f"Python: {sys.version.split()[0]} ({platform.python_implementation()})",
         f"libraries: {versions}",
+        "circuitry faces: " + ("C accelerator (circuitry._speedups)" if _faces.SPEEDUPS else
+                               "pure Python (CIRCUITRY_NO_SPEEDUPS is set, or the extension was not built)"),
     ]
 
 

@@ -18,9 +18,9 @@ class Big:
         self.payload = bytearray(10_000_000)
 
 
-def test_one_hundred_thousand_rejections_retain_no_memory() -> None:
+def test_one_hundred_thousand_rejections_per_face_retain_no_memory() -> None:
     grown = measure_in_subprocess("""
-        import gc, tracemalloc
+        import asyncio, gc, tracemalloc
         from circuitry import CircuitOpenError, Registry, circuit
         reg = Registry(hooks=[])
 
@@ -33,12 +33,29 @@ def test_one_hundred_thousand_rejections_retain_no_memory() -> None:
         except ValueError:
             pass
 
-        def reject(n):
+        c = circuit("mem", registry=reg)
+        loop = asyncio.new_event_loop()
+
+        async def reject_async_with(n):
+            for _ in range(n):
+                try:
+                    async with c:
+                        pass
+                except CircuitOpenError:
+                    pass
+
+        def reject(n):  # by the decorator, a `with` block and an `async with` block
             for _ in range(n):
                 try:
                     f()
                 except CircuitOpenError:
                     pass
+                try:
+                    with c:
+                        pass
+                except CircuitOpenError:
+                    pass
+            loop.run_until_complete(reject_async_with(n))
 
         reject(1000)  # warm up caches
         gc.collect()
@@ -49,7 +66,7 @@ def test_one_hundred_thousand_rejections_retain_no_memory() -> None:
         reject(100_000)
         gc.collect()
         after = tracemalloc.get_traced_memory()[0]
-        assert reg["mem"].stats().rejected == 102_000
+        assert reg["mem"].stats().rejected == 3 * 102_000
         print(after - before)
     """)
     assert grown < 4096, grown  # purgatory's shared error grows ~1.5 KB per call

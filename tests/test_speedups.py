@@ -22,6 +22,8 @@ import weakref
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from circuitry import CircuitOpenError, CircuitState, Registry, _faces, circuit
 from circuitry._faces import Circuit
@@ -275,3 +277,71 @@ def test_an_entry_outlives_nothing_it_should_not() -> None:
             with c:
                 pass
     assert (c._open_entries, c._table_capacity) == (0, 8)
+
+
+# -- differential: the C `with` methods against their Python twin ---------------------------------------
+
+OPS = st.one_of(
+    st.tuples(st.just("enter"), st.integers(0, 2)),
+    st.tuples(st.just("exit"), st.integers(0, 2), st.sampled_from(["ok", "fail", "ignored", "cancel"])),
+    st.tuples(st.just("advance"), st.sampled_from([0.5, 3.0, 11.0])),
+    st.tuples(st.just("manual"), st.sampled_from(["force_open", "force_closed", "reset"])),
+)
+POLICIES = st.sampled_from([
+    {"failure_threshold": 1, "recovery_timeout": 10, "on": Boom},
+    {"failure_threshold": 3, "recovery_timeout": 10, "half_open_max_calls": 2, "on": Boom},
+    {"failure_threshold": 2, "recovery_timeout": 10, "slow_call_duration": 1.0, "window_size": 4,
+     "minimum_calls": 2, "slow_call_rate_threshold": 0.5, "on": Boom},
+    {"failure_threshold": 10, "failure_rate_threshold": 0.5, "window_size": 4, "minimum_calls": 4,
+     "recovery_timeout": 10, "on": Boom},
+])
+
+
+def _face(base: type, registry: Registry, policy: dict[str, object]) -> object:
+    class Face(base):  # type: ignore[misc, valid-type]
+        __slots__ = ()
+
+        def _create(self) -> object:
+            return registry.get(self.name, **policy)
+
+    return Face("svc", registry)
+
+
+def _run(face: object, flows: list[contextvars.Context], registry: Registry, clock: FakeClock,
+         op: tuple[object, ...]) -> object:
+    kind = op[0]
+    if kind == "advance":
+        clock.advance(op[1])  # type: ignore[arg-type]
+        return None
+    if kind == "manual":
+        getattr(registry.get("svc"), op[1])()  # type: ignore[arg-type]
+        return None
+    ctx = flows[op[1]]  # type: ignore[index]
+    try:
+        if kind == "enter":
+            ctx.run(face.__enter__)  # type: ignore[attr-defined]
+            return "entered"
+        outcome = op[2]
+        exc = {"ok": None, "fail": Boom(), "ignored": KeyError("x"), "cancel": KeyboardInterrupt()}[outcome]  # type: ignore[index]
+        ctx.run(face.__exit__, None if exc is None else type(exc), exc, None)  # type: ignore[attr-defined]
+        return "exited"
+    except CircuitOpenError as err:
+        return ("refused", err.state, err.retry_after)
+    except RuntimeError as err:
+        return ("runtime", "without a matching" in str(err))
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(policy=POLICIES, ops=st.lists(OPS, max_size=60))
+def test_the_c_with_methods_match_the_python_ones(policy: dict[str, object], ops: list[tuple[object, ...]]) -> None:
+    sides = []
+    for base in (_faces._PyWithBase, _faces._speedups.WithBase):
+        clock = FakeClock()
+        registry = Registry(clock=clock, hooks=[])
+        sides.append((_face(base, registry, policy), [contextvars.Context() for _ in range(3)], registry, clock))
+    for op in ops:
+        results = [_run(face, flows, reg, clock, op) for face, flows, reg, clock in sides]
+        assert results[0] == results[1], op
+        stats = [reg.get("svc").stats() for _, _, reg, _ in sides]
+        assert stats[0] == stats[1], op
