@@ -71,6 +71,16 @@ tick(PyObject *b, Py_ssize_t off)
     return 0;
 }
 
+/* Calls the breaker's clock, holding a reference: the slot's may be its only one. */
+static inline PyObject *
+call_clock(PyObject *nowf)
+{
+    Py_INCREF(nowf);
+    PyObject *now = PyObject_CallNoArgs(nowf);
+    Py_DECREF(nowf);
+    return now;
+}
+
 /* The generation when `v` is a non-negative int (the lock-free closed path), else -1. */
 static inline long
 generation(PyObject *v)
@@ -144,7 +154,7 @@ reject(PyObject *module, PyObject *b)
     }
     Py_INCREF(until);
     Py_INCREF(opened);
-    PyObject *now = PyObject_CallNoArgs(nowf);
+    PyObject *now = call_clock(nowf);
     PyObject *result = NULL;
     if (now == NULL) {
         goto done;
@@ -211,7 +221,9 @@ failed(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         inline_count = 0;
     }
     else {
+        Py_INCREF(types);  /* isinstance may run Python code (__instancecheck__), which may replace it */
         int match = PyObject_IsInstance(exc, types);
+        Py_DECREF(types);
         if (match < 0) {
             Py_DECREF(consec);
             return NULL;
@@ -696,7 +708,7 @@ with_enter_impl(WithBase *self)
     PyObject *t0 = Py_None;
     if (SLOT(b, off_timed) == Py_True) {
         PyObject *nowf = slot(b, off_now, "_now");
-        t0 = nowf ? PyObject_CallNoArgs(nowf) : NULL;
+        t0 = nowf ? call_clock(nowf) : NULL;
     }
     else {
         Py_INCREF(t0);
@@ -740,7 +752,7 @@ with_exit_impl(WithBase *self, PyObject *exc)
     PyObject *duration = NULL;
     if (t0 != Py_None) {
         PyObject *nowf = slot(b, off_now, "_now");
-        PyObject *now = nowf ? PyObject_CallNoArgs(nowf) : NULL;
+        PyObject *now = nowf ? call_clock(nowf) : NULL;
         if (now == NULL) {
             goto done;
         }
