@@ -134,3 +134,83 @@ async def test_async_failures_do_not_keep_frames(registry: Registry) -> None:
             pass
     gc.collect()
     assert [r() for r in refs] == [None, None, None]
+
+
+@pytest.mark.parametrize("path", ["success", "failure", "ignored", "cancelled", "nested", "timed", "probe",
+                                  "async_success", "async_failure"])
+def test_with_blocks_retain_nothing_per_entry(path: str) -> None:
+    """Each outcome of a `with` / `async with` block, 20,000 times: nothing is retained (the C faces
+    keep their entries in a table per circuit; this is where a lost reference would show)."""
+    grown = measure_in_subprocess(f"""
+        import asyncio, gc, tracemalloc
+        from circuitry import CircuitOpenError, Registry, circuit
+        from circuitry.testing import FakeClock
+        clock = FakeClock()
+        reg = Registry(clock=clock, hooks=[])
+        path = {path!r}
+        policy = dict(failure_threshold=10**9, on=KeyError)
+        if path == "timed":
+            policy["measure_latency"] = True
+        if path == "probe":
+            policy = dict(failure_threshold=1, recovery_timeout=1, on=KeyError)
+        c = circuit("mem", registry=reg, **policy)
+        loop = asyncio.new_event_loop()
+
+        async def aone():
+            try:
+                async with c:
+                    if path == "async_failure":
+                        raise KeyError("x")
+            except KeyError:
+                pass
+
+        def one():
+            try:
+                if path == "success" or path == "timed":
+                    with c:
+                        clock.advance(0.001)
+                elif path == "failure":
+                    with c:
+                        raise KeyError("x")
+                elif path == "ignored":
+                    with c:
+                        raise ValueError("x")
+                elif path == "cancelled":
+                    with c:
+                        raise KeyboardInterrupt
+                elif path == "nested":
+                    with c:
+                        with c:
+                            pass
+                elif path == "probe":  # fail (opens), wait, probe succeeds (closes)
+                    with c:
+                        raise KeyError("x")
+            except (KeyError, ValueError, KeyboardInterrupt):
+                pass
+            if path == "probe":
+                clock.advance(1)
+                with c:
+                    pass
+
+        def run(n):
+            if path.startswith("async"):
+                for _ in range(n):
+                    loop.run_until_complete(aone())
+            else:
+                for _ in range(n):
+                    one()
+
+        run(2000)
+        gc.collect()
+        tracemalloc.start()
+        run(1000)  # what tracing itself allocates once
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        run(20_000)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+        s = reg["mem"].stats()
+        assert s.successes + s.failures + s.ignored + s.cancelled >= 23_000, s
+        print(after - before)
+    """)
+    assert grown < 4096, grown
