@@ -88,34 +88,10 @@ def circuit(name: str, *, registry: Registry | None = None, fallback: Callable[.
 
 # -- the hot paths that have a C twin --------------------------------------------------------------
 #
-# circuitry/_speedups.c holds the same three pieces in C: the `with` methods (the statement's two
-# Python frames are most of a `with` block's cost) and the decorator's refusal and failure count.
-# The C versions read the breaker's slots where these read its attributes and call the same methods
-# everywhere else. CIRCUITRY_NO_SPEEDUPS=1 (read at import) runs the Python versions.
-
-
-def _py_reject(b: CircuitBreaker) -> None:
-    """While ``b``'s open period runs, count a rejection and raise; else return (the caller then
-    takes the general path, which moves the circuit to half-open). For ``b._fast == -2`` only."""
-    now = b._now()
-    until = b._open_until
-    if now < until:
-        next(b._n_rej)
-        raise CircuitOpenError(b.name, "open", b._opened_at, until - now)
-
-
-def _py_failed(b: CircuitBreaker, token: int, exc: Exception) -> None:
-    """Count ``exc``, raised by a call admitted lock-free with ``token``."""
-    # The counter is read before the generation: a transition in between replaces it, so a
-    # completion that raced one lands in the discarded counter, never the new one.
-    consec = b._consec
-    if isinstance(exc, b._fail_types) and token == b._gen:
-        next(b._n_fail)
-        b._dirty = True
-        if next(consec) >= b._thr1:
-            b._trip_fast(token, exc)
-    else:
-        b._on_error(token, exc)
+# circuitry/_speedups.c holds three pieces in C: the `with` methods below, and the decorator's
+# refusal of an open circuit and inline failure count (written out in the wrappers, which call the C
+# twin when it is there). The C versions read the breaker's slots where these read its attributes and
+# call the same methods everywhere else. CIRCUITRY_NO_SPEEDUPS=1 (read at import) runs the Python ones.
 
 
 class _PyWithBase:
@@ -202,14 +178,12 @@ if not os.environ.get("CIRCUITRY_NO_SPEEDUPS"):
 #: Whether the C accelerator is in use.
 SPEEDUPS: bool = _speedups is not None
 
-if TYPE_CHECKING or _speedups is None:
+_reject: Callable[[CircuitBreaker], None] | None = None if _speedups is None else _speedups.reject
+_failed: Callable[[CircuitBreaker, int, Exception], None] | None = None if _speedups is None else _speedups.failed
+if TYPE_CHECKING or _speedups is None:  # noqa: SIM108 (mypy needs a plain alias for a base class)
     _WithBase = _PyWithBase
-    _reject = _py_reject
-    _failed = _py_failed
 else:
     _WithBase = _speedups.WithBase
-    _reject = _speedups.reject
-    _failed = _speedups.failed
 
 
 class Circuit(_WithBase):
@@ -294,12 +268,31 @@ class Circuit(_WithBase):
             token = b._fast
             if token < 0:
                 if token == -2 and fallback is None:
-                    reject(b)  # raises while the open period runs
+                    if reject is not None:
+                        reject(b)  # the C twin of the lines below
+                    else:
+                        now = b._now()
+                        until = b._open_until
+                        if now < until:
+                            next(b._n_rej)
+                            raise CircuitOpenError(name, "open", b._opened_at, until - now)
                 return drive(b, fn, args, kwargs, fallback)
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
-                failed(b, token, exc)
+                if failed is not None:
+                    failed(b, token, exc)  # the C twin of the lines below
+                else:
+                    # The counter is read before the generation: a transition in between replaces
+                    # it, so a completion that raced one lands in the discarded counter.
+                    consec = b._consec
+                    if isinstance(exc, b._fail_types) and token == b._gen:
+                        next(b._n_fail)
+                        b._dirty = True
+                        if next(consec) >= b._thr1:
+                            b._trip_fast(token, exc)
+                    else:
+                        b._on_error(token, exc)
                 raise
             except BaseException:
                 next(b._n_cancel)
@@ -326,12 +319,31 @@ class Circuit(_WithBase):
             token = b._fast
             if token < 0:
                 if token == -2 and fallback is None:
-                    reject(b)  # raises while the open period runs
+                    if reject is not None:
+                        reject(b)  # the C twin of the lines below
+                    else:
+                        now = b._now()
+                        until = b._open_until
+                        if now < until:
+                            next(b._n_rej)
+                            raise CircuitOpenError(name, "open", b._opened_at, until - now)
                 return await drive(b, fn, args, kwargs, fallback)
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
-                failed(b, token, exc)
+                if failed is not None:
+                    failed(b, token, exc)  # the C twin of the lines below
+                else:
+                    # The counter is read before the generation: a transition in between replaces
+                    # it, so a completion that raced one lands in the discarded counter.
+                    consec = b._consec
+                    if isinstance(exc, b._fail_types) and token == b._gen:
+                        next(b._n_fail)
+                        b._dirty = True
+                        if next(consec) >= b._thr1:
+                            b._trip_fast(token, exc)
+                    else:
+                        b._on_error(token, exc)
                 raise
             except BaseException:
                 next(b._n_cancel)
