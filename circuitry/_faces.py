@@ -222,6 +222,13 @@ class Circuit(_WithBase):
     def __repr__(self) -> str:
         return f"circuit({self.name!r})"
 
+    # A circuit is a shared handle, like a function: copying gives the same object.
+    def __copy__(self) -> Circuit:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Circuit:
+        return self
+
     # -- call ---------------------------------------------------------------------------------------
 
     def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:

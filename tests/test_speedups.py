@@ -242,6 +242,14 @@ def test_rejection_and_counted_failure_from_the_decorator(registry: Registry, cl
     assert (s.successes, s.failures, s.rejected, s.state) == (1, 2, 1, CircuitState.CLOSED)
 
 
+def test_copying_a_circuit_gives_the_same_handle(registry: Registry) -> None:
+    import copy
+
+    c = circuit("svc")
+    assert copy.copy(c) is c
+    assert copy.deepcopy({"c": c})["c"] is c
+
+
 # -- the C table's own bookkeeping ---------------------------------------------------------------------
 
 
