@@ -88,10 +88,26 @@ def circuit(name: str, *, registry: Registry | None = None, fallback: Callable[.
 
 # -- the hot paths that have a C twin --------------------------------------------------------------
 #
-# circuitry/_speedups.c holds three pieces in C: the `with` methods below, and the decorator's
-# refusal of an open circuit and inline failure count (written out in the wrappers, which call the C
-# twin when it is there). The C versions read the breaker's slots where these read its attributes and
-# call the same methods everywhere else. CIRCUITRY_NO_SPEEDUPS=1 (read at import) runs the Python ones.
+# circuitry/_speedups.c holds three pieces in C: the `with` methods below, the decorator's inline
+# failure count (`_py_failed`), and its refusal of an open circuit (written out in the wrappers,
+# which call the C twin when it is there: a helper call would cost the Python build up to 100 ns per
+# refusal, and refusals are what an outage is made of). The C versions read the breaker's slots where
+# these read its attributes and call the same methods everywhere else. CIRCUITRY_NO_SPEEDUPS=1 (read
+# at import) runs the Python ones.
+
+
+def _py_failed(b: CircuitBreaker, token: int, exc: Exception) -> None:
+    """Count ``exc``, raised by a call the decorator admitted lock-free with ``token``."""
+    # The counter is read before the generation: a transition in between replaces it, so a
+    # completion that raced one lands in the discarded counter, never the new one.
+    consec = b._consec
+    if isinstance(exc, b._fail_types) and token == b._gen:
+        next(b._n_fail)
+        b._dirty = True
+        if next(consec) >= b._thr1:
+            b._trip_fast(token, exc)
+    else:
+        b._on_error(token, exc)
 
 
 class _PyWithBase:
@@ -179,7 +195,7 @@ if not os.environ.get("CIRCUITRY_NO_SPEEDUPS"):
 SPEEDUPS: bool = _speedups is not None
 
 _reject: Callable[[CircuitBreaker], None] | None = None if _speedups is None else _speedups.reject
-_failed: Callable[[CircuitBreaker, int, Exception], None] | None = None if _speedups is None else _speedups.failed
+_failed: Callable[[CircuitBreaker, int, Exception], None] = _py_failed if _speedups is None else _speedups.failed
 if TYPE_CHECKING or _speedups is None:  # noqa: SIM108 (mypy needs a plain alias for a base class)
     _WithBase = _PyWithBase
 else:
@@ -287,19 +303,7 @@ class Circuit(_WithBase):
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
-                if failed is not None:
-                    failed(b, token, exc)  # the C twin of the lines below
-                else:
-                    # The counter is read before the generation: a transition in between replaces
-                    # it, so a completion that raced one lands in the discarded counter.
-                    consec = b._consec
-                    if isinstance(exc, b._fail_types) and token == b._gen:
-                        next(b._n_fail)
-                        b._dirty = True
-                        if next(consec) >= b._thr1:
-                            b._trip_fast(token, exc)
-                    else:
-                        b._on_error(token, exc)
+                failed(b, token, exc)
                 raise
             except BaseException:
                 next(b._n_cancel)
@@ -338,19 +342,7 @@ class Circuit(_WithBase):
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
-                if failed is not None:
-                    failed(b, token, exc)  # the C twin of the lines below
-                else:
-                    # The counter is read before the generation: a transition in between replaces
-                    # it, so a completion that raced one lands in the discarded counter.
-                    consec = b._consec
-                    if isinstance(exc, b._fail_types) and token == b._gen:
-                        next(b._n_fail)
-                        b._dirty = True
-                        if next(consec) >= b._thr1:
-                            b._trip_fast(token, exc)
-                    else:
-                        b._on_error(token, exc)
+                failed(b, token, exc)
                 raise
             except BaseException:
                 next(b._n_cancel)
