@@ -353,3 +353,39 @@ def test_the_c_with_methods_match_the_python_ones(policy: dict[str, object], ops
         assert results[0] == results[1], op
         stats = [reg.get("svc").stats() for _, _, reg, _ in sides]
         assert stats[0] == stats[1], op
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=st.lists(st.tuples(st.integers(0, 40), st.booleans()), max_size=300))
+def test_each_exit_reports_its_own_flows_innermost_entry(ops: list[tuple[int, bool]]) -> None:
+    """Up to 41 flows entering and leaving one circuit in any order, with nesting: every exit reports
+    the duration of its own flow's innermost entry (each entry's start time is unique), and nothing is
+    left behind. This is the C table's probing, growth and back-shift deletion under random order."""
+    clock = FakeClock()
+    registry = Registry(clock=clock, hooks=[])
+    c = Circuit("svc", registry=registry, policy=None)
+    b = registry.get("svc", measure_latency=True)
+    flows = [contextvars.Context() for _ in range(41)]
+    stacks: list[list[float]] = [[] for _ in flows]
+    for k, enter in ops:
+        clock.advance(1.0)
+        if enter:
+            flows[k].run(c.__enter__)
+            stacks[k].append(clock.monotonic())
+        elif not stacks[k]:
+            with pytest.raises(RuntimeError, match="without a matching"):
+                flows[k].run(c.__exit__, None, None, None)
+        else:
+            flows[k].run(c.__exit__, None, None, None)
+            took = clock.monotonic() - stacks[k].pop()
+            assert b.take_latency() == (1, took, took)
+        if _faces.SPEEDUPS:
+            assert c._open_entries == sum(map(len, stacks))
+    for k, stack in enumerate(stacks):  # leave every block still open, innermost first
+        while stack:
+            flows[k].run(c.__exit__, None, None, None)
+            took = clock.monotonic() - stack.pop()
+            assert b.take_latency() == (1, took, took)
+    assert b.stats().successes == sum(1 for _, enter in ops if enter)
+    if _faces.SPEEDUPS:
+        assert (c._open_entries, c._table_capacity <= 32) == (0, True)
