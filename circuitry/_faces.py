@@ -210,11 +210,12 @@ class Circuit(_WithBase):
 
     def __init__(self, name: str, *, registry: Registry | None = None,
                  fallback: Callable[..., Any] | None = None, policy: Policy | None = None) -> None:
-        super().__init__(validate_name(name), registry if registry is not None else DEFAULT)
+        name = validate_name(name)
         if registry is not None and not isinstance(registry, Registry):
             raise ConfigurationError(f"registry must be a Registry, got {registry!r}")
         if fallback is not None and not callable(fallback):
             raise ConfigurationError(f"fallback must be callable, got {fallback!r}")
+        super().__init__(name, registry if registry is not None else DEFAULT)
         self._registry = registry
         self._fallback = fallback
         self._policy = policy

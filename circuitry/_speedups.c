@@ -736,7 +736,7 @@ with_enter_impl(WithBase *self)
 
 /* __exit__: report the block's outcome to the breaker of this flow's innermost entry. */
 static int
-with_exit_impl(WithBase *self, PyObject *exc)
+with_exit_impl(WithBase *self, PyObject *exc, const char *method)
 {
     PyObject *flow = current_flow();
     if (flow == NULL) {
@@ -744,7 +744,8 @@ with_exit_impl(WithBase *self, PyObject *exc)
     }
     Entry entry;
     if (table_pop(self, flow, &entry) < 0) {
-        PyErr_Format(PyExc_RuntimeError, "%R: __exit__ without a matching __enter__", self);
+        PyErr_Format(PyExc_RuntimeError, "%R: %s without a matching %s", self, method,
+                     method[2] == 'a' ? "__aenter__" : "__enter__");
         return -1;
     }
     PyObject *b = entry.b, *token = entry.token, *t0 = entry.t0;
@@ -809,7 +810,7 @@ with_exit(WithBase *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "__exit__ expected 3 arguments, got %zd", nargs);
         return NULL;
     }
-    if (with_exit_impl(self, args[1]) < 0) {
+    if (with_exit_impl(self, args[1], "__exit__") < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -834,7 +835,7 @@ with_aexit(WithBase *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "__aexit__ expected 3 arguments, got %zd", nargs);
         return NULL;
     }
-    if (with_exit_impl(self, args[1]) < 0) {
+    if (with_exit_impl(self, args[1], "__aexit__") < 0) {
         return NULL;
     }
     return ready_new(Py_None);
