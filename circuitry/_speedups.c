@@ -211,8 +211,7 @@ failed(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *consec = slot(b, off_consec, "_consec");
     PyObject *types = consec ? slot(b, off_fail_types, "_fail_types") : NULL;
-    PyObject *gen = types ? slot(b, off_gen, "_gen") : NULL;
-    if (gen == NULL) {
+    if (types == NULL) {
         return NULL;
     }
     /* the counter is read before the generation, as in the Python face */
@@ -230,7 +229,8 @@ failed(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
         long t = generation(token);
-        inline_count = match && t >= 0 && t == generation(SLOT(b, off_gen));
+        PyObject *gen = SLOT(b, off_gen);  /* read after isinstance, which may run Python code */
+        inline_count = match && t >= 0 && gen != NULL && t == generation(gen);
     }
     if (!inline_count) {
         Py_DECREF(consec);
