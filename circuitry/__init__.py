@@ -17,8 +17,8 @@ from circuitry._core import BreakerStats, CircuitBreaker, Permit
 from circuitry._faces import Circuit, circuit
 from circuitry._policy import Policy
 from circuitry._registry import Registry, configure, default_registry, set_default_registry
-from circuitry._seed import DatabaseCircuitBreaker, MultiServiceDatabaseCircuitBreaker
 from circuitry._state import CircuitState
+from circuitry.compat import DatabaseCircuitBreaker, MultiServiceDatabaseCircuitBreaker
 from circuitry.events import Event, EventKind, Hook, StructlogHook
 from circuitry.exceptions import (
     CircuitBreakerError,

@@ -1,4 +1,4 @@
-"""Tests for circuitry.alerts: the pure alert rules and the callback deliverer."""
+"""Tests for circuitry.analysis.alerts: the pure alert rules and the callback deliverer."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from circuitry import CircuitBreaker, CircuitState, ConfigurationError, Event, EventKind, Registry
-from circuitry.alerts import (
+from circuitry.analysis.alerts import (
     ALERT_TYPES,
     SEVERITIES,
     SEVERITY_OF,
@@ -21,8 +21,8 @@ from circuitry.alerts import (
     Alert,
     AlertEngine,
     AlertPolicy,
-    CallbackDeliverer,
 )
+from circuitry.runners.delivery import CallbackDeliverer
 from circuitry.testing import FakeClock
 
 T0 = 1_700_000_000.0

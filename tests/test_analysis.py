@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from circuitry import CircuitOpenError, CircuitState, DatabaseCircuitBreaker, Registry, circuit
+from circuitry.runners.analyst import load_calls
 from circuitry.store import SQLiteStore
-from circuitry.store._analyst import load_calls
 from circuitry.testing import FakeClock
 
 from .conftest import Boom, eventually

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from circuitry import Registry
-from circuitry._cli import main
 from circuitry.store import SQLiteStore
 from circuitry.store._schema import LATEST_VERSION
+from circuitry.tools.cli import main
 
 
 def run(*argv: str) -> tuple[int, str]:

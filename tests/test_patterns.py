@@ -1,4 +1,4 @@
-"""Behaviour of circuitry.patterns.classify on clear generated streams (fixed seeds)."""
+"""Behaviour of circuitry.analysis.patterns.classify on clear generated streams (fixed seeds)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from circuitry.patterns import (
+from circuitry.analysis.patterns import (
     MIN_FAILURES,
     PatternResult,
     burstiness,

@@ -1,4 +1,4 @@
-"""Behaviour of circuitry.recommend.recommend."""
+"""Behaviour of circuitry.analysis.recommend.recommend."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from circuitry.patterns import PatternEvidence, PatternResult, PatternType, classify
-from circuitry.recommend import MAX_THRESHOLD, MAX_TIMEOUT, MIN_TIMEOUT, recommend, safe_threshold
+from circuitry.analysis.patterns import PatternEvidence, PatternResult, PatternType, classify
+from circuitry.analysis.recommend import MAX_THRESHOLD, MAX_TIMEOUT, MIN_TIMEOUT, recommend, safe_threshold
 
 SEED_KEYS = {
     "has_recommendations",

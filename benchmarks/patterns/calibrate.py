@@ -1,4 +1,4 @@
-"""Fit the confidence calibration of :func:`circuitry.patterns.classify` on *training* seeds.
+"""Fit the confidence calibration of :func:`circuitry.analysis.patterns.classify` on *training* seeds.
 
 For each predicted class, a logistic (Platt) model ``P(correct) = sigmoid(a + b * score + c * ln failures)``
 is fitted by Newton-Raphson (with a tiny ridge for stability) on the windows of the training seed. The

@@ -1,4 +1,4 @@
-"""Synthetic call streams with a known failure pattern, for benchmarking :mod:`circuitry.patterns`.
+"""Synthetic call streams with a known failure pattern, for benchmarking :mod:`circuitry.analysis.patterns`.
 
 Every generator takes a :class:`random.Random` (so a seed fixes the stream) and an *expected* number of
 failures, and returns a :class:`Window`: the calls ``(timestamp, failed)`` in time order, the window bounds,

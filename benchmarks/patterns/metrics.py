@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from benchmarks.patterns.generators import Window
-from circuitry.patterns import PatternResult, classify
+from circuitry.analysis.patterns import PatternResult, classify
 
 CLASSES = ("burst", "steady", "intermittent", "escalating")
 

@@ -1,7 +1,8 @@
 """Replay held-out service streams through a consecutive-failure breaker: defaults vs ``recommend()``.
 
 Each service is a two-hour stream. Its first hour is the *training* window: it is classified with
-:func:`circuitry.patterns.classify` and :func:`circuitry.recommend.recommend` turns the result into settings
+:func:`circuitry.analysis.patterns.classify` and :func:`circuitry.analysis.recommend.recommend` turns
+the result into settings
 (starting from the defaults). The second hour is replayed twice through a simulated breaker -- with the
 defaults (threshold 5, timeout 60 s) and with the recommended settings -- and we count:
 
@@ -32,8 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from benchmarks.patterns.generators import Call, traffic
-from circuitry.patterns import classify
-from circuitry.recommend import recommend
+from circuitry.analysis.patterns import classify
+from circuitry.analysis.recommend import recommend
 
 DEFAULT_THRESHOLD = 5
 DEFAULT_TIMEOUT = 60.0

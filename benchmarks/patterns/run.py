@@ -1,4 +1,4 @@
-"""Benchmark :func:`circuitry.patterns.classify` against the seed heuristic, and replay recommendations.
+"""Benchmark :func:`circuitry.analysis.patterns.classify` against the seed heuristic, and replay recommendations.
 
 Run from the repository root (either form)::
 
@@ -37,7 +37,7 @@ from benchmarks.patterns.metrics import (
     run_classifier,
 )
 from benchmarks.patterns.replay import DEFAULT_THRESHOLD, DEFAULT_TIMEOUT, KINDS, run_replay
-from circuitry.patterns import classify, classify_seed_heuristic
+from circuitry.analysis.patterns import classify, classify_seed_heuristic
 
 TEST_WINDOWS = 6000
 
@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--replay-per-kind", type=int, default=40, help="replayed services per kind")
     args = ap.parse_args(argv)
 
-    print(f"## circuitry.patterns benchmark\n\nMachine: {platform.machine()}, CPython {platform.python_version()}")
+    print(f"## circuitry.analysis.patterns benchmark\n\nMachine: {platform.machine()}, "
+          f"CPython {platform.python_version()}")
     t0 = time.perf_counter()
     windows: list[Window] = make_windows(TEST_SEED, args.windows)
     gen = time.perf_counter() - t0

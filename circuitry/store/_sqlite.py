@@ -53,12 +53,12 @@ from circuitry._clock import SYSTEM_CLOCK, Clock
 from circuitry._core import CircuitBreaker, _count_value
 from circuitry._policy import check_int, check_number
 from circuitry._state import CircuitState
-from circuitry.alerts import AlertEngine, AlertPolicy
+from circuitry.analysis.alerts import AlertEngine, AlertPolicy
+from circuitry.analysis.patterns import PatternResult
+from circuitry.analysis.recommend import Recommendation
 from circuitry.events import Event, EventKind
 from circuitry.exceptions import ConfigurationError, SchemaVersionError, StoreError
-from circuitry.patterns import PatternResult
-from circuitry.recommend import Recommendation
-from circuitry.store._analyst import Analyst
+from circuitry.runners.analyst import Analyst
 from circuitry.store._schema import migrate
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ class SQLiteStore:
         clock: The wall clock of timestamps and leases (inject the registry's fake clock in tests).
         analysis_interval: Seconds between pattern analyses of every circuit (and alert checks).
         analysis_window: Seconds of history each analysis classifies.
-        alert_policy: Alert thresholds and deduplication (:class:`~circuitry.alerts.AlertPolicy`).
+        alert_policy: Alert thresholds and deduplication (:class:`~circuitry.analysis.alerts.AlertPolicy`).
         auto_apply: Apply recommended thresholds and timeouts automatically (off by default).
 
     .. versionadded:: 0.1.0

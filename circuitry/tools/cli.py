@@ -155,7 +155,7 @@ def cmd_patterns(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
-    from circuitry.store._analyst import analyse_history
+    from circuitry.runners.analyst import analyse_history
 
     now = time.time()
     with _connect(args.db) as conn:
@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
-            from circuitry._demo import run_demo
+            from circuitry.tools.demo import run_demo
 
             asyncio.run(run_demo(out=out, seed=args.seed, db=args.db))
             return 0

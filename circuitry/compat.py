@@ -149,7 +149,7 @@ class DatabaseCircuitBreaker:
         store = self.registry.store
         if store is None:
             return False
-        from circuitry.store._analyst import apply
+        from circuitry.runners.analyst import apply
 
         _, rec = store.analyse(self.service_name)
         return apply(self.breaker, rec)

@@ -1,6 +1,6 @@
 """Recommend a failure threshold and recovery timeout from a classified failure pattern.
 
-Pure: no I/O, no clock. :func:`recommend` turns a :class:`~circuitry.patterns.PatternResult` into a
+Pure: no I/O, no clock. :func:`recommend` turns a :class:`~circuitry.analysis.patterns.PatternResult` into a
 :class:`Recommendation` for a consecutive-failure circuit breaker (open after ``threshold`` failures in a
 row, stay open ``timeout`` seconds, then let one probe through). Nothing is recommended when the
 classification abstained or its confidence is below ``confidence_floor``.
@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from circuitry.patterns import PatternResult, PatternType
+from circuitry.analysis.patterns import PatternResult, PatternType
 
 __all__ = ["MAX_THRESHOLD", "MAX_TIMEOUT", "MIN_TIMEOUT", "Recommendation", "recommend", "safe_threshold"]
 
@@ -202,7 +202,7 @@ def recommend(
     """Recommend breaker settings for a classified window.
 
     Args:
-        result: What :func:`circuitry.patterns.classify` returned for the window.
+        result: What :func:`circuitry.analysis.patterns.classify` returned for the window.
         current_threshold: Consecutive failures that open the breaker now (>= 1).
         current_timeout: Seconds the breaker now stays open (> 0).
         calls: The same calls that were classified, optional. With them, burst durations are measured

@@ -3,10 +3,10 @@
 It has its own thread and connection, so a 50 ms classification never delays the writer's prompt
 commit of a transition. It wakes every ``interval`` seconds, and at once when a transition happens
 (transitions raise alerts). Everything it computes comes from the pure modules
-(:mod:`circuitry.patterns`, :mod:`circuitry.recommend`, :mod:`circuitry.alerts`); this module only
-reads history, writes results, and delivers alerts.
+(:mod:`circuitry.analysis.patterns`, :mod:`circuitry.analysis.recommend`,
+:mod:`circuitry.analysis.alerts`); this module only reads history, writes results, and delivers alerts.
 
-Alerts are deduplicated twice, on purpose: the :class:`~circuitry.alerts.AlertEngine` counts a
+Alerts are deduplicated twice, on purpose: the :class:`~circuitry.analysis.alerts.AlertEngine` counts a
 repeat within its window into the alert it already raised, and the database — shared by every
 process — is the final word: an unacknowledged alert with the same key inside the window absorbs
 the occurrence (``occurrences`` goes up) instead of a second row, so two processes watching one
@@ -25,10 +25,11 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from circuitry._state import CircuitState
-from circuitry.alerts import Alert, AlertEngine, AlertPolicy, CallbackDeliverer
+from circuitry.analysis.alerts import Alert, AlertEngine, AlertPolicy
+from circuitry.analysis.patterns import PatternResult, classify
+from circuitry.analysis.recommend import Recommendation, recommend
 from circuitry.events import Event, EventKind
-from circuitry.patterns import PatternResult, classify
-from circuitry.recommend import Recommendation, recommend
+from circuitry.runners.delivery import CallbackDeliverer
 
 if TYPE_CHECKING:
     from circuitry._core import CircuitBreaker
