@@ -1,0 +1,275 @@
+"""Per-second call and failure counts: what the store keeps and what every analysis reads.
+
+The pattern engine never looks at individual calls. It reads a :class:`Series`: for every time bucket
+(one second by default) in which a circuit decided at least one call, the number of calls (successes
+plus counted failures) and the number of counted failures. That is exactly what a store can keep
+exactly and cheaply, and it is all the statistics need: the store may attribute a call to its second a
+few tens of milliseconds late, so nothing below one second may matter.
+
+:func:`bucketize` turns raw ``(timestamp, failed)`` calls into a series (benchmarks and tests use it, so
+they exercise the same path as the analyst); :meth:`Series.from_rows` builds one from stored rows.
+
+.. versionadded:: 0.2.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import compress, islice
+from operator import itemgetter
+from typing import Final, cast
+
+from circuitry.exceptions import ConfigurationError
+
+__all__ = ["Series", "bucketize"]
+
+_CHUNK: Final = 65_536  # calls read at a time: bounded memory for a stream of millions of calls
+_BOOL: Final = frozenset({bool})
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """Call and failure counts per time bucket over an analysis window ``[start, end)``.
+
+    Bucket ``index`` covers ``[index * width, (index + 1) * width)`` seconds (epoch seconds for the
+    store's per-second rows: ``index`` is then the second). Buckets without calls are absent; present
+    buckets are in increasing order and each overlaps the window (a bucket starting exactly at ``end``
+    counts: it holds calls made at the window's last instant).
+
+    Build one with :func:`bucketize` (from raw calls) or :meth:`from_rows` (from stored rows); the
+    constructor validates its arguments either way.
+
+    Attributes:
+        start: Window start (seconds).
+        end: Window end (seconds, ``>= start``).
+        width: Bucket width (seconds, ``> 0``).
+        index: Bucket indices, strictly increasing.
+        calls: Calls decided in each bucket (``>= 1``).
+        failures: Counted failures in each bucket (``0 <= failures <= calls``).
+
+    Raises:
+        ConfigurationError: An argument is invalid; the message names it.
+
+    .. versionadded:: 0.2.0
+    """
+
+    start: float
+    end: float
+    width: float
+    index: tuple[int, ...]
+    calls: tuple[int, ...]
+    failures: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("start", "end", "width"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ConfigurationError(f"{name} must be a finite number of seconds, got {v!r}")
+            object.__setattr__(self, name, float(v))
+        if self.width <= 0.0:
+            raise ConfigurationError(f"width must be positive, got {self.width!r}")
+        if self.end < self.start:
+            raise ConfigurationError(f"end ({self.end!r}) is before start ({self.start!r})")
+        n = len(self.index)
+        if len(self.calls) != n or len(self.failures) != n:
+            raise ConfigurationError(
+                f"index, calls and failures must have one entry per bucket; got {n}, {len(self.calls)}, "
+                f"{len(self.failures)}"
+            )
+        if not n:
+            return
+        if not set(map(type, self.index)) | set(map(type, self.calls)) | set(map(type, self.failures)) <= {int}:
+            raise ConfigurationError("index, calls and failures must hold ints")
+        if any(b <= a for a, b in zip(self.index, islice(self.index, 1, None), strict=False)):
+            raise ConfigurationError("bucket indices must be strictly increasing")
+        if min(self.calls) < 1:
+            raise ConfigurationError("every bucket must hold at least one call (absent buckets have no row)")
+        if min(self.failures) < 0 or any(f > c for f, c in zip(self.failures, self.calls, strict=True)):
+            raise ConfigurationError("failures must be between 0 and the bucket's calls")
+        w = self.width
+        if self.index[0] * w + w <= self.start or self.index[-1] * w > self.end:
+            raise ConfigurationError(
+                f"buckets from {self.index[0] * w!r} to {self.index[-1] * w + w!r} s fall outside the window "
+                f"[{self.start!r}, {self.end!r})"
+            )
+
+    # -- construction ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_rows(
+        cls, rows: Iterable[tuple[int, int, int]], *, start: float, end: float, width: float = 1.0
+    ) -> Series:
+        """A series from stored ``(bucket index, calls, failures)`` rows, clipped to ``[start, end]``.
+
+        Rows may come in any order; rows of one bucket are added up (several processes may each write
+        a row for the same second). Rows outside the window are dropped.
+
+        Args:
+            rows: ``(index, calls, failures)`` per bucket; for the store, ``index`` is the epoch second.
+            start: Window start (seconds).
+            end: Window end (seconds).
+            width: Bucket width (seconds).
+
+        Returns:
+            The series.
+
+        Raises:
+            ConfigurationError: A row is malformed, or the window is invalid.
+        """
+        calls: Counter[int] = Counter()
+        fails: Counter[int] = Counter()
+        for row in rows:
+            try:
+                i, c, f = row
+            except (TypeError, ValueError):
+                raise ConfigurationError(f"a row must be (index, calls, failures), got {row!r}") from None
+            for name, v in (("index", i), ("calls", c), ("failures", f)):
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise ConfigurationError(f"row {row!r}: {name} must be an int, got {v!r}")
+            if c < 0 or f < 0 or f > c:
+                raise ConfigurationError(f"row {row!r}: need 0 <= failures <= calls")
+            calls[i] += c
+            fails[i] += f
+        return cls._build(calls, fails, start, end, width)
+
+    @classmethod
+    def _build(cls, calls: Counter[int], fails: Counter[int], start: float, end: float, width: float) -> Series:
+        w = float(width)
+        if not (math.isfinite(w) and w > 0.0):
+            raise ConfigurationError(f"width must be a positive number of seconds, got {width!r}")
+        keep = sorted(i for i, c in calls.items() if c > 0 and (i + 1) * w > start and i * w <= end)
+        return cls(start, end, w, tuple(keep), tuple(calls[i] for i in keep), tuple(fails[i] for i in keep))
+
+    # -- views ----------------------------------------------------------------------------------------
+
+    @property
+    def span(self) -> float:
+        """Length of the window in seconds."""
+        return self.end - self.start
+
+    @property
+    def total_calls(self) -> int:
+        """Calls in the window."""
+        return sum(self.calls)
+
+    @property
+    def total_failures(self) -> int:
+        """Counted failures in the window."""
+        return sum(self.failures)
+
+    def window(self, start: float, end: float) -> Series:
+        """The buckets overlapping ``[start, end]``, as a series over that window.
+
+        Args:
+            start: Window start (seconds).
+            end: Window end (seconds).
+
+        Returns:
+            The sub-series.
+        """
+        w = self.width
+        keep = [k for k, i in enumerate(self.index) if (i + 1) * w > start and i * w <= end]
+        return Series(
+            start,
+            end,
+            w,
+            tuple(self.index[k] for k in keep),
+            tuple(self.calls[k] for k in keep),
+            tuple(self.failures[k] for k in keep),
+        )
+
+    def rows(self) -> list[tuple[int, int, int]]:
+        """The buckets as ``(index, calls, failures)`` rows, the shape :meth:`from_rows` reads."""
+        return list(zip(self.index, self.calls, self.failures, strict=True))
+
+
+def _check_flags(flags: list[object]) -> None:
+    if not set(map(type, flags)) <= _BOOL:
+        bad = next(f for f in flags if type(f) is not bool)
+        raise ConfigurationError(
+            f"a call's failed flag must be a bool, got {bad!r} ({type(bad).__name__}); "
+            "convert explicitly (a string such as 'False' is not a failure flag)"
+        )
+
+
+def _check_times(raw: list[object]) -> list[float]:
+    """The timestamps, checked to be finite numbers (one C-level sum; a scan only on failure)."""
+    ts = cast("list[float]", raw)
+    try:
+        total = sum(ts)
+    except TypeError:
+        total = math.nan
+    if not math.isfinite(total) or _BOOL & set(map(type, raw)):
+        bad = next(t for t in raw if type(t) is bool or not isinstance(t, int | float) or not math.isfinite(t))
+        raise ConfigurationError(f"a call's timestamp must be a finite number, got {bad!r}")
+    return ts
+
+
+def bucketize(
+    calls: Iterable[tuple[float, bool]],
+    width: float = 1.0,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+) -> Series:
+    """Count raw calls per time bucket: the rows a store keeps, computed from the calls themselves.
+
+    The calls may come in any order and are read once (a generator is fine), in chunks, so a stream of
+    millions of calls needs little memory.
+
+    Args:
+        calls: ``(timestamp_seconds, failed)`` pairs; ``failed`` must be a ``bool``.
+        width: Bucket width in seconds (the store uses 1).
+        start: Window start; defaults to the start of the first call's bucket.
+        end: Window end; defaults to the end of the last call's bucket.
+
+    Returns:
+        The series over ``[start, end)``.
+
+    Raises:
+        ConfigurationError: A flag is not a bool, a timestamp is not a finite number, a call falls outside
+            a given window (``start <= t <= end``), or the window is invalid.
+
+    .. versionadded:: 0.2.0
+    """
+    if isinstance(width, bool) or not isinstance(width, int | float) or not (math.isfinite(width) and width > 0):
+        raise ConfigurationError(f"width must be a positive number of seconds, got {width!r}")
+    w = float(width)
+    counts: Counter[int] = Counter()
+    fails: Counter[int] = Counter()
+    lo_t, hi_t = math.inf, -math.inf
+    it = iter(calls)
+    while True:
+        chunk = list(islice(it, _CHUNK))
+        if not chunk:
+            break
+        try:
+            ts: list[object] = list(map(itemgetter(0), chunk))
+            flags: list[object] = list(map(itemgetter(1), chunk))
+        except (TypeError, IndexError):
+            bad = next(c for c in chunk if not (isinstance(c, tuple | list) and len(c) == 2))
+            raise ConfigurationError(f"a call must be a (timestamp, failed) pair, got {bad!r}") from None
+        _check_flags(flags)
+        times = _check_times(ts)
+        idx = list(map(math.floor, times)) if w == 1.0 else [math.floor(t / w) for t in times]
+        lo_t = min(lo_t, min(times))
+        hi_t = max(hi_t, max(times))
+        counts.update(idx)
+        fails.update(compress(idx, cast("list[bool]", flags)))
+    if counts:
+        s = math.floor(lo_t / w) * w if start is None else start
+        e = (math.floor(hi_t / w) + 1) * w if end is None else end
+    else:
+        s = 0.0 if start is None else start
+        e = s if end is None else end
+    for name, v in (("start", s), ("end", e)):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ConfigurationError(f"{name} must be a finite number of seconds, got {v!r}")
+    if e < s:
+        raise ConfigurationError(f"end ({e!r}) is before start ({s!r})")
+    if counts and (lo_t < s or hi_t > e):
+        raise ConfigurationError(f"calls from {lo_t!r} to {hi_t!r} fall outside the window [{s!r}, {e!r}]")
+    return Series._build(counts, fails, float(s), float(e), w)
