@@ -1,30 +1,36 @@
-"""Scoring helpers shared by ``calibrate.py`` and ``run.py``: confusion matrix, macro-F1, ECE."""
+"""Scoring helpers shared by ``calibrate.py`` and ``run.py``: classification rows, macro-F1, ECE, confusion."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from benchmarks.patterns.generators import Window
-from circuitry.analysis.patterns import PatternResult, classify
+from benchmarks.patterns.data import Item
+from circuitry.analysis.patterns import PatternResult, classify_series
 
 CLASSES = ("burst", "steady", "intermittent", "escalating")
 
 #: Failure-count bins for the per-bin figures: (label, lowest, highest exclusive).
 BINS = (("<10", 0, 10), ("10-19", 10, 20), ("20-49", 20, 50), (">=50", 50, 1 << 62))
 
-#: Training and held-out master seeds (disjoint window seeds: "1-i" vs "2-i").
-TRAIN_SEED = 1
-TEST_SEED = 2
+#: Families whose windows are stationary and bursty (the false-"escalating" rate is measured on them).
+STATIONARY_BURSTY = (
+    "A:burst-hawkes", "A:burst-cluster", "A:burst-two-state", "A:burst-on-background", "A:burst-single",
+    "B:hawkes", "B:neyman-scott", "B:on-off",
+)
+#: Families whose failures keep a constant pace in time (measured under falling traffic).
+TIME_HOMOGENEOUS = ("B:poisson-time", "B:cron", "B:weibull")
 
 
 @dataclass(frozen=True)
 class Row:
     """One classified window."""
 
-    kind: str
+    suite: str
+    family: str
+    shape: str
     label: str | None
     failures: int
     predicted: str | None
@@ -32,24 +38,21 @@ class Row:
     score: float | None
 
 
-def run_classifier(
-    windows: Iterable[Window], classifier: Callable[..., PatternResult] = classify, *, windowed: bool = True
-) -> list[Row]:
-    """Classify every window.
-
-    Args:
-        windows: The windows.
-        classifier: ``classify`` or ``classify_seed_heuristic``.
-        windowed: Pass the window bounds (``classify`` accepts them; the seed heuristic does not).
-
-    Returns:
-        One row per window.
-    """
+def run_classifier(items: Iterable[Item], classifier: Callable[..., PatternResult] = classify_series) -> list[Row]:
+    """Classify every scored window (windows ending mid-outage are left out, see ``data.py``)."""
     rows = []
-    for w in windows:
-        r = classifier(w.calls, window_start=w.start, window_end=w.end) if windowed else classifier(w.calls)
-        rows.append(Row(w.kind, w.label, r.evidence.failures, r.type, r.confidence, r.evidence.score))
+    for it in items:
+        if it.ongoing:
+            continue
+        r = classifier(it.series)
+        rows.append(Row(it.suite, it.family, it.shape, it.label, r.evidence.failures, r.type, r.confidence,
+                        r.evidence.score))
     return rows
+
+
+def with_confidence(rows: Sequence[Row], conf: Sequence[float]) -> list[Row]:
+    """The rows with their confidences replaced (e.g. by leave-one-family-out calibrations)."""
+    return [replace(r, confidence=c) for r, c in zip(rows, conf, strict=True)]
 
 
 def in_bin(rows: Sequence[Row], lo: int, hi: int) -> list[Row]:
@@ -61,8 +64,7 @@ def macro_f1(rows: Sequence[Row]) -> float:
     """Macro-averaged F1 over the four classes.
 
     An abstention counts as a miss for the true class (it lowers recall) and as a false positive for no
-    class, so abstaining never raises the score. Classes absent from both truth and prediction are
-    skipped.
+    class, so abstaining never raises the score. Classes absent from both truth and prediction are skipped.
     """
     scores = []
     for c in CLASSES:
@@ -75,14 +77,14 @@ def macro_f1(rows: Sequence[Row]) -> float:
     return sum(scores) / len(scores) if scores else math.nan
 
 
+def accuracy(rows: Sequence[Row]) -> float:
+    """Share of rows predicted right."""
+    return sum(1 for r in rows if r.predicted == r.label) / len(rows) if rows else math.nan
+
+
 def abstention(rows: Sequence[Row]) -> float:
     """Share of rows with no prediction."""
     return sum(1 for r in rows if r.predicted is None) / len(rows) if rows else math.nan
-
-
-def confusion(rows: Sequence[Row]) -> Counter[tuple[str | None, str | None]]:
-    """Counts of (true label, predicted) pairs."""
-    return Counter((r.label, r.predicted) for r in rows)
 
 
 def ece(rows: Sequence[Row], bins: int = 10) -> tuple[float, list[tuple[float, float, int]]]:
@@ -110,11 +112,9 @@ def ece(rows: Sequence[Row], bins: int = 10) -> tuple[float, list[tuple[float, f
 
 def format_confusion(rows: Sequence[Row]) -> str:
     """The confusion matrix as a Markdown table (rows: truth, columns: prediction)."""
-    c = confusion(rows)
+    c = Counter((r.label, r.predicted) for r in rows)
     cols: list[str | None] = [*CLASSES, None]
-    head = "| true \\ predicted | " + " | ".join(x or "abstain" for x in cols) + " |"
-    sep = "|---" * (len(cols) + 1) + "|"
-    lines = [head, sep]
+    lines = ["| true \\ predicted | " + " | ".join(x or "abstain" for x in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for t in CLASSES:
         lines.append(f"| {t} | " + " | ".join(str(c[(t, p)]) for p in cols) + " |")
     return "\n".join(lines)

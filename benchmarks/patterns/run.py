@@ -1,13 +1,13 @@
-"""Benchmark :func:`circuitry.analysis.patterns.classify` against the seed heuristic, and replay recommendations.
+"""Benchmark the pattern labels on held-out windows, leave-one-family-out. Prints Markdown.
 
 Run from the repository root (either form)::
 
     python -m benchmarks.patterns.run
-    python benchmarks/patterns/run.py [--windows N] [--replay-per-kind N]
+    python benchmarks/patterns/run.py [--jobs N]
 
-Everything is measured on *held-out* seeds (``metrics.TEST_SEED``, ``replay.REPLAY_SEED``); the decision
-thresholds and the calibration constants were fitted on ``metrics.TRAIN_SEED`` (see ``calibrate.py``).
-Prints Markdown.
+Every window is scored on the *test* seed; every confidence comes from a calibration fitted on the
+*training* seed without the window's own family (``calibrate.lofo_confidences``). The decision rules were
+designed on the *development* seed. Windows are built once and cached (``data.py``).
 """
 
 from __future__ import annotations
@@ -18,171 +18,173 @@ import random
 import statistics
 import sys
 import time
+from collections import Counter, defaultdict
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.patterns.generators import STATIONARY_BURSTY, Window, make_windows, traffic
+from benchmarks.patterns.calibrate import lofo_confidences
+from benchmarks.patterns.data import SEEDS, load
 from benchmarks.patterns.metrics import (
     BINS,
-    CLASSES,
-    TEST_SEED,
+    STATIONARY_BURSTY,
+    TIME_HOMOGENEOUS,
     Row,
     abstention,
+    accuracy,
     ece,
     format_confusion,
     in_bin,
     macro_f1,
     run_classifier,
+    with_confidence,
 )
-from benchmarks.patterns.replay import DEFAULT_THRESHOLD, DEFAULT_TIMEOUT, KINDS, run_replay
-from circuitry.analysis.patterns import classify, classify_seed_heuristic
-
-TEST_WINDOWS = 6000
+from circuitry.analysis.patterns import classify, classify_seed_heuristic, classify_series
+from circuitry.analysis.series import bucketize
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
-def _false_escalating(rows: list[Row]) -> tuple[float, int]:
-    sel = [r for r in rows if r.kind in STATIONARY_BURSTY]
-    return (sum(1 for r in sel if r.predicted == "escalating") / len(sel) if sel else 0.0), len(sel)
-
-
-def timing_window(background: float = 0.01, seed: int = 7) -> list[tuple[float, bool]]:
-    """A 15-minute window of about 100,000 calls: steady ``background`` failures plus two 20 s outages."""
+def timing_calls(background: float, seed: int = 7) -> list[tuple[float, bool]]:
+    """A 15-minute window of about 100,000 calls: ``background`` failures plus two 20 s outages."""
     rng = random.Random(seed)
-    times = traffic(rng, 100_000 / 900.0, 0.0, 900.0)
     calls = []
-    for t in times:
+    t = 0.0
+    while True:
+        t += rng.expovariate(100_000 / 900.0)
+        if t >= 900.0:
+            return calls
         p = 0.8 if (200.0 <= t < 220.0 or 640.0 <= t < 660.0) else background
         calls.append((t, rng.random() < p))
-    return calls
 
 
-def measure_timing(background: float = 0.01, repeats: int = 30) -> tuple[int, float, float]:
-    """Median and maximum wall time (ms) of classify() on :func:`timing_window`."""
-    calls = timing_window(background)
+def measure_timing(background: float, repeats: int = 30) -> tuple[int, float, float, float]:
+    """Median and maximum wall time (ms) of classify() on raw calls, and the median on the buckets alone."""
+    calls = timing_calls(background)
     classify(calls, window_start=0.0, window_end=900.0)  # warm up
-    samples = []
+    full, series_only = [], []
+    series = bucketize(calls, start=0.0, end=900.0)
     for _ in range(repeats):
         t0 = time.perf_counter()
         classify(calls, window_start=0.0, window_end=900.0)
-        samples.append((time.perf_counter() - t0) * 1000.0)
-    return len(calls), statistics.median(samples), max(samples)
+        full.append((time.perf_counter() - t0) * 1000.0)
+        t0 = time.perf_counter()
+        classify_series(series)
+        series_only.append((time.perf_counter() - t0) * 1000.0)
+    return len(calls), statistics.median(full), max(full), statistics.median(series_only)
 
 
-def report_classifier(name: str, rows: list[Row]) -> None:
-    """Print the per-bin table of one classifier."""
-    print(f"\n### {name}\n")
-    print("| failures in window | windows | macro-F1 | abstained |")
-    print("|---|---|---|---|")
+def bin_table(rows: list[Row], title: str) -> None:
+    """Macro-F1 and abstention per failure-count bin, overall and per suite."""
+    print(f"\n### {title}\n")
+    print("| failures in window | windows (A + B) | macro-F1, both suites | suite A | suite B | abstained |")
+    print("|---|---|---|---|---|---|")
     for label, lo, hi in BINS:
         sel = in_bin(rows, lo, hi)
-        f1 = macro_f1(sel) if lo >= 10 else float("nan")
-        f1s = "--" if lo < 10 else f"{f1:.3f}"
-        print(f"| {label} | {len(sel)} | {f1s} | {_pct(abstention(sel))} |")
-    ten = [r for r in rows if r.failures >= 10]
-    print(f"| >=10 (all) | {len(ten)} | {macro_f1(ten):.3f} | {_pct(abstention(ten))} |")
-    e, table = ece(rows)
-    fe, n_fe = _false_escalating(rows)
-    print(f"\n- ECE (10 bins, held-out, {sum(c for _, _, c in table)} predictions): **{e:.4f}**")
-    print(f"- false 'escalating' on stationary bursty streams ({n_fe} windows): **{_pct(fe)}**")
-    print("\nConfusion matrix, windows with >= 10 failures:\n")
-    print(format_confusion(ten))
-    print(
-        "\nReliability (mean confidence -> accuracy, count): "
-        + ", ".join(f"{c:.2f}->{a:.2f} ({n})" for c, a, n in table)
-    )
-
-
-def report_kinds(rows: list[Row], seed_rows: list[Row]) -> None:
-    """Accuracy per generator kind, windows with >= 10 failures."""
-    print("\n### Accuracy per generator (windows with >= 10 failures)\n")
-    print("| generator | class | windows | classify | seed heuristic |")
-    print("|---|---|---|---|---|")
-    kinds = sorted({r.kind for r in rows}, key=lambda k: (CLASSES.index(k.split("-")[0]), k))
-    for k in kinds:
-        sel = [r for r in rows if r.kind == k and r.failures >= 10]
-        ssel = [r for r in seed_rows if r.kind == k and r.failures >= 10]
-        if not sel:
+        a = [r for r in sel if r.suite == "A"]
+        b = [r for r in sel if r.suite == "B"]
+        if lo < 10:
+            print(f"| {label} | {len(a)} + {len(b)} | -- | -- | -- | {_pct(abstention(sel))} |")
             continue
-        acc = sum(1 for r in sel if r.predicted == r.label) / len(sel)
-        sacc = sum(1 for r in ssel if r.predicted == r.label) / len(ssel)
-        print(f"| {k} | {sel[0].label} | {len(sel)} | {_pct(acc)} | {_pct(sacc)} |")
-
-
-def report_replay(per_kind: int) -> None:
-    """Print the replay table."""
-    t0 = time.perf_counter()
-    res = run_replay(per_kind)
-    print(
-        f"\n### Replay: defaults (threshold {DEFAULT_THRESHOLD}, timeout {DEFAULT_TIMEOUT:.0f} s) vs recommended "
-        f"({res.services} held-out two-hour services, second hour replayed; {time.perf_counter() - t0:.1f} s)\n"
-    )
-    print(
-        "| service | policy | calls to failing service | false trips while healthy | trips while degraded |"
-        " mean time to open (s) | never opened | healthy calls rejected |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    totals = {"default": [0, 0, 0], "recommended": [0, 0, 0]}
-    for k in KINDS:
-        for name, out in (("default", res.default[k]), ("recommended", res.recommended[k])):
-            periods = out.failing_periods
-            tto = f"{out.time_to_open_total / periods:.1f}" if periods else "--"
-            never = f"{out.never_opened}/{periods}" if periods else "--"
-            print(
-                f"| {k} | {name} | {out.calls_to_failing} | {out.false_trips} | {out.degraded_trips} | {tto} | "
-                f"{never} | {out.healthy_rejected} |"
-            )
-            totals[name][0] += out.calls_to_failing
-            totals[name][1] += out.false_trips
-            totals[name][2] += out.healthy_rejected
-    for name, (c, f, h) in totals.items():
-        print(f"| **all** | {name} | **{c}** | **{f}** | | | | {h} |")
-    print("\nRecommended settings (pattern of the training hour, threshold, timeout, backoff), most common:\n")
-    for k in KINDS:
-        counts: dict[tuple[str | None, int, float, float | None], int] = {}
-        for s in res.settings[k]:
-            key = (s[0], s[1], round(s[2], -1) if s[2] >= 10 else s[2], s[3])
-            counts[key] = counts.get(key, 0) + 1
-        top = sorted(counts.items(), key=lambda kv: -kv[1])[:4]
-        print(f"- {k}: " + "; ".join(f"{p} t={t} {to:g}s x{b or 1:g} ({n})" for (p, t, to, b), n in top))
+        print(f"| {label} | {len(a)} + {len(b)} | **{macro_f1(sel):.3f}** | {macro_f1(a):.3f} | {macro_f1(b):.3f} | "
+              f"{_pct(abstention(sel))} |")
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print Markdown."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--windows", type=int, default=TEST_WINDOWS, help="held-out windows (default %(default)s)")
-    ap.add_argument("--replay-per-kind", type=int, default=40, help="replayed services per kind")
+    ap.add_argument("--jobs", type=int, default=None, help="processes used to build windows (default: CPUs)")
+    ap.add_argument("--score", choices=("test", "dev"), default="test",
+                    help="seed to score: test (the reported figures) or dev (while designing rules)")
     args = ap.parse_args(argv)
 
-    print(f"## circuitry.analysis.patterns benchmark\n\nMachine: {platform.machine()}, "
-          f"CPython {platform.python_version()}")
+    print(f"## Pattern labels, held out\n\nMachine: {platform.machine()}, CPython {platform.python_version()}. "
+          f"Seeds: {args.score} {SEEDS[args.score]} (scored), training {SEEDS['train']} (calibration), "
+          f"development {SEEDS['dev']} (rules designed on it).")
     t0 = time.perf_counter()
-    windows: list[Window] = make_windows(TEST_SEED, args.windows)
-    gen = time.perf_counter() - t0
+    train_items = load("train", jobs=args.jobs)
+    test_items = load(args.score, jobs=args.jobs)
+    built = time.perf_counter() - t0
     t0 = time.perf_counter()
-    rows = run_classifier(windows)
-    cls = time.perf_counter() - t0
-    seed_rows = run_classifier(windows, classify_seed_heuristic, windowed=False)
-    print(
-        f"\n{len(windows)} held-out windows (seed {TEST_SEED}): generated in {gen:.1f} s, classified in "
-        f"{cls:.1f} s ({1000 * cls / len(windows):.2f} ms/window, "
-        f"mean {statistics.mean(len(w.calls) for w in windows):.0f} calls/window)"
-    )
+    train = run_classifier(train_items)
+    test = run_classifier(test_items)
+    took = time.perf_counter() - t0
+    test = with_confidence(test, lofo_confidences(train, test))
+    ongoing = sum(1 for it in test_items if it.ongoing)
+    print(f"\n{len(test)} scored test windows ({ongoing} more end mid-outage and are not scored); built or loaded in "
+          f"{built:.0f} s, {len(train) + len(test)} windows classified in {took:.1f} s. Every family is held out of "
+          "the calibration that scores it.")
+
+    bin_table(test, "Macro-F1 by failures in the window (test seed, every family held out)")
+
+    e, table = ece(test)
+    hi = [r for r in test if r.predicted is not None and r.confidence >= 0.99]
+    print(f"\n- ECE (10 bins, leave-one-family-out, {sum(c for _, _, c in table)} labelled windows): **{e:.4f}**")
+    if hi:
+        print(f"- labels given with confidence >= 0.99: {len(hi)}, right {_pct(accuracy(hi))}")
+    print("- reliability (mean confidence -> accuracy, windows): "
+          + ", ".join(f"{c:.2f}->{a:.2f} ({n})" for c, a, n in table))
+    for suite in ("A", "B"):
+        es, _ = ece([r for r in test if r.suite == suite])
+        print(f"- ECE, suite {suite} alone: {es:.4f}")
+
+    sb = [r for r in test if r.family in STATIONARY_BURSTY and r.failures >= 10]
+    fe = sum(1 for r in sb if r.predicted == "escalating")
+    th = [r for r in test if r.family in TIME_HOMOGENEOUS and r.shape == "ramp-down" and r.failures >= 10]
+    fth = sum(1 for r in th if r.predicted == "escalating")
+    print(f"- false 'escalating', stationary bursty streams (>= 10 failures): **{fe}/{len(sb)} = "
+          f"{_pct(fe / len(sb))}**")
+    print(f"- false 'escalating', time-homogeneous failures under traffic falling x10 (>= 10 failures): "
+          f"**{fth}/{len(th)} = {_pct(fth / len(th) if th else 0.0)}**")
+    low = in_bin(test, 0, 10)
+    print(f"- abstained below 10 failures: **{_pct(abstention(low))}** of {len(low)}")
+
+    print("\nConfusion, windows with >= 10 failures (rows: truth):\n")
+    print(format_confusion([r for r in test if r.failures >= 10]))
+
+    print("\n### Per family (>= 10 failures; accuracy at 10-19 / 20-49 / >= 50; what the misses became)\n")
+    print("| family | class | windows | accuracy | 10-19 | 20-49 | >= 50 | mislabelled as |")
+    print("|---|---|---|---|---|---|---|---|")
+    fams = sorted({r.family for r in test})
+    for f in fams:
+        sel = [r for r in test if r.family == f and r.failures >= 10]
+        if not sel:
+            continue
+        parts = [accuracy(in_bin(sel, lo, hi)) for _, lo, hi in BINS[1:]]
+        labels = Counter(r.label for r in sel).most_common(1)[0][0]
+        miss = Counter(r.predicted or "abstain" for r in sel if r.predicted != r.label)
+        cls = labels if f[2:] not in ("bernoulli", "poisson-time", "cron", "weibull") else "steady/int."
+        cells = " | ".join("--" if p != p else f"{100 * p:.0f} %" for p in parts)
+        misses = ", ".join(f"{k} {v}" for k, v in miss.most_common())
+        print(f"| {f} | {cls} | {len(sel)} | {_pct(accuracy(sel))} | {cells} | {misses} |")
+
+    print("\n### Per traffic shape (>= 10 failures)\n")
+    print("| shape | windows | macro-F1 (>= 20 failures) | accuracy (>= 10) | ECE |")
+    print("|---|---|---|---|---|")
+    by_shape: dict[str, list[Row]] = defaultdict(list)
+    for r in test:
+        by_shape[r.shape].append(r)
+    for shape in sorted(by_shape):
+        sel = [r for r in by_shape[shape] if r.failures >= 10]
+        es, _ = ece(sel)
+        print(f"| {shape} | {len(sel)} | {macro_f1([r for r in sel if r.failures >= 20]):.3f} | {_pct(accuracy(sel))} "
+              f"| {es:.3f} |")
+
+    print("\n### The original rule on the same windows (`classify_seed_heuristic`)\n")
+    seed_rows = run_classifier(test_items, classify_seed_heuristic)
+    print("| failures | macro-F1 |\n|---|---|")
+    for label, lo, hi in BINS[1:]:
+        print(f"| {label} | {macro_f1(in_bin(seed_rows, lo, hi)):.3f} |")
+
+    print("\n### Speed\n")
     for bg in (0.01, 0.5):
-        n, med, worst = measure_timing(bg)
-        print(
-            f"\n**Timing**: classify() on a 15-minute window of {n} calls ({bg:.0%} failing + two outages): "
-            f"median {med:.1f} ms, max {worst:.1f} ms (30 runs)"
-        )
-    report_classifier("classify()", rows)
-    report_classifier("Seed heuristic (classify_seed_heuristic)", seed_rows)
-    report_kinds(rows, seed_rows)
-    report_replay(args.replay_per_kind)
+        n, med, worst, series_med = measure_timing(bg)
+        print(f"- classify() on {n} raw calls (15 minutes, {bg:.0%} failing + two outages): median {med:.1f} ms, "
+              f"max {worst:.1f} ms of 30 runs; on the same window's per-second buckets alone: "
+              f"median {series_med:.1f} ms")
 
 
 if __name__ == "__main__":

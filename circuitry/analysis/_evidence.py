@@ -98,6 +98,15 @@ class Scale:
         return 2.0 * (self.pairs - e) / self.failures if self.failures else 0.0
 
     @property
+    def robust_excess_per_failure(self) -> float:
+        """:attr:`excess_per_failure` without the block contributing most: one step, one outage or the
+        ramp of an escalation puts its whole surplus in one block, clustering spread over the window
+        does not."""
+        e = max(self.expected_calls, self.expected_time)
+        surplus = self.pairs - e - max(0.0, self.largest_block_surplus)
+        return 2.0 * surplus / self.failures if self.failures else 0.0
+
+    @property
     def robust_fano(self) -> float:
         """Variance of bin counts over their mean (>= 1), leaving out the block with the most surplus.
 
@@ -155,17 +164,35 @@ def _block_moments(ns: list[int], xs: list[int], ds: list[float]) -> tuple[int, 
     return q, e_c, v_c, e_t, v_t, rho_den
 
 
-def clustering(g: Grid, span: float) -> list[Scale]:
-    """The clustering test at every scale whose blocks fit at least twice into the window."""
+def clustering(g: Grid, span: float, *, whole: bool = False) -> list[Scale]:
+    """The clustering test at every scale whose blocks fit at least twice into the window.
+
+    With ``whole``, the block is the whole window instead (no conditioning): the test then also sees
+    variation slower than any block -- waves of failures that come and go over minutes, but also steps
+    and trends, which the caller must tell apart (a monotone fit explains a trend, not a wave).
+    """
     n, x, d = g.calls, g.failures, g.seconds
     width = g.width
     out: list[Scale] = []
-    while len(n) >= 2 * _BLOCK and _BLOCK * width <= span / 2.0:
+    block = _BLOCK
+    if whole:
+        while width < 16.0 and len(n) >= 16:  # start at 16 s: shorter scales are the local test's
+            n = [n[i] + (n[i + 1] if i + 1 < len(n) else 0) for i in range(0, len(n), 2)]
+            x = [x[i] + (x[i + 1] if i + 1 < len(x) else 0) for i in range(0, len(x), 2)]
+            d = [d[i] + (d[i + 1] if i + 1 < len(d) else 0.0) for i in range(0, len(d), 2)]
+            width *= 2.0
+    def more() -> bool:
+        if whole:
+            return len(n) >= 8 and width * 8 <= span + 1e-9
+        return len(n) >= 2 * _BLOCK and _BLOCK * width <= span / 2.0
+
+    while more():
+        block = len(n) if whole else _BLOCK
         q = 0
         e_c = v_c = e_t = v_t = rho_den = 0.0
         top = 0.0
-        for b in range(0, len(n), _BLOCK):
-            bq, a, b_, c, d_, r = _block_moments(n[b : b + _BLOCK], x[b : b + _BLOCK], d[b : b + _BLOCK])
+        for b in range(0, len(n), block):
+            bq, a, b_, c, d_, r = _block_moments(n[b : b + block], x[b : b + block], d[b : b + block])
             top = max(top, bq - a)
             q += bq
             e_c += a
@@ -248,7 +275,21 @@ def _trend(xs: list[int], ns: list[float], binomial: bool, extra: float = 1.0) -
     score = sum((x - c * p) * (v - s_bar) for x, c, v in zip(xs, ns, s, strict=True))
     z = score / math.sqrt(var * phi) if var > 0.0 else 0.0
     p_lin = normal_sf(z)
-    log10_p = math.log10(max(1e-300, min(1.0, 2.0 * min(p_iso, p_lin))))
+    # Best single step up between groups (more power for an abrupt change than either test above).
+    kx = nx = 0.0
+    best = 0.0
+    for x, c in zip(xs[:-1], ns[:-1], strict=True):
+        kx += x
+        nx += c
+        if nx <= 0 or total - nx <= 0 or kx / nx >= (k - kx) / (total - nx):
+            continue
+        if binomial:
+            ll = _bernoulli_ll(kx, nx) + _bernoulli_ll(k - kx, total - nx) - _bernoulli_ll(k, total)
+        else:
+            ll = _poisson_ll(kx, nx) + _poisson_ll(k - kx, total - nx) - _poisson_ll(k, total)
+        best = max(best, ll)
+    p_step = min(1.0, chi2_sf(2.0 * best / phi, 1) * (m - 1))
+    log10_p = math.log10(max(1e-300, min(1.0, 2.0 * min(p_lin, p_step), 3.0 * p_iso)))
     fifth = max(1, m // 5)
     head = sum(f * c for f, c in zip(fit[:fifth], ns[:fifth], strict=True)) / max(1e-12, sum(ns[:fifth]))
     tail = sum(f * c for f, c in zip(fit[-fifth:], ns[-fifth:], strict=True)) / max(1e-12, sum(ns[-fifth:]))
@@ -272,6 +313,11 @@ class Rise:
     def log10_p(self) -> float:
         """The intersection-union p-value: the less significant axis."""
         return max(self.per_call.log10_p, self.per_second.log10_p)
+
+
+def _poisson_ll(k: float, t: float) -> float:
+    """Maximised Poisson log-likelihood of ``k`` events in exposure ``t`` (up to a constant)."""
+    return k * math.log(k / t) - k if k > 0 and t > 0 else 0.0
 
 
 def _bernoulli_ll(k: float, n: float) -> float:

@@ -81,14 +81,16 @@ _BURST_LOG10_P: Final = -3.0  # clustering: both nulls rejected at 1e-3 (Bonferr
 _BURST_MIN_EXCESS: Final = 2.0  # ... with at least twice the pairs either null expects,
 _BURST_MIN_CORRELATION: Final = 0.2  # ... or a within-bin correlation this high (dense failures),
 _BURST_MIN_FANO: Final = 1.0  # ... or count variance at least twice chance (overlapping clusters),
+_WAVE_MIN_FANO: Final = 3.0  # waves over the whole window: count variance at least four times chance
 _FANO_MAX_SCALE: Final = 128.0  # ... at scales up to this many seconds (beyond, a trend inside a block)
-_RISE_LOG10_P: Final = -2.0  # rise: per call and per second both significant at 1e-2
+_RISE_LOG10_P: Final = -1.5  # rise: per call and per second both significant at 0.03
 _DROP_LOG10_P: Final = -3.0  # an episode that ended: a significant fall after the top of the rise
 _DROP_MIN_RATIO: Final = 3.0  # ... to a third or less
 _EPISODE_LOG10_P: Final = -3.0  # one long episode (up, then down again) at 1e-3 over every stretch tried
 _EPISODE_MIN_RATIO: Final = 3.0  # ... failing at least three times as often as outside it and after it
 _RISE_MIN_RATIO: Final = 2.0  # fitted failure probability per call, last fifth over first fifth
-_RISE_MIN_TIME_RATIO: Final = 1.5  # and failures per second likewise
+_RISE_MIN_TIME_RATIO: Final = 1.5  # and failures per second likewise,
+_RISE_MIN_LASTED: Final = 0.05  # and the raised rate has lasted this share of the window (not a late blip)
 _MONOTONE_DISPERSION: Final = 2.0  # clustered *and* rising: a rise if the monotone fit leaves little over
 _INTERMITTENT_PER_SECOND: Final = 1.0 / 60.0
 _INTERMITTENT_MAX_RATE: Final = 0.05
@@ -223,22 +225,35 @@ def _log_margin(value: float, threshold: float) -> float:
     return math.log(max(value, 1e-6) / threshold)
 
 
-def _clus_margin(s: Scale, n_scales: int) -> float:
-    """> 0 when scale ``s`` passes the clustering gates; the smaller of significance and effect margins."""
+def _clus_margin(s: Scale, n_scales: int, *, robust: bool = False) -> float:
+    """> 0 when scale ``s`` passes the clustering gates; the smaller of significance and effect margins.
+
+    ``robust`` leaves the block with the most surplus out of the Fano criterion, so that one ramp or
+    step (all its surplus in one block) does not count as clustering.
+    """
     log10_p = min(0.0, s.log10_p + math.log10(max(1, n_scales)))
     sig = math.log10(max(1e-3, -log10_p)) - math.log10(-_BURST_LOG10_P)
     effect = max(_log_margin(s.excess, _BURST_MIN_EXCESS), _log_margin(s.correlation, _BURST_MIN_CORRELATION))
     if s.seconds <= _FANO_MAX_SCALE:
-        effect = max(effect, _log_margin(s.excess_per_failure, _BURST_MIN_FANO))
+        fano = s.robust_excess_per_failure if robust else s.excess_per_failure
+        effect = max(effect, _log_margin(fano, _BURST_MIN_FANO))
     return min(sig, effect)
 
 
-def _rise_margin(r: Rise) -> float:
+def _wave_margin(s: Scale, n_scales: int) -> float:
+    """> 0 when the whole-window test at scale ``s`` finds waves: significant, and a Fano factor >= 4."""
+    log10_p = min(0.0, s.log10_p + math.log10(max(1, n_scales)))
+    sig = math.log10(max(1e-3, -log10_p)) - math.log10(-_BURST_LOG10_P)
+    return min(sig, _log_margin(s.excess_per_failure, _WAVE_MIN_FANO))
+
+
+def _rise_margin(r: Rise, end: float, span: float) -> float:
     sig = math.log10(max(1e-3, -r.log10_p)) - math.log10(-_RISE_LOG10_P)
     return min(
         sig,
         _log_margin(r.per_call.ratio, _RISE_MIN_RATIO),
         _log_margin(r.per_second.ratio, _RISE_MIN_TIME_RATIO),
+        _log_margin(max(0.0, end - r.step_at) / max(span, 1e-9), _RISE_MIN_LASTED),
     )
 
 
@@ -288,7 +303,7 @@ def classify_series(series: Series, *, calibration: Calibration | None = None) -
     clus_margin = margins[best] if scales else -math.inf
     ops = op_groups(series.index, series.calls, series.failures, w, int(clamp(k // 4, 8, 32)))
     r = rise(series.index, series.calls, series.failures, w, g, ops, scales)
-    rise_margin = _rise_margin(r)
+    rise_margin = _rise_margin(r, series.end, span)
     ep = episode(ops, g)
     episode_margin = min(
         math.log10(max(1e-3, -ep.log10_p)) - math.log10(-_EPISODE_LOG10_P),
@@ -296,9 +311,24 @@ def classify_series(series: Series, *, calibration: Calibration | None = None) -
         _log_margin(ep.rate_inside / max(ep.rate_after, 1e-12), _EPISODE_MIN_RATIO),
     )
     clus_margin = max(clus_margin, episode_margin)
+    # Waves: over-dispersion over the whole window at 16 s and more, with no block to condition on.
+    waves = clustering(g, max(span, w), whole=True)
+    wave_margin = max((_wave_margin(x, len(waves)) for x in waves), default=-math.inf)
     is_cluster = clus_margin > 0.0
     is_rise = rise_margin > 0.0
     fell: Drop | None = None
+    if is_rise:
+        # Failures after the rise must not be clustered themselves: a late cluster of failures also
+        # "rises", but it is a burst. An escalation raises the rate of roughly independent failures.
+        after = series.window(r.step_at, series.end)
+        if after.total_failures >= MIN_FAILURES:
+            g2 = grid(after.index, after.calls, after.failures, w, after.start, after.end)
+            sc2 = clustering(g2, max(after.span, w))
+            late = max((_clus_margin(x, len(sc2), robust=True) for x in sc2), default=-math.inf)
+            if late > 0.0:
+                is_rise = False
+                is_cluster = True
+                clus_margin = max(clus_margin, min(late, rise_margin))
     if is_rise:
         fell = drop(series.index, series.calls, series.failures, w, r.top_from)
         drop_margin = min(math.log10(max(1e-3, -fell.log10_p)) - math.log10(-_DROP_LOG10_P),
@@ -308,6 +338,12 @@ def classify_series(series: Series, *, calibration: Calibration | None = None) -
             is_rise = False
             is_cluster = True
             clus_margin = max(clus_margin, min(drop_margin, rise_margin))
+
+    if wave_margin > 0.0 and not is_cluster and not (is_rise and r.per_call.dispersion <= _MONOTONE_DISPERSION):
+        # Failures come and go in waves that no monotone trend explains.
+        is_rise = False
+        is_cluster = True
+        clus_margin = wave_margin
 
     kind: PatternType
     if is_rise and (not is_cluster or r.per_call.dispersion <= _MONOTONE_DISPERSION):
@@ -390,7 +426,7 @@ def classify(
     return classify_series(bucketize(calls, start=window_start, end=window_end), calibration=calibration)
 
 
-def classify_seed_heuristic(calls: Iterable[tuple[float, bool]]) -> PatternResult:
+def classify_seed_heuristic(calls: Iterable[tuple[float, bool]] | Series) -> PatternResult:
     """The original design's rule, kept as a baseline for the benchmark. Not for production use.
 
     Needs 5 failures; then ``burst`` if most gaps between failures are under 5 s, else ``escalating`` if the
@@ -398,12 +434,13 @@ def classify_seed_heuristic(calls: Iterable[tuple[float, bool]]) -> PatternResul
     over 60 s, else ``steady``. Its confidence is the share of gaps supporting the decision (uncalibrated).
 
     Args:
-        calls: ``(timestamp_seconds, failed)`` pairs (``failed`` a ``bool``), any iterable, read once.
+        calls: ``(timestamp_seconds, failed)`` pairs (``failed`` a ``bool``), any iterable, read once; or a
+            :class:`~circuitry.analysis.series.Series` (failures are then placed mid-second).
 
     Returns:
         The rule's classification.
     """
-    s = bucketize(calls)
+    s = calls if isinstance(calls, Series) else bucketize(calls)
     w = s.width
     fts = [i * w + w / 2 for i, f in zip(s.index, s.failures, strict=True) for _ in range(f)]
     k = len(fts)
