@@ -1,265 +1,370 @@
-"""Replay held-out service streams through a consecutive-failure breaker: defaults vs ``recommend()``.
+"""Do recommendations pay? Replay services through an exact breaker: defaults vs following the advice.
 
-Each service is a two-hour stream. Its first hour is the *training* window: it is classified with
-:func:`circuitry.analysis.patterns.classify` and :func:`circuitry.analysis.recommend.recommend` turns
-the result into settings
-(starting from the defaults). The second hour is replayed twice through a simulated breaker -- with the
-defaults (threshold 5, timeout 60 s) and with the recommended settings -- and we count:
+Each service is a stream of calls with a known failure probability ``p(t)``; the service is *failing*
+while ``p(t) >= 0.5``. The cost of a policy is counted on the calls themselves:
 
-* **calls to failing service**: calls that reached the service while it was failing (inside a ground-truth
-  outage, or where an escalating service fails at least half of its calls) and failed;
-* **false trips**: closed -> open transitions while the service was healthy (for an escalating service:
-  while it fails under 10 % of calls; trips while it is *degraded* -- 10 % to 50 % -- are counted apart);
-* **time to open**: seconds from the start of each failing period to the breaker being open (a failing
-  period the breaker never opened in counts its whole length);
-* **healthy calls rejected**: calls the open breaker turned away while the service was healthy (the cost
-  of a long timeout).
+    cost = calls let through while the service was failing + calls refused while it was healthy
 
-The breaker: opens after ``threshold`` consecutive failures; rejects calls for ``timeout`` seconds; then the
-next call is a probe -- success closes, failure re-opens (timeout times ``backoff`` if a backoff multiplier is
-recommended, capped at 900 s; reset on close).
+The breaker is simulated call by call with circuitry's semantics: open after ``threshold`` consecutive
+failures; refuse for the open period (``timeout * backoff ** failed_probes``, capped); then one probe --
+success closes, failure re-opens. Calls are instantaneous.
 
-Service kinds: ``outages`` (rare background failures, outages of 30-180 s), ``outages-noisy`` (outages on a
-2-10 % background), ``noisy`` (independent failures at 5-30 %, no outage), ``escalating`` (failure probability
-rising log-linearly to >= 0.9 over the two hours), ``intermittent`` (a failure every 2-15 minutes).
+The engine never sees the calls. It sees what a store would hold under the policy in force: per-second
+counts of the calls the breaker let through (after a store-like attribution delay), and the transitions.
+
+Two protocols, both against the defaults (threshold 5, timeout 60 s) on the same calls:
+
+* ``advice``  -- the analyst's loop: every 15 minutes the last 900 s are classified and ``recommend()``
+  is asked; a recommendation is applied at once. The first 15 minutes run on the defaults.
+* ``auto``    -- the same loop through :func:`circuitry.analysis.adjust.decide` (bounded steps,
+  hysteresis, minimum evidence, rollback), fed the measured cost before and after each change.
+
+Run from the repository root::
+
+    python -m benchmarks.patterns.replay [--per-family N] [--jobs N]
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import random
+import sys
+import time
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from benchmarks.patterns.generators import Call, traffic
-from circuitry.analysis.patterns import classify
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.patterns.data import store_delay
+from circuitry.analysis.history import MinuteRollup
+from circuitry.analysis.patterns import classify_series
 from circuitry.analysis.recommend import recommend
+from circuitry.analysis.replay import Settings, Transition
+from circuitry.analysis.series import bucketize
 
-DEFAULT_THRESHOLD = 5
-DEFAULT_TIMEOUT = 60.0
-HOUR = 3600.0
-REPLAY_SEED = 3
-KINDS = ("outages", "outages-noisy", "noisy", "escalating", "intermittent")
-
-
-@dataclass(frozen=True)
-class Service:
-    """A two-hour stream with its failing (and, for escalation, degraded) intervals."""
-
-    kind: str
-    calls: list[Call]
-    failing: list[tuple[float, float]]
-    degraded: list[tuple[float, float]] = field(default_factory=list)
+DEFAULTS = Settings(5, 60.0)
+WINDOW = 900.0  # the analyst's window
+KEPT = 3600.0  # per-second rows the store keeps (at least max(2 * window, 3600) s)
+EVERY = 900.0  # how often the advice is asked for
+DURATION = 3 * 3600.0
+SEED = 3
+FAMILIES = (
+    "outages-short", "outages-long", "outages-varied", "bursts-frequent", "noise+outages", "escalation-fast",
+    "escalation-slow", "traffic-growth", "noisy", "intermittent",
+)
 
 
 @dataclass
-class Outcome:
-    """Replay counters for one policy."""
+class Service:
+    """Calls (time-ordered) and the true failure probability."""
 
-    calls_to_failing: int = 0
-    false_trips: int = 0
-    degraded_trips: int = 0
-    healthy_rejected: int = 0
-    failing_periods: int = 0
-    never_opened: int = 0
-    time_to_open_total: float = 0.0
-    trips: int = 0
-
-    def add(self, other: Outcome) -> None:
-        """Accumulate another outcome into this one."""
-        for f in self.__dataclass_fields__:
-            setattr(self, f, getattr(self, f) + getattr(other, f))
+    family: str
+    times: list[float]
+    failed: list[bool]
+    prob: Callable[[float], float]
 
 
-def _outages(
-    rng: random.Random, end: float, healthy_mean: float, out_lo: float, out_hi: float
-) -> list[tuple[float, float]]:
-    out = []
-    t = rng.expovariate(1.0 / healthy_mean)
-    while t < end:
-        d = rng.uniform(out_lo, out_hi)
-        out.append((t, min(end, t + d)))
-        t += d + rng.expovariate(1.0 / healthy_mean)
-    return out
+@dataclass
+class Tally:
+    """Cost counters of one policy over one or more services."""
+
+    failing_let_through: int = 0
+    healthy_refused: int = 0
+    calls: int = 0
+    changes: int = 0
+    settings: list[str] = field(default_factory=list)
+
+    @property
+    def cost(self) -> int:
+        """Calls let through while failing plus calls refused while healthy."""
+        return self.failing_let_through + self.healthy_refused
+
+    def add(self, other: Tally) -> None:
+        """Accumulate another tally."""
+        self.failing_let_through += other.failing_let_through
+        self.healthy_refused += other.healthy_refused
+        self.calls += other.calls
+        self.changes += other.changes
+        self.settings.extend(other.settings)
 
 
-def make_service(rng: random.Random, kind: str) -> Service:
-    """A two-hour service stream of the given kind.
+class Breaker:
+    """An exact consecutive-failure breaker with circuitry's semantics."""
 
-    Args:
-        rng: Random source.
-        kind: One of :data:`KINDS`.
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.open = False
+        self.run = 0
+        self.until = -math.inf
+        self.reopens = 0
+        self.transitions: list[Transition] = []
+        self.rejected: dict[int, int] = {}
 
-    Returns:
-        The service.
-    """
-    end = 2 * HOUR
-    rate = math.exp(rng.uniform(math.log(1.0), math.log(8.0)))
-    times = traffic(rng, rate, 0.0, end)
-    failing: list[tuple[float, float]] = []
-    uni = rng.random
-    if kind in ("outages", "outages-noisy"):
-        p_bg = rng.uniform(0.0, 0.005) if kind == "outages" else rng.uniform(0.02, 0.10)
-        failing = _outages(rng, end, rng.uniform(300.0, 900.0), 30.0, 180.0)
-        p_out = rng.uniform(0.8, 1.0)
-        starts = [a for a, _ in failing]
-        calls = []
-        for t in times:
-            i = bisect_right(starts, t) - 1
-            p = p_out if i >= 0 and t < failing[i][1] else p_bg
-            calls.append((t, uni() < p))
-    elif kind == "noisy":
-        p = rng.uniform(0.05, 0.30)
-        calls = [(t, uni() < p) for t in times]
-    elif kind == "escalating":
-        p0 = rng.uniform(0.002, 0.01)
-        ratio = 0.95 / p0
-        calls = [(t, uni() < p0 * ratio ** (t / end)) for t in times]
-        t_tenth = end * math.log(0.1 / p0) / math.log(ratio)
-        t_half = end * math.log(0.5 / p0) / math.log(ratio)
-        failing = [(t_half, end)]
-        return Service(kind, calls, failing, [(t_tenth, t_half)])
-    elif kind == "intermittent":
-        gap = rng.uniform(120.0, 900.0)
-        p = 1.0 / (gap * rate)
-        calls = [(t, uni() < p) for t in times]
-    else:  # pragma: no cover - programming error
-        raise ValueError(kind)
-    return Service(kind, calls, failing)
+    def period(self) -> float:
+        s = self.settings
+        return min(s.cap, s.timeout * s.backoff**self.reopens)
 
-
-def simulate(
-    calls: Sequence[Call],
-    failing: Sequence[tuple[float, float]],
-    degraded: Sequence[tuple[float, float]] = (),
-    *,
-    threshold: int,
-    timeout: float,
-    backoff: float | None = None,
-    max_timeout: float = 900.0,
-) -> Outcome:
-    """Run a consecutive-failure breaker over the calls.
-
-    Args:
-        calls: ``(timestamp, failed-if-it-reaches-the-service)`` in time order.
-        failing: Ground-truth failing intervals ``[start, end)``, sorted.
-        degraded: Intervals where the service is degrading but not yet failing (trips there are
-            counted apart, neither false nor true).
-        threshold: Consecutive failures that open the breaker.
-        timeout: Seconds open before a probe.
-        backoff: Timeout multiplier after a failed probe (``None``: fixed).
-        max_timeout: Cap on the grown timeout.
-
-    Returns:
-        The counters.
-    """
-    starts = [a for a, _ in failing]
-
-    def failing_at(t: float) -> int:
-        i = bisect_right(starts, t) - 1
-        return i if i >= 0 and t < failing[i][1] else -1
-
-    out = Outcome(failing_periods=len(failing))
-    opened_in: dict[int, float] = {}
-    is_open = False
-    open_until = 0.0
-    current = timeout
-    run = 0
-    for t, failed in calls:
-        f = failing_at(t)
-        if is_open:
-            if f >= 0 and f not in opened_in:
-                opened_in[f] = t  # already open when the failing period began
-            if t < open_until:
-                if f < 0 and not any(a <= t < b for a, b in degraded):
-                    out.healthy_rejected += 1
-                continue
-            # Probe.
+    def feed(self, t: float, failed: bool, tally: Tally, failing: bool,
+             admitted: list[tuple[float, bool]]) -> None:
+        """One call: refuse it, probe with it, or let it through; count the cost."""
+        tally.calls += 1
+        if self.open:
+            if t < self.until:
+                if not failing:
+                    tally.healthy_refused += 1
+                m = int(t // 60)
+                self.rejected[m] = self.rejected.get(m, 0) + 1
+                return
+            admitted.append((t, failed))
+            if failing:
+                tally.failing_let_through += 1
+            self.transitions.append(Transition(self.until, "open", "half_open", "recovery_timeout"))
             if failed:
-                if f >= 0:
-                    out.calls_to_failing += 1
-                if backoff is not None:
-                    current = min(max_timeout, current * backoff)
-                open_until = t + current
-                continue
-            is_open = False
-            current = timeout
-            run = 0
-            continue
+                self.reopens += 1
+                self.until = t + self.period()
+                self.transitions.append(Transition(t, "half_open", "open", "probe_failed"))
+            else:
+                self.open = False
+                self.run = 0
+                self.reopens = 0
+                self.transitions.append(Transition(t, "half_open", "closed", "probe_succeeded"))
+            return
+        admitted.append((t, failed))
+        if failing:
+            tally.failing_let_through += 1
         if failed:
-            if f >= 0:
-                out.calls_to_failing += 1
-            run += 1
-            if run >= threshold:
-                is_open = True
-                open_until = t + current
-                out.trips += 1
-                if f < 0:
-                    if any(a <= t < b for a, b in degraded):
-                        out.degraded_trips += 1
-                    else:
-                        out.false_trips += 1
-                elif f not in opened_in:
-                    opened_in[f] = t
+            self.run += 1
+            if self.run >= self.settings.threshold:
+                self.open = True
+                self.reopens = 0
+                self.until = t + self.period()
+                self.transitions.append(Transition(t, "closed", "open", "consecutive_failures"))
         else:
-            run = 0
-    for i, (a, b) in enumerate(failing):
-        if i in opened_in:
-            out.time_to_open_total += max(0.0, opened_in[i] - a)
-        else:
-            out.never_opened += 1
-            out.time_to_open_total += b - a
+            self.run = 0
+
+
+# ------------------------------------------------------------------------------------------ services
+
+
+def _traffic(rng: random.Random, rate: Callable[[float], float], end: float) -> list[float]:
+    out: list[float] = []
+    for s in range(int(end)):
+        r = rate(s + 0.5)
+        n = max(0, round(rng.gauss(r, math.sqrt(r)))) if r > 30 else _poisson(rng, r)
+        out.extend(sorted(s + rng.random() for _ in range(n)))
     return out
 
 
-@dataclass(frozen=True)
-class ReplayResult:
-    """Totals per service kind for the two policies."""
-
-    default: dict[str, Outcome]
-    recommended: dict[str, Outcome]
-    settings: dict[str, list[tuple[str | None, int, float, float | None]]]
-    services: int
+def _poisson(rng: random.Random, mean: float) -> int:
+    limit, k, prod = math.exp(-mean), 0, rng.random()
+    while prod > limit:
+        k += 1
+        prod *= rng.random()
+    return k
 
 
-def run_replay(per_kind: int = 30, seed: int = REPLAY_SEED) -> ReplayResult:
-    """Replay ``per_kind`` services of each kind.
+def _outages(rng: random.Random, end: float, gap: Callable[[], float], length: Callable[[], float]
+             ) -> list[tuple[float, float]]:
+    out = []
+    t = gap()
+    while t < end:
+        d = length()
+        out.append((t, min(end, t + d)))
+        t += d + gap()
+    return out
 
-    Args:
-        per_kind: Services per kind.
-        seed: Master seed (held out: disjoint from the classifier's training seed).
 
-    Returns:
-        The totals.
-    """
-    default: dict[str, Outcome] = {k: Outcome() for k in KINDS}
-    recommended: dict[str, Outcome] = {k: Outcome() for k in KINDS}
-    settings: dict[str, list[tuple[str | None, int, float, float | None]]] = {k: [] for k in KINDS}
-    for kind in KINDS:
-        for i in range(per_kind):
-            rng = random.Random(f"replay-{seed}-{kind}-{i}")
-            svc = make_service(rng, kind)
-            cut = bisect_right([t for t, _ in svc.calls], HOUR)
-            train, test = svc.calls[:cut], svc.calls[cut:]
-            result = classify(train, window_start=0.0, window_end=HOUR)
-            rec = recommend(result, current_threshold=DEFAULT_THRESHOLD, current_timeout=DEFAULT_TIMEOUT, calls=train)
-            settings[kind].append(
-                (result.type, rec.recommended_threshold, rec.recommended_timeout, rec.backoff_multiplier)
-            )
-            test_failing = [(max(a, HOUR), b) for a, b in svc.failing if b > HOUR]
-            test_degraded = [(max(a, HOUR), b) for a, b in svc.degraded if b > HOUR]
-            default[kind].add(
-                simulate(test, test_failing, test_degraded, threshold=DEFAULT_THRESHOLD, timeout=DEFAULT_TIMEOUT)
-            )
-            recommended[kind].add(
-                simulate(
-                    test,
-                    test_failing,
-                    test_degraded,
-                    threshold=rec.recommended_threshold,
-                    timeout=rec.recommended_timeout,
-                    backoff=rec.backoff_multiplier,
-                )
-            )
-    return ReplayResult(default, recommended, settings, per_kind * len(KINDS))
+def _piecewise(spans: list[tuple[float, float]], inside: float, outside: float) -> Callable[[float], float]:
+    starts = [a for a, _ in spans]
+
+    def prob(t: float) -> float:
+        i = bisect_right(starts, t) - 1
+        return inside if i >= 0 and t < spans[i][1] else outside
+
+    return prob
+
+
+def make_service(rng: random.Random, family: str) -> Service:
+    """One three-hour service of ``family``."""
+    base = math.exp(rng.uniform(math.log(1.0), math.log(30.0)))
+    rate: Callable[[float], float] = lambda _t: base  # noqa: E731
+    lu = lambda lo, hi: math.exp(rng.uniform(math.log(lo), math.log(hi)))  # noqa: E731
+    if family == "outages-short":
+        spans = _outages(rng, DURATION, lambda: rng.expovariate(1 / lu(120, 600)), lambda: rng.uniform(5, 30))
+        prob = _piecewise(spans, rng.uniform(0.9, 1.0), rng.uniform(0.0, 0.005))
+    elif family == "outages-long":
+        spans = _outages(rng, DURATION, lambda: rng.expovariate(1 / lu(600, 1800)), lambda: rng.uniform(60, 300))
+        prob = _piecewise(spans, rng.uniform(0.9, 1.0), rng.uniform(0.0, 0.005))
+    elif family == "outages-varied":
+        spans = _outages(rng, DURATION, lambda: rng.expovariate(1 / lu(300, 1200)), lambda: lu(5, 300))
+        prob = _piecewise(spans, rng.uniform(0.9, 1.0), rng.uniform(0.0, 0.005))
+    elif family == "bursts-frequent":  # 2-5 s bursts every 8-15 s, for stretches of 5-20 minutes
+        spans = []
+        t = rng.uniform(60, 600)
+        while t < DURATION:
+            stretch_end = t + rng.uniform(300, 1200)
+            while t < min(stretch_end, DURATION):
+                d = rng.uniform(2, 5)
+                spans.append((t, min(DURATION, t + d)))
+                t += d + rng.uniform(6, 12)
+            t = stretch_end + rng.uniform(300, 1800)
+        prob = _piecewise(spans, 1.0, rng.uniform(0.0, 0.005))
+    elif family == "noise+outages":
+        spans = _outages(rng, DURATION, lambda: rng.expovariate(1 / lu(600, 1800)), lambda: rng.uniform(30, 180))
+        prob = _piecewise(spans, rng.uniform(0.8, 1.0), rng.uniform(0.05, 0.2))
+    elif family in ("escalation-fast", "escalation-slow"):
+        # Healthy, then a rise to 60-95 % failures (over 30 s, or over 10-40 minutes), lasting 20-60 minutes,
+        # then recovery; twice in three hours.
+        top = rng.uniform(0.6, 0.95)
+        p0 = rng.uniform(0.0, 0.01)
+        ramp = rng.uniform(20, 40) if family == "escalation-fast" else rng.uniform(600, 2400)
+        events = []
+        for k in range(2):
+            start = k * DURATION / 2 + rng.uniform(600, 1800)
+            events.append((start, ramp, start + ramp + rng.uniform(1200, 3600)))
+
+        def prob(t: float) -> float:
+            for a, r, b in events:
+                if a <= t < b:
+                    return min(top, p0 + (top - p0) * min(1.0, (t - a) / r))
+            return p0
+    elif family == "traffic-growth":
+        spans = _outages(rng, DURATION, lambda: rng.expovariate(1 / lu(600, 1800)), lambda: lu(10, 180))
+        prob = _piecewise(spans, rng.uniform(0.9, 1.0), rng.uniform(0.0, 0.01))
+        base = min(base, 10.0)
+        rate = lambda t: base * 10.0 ** (t / DURATION)  # noqa: E731
+    elif family == "noisy":
+        p = rng.uniform(0.05, 0.4)
+        prob = lambda _t: p  # noqa: E731
+    elif family == "intermittent":
+        p = 1.0 / (lu(60, 600) * base)
+        prob = lambda _t: p  # noqa: E731
+    else:  # pragma: no cover
+        raise ValueError(family)
+    times = _traffic(rng, rate, DURATION)
+    uni = rng.random
+    failed = [uni() < prob(t) for t in times]
+    return Service(family, times, failed, prob)
+
+
+# --------------------------------------------------------------------------------------------- loops
+
+
+def run_fixed(svc: Service, settings: Settings) -> Tally:
+    """The whole service under fixed settings."""
+    tally = Tally()
+    b = Breaker(settings)
+    sink: list[tuple[float, bool]] = []
+    prob = svc.prob
+    for t, f in zip(svc.times, svc.failed, strict=True):
+        b.feed(t, f, tally, prob(t) >= 0.5, sink)
+    return tally
+
+
+def run_advised(svc: Service, seed: int, decide: Callable[..., Settings] | None = None) -> Tally:
+    """The analyst's loop: every 15 minutes, classify the last 900 s as stored and follow the advice."""
+    tally = Tally()
+    settings = DEFAULTS
+    b = Breaker(settings)
+    admitted: list[tuple[float, bool]] = []
+    rng = random.Random(seed)
+    prob = svc.prob
+    times, failed = svc.times, svc.failed
+    i = 0
+    n = len(times)
+    t_next = EVERY
+    history: list[object] = []
+    per_minute: dict[int, list[int]] = {}
+    stored: list[tuple[float, bool]] = []
+    while i < n:
+        while i < n and times[i] < t_next:
+            b.feed(times[i], failed[i], tally, prob(times[i]) >= 0.5, admitted)
+            i += 1
+        now = t_next
+        t_next += EVERY
+        lo = now - WINDOW
+        kept = max(0.0, now - KEPT)
+        for t, f in admitted:  # the store's per-minute rollups (kept for days)
+            row = per_minute.setdefault(int(t // 60), [0, 0])
+            row[0] += 1
+            row[1] += f
+        stored.extend((min(now, t + store_delay(rng)), f) for t, f in admitted)  # per-second rows
+        admitted = []
+        stored = [c for c in stored if c[0] >= kept]
+        series = bucketize((c for c in stored if c[0] >= lo), start=lo, end=now)
+        hour = bucketize(stored, start=kept, end=now)  # per-second rows kept an hour
+        trans = [tr for tr in b.transitions if tr.ts >= kept - 3600.0]
+        b.transitions = trans
+        result = classify_series(series, transitions=[tr for tr in trans if tr.ts >= lo])
+        rec = recommend(result, current_threshold=settings.threshold, current_timeout=settings.timeout,
+                        current_backoff=settings.backoff, current_max_timeout=settings.max_timeout,
+                        series=hour, transitions=[tr for tr in trans if tr.ts >= kept],
+                        history=[MinuteRollup(m, c, c - f, f, b.rejected.get(m, 0))
+                                 for m, (c, f) in per_minute.items()])
+        new = settings
+        if decide is not None:
+            new = decide(settings, result, rec, series, now, history)
+        elif rec.has_recommendations:
+            new = Settings(rec.recommended_threshold, rec.recommended_timeout, rec.backoff_multiplier or 1.0,
+                           rec.max_timeout)
+        if new != settings:
+            tally.changes += 1
+            tally.settings.append(f"{result.type}:{new.threshold}/{new.timeout:g}/{new.backoff:g}")
+            settings = new
+            b.settings = new
+    return tally
+
+
+def _one(args: tuple[str, int, int]) -> tuple[str, Tally, Tally]:
+    family, i, seed = args
+    rng = random.Random(f"replay-{seed}-{family}-{i}")
+    svc = make_service(rng, family)
+    return family, run_fixed(svc, DEFAULTS), run_advised(svc, seed=i)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run every family and print Markdown."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--per-family", type=int, default=12)
+    ap.add_argument("--jobs", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=SEED, help="3: the reported services; 1003: development")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    tasks = [(f, i, args.seed) for f in FAMILIES for i in range(args.per_family)]
+    default: dict[str, Tally] = {f: Tally() for f in FAMILIES}
+    advised: dict[str, Tally] = {f: Tally() for f in FAMILIES}
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for family, d, a in pool.map(_one, tasks):
+            default[family].add(d)
+            advised[family].add(a)
+    print(f"### Replay: defaults (5 failures, 60 s) vs following the advice every 15 minutes\n\n"
+          f"{len(tasks)} three-hour services (seed {args.seed}), {time.perf_counter() - t0:.0f} s.\n")
+    print("| family | calls | defaults: let through while failing | refused while healthy | cost | "
+          "advice: let through | refused | cost | change | settings applied |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    tot_d = Tally()
+    tot_a = Tally()
+    for f in FAMILIES:
+        d, a = default[f], advised[f]
+        tot_d.add(d)
+        tot_a.add(a)
+        change = (a.cost - d.cost) / d.cost if d.cost else 0.0
+        common: dict[str, int] = {}
+        for s in a.settings:
+            common[s] = common.get(s, 0) + 1
+        top = ", ".join(f"{k} ({v})" for k, v in sorted(common.items(), key=lambda kv: -kv[1])[:3])
+        print(f"| {f} | {d.calls} | {d.failing_let_through} | {d.healthy_refused} | {d.cost} | "
+              f"{a.failing_let_through} | {a.healthy_refused} | {a.cost} | {100 * change:+.0f} % | {top} |")
+    change = (tot_a.cost - tot_d.cost) / tot_d.cost
+    print(f"| **all** | {tot_d.calls} | {tot_d.failing_let_through} | {tot_d.healthy_refused} | **{tot_d.cost}** | "
+          f"{tot_a.failing_let_through} | {tot_a.healthy_refused} | **{tot_a.cost}** | **{100 * change:+.0f} %** | "
+          f"{tot_a.changes} changes |")
+
+
+if __name__ == "__main__":
+    main()

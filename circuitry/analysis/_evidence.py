@@ -26,6 +26,7 @@ Sustained rise (:func:`rise`)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -51,10 +52,12 @@ class Grid:
 
 
 def grid(index: tuple[int, ...], calls: tuple[int, ...], failures: tuple[int, ...], bucket: float,
-         start: float, end: float) -> Grid:
+         start: float, end: float, refusing: Sequence[tuple[float, float]] = ()) -> Grid:
     """Re-bin a series' buckets onto a regular grid starting at the window start.
 
-    The grid width is the bucket width, doubled until the window has at most ``_MAX_BINS`` bins.
+    The grid width is the bucket width, doubled until the window has at most ``_MAX_BINS`` bins. A bin's
+    time exposure leaves out the time the breaker in force refused calls (``refusing``): no failure can be
+    seen then, so a time-homogeneous failure process shows fewer failures in those bins.
     """
     span = max(end - start, bucket)
     width = bucket
@@ -69,6 +72,14 @@ def grid(index: tuple[int, ...], calls: tuple[int, ...], failures: tuple[int, ..
         x[j] += f
     secs = [width] * m
     secs[-1] = max(1e-9, span - width * (m - 1))
+    for a, b in refusing:
+        j0 = max(0, int((a - start) // width))
+        j1 = min(m - 1, int((b - start) // width))
+        for j in range(j0, j1 + 1):
+            lo = start + j * width
+            secs[j] -= max(0.0, min(b, lo + width) - max(a, lo))
+    floor = 0.01 * width  # a bin refused throughout still holds its probes
+    secs = [max(floor, v) for v in secs]
     return Grid(width, n, x, secs, start)
 
 

@@ -51,6 +51,7 @@ from circuitry.analysis import _calibration
 from circuitry.analysis._evidence import Drop, Rise, Scale, clustering, drop, episode, grid, op_groups, rise
 from circuitry.analysis._stats import clamp, logistic
 from circuitry.analysis.episodes import find_episodes
+from circuitry.analysis.replay import Transition, refusing
 from circuitry.analysis.series import Series, bucketize
 
 __all__ = [
@@ -269,11 +270,16 @@ def _quantile(sorted_values: Sequence[float], q: float) -> float:
 # ------------------------------------------------------------------------------------------- public
 
 
-def classify_series(series: Series, *, calibration: Calibration | None = None) -> PatternResult:
+def classify_series(series: Series, *, transitions: Sequence[Transition] = (),
+                    calibration: Calibration | None = None) -> PatternResult:
     """Classify the failure pattern of a window of per-second counts.
 
     Args:
         series: Calls and failures per bucket over the window (``series.start`` to ``series.end``).
+        transitions: The state changes of the breaker that decided these calls. While it was open it
+            refused every call, so no failure could be seen: that time does not count as time in which
+            failures "kept their pace" (without it, an escalation the breaker keeps refusing looks flat
+            per minute).
         calibration: Confidence calibration per label; default: the shipped one.
 
     Returns:
@@ -296,7 +302,8 @@ def classify_series(series: Series, *, calibration: Calibration | None = None) -
     first_failure, last_failure = fsec[0], fsec[-1] + w
     gaps = [b - a for a, b in zip(fsec, islice(fsec, 1, None), strict=False)]
     b_raw, b_corr = burstiness(gaps)
-    g = grid(series.index, series.calls, series.failures, w, series.start, series.end)
+    shut = refusing(transitions, series.start, series.end) if transitions else []
+    g = grid(series.index, series.calls, series.failures, w, series.start, series.end, shut)
     scales = clustering(g, max(span, w))
     margins = [_clus_margin(s, len(scales)) for s in scales]
     best = max(range(len(scales)), key=margins.__getitem__) if scales else -1
@@ -322,7 +329,7 @@ def classify_series(series: Series, *, calibration: Calibration | None = None) -
         # "rises", but it is a burst. An escalation raises the rate of roughly independent failures.
         after = series.window(r.step_at, series.end)
         if after.total_failures >= MIN_FAILURES:
-            g2 = grid(after.index, after.calls, after.failures, w, after.start, after.end)
+            g2 = grid(after.index, after.calls, after.failures, w, after.start, after.end, shut)
             sc2 = clustering(g2, max(after.span, w))
             late = max((_clus_margin(x, len(sc2), robust=True) for x in sc2), default=-math.inf)
             if late > 0.0:

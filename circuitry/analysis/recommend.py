@@ -1,70 +1,108 @@
-"""Recommend a failure threshold and recovery timeout from a classified failure pattern.
+"""Recommend breaker settings that a replay of the recent history shows to cost less than the current ones.
 
-Pure: no I/O, no clock. :func:`recommend` turns a :class:`~circuitry.analysis.patterns.PatternResult` into a
-:class:`Recommendation` for a consecutive-failure circuit breaker (open after ``threshold`` failures in a
-row, stay open ``timeout`` seconds, then let one probe through). Nothing is recommended when the
-classification abstained or its confidence is below ``confidence_floor``.
+Pure: no I/O, no clock. :func:`recommend` replays candidate settings over the analysed window's
+per-second counts (:func:`circuitry.analysis.replay.replay`, with the breaker's own open periods filled in
+by :func:`~circuitry.analysis.replay.impute`) and prices each with an explicit cost:
 
-The rules, with the measured statistics they use:
+    cost = failed_weight * (failed calls let through) + refused_weight * (healthy calls refused)
 
-``burst``
-    Open fast: threshold 3 (or the current one if lower), but never so low that the *background* failures
-    between bursts (``evidence.background_rate``) would trip the breaker more than about once per 100
-    hours. Timeout: long enough to cover a typical burst -- the 90th percentile of the measured burst
-    durations -- so the probe lands after the outage rather than inside it.
-``steady``
-    Failures are independent with probability ``p`` per call, so a run of ``k`` failures starts at a given
-    call with probability about ``(1 - p) p^k``. The threshold is the smallest ``k`` (never below the
-    current one) for which the expected number of such runs per hour of traffic is below 0.01. Timeout
-    unchanged. At 50 % failures or more the service is down rather than noisy: nothing is recommended.
-``intermittent``
-    Failures are isolated: keep the threshold (raised by the same rule as ``steady`` if needed) and
-    shorten the timeout to at most 30 s, since a trip is most likely transient.
+(both weights 1 by default: a failed call sent to a failing service and a good call turned away count the
+same). It recommends the cheapest candidate only if it beats the current settings by at least
+:data:`MIN_GAIN` of their cost -- never something its own replay prices higher -- and says by how much, per
+hour: :attr:`Recommendation.current_cost` and :attr:`Recommendation.expected_cost`.
+
+The pattern decides what is replayed and how the advice reads, not the advice itself:
+
 ``escalating``
-    The service is degrading: a lower threshold -- 3, or the smallest that the failure rate measured after
-    the change point rarely reaches by chance, never above the current one -- the timeout kept, and an
-    exponential backoff multiplier of 2 for consecutive failed probes.
+    The failure rate has risen and stays up, so the past before the rise says little about the next
+    minutes: only the window after the change point is replayed.
+``burst``, ``steady``, ``intermittent``
+    The whole window is replayed; the rationale names the episodes or the failure share behind it.
+``None`` (abstain) or a confidence below ``confidence_floor``
+    Nothing is recommended: too few failures to learn from.
+
+Candidates: thresholds 1-20, open periods of 5 s to 10 min, fixed or doubling after each failed probe
+(backoff, capped at ten times the open period), searched one setting at a time from the current ones.
 
 .. versionadded:: 0.1.0
+.. versionchanged:: 0.2.0
+   Recommendations come from a replay with an explicit cost instead of fixed rules per pattern.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
+from circuitry.analysis.episodes import find_episodes
+from circuitry.analysis.history import (
+    MIN_INCIDENT_SHARE,
+    PRESUMED_NORMAL,
+    MinuteRollup,
+    degraded_share,
+    incident_length,
+    incident_share,
+)
+from circuitry.analysis.history import normal_failure_rate as _normal_rate
 from circuitry.analysis.patterns import PatternResult, PatternType
+from circuitry.analysis.replay import (
+    Cost,
+    Settings,
+    Transition,
+    baseline_cost,
+    failing_buckets,
+    impute,
+    replay_halves,
+)
+from circuitry.analysis.series import Series, bucketize
+from circuitry.exceptions import ConfigurationError
 
-__all__ = ["MAX_THRESHOLD", "MAX_TIMEOUT", "MIN_TIMEOUT", "Recommendation", "recommend", "safe_threshold"]
+__all__ = [
+    "MAX_THRESHOLD",
+    "MAX_TIMEOUT",
+    "MIN_GAIN",
+    "MIN_TIMEOUT",
+    "Recommendation",
+    "recommend",
+    "safe_threshold",
+]
 
 #: Largest threshold ever recommended.
 MAX_THRESHOLD: Final = 20
 #: Shortest timeout ever recommended (seconds).
 MIN_TIMEOUT: Final = 5.0
 #: Longest timeout ever recommended (seconds).
-MAX_TIMEOUT: Final = 900.0
+MAX_TIMEOUT: Final = 600.0
+#: A candidate must cost at least this share less than the current settings in the replay.
+MIN_GAIN: Final = 0.15
 
-_FAST_THRESHOLD: Final = 3  # "open fast" for bursts and escalation
-_FALSE_TRIPS_PER_HOUR: Final = 0.01  # tolerated random trips from independent failures
-_BURST_TIMEOUT_FACTOR: Final = 1.0  # timeout = factor * p90 burst duration
-_INTERMITTENT_TIMEOUT: Final = 30.0
-_ESCALATING_BACKOFF: Final = 2.0
-_FAILING_RATE: Final = 0.5  # a "steady" service failing this share of calls is down, not noisy
-_MIN_BURST_FAILURES: Final = 5  # a run of at least this many failures counts as a burst
+_THRESHOLDS: Final = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20)
+_TIMEOUTS: Final = (5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+_BACKOFFS: Final = (1.0, 2.0)
+_MIN_SAVED: Final = 3.0  # ... and save at least this many weighted calls over the replayed window,
+_MIN_SAVED_PER_HOUR: Final = 5.0  # ... and this many per hour of it
+_BASELINE_TOLERANCE: Final = 0.05  # and cost at most 5 % more than the current ones on a healthy hour
+_MIN_NORMAL: Final = 0.001  # no service is assumed never to fail between incidents
+_FAILING: Final = 0.9  # the failure share of a service that has failed outright
+_INCIDENT: Final = 0.75  # the failure share of the incidents priced into every replay (none seen)
+_INCIDENT_SECONDS: Final = 300.0  # ... and their length
+_DEGRADED: Final = 0.25  # the failure share of the degraded stretches priced into every replay
+_ESCALATION_MIN_GAIN: Final = 0.3  # an escalation's advice must save this share
+_ESCALATION_MIN_SHARE: Final = 0.1  # replay after the change point only if it covers this share
 
 
 @dataclass(frozen=True, slots=True)
 class Recommendation:
-    """Suggested breaker settings and why.
+    """Suggested breaker settings, why, and what the replay expects them to change.
 
     Attributes:
-        recommended_threshold: Consecutive failures before opening (equals the current one when
+        recommended_threshold: Consecutive failures before opening (the current one when
             ``has_recommendations`` is false).
         recommended_timeout: Seconds to stay open before a probe.
-        backoff_multiplier: Factor to grow the timeout by after each failed probe, or ``None`` for a
-            fixed timeout.
+        backoff_multiplier: Factor to grow the open period by after each failed probe, or ``None`` for a
+            fixed open period.
         confidence: Confidence of the pattern the recommendation rests on (0-1).
         primary_pattern: That pattern, or ``None`` if the classification abstained.
         rationale: Human-readable reasoning, with the numbers used.
@@ -72,6 +110,10 @@ class Recommendation:
         current_threshold: The threshold in force.
         current_timeout: The timeout in force.
         failures: Failures in the analysed window.
+        max_timeout: Cap on the grown open period when ``backoff_multiplier`` is set.
+        current_cost: The replayed cost of the current settings, per hour (``None``: no replay).
+        expected_cost: The replayed cost of the recommended settings, per hour.
+        replayed_seconds: Seconds of history the replay covered.
     """
 
     recommended_threshold: int
@@ -84,6 +126,29 @@ class Recommendation:
     current_threshold: int
     current_timeout: float
     failures: int
+    max_timeout: float | None = None
+    current_cost: Cost | None = None
+    expected_cost: Cost | None = None
+    replayed_seconds: float = 0.0
+
+    @property
+    def improvement(self) -> float | None:
+        """Share of the current cost the recommendation saves in the replay (``None``: no replay)."""
+        if self.current_cost is None or self.expected_cost is None:
+            return None
+        cur = self.current_cost.total()
+        return (cur - self.expected_cost.total()) / cur if cur > 0 else 0.0
+
+    def effect(self) -> str:
+        """The expected effect in words and numbers (per hour, from the replay)."""
+        c, e = self.current_cost, self.expected_cost
+        if c is None or e is None:
+            return "no replay"
+        return (
+            f"replaying the last {_fmt_seconds(self.replayed_seconds)} s: failed calls let through "
+            f"{c.failed_let_through:.0f} -> {e.failed_let_through:.0f} per hour, healthy calls refused "
+            f"{c.healthy_refused:.0f} -> {e.healthy_refused:.0f} per hour"
+        )
 
     def as_seed_dict(self) -> dict[str, object]:
         """The recommendation in the original design's ``get_recommendations()`` shape.
@@ -91,13 +156,14 @@ class Recommendation:
         Returns:
             A dict with exactly the keys ``has_recommendations``, ``message``, ``current_threshold``,
             ``recommended_threshold``, ``current_timeout``, ``recommended_timeout``, ``confidence`` and
-            ``primary_pattern``.
+            ``primary_pattern``; the message states the expected effect in numbers.
         """
         if self.has_recommendations:
+            backoff = ", doubling after each failed probe" if self.backoff_multiplier else ""
             message = (
                 f"Based on {self.failures} recent failures ({self.primary_pattern} pattern), consider "
                 f"adjusting threshold to {self.recommended_threshold} and timeout to "
-                f"{_fmt_seconds(self.recommended_timeout)} seconds"
+                f"{_fmt_seconds(self.recommended_timeout)} seconds{backoff} ({self.effect()})"
             )
         else:
             message = f"No change recommended: {self.rationale}"
@@ -112,28 +178,38 @@ class Recommendation:
             "primary_pattern": self.primary_pattern,
         }
 
+    def as_dict(self) -> dict[str, Any]:
+        """Everything, as plain data: the seed's keys plus backoff, cap, rationale and the replayed costs."""
+        out: dict[str, Any] = dict(self.as_seed_dict())
+        out.update(
+            backoff_multiplier=self.backoff_multiplier,
+            max_timeout=self.max_timeout,
+            rationale=self.rationale,
+            failures=self.failures,
+            replayed_seconds=self.replayed_seconds,
+            improvement=self.improvement,
+        )
+        for name, cost in (("current_cost_per_hour", self.current_cost),
+                           ("expected_cost_per_hour", self.expected_cost)):
+            out[name] = None if cost is None else {
+                "failed_let_through": round(cost.failed_let_through, 3),
+                "healthy_refused": round(cost.healthy_refused, 3),
+                "trips": round(cost.trips, 3),
+                "total": round(cost.total(), 3),
+            }
+        return out
+
 
 def _fmt_seconds(x: float) -> str:
     return f"{x:.0f}" if x >= 10 else f"{x:.1f}"
 
 
-def _clamp_threshold(k: int) -> int:
-    return max(1, min(MAX_THRESHOLD, k))
-
-
-def _clamp_timeout(t: float) -> float:
-    if not math.isfinite(t):
-        return MAX_TIMEOUT
-    return round(max(MIN_TIMEOUT, min(MAX_TIMEOUT, t)), 1)
-
-
-def safe_threshold(p: float, calls_per_hour: float, trips_per_hour: float = _FALSE_TRIPS_PER_HOUR) -> int:
+def safe_threshold(p: float, calls_per_hour: float, trips_per_hour: float = 0.01) -> int:
     """Smallest run length ``k`` that independent failures rarely reach.
 
-    With failure probability ``p`` per call, a run of ``k`` failures starts at a given call with
-    probability ``(1 - p) * p^k`` (the call before it succeeded), so about ``calls_per_hour * (1-p) p^k``
-    runs start per hour. Returns the smallest ``k >= 1`` for which that is at most ``trips_per_hour``,
-    capped at :data:`MAX_THRESHOLD`.
+    With failure probability ``p`` per call, about ``calls_per_hour * (1 - p) * p^k`` runs of ``k``
+    failures start per hour. Returns the smallest ``k >= 1`` for which that is at most
+    ``trips_per_hour``, capped at :data:`MAX_THRESHOLD`.
 
     Args:
         p: Failure probability per call.
@@ -150,45 +226,15 @@ def safe_threshold(p: float, calls_per_hour: float, trips_per_hour: float = _FAL
     budget = trips_per_hour / (calls_per_hour * (1.0 - p))
     if budget >= 1.0:
         return 1
-    k = math.ceil(math.log(budget) / math.log(p) - 1e-9)
-    return _clamp_threshold(k)
+    return max(1, min(MAX_THRESHOLD, math.ceil(math.log(budget) / math.log(p) - 1e-9)))
 
 
-def _burst_durations(calls: Sequence[tuple[float, bool]], background_rate: float) -> list[float]:
-    """Durations (seconds, sorted) of bursts: runs of failures interrupted by only a few successes.
-
-    Failures are merged while fewer than ``s`` successes separate them, with ``s`` the gap that
-    background failures at ``background_rate`` per call bridge only 5 % of the time (at least 3), and a
-    merged run counts as a burst if it holds at least :data:`_MIN_BURST_FAILURES` failures.
-    """
-    bridge = max(3, min(10_000, int(0.05 / background_rate))) if background_rate > 0 else 10_000
-    out: list[float] = []
-    first_t = last_t = 0.0
-    count = 0
-    successes = 0
-    for t, failed in calls:
-        if failed:
-            if count and successes <= bridge:
-                count += 1
-            else:
-                if count >= _MIN_BURST_FAILURES:
-                    out.append(last_t - first_t)
-                first_t, count = t, 1
-            last_t = t
-            successes = 0
-        else:
-            successes += 1
-    if count >= _MIN_BURST_FAILURES:
-        out.append(last_t - first_t)
-    out.sort()
-    return out
-
-
-def _p90(values: Sequence[float]) -> float:
-    pos = 0.9 * (len(values) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+def _check_number(name: str, v: object, lo: float, *, lo_open: bool = True) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ConfigurationError(f"{name} must be a finite number, got {v!r}")
+    if v <= lo if lo_open else v < lo:
+        raise ConfigurationError(f"{name} must be a finite number {'>' if lo_open else '>='} {lo:g}, got {v!r}")
+    return float(v)
 
 
 def recommend(
@@ -196,43 +242,64 @@ def recommend(
     *,
     current_threshold: int,
     current_timeout: float,
-    calls: Sequence[tuple[float, bool]] | None = None,
+    calls: Iterable[tuple[float, bool]] | None = None,
+    series: Series | None = None,
+    transitions: Sequence[Transition] = (),
+    current_backoff: float = 1.0,
+    current_max_timeout: float | None = None,
+    failed_weight: float = 1.0,
+    refused_weight: float = 1.0,
     confidence_floor: float = 0.6,
+    normal_failure_rate: float | None = None,
+    history: Sequence[MinuteRollup] = (),
 ) -> Recommendation:
-    """Recommend breaker settings for a classified window.
+    """Recommend breaker settings for a classified window, proven by replaying it.
 
     Args:
-        result: What :func:`circuitry.analysis.patterns.classify` returned for the window.
+        result: The window's classification (:func:`circuitry.analysis.patterns.classify_series`).
         current_threshold: Consecutive failures that open the breaker now (>= 1).
         current_timeout: Seconds the breaker now stays open (> 0).
-        calls: The same calls that were classified, optional. With them, burst durations are measured
-            on the calls (runs of failures broken by only a few successes); without, the declustered
-            episode durations in ``result.evidence`` are used.
-        confidence_floor: Below this confidence nothing is recommended.
+        calls: The window's raw calls, as an alternative to ``series`` (counted per second).
+        series: The window's per-second counts (what the store keeps). Without ``series`` or ``calls``
+            nothing can be replayed and nothing is recommended.
+        transitions: The breaker's state changes in the window, to fill in what it refused while open.
+        current_backoff: The backoff factor in force (1: fixed open period).
+        current_max_timeout: The cap on the open period in force.
+        failed_weight: Cost of one failed call let through.
+        refused_weight: Cost of one healthy call refused.
+        confidence_floor: Below this pattern confidence nothing is recommended.
+        normal_failure_rate: The service's failure share between incidents, from long history
+            (:func:`circuitry.analysis.history.normal_failure_rate`). No candidate may cost more than the
+            current settings on an hour of such normal traffic. ``None``: estimated from the window
+            itself (outside its failure episodes), which is blind when the whole window is an incident.
+        history: Per-minute rollups of the circuit (days of them, if kept): what it refused while open
+            (to fill in the open periods of the window) and, unless ``normal_failure_rate`` is given, its
+            failure share in normal times.
 
     Returns:
         The recommendation; ``has_recommendations`` is false (and the recommended settings equal the
-        current ones) when the pattern is unknown, its confidence is below the floor, or the rules
-        land on the current settings.
+        current ones) when the pattern is unknown or uncertain, nothing was replayable, or no candidate
+        saves at least :data:`MIN_GAIN` of the current cost.
 
     Raises:
-        ValueError: If ``current_threshold < 1``, ``current_timeout`` is not a positive finite number, or
-            ``confidence_floor`` is outside [0, 1].
+        ConfigurationError: An argument is invalid (a ``ValueError``).
     """
-    if current_threshold < 1:
-        raise ValueError(f"current_threshold must be >= 1, got {current_threshold!r}")
-    if not (math.isfinite(current_timeout) and current_timeout > 0):
-        raise ValueError(f"current_timeout must be a positive number of seconds, got {current_timeout!r}")
-    if not 0.0 <= confidence_floor <= 1.0:
-        raise ValueError(f"confidence_floor must be within [0, 1], got {confidence_floor!r}")
+    if isinstance(current_threshold, bool) or not isinstance(current_threshold, int) or current_threshold < 1:
+        raise ConfigurationError(f"current_threshold must be an int >= 1, got {current_threshold!r}")
+    current_timeout = _check_number("current_timeout", current_timeout, 0.0)
+    current_backoff = _check_number("current_backoff", current_backoff, 1.0, lo_open=False)
+    failed_weight = _check_number("failed_weight", failed_weight, 0.0, lo_open=False)
+    refused_weight = _check_number("refused_weight", refused_weight, 0.0, lo_open=False)
+    if isinstance(confidence_floor, bool) or not 0.0 <= confidence_floor <= 1.0:
+        raise ConfigurationError(f"confidence_floor must be within [0, 1], got {confidence_floor!r}")
     ev = result.evidence
     kind = result.type
 
-    def unchanged(reason: str) -> Recommendation:
+    def unchanged(reason: str, cur: Cost | None = None, seconds: float = 0.0) -> Recommendation:
         return Recommendation(
             recommended_threshold=current_threshold,
             recommended_timeout=current_timeout,
-            backoff_multiplier=None,
+            backoff_multiplier=current_backoff if current_backoff > 1.0 else None,
             confidence=result.confidence,
             primary_pattern=kind,
             rationale=reason,
@@ -240,6 +307,10 @@ def recommend(
             current_threshold=current_threshold,
             current_timeout=current_timeout,
             failures=ev.failures,
+            max_timeout=current_max_timeout,
+            current_cost=cur,
+            expected_cost=cur,
+            replayed_seconds=seconds,
         )
 
     if kind is None:
@@ -248,75 +319,233 @@ def recommend(
         return unchanged(
             f"{kind} pattern at confidence {result.confidence:.2f} is below the floor {confidence_floor:.2f}"
         )
+    if series is None:
+        if calls is None:
+            return unchanged(f"{kind} pattern, but no history to replay")
+        series = bucketize(calls)
+    rejected = {m.minute: m.rejections for m in history if m.rejections}
+    horizon = impute(series, transitions, rejected or None)
+    if normal_failure_rate is None and history:
+        normal_failure_rate = _normal_rate(history)
+    note = ""
+    if kind == "escalating" and ev.change_point_time is not None:
+        share = (horizon.end - ev.change_point_time) / horizon.span if horizon.span > 0 else 0.0
+        if _ESCALATION_MIN_SHARE <= share < 1.0:
+            horizon = horizon.window(ev.change_point_time, horizon.end)
+            note = f" (since the rise at t={ev.change_point_time:.0f})"
 
-    calls_per_hour = ev.calls / ev.window_seconds * 3600.0 if ev.window_seconds > 0 else 0.0
-    threshold = current_threshold
-    timeout = current_timeout
-    backoff: float | None = None
-    if kind == "burst":
-        p_bg = ev.background_rate or 0.0
-        floor = safe_threshold(p_bg, calls_per_hour)
-        threshold = max(floor, min(current_threshold, _FAST_THRESHOLD))
-        if calls is not None:
-            durations = _burst_durations(calls, p_bg)
-            p90 = _p90(durations) if durations else (ev.episode_p90_seconds or 0.0)
+
+    # Do no harm in normal times: the advice must also suit the service between incidents, priced in
+    # closed form at the background failure rate (an upper estimate of it) and the window's traffic.
+    current = Settings(current_threshold, current_timeout, current_backoff, current_max_timeout)
+    # Traffic with what the breaker refused filled in: the open breaker hid it from the series.
+    full = impute(series, transitions, rejected or None)
+    rate = full.total_calls / full.span if full.span > 0 else 0.0
+    p_bg = _background(series, result) if normal_failure_rate is None else float(normal_failure_rate)
+    p_bg = max(_MIN_NORMAL, PRESUMED_NORMAL if p_bg >= 0.5 else p_bg)
+    healthy_now = baseline_cost(current, rate, p_bg).total(failed_weight, refused_weight)
+    limit = healthy_now * (1.0 + _BASELINE_TOLERANCE) + 1.0
+
+    # An escalation is getting worse: the advice must also hold if the service fails outright next -- at
+    # the failing share after the rise, or at 90 % -- and must not tolerate more failures in a row.
+    escalating = kind == "escalating"
+    fail_levels = sorted({_FAILING, min(0.95, max(0.5, ev.rate_after or 0.0))})
+
+    def failing_cost(s: Settings, p: float) -> float:
+        return baseline_cost(s, rate, p, horizon.span).total(failed_weight, refused_weight)
+
+    failing_now = {p: failing_cost(current, p) for p in fail_levels}
+
+    def harmless(s: Settings) -> bool:
+        if baseline_cost(s, rate, p_bg).total(failed_weight, refused_weight) > limit:
+            return False
+        if escalating:
+            if s.threshold > current.threshold:
+                return False
+            return all(failing_cost(s, p) <= failing_now[p] * (1.0 + _BASELINE_TOLERANCE) + 1.0 for p in fail_levels)
+        return True
+
+    # Incidents to come: the share of time the history spent failing (at least MIN_INCIDENT_SHARE) of an
+    # incident at 75 % failures is added to every replay, so advice fitted to calm minutes stays sane.
+    share = incident_share(history) if history else MIN_INCIDENT_SHARE
+    # Likewise the time it spends degraded (a quarter of calls failing, still worth calling): advice
+    # fitted to an outage must not make the breaker trip on every noisy minute.
+    share_degraded = degraded_share(history) if history else MIN_INCIDENT_SHARE
+
+    # How long incidents last here (the history's median), 5 minutes without one on record; and how hard
+    # they fail (the window's episodes, if they fail half their calls or more; else 75 %).
+    typical = (incident_length(history) if history else None) or _INCIDENT_SECONDS
+    eps = [e for e in find_episodes(horizon).episodes if 2 * e.failures >= e.calls]
+    level = sum(e.failures for e in eps) / sum(e.calls for e in eps) if eps else _INCIDENT
+    level = min(0.99, level)
+
+    def incident_cost(s: Settings) -> float:
+        """An incident of typical length and failure share, then the open time left when it ends."""
+        during = baseline_cost(s, rate, level, typical).total(failed_weight, refused_weight)
+        _, residual = _incident_tail(s, typical / 2.0, level)
+        return during + refused_weight * rate * residual
+
+    cache: dict[Settings, Cost] = {}
+    # A window that ends inside an incident never shows its end, which is where a long open period costs:
+    # price the incident going on as long again, then recovering (see _ongoing).
+    ongoing = _ongoing(horizon)
+
+    flags = failing_buckets(horizon)
+
+    halves: dict[Settings, tuple[float, float]] = {}
+
+    def cache_total(s: Settings) -> float:
+        if s not in cache:
+            whole, first, second = replay_halves(horizon, s, failing=flags)
+            cache[s] = whole
+            halves[s] = (first.total(failed_weight, refused_weight), second.total(failed_weight, refused_weight))
+        return cache[s].total(failed_weight, refused_weight)
+
+    def price(s: Settings) -> float:
+        total = cache_total(s)
+        total += share * horizon.span / typical * incident_cost(s)
+        total += share_degraded * baseline_cost(s, rate, _DEGRADED, horizon.span).total(failed_weight, refused_weight)
+        if ongoing is not None:
+            failed, residual = _incident_tail(s, *ongoing)
+            total += failed_weight * failed + refused_weight * rate * residual
+        return total
+
+    # The evidence must come from the window itself: a candidate qualifies only if its replay of the
+    # window saves at least MIN_GAIN of the current settings' (and a few calls). Among those, the one with
+    # the lowest cost once incidents and degraded spells to come are priced in wins -- the priced-in terms
+    # guard against harm, they never justify a change on their own.
+    replayed_now = cache_total(current)
+    # An escalation is a regime in flux: what wins on its first minutes must win clearly.
+    gain = _ESCALATION_MIN_GAIN if escalating else MIN_GAIN
+    bar = min(replayed_now * (1.0 - gain), replayed_now - max(_MIN_SAVED, _MIN_SAVED_PER_HOUR * horizon.span / 3600.0))
+    search = current  # the coordinate search follows the full price
+    search_cost = price(current)
+    best, best_cost = current, search_cost
+    for step in ("threshold", "timeout", "threshold"):
+        options: list[Settings]
+        if step == "threshold":
+            options = [Settings(k, search.timeout, search.backoff, search.max_timeout) for k in _THRESHOLDS]
         else:
-            p90 = ev.episode_p90_seconds or 0.0
-        timeout = _BURST_TIMEOUT_FACTOR * p90 if p90 > 0 else current_timeout
-        why = (
-            f"failures are clustered (pair excess {ev.dispersion_index or 0:.1f}x at "
-            f"{ev.dispersion_bucket_seconds or 0:g} s buckets); opening after {threshold} failures limits "
-            f"calls into an outage (background failure rate {p_bg:.3%} needs >= {floor}); timeout covers "
-            f"the 90th-percentile burst of {p90:.0f} s"
+            options = [Settings(search.threshold, t, b, t * 10.0 if b > 1.0 else None)
+                       for t in _TIMEOUTS for b in _BACKOFFS]
+        for cand in options:
+            if not harmless(cand):
+                continue
+            c = price(cand)
+            if c < search_cost - 1e-9:
+                search, search_cost = cand, c
+            # ... and it must hold in each half of the window on its own: advice that wins on one event
+            # and loses on the rest is fitted to that event.
+            steady_win = all(h <= h0 + 1e-9 for h, h0 in zip(halves[cand], halves[current], strict=True))
+            if c < best_cost - 1e-9 and cache_total(cand) <= bar and steady_win:
+                best, best_cost = cand, c
+    cur_cost = cache[current]
+    per_hour = cur_cost.per_hour()
+    if best == current:
+        return unchanged(
+            f"{kind} pattern; no setting saves {MIN_GAIN:.0%} of the replayed cost of the current ones "
+            f"({per_hour.failed_let_through:.0f} failed calls let through and {per_hour.healthy_refused:.0f} "
+            f"healthy calls refused per hour{note})",
+            per_hour,
+            horizon.span,
         )
-    elif kind == "steady" and ev.failure_rate >= _FAILING_RATE:
-        # Not noise to ride out: the service fails most calls. Raising the threshold would only send more
-        # calls into it, so leave the settings alone.
-        return unchanged(f"steady failures at {ev.failure_rate:.0%} of calls: the service is failing, not noisy")
-    elif kind == "steady":
-        p = ev.failure_rate
-        needed = safe_threshold(p, calls_per_hour)
-        threshold = max(current_threshold, needed)
-        why = (
-            f"independent failures at {p:.2%} per call and {calls_per_hour:.0f} calls/h: {needed} in a row "
-            f"happen by chance less than {_FALSE_TRIPS_PER_HOUR:g} times per hour"
-        )
-    elif kind == "intermittent":
-        p = ev.failure_rate
-        needed = safe_threshold(p, calls_per_hour)
-        threshold = max(current_threshold, needed)
-        timeout = min(current_timeout, _INTERMITTENT_TIMEOUT)
-        why = (
-            f"isolated failures ({ev.failures_per_second * 60:.2f}/min, {p:.2%} of calls): a trip is "
-            f"probably transient, so recover quickly"
-        )
-    else:  # escalating
-        # Lower, but not so low that the current (post-change) failure rate trips it by chance.
-        floor = safe_threshold(ev.rate_after or ev.failure_rate, calls_per_hour)
-        threshold = min(current_threshold, max(_FAST_THRESHOLD, floor))
-        backoff = _ESCALATING_BACKOFF
-        cp = ev.change_point_time
-        why = (
-            f"failure probability per call rising (trend z {ev.trend_z or 0:.1f}, fitted ratio "
-            f"{ev.trend_rate_ratio or 0:.1f}x"
-            + (f", change point at t={cp:g}" if cp is not None else "")
-            + "): open sooner and back off exponentially while it persists"
-        )
-
-    threshold = _clamp_threshold(threshold)
-    timeout = _clamp_timeout(timeout)
-    changed = threshold != current_threshold or timeout != current_timeout or backoff is not None
-    if not changed:
-        return unchanged(f"{kind} pattern; current settings already fit: {why}")
+    exp = cache[best].per_hour()
+    why = _why(kind, result, best, current)
     return Recommendation(
-        recommended_threshold=threshold,
-        recommended_timeout=timeout,
-        backoff_multiplier=backoff,
+        recommended_threshold=best.threshold,
+        recommended_timeout=best.timeout,
+        backoff_multiplier=best.backoff if best.backoff > 1.0 else None,
         confidence=result.confidence,
         primary_pattern=kind,
-        rationale=why,
+        rationale=f"{why}; replayed{note}: {exp.total():.0f} instead of {per_hour.total():.0f} weighted calls "
+        f"per hour",
         has_recommendations=True,
         current_threshold=current_threshold,
         current_timeout=current_timeout,
         failures=ev.failures,
+        max_timeout=best.max_timeout if best.backoff > 1.0 else None,
+        current_cost=per_hour,
+        expected_cost=exp,
+        replayed_seconds=horizon.span,
     )
+
+
+def _ongoing(series: Series) -> tuple[float, float] | None:
+    """``(seconds it has lasted, its failure share)`` if the window ends inside an incident, else ``None``.
+
+    An incident is going on when the last minute fails at least half its calls; it started where the
+    failure share, walking back a minute at a time, last fell below one half.
+    """
+    end = series.end
+    elapsed = 0.0
+    n_tot = x_tot = 0
+    for back in range(1, 1 + int(series.span // 60.0)):
+        sub = series.window(end - 60.0 * back, end - 60.0 * (back - 1))
+        n, x = sub.total_calls, sub.total_failures
+        if n == 0 or x < 0.5 * n:
+            break
+        elapsed = 60.0 * back
+        n_tot += n
+        x_tot += x
+    return (elapsed, x_tot / n_tot) if elapsed > 0.0 else None
+
+
+def _incident_tail(s: Settings, elapsed: float, p: float) -> tuple[float, float]:
+    """Failed calls let through while an incident that has lasted ``elapsed`` seconds at failure share
+    ``p`` lasts as long again, and the expected open time left when it ends (half the period in force).
+
+    Each probe fails with probability ``p``; one that succeeds closes the circuit, which then lets calls
+    through until ``threshold`` fail in a row: ``(1 - p^k) / ((1 - p) p^k)`` calls on average, every one of
+    them a call to a failing service.
+    """
+    t = 0.0
+    period = s.timeout
+    probes = 0
+    while t < 2.0 * elapsed:
+        if t >= elapsed:
+            probes += 1
+        t += period
+        period = min(s.cap, period * s.backoff)
+    p = min(max(p, 1e-9), 1.0 - 1e-9)
+    pk = p**s.threshold
+    until_trip = min(1e6, (1.0 - pk) / ((1.0 - p) * pk))
+    per_probe = 1.0 + (1.0 - p) * until_trip  # the probe, and the calls let through if it succeeds
+    return probes * per_probe, period / 2.0
+
+
+def _background(series: Series, result: PatternResult) -> float:
+    """An upper estimate (about 90 %) of the failure probability between incidents."""
+    eps = find_episodes(series)
+    n = series.total_calls - sum(e.calls for e in eps.episodes)
+    x = series.total_failures - sum(e.failures for e in eps.episodes)
+    if result.type == "escalating" and result.evidence.rate_before is not None:
+        p = result.evidence.rate_before  # before the rise
+        n = int(series.total_calls / 2)
+        x = int(p * n)
+    if n <= 0:
+        return 0.0
+    p = x / n
+    return min(1.0, p + 1.28 * math.sqrt(max(p * (1.0 - p), 1.0 / n) / n))
+
+
+def _why(kind: PatternType, result: PatternResult, best: Settings, current: Settings) -> str:
+    ev = result.evidence
+    parts = []
+    if best.threshold < current.threshold:
+        parts.append(f"open after {best.threshold} failures in a row instead of {current.threshold}")
+    elif best.threshold > current.threshold:
+        parts.append(f"tolerate {best.threshold} failures in a row instead of {current.threshold}")
+    if best.timeout != current.timeout:
+        parts.append(f"probe after {_fmt_seconds(best.timeout)} s instead of {_fmt_seconds(current.timeout)} s")
+    if best.backoff > 1.0 >= current.backoff:
+        parts.append(f"double the open period after each failed probe, up to {_fmt_seconds(best.cap)} s")
+    if kind == "burst":
+        what = (f"failures come in episodes ({ev.episodes or 0} in the window, the longest "
+                f"{ev.episode_max_seconds or 0:.0f} s)")
+    elif kind == "escalating":
+        what = f"the failure rate per call rose {ev.trend_rate_ratio or 0:.1f}x and stays up"
+    elif kind == "steady":
+        what = f"independent failures on {ev.failure_rate:.1%} of calls"
+    else:
+        what = f"isolated failures ({ev.failures_per_second * 60:.2f} a minute)"
+    return f"{what}: " + ", ".join(parts)
