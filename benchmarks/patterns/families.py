@@ -235,7 +235,8 @@ def _rate_class(per_min: float, per_call: float) -> str | None:
     return None
 
 
-def make_stream(rng: random.Random, family: str, shape: str, target: float) -> Stream | None:
+def make_stream(rng: random.Random, family: str, shape: str, target: float,
+                duration: float | None = None) -> Stream | None:
     """One window of ``family`` under traffic ``shape`` with about ``target`` failures.
 
     Args:
@@ -243,11 +244,12 @@ def make_stream(rng: random.Random, family: str, shape: str, target: float) -> S
         family: One of :data:`FAMILIES`.
         shape: One of :data:`SHAPES`.
         target: Expected number of failures.
+        duration: Window length (default: drawn for the shape; the prediction benchmark fixes it).
 
     Returns:
         The stream, or ``None`` when the drawn parameters break the class rules (draw again).
     """
-    duration = _duration(rng, shape)
+    duration = _duration(rng, shape) if duration is None else duration
     base = _base_rate(rng, shape, duration)
     rate = rate_function(rng, shape, duration, base)
     mean_rate = _mean_rate(rate, 0.0, duration)
@@ -381,7 +383,7 @@ TARGETS = (5.0, 8.0, 12.0, 16.0, 25.0, 35.0, 50.0, 80.0, 150.0, 300.0)
 IMPOSSIBLE = frozenset({("esc-drift", "ramp-down")})
 
 
-def draw(seed: str, family: str, shape: str) -> Stream:
+def draw(seed: str, family: str, shape: str, duration: float | None = None, target_scale: float = 1.0) -> Stream:
     """The stream for one ``(seed, family, shape)``: deterministic, redrawn until the class rules hold.
 
     Raises:
@@ -391,8 +393,8 @@ def draw(seed: str, family: str, shape: str) -> Stream:
         raise ValueError(f"{family} under {shape} traffic breaks its class rule")
     rng = random.Random(seed)
     for _ in range(10_000):
-        target = rng.choice(TARGETS) * rng.uniform(0.8, 1.25)
-        s = make_stream(rng, family, shape, target)
+        target = rng.choice(TARGETS) * rng.uniform(0.8, 1.25) * target_scale
+        s = make_stream(rng, family, shape, target, duration)
         if s is not None and s.label is not None:
             return s
     raise ValueError(f"no {family} stream under {shape} traffic met its class rule in 10,000 draws")

@@ -1,0 +1,216 @@
+"""Predict what a circuit does next: will it open within the next minutes, and how often will calls fail?
+
+Pure and deterministic (seeded; no clock). :func:`predict` looks at the recent per-second counts, the
+breaker's settings and its transitions, and returns a :class:`Prediction`:
+
+* ``open_probability`` -- the probability that the circuit trips (closed -> open) within ``horizon``
+  seconds. Its raw form is a simulation: the breaker, in its current state, replayed over futures drawn
+  from the recent past (blocks of 30 s resampled from the last window, recent ones more often -- from
+  after the change point if the failure rate is escalating). A logistic calibration maps that raw
+  probability and the trips of the last hour to a calibrated one; the constants are fitted by
+  ``benchmarks/patterns/predict_bench.py``, never by hand.
+* ``failure_rate`` -- the expected failure share of the calls in the next ``horizon`` seconds, with an
+  interval meant to hold it ``coverage`` of the time, from the same resampled futures, widened by a
+  fitted factor.
+
+.. versionadded:: 0.2.0
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from circuitry.analysis import _calibration_predict as _calibration
+from circuitry.analysis._stats import clamp, logistic
+from circuitry.analysis.patterns import PatternResult
+from circuitry.analysis.replay import Settings, Transition, _Sim, impute
+from circuitry.analysis.series import Series
+from circuitry.exceptions import ConfigurationError
+
+__all__ = ["DEFAULT_HORIZON", "Prediction", "open_features", "predict"]
+
+#: Seconds ahead the prediction looks by default.
+DEFAULT_HORIZON: Final = 300.0
+_BLOCK: Final = 30.0  # seconds per resampled block: keeps bursts whole
+_RUNS: Final = 100  # simulated futures
+_RECENT: Final = 300.0  # the "recent" failure share: the last five minutes
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """What the circuit is expected to do next.
+
+    Attributes:
+        horizon_seconds: How far ahead.
+        open_probability: Calibrated probability of a trip (closed -> open) within the horizon.
+        raw_open_probability: The simulation's own estimate, before calibration.
+        failure_rate: Expected failure share of the calls in the horizon.
+        failure_rate_low: Lower end of the interval.
+        failure_rate_high: Upper end of the interval.
+        coverage: How often the interval is meant to hold the true share.
+        features: The facts the calibration used.
+    """
+
+    horizon_seconds: float
+    open_probability: float
+    raw_open_probability: float
+    failure_rate: float
+    failure_rate_low: float
+    failure_rate_high: float
+    coverage: float
+    features: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data, e.g. for ``get_stats()`` or an alert's details."""
+        return {
+            "horizon_seconds": self.horizon_seconds,
+            "open_probability": round(self.open_probability, 4),
+            "failure_rate": round(self.failure_rate, 6),
+            "failure_rate_interval": [round(self.failure_rate_low, 6), round(self.failure_rate_high, 6)],
+            "coverage": self.coverage,
+        }
+
+
+def _state_at_end(transitions: Sequence[Transition], end: float) -> tuple[bool, float]:
+    """Whether the breaker is refusing at ``end`` and until when its open period runs (best guess)."""
+    last = None
+    for tr in sorted(transitions, key=lambda t: t.ts):
+        if tr.ts <= end:
+            last = tr
+    if last is None or last.to_state not in ("open", "forced_open"):
+        return False, end
+    return True, last.ts
+
+
+def _futures(source: Series, horizon: float, runs: int, rng: random.Random) -> list[list[tuple[int, int]]]:
+    """``runs`` futures of ``horizon`` seconds: 30 s blocks of ``source`` drawn with replacement, recent
+    blocks more often (weight ``exp(-age / 5 min)``), as per-second ``(calls, failures)``."""
+    w = source.width
+    start = source.start
+    span = max(source.span, w)
+    seconds = max(1, int(span // w))
+    rows = [(0, 0)] * seconds
+    for i, n, x in zip(source.index, source.calls, source.failures, strict=True):
+        j = int((i * w - start) // w)
+        if 0 <= j < seconds:
+            rows[j] = (n, x)
+    block = max(1, int(_BLOCK // w))
+    steps = max(1, math.ceil(horizon / w))
+    starts = list(range(max(1, seconds - block + 1)))
+    weights = [math.exp(-(seconds - b0) * w / _RECENT) for b0 in starts]
+    out = []
+    for _ in range(runs):
+        fut: list[tuple[int, int]] = []
+        while len(fut) < steps:
+            b0 = rng.choices(starts, weights)[0]
+            fut.extend(rows[b0 : b0 + block])
+        out.append(fut[:steps])
+    return out
+
+
+def open_features(raw: float, series: Series, transitions: Sequence[Transition], horizon: float) -> dict[str, float]:
+    """The facts the open-probability calibration uses (exposed so the fitting script uses the same): the
+    simulation's probability, and the trips in the hour before the window's end (the transitions reach
+    further back than the per-second counts: a longer memory for bursts that come and go at random)."""
+    end = series.end
+    trips = sum(1 for tr in transitions if tr.to_state == "open" and tr.from_state == "closed"
+                and end - 3600.0 <= tr.ts <= end)
+    r = clamp(raw, 0.005, 0.995)
+    return {"logit_raw": math.log(r / (1.0 - r)), "log_trips_hour": math.log1p(trips)}
+
+
+def predict(
+    series: Series,
+    *,
+    settings: Settings,
+    transitions: Sequence[Transition] = (),
+    pattern: PatternResult | None = None,
+    horizon: float = DEFAULT_HORIZON,
+    coverage: float = 0.8,
+    seed: int = 0,
+    calibration: Sequence[float] | None = None,
+    interval_scale: float | None = None,
+) -> Prediction:
+    """Predict the next ``horizon`` seconds of a circuit.
+
+    Args:
+        series: The recent per-second counts (the analysis window).
+        settings: The breaker's settings in force.
+        transitions: Its state changes (to know whether it is open now, and its recent trips).
+        pattern: The window's classification; an escalation resamples only the stretch after its change
+            point (the past before the rise is not the future).
+        horizon: Seconds ahead (> 0).
+        coverage: The failure-rate interval's target coverage, in (0, 1).
+        seed: Seed of the simulated futures.
+        calibration: Coefficients ``(intercept, *weights)`` over :func:`open_features`; default: shipped.
+        interval_scale: Widening of the failure-rate interval; default: shipped.
+
+    Returns:
+        The prediction.
+
+    Raises:
+        ConfigurationError: ``horizon`` or ``coverage`` is out of range.
+    """
+    if isinstance(horizon, bool) or not isinstance(horizon, int | float) or not math.isfinite(horizon) or horizon <= 0:
+        raise ConfigurationError(f"horizon must be a positive number of seconds, got {horizon!r}")
+    if isinstance(coverage, bool) or not isinstance(coverage, int | float) or not 0.0 < coverage < 1.0:
+        raise ConfigurationError(f"coverage must be within (0, 1), got {coverage!r}")
+    # Trips: futures drawn from the window with what the open breaker refused filled in (it would be
+    # called again). The failure share: from the calls let through only -- a breaker decides on calls
+    # already made, so they are a fair sample of a service whose calls fail independently, while the
+    # filled-in seconds are a guess.
+    source = impute(series, transitions) if transitions else series
+    observed = series
+    if pattern is not None and pattern.type == "escalating" and pattern.evidence.change_point_time is not None:
+        cut = pattern.evidence.change_point_time
+        if series.start < cut < series.end - _BLOCK:
+            source = source.window(cut, series.end)
+            observed = series.window(cut, series.end)
+    rng = random.Random(seed)
+    share_futures = _futures(observed, horizon, _RUNS, rng)
+    refusing, opened_at = _state_at_end(transitions, series.end)
+    w = series.width
+
+    def simulate(futures: list[list[tuple[int, int]]], salt: int) -> float:
+        opened = 0
+        for r, fut in enumerate(futures):
+            sim = _Sim(settings, seed * 7919 + salt * 104729 + r)
+            if refusing:
+                sim.state = 1
+                sim.open_until = opened_at + settings.timeout
+            t0 = series.end
+            for j, (n, x) in enumerate(fut):
+                if n:
+                    sim.second(t0 + j * w, w, n, x)
+            opened += sim.trips > 0
+        return (opened + 0.5) / (len(futures) + 1.0)
+
+    raw = simulate(_futures(source, horizon, _RUNS, rng), 0)
+    shares: list[float] = []
+    for fut in share_futures:
+        calls = sum(n for n, _ in fut)
+        shares.append(sum(x for _, x in fut) / calls if calls else 0.0)
+    feats = open_features(raw, series, transitions, horizon)
+    coef = list(calibration) if calibration is not None else list(_calibration.PREDICT_OPEN)
+    z = coef[0] + sum(c * v for c, v in zip(coef[1:], feats.values(), strict=False))
+    p_open = logistic(z)
+    # Failure share: the recency-weighted share of the calls let through (weight exp(-age / 5 min)); the
+    # interval from the spread of the resampled futures around their mean, widened.
+    shares.sort()
+    centre = sum(shares) / len(shares)
+    wx = wn = 0.0
+    for i, n, x in zip(observed.index, observed.calls, observed.failures, strict=True):
+        weight = math.exp(-(series.end - i * w) / _RECENT)
+        wx += weight * x
+        wn += weight * n
+    mean = wx / wn if wn > 0 else centre
+    scale = _calibration.PREDICT_INTERVAL if interval_scale is None else interval_scale
+    lo_q = shares[int((1.0 - coverage) / 2.0 * (len(shares) - 1))]
+    hi_q = shares[int((1.0 + coverage) / 2.0 * (len(shares) - 1) + 0.5)]
+    low = max(0.0, mean - scale * (centre - lo_q))
+    high = min(1.0, mean + scale * (hi_q - centre))
+    return Prediction(horizon, p_open, raw, mean, low, high, coverage, feats)
