@@ -17,7 +17,8 @@ Two protocols, both against the defaults (threshold 5, timeout 60 s) on the same
 * ``advice``  -- the analyst's loop: every 15 minutes the last 900 s are classified and ``recommend()``
   is asked; a recommendation is applied at once. The first 15 minutes run on the defaults.
 * ``auto``    -- the same loop through :func:`circuitry.analysis.adjust.decide` (bounded steps,
-  hysteresis, minimum evidence, rollback), fed the measured cost before and after each change.
+  hysteresis, minimum evidence, rollback), fed the cost measured from the per-minute rollups before and
+  after each change.
 
 Run from the repository root::
 
@@ -34,16 +35,17 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.patterns.data import store_delay
+from circuitry.analysis.adjust import Adjustment, AdjustPolicy, decide, measure_cost
 from circuitry.analysis.history import MinuteRollup
 from circuitry.analysis.patterns import classify_series
-from circuitry.analysis.recommend import recommend
+from circuitry.analysis.recommend import Recommendation, recommend
 from circuitry.analysis.replay import Settings, Transition
 from circuitry.analysis.series import bucketize
 
@@ -266,7 +268,8 @@ def run_fixed(svc: Service, settings: Settings) -> Tally:
     return tally
 
 
-def run_advised(svc: Service, seed: int, decide: Callable[..., Settings] | None = None) -> Tally:
+def run_advised(svc: Service, seed: int, decide: Callable[[Settings, Recommendation, float, list[MinuteRollup]],
+                                                          Settings] | None = None) -> Tally:
     """The analyst's loop: every 15 minutes, classify the last 900 s as stored and follow the advice."""
     tally = Tally()
     settings = DEFAULTS
@@ -278,7 +281,6 @@ def run_advised(svc: Service, seed: int, decide: Callable[..., Settings] | None 
     i = 0
     n = len(times)
     t_next = EVERY
-    history: list[object] = []
     per_minute: dict[int, list[int]] = {}
     stored: list[tuple[float, bool]] = []
     while i < n:
@@ -308,7 +310,8 @@ def run_advised(svc: Service, seed: int, decide: Callable[..., Settings] | None 
                                  for m, (c, f) in per_minute.items()])
         new = settings
         if decide is not None:
-            new = decide(settings, result, rec, series, now, history)
+            rollups = [MinuteRollup(m, c, c - f, f, b.rejected.get(m, 0)) for m, (c, f) in per_minute.items()]
+            new = decide(settings, rec, now, rollups)
         elif rec.has_recommendations:
             new = Settings(rec.recommended_threshold, rec.recommended_timeout, rec.backoff_multiplier or 1.0,
                            rec.max_timeout)
@@ -320,11 +323,35 @@ def run_advised(svc: Service, seed: int, decide: Callable[..., Settings] | None 
     return tally
 
 
-def _one(args: tuple[str, int, int]) -> tuple[str, Tally, Tally]:
+class Auto:
+    """The automatic adjuster's loop: :func:`circuitry.analysis.adjust.decide` with its record of changes,
+    their measured costs (from the per-minute rollups) and the recent recommendations."""
+
+    def __init__(self) -> None:
+        self.changes: list[Adjustment] = []
+        self.recent: list[Recommendation] = []
+
+    def __call__(self, current: Settings, rec: Recommendation, now: float, minutes: list[MinuteRollup]) -> Settings:
+        policy = AdjustPolicy()
+        if self.changes:  # fill in the measured cost since the last change
+            last = self.changes[-1]
+            after = measure_cost(m for m in minutes if last.at <= m.minute * 60.0 < now)
+            self.changes[-1] = replace(last, cost_after=after)
+        d = decide(current, rec, now=now, history=self.changes, recent=self.recent, policy=policy)
+        self.recent = [*self.recent[-4:], rec]
+        if d.action == "hold":
+            return current
+        before = measure_cost(m for m in minutes if now - policy.evaluation <= m.minute * 60.0 < now)
+        self.changes.append(Adjustment(now, "rollback" if d.action == "rollback" else "adjust", current, d.settings,
+                                       cost_before=before))
+        return d.settings
+
+
+def _one(args: tuple[str, int, int]) -> tuple[str, Tally, Tally, Tally]:
     family, i, seed = args
     rng = random.Random(f"replay-{seed}-{family}-{i}")
     svc = make_service(rng, family)
-    return family, run_fixed(svc, DEFAULTS), run_advised(svc, seed=i)
+    return family, run_fixed(svc, DEFAULTS), run_advised(svc, seed=i), run_advised(svc, seed=i, decide=Auto())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -338,32 +365,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     tasks = [(f, i, args.seed) for f in FAMILIES for i in range(args.per_family)]
     default: dict[str, Tally] = {f: Tally() for f in FAMILIES}
     advised: dict[str, Tally] = {f: Tally() for f in FAMILIES}
+    auto: dict[str, Tally] = {f: Tally() for f in FAMILIES}
     with ProcessPoolExecutor(args.jobs) as pool:
-        for family, d, a in pool.map(_one, tasks):
+        for family, d, a, u in pool.map(_one, tasks):
             default[family].add(d)
             advised[family].add(a)
-    print(f"### Replay: defaults (5 failures, 60 s) vs following the advice every 15 minutes\n\n"
-          f"{len(tasks)} three-hour services (seed {args.seed}), {time.perf_counter() - t0:.0f} s.\n")
+            auto[family].add(u)
+    print(f"### Replay: defaults (5 failures, 60 s) vs following the advice, and vs the automatic adjuster\n\n"
+          f"{len(tasks)} three-hour services (seed {args.seed}), {time.perf_counter() - t0:.0f} s. Cost = calls "
+          "let through while the service was failing + calls refused while it was healthy.\n")
     print("| family | calls | defaults: let through while failing | refused while healthy | cost | "
-          "advice: let through | refused | cost | change | settings applied |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    tot_d = Tally()
-    tot_a = Tally()
+          "advice: let through | refused | cost | change | auto: cost | change | advice most applied |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    tot_d, tot_a, tot_u = Tally(), Tally(), Tally()
     for f in FAMILIES:
-        d, a = default[f], advised[f]
+        d, a, u = default[f], advised[f], auto[f]
         tot_d.add(d)
         tot_a.add(a)
-        change = (a.cost - d.cost) / d.cost if d.cost else 0.0
+        tot_u.add(u)
         common: dict[str, int] = {}
-        for s in a.settings:
-            common[s] = common.get(s, 0) + 1
+        for st in a.settings:
+            common[st] = common.get(st, 0) + 1
         top = ", ".join(f"{k} ({v})" for k, v in sorted(common.items(), key=lambda kv: -kv[1])[:3])
         print(f"| {f} | {d.calls} | {d.failing_let_through} | {d.healthy_refused} | {d.cost} | "
-              f"{a.failing_let_through} | {a.healthy_refused} | {a.cost} | {100 * change:+.0f} % | {top} |")
-    change = (tot_a.cost - tot_d.cost) / tot_d.cost
+              f"{a.failing_let_through} | {a.healthy_refused} | {a.cost} | {_change(a, d)} | {u.cost} | "
+              f"{_change(u, d)} | {top} |")
     print(f"| **all** | {tot_d.calls} | {tot_d.failing_let_through} | {tot_d.healthy_refused} | **{tot_d.cost}** | "
-          f"{tot_a.failing_let_through} | {tot_a.healthy_refused} | **{tot_a.cost}** | **{100 * change:+.0f} %** | "
-          f"{tot_a.changes} changes |")
+          f"{tot_a.failing_let_through} | {tot_a.healthy_refused} | **{tot_a.cost}** | **{_change(tot_a, tot_d)}** | "
+          f"**{tot_u.cost}** | **{_change(tot_u, tot_d)}** | {tot_a.changes} changes (auto: {tot_u.changes}) |")
+
+
+def _change(x: Tally, base: Tally) -> str:
+    return f"{100 * (x.cost - base.cost) / base.cost:+.0f} %" if base.cost else "+0 %"
 
 
 if __name__ == "__main__":

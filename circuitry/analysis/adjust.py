@@ -1,0 +1,296 @@
+"""Automatic adjustment (opt-in): decide, from the latest analysis and the record of earlier changes,
+whether to hold the breaker's settings, adjust them one bounded step, or roll the last change back.
+
+Pure: :func:`decide` does no I/O and reads no clock. The runner that calls it owns the rest: it writes each
+change to the events table with the decision's ``reason`` and ``evidence``, makes one decision per circuit
+across processes (a lease), and fills in the measured cost before and after each change
+(:func:`measure_cost` over the store's per-minute rollups).
+
+The rules, with their :class:`AdjustPolicy` tunables:
+
+* **Minimum evidence** -- act only on a recommendation from a window with at least ``min_failures``
+  failures, a pattern confidence of at least ``min_confidence`` and a replayed saving of at least
+  ``min_gain``.
+* **Confirmation** -- the same direction of change must have been advised in the last ``confirmations``
+  analyses (give them as ``recent``), so one odd window moves nothing.
+* **Hysteresis** -- no change within ``cooldown`` seconds of the previous one; a change that undoes the
+  direction of the previous change waits twice as long; changes too small to matter (the dead band: a
+  threshold within one, an open period within 25 %) are not made.
+* **Bounded steps** -- one change moves the threshold and the open period at most ``max_step`` times (up
+  or down), within ``bounds``.
+* **Rollback** -- once a change has been in force for ``evaluation`` seconds with at least
+  ``min_measured_calls`` calls, its measured cost per call is compared with the cost per call before it;
+  worse by more than ``rollback_margin`` and the previous settings come back (a rolled-back change is not
+  retried for ``10 * cooldown``).
+
+.. versionadded:: 0.2.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from circuitry.analysis.history import MinuteRollup
+from circuitry.analysis.recommend import Recommendation
+from circuitry.analysis.replay import Settings
+from circuitry.exceptions import ConfigurationError
+
+__all__ = ["AdjustPolicy", "Adjustment", "Decision", "MeasuredCost", "decide", "measure_cost"]
+
+Action = Literal["hold", "adjust", "rollback"]
+
+
+@dataclass(frozen=True, slots=True)
+class AdjustPolicy:
+    """The tunables of :func:`decide`; validated at construction.
+
+    Args:
+        min_failures: Failures the analysed window must hold.
+        min_confidence: Pattern confidence the recommendation must rest on.
+        min_gain: Share of the replayed cost the recommendation must save.
+        confirmations: Consecutive analyses that must advise the same direction (>= 1).
+        cooldown: Seconds between two changes.
+        max_step: Largest factor one change applies to the threshold or the open period (> 1).
+        bounds: ``(min threshold, max threshold, min timeout, max timeout)``.
+        evaluation: Seconds a change stays in force before it is judged.
+        min_measured_calls: Calls needed, before and after, to judge a change.
+        rollback_margin: A change whose measured cost per call is this share worse is rolled back.
+    """
+
+    min_failures: int = 20
+    min_confidence: float = 0.8
+    min_gain: float = 0.2
+    confirmations: int = 2
+    cooldown: float = 1800.0
+    max_step: float = 2.0
+    bounds: tuple[int, int, float, float] = (1, 20, 5.0, 600.0)
+    evaluation: float = 1800.0
+    min_measured_calls: int = 500
+    rollback_margin: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("min_failures", "confirmations", "min_measured_calls"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "confirmations" else 0):
+                raise ConfigurationError(f"{name} must be a non-negative int (confirmations >= 1), got {v!r}")
+        for name in ("min_confidence", "min_gain", "rollback_margin"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
+                raise ConfigurationError(f"{name} must be within [0, 1], got {v!r}")
+        for name in ("cooldown", "evaluation"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                raise ConfigurationError(f"{name} must be a non-negative number of seconds, got {v!r}")
+        if isinstance(self.max_step, bool) or not isinstance(self.max_step, int | float) or not self.max_step > 1.0:
+            raise ConfigurationError(f"max_step must be > 1, got {self.max_step!r}")
+        k_lo, k_hi, t_lo, t_hi = self.bounds
+        if not (1 <= k_lo <= k_hi and 0 < t_lo <= t_hi):
+            raise ConfigurationError(f"bounds must be (min threshold, max threshold, min timeout, max timeout), got "
+                                     f"{self.bounds!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class MeasuredCost:
+    """The explicit cost measured over a stretch of history (see :func:`measure_cost`).
+
+    Attributes:
+        seconds: Length of the stretch.
+        calls: Calls made (decided and refused).
+        cost: Calls let through while failing plus calls refused while healthy (estimated).
+    """
+
+    seconds: float
+    calls: int
+    cost: float
+
+    @property
+    def per_call(self) -> float:
+        """Cost per call made."""
+        return self.cost / self.calls if self.calls else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Adjustment:
+    """One earlier change, as the runner records it.
+
+    Attributes:
+        at: When it was made (epoch seconds).
+        kind: ``"adjust"`` or ``"rollback"``.
+        before: The settings before it.
+        after: The settings it applied.
+        cost_before: The measured cost over a stretch before it (``None``: not measured).
+        cost_after: The measured cost since it (``None``: not yet measured).
+    """
+
+    at: float
+    kind: Literal["adjust", "rollback"]
+    before: Settings
+    after: Settings
+    cost_before: MeasuredCost | None = None
+    cost_after: MeasuredCost | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do now.
+
+    Attributes:
+        action: ``"hold"``, ``"adjust"`` or ``"rollback"``.
+        settings: The settings to be in force (the current ones when holding).
+        reason: One sentence, for the events table and the logs.
+        evidence: The numbers behind it (plain data).
+    """
+
+    action: Action
+    settings: Settings
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def measure_cost(minutes: Iterable[MinuteRollup]) -> MeasuredCost:
+    """Estimate the explicit cost of a stretch from its per-minute rollups.
+
+    A minute in which half or more of the decided calls failed (or which refused more than it decided, and
+    whose probes failed) counts as failing: its decided calls were let through to a failing service. In
+    the other minutes, the refused calls were healthy calls refused. Coarse -- a minute is one state --
+    but the same for the stretches before and after a change, which is what the comparison needs.
+
+    Args:
+        minutes: The stretch's rollups.
+
+    Returns:
+        The measured cost.
+    """
+    calls = 0
+    cost = 0.0
+    first = last = None
+    for m in minutes:
+        first = m.minute if first is None else min(first, m.minute)
+        last = m.minute if last is None else max(last, m.minute)
+        calls += m.calls + m.rejections
+        failing = 2 * m.failures >= m.calls if m.calls else m.rejections > 0
+        cost += m.calls if failing else m.rejections
+    seconds = 60.0 * (last - first + 1) if first is not None and last is not None else 0.0
+    return MeasuredCost(seconds, calls, cost)
+
+
+def _sign(a: float, b: float) -> int:
+    return (b > a) - (b < a)
+
+
+def _direction(a: Settings, b: Settings) -> tuple[int, int]:
+    """Which way ``b`` moves the threshold and the open period from ``a`` (-1, 0 or 1 each)."""
+    return _sign(a.threshold, b.threshold), _sign(a.timeout, b.timeout)
+
+
+def _target(rec: Recommendation) -> Settings:
+    return Settings(rec.recommended_threshold, float(rec.recommended_timeout), rec.backoff_multiplier or 1.0,
+                    rec.max_timeout)
+
+
+def decide(
+    current: Settings,
+    recommendation: Recommendation,
+    *,
+    now: float,
+    history: Sequence[Adjustment] = (),
+    recent: Sequence[Recommendation] = (),
+    policy: AdjustPolicy | None = None,
+) -> Decision:
+    """Decide whether to hold, adjust one bounded step towards the recommendation, or roll back.
+
+    Args:
+        current: The settings in force.
+        recommendation: The latest analysis' recommendation (:func:`circuitry.analysis.recommend.recommend`).
+        now: The current time (epoch seconds).
+        history: Earlier changes, oldest first, with their measured costs as far as known.
+        recent: The recommendations of the analyses before this one, oldest first (for confirmation).
+        policy: The tunables (default :class:`AdjustPolicy` ()).
+
+    Returns:
+        The decision, with a reason and evidence.
+    """
+    p = policy or AdjustPolicy()
+    last = history[-1] if history else None
+    # 1. Judge the last change once it has been in force long enough.
+    if last is not None and last.kind == "adjust" and now - last.at >= p.evaluation:
+        before, after = last.cost_before, last.cost_after
+        if (before is not None and after is not None and before.calls >= p.min_measured_calls
+                and after.calls >= p.min_measured_calls and after.per_call > before.per_call * (1.0 + p.rollback_margin)
+                and after.per_call - before.per_call > 1e-9):
+            return Decision("rollback", last.before,
+                            f"the change at {last.at:.0f} made things worse: {after.per_call:.4f} instead of "
+                            f"{before.per_call:.4f} per call (limit +{p.rollback_margin:.0%}); back to the settings "
+                            "before it",
+                            {"change_at": last.at, "cost_per_call_before": before.per_call,
+                             "cost_per_call_after": after.per_call, "calls_before": before.calls,
+                             "calls_after": after.calls})
+    def holding(reason: str, **evidence: Any) -> Decision:
+        return Decision("hold", current, reason, evidence)
+
+    rec = recommendation
+    if not rec.has_recommendations:
+        return holding(f"nothing recommended: {rec.rationale}")
+    if rec.failures < p.min_failures:
+        return holding(f"too little evidence: {rec.failures} failures (need {p.min_failures})", failures=rec.failures)
+    if rec.confidence < p.min_confidence:
+        return holding(f"pattern confidence {rec.confidence:.2f} below {p.min_confidence:.2f}",
+                       confidence=rec.confidence)
+    gain = rec.improvement or 0.0
+    if gain < p.min_gain:
+        return holding(f"replayed saving {gain:.0%} below {p.min_gain:.0%}", improvement=gain)
+    target = _target(rec)
+    way = _direction(current, target)
+    earlier = list(recent)[len(recent) - (p.confirmations - 1):] if p.confirmations > 1 else []
+    agree = len(earlier) == p.confirmations - 1 and all(
+        r.has_recommendations and _direction(current, _target(r)) == way for r in earlier)
+    if not agree:
+        return holding(f"waiting for {p.confirmations} analyses in a row to advise the same change", direction=way)
+    # 2. Hysteresis in time: wait after a change, longer before undoing its direction, and never retry a
+    #    change that was rolled back recently.
+    if last is not None:
+        wait = p.cooldown
+        if last.kind == "adjust" and any(a * b < 0 for a, b in zip(way, _direction(last.before, last.after),
+                                                                   strict=True)):
+            wait *= 2.0
+        if now - last.at < wait:
+            return holding(f"last change {now - last.at:.0f} s ago (wait {wait:.0f} s)", since_last=now - last.at)
+    for h in history:
+        if h.kind == "rollback" and now - h.at < 10.0 * p.cooldown and _direction(current, target) == _direction(
+                h.after, h.before):
+            return holding("the same change was rolled back recently", rolled_back_at=h.at)
+    # 3. One bounded step towards the target, within the bounds, outside the dead band.
+    k_lo, k_hi, t_lo, t_hi = p.bounds
+    k = max(target.threshold, math.ceil(current.threshold / p.max_step))
+    k = min(k, math.floor(current.threshold * p.max_step), k_hi)
+    k = max(k, k_lo)
+    t = min(max(target.timeout, current.timeout / p.max_step), current.timeout * p.max_step)
+    t = round(min(max(t, t_lo), t_hi), 1)
+    if abs(k - current.threshold) <= 1 and abs(math.log(t / current.timeout)) < math.log(1.25) and \
+            target.backoff == current.backoff:
+        return holding("the advised change is inside the dead band", threshold=k, timeout=t)
+    cap = min(t_hi, max(t, t * 10.0)) if target.backoff > 1.0 else None
+    new = Settings(k, t, target.backoff, cap)
+    if new == current:
+        return holding("already there")
+    c, e = rec.current_cost, rec.expected_cost
+    return Decision(
+        "adjust",
+        new,
+        f"{rec.primary_pattern} pattern at confidence {rec.confidence:.2f}: threshold {current.threshold} -> "
+        f"{new.threshold}, open period {current.timeout:g} s -> {new.timeout:g} s"
+        + (f", backoff x{new.backoff:g}" if new.backoff != current.backoff else "")
+        + f" (a step towards {target.threshold}/{target.timeout:g} s; replay saves {gain:.0%})",
+        {
+            "pattern": rec.primary_pattern,
+            "confidence": rec.confidence,
+            "failures": rec.failures,
+            "improvement": gain,
+            "recommended": {"threshold": target.threshold, "timeout": target.timeout, "backoff": target.backoff},
+            "replayed_cost_per_hour": None if c is None or e is None else {"current": c.total(),
+                                                                          "recommended": e.total()},
+        },
+    )
