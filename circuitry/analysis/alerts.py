@@ -21,6 +21,8 @@
                                              within ``flapping_window`` seconds
     ``open_too_long``            critical    a circuit stays open (or half-open) ``open_too_long`` seconds;
                                              once per open episode
+    ``likely_to_open``           warning     a closed circuit's predicted probability of tripping within the
+                                             prediction's horizon is at least ``likely_to_open``
     ===========================  ==========  =================================================================
 
     Deduplication: every alert has a ``key`` (``"<service>:<alert_type>"``; a recommendation's key also
@@ -65,14 +67,14 @@ __all__ = [
 
 AlertType = Literal[
     "circuit_opened", "circuit_closed", "high_failure_rate", "threshold_recommendation", "flapping",
-    "open_too_long",
+    "open_too_long", "likely_to_open",
 ]
 Severity = Literal["info", "warning", "error", "critical"]
 
 #: Every alert type, in no particular order.
 ALERT_TYPES: Final[tuple[AlertType, ...]] = (
     "circuit_opened", "circuit_closed", "high_failure_rate", "threshold_recommendation", "flapping",
-    "open_too_long",
+    "open_too_long", "likely_to_open",
 )
 #: Severities, lowest first.
 SEVERITIES: Final[tuple[Severity, ...]] = ("info", "warning", "error", "critical")
@@ -84,6 +86,7 @@ SEVERITY_OF: Final[Mapping[AlertType, Severity]] = {
     "threshold_recommendation": "warning",
     "flapping": "critical",
     "open_too_long": "critical",
+    "likely_to_open": "warning",
 }
 
 _MAX_SECONDS: Final = 365.0 * 24 * 3600
@@ -179,6 +182,8 @@ class AlertPolicy:
         flapping_opens: Trips within ``flapping_window`` that make a circuit ``flapping`` (>= 2).
         flapping_window: Seconds (> 0).
         open_too_long: Seconds a circuit may stay open before ``open_too_long`` fires (> 0).
+        likely_to_open: Predicted probability of a trip at or above which ``likely_to_open`` fires
+            (``0 < x <= 1``).
         dedup_window: Seconds after an alert during which repeats of its key are counted into it instead
             of creating new alerts (>= 0; 0 disables deduplication).
         max_services: Services whose rule state is kept; beyond it the least recently seen service's
@@ -196,6 +201,7 @@ class AlertPolicy:
     flapping_opens: int = 3
     flapping_window: float = 600.0
     open_too_long: float = 900.0
+    likely_to_open: float = 0.5
     dedup_window: float = 300.0
     max_services: int = 10_000
 
@@ -208,6 +214,7 @@ class AlertPolicy:
         setattr_(self, "flapping_window",
                  check_number("flapping_window", self.flapping_window, lo=0.0, hi=_MAX_SECONDS))
         setattr_(self, "open_too_long", check_number("open_too_long", self.open_too_long, lo=0.0, hi=_MAX_SECONDS))
+        setattr_(self, "likely_to_open", check_number("likely_to_open", self.likely_to_open, lo=0.0, hi=1.0))
         setattr_(self, "dedup_window",
                  check_number("dedup_window", self.dedup_window, lo=0.0, hi=_MAX_SECONDS, lo_open=False))
         check_int("max_services", self.max_services, 1, _MAX_COUNT)
@@ -472,6 +479,42 @@ class AlertEngine:
             svc = self._service(service)
             self._raise(out, svc, service, "threshold_recommendation", message, details, now,
                         key=f"{service}:threshold_recommendation:{fingerprint}")
+        return out
+
+    def prediction(self, service: str, prediction: Mapping[str, Any], now: float, *,
+                   state: CircuitState = CircuitState.CLOSED) -> list[Alert]:
+        """Raise ``likely_to_open`` when a closed circuit is predicted to trip soon.
+
+        Args:
+            service: The circuit's name.
+            prediction: A prediction dict, e.g. :meth:`circuitry.analysis.predict.Prediction.as_dict`; it
+                needs ``open_probability`` and ``horizon_seconds`` and becomes the alert's details.
+            now: The current time (epoch seconds).
+            state: The circuit's state now: only a closed circuit can trip.
+
+        Returns:
+            The new alerts (repeats within ``dedup_window`` are counted into the first).
+
+        Raises:
+            ConfigurationError: ``prediction`` is not a mapping with a numeric ``open_probability``.
+
+        .. versionadded:: 0.2.0
+        """
+        if not isinstance(prediction, Mapping):
+            raise ConfigurationError(f"prediction must be a mapping, got {prediction!r}")
+        p = prediction.get("open_probability")
+        if isinstance(p, bool) or not isinstance(p, int | float) or not math.isfinite(p):
+            raise ConfigurationError(f"prediction['open_probability'] must be a number, got {p!r}")
+        now = _check_now(now)
+        if state is not CircuitState.CLOSED or p < self._policy.likely_to_open:
+            return []
+        horizon = prediction.get("horizon_seconds", 0)
+        out: list[Alert] = []
+        with self._lock:
+            svc = self._service(service)
+            self._raise(out, svc, service, "likely_to_open",
+                        f"Circuit '{service}' is likely to open: {p:.0%} chance within the next "
+                        f"{float(horizon) / 60:.0f} minutes", _plain(dict(prediction)), now)
         return out
 
     # -- outputs ------------------------------------------------------------------------------------

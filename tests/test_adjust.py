@@ -1,0 +1,152 @@
+"""circuitry.analysis.adjust: the automatic-adjustment decision (pure) and the measured cost."""
+
+from __future__ import annotations
+
+import pytest
+
+from circuitry.analysis.adjust import Adjustment, AdjustPolicy, MeasuredCost, decide, measure_cost
+from circuitry.analysis.history import MinuteRollup
+from circuitry.analysis.recommend import Recommendation
+from circuitry.analysis.replay import Cost, Settings
+from circuitry.exceptions import ConfigurationError
+
+CURRENT = Settings(5, 60.0)
+
+
+def rec(threshold: int = 5, timeout: float = 10.0, *, backoff: float | None = None, failures: int = 50,
+        confidence: float = 0.95, current: float = 1000.0, expected: float = 400.0, has: bool = True,
+        pattern: str = "burst") -> Recommendation:
+    return Recommendation(
+        recommended_threshold=threshold if has else 5,
+        recommended_timeout=timeout if has else 60.0,
+        backoff_multiplier=backoff,
+        confidence=confidence,
+        primary_pattern=pattern,  # type: ignore[arg-type]
+        rationale="test",
+        has_recommendations=has,
+        current_threshold=5,
+        current_timeout=60.0,
+        failures=failures,
+        max_timeout=None if backoff is None else timeout * 10,
+        current_cost=Cost(3600.0, 36000.0, 100.0, current - 100.0, 10.0),
+        expected_cost=Cost(3600.0, 36000.0, 100.0, expected - 100.0, 10.0),
+        replayed_seconds=900.0,
+    )
+
+
+def test_a_confirmed_well_supported_recommendation_moves_one_bounded_step() -> None:
+    r = rec(threshold=2, timeout=5.0)
+    d = decide(CURRENT, r, now=10_000.0, recent=[r])
+    assert d.action == "adjust"
+    # At most a factor 2 per change: 5 -> 3 (not 2), 60 s -> 30 s (not 5 s).
+    assert (d.settings.threshold, d.settings.timeout) == (3, 30.0)
+    assert "a step towards 2/5 s" in d.reason
+    assert d.evidence["improvement"] == pytest.approx(0.6)
+    assert d.evidence["recommended"] == {"threshold": 2, "timeout": 5.0, "backoff": 1.0}
+
+
+def test_nothing_recommended_holds() -> None:
+    d = decide(CURRENT, rec(has=False), now=1.0)
+    assert d.action == "hold" and d.settings == CURRENT and "nothing recommended" in d.reason
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [({"failures": 5}, "too little evidence"), ({"confidence": 0.5}, "confidence"),
+     ({"expected": 900.0}, "replayed saving")],
+)
+def test_minimum_evidence_holds(kwargs: dict[str, float], words: str) -> None:
+    r = rec(**kwargs)  # type: ignore[arg-type]
+    d = decide(CURRENT, r, now=1.0, recent=[r])
+    assert d.action == "hold" and words in d.reason
+
+
+def test_one_analysis_alone_is_not_enough_nor_two_that_disagree() -> None:
+    r = rec(threshold=3, timeout=30.0)
+    assert decide(CURRENT, r, now=1.0).action == "hold"
+    assert decide(CURRENT, r, now=1.0, recent=[rec(threshold=10, timeout=60.0)]).action == "hold"
+    assert decide(CURRENT, r, now=1.0, recent=[rec(has=False)]).action == "hold"
+    assert decide(CURRENT, r, now=1.0, recent=[r]).action == "adjust"
+    assert decide(CURRENT, r, now=1.0, recent=[r], policy=AdjustPolicy(confirmations=1)).action == "adjust"
+
+
+def test_cooldown_and_a_longer_wait_before_reversing() -> None:
+    r = rec(threshold=3, timeout=30.0)
+    last = Adjustment(1000.0, "adjust", Settings(5, 120.0), CURRENT)  # it shortened the timeout before
+    p = AdjustPolicy(cooldown=600.0)
+    assert decide(CURRENT, r, now=1500.0, history=[last], recent=[r], policy=p).action == "hold"
+    assert decide(CURRENT, r, now=1700.0, history=[last], recent=[r], policy=p).action == "adjust"
+    back = rec(threshold=8, timeout=120.0)  # undoes the direction of the last change: waits twice as long
+    d = decide(CURRENT, back, now=1700.0, history=[last], recent=[back], policy=p)
+    assert d.action == "hold" and "wait 1200" in d.reason
+    assert decide(CURRENT, back, now=2300.0, history=[last], recent=[back], policy=p).action == "adjust"
+
+
+def test_changes_inside_the_dead_band_are_not_made() -> None:
+    r = rec(threshold=4, timeout=55.0)
+    d = decide(CURRENT, r, now=1.0, recent=[r])
+    assert d.action == "hold" and "dead band" in d.reason
+
+
+def test_bounds_are_kept() -> None:
+    r = rec(threshold=1, timeout=5.0)
+    p = AdjustPolicy(bounds=(3, 10, 30.0, 300.0), max_step=10.0)
+    d = decide(CURRENT, r, now=1.0, recent=[r], policy=p)
+    assert (d.settings.threshold, d.settings.timeout) == (3, 30.0)
+
+
+def test_backoff_comes_with_a_cap() -> None:
+    r = rec(threshold=5, timeout=30.0, backoff=2.0)
+    d = decide(CURRENT, r, now=1.0, recent=[r])
+    assert d.action == "adjust" and d.settings.backoff == 2.0
+    assert d.settings.max_timeout == 300.0
+
+
+def test_a_change_that_made_things_worse_is_rolled_back() -> None:
+    before = MeasuredCost(1800.0, 10_000, 100.0)
+    worse = MeasuredCost(1800.0, 10_000, 150.0)
+    change = Adjustment(1000.0, "adjust", Settings(5, 60.0), Settings(3, 30.0), before, worse)
+    current = Settings(3, 30.0)
+    d = decide(current, rec(has=False), now=1000.0 + 1800.0, history=[change])
+    assert d.action == "rollback" and d.settings == Settings(5, 60.0)
+    assert d.evidence["cost_per_call_after"] == pytest.approx(0.015)
+    # Not before it has been in force for the evaluation period, nor on too few calls, nor within the margin.
+    assert decide(current, rec(has=False), now=2000.0, history=[change]).action == "hold"
+    thin = Adjustment(1000.0, "adjust", change.before, change.after, MeasuredCost(1800.0, 100, 1.0),
+                      MeasuredCost(1800.0, 100, 2.0))
+    assert decide(current, rec(has=False), now=3000.0, history=[thin]).action == "hold"
+    close = Adjustment(1000.0, "adjust", change.before, change.after, before, MeasuredCost(1800.0, 10_000, 105.0))
+    assert decide(current, rec(has=False), now=3000.0, history=[close]).action == "hold"
+
+
+def test_a_rolled_back_change_is_not_retried_soon() -> None:
+    change = Adjustment(1000.0, "adjust", Settings(5, 60.0), Settings(3, 30.0))
+    rollback = Adjustment(3000.0, "rollback", Settings(3, 30.0), Settings(5, 60.0))
+    r = rec(threshold=3, timeout=30.0)
+    p = AdjustPolicy(cooldown=600.0)
+    d = decide(CURRENT, r, now=3000.0 + 1200.0, history=[change, rollback], recent=[r], policy=p)
+    assert d.action == "hold" and "rolled back recently" in d.reason
+    assert decide(CURRENT, r, now=3000.0 + 6001.0, history=[change, rollback], recent=[r], policy=p).action == "adjust"
+
+
+def test_measure_cost_counts_calls_into_failing_minutes_and_refusals_in_healthy_ones() -> None:
+    minutes = [
+        MinuteRollup(0, 600, 594, 6),  # healthy, nothing refused: no cost
+        MinuteRollup(1, 20, 2, 18, rejections=580),  # failing: the 20 calls let through count
+        MinuteRollup(2, 300, 297, 3, rejections=300),  # healthy: the 300 refused count
+        MinuteRollup(3, 0, 0, 0, rejections=600),  # refused throughout, no call decided: failing
+    ]
+    m = measure_cost(minutes)
+    assert (m.seconds, m.calls, m.cost) == (240.0, 2400, 320.0)
+    assert m.per_call == pytest.approx(320 / 2400)
+    assert measure_cost([]).per_call == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"min_failures": -1}, {"confirmations": 0}, {"min_confidence": 2.0}, {"cooldown": -1.0}, {"max_step": 1.0},
+     {"bounds": (5, 3, 10.0, 60.0)}, {"rollback_margin": 1.5}],
+)
+def test_policy_validates(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        AdjustPolicy(**kwargs)  # type: ignore[arg-type]

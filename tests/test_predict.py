@@ -1,0 +1,152 @@
+"""circuitry.analysis.predict, the likely_to_open alert, and the analyse() entry point."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from circuitry._state import CircuitState
+from circuitry.analysis.alerts import ALERT_TYPES, SEVERITY_OF, AlertEngine, AlertPolicy
+from circuitry.analysis.engine import analyse
+from circuitry.analysis.history import MinuteRollup
+from circuitry.analysis.patterns import classify_series
+from circuitry.analysis.predict import predict
+from circuitry.analysis.replay import Settings, Transition
+from circuitry.analysis.series import Series, bucketize
+from circuitry.exceptions import ConfigurationError
+
+DEFAULTS = Settings(5, 60.0)
+
+
+def series_of(seed: int, prob: float | list[tuple[float, float, float]], rate: float = 10.0,
+              end: float = 900.0) -> Series:
+    """Poisson calls on [0, end): a constant failure probability, or (from, to, p) stretches over 0."""
+    rng = random.Random(seed)
+    calls = []
+    t = 0.0
+    while True:
+        t += rng.expovariate(rate)
+        if t >= end:
+            break
+        if isinstance(prob, float):
+            p = prob
+        else:
+            p = next((q for a, b, q in prob if a <= t < b), 0.0)
+        calls.append((t, rng.random() < p))
+    return bucketize(calls, start=0.0, end=end)
+
+
+# ---------------------------------------------------------------------------------------- prediction
+
+
+def test_a_quiet_service_is_unlikely_to_open_and_a_noisy_one_likely() -> None:
+    quiet = predict(series_of(1, 0.001), settings=DEFAULTS)
+    noisy = predict(series_of(1, 0.5), settings=DEFAULTS)
+    assert quiet.raw_open_probability < 0.05
+    assert noisy.raw_open_probability > 0.9
+    assert quiet.open_probability < noisy.open_probability
+
+
+def test_outages_every_few_minutes_make_a_trip_likely_within_five_minutes() -> None:
+    spans = [(a, a + 20.0, 1.0) for a in (60.0, 250.0, 440.0, 630.0, 820.0)]
+    p = predict(series_of(2, spans), settings=DEFAULTS)
+    assert p.raw_open_probability > 0.5
+
+
+def test_the_failure_share_interval_holds_the_share_of_a_steady_service() -> None:
+    hits = 0
+    for seed in range(20):
+        p = predict(series_of(seed, 0.1), settings=DEFAULTS, seed=seed)
+        assert p.failure_rate_low <= p.failure_rate <= p.failure_rate_high
+        hits += p.failure_rate_low <= 0.1 <= p.failure_rate_high
+    assert hits >= 14  # an 80 % interval around a true share of 10 %
+
+
+def test_an_escalation_is_predicted_from_after_its_rise() -> None:
+    # 1 % until 600 s, then 30 %: the share ahead is about 30 %, not the window's 10 %.
+    s = series_of(3, [(0.0, 600.0, 0.01), (600.0, 900.0, 0.3)])
+    pattern = classify_series(s)
+    assert pattern.type == "escalating"
+    with_pattern = predict(s, settings=DEFAULTS, pattern=pattern)
+    without = predict(s, settings=DEFAULTS)
+    assert abs(with_pattern.failure_rate - 0.3) < abs(without.failure_rate - 0.3) + 0.05
+    assert with_pattern.failure_rate > 0.2
+
+
+def test_an_open_breaker_is_simulated_from_its_open_state() -> None:
+    s = series_of(4, 0.001)
+    closed = predict(s, settings=DEFAULTS)
+    opened = predict(s, settings=DEFAULTS, transitions=[Transition(899.0, "closed", "open")])
+    assert opened.raw_open_probability <= closed.raw_open_probability + 0.05  # it must close before it trips
+
+
+def test_prediction_is_deterministic_and_validates() -> None:
+    s = series_of(5, 0.2)
+    assert predict(s, settings=DEFAULTS, seed=3) == predict(s, settings=DEFAULTS, seed=3)
+    with pytest.raises(ConfigurationError, match="horizon"):
+        predict(s, settings=DEFAULTS, horizon=0)
+    with pytest.raises(ConfigurationError, match="coverage"):
+        predict(s, settings=DEFAULTS, coverage=1.0)
+    d = predict(s, settings=DEFAULTS).as_dict()
+    assert set(d) == {"horizon_seconds", "open_probability", "failure_rate", "failure_rate_interval", "coverage"}
+
+
+def test_an_empty_window_predicts_nothing_much() -> None:
+    p = predict(Series(0.0, 900.0, 1.0, (), (), ()), settings=DEFAULTS)
+    assert p.failure_rate == 0.0 and 0.0 <= p.open_probability <= 1.0
+
+
+# ------------------------------------------------------------------------------------ likely_to_open
+
+
+def test_likely_to_open_is_a_warning_alert_type() -> None:
+    assert "likely_to_open" in ALERT_TYPES and SEVERITY_OF["likely_to_open"] == "warning"
+
+
+def test_likely_to_open_fires_above_the_policy_level_for_closed_circuits_only() -> None:
+    engine = AlertEngine(AlertPolicy(likely_to_open=0.6))
+    pred = {"open_probability": 0.7, "horizon_seconds": 300.0, "failure_rate": 0.2}
+    (alert,) = engine.prediction("api", pred, 100.0)
+    assert alert.alert_type == "likely_to_open" and alert.severity == "warning"
+    assert "70%" in alert.message and "5 minutes" in alert.message
+    assert alert.details["open_probability"] == 0.7
+    assert engine.prediction("api", pred, 110.0) == []  # counted into the first
+    assert engine.prediction("other", {**pred, "open_probability": 0.5}, 100.0) == []
+    assert engine.prediction("third", pred, 100.0, state=CircuitState.OPEN) == []
+
+
+def test_likely_to_open_validates() -> None:
+    engine = AlertEngine()
+    with pytest.raises(ConfigurationError):
+        engine.prediction("api", {"open_probability": "high"}, 1.0)
+    with pytest.raises(ConfigurationError):
+        AlertPolicy(likely_to_open=0.0)
+    with pytest.raises(ConfigurationError):
+        AlertPolicy(likely_to_open=math.nan)
+
+
+# ------------------------------------------------------------------------------------------- analyse
+
+
+def test_analyse_classifies_the_window_replays_the_history_and_predicts() -> None:
+    hour = series_of(6, [(a, a + 20.0, 1.0) for a in (300.0, 1200.0, 2100.0, 3000.0, 3300.0)], end=3600.0)
+    a = analyse(hour, now=3600.0, current_threshold=5, current_timeout=60.0,
+                history=[MinuteRollup(m, 600, 594, 6) for m in range(60)])
+    assert (a.window_start, a.window_end) == (2700.0, 3600.0)
+    assert a.pattern.evidence.window_seconds == 900.0
+    assert a.pattern.type == "burst"
+    assert a.recommendation.replayed_seconds == 3600.0  # the whole kept history is replayed
+    assert a.prediction is not None and 0.0 <= a.prediction.open_probability <= 1.0
+    d = a.as_dict()
+    assert d["pattern"]["type"] == "burst" and "current_cost_per_hour" in d["recommendation"]
+
+
+def test_analyse_without_prediction_and_with_bad_arguments() -> None:
+    s = series_of(7, 0.01)
+    assert analyse(s, now=900.0, current_threshold=5, current_timeout=60.0, horizon=None).prediction is None
+    with pytest.raises(ConfigurationError, match="now"):
+        analyse(s, now=math.inf, current_threshold=5, current_timeout=60.0)
+    with pytest.raises(ConfigurationError, match="window"):
+        analyse(s, now=900.0, window=0, current_threshold=5, current_timeout=60.0)
