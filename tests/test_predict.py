@@ -30,10 +30,7 @@ def series_of(seed: int, prob: float | list[tuple[float, float, float]], rate: f
         t += rng.expovariate(rate)
         if t >= end:
             break
-        if isinstance(prob, float):
-            p = prob
-        else:
-            p = next((q for a, b, q in prob if a <= t < b), 0.0)
+        p = prob if isinstance(prob, float) else next((q for a, b, q in prob if a <= t < b), 0.0)
         calls.append((t, rng.random() < p))
     return bucketize(calls, start=0.0, end=end)
 
