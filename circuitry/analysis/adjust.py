@@ -23,7 +23,7 @@ The rules, with their :class:`AdjustPolicy` tunables:
   worse by more than ``rollback_margin`` and the previous settings come back (a rolled-back change is not
   retried for ``10 * cooldown``).
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

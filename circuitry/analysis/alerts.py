@@ -498,7 +498,7 @@ class AlertEngine:
         Raises:
             ConfigurationError: ``prediction`` is not a mapping with a numeric ``open_probability``.
 
-        .. versionadded:: 0.2.0
+        .. versionadded:: 0.1.0
         """
         if not isinstance(prediction, Mapping):
             raise ConfigurationError(f"prediction must be a mapping, got {prediction!r}")

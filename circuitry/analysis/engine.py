@@ -5,7 +5,7 @@ the breaker's transitions -- its settings and ``now``; it returns an :class:`Ana
 last ``window`` seconds, a recommendation proven by replaying the per-second history, and a prediction of
 the next minutes. Pure: no I/O, no clock (``now`` is given).
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ and an outage that fails for 32 s lasts about 32 s.
 
 Pure; works on a :class:`~circuitry.analysis.series.Series`.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def find_episodes(series: Series) -> Episodes:
     Returns:
         The episodes and the background failure probability.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
     n = series.total_calls
     k = series.total_failures

@@ -4,7 +4,7 @@ The store keeps per-second counts for an hour or so and per-minute rollups for d
 last fifteen minutes -- often the middle of an incident -- must also suit the service once it recovers;
 :func:`normal_failure_rate` estimates how often it fails in normal times from the rollups.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

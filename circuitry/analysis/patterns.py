@@ -285,7 +285,7 @@ def classify_series(series: Series, *, transitions: Sequence[Transition] = (),
     Returns:
         The label (``None`` when abstaining), its calibrated confidence and the evidence.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
     n = series.total_calls
     k = series.total_failures

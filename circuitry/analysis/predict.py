@@ -13,7 +13,7 @@ breaker's settings and its transitions, and returns a :class:`Prediction`:
   interval meant to hold it ``coverage`` of the time, from the same resampled futures, widened by a
   fitted factor.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

@@ -82,7 +82,8 @@ _THRESHOLDS: Final = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20)
 _TIMEOUTS: Final = (5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 _BACKOFFS: Final = (1.0, 2.0)
 _MIN_SAVED: Final = 3.0  # ... and save at least this many weighted calls over the replayed window,
-_MIN_SAVED_PER_HOUR: Final = 5.0  # ... and this many per hour of it
+_MIN_SAVED_PER_HOUR: Final = 5.0  # ... and this many per hour of it,
+_MIN_SAVED_SHARE: Final = 0.01  # ... and one call in a hundred: smaller gains are not worth being wrong about
 _BASELINE_TOLERANCE: Final = 0.05  # and cost at most 5 % more than the current ones on a healthy hour
 _MIN_NORMAL: Final = 0.001  # no service is assumed never to fail between incidents
 _FAILING: Final = 0.9  # the failure share of a service that has failed outright
@@ -356,8 +357,14 @@ def recommend(
 
     failing_now = {p: failing_cost(current, p) for p in fail_levels}
 
+    # A longer open period trades probes during an incident for refusals after it ends; only a history
+    # that shows an incident ending (at least a minute before the end of the replay) says what that costs.
+    seen_end = any(2 * e.failures >= e.calls and e.end <= horizon.end - 60.0 for e in find_episodes(horizon).episodes)
+
     def harmless(s: Settings) -> bool:
         if baseline_cost(s, rate, p_bg).total(failed_weight, refused_weight) > limit:
+            return False
+        if not seen_end and (s.timeout > current.timeout or s.backoff > current.backoff):
             return False
         if escalating:
             if s.threshold > current.threshold:
@@ -417,7 +424,8 @@ def recommend(
     replayed_now = cache_total(current)
     # An escalation is a regime in flux: what wins on its first minutes must win clearly.
     gain = _ESCALATION_MIN_GAIN if escalating else MIN_GAIN
-    bar = min(replayed_now * (1.0 - gain), replayed_now - max(_MIN_SAVED, _MIN_SAVED_PER_HOUR * horizon.span / 3600.0))
+    floor = max(_MIN_SAVED, _MIN_SAVED_PER_HOUR * horizon.span / 3600.0, _MIN_SAVED_SHARE * horizon.total_calls)
+    bar = min(replayed_now * (1.0 - gain), replayed_now - floor)
     search = current  # the coordinate search follows the full price
     search_cost = price(current)
     best, best_cost = current, search_cost

@@ -21,7 +21,7 @@ What the breaker in force refused is not in the series: its open periods are hol
 them from the transitions, as documented there, so that settings with a shorter open period are not
 credited with serving calls nobody saw.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Settings:
         backoff: Multiplier of the open period after each failed probe (``1.0``: fixed).
         max_timeout: Cap on the grown open period (default ``10 * timeout`` with backoff).
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     threshold: int
@@ -95,7 +95,7 @@ class Cost:
         healthy_refused: Calls the breaker refused while the service was healthy.
         trips: Openings from closed.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     seconds: float
@@ -124,7 +124,7 @@ class Transition:
         to_state: Likewise.
         reason: Why (free text, e.g. ``"consecutive_failures"``, ``"probe_failed"``).
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     ts: float
@@ -291,7 +291,7 @@ def replay(series: Series, settings: Settings, *, failing: Sequence[bool] | None
     Returns:
         The cost over the series' window.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
     return replay_halves(series, settings, failing=failing, runs=runs, seed=seed)[0]
 
@@ -303,7 +303,7 @@ def replay_halves(series: Series, settings: Settings, *, failing: Sequence[bool]
     Returns:
         ``(whole, first half, second half)``.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
     w = series.width
     flags = failing_buckets(series) if failing is None else failing
@@ -343,7 +343,7 @@ def refusing(transitions: Sequence[Transition], start: float, end: float) -> lis
     Returns:
         Sorted, clipped ``(from, to)`` intervals.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
     out: list[tuple[float, float]] = []
     opened: float | None = None
@@ -401,7 +401,7 @@ def impute(series: Series, transitions: Sequence[Transition],
     Returns:
         The series with the refused seconds filled in (integer counts, rounded).
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
     periods = _open_periods(transitions, series.start, series.end)
     if not periods:
@@ -439,8 +439,10 @@ def impute(series: Series, transitions: Sequence[Transition],
         p_after = x_after / n_after if n_after else background
         last_failed = max((t for t in probes if a <= t < b), default=a)
         if failing_to_end or p_after >= 0.5:
+            # Still failing after it closed (or never closed): failing throughout, at the higher of the
+            # two levels seen.
             recovered = b
-            p_after = max(p_after, p_fail) if failing_to_end else p_after
+            p_fail = max(p_fail, p_after) if not failing_to_end else p_fail
         else:
             recovered = last_failed + (b - last_failed) / 2.0
         carry = 0.0
@@ -456,7 +458,7 @@ def impute(series: Series, transitions: Sequence[Transition],
             seen_n, seen_x = counts.get(i, (0, 0))
             if n_i <= 0:
                 continue
-            counts[i] = (seen_n + n_i, min(seen_n + n_i, seen_x + round(n_i * p)))
+            counts[i] = (seen_n + n_i, min(seen_n + n_i, seen_x + math.floor(n_i * p + 0.5)))
     keep = sorted(counts)
     return Series(series.start, series.end, w, tuple(keep), tuple(counts[i][0] for i in keep),
                   tuple(counts[i][1] for i in keep))
@@ -481,7 +483,7 @@ def baseline_cost(settings: Settings, rate: float, p: float, seconds: float = 36
     Returns:
         The expected cost over ``seconds``.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
     if rate <= 0.0:
         return Cost(seconds, 0.0, 0.0, 0.0, 0.0)

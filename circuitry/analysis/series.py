@@ -9,7 +9,7 @@ few tens of milliseconds late, so nothing below one second may matter.
 :func:`bucketize` turns raw ``(timestamp, failed)`` calls into a series (benchmarks and tests use it, so
 they exercise the same path as the analyst); :meth:`Series.from_rows` builds one from stored rows.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Series:
     Raises:
         ConfigurationError: An argument is invalid; the message names it.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     start: float
@@ -233,7 +233,7 @@ def bucketize(
         ConfigurationError: A flag is not a bool, a timestamp is not a finite number, a call falls outside
             a given window (``start <= t <= end``), or the window is invalid.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
     if isinstance(width, bool) or not isinstance(width, int | float) or not (math.isfinite(width) and width > 0):
         raise ConfigurationError(f"width must be a positive number of seconds, got {width!r}")
