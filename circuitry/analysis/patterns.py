@@ -32,10 +32,6 @@ Cost: counting 100,000 raw calls per second takes about 15 ms; the tests work on
 bins whatever the traffic, a few milliseconds.
 
 .. versionadded:: 0.1.0
-.. versionchanged:: 0.2.0
-   Works on per-second buckets; escalation requires a rise per call *and* per minute; clustering is
-   tested at every scale against the traffic and against time; accepts any iterable once and rejects
-   non-bool failure flags.
 """
 
 from __future__ import annotations

@@ -25,8 +25,6 @@ Candidates: thresholds 1-20, open periods of 5 s to 10 min, fixed or doubling af
 (backoff, capped at ten times the open period), searched one setting at a time from the current ones.
 
 .. versionadded:: 0.1.0
-.. versionchanged:: 0.2.0
-   Recommendations come from a replay with an explicit cost instead of fixed rules per pattern.
 """
 
 from __future__ import annotations
