@@ -17,9 +17,10 @@ import itertools
 import math
 import random
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple, Protocol
 
 from circuitry import _calls
 from circuitry._clock import SYSTEM_CLOCK, Clock
@@ -29,7 +30,7 @@ from circuitry._window import CountWindow, TimeWindow
 from circuitry.events import Dispatcher, Event, EventKind
 from circuitry.exceptions import CircuitOpenError, ConfigurationError
 
-__all__ = ["BreakerStats", "CircuitBreaker", "Permit", "SharedState", "validate_name"]
+__all__ = ["BreakerStats", "CircuitBreaker", "Counts", "Permit", "SharedState", "StoreLink", "validate_name"]
 
 CLOSED: Final = CircuitState.CLOSED
 OPEN: Final = CircuitState.OPEN
@@ -57,6 +58,46 @@ def _count_value(counter: itertools.count[int]) -> int:
     return int(repr(counter)[6:-1])
 
 
+class Counts(NamedTuple):
+    """Every call a breaker has seen, by outcome (exact under any number of threads)."""
+
+    successes: int
+    failures: int
+    ignored: int
+    rejected: int
+    cancelled: int
+
+
+class StoreLink(Protocol):
+    """What a breaker calls on the store that persists it (see :meth:`CircuitBreaker.link`).
+
+    Every method is in-memory and non-blocking: the breaker calls them on the protected call's thread,
+    :meth:`take_probe` under its own lock. All I/O belongs to the store's threads.
+    """
+
+    #: Where the breaker appends each counted failure's exception (bounded: a ``deque`` with a
+    #: ``maxlen``), or ``None`` when the store does not keep failure rows.
+    failure_log: deque[BaseException] | None
+
+    def take_probe(self) -> int | None:
+        """A half-open probe wants to start: a lease id (> 0) this process holds for it, ``0`` to decide
+        from memory (the store cannot coordinate now), or ``None`` to refuse the call (no lease free
+        here now; the store notes the demand)."""
+        ...
+
+    def probe_retry_after(self) -> float:
+        """Seconds a caller refused by :meth:`take_probe` should wait (a hint for ``retry_after``)."""
+        ...
+
+    def probe_done(self, lease: int) -> None:
+        """The probe holding ``lease`` finished, was cancelled, or outlived its lease."""
+        ...
+
+    def transitioned(self, event: Event) -> None:
+        """A transition this breaker made (not one adopted from the store), in order."""
+        ...
+
+
 class Permit:
     """An admission that is not the plain closed-state one: a half-open probe, a call a
     metrics-only breaker would have rejected (``shadow``), or a call through a disabled breaker.
@@ -65,14 +106,15 @@ class Permit:
     circuitry; :meth:`CircuitBreaker.admit` wraps those too, for code that drives a breaker by hand.
     """
 
-    __slots__ = ("closed", "generation", "probe", "shadow")
+    __slots__ = ("closed", "generation", "lease", "probe", "shadow")
 
     def __init__(self, generation: int, probe: int | None = None, shadow: bool = False,
-                 closed: bool = False) -> None:
+                 closed: bool = False, lease: int = 0) -> None:
         self.generation = generation
         self.probe = probe
         self.shadow = shadow
         self.closed = closed  # a plain closed-state admission, wrapped by admit()
+        self.lease = lease  # a probe's lease in the store (0: none)
 
     def __repr__(self) -> str:
         kind = "probe" if self.probe is not None else "shadow" if self.shadow else \
@@ -158,10 +200,12 @@ class CircuitBreaker:
         "_enforce",
         "_fail_types",
         "_fast",
+        "_flog",
         "_gen",
         "_lat_max",
         "_lat_n",
         "_lat_sum",
+        "_link",
         "_lock",
         "_n_cancel",
         "_n_fail",
@@ -180,7 +224,6 @@ class CircuitBreaker:
         "_reason",
         "_reopens",
         "_rng",
-        "_shared",
         "_state",
         "_thr1",
         "_timed",
@@ -232,7 +275,8 @@ class CircuitBreaker:
         self._probes: dict[int, float] = {}
         self._probe_seq = 0
         self._probe_ok = 0
-        self._shared: Any = None  # the store's link, when persistence is attached
+        self._link: StoreLink | None = None  # the store's link, when persistence is attached
+        self._flog: deque[BaseException] | None = None  # the link's failure log
         self._apply_policy(policy)
 
     # -- configuration ------------------------------------------------------------------------------
@@ -268,7 +312,8 @@ class CircuitBreaker:
         # isinstance check, the open period needs nothing from the exception and no hook wants failures.
         p = self._policy
         on = p.on
-        inline = isinstance(on, type | tuple) and p.retry_after is None and not self._dispatch.failure
+        inline = (isinstance(on, type | tuple) and p.retry_after is None and not self._dispatch.failure
+                  and self._flog is None)
         # (an empty tuple matches nothing: the face then takes the general path, with one check less)
         self._fail_types: type[BaseException] | tuple[type[BaseException], ...] = (
             on if inline else ())  # type: ignore[assignment]
@@ -377,14 +422,6 @@ class CircuitBreaker:
             self._emit(events)
         if type(got) is tuple:  # refused: hooks run and the error is built outside the lock
             raise self._reject(*got)
-        shared = self._shared
-        # A probe is reserved here; across processes it also needs a lease, taken by the store outside
-        # the lock (it is I/O). Without one the reservation is given back and the call refused.
-        if (shared is not None and type(got) is Permit and got.probe is not None
-                and not shared.acquire_probe(self, self._now())):
-            with self._lock:
-                self._probes.pop(got.probe, None)
-            raise self._reject(HALF_OPEN, self._policy.effective_probe_timeout, "probes_taken")
         return got  # type: ignore[return-value]
 
     def _acquire_locked(self, events: list[Event]) -> Token | tuple[CircuitState, float | None, str]:
@@ -416,9 +453,19 @@ class CircuitBreaker:
                 return (HALF_OPEN, max(0.0, min(probes.values()) - now), "probes_taken")
             next(self._n_shadow)
             return Permit(self._gen, shadow=True)
+        lease = 0
+        link = self._link
+        if link is not None:  # across processes a probe also needs a lease the store holds for it
+            got = link.take_probe()
+            if got is None:
+                if self._enforce:
+                    return (HALF_OPEN, link.probe_retry_after(), "probes_taken")
+                next(self._n_shadow)
+                return Permit(self._gen, shadow=True)
+            lease = got
         self._probe_seq += 1
         probes[self._probe_seq] = now + self._policy.effective_probe_timeout
-        return Permit(self._gen, probe=self._probe_seq)
+        return Permit(self._gen, probe=self._probe_seq, lease=lease)
 
     def _reject(self, state: CircuitState, retry_after: float | None, reason: str) -> CircuitOpenError:
         next(self._n_rej)
@@ -460,6 +507,9 @@ class CircuitBreaker:
                        duration: float | None = None) -> None:
         """Report that an admitted call failed (a counted failure; classification is the caller's)."""
         next(self._n_fail)
+        flog = self._flog
+        if flog is not None and exc is not None:
+            flog.append(exc)
         if duration is not None:
             self._note_latency(duration)
         permit = _plain(permit)
@@ -597,6 +647,39 @@ class CircuitBreaker:
 
     # -- shared state (the store's side) ------------------------------------------------------------
 
+    def link(self, link: StoreLink | None) -> None:
+        """Attach the store that persists this breaker (``None`` detaches it).
+
+        From then on the breaker appends each counted failure to ``link.failure_log``, asks
+        :meth:`StoreLink.take_probe` before a half-open probe, and reports its own transitions to
+        :meth:`StoreLink.transitioned`. A store calls this from its ``adopt()``.
+        """
+        with self._lock:
+            self._link = link
+            self._flog = None if link is None else link.failure_log
+            self._update_fast()
+
+    @property
+    def linked(self) -> StoreLink | None:
+        """The attached store's link, or ``None``."""
+        return self._link
+
+    def counts(self) -> Counts:
+        """Every call so far, by outcome: cheap, lock-free, exact (a store samples it)."""
+        return Counts(_count_value(self._n_ok), _count_value(self._n_fail), _count_value(self._n_ign),
+                      _count_value(self._n_rej), _count_value(self._n_cancel))
+
+    @property
+    def consecutive_failures(self) -> int:
+        """Counted failures since the last success or transition (0 while not closed)."""
+        return _count_value(self._consec)
+
+    def next_open_period(self) -> float:
+        """The open period this breaker would choose if it opened now (backoff and jitter applied),
+        for a store that opens the circuit on evidence combined across processes."""
+        with self._lock:
+            return self._open_period(None)
+
     def snapshot(self) -> SharedState:
         """The state as the store persists it: wall-clock times, so other processes can read them."""
         with self._lock:
@@ -606,9 +689,13 @@ class CircuitBreaker:
             return SharedState(self._state, self._gen, self._opened_at, until, self._open_for, self._reopens,
                                _count_value(self._consec), self._reason)
 
-    def _apply_shared(self, state: CircuitState, opened_at: float | None, open_until: float | None,
-                      open_for: float | None, reopens: int, reason: str, expect: int | None = None) -> int:
+    def adopt(self, state: CircuitState, *, opened_at: float | None = None, open_until: float | None = None,
+              open_for: float | None = None, reopens: int = 0, reason: str = "remote",
+              expect: int | None = None) -> int:
         """Adopt a state decided elsewhere (another process, or a previous run); returns the generation.
+
+        Hooks hear the transition (with ``reason``, e.g. ``"remote"`` or ``"restored"``); the store's
+        link does not: it made the change.
 
         With ``expect``, only if the breaker is still in that generation (else nothing changes and
         the result is -1): a local transition made since is not overwritten here — the store settles
@@ -646,7 +733,7 @@ class CircuitBreaker:
             self._reopens = max(0, reopens)
             self._update_fast()
             gen = self._gen
-        self._emit(events)
+        self._emit(events, local=False)
         return gen
 
     # -- internals (lock held) ----------------------------------------------------------------------
@@ -701,8 +788,8 @@ class CircuitBreaker:
         if permit.probe is None:
             return
         lease = self._probes.pop(permit.probe, None)
-        if lease is not None and self._shared is not None:
-            self._shared.release_probe(self)
+        if permit.lease and self._link is not None:
+            self._link.probe_done(permit.lease)
         now = self._now()
         if lease is None or lease <= now or permit.generation != self._gen or self._state is not HALF_OPEN:
             return  # stale: the lease expired or the circuit moved on
@@ -718,8 +805,9 @@ class CircuitBreaker:
         if permit.probe is None:
             return
         with self._lock:
-            if self._probes.pop(permit.probe, None) is not None and self._shared is not None:
-                self._shared.release_probe(self)
+            self._probes.pop(permit.probe, None)
+            if permit.lease and self._link is not None:
+                self._link.probe_done(permit.lease)
 
     def _reset_counts(self) -> None:
         self._clear()
@@ -749,14 +837,18 @@ class CircuitBreaker:
             self._opened_at = None
         self._state = to
         self._update_fast()
-        if self._dispatch.transition:
+        if self._dispatch.transition or self._link is not None:
             etype, emsg = describe(exc) if exc is not None else (None, None)
             events.append(Event(EventKind.TRANSITION, self.name, self._wall(), self._gen, to, frm,
                                 reason, etype, emsg, open_for))
 
-    def _emit(self, events: list[Event]) -> None:
+    def _emit(self, events: list[Event], local: bool = True) -> None:
         if not events:
             return
+        link = self._link
+        if local and link is not None:
+            for ev in events:
+                link.transitioned(ev)
         hooks = self._dispatch.transition
         if hooks:
             for ev in events:

@@ -10,14 +10,17 @@ from __future__ import annotations
 import os
 import random
 import threading
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from circuitry._clock import SYSTEM_CLOCK, Clock
 from circuitry._core import CircuitBreaker, validate_name
 from circuitry._policy import Policy
 from circuitry.events import Dispatcher, Hook, StructlogHook
 from circuitry.exceptions import ConfigurationError, RegistryConflictError
+
+if TYPE_CHECKING:
+    from circuitry.store.base import Store
 
 __all__ = ["Registry", "configure", "default_db_path", "default_registry", "set_default_registry"]
 
@@ -29,13 +32,14 @@ class Registry:
         clock: The clock every breaker of this registry reads (inject a fake one in tests).
         hooks: Event hooks; default: one :class:`~circuitry.events.StructlogHook` logging transitions.
         rng: Random source for jitter.
-        store: Where breakers persist: a :class:`~circuitry.store.SQLiteStore`, or a path to one.
+        store: Where breakers persist: a :class:`~circuitry.store.Store`, or a path or URL to open
+            one at (:func:`circuitry.store.open_store`).
 
     .. versionadded:: 0.1.0
     """
 
     def __init__(self, *, clock: Clock | None = None, hooks: Iterable[Hook] | None = None,
-                 rng: random.Random | None = None, store: Any = None) -> None:
+                 rng: random.Random | None = None, store: Store | str | os.PathLike[str] | None = None) -> None:
         self.clock = SYSTEM_CLOCK if clock is None else clock
         self.dispatcher = Dispatcher((StructlogHook(),) if hooks is None else hooks)
         self._rng = rng
@@ -43,14 +47,15 @@ class Registry:
         # The faces read this dict directly on every call: it must only ever be mutated in place.
         self.breakers: dict[str, CircuitBreaker] = {}
         self._declared: dict[str, Policy] = {}  # policies of decorated names not called yet
-        self._attached: list[Any] = []
+        self._store: Store | None = None
+        # A store to open when the first breaker is made (the default registry's): importing
+        # circuitry, or decorating a function, opens nothing.
+        self._store_factory: Callable[[], Store | None] | None = None
         if store is not None:
             if isinstance(store, str | os.PathLike):
-                from circuitry.store import SQLiteStore
+                from circuitry.store import open_store
 
-                store = SQLiteStore(store)
-            if not hasattr(store, "adopt"):
-                raise ConfigurationError(f"store must be a path or a store, got {store!r}")
+                store = open_store(store)
             self.attach(store)
 
     # -- lookup -------------------------------------------------------------------------------------
@@ -77,8 +82,9 @@ class Registry:
                         raise RegistryConflictError(_conflict_message(name, declared, policy))
                     breaker = CircuitBreaker(name, policy or declared or Policy(), clock=self.clock,
                                              dispatcher=self.dispatcher, rng=self._rng)
-                    for attachment in self._attached:
-                        attachment.adopt(breaker)
+                    store = self._store if self._store_factory is None else self._open_pending_store()
+                    if store is not None:
+                        store.adopt(breaker)
                     self.breakers[name] = breaker
                     return breaker
         if policy is not None and policy != breaker.policy:
@@ -126,12 +132,20 @@ class Registry:
     def remove(self, name: str) -> None:
         """Forget a breaker (its decorated functions recreate it with their policy on next call)."""
         with self._lock:
-            self.breakers.pop(name, None)
+            breaker = self.breakers.pop(name, None)
+            store = self._store
+        if breaker is not None and store is not None:
+            store.forget(breaker)
 
     def clear(self) -> None:
         """Forget every breaker."""
         with self._lock:
+            dropped = list(self.breakers.values())
             self.breakers.clear()
+            store = self._store
+        if store is not None:
+            for breaker in dropped:
+                store.forget(breaker)
 
     def reset_all(self) -> None:
         """Close every circuit of this registry."""
@@ -146,28 +160,57 @@ class Registry:
     def remove_hook(self, hook: Hook) -> None:
         self.dispatcher.remove(hook)
 
-    def attach(self, attachment: Any) -> None:
-        """Attach something (a store) that must adopt every breaker, existing and future; if it is
-        callable, it also becomes a hook (a store records failures and transitions that way)."""
+    def attach(self, store: Store) -> None:
+        """Persist every breaker of this registry, existing and future, through ``store``.
+
+        Raises:
+            ConfigurationError: ``store`` is not a store, or another store is attached already.
+        """
+        from circuitry.store.base import Store
+
+        if not isinstance(store, Store):
+            raise ConfigurationError(f"store must be a path, a URL or a store, got {store!r}")
         with self._lock:
-            self._attached.append(attachment)
+            if self._store is not None and self._store is not store:
+                raise ConfigurationError(f"{self!r} already persists to {self._store!r}: detach it first")
+            self._store = store
+            self._store_factory = None
             existing = list(self.breakers.values())
-        if callable(attachment):
-            self.dispatcher.add(attachment)
+        if callable(store):  # a store that records events as a hook
+            self.dispatcher.add(store)
         for breaker in existing:
-            attachment.adopt(breaker)
+            store.adopt(breaker)
 
     @property
-    def store(self) -> Any:
-        """The store attached to this registry, or ``None``."""
-        return next((a for a in self._attached if hasattr(a, "adopt")), None)
+    def store(self) -> Store | None:
+        """The store this registry persists to, or ``None`` (the default registry opens its store here
+        if no breaker has done so yet)."""
+        if self._store_factory is not None:
+            with self._lock:
+                return self._open_pending_store()
+        return self._store
 
-    def detach(self, attachment: Any) -> None:
+    def detach(self, store: Store) -> None:
+        """Stop persisting through ``store`` (it is not closed)."""
         with self._lock:
-            if attachment in self._attached:
-                self._attached.remove(attachment)
-        if callable(attachment):
-            self.dispatcher.remove(attachment)
+            if self._store is not store:
+                return
+            self._store = None
+            existing = list(self.breakers.values())
+        if callable(store):
+            self.dispatcher.remove(store)
+        for breaker in existing:
+            store.forget(breaker)
+
+    def _open_pending_store(self) -> Store | None:
+        """(Lock held.) Open the store the default registry was promised, once."""
+        factory, self._store_factory = self._store_factory, None
+        store = None if factory is None else factory()
+        if store is not None:
+            self._store = store
+            if callable(store):
+                self.dispatcher.add(store)
+        return self._store
 
     def __repr__(self) -> str:
         return f"<Registry {len(self.breakers)} breakers>"
@@ -208,13 +251,19 @@ def default_db_path() -> str | None:
     return value
 
 
-def _default_registry() -> Registry:
+def _open_default_store() -> Store | None:
     path = default_db_path()
     if path is None:
-        return Registry()
-    from circuitry.store import SQLiteStore
+        return None
+    from circuitry.store import open_store
 
-    return Registry(store=SQLiteStore(path))  # opens nothing until the first breaker is created
+    return open_store(path)
+
+
+def _default_registry() -> Registry:
+    registry = Registry()
+    registry._store_factory = _open_default_store  # read $CIRCUITRY_DB and open on first use
+    return registry
 
 
 DEFAULT = _DefaultRef(_default_registry())
@@ -238,14 +287,15 @@ def configure(*, db: str | os.PathLike[str] | None, **store_options: Any) -> Reg
     .. versionadded:: 0.1.0
     """
     registry = DEFAULT.registry
-    old = registry.store
+    registry._store_factory = None
+    old = registry._store
     if old is not None:
         registry.detach(old)
         old.close()
     if db is not None and os.fspath(db) != ":memory:":
-        from circuitry.store import SQLiteStore
+        from circuitry.store import open_store
 
-        registry.attach(SQLiteStore(db, **store_options))
+        registry.attach(open_store(db, **store_options))
     elif store_options:
         raise ConfigurationError(f"store options given without a database: {sorted(store_options)}")
     return registry

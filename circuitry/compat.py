@@ -73,7 +73,7 @@ class DatabaseCircuitBreaker:
             on=expected_exception, **policy)
         self.enable_alerts = enable_alerts
         self.alert_callback = alert_callback
-        store = self.registry.store
+        store: Any = self.registry.store
         if store is not None:
             store.set_alerts_enabled(service_name, enable_alerts)
             if alert_callback is not None and enable_alerts:
@@ -110,7 +110,7 @@ class DatabaseCircuitBreaker:
             "last_hour_metrics": {"total_calls": s.calls, "success_rate": 100.0, "circuit_open_duration": 0},
             "unacknowledged_alerts": 0,
         }
-        store = self.registry.store
+        store: Any = self.registry.store
         if store is None:
             stats["last_hour_metrics"]["success_rate"] = stats["success_rate"]
             return stats
@@ -130,7 +130,7 @@ class DatabaseCircuitBreaker:
     def get_recommendations(self) -> dict[str, Any]:
         """The seed's recommendation dict: the last analysis window classified now, and the settings
         that pattern calls for (nothing below the confidence floor)."""
-        store = self.registry.store
+        store: Any = self.registry.store
         if store is not None:
             try:
                 _, rec = store.analyse(self.service_name)
@@ -146,7 +146,7 @@ class DatabaseCircuitBreaker:
     def apply_recommendations(self) -> bool:
         """Apply the current recommendation (threshold, timeout, backoff) to the breaker: one explicit
         call. Returns whether anything changed. (``SQLiteStore(auto_apply=True)`` does it for you.)"""
-        store = self.registry.store
+        store: Any = self.registry.store
         if store is None:
             return False
         from circuitry.runners.analyst import apply
@@ -212,7 +212,7 @@ class MultiServiceDatabaseCircuitBreaker:
     def get_services_needing_attention(self) -> list[dict[str, Any]]:
         """Services that are not closed, or have unacknowledged alerts, most urgent first — every
         service in the database, not only this process's."""
-        store = self.registry.store
+        store: Any = self.registry.store
         if store is not None:
             from circuitry.store._sqlite import services_needing_attention
 

@@ -1,70 +1,41 @@
 """Stores: where breakers persist their state and history, and how processes share them.
 
-:class:`SQLiteStore` is the default: one file, shared by every process of a host. :class:`Store` is
-the contract a registry relies on — a PostgreSQL store implements the same methods.
+:func:`open_store` makes a store from a URL or a path; :class:`Store` is the contract a registry
+relies on. Importing this package opens nothing and imports no database driver: the backends are
+imported when first used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+import os
+from typing import TYPE_CHECKING, Any
 
-from circuitry.store._sqlite import SQLiteStore, StoreHealth
+from circuitry.store.base import Store
 
 if TYPE_CHECKING:
-    from circuitry._core import CircuitBreaker
-    from circuitry.events import Event, EventKind
+    from circuitry.store._sqlite import SQLiteStore, StoreHealth
 
-__all__ = ["SQLiteStore", "Store", "StoreHealth"]
+__all__ = ["SQLiteStore", "Store", "StoreHealth", "open_store"]
 
 
-@runtime_checkable
-class Store(Protocol):
-    """What a :class:`~circuitry.Registry` needs of a store.
+def open_store(target: str | os.PathLike[str], **options: Any) -> Store:
+    """The store for ``target``: a SQLite file path (or ``sqlite:///path``).
 
-    The registry calls :meth:`adopt` for every breaker it creates and delivers events through
-    ``__call__`` (a store is a hook: ``kinds`` says which events it wants). Both run on the caller's
-    thread, so they must only hand work over — all I/O belongs to the store's own threads. Reading is
-    offered twice: :meth:`query` for threads, :meth:`aquery` for event loops.
+    Nothing is opened until the first breaker is adopted.
 
     .. versionadded:: 0.1.0
     """
+    from circuitry.store._sqlite import SQLiteStore
 
-    kinds: frozenset[EventKind]
+    path = os.fspath(target)
+    if path.startswith("sqlite:///"):
+        path = path[len("sqlite:///"):]
+    return SQLiteStore(path, **options)
 
-    def adopt(self, breaker: CircuitBreaker) -> None:
-        """Persist ``breaker`` from now on; it takes the stored state, if there is one."""
-        ...
 
-    def __call__(self, event: Event) -> None:
-        """Take a failure or a transition to write (never blocking, never raising)."""
-        ...
+def __getattr__(name: str) -> Any:
+    if name in ("SQLiteStore", "StoreHealth"):
+        from circuitry.store import _sqlite
 
-    def flush(self, timeout: float = 5.0) -> bool:
-        """Write what is pending; True if everything was written within ``timeout``."""
-        ...
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Flush, stop the store's threads, release its connections."""
-        ...
-
-    def health(self) -> StoreHealth:
-        """Whether writes succeed, what failed, how much is queued or was dropped."""
-        ...
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """A read-only query, rows as dicts."""
-        ...
-
-    async def aquery(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """:meth:`query` for asyncio code."""
-        ...
-
-    def add_alert_callback(self, callback: Callable[[dict[str, Any]], Any], service: str | None = None,
-                           timeout: float = 2.0) -> None:
-        """Deliver new alerts to ``callback`` without ever blocking a protected call."""
-        ...
-
-    def acknowledge(self, alert_id: int | None = None, *, service: str | None = None) -> int:
-        """Acknowledge an alert by id, or every open alert of a service."""
-        ...
+        return getattr(_sqlite, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from circuitry._clock import SYSTEM_CLOCK, Clock
-from circuitry._core import CircuitBreaker, _count_value
+from circuitry._core import CircuitBreaker, Counts
+from circuitry._core import _count_value as _count_value
 from circuitry._policy import check_int, check_number
 from circuitry._state import CircuitState
 from circuitry.analysis.alerts import AlertEngine, AlertPolicy
@@ -139,13 +140,23 @@ class _Link:
         self.last_failure: float | None = None
         self._evidence = (self.counts[0], self.counts[1])  # what was shared so far: nothing after adoption
 
-    def acquire_probe(self, breaker: CircuitBreaker, now: float) -> bool:
-        return self.store._acquire_probe(self)
+    failure_log: deque[BaseException] | None = None  # failures reach the store as events (a hook)
 
-    def release_probe(self, breaker: CircuitBreaker) -> None:
-        if self.leases:
-            with contextlib.suppress(IndexError):
-                self.store._lease_releases.append(self.leases.pop())
+    def take_probe(self) -> int | None:
+        if not self.store._acquire_probe(self):
+            return None
+        return self.leases[-1] if self.leases else 0
+
+    def probe_retry_after(self) -> float:
+        return self.breaker.policy.effective_probe_timeout
+
+    def probe_done(self, lease: int) -> None:
+        if lease in self.leases:
+            self.leases.remove(lease)
+            self.store._lease_releases.append(lease)
+
+    def transitioned(self, event: Event) -> None:
+        pass
 
 
 def _merge(bucket: list[float], delta: Sequence[float]) -> None:
@@ -155,9 +166,8 @@ def _merge(bucket: list[float], delta: Sequence[float]) -> None:
     bucket[7] = max(bucket[7], delta[7])
 
 
-def _counters(b: CircuitBreaker) -> tuple[int, int, int, int, int]:
-    return (_count_value(b._n_ok), _count_value(b._n_fail), _count_value(b._n_ign), _count_value(b._n_rej),
-            _count_value(b._n_cancel))
+def _counters(b: CircuitBreaker) -> Counts:
+    return b.counts()
 
 
 _STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
@@ -279,7 +289,7 @@ class SQLiteStore:
         link = _Link(self, breaker)
         with self._lock:
             self._links[breaker.name] = link
-        breaker._shared = link
+        breaker.link(link)
         try:
             row = self._side(lambda c: c.execute(_SELECT_STATE + " WHERE service_name = ?",
                                                  (breaker.name,)).fetchone())
@@ -290,6 +300,15 @@ class SQLiteStore:
             self._apply_row(link, row, "restored")
         self._ensure_thread()
         self._wake.set()
+
+    def forget(self, breaker: CircuitBreaker) -> None:
+        """Stop persisting ``breaker``."""
+        with self._lock:
+            link = self._links.get(breaker.name)
+            if link is not None and link.breaker is breaker:
+                del self._links[breaker.name]
+        if link is not None and breaker.linked is link:
+            breaker.link(None)
 
     def __call__(self, event: Event) -> None:
         """The store's hook: queue failures and local transitions for the writer."""
@@ -365,8 +384,8 @@ class SQLiteStore:
                 self._side_conn.close()
                 self._side_conn = None
         for link in list(self._links.values()):
-            if link.breaker._shared is link:
-                link.breaker._shared = None
+            if link.breaker.linked is link:
+                link.breaker.link(None)
 
     def __enter__(self) -> SQLiteStore:
         return self
@@ -763,7 +782,7 @@ class SQLiteStore:
                     f"UPDATE circuit_breaker_states SET failure_count = ?, last_failure_time = "
                     f"CASE WHEN ? > 0 THEN {_ISO} ELSE last_failure_time END "
                     "WHERE service_name = ? AND version = ? AND current_state = 'closed' RETURNING failure_count",
-                    (_count_value(b._consec), d_fail, now, link.name, link.version)).fetchone()
+                    (b.consecutive_failures, d_fail, now, link.name, link.version)).fetchone()
             else:
                 row = conn.execute(
                     f"UPDATE circuit_breaker_states SET failure_count = failure_count + ?, last_failure_time = {_ISO} "
@@ -772,7 +791,7 @@ class SQLiteStore:
             if row is not None and row[0] >= b.policy.failure_threshold:
                 # The sum crossed the threshold in this transaction, so exactly one process sees it:
                 # that one opens the circuit, in the same transaction, for everyone.
-                open_for = b._open_period(None)
+                open_for = b.next_open_period()
                 cur = conn.execute(
                     f"UPDATE circuit_breaker_states SET current_state = 'open', failure_count = 0, "
                     f"state_changed_at = {_ISO}, version = version + 1, opened_at = ?, open_until = ?, open_for = ?, "
@@ -782,8 +801,8 @@ class SQLiteStore:
                     opened = (now, now + open_for, open_for)
         if opened is not None:
             link.version += 1
-            gen = b._apply_shared(CircuitState.OPEN, opened[0], opened[1], opened[2], 0, "shared_failures",
-                                  expect=link.synced_gen)
+            gen = b.adopt(CircuitState.OPEN, opened_at=opened[0], open_until=opened[1], open_for=opened[2],
+                          reopens=0, reason="shared_failures", expect=link.synced_gen)
             if gen >= 0:
                 link.synced_gen = gen
                 link._evidence = (link.counts[0], link.counts[1])
@@ -797,7 +816,8 @@ class SQLiteStore:
         except ValueError:
             return
         before = link.breaker.generation
-        gen = link.breaker._apply_shared(cs, opened_at, open_until, open_for, reopens or 0, reason, expect)
+        gen = link.breaker.adopt(cs, opened_at=opened_at, open_until=open_until, open_for=open_for,
+                                 reopens=reopens or 0, reason=reason, expect=expect)
         if gen < 0:
             return  # the breaker moved on: the next cycle writes its state against this row's version
         if gen != before:  # a new generation: evidence from the old one no longer counts
