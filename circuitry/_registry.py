@@ -176,8 +176,7 @@ class Registry:
             self._store = store
             self._store_factory = None
             existing = list(self.breakers.values())
-        if callable(store):  # a store that records events as a hook
-            self.dispatcher.add(store)
+        _start_runners(store)
         for breaker in existing:
             store.adopt(breaker)
 
@@ -197,8 +196,6 @@ class Registry:
                 return
             self._store = None
             existing = list(self.breakers.values())
-        if callable(store):
-            self.dispatcher.remove(store)
         for breaker in existing:
             store.forget(breaker)
 
@@ -208,12 +205,17 @@ class Registry:
         store = None if factory is None else factory()
         if store is not None:
             self._store = store
-            if callable(store):
-                self.dispatcher.add(store)
+            _start_runners(store)
         return self._store
 
     def __repr__(self) -> str:
         return f"<Registry {len(self.breakers)} breakers>"
+
+
+def _start_runners(store: Store) -> None:
+    from circuitry.runners import attach
+
+    attach(store)
 
 
 def _conflict_message(name: str, old: Policy, new: Policy) -> str:

@@ -12,12 +12,15 @@ import inspect
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from circuitry._core import CircuitBreaker
 from circuitry._registry import Registry, default_registry
 from circuitry._state import CircuitState
 from circuitry.exceptions import ConfigurationError, StoreError
+
+if TYPE_CHECKING:
+    from circuitry.store.engine import SharedStore
 
 __all__ = ["DatabaseCircuitBreaker", "MultiServiceDatabaseCircuitBreaker"]
 
@@ -73,7 +76,7 @@ class DatabaseCircuitBreaker:
             on=expected_exception, **policy)
         self.enable_alerts = enable_alerts
         self.alert_callback = alert_callback
-        store: Any = self.registry.store
+        store = _sharing(self.registry)
         if store is not None:
             store.set_alerts_enabled(service_name, enable_alerts)
             if alert_callback is not None and enable_alerts:
@@ -99,7 +102,8 @@ class DatabaseCircuitBreaker:
         self.breaker.reset()
 
     def get_stats(self) -> dict[str, Any]:
-        """The seed's statistics dict (``last_hour_metrics`` read from the database)."""
+        """Statistics: this process's counters, and the last hour as the database holds it (every
+        process's calls, with this process's not yet written added in) — without waiting on the store."""
         s = self.breaker.stats()
         decided = s.successes + s.failures
         stats: dict[str, Any] = {
@@ -110,30 +114,36 @@ class DatabaseCircuitBreaker:
             "last_hour_metrics": {"total_calls": s.calls, "success_rate": 100.0, "circuit_open_duration": 0},
             "unacknowledged_alerts": 0,
         }
-        store: Any = self.registry.store
+        store = _sharing(self.registry)
         if store is None:
             stats["last_hour_metrics"]["success_rate"] = stats["success_rate"]
             return stats
-        from circuitry.store._sqlite import last_hour_summary
-
-        store.flush(0.25)
         try:
-            stats["last_hour_metrics"] = last_hour_summary(store, self.service_name)
-            stats["latest_pattern"] = _latest_pattern(store, self.service_name)
-            stats["unacknowledged_alerts"] = store.query(
-                "SELECT count(*) AS n FROM circuit_breaker_alerts WHERE service_name = ? AND acknowledged = FALSE",
-                (self.service_name,))[0]["n"]
+            status = store.circuit(self.service_name)
         except StoreError as exc:
             stats["store_error"] = str(exc)
+            return stats
+        if status is not None:
+            h = status["last_hour"]
+            stats["last_hour_metrics"] = {key: h[key] for key in (
+                "total_calls", "success_rate", "circuit_open_duration", "rejections", "avg_latency_ms",
+                "max_latency_ms") if key in h}
+            pattern = status["pattern"]
+            if pattern is not None:
+                stats["latest_pattern"] = {k: pattern[k] for k in ("type", "confidence", "suggested_threshold",
+                                                                   "suggested_timeout")}
+            stats["unacknowledged_alerts"] = status["unacknowledged_alerts"]
         return stats
 
     def get_recommendations(self) -> dict[str, Any]:
-        """The seed's recommendation dict: the last analysis window classified now, and the settings
-        that pattern calls for (nothing below the confidence floor)."""
-        store: Any = self.registry.store
+        """The recommendation dict: the last analysis window classified now, and the settings that
+        pattern calls for (nothing below the confidence floor)."""
+        store = _sharing(self.registry)
         if store is not None:
+            from circuitry.runners.analyst import analyse_now
+
             try:
-                _, rec = store.analyse(self.service_name)
+                _, rec = analyse_now(store, self.service_name)
                 return dict(rec.as_seed_dict())
             except StoreError:
                 pass
@@ -145,25 +155,21 @@ class DatabaseCircuitBreaker:
 
     def apply_recommendations(self) -> bool:
         """Apply the current recommendation (threshold, timeout, backoff) to the breaker: one explicit
-        call. Returns whether anything changed. (``SQLiteStore(auto_apply=True)`` does it for you.)"""
-        store: Any = self.registry.store
+        call. Returns whether anything changed."""
+        store = _sharing(self.registry)
         if store is None:
             return False
-        from circuitry.runners.analyst import apply
+        from circuitry.runners.analyst import analyse_now, apply
 
-        _, rec = store.analyse(self.service_name)
+        _, rec = analyse_now(store, self.service_name)
         return apply(self.breaker, rec)
 
 
-def _latest_pattern(store: Any, service: str) -> dict[str, Any] | None:
-    rows = store.query("SELECT pattern_type, confidence_score, suggested_threshold, suggested_timeout "
-                       "FROM circuit_breaker_failure_patterns WHERE service_name = ? ORDER BY ts DESC, id DESC "
-                       "LIMIT 1", (service,))
-    if not rows:
-        return None
-    r = rows[0]
-    return {"type": r["pattern_type"], "confidence": r["confidence_score"],
-            "suggested_threshold": r["suggested_threshold"], "suggested_timeout": r["suggested_timeout"]}
+def _sharing(registry: Registry) -> SharedStore | None:
+    from circuitry.store.engine import SharedStore
+
+    store = registry.store
+    return store if isinstance(store, SharedStore) else None
 
 
 class MultiServiceDatabaseCircuitBreaker:
@@ -210,15 +216,12 @@ class MultiServiceDatabaseCircuitBreaker:
         return {name: b.get_stats() for name, b in sorted(self._breakers.items())}
 
     def get_services_needing_attention(self) -> list[dict[str, Any]]:
-        """Services that are not closed, or have unacknowledged alerts, most urgent first — every
-        service in the database, not only this process's."""
-        store: Any = self.registry.store
+        """Services that are not closed, have unacknowledged alerts, or failed most of their calls in
+        the last hour, most urgent first — every service in the database, not only this process's."""
+        store = _sharing(self.registry)
         if store is not None:
-            from circuitry.store._sqlite import services_needing_attention
-
-            store.flush(0.25)
             try:
-                return services_needing_attention(store)
+                return store.read.needs_attention(states=store.unwritten_states())
             except StoreError:
                 pass
         out = []

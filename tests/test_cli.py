@@ -14,7 +14,7 @@ import pytest
 
 from circuitry import Registry
 from circuitry.store import SQLiteStore
-from circuitry.store._schema import LATEST_VERSION
+from circuitry.store.sqlite.schema import LATEST_VERSION
 from circuitry.tools.cli import main
 
 

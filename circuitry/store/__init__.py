@@ -1,8 +1,8 @@
 """Stores: where breakers persist their state and history, and how processes share them.
 
-:func:`open_store` makes a store from a URL or a path; :class:`Store` is the contract a registry
-relies on. Importing this package opens nothing and imports no database driver: the backends are
-imported when first used.
+:func:`open_store` makes a store from a path or URL; :class:`Store` is the contract a registry relies
+on. Importing this package opens nothing and imports no database driver: backends are imported when
+first used.
 """
 
 from __future__ import annotations
@@ -13,29 +13,67 @@ from typing import TYPE_CHECKING, Any
 from circuitry.store.base import Store
 
 if TYPE_CHECKING:
-    from circuitry.store._sqlite import SQLiteStore, StoreHealth
+    from circuitry.store.engine import SharedStore, StoreHealth
+    from circuitry.store.readmodel import ReadModel
+    from circuitry.store.sqlite.backend import SQLiteStore
 
-__all__ = ["SQLiteStore", "Store", "StoreHealth", "open_store"]
+__all__ = ["ReadModel", "SQLiteStore", "SharedStore", "Store", "StoreHealth", "open_reader", "open_store"]
 
 
-def open_store(target: str | os.PathLike[str], **options: Any) -> Store:
-    """The store for ``target``: a SQLite file path (or ``sqlite:///path``).
+def _sqlite_path(target: str) -> str | None:
+    if target.startswith("sqlite:///"):
+        return target[len("sqlite:///"):]
+    if "://" in target:
+        return None
+    return target
 
-    Nothing is opened until the first breaker is adopted.
+
+def open_store(target: str | os.PathLike[str], **options: Any) -> SharedStore:
+    """The store for ``target``: a SQLite file path (or ``sqlite:///path``). Nothing is opened until
+    the first breaker is adopted.
+
+    Raises:
+        ConfigurationError: ``target`` names a database this circuitry cannot open.
 
     .. versionadded:: 0.1.0
     """
-    from circuitry.store._sqlite import SQLiteStore
+    from circuitry.exceptions import ConfigurationError
 
-    path = os.fspath(target)
-    if path.startswith("sqlite:///"):
-        path = path[len("sqlite:///"):]
+    text = os.fspath(target)
+    path = _sqlite_path(text)
+    if path is None:
+        raise ConfigurationError(f"unsupported database URL {text.split('://')[0]}://… (use a SQLite path)")
+    from circuitry.store.sqlite.backend import SQLiteStore
+
     return SQLiteStore(path, **options)
 
 
-def __getattr__(name: str) -> Any:
-    if name in ("SQLiteStore", "StoreHealth"):
-        from circuitry.store import _sqlite
+def open_reader(target: str | os.PathLike[str]) -> ReadModel:
+    """A read model over the database at ``target`` (read-only; starts no thread) — what the command
+    line and dashboards read."""
+    from circuitry.exceptions import ConfigurationError
+    from circuitry.store.readmodel import ReadModel
 
-        return getattr(_sqlite, name)
+    text = os.fspath(target)
+    path = _sqlite_path(text)
+    if path is None:
+        raise ConfigurationError(f"unsupported database URL {text.split('://')[0]}://… (use a SQLite path)")
+    from circuitry.store.sqlite.backend import SQLiteBackend
+
+    return ReadModel(SQLiteBackend(path))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SQLiteStore":
+        from circuitry.store.sqlite.backend import SQLiteStore
+
+        return SQLiteStore
+    if name in ("SharedStore", "StoreHealth"):
+        from circuitry.store import engine
+
+        return getattr(engine, name)
+    if name == "ReadModel":
+        from circuitry.store.readmodel import ReadModel
+
+        return ReadModel
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

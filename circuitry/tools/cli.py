@@ -14,10 +14,14 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from circuitry._registry import default_db_path
 from circuitry.exceptions import SchemaVersionError, StoreError
+from circuitry.store.records import printable
+
+if TYPE_CHECKING:
+    from circuitry.store.readmodel import ReadModel
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], out: TextIO) -> None:
@@ -42,25 +46,22 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 70 else text[:67] + "..."
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    if not os.path.exists(path):
-        raise StoreError(f"no database at {path}")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
-    conn.row_factory = sqlite3.Row
-    return conn
+def _reader(args: argparse.Namespace) -> ReadModel:
+    from circuitry.store import open_reader
 
-
-def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-    return [dict(r) for r in conn.execute(sql, params).fetchall()]
+    return open_reader(args.db)
 
 
 def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
-    from circuitry.store._schema import LATEST_VERSION, applied_versions, migrate
+    from circuitry.store.sqlite.schema import LATEST_VERSION, applied_versions, migrate
 
     os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
-    with sqlite3.connect(args.db) as conn:
+    conn = sqlite3.connect(args.db, isolation_level=None)
+    try:
         done = migrate(conn)
         versions = sorted(applied_versions(conn))
+    finally:
+        conn.close()
     if done:
         out.write(f"{args.db}: applied migration(s) {', '.join(map(str, done))}; schema version {LATEST_VERSION}\n")
     else:
@@ -69,38 +70,18 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
-    from circuitry.store._sqlite import open_seconds
-
-    now = time.time()
-    with _connect(args.db) as conn:
-        states = _rows(conn, "SELECT * FROM circuit_breaker_states ORDER BY service_name")
-        hour = {r["service_name"]: r for r in _rows(
-            conn, "SELECT service_name, sum(calls) AS calls, sum(successes) AS ok, sum(failures) AS failed, "
-            "sum(rejections) AS refused FROM circuit_breaker_metrics WHERE minute >= ? GROUP BY service_name",
-            (int((now - 3600) // 60),))}
-        alerts = {r["service_name"]: r["n"] for r in _rows(
-            conn, "SELECT service_name, count(*) AS n FROM circuit_breaker_alerts WHERE acknowledged = FALSE "
-            "GROUP BY service_name")}
-        rows = []
-        for s in states:
-            name = s["service_name"]
-            h = hour.get(name, {})
-            decided = (h.get("ok") or 0) + (h.get("failed") or 0)
-            transitions = _rows(conn, "SELECT ts, to_state FROM circuit_breaker_events WHERE service_name = ? AND "
-                                "event_type = 'state_change' AND ts >= ? ORDER BY ts, id", (name, now - 3600))
-            retry = None
-            if s["current_state"] == "open" and s["open_until"]:
-                retry = max(0.0, s["open_until"] - now)
-            rows.append({
-                "service": name, "state": s["current_state"], "failures": s["failure_count"],
-                "threshold": s["failure_threshold"], "timeout": s["recovery_timeout"],
-                "calls_1h": h.get("calls") or 0,
-                "success_1h": f"{100.0 * (h.get('ok') or 0) / decided:.1f}%" if decided else "-",
-                "refused_1h": h.get("refused") or 0,
-                "open_s_1h": round(open_seconds(transitions, now - 3600, now, False)),
-                "retry_in": None if retry is None else f"{retry:.1f}s",
-                "alerts": alerts.get(name, 0), "changed": s["state_changed_at"],
-            })
+    rows = []
+    for s in _reader(args).status():
+        h = s["last_hour"]
+        decided = h["successes"] + h["failures"]
+        rows.append({
+            "service": s["service_name"], "state": s["state"], "failures": s["failure_count"],
+            "threshold": s["failure_threshold"], "timeout": s["recovery_timeout"], "calls_1h": h["total_calls"],
+            "success_1h": f"{h['success_rate']:.1f}%" if decided else "-", "refused_1h": h["rejections"],
+            "open_s_1h": h["circuit_open_duration"],
+            "retry_in": None if s["retry_after"] is None else f"{s['retry_after']:.1f}s",
+            "alerts": s["unacknowledged_alerts"], "changed": s["state_changed_at"],
+        })
     table(rows, [("service", "SERVICE"), ("state", "STATE"), ("failures", "FAILS"), ("threshold", "THRESH"),
                  ("timeout", "TIMEOUT"), ("calls_1h", "CALLS/1H"), ("success_1h", "OK/1H"),
                  ("refused_1h", "REFUSED/1H"), ("open_s_1h", "OPEN S/1H"), ("retry_in", "RETRY IN"),
@@ -109,19 +90,10 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace, out: TextIO) -> int:
-    where, params = [], []
-    if args.service:
-        where.append("service_name = ?")
-        params.append(args.service)
-    if not args.all:
-        where.append("acknowledged = FALSE")
-    sql = ("SELECT id, created_at, severity, service_name, alert_type, occurrences, acknowledged, message "
-           "FROM circuit_breaker_alerts" + (" WHERE " + " AND ".join(where) if where else "")
-           + " ORDER BY ts DESC, id DESC LIMIT ?")
-    with _connect(args.db) as conn:
-        rows = _rows(conn, sql, (*params, args.limit))
+    rows = _reader(args).alerts(args.service, include_acknowledged=args.all, limit=args.limit)
     for r in rows:
         r["acknowledged"] = "yes" if r["acknowledged"] else "no"
+        r["message"] = printable(r["message"])
     table(rows, [("id", "ID"), ("created_at", "CREATED (UTC)"), ("severity", "SEVERITY"),
                  ("service_name", "SERVICE"), ("alert_type", "TYPE"), ("occurrences", "TIMES"),
                  ("acknowledged", "ACK"), ("message", "MESSAGE")], out)
@@ -129,24 +101,15 @@ def cmd_alerts(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_ack(args: argparse.Namespace, out: TextIO) -> int:
-    from circuitry.store._sqlite import acknowledge
-
     if not os.path.exists(args.db):
         raise StoreError(f"no database at {args.db}")
-    n = acknowledge(args.db, alert_id=args.id, service=args.service)
+    n = len(_reader(args).acknowledge(alert_id=args.id, service=args.service))
     out.write(f"acknowledged {n} alert(s)\n")
     return 0 if n else 1
 
 
 def cmd_patterns(args: argparse.Namespace, out: TextIO) -> int:
-    sql = ("SELECT created_at, service_name, pattern_type, confidence_score, failure_count, time_window_seconds, "
-           "error_rate, suggested_threshold, suggested_timeout FROM circuit_breaker_failure_patterns")
-    params: list[Any] = []
-    if args.service:
-        sql += " WHERE service_name = ?"
-        params.append(args.service)
-    with _connect(args.db) as conn:
-        rows = _rows(conn, sql + " ORDER BY ts DESC, id DESC LIMIT ?", (*params, args.limit))
+    rows = _reader(args).patterns(args.service, limit=args.limit)
     table(rows, [("created_at", "CREATED (UTC)"), ("service_name", "SERVICE"), ("pattern_type", "PATTERN"),
                  ("confidence_score", "CONFIDENCE"), ("failure_count", "FAILURES"),
                  ("time_window_seconds", "WINDOW S"), ("error_rate", "FAIL/S"),
@@ -155,22 +118,22 @@ def cmd_patterns(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
-    from circuitry.runners.analyst import analyse_history
+    from circuitry.runners.analyst import analyse_series
 
     now = time.time()
-    with _connect(args.db) as conn:
-        state = _rows(conn, "SELECT failure_threshold, recovery_timeout FROM circuit_breaker_states "
-                      "WHERE service_name = ?", (args.service,))
-        if not state and (args.threshold is None or args.timeout is None):
-            raise StoreError(f"no circuit {args.service!r} in {args.db} (give --threshold and --timeout)")
-        threshold = args.threshold if args.threshold is not None else state[0]["failure_threshold"]
-        timeout = args.timeout if args.timeout is not None else float(state[0]["recovery_timeout"])
-        result, rec, calls = analyse_history(conn, args.service, threshold, timeout, now, args.window)
+    reader = _reader(args)
+    state = reader.circuit(args.service, now=now)
+    if state is None and (args.threshold is None or args.timeout is None):
+        raise StoreError(f"no circuit {args.service!r} in {args.db} (give --threshold and --timeout)")
+    threshold = args.threshold if args.threshold is not None else state["failure_threshold"]  # type: ignore[index]
+    timeout = args.timeout if args.timeout is not None else float(state["recovery_timeout"])  # type: ignore[index]
+    series = reader.series(args.service, now - args.window, now)
+    result, rec, calls = analyse_series(series, now=now, window=args.window, threshold=threshold, timeout=timeout)
     if args.json:
         out.write(json.dumps(rec.as_seed_dict(), indent=2) + "\n")
         return 0
     ev = result.evidence
-    out.write(f"service:     {args.service}  ({len(calls)} calls, {ev.failures} failures in the last "
+    out.write(f"service:     {args.service}  ({calls} calls, {ev.failures} failures in the last "
               f"{args.window:g} s)\n")
     out.write(f"pattern:     {result.type or 'none (too little evidence)'}  confidence {result.confidence:.2f}\n")
     out.write(f"threshold:   {rec.current_threshold} -> {rec.recommended_threshold}\n")

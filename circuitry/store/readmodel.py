@@ -1,0 +1,311 @@
+"""The read model: what the CLI, the seed-compatible API, the dashboard and exporters read — one
+implementation over any backend, reading with set-based queries whose cost does not grow with history
+(indexes and rollups), and one connection for the few writes readers make (acknowledging alerts).
+
+Every method returns plain data (dicts, lists), ready for JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final
+
+from circuitry.exceptions import ConfigurationError, StoreError
+from circuitry.store.backend import Backend, Connection
+
+__all__ = ["SEVERITY_RANK", "ReadModel", "open_seconds"]
+
+SEVERITY_RANK: Final = {"critical": 0, "error": 1, "warning": 2, "info": 3}
+_REFUSING: Final = ("open", "forced_open")
+
+
+def open_seconds(transitions: Sequence[tuple[float, str | None, str]], since: float, now: float,
+                 current: str) -> float:
+    """Seconds a circuit refused calls in ``[since, now]`` given its ``(ts, from, to)`` transitions in
+    that window, in order, and its state now. The state at ``since`` is the first transition's
+    ``from`` (or, with none, the current state)."""
+    state = transitions[0][1] if transitions else current
+    total = 0.0
+    opened = since if state in _REFUSING else None
+    for ts, _, to in transitions:
+        if to in _REFUSING and opened is None:
+            opened = ts
+        elif to not in _REFUSING and opened is not None:
+            total += ts - opened
+            opened = None
+    if opened is not None:
+        total += now - opened
+    return total
+
+
+class ReadModel:
+    """Reads a circuitry database (read-only connections; ``query()`` refuses writes and ATTACH).
+
+    Args:
+        backend: The database.
+        clock: Wall clock for "the last hour" (default: ``time.time``).
+        busy_timeout: Seconds a read may wait for a lock.
+    """
+
+    def __init__(self, backend: Backend, *, clock: Callable[[], float] | None = None,
+                 busy_timeout: float = 5.0) -> None:
+        self.backend = backend
+        self._time = clock or time.time
+        self._timeout = busy_timeout
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._wconn: Connection | None = None
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in (self._conn, self._wconn):
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+            self._conn = self._wconn = None
+
+    def inherited(self) -> list[Connection]:
+        """(After ``fork()``, in the child.) The connections to abandon; the model starts afresh."""
+        conns = [c for c in (self._conn, self._wconn) if c is not None]
+        self._conn = self._wconn = None
+        self._lock = threading.Lock()
+        return conns
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = self.backend.connect("reader", timeout=self._timeout)
+                yield self._conn
+            except StoreError:
+                raise
+            except Exception as exc:
+                if self.backend.classify(exc) is None and not isinstance(exc, ValueError | TypeError):
+                    raise
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):
+                        self._conn.close()
+                    self._conn = None
+                raise StoreError(f"reading {self.backend.location} failed: {exc}") from exc
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._reading() as conn:
+            return conn.execute(sql, params)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """One read-only SQL statement (``?`` placeholders); rows as dicts."""
+        with self._reading() as conn:
+            raw = getattr(conn, "raw", None)
+            if raw is not None:  # sqlite3: column names come with the cursor
+                cur = raw.execute(sql, params)
+                names = [d[0] for d in cur.description or ()]
+                return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+            return conn.query_dicts(sql, params)  # type: ignore[attr-defined, no-any-return]
+
+    # -- circuits -------------------------------------------------------------------------------------
+
+    def status(self, names: Sequence[str] | None = None, *, now: float | None = None,
+               states: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Every circuit (or those in ``names``): stored state, the last hour's counts, open time,
+        unacknowledged alerts, latest pattern and recommendation; sorted by name. ``states``: states
+        known to be newer than the database's (a process's transitions not written yet)."""
+        now = self._time() if now is None else now
+        since = now - 3600.0
+        where, params = "", tuple[str, ...]()
+        if names is not None:
+            if not names:
+                return []
+            where = f" WHERE service_name IN ({', '.join('?' * len(names))})"
+            params = tuple(names)
+        rows = self._rows(
+            "SELECT service_name, current_state, version, failure_count, failure_threshold, recovery_timeout, "
+            f"opened_at, open_until, updated_by, updated_at, state_changed_at FROM circuit_breaker_states{where} "
+            "ORDER BY service_name", params)
+        if not rows:
+            return []
+        only = "" if names is None else f" AND service_name IN ({', '.join('?' * len(names))})"
+        hour = {r[0]: r for r in self._rows(
+            "SELECT service_name, sum(calls), sum(successes), sum(failures), sum(rejections), sum(latency_count), "
+            "sum(latency_sum_ms), max(latency_max_ms) FROM circuit_breaker_metrics WHERE minute >= ?"
+            f"{only} GROUP BY service_name", (int(since // 60), *params))}
+        alerts: dict[str, list[str]] = {}
+        for name, severity in self._rows(
+                f"SELECT service_name, severity FROM circuit_breaker_alerts WHERE acknowledged = FALSE{only}", params):
+            alerts.setdefault(name, []).append(severity)
+        transitions: dict[str, list[tuple[float, str | None, str]]] = {}
+        for name, ts, frm, to in self._rows(
+                "SELECT service_name, ts, from_state, to_state FROM circuit_breaker_events WHERE "
+                f"event_type = 'state_change' AND ts >= ?{only} ORDER BY ts, id", (since, *params)):
+            transitions.setdefault(name, []).append((ts, frm, to))
+        patterns = {r[0]: r for r in self._rows(
+            "SELECT service_name, pattern_type, confidence_score, suggested_threshold, suggested_timeout, ts, "
+            "evidence FROM (SELECT p.*, row_number() OVER (PARTITION BY service_name ORDER BY ts DESC, id DESC) "
+            f"AS rn FROM circuit_breaker_failure_patterns p WHERE ts >= ?{only}) latest WHERE rn = 1",
+            (now - 86400.0, *params))}
+        out = []
+        newer = states or {}
+        for (name, state, version, fcount, threshold, timeout, opened_at, open_until, by, updated_at,
+             changed_at) in rows:
+            state = newer.get(name, state)
+            h = hour.get(name)
+            calls, ok, failed, refused, lat_n, lat_sum, lat_max = (h[1:] if h else (0, 0, 0, 0, 0, 0.0, 0.0))
+            decided = (ok or 0) + (failed or 0)
+            trans = transitions.get(name, [])
+            sev = alerts.get(name, [])
+            pat = patterns.get(name)
+            out.append({
+                "service_name": name, "state": state, "version": version, "failure_count": fcount,
+                "failure_threshold": threshold, "recovery_timeout": timeout, "opened_at": opened_at,
+                "open_until": open_until,
+                "retry_after": (max(0.0, open_until - now) if state == "open" and open_until else None),
+                "updated_by": by, "updated_at": updated_at, "state_changed_at": changed_at,
+                "last_transition": ({"ts": trans[-1][0], "from_state": trans[-1][1], "to_state": trans[-1][2]}
+                                    if trans else None),
+                "last_hour": {
+                    "total_calls": calls or 0, "successes": ok or 0, "failures": failed or 0,
+                    "rejections": refused or 0,
+                    "success_rate": round(100.0 * (ok or 0) / decided, 1) if decided else 100.0,
+                    "failure_rate": round((failed or 0) / decided, 4) if decided else 0.0,
+                    "circuit_open_duration": round(open_seconds(trans, since, now, state)),
+                    "transitions": len(trans),
+                    "avg_latency_ms": round(lat_sum / lat_n, 3) if lat_n else None,
+                    "max_latency_ms": round(lat_max, 3) if lat_n else None,
+                },
+                "unacknowledged_alerts": len(sev),
+                "worst_alert": min(sev, key=lambda s: SEVERITY_RANK.get(s, 9)) if sev else None,
+                "pattern": ({"type": pat[1], "confidence": pat[2], "suggested_threshold": pat[3],
+                             "suggested_timeout": pat[4], "ts": pat[5]} if pat else None),
+            })
+        return out
+
+    def circuit(self, name: str, *, now: float | None = None) -> dict[str, Any] | None:
+        """:meth:`status` of one circuit, or ``None`` if the database does not know it."""
+        got = self.status([name], now=now)
+        return got[0] if got else None
+
+    def names(self) -> list[str]:
+        return [r[0] for r in self._rows("SELECT service_name FROM circuit_breaker_states ORDER BY service_name")]
+
+    def needs_attention(self, *, now: float | None = None,
+                        states: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Circuits that are not closed, have unacknowledged warning-or-worse alerts, or failed more than
+        half their decided calls in the last hour (at least 20): most urgent first — refusing circuits,
+        then half-open, then the rest, each by worst alert."""
+        out = []
+        for s in self.status(now=now, states=states):
+            state, h = s["state"], s["last_hour"]
+            worst = s["worst_alert"]
+            reasons = []
+            if state != "closed":
+                reasons.append(f"circuit is {state}")
+            if worst is not None and worst != "info":
+                reasons.append(f"{s['unacknowledged_alerts']} unacknowledged alert(s), worst: {worst}")
+            decided = h["successes"] + h["failures"]
+            if decided >= 20 and h["success_rate"] < 50.0:
+                reasons.append(f"success rate {h['success_rate']}% in the last hour")
+            if reasons:
+                rank = (0 if state in _REFUSING else 1 if state == "half_open" else 2,
+                        SEVERITY_RANK.get(worst or "", 9), s["service_name"])
+                out.append((rank, {"service_name": s["service_name"], "state": state, "reasons": reasons,
+                                   "unacknowledged_alerts": s["unacknowledged_alerts"],
+                                   "success_rate": h["success_rate"]}))
+        out.sort(key=lambda item: item[0])
+        return [entry for _, entry in out]
+
+    # -- history ----------------------------------------------------------------------------------------
+
+    def series(self, name: str, since: float, until: float) -> list[tuple[int, int, int]]:
+        """Per-second ``(second, calls, failures)`` of ``name`` in ``[since, until]`` (seconds with calls)."""
+        return [(int(s), int(c), int(f)) for s, c, f in self._rows(
+            "SELECT second, calls, failures FROM circuit_breaker_seconds WHERE service_name = ? AND second >= ? "
+            "AND second <= ? ORDER BY second", (name, int(since), int(until)))]
+
+    def metrics(self, name: str, since: float, until: float) -> list[dict[str, Any]]:
+        """Per-minute rollups of ``name`` in ``[since, until]``."""
+        cols = ("minute", "calls", "successes", "failures", "ignored", "rejections", "cancelled", "latency_count",
+                "latency_sum_ms", "latency_max_ms")
+        return [dict(zip(cols, r, strict=True)) for r in self._rows(
+            f"SELECT {', '.join(cols)} FROM circuit_breaker_metrics WHERE service_name = ? AND minute >= ? "
+            "AND minute <= ? ORDER BY minute", (name, int(since // 60), int(until // 60)))]
+
+    def transitions(self, name: str, since: float, until: float) -> list[dict[str, Any]]:
+        cols = ("ts", "from_state", "to_state", "error_type", "error_message", "additional_data", "process")
+        return [dict(zip(cols, r, strict=True)) for r in self._rows(
+            f"SELECT {', '.join(cols)} FROM circuit_breaker_events WHERE service_name = ? AND "
+            "event_type = 'state_change' AND ts >= ? AND ts <= ? ORDER BY ts, id", (name, since, until))]
+
+    def events(self, name: str | None, since: float, until: float, *, limit: int = 100_000) -> list[dict[str, Any]]:
+        """Event rows in ``[since, until]`` (of ``name``, or all), oldest first."""
+        cols = ("id", "service_name", "event_type", "from_state", "to_state", "error_type", "error_message",
+                "additional_data", "created_at", "ts", "process", "occurrences")
+        where = "ts >= ? AND ts <= ?"
+        params: list[Any] = [since, until]
+        if name is not None:
+            where = "service_name = ? AND " + where
+            params.insert(0, name)
+        return [dict(zip(cols, r, strict=True)) for r in self._rows(
+            f"SELECT {', '.join(cols)} FROM circuit_breaker_events WHERE {where} ORDER BY ts, id LIMIT ?",
+            (*params, limit))]
+
+    def patterns(self, name: str | None = None, *, limit: int = 20) -> list[dict[str, Any]]:
+        cols = ("id", "created_at", "service_name", "pattern_type", "confidence_score", "failure_count",
+                "time_window_seconds", "error_rate", "suggested_threshold", "suggested_timeout", "evidence", "ts",
+                "process")
+        where, params = "", tuple[str, ...]()
+        if name is not None:
+            where, params = " WHERE service_name = ?", (name,)
+        return [dict(zip(cols, r, strict=True)) for r in self._rows(
+            f"SELECT {', '.join(cols)} FROM circuit_breaker_failure_patterns{where} ORDER BY ts DESC, id DESC LIMIT ?",
+            (*params, limit))]
+
+    # -- alerts ---------------------------------------------------------------------------------------
+
+    _ALERT_COLS: Final = ("id", "service_name", "alert_type", "severity", "message", "details", "acknowledged",
+                          "created_at", "acknowledged_at", "occurrences", "last_seen_at", "alert_key", "ts")
+
+    def alerts(self, name: str | None = None, *, include_acknowledged: bool = False,
+               limit: int = 100) -> list[dict[str, Any]]:
+        """Alert rows, newest first."""
+        where, params = [], []
+        if name is not None:
+            where.append("service_name = ?")
+            params.append(name)
+        if not include_acknowledged:
+            where.append("acknowledged = FALSE")
+        sql = f"SELECT {', '.join(self._ALERT_COLS)} FROM circuit_breaker_alerts"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._rows(sql + " ORDER BY ts DESC, id DESC LIMIT ?", (*params, limit))
+        out = [dict(zip(self._ALERT_COLS, r, strict=True)) for r in rows]
+        for a in out:
+            a["acknowledged"] = bool(a["acknowledged"])
+        return out
+
+    def acknowledge(self, *, alert_id: int | None = None, service: str | None = None) -> list[str]:
+        """Acknowledge one alert by id, or every open alert of a service; the keys acknowledged."""
+        if (alert_id is None) == (service is None):
+            raise ConfigurationError("give alert_id or service (one of them)")
+        from circuitry.store.sharing import iso
+
+        column, value = ("id", alert_id) if alert_id is not None else ("service_name", service)
+        with self._lock:
+            try:
+                if self._wconn is None:
+                    self._wconn = self.backend.connect("analyst", timeout=self._timeout)
+                with self._wconn.transaction():
+                    rows = self._wconn.execute(
+                        "UPDATE circuit_breaker_alerts SET acknowledged = TRUE, acknowledged_at = ? "
+                        f"WHERE {column} = ? AND acknowledged = FALSE RETURNING alert_key", (iso(self._time()), value))
+            except Exception as exc:
+                if self.backend.classify(exc) is None:
+                    raise
+                if self._wconn is not None:
+                    with contextlib.suppress(Exception):
+                        self._wconn.close()
+                    self._wconn = None
+                raise StoreError(f"cannot acknowledge in {self.backend.location}: {exc}") from exc
+        return [r[0] for r in rows if r[0]]

@@ -1,0 +1,482 @@
+"""How processes share one circuit through its row of ``circuit_breaker_states``: written once, for
+every backend (the SQL is the subset SQLite and PostgreSQL share; see :mod:`circuitry.store.backend`).
+
+The rules, in one place:
+
+* **Compare-and-set.** A process writes its breaker's state with ``UPDATE … WHERE version = ?``. If
+  another process moved first, the write changes nothing and this process adopts the row instead —
+  unless its change was an operator's (``reset()``, ``force_open()``…) or the outcome of a probe it
+  holds a lease for: those are written on top of the row, again by compare-and-set.
+* **One transition, one row.** The process whose write changes the shared state records the
+  transition in ``circuit_breaker_events``, in the same transaction; a process that loses the race
+  records nothing (its own transition was the same one, or is superseded). Local transitions that
+  never reached the row (a fault episode, or several within one writer cycle) are listed in the
+  written row's ``additional_data`` (``"collapsed"``), so nothing is dropped silently.
+* **Half-open is decided by leases.** ``open → half_open`` happens by time in every process; it is
+  written by the first lease taken after the open period, in the transaction that takes the lease.
+  A probe needs a lease row (``circuit_breaker_probe_leases``): ``half_open_max_calls`` held rows per
+  circuit across all processes, taken in a transaction that first locks the circuit's row, with
+  expiry decided by the database's clock. A lease whose holder died expires; a lease dated in the
+  future (the clock stepped back) counts as expired, so no clock step keeps a dead lease alive.
+* **Combined evidence.** Each process adds the failures it saw to the row's ``failure_count`` (a
+  success anywhere resets it to the failures seen after that success); the transaction in which the
+  sum reaches the threshold opens the circuit, for everyone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from circuitry._core import describe
+from circuitry._state import CircuitState
+from circuitry.store.backend import Connection
+from circuitry.store.link import Link
+
+__all__ = ["STATE_COLUMNS", "Sharing", "iso", "row_tuple"]
+
+STATE_COLUMNS: Final = ("service_name, current_state, version, opened_at, open_until, open_for, reopen_count, "
+                        "change_seq, failure_count")
+_SELECT: Final = f"SELECT {STATE_COLUMNS} FROM circuit_breaker_states WHERE service_name = ?"
+_NEXT_SEQ: Final = "(SELECT coalesce(max(change_seq), 0) + 1 FROM circuit_breaker_states)"
+INSERT_EVENT: Final = (
+    "INSERT INTO circuit_breaker_events (service_name, event_type, from_state, to_state, error_type, "
+    "error_message, additional_data, created_at, ts, process, occurrences) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_CAS: Final = (
+    "UPDATE circuit_breaker_states SET current_state = ?, failure_count = ?, failure_threshold = ?, "
+    "recovery_timeout = ?, state_changed_at = ?, version = version + 1, opened_at = ?, open_until = ?, "
+    "open_for = ?, reopen_count = ?, updated_by = ?, updated_at = ?, "
+    f"last_failure_time = coalesce(?, last_failure_time), change_seq = {_NEXT_SEQ} "
+    "WHERE service_name = ? AND version = ? RETURNING version, change_seq")
+_INSERT: Final = (
+    "INSERT INTO circuit_breaker_states (service_name, current_state, failure_count, failure_threshold, "
+    "recovery_timeout, state_changed_at, version, opened_at, open_until, open_for, reopen_count, updated_by, "
+    f"updated_at, last_failure_time, change_seq) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, {_NEXT_SEQ}) "
+    "ON CONFLICT (service_name) DO NOTHING RETURNING version, change_seq")
+_MANUAL: Final = frozenset({CircuitState.FORCED_OPEN.value, CircuitState.DISABLED.value})
+_PROBE_OUTCOMES: Final = frozenset({"probe_succeeded", "probe_failed"})
+_COLLAPSED_KEPT: Final = 20
+
+_iso_cache: list[Any] = [None, ""]
+
+
+def iso(ts: float) -> str:
+    """``ts`` (epoch seconds) as the UTC text SQLite's ``strftime('%Y-%m-%d %H:%M:%f')`` writes; the same
+    text is a valid ``timestamptz`` literal in a UTC session."""
+    second = int(ts // 1)
+    if _iso_cache[0] != second:
+        _iso_cache[1] = time.strftime("%Y-%m-%d %H:%M:", time.gmtime(second))
+        _iso_cache[0] = second
+    return f"{_iso_cache[1]}{second % 60 + (ts - second):06.3f}"
+
+
+def row_tuple(service: str, event_type: str, from_state: str | None, to_state: str | None, error_type: str | None,
+              error_message: str | None, data: dict[str, Any] | None, ts: float, process: str,
+              occurrences: int = 1) -> tuple[Any, ...]:
+    """An ``INSERT_EVENT`` parameter tuple."""
+    return (service, event_type, from_state, to_state, error_type, error_message,
+            None if data is None else json.dumps(data, default=str), iso(ts), ts, process, occurrences)
+
+
+class Sharing:
+    """The shared-row logic for one store (its writer thread calls it; nothing here blocks a caller).
+
+    Args:
+        process: This process's name (``host:pid``), written as ``updated_by`` and lease ``holder``.
+        on_transition: Called with ``(service, from_state, to_state, reason, ts)`` after a transaction
+            that changed the shared state commits (the analyst raises alerts from these).
+        superseded: Called with a count of local transitions another process's write replaced.
+    """
+
+    def __init__(self, process: str, on_transition: Callable[[str, str | None, str, str, float], None],
+                 superseded: Callable[[int], None]) -> None:
+        self.process = process
+        self._on_transition = on_transition
+        self._superseded = superseded
+        #: The newest row seen of every circuit in the database (read whole on connecting, then kept up to
+        #: date by polls and by this process's own writes): a breaker made later adopts from here, no I/O.
+        self.known: dict[str, tuple[Any, ...]] = {}
+
+    # -- reading and adopting -------------------------------------------------------------------------
+
+    def select(self, conn: Connection, name: str) -> tuple[Any, ...] | None:
+        got = conn.execute(_SELECT, (name,))
+        if not got:
+            return None
+        self.learn(got[0])
+        return got[0]
+
+    def learn(self, row: tuple[Any, ...]) -> None:
+        have = self.known.get(row[0])
+        if have is None or row[2] >= have[2]:
+            self.known[row[0]] = row
+
+    def _wrote(self, link: Link, state: str, snap: Any, until: float | None, version: int, seq: int) -> None:
+        self.learn((link.name, state, version, snap.opened_at, until, snap.open_for, snap.reopens, seq,
+                    snap.consecutive_failures))
+
+    def adopt(self, link: Link, row: Sequence[Any], reason: str, expect: int | None) -> bool:
+        """Give the breaker the row's state — only if it is still in generation ``expect`` (a local
+        transition not written yet is settled by compare-and-set instead). True if adopted."""
+        _, state, version, opened_at, open_until, open_for, reopens, _, _ = row
+        try:
+            cs = CircuitState(state)
+        except ValueError:  # a value this circuitry does not know: leave the breaker as it is
+            return False
+        b = link.breaker
+        before = b.generation
+        gen = b.adopt(cs, opened_at=opened_at, open_until=open_until, open_for=open_for, reopens=reopens or 0,
+                      reason=reason, expect=expect)
+        if gen < 0:
+            return False
+        if gen != before:
+            counts = link.counts
+            link.evidence = (counts.successes, counts.failures)  # evidence counts within a generation
+            link.pending.clear()
+        link.synced_gen = gen
+        link.version = version
+        link.row_state = state
+        if cs is not CircuitState.HALF_OPEN:
+            link.grants.clear()  # their rows went with the half-open episode
+        return True
+
+    # -- writing --------------------------------------------------------------------------------------
+
+    def sync(self, conn: Connection, link: Link, now: float) -> None:
+        """Bring the shared row and the breaker into agreement (one cycle's worth)."""
+        b = link.breaker
+        if link.version < 0:
+            row = self.select(conn, link.name)
+            if row is None:
+                if self._insert(conn, link, now):
+                    return
+                row = self.select(conn, link.name)
+                if row is None:  # inserted and deleted in between: next cycle
+                    return
+            if b.generation == link.adopt_gen:  # nothing happened here yet: the stored state wins
+                self.adopt(link, row, "restored", expect=link.adopt_gen)
+                return
+            # The breaker moved before its row could be read (the store was failing): its state goes in,
+            # unless an operator's state is stored (an operator's decision outranks a guess from memory).
+            link.version, link.row_state = row[2], row[1]
+            if row[1] in _MANUAL and b.snapshot().reason != "manual":
+                self.adopt(link, row, "restored", expect=None)
+                return
+        snap = b.snapshot()
+        if snap.generation == link.synced_gen:
+            if snap.state is CircuitState.CLOSED:
+                self._evidence(conn, link, now)
+            return
+        if (snap.state is CircuitState.HALF_OPEN and snap.reason == "recovery_timeout"
+                and link.row_state in ("open", "half_open")):
+            # Derived from time alone; the lease that lets the first probe through writes it.
+            link.synced_gen = snap.generation
+            link.pending.clear()
+            return
+        self._write(conn, link, now)
+
+    def _details(self, link: Link, state: str) -> tuple[Any, dict[str, Any]]:
+        """The latest local transition into ``state`` (its error, open period), and the others written
+        collapsed into it."""
+        pending = list(link.pending)
+        link.pending.clear()
+        mine = next((e for e in reversed(pending) if e.to_state.value == state), None)
+        others = [e for e in pending if e is not mine]
+        extra: dict[str, Any] = {}
+        if others:
+            extra["collapsed"] = [[e.from_state.value if e.from_state else None, e.to_state.value, e.reason,
+                                   round(e.at, 3)] for e in others[-_COLLAPSED_KEPT:]]
+            if len(others) > _COLLAPSED_KEPT:
+                extra["collapsed_total"] = len(others)
+        return mine, extra
+
+    def _insert(self, conn: Connection, link: Link, now: float) -> bool:
+        b = link.breaker
+        snap = b.snapshot()
+        p = b.policy
+        state, until, reason = _shared_view(snap)
+        with conn.transaction():
+            got = conn.execute(_INSERT, (link.name, state, snap.consecutive_failures, p.failure_threshold,
+                                         round(p.recovery_timeout), iso(now), snap.opened_at, until,
+                                         snap.open_for, snap.reopens, self.process, now,
+                                         None if link.last_failure is None else iso(link.last_failure)))
+            if not got:
+                return False
+            if state != "closed":  # it moved before the row existed: say how
+                mine, extra = self._details(link, state)
+                reason = mine.reason if mine is not None and mine.reason else reason
+                self._history(conn, link.name, "closed", state, reason, now, mine, extra, snap.generation,
+                              snap.open_for if state == "open" else None)
+        link.version = got[0][0]
+        link.row_state = state
+        link.synced_gen = snap.generation
+        self._wrote(link, state, snap, until, got[0][0], got[0][1])
+        link.pending.clear()
+        counts = link.counts
+        link.evidence = (counts.successes, counts.failures)  # the row's failure_count has them already
+        if state != "closed":
+            self._on_transition(link.name, "closed", state, reason, now)
+        return True
+
+    def _write(self, conn: Connection, link: Link, now: float) -> None:
+        """Compare-and-set the breaker's current state (see the module docstring for who wins)."""
+        b = link.breaker
+        p = b.policy
+        for _ in range(3):
+            snap = b.snapshot()
+            state, until, reason = _shared_view(snap)
+            frm = link.row_state
+            with conn.transaction():
+                got = conn.execute(_CAS, (
+                    state, snap.consecutive_failures, p.failure_threshold, round(p.recovery_timeout),
+                    iso(now), snap.opened_at, until, snap.open_for, snap.reopens, self.process, now,
+                    None if link.last_failure is None else iso(link.last_failure), link.name, link.version))
+                if got:
+                    if state != "half_open":  # the half-open episode is over
+                        conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ?", (link.name,))
+                    mine, extra = self._details(link, state)
+                    reason = mine.reason if mine is not None and mine.reason else reason
+                    if frm != state:
+                        self._history(conn, link.name, frm, state, reason, now, mine, extra, snap.generation,
+                                      snap.open_for if state == "open" else None)
+                else:
+                    row = self.select(conn, link.name)
+            if got:
+                link.version = got[0][0]
+                link.row_state = state
+                link.synced_gen = snap.generation
+                self._wrote(link, state, snap, until, got[0][0], got[0][1])
+                counts = link.counts
+                link.evidence = (counts.successes, counts.failures)
+                if state != "half_open":
+                    link.grants.clear()
+                if frm != state:
+                    self._on_transition(link.name, frm, state, reason, now)
+                return
+            if row is None:
+                link.version = -1  # the row is gone: the next cycle inserts it
+                return
+            on_top = snap.reason == "manual" or (snap.reason in _PROBE_OUTCOMES and row[1] == "half_open")
+            if state != row[1] and on_top:
+                link.version, link.row_state = row[2], row[1]  # our change follows theirs: write it on top
+                continue
+            dropped = len(link.pending)
+            if self.adopt(link, row, "remote", expect=snap.generation):
+                self._superseded(dropped)
+            else:
+                link.version, link.row_state = row[2], row[1]  # moved again: compare-and-set next cycle
+            return
+
+    def _history(self, conn: Connection, name: str, frm: str | None, to: str, reason: str, now: float,
+                 event: Any, extra: dict[str, Any], generation: int, open_for: float | None) -> None:
+        etype, emsg = (event.error_type, event.error_message) if event is not None else (None, None)
+        data: dict[str, Any] = {"reason": reason, "generation": generation}
+        if open_for is not None:
+            data["open_for"] = open_for
+        data.update(extra)
+        at = event.at if event is not None else now
+        conn.execute(INSERT_EVENT, row_tuple(name, "state_change", frm, to, etype, emsg, data, at, self.process))
+
+    def _evidence(self, conn: Connection, link: Link, now: float) -> None:
+        """Add this process's failures since the last cycle to the shared count; trip on the sum."""
+        b = link.breaker
+        successes, failures = link.counts.successes, link.counts.failures
+        seen_ok, seen_fail = link.evidence
+        d_ok, d_fail = successes - seen_ok, failures - seen_fail
+        if not d_ok and not d_fail:
+            return
+        link.evidence = (successes, failures)
+        last = None if link.last_failure is None else iso(link.last_failure)
+        tripped = None
+        with conn.transaction():
+            if d_ok:
+                got = conn.execute(
+                    "UPDATE circuit_breaker_states SET failure_count = ?, last_failure_time = "
+                    "coalesce(?, last_failure_time) WHERE service_name = ? AND version = ? "
+                    "AND current_state = 'closed' RETURNING failure_count",
+                    (b.consecutive_failures, last if d_fail else None, link.name, link.version))
+            else:
+                got = conn.execute(
+                    "UPDATE circuit_breaker_states SET failure_count = failure_count + ?, last_failure_time = "
+                    "coalesce(?, last_failure_time) WHERE service_name = ? AND version = ? "
+                    "AND current_state = 'closed' RETURNING failure_count", (d_fail, last, link.name, link.version))
+            if got and got[0][0] >= b.policy.failure_threshold:
+                # The sum crossed the threshold in this transaction, so exactly one process sees it:
+                # that one opens the circuit, in the same transaction, for everyone.
+                open_for = b.next_open_period()
+                opened = conn.execute(
+                    "UPDATE circuit_breaker_states SET current_state = 'open', failure_count = 0, "
+                    "state_changed_at = ?, version = version + 1, opened_at = ?, open_until = ?, open_for = ?, "
+                    f"reopen_count = 0, updated_by = ?, updated_at = ?, change_seq = {_NEXT_SEQ} "
+                    "WHERE service_name = ? AND version = ? RETURNING version",
+                    (iso(now), now, now + open_for, open_for, self.process, now, link.name, link.version))
+                if opened:
+                    data = {"reason": "shared_failures", "failures": got[0][0], "open_for": open_for}
+                    conn.execute(INSERT_EVENT, row_tuple(link.name, "state_change", "closed", "open", None, None,
+                                                         data, now, self.process))
+                    tripped = (opened[0][0], now, now + open_for, open_for)
+        if tripped is not None:
+            version, opened_at, until, open_for = tripped
+            row = (link.name, "open", version, opened_at, until, open_for, 0, 0, 0)
+            self.learn(row)
+            if not self.adopt(link, row, "shared_failures", expect=link.synced_gen):
+                link.version, link.row_state = version, "open"
+            self._on_transition(link.name, "closed", "open", "shared_failures", now)
+
+    # -- probe leases -----------------------------------------------------------------------------------
+
+    def take_lease(self, conn: Connection, link: Link, *, wanted: bool, lead: float = 0.0) -> str:
+        """Try to take one probe lease for ``link``: ``"granted"``, ``"held"`` (every lease is held
+        elsewhere), ``"early"`` (the shared open period has not ended) or ``"moved"`` (the circuit is not
+        open or half-open any more). Also writes the
+        ``open → half_open`` transition if this is the episode's first lease (up to ``lead`` seconds
+        before the open period ends, so the grant is ready when it does), and leaves a ``wanted`` row
+        when a caller here waits and every lease is held elsewhere."""
+        b = link.breaker
+        p = b.policy
+        name = link.name
+        became_half_open = False
+        with conn.transaction():
+            now = conn.now()
+            # Touching the row first locks it (SQLite: the transaction holds the write lock already;
+            # PostgreSQL: a row lock), so two processes never count the leases at the same moment.
+            got = conn.execute("UPDATE circuit_breaker_states SET version = version WHERE service_name = ? "
+                               f"RETURNING {STATE_COLUMNS}", (name,))
+            if not got:
+                link.version = -1
+                return "moved"
+            row = got[0]
+            self.learn(row)
+            state, open_until = row[1], row[4]
+            outcome = "granted"
+            if state != "half_open" and not (state == "open" and (open_until or 0.0) <= now + lead):
+                lease = None  # closed, forced, or still open: nothing to probe (adopted below)
+                outcome = "early" if state == "open" else "moved"
+            else:
+                if state == "open":
+                    moved = conn.execute(
+                        "UPDATE circuit_breaker_states SET current_state = 'half_open', version = version + 1, "
+                        f"state_changed_at = ?, updated_by = ?, updated_at = ?, change_seq = {_NEXT_SEQ} "
+                        f"WHERE service_name = ? RETURNING {STATE_COLUMNS}",
+                        (iso(max(now, open_until or now)), self.process, now, name))
+                    row = moved[0]
+                    self.learn(row)
+                    conn.execute(INSERT_EVENT, row_tuple(name, "state_change", "open", "half_open", None, None,
+                                                         {"reason": "recovery_timeout"}, max(now, open_until or now),
+                                                         self.process))
+                    became_half_open = True
+                conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ? AND (expires_at <= ? "
+                             "OR granted_at > ?)", (name, now, now + 1.0))
+                held = conn.execute("SELECT count(*) FROM circuit_breaker_probe_leases WHERE service_name = ? "
+                                    "AND kind = 'held'", (name,))[0][0]
+                if held >= p.half_open_max_calls:
+                    lease = None
+                    outcome = "held"
+                    if wanted:
+                        conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ? AND "
+                                     "holder = ? AND kind = 'wanted'", (name, self.process))
+                        conn.execute("INSERT INTO circuit_breaker_probe_leases (service_name, holder, kind, "
+                                     "granted_at, expires_at) VALUES (?, ?, 'wanted', ?, ?)",
+                                     (name, self.process, now, now + 1.0))
+                else:
+                    ttl = p.effective_probe_timeout
+                    lease = conn.execute(
+                        "INSERT INTO circuit_breaker_probe_leases (service_name, holder, kind, granted_at, "
+                        "expires_at) VALUES (?, ?, 'held', ?, ?) RETURNING lease_id",
+                        (name, self.process, now, now + ttl))[0][0]
+                    conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ? AND holder = ? "
+                                 "AND kind = 'wanted'", (name, self.process))
+        if row[2] != link.version:
+            if became_half_open:
+                link.version, link.row_state = row[2], row[1]  # our own step: the breaker gets there by time
+            else:
+                self.adopt(link, row, "remote", expect=link.synced_gen)
+        if became_half_open:
+            self._on_transition(name, "open", "half_open", "recovery_timeout", now)
+        if lease is None:
+            return outcome
+        ttl = p.effective_probe_timeout
+        link.grant_life = min(ttl / 2.0, 1.0)
+        # The grant's expiry on the store's clock (the breaker checks it before handing it out).
+        link.grants.append((int(lease), link._clock() + ttl))
+        return outcome
+
+    def release(self, conn: Connection, leases: Sequence[int]) -> None:
+        if leases:
+            conn.executemany("DELETE FROM circuit_breaker_probe_leases WHERE lease_id = ?", [(i,) for i in leases])
+
+    def yield_unused(self, conn: Connection, link: Link) -> list[int]:
+        """Unused grants of ``link`` another process is waiting for: taken back (the caller deletes
+        their rows) so that process's writer can take them."""
+        others = conn.execute("SELECT count(*) FROM circuit_breaker_probe_leases WHERE service_name = ? AND "
+                              "kind = 'wanted' AND holder <> ? AND expires_at > ?",
+                              (link.name, self.process, conn.now()))[0][0]
+        given: list[int] = []
+        while others > len(given):
+            try:
+                lease, _ = link.grants.popleft()
+            except IndexError:
+                break
+            given.append(lease)
+        return given
+
+
+def _shared_view(snap: Any) -> tuple[str, float | None, str]:
+    """``(state, open_until, reason)`` to write for a breaker's snapshot. A half-open state reached by time
+    alone is written as the open period it ends (the first lease writes ``half_open``): the circuit's
+    history reads ``closed → open → half_open`` even when one writer cycle saw all of it."""
+    if snap.state is CircuitState.HALF_OPEN and snap.reason == "recovery_timeout" and snap.opened_at is not None:
+        return "open", snap.opened_at + snap.open_for, "failure_threshold"
+    return snap.state.value, snap.open_until, snap.reason
+
+
+def failure_rows(link: Link, now: float, process: str, per_second: int) -> list[tuple[Any, ...]]:
+    """Event rows for the failures ``link`` counted since the last sample: one row each, up to
+    ``per_second`` a second per circuit, and one row carrying the count (``occurrences``) of the rest.
+
+    Counts come from the breaker's counter (sampled into ``link.counts`` just before), exceptions from
+    its failure log: a failure the log lost (it is bounded) is in the count only. A failure counted
+    but not yet in the log may be on its way (the breaker counts, then appends), so it becomes part of
+    a coalesced row only if it is still missing one sample later.
+    """
+    log = link.failure_log
+    second = int(now)
+    used = link.budget[1] if link.budget[0] == second else 0
+    out: list[tuple[Any, ...]] = []
+    state = link.breaker.snapshot().state.value if log else None
+    pending = link.pending
+    if pending:  # failures drained with a transition not yet written came before it: never stamp them after
+        with contextlib.suppress(IndexError):
+            first = pending[0]
+            now = min(now, first.at)
+            state = first.from_state.value if first.from_state is not None else state
+    over = 0
+    while log:
+        try:
+            exc = log.popleft()
+        except IndexError:
+            break
+        if used < per_second:
+            used += 1
+            etype, emsg = describe(exc)
+            out.append(row_tuple(link.name, "failure", None, state, etype, emsg, None, now, process))
+        else:
+            over += 1
+    link.budget = (second, used)
+    link.recorded += len(out)
+    missing = link.counts.failures - link.recorded - over
+    lost = min(link.missing, missing)  # missing for a whole sample: the log dropped them
+    link.missing = missing - lost if missing > 0 else 0
+    rest = over + max(0, lost)
+    if rest > 0:
+        data = {"coalesced": rest, "limit_per_second": per_second}
+        out.append(row_tuple(link.name, "failure", None, state or link.row_state, None,
+                             f"{rest} more failure(s), counted but not recorded one by one", data, now, process,
+                             occurrences=rest))
+        link.recorded += rest
+    if out:
+        link.last_failure = now
+    return out
