@@ -37,6 +37,9 @@ def registry_for(db_path: str | os.PathLike[str] | None) -> Registry:
         registry = _registries.get(key)
         if registry is None:
             registry = _registries[key] = Registry(store=key)
+            store = _sharing(registry)
+            if store is not None:  # the tables exist at once: the application may query them with its own SQL
+                store.prepare()
         return registry
 
 

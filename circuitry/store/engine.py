@@ -217,6 +217,7 @@ class SharedStore:
         self._set_aside: list[str] = []
         self._disabled: str | None = None
         self._opened = False
+        self._warm = False  # the writer has read every circuit's row: adoption needs no read of its own
         self.sharing = Sharing(self.process, self._shared_transition, self._count_superseded)
         self._read: ReadModel | None = None
 
@@ -234,7 +235,9 @@ class SharedStore:
                     wake=self._wake_for, retry_hint=max(self.poll_interval, 0.01))
         link.memory = self._fault is not None
         known = self.sharing.known.get(breaker.name)
-        if known is not None:  # the writer has read this circuit's row already: adopt it now, no I/O
+        if known is None and not self._warm:  # before the writer's first read: one read that never waits
+            known = self.read.state_now(breaker.name)
+        if known is not None:  # adopt the stored state now (else the writer brings it within a cycle)
             self.sharing.adopt(link, known, "restored", expect=link.adopt_gen)
         with self._lock:
             old = self._links.get(breaker.name)
@@ -261,6 +264,22 @@ class SharedStore:
                 link.done.append(lease)
         self._dirty.append(link)  # its leases are released by the next cycle
         self._wake.set()
+
+    def prepare(self, timeout: float = 5.0) -> bool:
+        """Create or upgrade the circuit tables now (waiting at most ``timeout`` for a lock), so that SQL
+        of the application's own can read them at once. True if done; a failure is logged and retried by
+        the writer. Never needed for circuitry's own use.
+        """
+        try:
+            conn = self.backend.connect("writer", timeout=timeout)
+        except Exception as exc:
+            if self.backend.classify(exc) is None:
+                raise
+            _log("warning", "circuitry.store_not_prepared", location=self.backend.location,
+                 error_type=type(exc).__qualname__, error_message=str(exc)[:500])
+            return False
+        conn.close()
+        return True
 
     def _wake_for(self, link: Link) -> None:
         self._dirty.append(link)
@@ -497,6 +516,7 @@ class SharedStore:
         for row in conn.execute(f"SELECT {STATE_COLUMNS} FROM circuit_breaker_states"):
             self.sharing.learn(row)
             self._since = max(self._since, row[7] or 0)
+        self._warm = True
         if not self._opened:
             self._opened = True
             _log("info", "circuitry.store_opened", location=self.backend.location, process=self.process)

@@ -58,21 +58,46 @@ class ReadModel:
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._wconn: Connection | None = None
+        self._quick_lock = threading.Lock()
+        self._quick: Connection | None = None
 
     def close(self) -> None:
-        with self._lock:
-            for conn in (self._conn, self._wconn):
+        with self._lock, self._quick_lock:
+            for conn in (self._conn, self._wconn, self._quick):
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.close()
-            self._conn = self._wconn = None
+            self._conn = self._wconn = self._quick = None
 
     def inherited(self) -> list[Connection]:
         """(After ``fork()``, in the child.) The connections to abandon; the model starts afresh."""
-        conns = [c for c in (self._conn, self._wconn) if c is not None]
-        self._conn = self._wconn = None
+        conns = [c for c in (self._conn, self._wconn, self._quick) if c is not None]
+        self._conn = self._wconn = self._quick = None
         self._lock = threading.Lock()
+        self._quick_lock = threading.Lock()
         return conns
+
+    def state_now(self, name: str) -> tuple[Any, ...] | None:
+        """``name``'s stored state row if it can be read at once — no waiting for a lock or for another
+        reader, no schema change — else ``None`` (a breaker then takes its state a writer cycle later)."""
+        from circuitry.store.sharing import STATE_COLUMNS
+
+        if not self._quick_lock.acquire(blocking=False):
+            return None
+        try:
+            if self._quick is None:
+                self._quick = self.backend.connect("reader", timeout=0.0)
+            got = self._quick.execute(f"SELECT {STATE_COLUMNS} FROM circuit_breaker_states WHERE service_name = ?",
+                                      (name,))
+            return got[0] if got else None
+        except Exception:
+            if self._quick is not None:
+                with contextlib.suppress(Exception):
+                    self._quick.close()
+                self._quick = None
+            return None
+        finally:
+            self._quick_lock.release()
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Connection]:
@@ -93,8 +118,22 @@ class ReadModel:
                 raise StoreError(f"reading {self.backend.location} failed: {exc}") from exc
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._reading() as conn:
-            return conn.execute(sql, params)
+        try:
+            with self._reading() as conn:
+                return conn.execute(sql, params)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, Exception) and self.backend.classify(exc.__cause__) == "old_schema":
+                return []  # no circuit tables yet (nothing written yet): nothing to read
+            raise
+
+    def ready(self) -> bool:
+        """Whether the database holds circuitry's tables."""
+        try:
+            with self._reading() as conn:
+                conn.execute("SELECT count(*) FROM circuitry_schema")
+            return True
+        except StoreError:
+            return False
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """One read-only SQL statement (``?`` placeholders); rows as dicts."""
@@ -125,6 +164,11 @@ class ReadModel:
             "SELECT service_name, current_state, version, failure_count, failure_threshold, recovery_timeout, "
             f"opened_at, open_until, updated_by, updated_at, state_changed_at FROM circuit_breaker_states{where} "
             "ORDER BY service_name", params)
+        newer = states or {}
+        if names is None:  # circuits this process knows that have no row yet
+            have = {r[0] for r in rows}
+            rows = sorted(rows + [(name, state, 0, 0, None, None, None, None, None, None, None)
+                                  for name, state in newer.items() if name not in have])
         if not rows:
             return []
         only = "" if names is None else f" AND service_name IN ({', '.join('?' * len(names))})"
@@ -147,7 +191,6 @@ class ReadModel:
             f"AS rn FROM circuit_breaker_failure_patterns p WHERE ts >= ?{only}) latest WHERE rn = 1",
             (now - 86400.0, *params))}
         out = []
-        newer = states or {}
         for (name, state, version, fcount, threshold, timeout, opened_at, open_until, by, updated_at,
              changed_at) in rows:
             state = newer.get(name, state)

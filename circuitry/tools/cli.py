@@ -49,7 +49,12 @@ def _cell(value: Any) -> str:
 def _reader(args: argparse.Namespace) -> ReadModel:
     from circuitry.store import open_reader
 
-    return open_reader(args.db)
+    if not os.path.exists(args.db):
+        raise StoreError(f"no database at {args.db}")
+    reader = open_reader(args.db)
+    if not reader.ready():
+        raise StoreError(f"{args.db} holds no circuit tables (is it the right file? `circuitry migrate` adds them)")
+    return reader
 
 
 def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:

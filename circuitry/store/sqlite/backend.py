@@ -101,8 +101,8 @@ class SQLiteBackend:
         if role == "reader":
             if not self.path.exists():
                 raise StoreError(f"no database at {self.path}")
-            raw = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=max(timeout, 1.0),
-                                  isolation_level=None, check_same_thread=False)
+            raw = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=timeout, isolation_level=None,
+                                  check_same_thread=False)
             raw.execute("PRAGMA query_only = ON")
             raw.set_authorizer(_deny_outside_reads)
             return _Conn(raw, self._time, None)
