@@ -335,7 +335,7 @@ def fork(args: dict[str, Any]) -> None:
     while other.state.value != "forced_open" and time.monotonic() < deadline:
         time.sleep(0.01)
     signal_state = other.state.value
-    events = store.query("SELECT process, count(*) AS n FROM circuit_breaker_events WHERE service_name = 'forked' "
+    events = store.query("SELECT process, sum(occurrences) AS n FROM circuit_breaker_events WHERE service_name = 'forked' "
                          "AND event_type = 'failure' GROUP BY process")
     # the parent's writer connection still works: one more round trip through it
     b.record_failure(b.admit(), Boom("parent, last"))
@@ -345,7 +345,7 @@ def fork(args: dict[str, Any]) -> None:
     store.close(timeout=10)
     with sqlite3.connect(args["db"]) as conn:
         check = conn.execute("PRAGMA quick_check").fetchone()[0]
-        last_events = conn.execute("SELECT count(*) FROM circuit_breaker_events WHERE service_name = 'forked' "
+        last_events = conn.execute("SELECT sum(occurrences) FROM circuit_breaker_events WHERE service_name = 'forked' "
                                    "AND event_type = 'failure'").fetchone()[0]
     say(children=children, ok_before=ok_before, ok_after=ok_after, ok_last=ok_last, signal_state=signal_state,
         events=events, parent_failures=parent_failures, last_events=last_events, quick_check=check, health=health)

@@ -143,8 +143,14 @@ class Analyst:
             deliverer.close(timeout)
         self.records.close()
 
+    def hold(self) -> None:
+        self.records.hold()
+
+    def release(self) -> None:
+        self.records.release()
+
     def after_fork(self) -> None:
-        self.store.backend.abandon(iter(self.records.inherited()))
+        self.records.inherited()
         self._thread = None
         self._wake = threading.Event()
         self._transitions.clear()

@@ -36,7 +36,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -48,7 +48,7 @@ from circuitry.exceptions import ConfigurationError, StoreError
 from circuitry.store.backend import Backend, Connection
 from circuitry.store.link import Link
 from circuitry.store.rollups import Rollups, prune
-from circuitry.store.sharing import INSERT_EVENT, STATE_COLUMNS, Sharing, failure_rows, row_tuple
+from circuitry.store.sharing import INSERT_EVENT, Sharing, failure_rows, row_tuple
 
 if TYPE_CHECKING:
     from circuitry.store.readmodel import ReadModel
@@ -114,6 +114,14 @@ class Runner(Protocol):
     def transitioned(self, service: str, from_state: str | None, to_state: str, reason: str, at: float) -> None: ...
 
     def start(self) -> None: ...
+
+    def hold(self) -> None:
+        """Before ``fork()``: finish the I/O in flight, close connections, keep them closed."""
+        ...
+
+    def release(self) -> None:
+        """After ``fork()``, in the parent: connections may open again."""
+        ...
 
     def close(self, timeout: float = 2.0) -> None: ...
 
@@ -187,6 +195,10 @@ class SharedStore:
         self.process = _process_name()
         self._lock = threading.Lock()  # the links table
         self._mem = threading.Lock()  # held around in-memory work on breakers (fork() waits for it)
+        # Held while the writer uses its connection, one transaction at a time (fork() waits for it, then
+        # closes the connection: SQLite's per-process lock bookkeeping must not cross a fork). Order:
+        # _io before _mem, never the other way round.
+        self._io = threading.RLock()
         self._links: dict[str, Link] = {}
         self._dirty: deque[Link] = deque()
         self._watch: set[Link] = set()  # links whose circuit is open or half-open: leases to look after
@@ -219,6 +231,7 @@ class SharedStore:
         self._opened = False
         self._warm = False  # the writer has read every circuit's row: adoption needs no read of its own
         self.sharing = Sharing(self.process, self._shared_transition, self._count_superseded)
+        self.sharing.before_write = self._failures_first
         self._read: ReadModel | None = None
 
     def __repr__(self) -> str:
@@ -393,18 +406,30 @@ class SharedStore:
     # -- fork and exit -------------------------------------------------------------------------------
 
     def _before_fork(self) -> None:
-        self._mem.acquire()  # held only around in-memory work: a few milliseconds at most
+        """No connection may cross fork(): SQLite keeps lock bookkeeping per process, and a child that
+        inherits it may skip locks it does not hold, or have the parent delete a WAL it still writes.
+        So the writer's transaction in flight is let finish (every statement waits at most 0.1 s for a
+        lock), every thread's connection is closed, and both sides reopen their own afterwards."""
+        self._io.acquire()
+        self._mem.acquire()
+        self._drop_conn()
+        if self._read is not None:
+            self._read.hold()
+        for runner in self.runners:
+            runner.hold()
 
     def _after_fork_in_parent(self) -> None:
+        for runner in self.runners:
+            runner.release()
+        if self._read is not None:
+            self._read.release()
         self._mem.release()
+        self._io.release()
 
     def _after_fork_in_child(self) -> None:
-        # Connections inherited from the parent are dropped without being used or closed (closing one
-        # could checkpoint or unlock the parent's files); threads do not survive fork(): start over.
-        conns = [c for c in (self._conn,) if c is not None]
+        # Nothing was open at the fork (see _before_fork); threads do not survive it: start over.
         if self._read is not None:
-            conns.extend(self._read.inherited())
-        self.backend.abandon(iter(conns))
+            self._read.inherited()
         links = list(self._links.values())
         self._init_runtime()
         for link in links:  # the parent writes what was counted before the fork
@@ -453,11 +478,9 @@ class SharedStore:
                     self._clean_cycles = self._cycles
                 self._cycle_done.notify_all()
             if stopping:
-                self._release_all()
-                if self._conn is not None:
-                    with contextlib.suppress(Exception):
-                        self._conn.close()
-                    self._conn = None
+                with self._io:
+                    self._release_all()
+                    self._drop_conn()
                 return
 
     def _sample_all(self, now: float, full: bool) -> None:
@@ -495,6 +518,11 @@ class SharedStore:
             if link.breaker.snapshot().state is CircuitState.CLOSED:
                 self._dirty.append(link)  # its evidence is shared this cycle
 
+    def _failures_first(self, conn: Connection, link: Link) -> None:
+        """(Writer, ``_io`` and ``_mem`` held.) Write the failures ``link`` counted so far before its transition."""
+        self._sample(link, self._time())
+        self._write_rows()
+
     def _queue(self, row: tuple[Any, ...]) -> None:
         if len(self._rows) >= self.queue_size:
             next(self._dropped)
@@ -512,11 +540,7 @@ class SharedStore:
             self._report(stale, StoreError(f"{self.backend.location} was deleted or replaced"))
             self._resync_all()
         conn = self.backend.connect("writer", timeout=min(self.busy_timeout, 0.1))
-        self._since = 0
-        for row in conn.execute(f"SELECT {STATE_COLUMNS} FROM circuit_breaker_states"):
-            self.sharing.learn(row)
-            self._since = max(self._since, row[7] or 0)
-        self._warm = True
+        self._since = 0  # the first poll reads every row: what changed while no connection was open included
         if not self._opened:
             self._opened = True
             _log("info", "circuitry.store_opened", location=self.backend.location, process=self.process)
@@ -537,8 +561,13 @@ class SharedStore:
             link.adopt_gen = -1  # whatever the new file holds, this process's state goes in
             self._dirty.append(link)
 
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[Connection]:
+        """The writer's connection for one step (a transaction or two), with ``_io`` held."""
+        with self._io:
+            yield self._connection()
+
     def _cycle(self, now: float, final: bool) -> None:
-        conn = self._connection()
         dirty = set()
         while self._dirty:
             with contextlib.suppress(IndexError):
@@ -548,10 +577,10 @@ class SharedStore:
             for link in dirty:
                 if live.get(link.name) is link:
                     self._sample(link, now)
-        self._write_rows(conn)
+        self._write_rows()
         for link in dirty:
             if live.get(link.name) is link:
-                with self._mem:
+                with self._db() as conn, self._mem:
                     self.sharing.sync(conn, link, now)
                     state = link.breaker.snapshot().state
                 if state is CircuitState.OPEN or state is CircuitState.HALF_OPEN or link.grants or link.done:
@@ -559,20 +588,24 @@ class SharedStore:
                 else:
                     self._watch.discard(link)
             else:  # forgotten: only its leases remain to give back
-                self.sharing.release(conn, self._take_done(link) + [lease for lease, _ in link.grants])
+                with self._db() as conn:
+                    self.sharing.release(conn, self._take_done(link) + [lease for lease, _ in link.grants])
                 link.grants.clear()
         for link in list(self._watch):
-            self._leases(conn, link, now)
-        self._write_rows(conn)  # the rows of this cycle's transitions' side effects (store faults, drops)
+            self._leases(link, now)
+        self._write_rows()  # the rows of this cycle's transitions' side effects (store faults, drops)
         if final or now - self._last_metrics >= self.metrics_interval:
-            self.rollups.write(conn)
+            with self._db() as conn:
+                self.rollups.write(conn)
             self._last_metrics = now
             self._note_rollup_losses()
-        self._poll(conn, now)
+        with self._db() as conn:
+            self._poll(conn, now)
         if now - self._last_prune >= 60.0:
             self._last_prune = now
-            prune(conn, now, retention=self.retention, second_retention=self.second_retention,
-                  max_events=self.max_events)
+            with self._db() as conn:
+                prune(conn, now, retention=self.retention, second_retention=self.second_retention,
+                      max_events=self.max_events)
 
     # -- leases -----------------------------------------------------------------------------------------
 
@@ -584,10 +617,11 @@ class SharedStore:
                 out.append(link.done.popleft())
         return out
 
-    def _leases(self, conn: Connection, link: Link, now: float) -> None:
+    def _leases(self, link: Link, now: float) -> None:
         done = self._take_done(link)
         if done:
-            self.sharing.release(conn, done)
+            with self._db() as conn:
+                self.sharing.release(conn, done)
         b = link.breaker
         if link.memory or b.metrics_only or link.grants or link.version < 0:
             return
@@ -604,7 +638,7 @@ class SharedStore:
         if not (pregrant or (wanted and due and now - link.last_attempt >= _RETRY_LEASE)):
             return
         link.last_attempt = now
-        with self._mem:
+        with self._db() as conn, self._mem:
             outcome = self.sharing.take_lease(conn, link, wanted=wanted, lead=lead)
         if outcome != "early":  # an early try (another process's open period ends later) is tried again
             link.pregrant_episode = episode
@@ -623,7 +657,7 @@ class SharedStore:
 
     # -- rows -----------------------------------------------------------------------------------------
 
-    def _write_rows(self, conn: Connection) -> None:
+    def _write_rows(self) -> None:
         dropped = self._dropped_count()
         if dropped > self._dropped_reported:
             lost = dropped - self._dropped_reported
@@ -645,7 +679,7 @@ class SharedStore:
                     batch.append(self._rows.popleft())
             self._inflight = len(batch)
             try:
-                with conn.transaction():
+                with self._db() as conn, conn.transaction():
                     try:
                         conn.executemany(INSERT_EVENT, batch)
                     except (TypeError, ValueError) as exc:
@@ -690,6 +724,7 @@ class SharedStore:
         rows = self.backend.changed_states(conn, self._since)
         if rows is None:
             return
+        self._warm = True
         links = self._links
         for row in rows:
             self._since = max(self._since, row[7] or 0)

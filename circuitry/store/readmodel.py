@@ -69,6 +69,20 @@ class ReadModel:
                         conn.close()
             self._conn = self._wconn = self._quick = None
 
+    def hold(self) -> None:
+        """Before ``fork()``: wait for the read in flight, close the connections, keep them closed."""
+        self._lock.acquire()
+        self._quick_lock.acquire()
+        for conn in (self._conn, self._wconn, self._quick):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+        self._conn = self._wconn = self._quick = None
+
+    def release(self) -> None:
+        self._quick_lock.release()
+        self._lock.release()
+
     def inherited(self) -> list[Connection]:
         """(After ``fork()``, in the child.) The connections to abandon; the model starts afresh."""
         conns = [c for c in (self._conn, self._wconn, self._quick) if c is not None]

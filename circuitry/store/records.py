@@ -57,6 +57,17 @@ class Records:
                     self._conn.close()
                 self._conn = None
 
+    def hold(self) -> None:
+        """Before ``fork()``: wait for the write in flight, close the connection, keep it closed."""
+        self.lock.acquire()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def release(self) -> None:
+        self.lock.release()
+
     def inherited(self) -> list[Connection]:
         conns = [self._conn] if self._conn is not None else []
         self._conn = None

@@ -96,6 +96,10 @@ class Sharing:
         self.process = process
         self._on_transition = on_transition
         self._superseded = superseded
+        #: Called with ``(conn, link)`` after a snapshot is taken and before a transition is written:
+        #: the engine writes the failure rows counted up to that snapshot first, so history keeps them
+        #: before the transition they caused.
+        self.before_write: Callable[[Connection, Link], None] = lambda conn, link: None
         #: The newest row seen of every circuit in the database (read whole on connecting, then kept up to
         #: date by polls and by this process's own writes): a breaker made later adopts from here, no I/O.
         self.known: dict[str, tuple[Any, ...]] = {}
@@ -198,6 +202,8 @@ class Sharing:
         snap = b.snapshot()
         p = b.policy
         state, until, reason = _shared_view(snap)
+        if state != "closed":
+            self.before_write(conn, link)
         with conn.transaction():
             got = conn.execute(_INSERT, (link.name, state, snap.consecutive_failures, p.failure_threshold,
                                          round(p.recovery_timeout), iso(now), snap.opened_at, until,
@@ -229,6 +235,8 @@ class Sharing:
             snap = b.snapshot()
             state, until, reason = _shared_view(snap)
             frm = link.row_state
+            if frm != state:
+                self.before_write(conn, link)
             with conn.transaction():
                 got = conn.execute(_CAS, (
                     state, snap.consecutive_failures, p.failure_threshold, round(p.recovery_timeout),
