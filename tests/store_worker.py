@@ -335,8 +335,8 @@ def fork(args: dict[str, Any]) -> None:
     while other.state.value != "forced_open" and time.monotonic() < deadline:
         time.sleep(0.01)
     signal_state = other.state.value
-    events = store.query("SELECT process, sum(occurrences) AS n FROM circuit_breaker_events WHERE service_name = 'forked' "
-                         "AND event_type = 'failure' GROUP BY process")
+    events = store.query("SELECT process, sum(occurrences) AS n FROM circuit_breaker_events "
+                         "WHERE service_name = 'forked' AND event_type = 'failure' GROUP BY process")
     # the parent's writer connection still works: one more round trip through it
     b.record_failure(b.admit(), Boom("parent, last"))
     parent_failures += 1

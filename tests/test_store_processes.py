@@ -229,7 +229,8 @@ def test_a_lease_held_by_a_killed_process_expires(spawn: Any, db: Path) -> None:
     other.expect("waiting", timeout=30)  # refused: the holder's lease is live
     assert got["wall"] + probe_timeout > time.time(), "the lease expired before the test could kill its holder"
     holder.kill()
-    assert rows(db, "SELECT count(*) FROM circuit_breaker_probe_leases WHERE service_name = 'leased' AND kind = 'held'") == [(1,)]
+    assert rows(db, "SELECT count(*) FROM circuit_breaker_probe_leases WHERE service_name = 'leased' "
+                    "AND kind = 'held'") == [(1,)]
     taken = other.expect("probe", timeout=probe_timeout + 20)
     assert taken["waited"]
     # the second probe began only once the dead holder's lease ran out
@@ -424,7 +425,7 @@ def test_a_child_keeps_its_rows_when_the_parent_closes_its_store(spawn: Any, db:
     assert w.wait(20) == 0, w.stderr_tail()
     assert status == 0
     assert all(child["flushes"]), child
-    stored = rows(db, "SELECT sum(occurrences) FROM circuit_breaker_events WHERE event_type = 'failure' AND process = ?",
-                  (child["child_process"],))
+    stored = rows(db, "SELECT sum(occurrences) FROM circuit_breaker_events WHERE event_type = 'failure' "
+                      "AND process = ?", (child["child_process"],))
     assert stored == [(child["child_failures"],)], "the child's flushed rows are not in the database"
     assert quick_check(db) == "ok"

@@ -17,7 +17,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Literal, Protocol
 
-__all__ = ["FAULTS", "Backend", "Connection", "Fault", "Role"]
+from circuitry.exceptions import StoreError
+
+__all__ = ["FAULTS", "Backend", "Connection", "Fault", "NoDatabaseError", "Role"]
+
+
+class NoDatabaseError(StoreError):
+    """A reader was asked for a database that does not exist (yet)."""
+
 
 Role = Literal["writer", "analyst", "reader"]
 

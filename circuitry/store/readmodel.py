@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from circuitry.exceptions import ConfigurationError, StoreError
-from circuitry.store.backend import Backend, Connection
+from circuitry.store.backend import Backend, Connection, NoDatabaseError
 
 __all__ = ["SEVERITY_RANK", "ReadModel", "open_seconds"]
 
@@ -135,6 +135,8 @@ class ReadModel:
         try:
             with self._reading() as conn:
                 return conn.execute(sql, params)
+        except NoDatabaseError:
+            return []  # nothing written yet: nothing to read
         except StoreError as exc:
             if isinstance(exc.__cause__, Exception) and self.backend.classify(exc.__cause__) == "old_schema":
                 return []  # no circuit tables yet (nothing written yet): nothing to read

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from circuitry._clock import SYSTEM_CLOCK, Clock
-from circuitry.exceptions import ConfigurationError, SchemaVersionError, StoreError
-from circuitry.store.backend import Connection, Fault, Role
+from circuitry.exceptions import ConfigurationError, SchemaVersionError
+from circuitry.store.backend import Connection, Fault, NoDatabaseError, Role
 from circuitry.store.engine import SharedStore, _log
 from circuitry.store.sharing import STATE_COLUMNS
 from circuitry.store.sqlite.schema import migrate
@@ -100,7 +100,7 @@ class SQLiteBackend:
     def connect(self, role: Role, *, timeout: float) -> _Conn:
         if role == "reader":
             if not self.path.exists():
-                raise StoreError(f"no database at {self.path}")
+                raise NoDatabaseError(f"no database at {self.path}")
             raw = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=timeout, isolation_level=None,
                                   check_same_thread=False)
             raw.execute("PRAGMA query_only = ON")
