@@ -140,7 +140,10 @@ class TracingHook:
         else:
             registry = self._registry
         breaker = registry.breakers.get(event.circuit)
-        return None if breaker is None else breaker.stats().retry_after
+        if breaker is None:
+            return None
+        until = breaker.snapshot().open_until  # set while open; half-open (probes taken): unknown here
+        return None if until is None else max(0.0, until - breaker.clock.time())
 
     def __repr__(self) -> str:
         return f"TracingHook(kinds={sorted(k.value for k in self.kinds)})"
