@@ -72,7 +72,7 @@ def test_a_refusal_is_a_span_event_and_an_error_status(reg: Registry, tracer: tr
     assert attrs == {"circuitry.circuit": "payments", "circuitry.state": "open", "circuitry.reason": "open",
                      "circuitry.retry_after": 12.0, "circuitry.generation": 1}
     assert span.status.status_code is StatusCode.ERROR
-    assert span.status.description == "call refused by circuit 'payments': open (open); retry after 12.000s"
+    assert span.status.description == "call refused by circuit 'payments' (open); retry after 12.000s"
     assert dict(span.attributes or {}) == {"circuitry.circuit": "payments", "circuitry.state": "open",
                                            "circuitry.reason": "open", "circuitry.retry_after": 12.0}
 
@@ -166,6 +166,21 @@ def test_nothing_is_recorded_without_a_recording_span(reg: Registry, exporter: I
     with pytest.raises(CircuitOpenError):
         b.admit()  # no span at all
     assert exporter.get_finished_spans() == ()
+
+
+def test_a_refusal_while_every_probe_is_taken_says_so(reg: Registry, tracer: trace.Tracer, clock: FakeClock,
+                                                      exporter: InMemorySpanExporter,
+                                                      tracing: otel.OtelInstrumentation) -> None:
+    b = reg.get("payments", failure_threshold=1, recovery_timeout=5)
+    b.record_failure(b.admit(), Boom())
+    clock.advance(5)
+    b.admit()  # the one probe
+    with tracer.start_as_current_span("request"), pytest.raises(CircuitOpenError):
+        b.admit()
+    span = only_span(exporter)
+    assert span.status.description is not None
+    assert span.status.description.startswith("call refused by circuit 'payments' (half_open, every probe taken)")
+    assert events(span)[0][1]["circuitry.reason"] == "probes_taken"
 
 
 def test_kinds_limit_what_the_hook_listens_to(reg: Registry) -> None:

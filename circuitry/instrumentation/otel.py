@@ -124,8 +124,9 @@ class TracingHook:
                     from opentelemetry.trace import Status, StatusCode
 
                     wait = "until it is reset" if retry_after is None else f"retry after {retry_after:.3f}s"
-                    span.set_status(Status(StatusCode.ERROR, f"call refused by circuit {event.circuit!r}: "
-                                                             f"{event.to_state.value} ({event.reason}); {wait}"))
+                    why = ", every probe taken" if event.reason == "probes_taken" else ""
+                    span.set_status(Status(StatusCode.ERROR, f"call refused by circuit {event.circuit!r} "
+                                                             f"({event.to_state.value}{why}); {wait}"))
         span.add_event(event.name, attrs, _ns(event.at))
 
     def _retry_after(self, event: Event) -> float | None:
