@@ -11,6 +11,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 import structlog
@@ -90,6 +91,14 @@ def trip(reg: Registry, name: str = "svc") -> None:
 
 def test_tripping_a_circuit_with_no_logging_configured_writes_nothing() -> None:
     proc = run_script(TRIP)
+    assert (proc.stdout, proc.stderr) == ("", "")
+
+
+@pytest.mark.xfail(strict=True, reason="circuitry/store/_sqlite.py still logs through structlog's default "
+                   "(stdout) configuration: when its _log() calls circuitry.instrumentation.logging.log(), "
+                   "this passes and the marker must go")
+def test_tripping_a_persisted_circuit_with_no_logging_configured_writes_nothing(tmp_path: Path) -> None:
+    proc = run_script(TRIP, CIRCUITRY_DB=str(tmp_path / "app.db"))
     assert (proc.stdout, proc.stderr) == ("", "")
 
 
