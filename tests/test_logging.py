@@ -281,3 +281,10 @@ def test_the_default_hook_is_the_logging_hook_and_structloghook_remains_an_alias
     assert circuitry.events.StructlogHook is LoggingHook
     with pytest.raises(AttributeError):
         circuitry.events.NoSuchName  # type: ignore[attr-defined]
+
+
+def test_the_default_hook_keeps_calls_off_the_event_paths() -> None:
+    """It listens to transitions only, so refusals and failures take the faces' inline paths."""
+    dispatcher = Registry().dispatcher
+    assert dispatcher.rejection == () and dispatcher.failure == ()
+    assert [type(h) for h in dispatcher.transition] == [LoggingHook]
