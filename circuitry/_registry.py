@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 from circuitry._clock import SYSTEM_CLOCK, Clock
 from circuitry._core import CircuitBreaker, validate_name
 from circuitry._policy import Policy
-from circuitry.events import Dispatcher, Hook, StructlogHook
+from circuitry.events import Dispatcher, Hook
 from circuitry.exceptions import ConfigurationError, RegistryConflictError
+from circuitry.instrumentation.logging import LoggingHook
 
 if TYPE_CHECKING:
     from circuitry.store.base import Store
@@ -41,7 +42,7 @@ class Registry:
     def __init__(self, *, clock: Clock | None = None, hooks: Iterable[Hook] | None = None,
                  rng: random.Random | None = None, store: Store | str | os.PathLike[str] | None = None) -> None:
         self.clock = SYSTEM_CLOCK if clock is None else clock
-        self.dispatcher = Dispatcher((StructlogHook(),) if hooks is None else hooks)
+        self.dispatcher = Dispatcher((LoggingHook(),) if hooks is None else hooks)
         self._rng = rng
         self._lock = threading.Lock()
         # The faces read this dict directly on every call: it must only ever be mutated in place.

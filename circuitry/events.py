@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from circuitry._state import CircuitState
 
-__all__ = ["Event", "EventKind", "Hook", "StructlogHook"]
+__all__ = ["Event", "EventKind", "Hook"]  # StructlogHook: see __getattr__ below
 
 
 class EventKind(enum.Enum):
@@ -112,39 +112,6 @@ def hook_kinds(hook: Hook) -> frozenset[EventKind]:
     return _ALL_KINDS if kinds is None else frozenset(kinds)
 
 
-class StructlogHook:
-    """The default hook: logs transitions through structlog (``circuitry.circuit_opened`` ...).
-
-    Openings log at warning level, everything else at info. Pass ``kinds`` to log rejections and
-    failures too (at info and debug level): beware that an outage then logs once per call.
-    """
-
-    __slots__ = ("_logger", "kinds")
-
-    def __init__(self, kinds: Iterable[EventKind] = (EventKind.TRANSITION,), logger: Any = None) -> None:
-        self.kinds = frozenset(kinds)
-        self._logger = logger
-
-    def __call__(self, event: Event) -> None:
-        logger = self._logger
-        if logger is None:
-            import structlog  # lazily: importing circuitry must not configure or import logging backends
-
-            logger = self._logger = structlog.get_logger("circuitry")
-        data = event.as_dict()
-        name = data.pop("event")
-        if event.kind is EventKind.TRANSITION:
-            level = "warning" if event.to_state in (CircuitState.OPEN, CircuitState.FORCED_OPEN) else "info"
-        elif event.kind is EventKind.REJECTION:
-            level = "info"
-        else:
-            level = "debug"
-        getattr(logger, level)(name, **data)
-
-    def __repr__(self) -> str:
-        return f"StructlogHook(kinds={sorted(k.value for k in self.kinds)})"
-
-
 class Dispatcher:
     """Hooks of one registry, pre-sorted by kind so that asking "does anyone listen?" is one load."""
 
@@ -198,12 +165,19 @@ class Dispatcher:
 
 
 def _report_hook_error(hook: object, event: Event, exc: Exception) -> None:
-    try:
-        import structlog
+    from circuitry.instrumentation.logging import log  # lazily: that module imports this one
 
-        structlog.get_logger("circuitry").error(
-            "circuitry.hook_failed", hook=repr(hook), event_name=event.name, circuit=event.circuit,
-            error_type=type(exc).__qualname__, error_message=str(exc)[:500],
-        )
-    except Exception:  # pragma: no cover - logging itself broken: nothing left to tell
+    try:
+        log("error", "circuitry.hook_failed", hook=repr(hook), event_name=event.name, circuit=event.circuit,
+            error_type=type(exc).__qualname__, error_message=str(exc)[:500])
+    except Exception:  # a hook whose repr or message raises too: nothing left to tell
         pass
+
+
+def __getattr__(name: str) -> Any:
+    # Compatibility: the default hook moved to circuitry.instrumentation.logging (as LoggingHook).
+    if name == "StructlogHook":
+        from circuitry.instrumentation.logging import StructlogHook
+
+        return StructlogHook
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
