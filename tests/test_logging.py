@@ -94,9 +94,6 @@ def test_tripping_a_circuit_with_no_logging_configured_writes_nothing() -> None:
     assert (proc.stdout, proc.stderr) == ("", "")
 
 
-@pytest.mark.xfail(strict=True, reason="circuitry/store/_sqlite.py still logs through structlog's default "
-                   "(stdout) configuration: when its _log() calls circuitry.instrumentation.logging.log(), "
-                   "this passes and the marker must go")
 def test_tripping_a_persisted_circuit_with_no_logging_configured_writes_nothing(tmp_path: Path) -> None:
     proc = run_script(TRIP, CIRCUITRY_DB=str(tmp_path / "app.db"))
     assert (proc.stdout, proc.stderr) == ("", "")

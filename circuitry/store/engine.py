@@ -45,6 +45,7 @@ from circuitry._core import CircuitBreaker
 from circuitry._policy import check_int, check_number
 from circuitry._state import CircuitState
 from circuitry.exceptions import ConfigurationError, StoreError
+from circuitry.instrumentation.logging import log
 from circuitry.store.backend import Backend, Connection
 from circuitry.store.link import Link
 from circuitry.store.rollups import Rollups, prune
@@ -67,12 +68,7 @@ def _process_name() -> str:
 
 
 def _log(level: str, event: str, **fields: Any) -> None:
-    try:
-        import structlog
-
-        getattr(structlog.get_logger("circuitry"), level)(event, **fields)
-    except Exception:  # pragma: no cover - logging itself broken
-        pass
+    log(level, event, **fields)
 
 
 @dataclass(frozen=True, slots=True)
