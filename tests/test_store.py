@@ -349,16 +349,16 @@ class Injected:
 
     def __enter__(self) -> Injected:
         self.on = True
-        if self.store._conn is not None:
+        if self.store.writer.conn is not None:
             for pragma in self.pragmas:
-                self.store._conn.raw.execute(pragma)
+                self.store.writer.conn.raw.execute(pragma)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.on = False
-        if self.store._conn is not None:
-            self.store._conn.raw.execute("PRAGMA query_only = OFF")
-            self.store._conn.raw.execute("PRAGMA max_page_count = 1073741823")
+        if self.store.writer.conn is not None:
+            self.store.writer.conn.raw.execute("PRAGMA query_only = OFF")
+            self.store.writer.conn.raw.execute("PRAGMA max_page_count = 1073741823")
 
 
 def test_fault_locked_database(make: Any, db: Path) -> None:
@@ -404,8 +404,8 @@ def test_fault_disk_full(make: Any, db: Path) -> None:
     reg, store = make()
     reg.get("faulty", failure_threshold=10**6, on=Boom)
     assert store.flush()
-    assert store._conn is not None
-    pages = store._conn.raw.execute("PRAGMA page_count").fetchone()[0]
+    assert store.writer.conn is not None
+    pages = store.writer.conn.raw.execute("PRAGMA page_count").fetchone()[0]
     with capture_logs() as logs:
         with Injected(store, f"PRAGMA max_page_count = {pages}"):  # the disk is full
             assert _hammer(reg, 6000) == 0

@@ -27,8 +27,9 @@ from circuitry.analysis.patterns import PatternResult, classify
 from circuitry.analysis.recommend import Recommendation, recommend
 from circuitry.events import Event, EventKind
 from circuitry.exceptions import StoreError
+from circuitry.instrumentation.logging import log as _log
 from circuitry.runners.delivery import CallbackDeliverer
-from circuitry.store.engine import SharedStore, _log
+from circuitry.store.engine import SharedStore
 from circuitry.store.records import Records
 
 __all__ = ["ON_OPEN_SPACING", "Analyst", "analyse_series", "apply"]

@@ -49,6 +49,7 @@ class Link:
         "recorded",
         "retry_hint",
         "row_state",
+        "shared_count",
         "synced_gen",
         "version",
         "wanted_at",
@@ -73,6 +74,7 @@ class Link:
         # The shared row, as this process last saw or wrote it.
         self.version = -1  # -1: not read yet
         self.row_state: str | None = None
+        self.shared_count = 0  # the row's failure_count as last seen (failures of every process since a success)
         self.synced_gen = -1  # the breaker generation that matches ``version``
         self.adopt_gen = breaker.generation  # the generation at adoption (nothing local happened yet)
         self.pending: deque[Event] = deque(maxlen=64)  # local transitions not written yet

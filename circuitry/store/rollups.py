@@ -9,13 +9,15 @@ protected call only increments a counter.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
+from circuitry._state import CircuitState
 from circuitry.store.backend import Connection
-from circuitry.store.sharing import iso
+from circuitry.store.link import Link
+from circuitry.store.sharing import failure_rows, iso
 
-__all__ = ["Rollups", "prune"]
+__all__ = ["QUIET_AFTER", "Rollups", "prune", "sample"]
 
 _UPSERT_MINUTE: Final = (
     "INSERT INTO circuit_breaker_metrics (service_name, minute, bucket_start, calls, successes, failures, "
@@ -186,3 +188,37 @@ def prune(conn: Connection, now: float, *, retention: float, second_retention: f
         count, top = got[0] if got else (None, None)
         if count is not None and count > max_events:
             conn.execute("DELETE FROM circuit_breaker_events WHERE id <= ?", (top - max_events,))
+
+
+#: Samples without a call before a circuit counts as quiet (sampled every few seconds, not every cycle).
+QUIET_AFTER: Final = 200
+
+
+def sample(link: Link, now: float, rollups: Rollups, circuits: int, put: Callable[[tuple[Any, ...]], None],
+           process: str, per_second: int) -> bool:
+    """File what ``link``'s breaker counted since its last sample, and queue its failure rows. True when
+    it counted failures or successes while closed (its evidence is to be shared this cycle)."""
+    counts = link.breaker.counts()
+    old = link.counts
+    if counts == old and not link.failure_log and not link.missing:
+        link.quiet += 1
+        if link.quiet > QUIET_AFTER:
+            link.hot = False
+        return False
+    link.quiet = 0
+    link.hot = True
+    link.counts = counts
+    delta: list[float] = [a - b for a, b in zip(counts, old, strict=True)]
+    if link.breaker.policy.timed:
+        n, total, longest = link.breaker.take_latency()
+        delta += [n, total * 1000.0, longest * 1000.0]
+    else:
+        delta += [0, 0.0, 0.0]
+    if any(delta):
+        rollups.add(link.name, now, delta, circuits)
+    if delta[1] or link.failure_log or link.missing:
+        for row in failure_rows(link, now, process, per_second):
+            put(row)
+        return link.breaker.snapshot().state is CircuitState.CLOSED
+    # successes only: the shared count is reset if some process's failures are in it
+    return bool(delta[0]) and link.shared_count > 0

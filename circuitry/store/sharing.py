@@ -36,12 +36,12 @@ from circuitry._state import CircuitState
 from circuitry.store.backend import Connection
 from circuitry.store.link import Link
 
-__all__ = ["STATE_COLUMNS", "Sharing", "iso", "row_tuple"]
+__all__ = ["INSERT_EVENT", "NEXT_SEQ", "STATE_COLUMNS", "Sharing", "failure_rows", "iso", "row_tuple"]
 
 STATE_COLUMNS: Final = ("service_name, current_state, version, opened_at, open_until, open_for, reopen_count, "
                         "change_seq, failure_count")
 _SELECT: Final = f"SELECT {STATE_COLUMNS} FROM circuit_breaker_states WHERE service_name = ?"
-_NEXT_SEQ: Final = "(SELECT coalesce(max(change_seq), 0) + 1 FROM circuit_breaker_states)"
+NEXT_SEQ: Final = "(SELECT coalesce(max(change_seq), 0) + 1 FROM circuit_breaker_states)"
 INSERT_EVENT: Final = (
     "INSERT INTO circuit_breaker_events (service_name, event_type, from_state, to_state, error_type, "
     "error_message, additional_data, created_at, ts, process, occurrences) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -49,12 +49,12 @@ _CAS: Final = (
     "UPDATE circuit_breaker_states SET current_state = ?, failure_count = ?, failure_threshold = ?, "
     "recovery_timeout = ?, state_changed_at = ?, version = version + 1, opened_at = ?, open_until = ?, "
     "open_for = ?, reopen_count = ?, updated_by = ?, updated_at = ?, "
-    f"last_failure_time = coalesce(?, last_failure_time), change_seq = {_NEXT_SEQ} "
+    f"last_failure_time = coalesce(?, last_failure_time), change_seq = {NEXT_SEQ} "
     "WHERE service_name = ? AND version = ? RETURNING version, change_seq")
 _INSERT: Final = (
     "INSERT INTO circuit_breaker_states (service_name, current_state, failure_count, failure_threshold, "
     "recovery_timeout, state_changed_at, version, opened_at, open_until, open_for, reopen_count, updated_by, "
-    f"updated_at, last_failure_time, change_seq) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, {_NEXT_SEQ}) "
+    f"updated_at, last_failure_time, change_seq) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, {NEXT_SEQ}) "
     "ON CONFLICT (service_name) DO NOTHING RETURNING version, change_seq")
 _MANUAL: Final = frozenset({CircuitState.FORCED_OPEN.value, CircuitState.DISABLED.value})
 _PROBE_OUTCOMES: Final = frozenset({"probe_succeeded", "probe_failed"})
@@ -94,7 +94,7 @@ class Sharing:
     def __init__(self, process: str, on_transition: Callable[[str, str | None, str, str, float], None],
                  superseded: Callable[[int], None]) -> None:
         self.process = process
-        self._on_transition = on_transition
+        self.on_transition = on_transition
         self._superseded = superseded
         #: Called with ``(conn, link)`` after a snapshot is taken and before a transition is written:
         #: the engine writes the failure rows counted up to that snapshot first, so history keeps them
@@ -143,6 +143,7 @@ class Sharing:
         link.synced_gen = gen
         link.version = version
         link.row_state = state
+        link.shared_count = row[8] or 0
         if cs is not CircuitState.HALF_OPEN:
             link.grants.clear()  # their rows went with the half-open episode
         return True
@@ -224,7 +225,7 @@ class Sharing:
         counts = link.counts
         link.evidence = (counts.successes, counts.failures)  # the row's failure_count has them already
         if state != "closed":
-            self._on_transition(link.name, "closed", state, reason, now)
+            self.on_transition(link.name, "closed", state, reason, now)
         return True
 
     def _write(self, conn: Connection, link: Link, now: float) -> None:
@@ -262,7 +263,7 @@ class Sharing:
                 if state != "half_open":
                     link.grants.clear()
                 if frm != state:
-                    self._on_transition(link.name, frm, state, reason, now)
+                    self.on_transition(link.name, frm, state, reason, now)
                 return
             if row is None:
                 link.version = -1  # the row is gone: the next cycle inserts it
@@ -303,14 +304,16 @@ class Sharing:
             if d_ok:
                 got = conn.execute(
                     "UPDATE circuit_breaker_states SET failure_count = ?, last_failure_time = "
-                    "coalesce(?, last_failure_time) WHERE service_name = ? AND version = ? "
+                    f"coalesce(?, last_failure_time), change_seq = {NEXT_SEQ} WHERE service_name = ? AND version = ? "
                     "AND current_state = 'closed' RETURNING failure_count",
                     (b.consecutive_failures, last if d_fail else None, link.name, link.version))
             else:
                 got = conn.execute(
                     "UPDATE circuit_breaker_states SET failure_count = failure_count + ?, last_failure_time = "
-                    "coalesce(?, last_failure_time) WHERE service_name = ? AND version = ? "
+                    f"coalesce(?, last_failure_time), change_seq = {NEXT_SEQ} WHERE service_name = ? AND version = ? "
                     "AND current_state = 'closed' RETURNING failure_count", (d_fail, last, link.name, link.version))
+            if got:
+                link.shared_count = got[0][0]
             if got and got[0][0] >= b.policy.failure_threshold:
                 # The sum crossed the threshold in this transaction, so exactly one process sees it:
                 # that one opens the circuit, in the same transaction, for everyone.
@@ -318,7 +321,7 @@ class Sharing:
                 opened = conn.execute(
                     "UPDATE circuit_breaker_states SET current_state = 'open', failure_count = 0, "
                     "state_changed_at = ?, version = version + 1, opened_at = ?, open_until = ?, open_for = ?, "
-                    f"reopen_count = 0, updated_by = ?, updated_at = ?, change_seq = {_NEXT_SEQ} "
+                    f"reopen_count = 0, updated_by = ?, updated_at = ?, change_seq = {NEXT_SEQ} "
                     "WHERE service_name = ? AND version = ? RETURNING version",
                     (iso(now), now, now + open_for, open_for, self.process, now, link.name, link.version))
                 if opened:
@@ -332,105 +335,7 @@ class Sharing:
             self.learn(row)
             if not self.adopt(link, row, "shared_failures", expect=link.synced_gen):
                 link.version, link.row_state = version, "open"
-            self._on_transition(link.name, "closed", "open", "shared_failures", now)
-
-    # -- probe leases -----------------------------------------------------------------------------------
-
-    def take_lease(self, conn: Connection, link: Link, *, wanted: bool, lead: float = 0.0) -> str:
-        """Try to take one probe lease for ``link``: ``"granted"``, ``"held"`` (every lease is held
-        elsewhere), ``"early"`` (the shared open period has not ended) or ``"moved"`` (the circuit is not
-        open or half-open any more). Also writes the
-        ``open → half_open`` transition if this is the episode's first lease (up to ``lead`` seconds
-        before the open period ends, so the grant is ready when it does), and leaves a ``wanted`` row
-        when a caller here waits and every lease is held elsewhere."""
-        b = link.breaker
-        p = b.policy
-        name = link.name
-        became_half_open = False
-        with conn.transaction():
-            now = conn.now()
-            # Touching the row first locks it (SQLite: the transaction holds the write lock already;
-            # PostgreSQL: a row lock), so two processes never count the leases at the same moment.
-            got = conn.execute("UPDATE circuit_breaker_states SET version = version WHERE service_name = ? "
-                               f"RETURNING {STATE_COLUMNS}", (name,))
-            if not got:
-                link.version = -1
-                return "moved"
-            row = got[0]
-            self.learn(row)
-            state, open_until = row[1], row[4]
-            outcome = "granted"
-            if state != "half_open" and not (state == "open" and (open_until or 0.0) <= now + lead):
-                lease = None  # closed, forced, or still open: nothing to probe (adopted below)
-                outcome = "early" if state == "open" else "moved"
-            else:
-                if state == "open":
-                    moved = conn.execute(
-                        "UPDATE circuit_breaker_states SET current_state = 'half_open', version = version + 1, "
-                        f"state_changed_at = ?, updated_by = ?, updated_at = ?, change_seq = {_NEXT_SEQ} "
-                        f"WHERE service_name = ? RETURNING {STATE_COLUMNS}",
-                        (iso(max(now, open_until or now)), self.process, now, name))
-                    row = moved[0]
-                    self.learn(row)
-                    conn.execute(INSERT_EVENT, row_tuple(name, "state_change", "open", "half_open", None, None,
-                                                         {"reason": "recovery_timeout"}, max(now, open_until or now),
-                                                         self.process))
-                    became_half_open = True
-                conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ? AND (expires_at <= ? "
-                             "OR granted_at > ?)", (name, now, now + 1.0))
-                held = conn.execute("SELECT count(*) FROM circuit_breaker_probe_leases WHERE service_name = ? "
-                                    "AND kind = 'held'", (name,))[0][0]
-                if held >= p.half_open_max_calls:
-                    lease = None
-                    outcome = "held"
-                    if wanted:
-                        conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ? AND "
-                                     "holder = ? AND kind = 'wanted'", (name, self.process))
-                        conn.execute("INSERT INTO circuit_breaker_probe_leases (service_name, holder, kind, "
-                                     "granted_at, expires_at) VALUES (?, ?, 'wanted', ?, ?)",
-                                     (name, self.process, now, now + 1.0))
-                else:
-                    ttl = p.effective_probe_timeout
-                    lease = conn.execute(
-                        "INSERT INTO circuit_breaker_probe_leases (service_name, holder, kind, granted_at, "
-                        "expires_at) VALUES (?, ?, 'held', ?, ?) RETURNING lease_id",
-                        (name, self.process, now, now + ttl))[0][0]
-                    conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ? AND holder = ? "
-                                 "AND kind = 'wanted'", (name, self.process))
-        if row[2] != link.version:
-            if became_half_open:
-                link.version, link.row_state = row[2], row[1]  # our own step: the breaker gets there by time
-            else:
-                self.adopt(link, row, "remote", expect=link.synced_gen)
-        if became_half_open:
-            self._on_transition(name, "open", "half_open", "recovery_timeout", now)
-        if lease is None:
-            return outcome
-        ttl = p.effective_probe_timeout
-        link.grant_life = min(ttl / 2.0, 1.0)
-        # The grant's expiry on the store's clock (the breaker checks it before handing it out).
-        link.grants.append((int(lease), link._clock() + ttl))
-        return outcome
-
-    def release(self, conn: Connection, leases: Sequence[int]) -> None:
-        if leases:
-            conn.executemany("DELETE FROM circuit_breaker_probe_leases WHERE lease_id = ?", [(i,) for i in leases])
-
-    def yield_unused(self, conn: Connection, link: Link) -> list[int]:
-        """Unused grants of ``link`` another process is waiting for: taken back (the caller deletes
-        their rows) so that process's writer can take them."""
-        others = conn.execute("SELECT count(*) FROM circuit_breaker_probe_leases WHERE service_name = ? AND "
-                              "kind = 'wanted' AND holder <> ? AND expires_at > ?",
-                              (link.name, self.process, conn.now()))[0][0]
-        given: list[int] = []
-        while others > len(given):
-            try:
-                lease, _ = link.grants.popleft()
-            except IndexError:
-                break
-            given.append(lease)
-        return given
-
+            self.on_transition(link.name, "closed", "open", "shared_failures", now)
 
 def _shared_view(snap: Any) -> tuple[str, float | None, str]:
     """``(state, open_until, reason)`` to write for a breaker's snapshot. A half-open state reached by time

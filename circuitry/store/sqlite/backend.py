@@ -28,8 +28,9 @@ from typing import Any, Final
 
 from circuitry._clock import SYSTEM_CLOCK, Clock
 from circuitry.exceptions import ConfigurationError, SchemaVersionError
+from circuitry.instrumentation.logging import log as _log
 from circuitry.store.backend import Connection, Fault, NoDatabaseError, Role
-from circuitry.store.engine import SharedStore, _log
+from circuitry.store.engine import SharedStore
 from circuitry.store.sharing import STATE_COLUMNS
 from circuitry.store.sqlite.schema import migrate
 
