@@ -119,7 +119,7 @@ CREATE INDEX IF NOT EXISTS circuit_breaker_alerts_key ON circuit_breaker_alerts 
 -- Half-open probe permits shared by every process: a 'held' row is a lease, taken atomically; a
 -- 'wanted' row says another process has a caller waiting for one.
 CREATE TABLE IF NOT EXISTS circuit_breaker_probe_leases (
-    lease_id        INTEGER PRIMARY KEY,
+    lease_id        INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a stale release cannot free a new lease
     service_name    TEXT NOT NULL,
     holder          TEXT NOT NULL,
     kind            TEXT NOT NULL DEFAULT 'held' CHECK (kind IN ('held', 'wanted')),

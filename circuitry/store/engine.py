@@ -21,6 +21,7 @@ How it works (each part in its module):
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import threading
@@ -47,6 +48,9 @@ if TYPE_CHECKING:
     from circuitry.store.readmodel import ReadModel
 
 __all__ = ["Runner", "SharedStore", "StoreHealth"]
+
+_STORE_SEQ = itertools.count(1)
+
 
 def _process_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -127,7 +131,10 @@ class SharedStore:
         self._superseded = 0
         self.sharing = Sharing(self.process, self._shared_transition, self._count_superseded)
         self.sharing.before_write = self.writer.failures_first
-        self.leases = Leases(self.sharing, self.process, lead=2 * self.poll_interval)
+        # Lease rows name their holder: this process, and this store in it (two stores on one file in one
+        # process coordinate as two processes would).
+        self.leases = Leases(self.sharing, self.process, f"{self.process}/{next(_STORE_SEQ)}",
+                             lead=2 * self.poll_interval)
         self._read: ReadModel | None = None
 
     def __repr__(self) -> str:
@@ -140,6 +147,12 @@ class SharedStore:
         (or one read that never waits for a lock can), else within a writer cycle; a process never
         resets shared state when it starts."""
         if self._closed:
+            return
+        try:
+            breaker.name.encode("utf-8")
+        except UnicodeEncodeError:  # no database can store this name: the breaker runs from memory alone
+            log("error", "circuitry.store_name_refused", location=self.backend.location, circuit=repr(breaker.name),
+                note="the name cannot be encoded as UTF-8, so it cannot be stored; the circuit is not persisted")
             return
         link = Link(breaker, log_size=max(64, 4 * self.failure_rows_per_second), clock=self._time,
                     wake=self._wake_for, retry_hint=max(self.poll_interval, 0.01))

@@ -18,6 +18,7 @@ in all the processes (and hosts) sharing its row, decided by the database, never
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Final
@@ -36,9 +37,10 @@ _RETRY: Final = 0.1  # seconds between lease attempts while every lease is held 
 class Leases:
     """The probe-lease side of one store's writer (see the module docstring)."""
 
-    def __init__(self, sharing: Sharing, process: str, lead: float) -> None:
+    def __init__(self, sharing: Sharing, process: str, holder: str, lead: float) -> None:
         self.sharing = sharing
-        self.process = process
+        self.process = process  # written as updated_by and in history rows
+        self.holder = holder  # names this store's lease rows
         self.lead = lead  # the grant is ready this many seconds before the open period ends
 
     def tend(self, db: Callable[[], AbstractContextManager[Connection]], link: Link, now: float,
@@ -49,6 +51,7 @@ class Leases:
         if done:
             with db() as conn:
                 self.release(conn, done)
+            link.last_attempt = 0.0  # a lease just came free: a waiting caller may have it at once
         b = link.breaker
         snap = b.snapshot()
         if snap.state is not CircuitState.OPEN and snap.state is not CircuitState.HALF_OPEN:
@@ -60,11 +63,13 @@ class Leases:
         due = snap.state is CircuitState.HALF_OPEN or (
             snap.state is CircuitState.OPEN and snap.open_until is not None and snap.open_until <= now + self.lead)
         pregrant = due and link.pregrant_episode != episode
-        if not (pregrant or (wanted and due and now - link.last_attempt >= _RETRY)):
+        tick = time.monotonic()  # real time: retries are paced by the machine, not by an injected clock
+        if not (pregrant or (wanted and due and tick - link.last_attempt >= _RETRY)):
             return True
-        link.last_attempt = now
         with db() as conn, memory:
             outcome = self.take(conn, link, wanted=wanted)
+        # Every lease held elsewhere: try again after _RETRY (or as soon as one of ours comes free).
+        link.last_attempt = tick if outcome == "held" else 0.0
         if outcome != "early":  # an early try (another process's open period ends later) is tried again
             link.pregrant_episode = episode
         return True
@@ -93,6 +98,8 @@ class Leases:
             self.sharing.learn(row)
             state, open_until = row[1], row[4]
             outcome = "granted"
+            if state == "open" and open_until is not None and open_until - now > (row[5] or 0.0) + 1.0:
+                open_until = now  # ends further ahead than its length: the clock stepped back; it is over
             if state != "half_open" and not (state == "open" and (open_until or 0.0) <= now + self.lead):
                 lease = None  # closed, forced, or still open: nothing to probe (adopted below)
                 outcome = "early" if state == "open" else "moved"
@@ -118,18 +125,18 @@ class Leases:
                     outcome = "held"
                     if wanted:
                         conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ? AND "
-                                     "holder = ? AND kind = 'wanted'", (name, self.process))
+                                     "holder = ? AND kind = 'wanted'", (name, self.holder))
                         conn.execute("INSERT INTO circuit_breaker_probe_leases (service_name, holder, kind, "
                                      "granted_at, expires_at) VALUES (?, ?, 'wanted', ?, ?)",
-                                     (name, self.process, now, now + 1.0))
+                                     (name, self.holder, now, now + 1.0))
                 else:
                     ttl = p.effective_probe_timeout
                     lease = conn.execute(
                         "INSERT INTO circuit_breaker_probe_leases (service_name, holder, kind, granted_at, "
                         "expires_at) VALUES (?, ?, 'held', ?, ?) RETURNING lease_id",
-                        (name, self.process, now, now + ttl))[0][0]
+                        (name, self.holder, now, now + ttl))[0][0]
                     conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ? AND holder = ? "
-                                 "AND kind = 'wanted'", (name, self.process))
+                                 "AND kind = 'wanted'", (name, self.holder))
         if row[2] != link.version:
             if became_half_open:
                 link.version, link.row_state = row[2], row[1]  # our own step: the breaker gets there by time
@@ -147,14 +154,15 @@ class Leases:
 
     def release(self, conn: Connection, leases: Sequence[int]) -> None:
         if leases:
-            conn.executemany("DELETE FROM circuit_breaker_probe_leases WHERE lease_id = ?", [(i,) for i in leases])
+            conn.executemany("DELETE FROM circuit_breaker_probe_leases WHERE lease_id = ? AND holder = ?",
+                             [(i, self.holder) for i in leases])
 
     def yield_unused(self, conn: Connection, link: Link) -> list[int]:
         """Unused grants of ``link`` another process is waiting for: taken back (the caller deletes
         their rows) so that process's writer can take them."""
         others = conn.execute("SELECT count(*) FROM circuit_breaker_probe_leases WHERE service_name = ? AND "
                               "kind = 'wanted' AND holder <> ? AND expires_at > ?",
-                              (link.name, self.process, conn.now()))[0][0]
+                              (link.name, self.holder, conn.now()))[0][0]
         given: list[int] = []
         while others > len(given):
             try:

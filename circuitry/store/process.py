@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import sys
 import weakref
 from typing import TYPE_CHECKING, Protocol
 
@@ -63,17 +64,30 @@ def _close_all_at_exit() -> None:
                     note=f"not written within exit_timeout={store.exit_timeout} s")
 
 
+class _Anchor:
+    """Keeps the after-fork registration below alive (multiprocessing holds its objects weakly)."""
+
+
+_ANCHOR = _Anchor()
+
+
 def _finalize_in_child() -> None:
     """A forked ``multiprocessing`` child leaves by ``os._exit`` without running ``atexit``; its own exit
-    path runs ``multiprocessing.util`` finalizers, so the flush is registered there too."""
+    path runs ``multiprocessing.util`` finalizers, so the flush is registered there. (A ``Process``
+    child clears the finalizers inherited from its parent, then runs the after-fork hooks: the
+    registration is made from one of those, so it survives.)"""
     global _finalizer_registered
-    if _finalizer_registered:
+    if _finalizer_registered or "multiprocessing" not in sys.modules:
         return
     _finalizer_registered = True
-    with contextlib.suppress(Exception):  # multiprocessing unavailable: atexit remains
+    with contextlib.suppress(Exception):
         import multiprocessing.util as mp_util
 
-        mp_util.Finalize(None, _close_all_at_exit, exitpriority=100)
+        def register(_: object) -> None:
+            mp_util.Finalize(None, _close_all_at_exit, exitpriority=100)
+
+        register(_ANCHOR)  # a child of os.fork() that leaves through multiprocessing's exit path
+        mp_util.register_after_fork(_ANCHOR, register)  # a multiprocessing Process child
 
 
 def _before_fork() -> None:

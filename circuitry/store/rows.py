@@ -80,12 +80,15 @@ class RowQueue:
             self.inflight = len(batch)
             try:
                 with db() as conn, conn.transaction():
+                    conn.execute("SAVEPOINT circuitry_rows")
                     try:
                         conn.executemany(INSERT_EVENT, batch)
                     except (TypeError, ValueError) as exc:
                         if self.backend.classify(exc) is not None:
                             raise
+                        conn.execute("ROLLBACK TO SAVEPOINT circuitry_rows")
                         self._one_by_one(conn, batch)  # a row the database refuses must not wedge the queue
+                    conn.execute("RELEASE SAVEPOINT circuitry_rows")
             except BaseException:
                 rows.extendleft(reversed(batch))  # nothing is lost: retried next cycle
                 raise
@@ -98,9 +101,13 @@ class RowQueue:
 
     def _one_by_one(self, conn: Connection, batch: list[tuple[Any, ...]]) -> None:
         for r in batch:
+            conn.execute("SAVEPOINT circuitry_row")
             try:
                 conn.execute(INSERT_EVENT, r)
+                conn.execute("RELEASE SAVEPOINT circuitry_row")
             except (TypeError, ValueError) as exc:
+                conn.execute("ROLLBACK TO SAVEPOINT circuitry_row")
+                conn.execute("RELEASE SAVEPOINT circuitry_row")
                 self.refused += 1
                 log("error", "circuitry.store_row_refused", location=self.backend.location, row=repr(r)[:300],
                     error_message=str(exc)[:300], total=self.refused)

@@ -130,6 +130,11 @@ class Sharing:
             cs = CircuitState(state)
         except ValueError:  # a value this circuitry does not know: leave the breaker as it is
             return False
+        if cs is CircuitState.HALF_OPEN and open_until is not None and 0.0 < open_until - link._clock() < 1.0:
+            # The first lease of the episode was taken a little before the open period ends (so the grant
+            # is ready): this breaker stays open until then and turns half-open by time, as it would.
+            # (Further ahead than that, the clock stepped back: the row's half-open state stands.)
+            cs = CircuitState.OPEN
         b = link.breaker
         before = b.generation
         gen = b.adopt(cs, opened_at=opened_at, open_until=open_until, open_for=open_for, reopens=reopens or 0,
@@ -144,7 +149,7 @@ class Sharing:
         link.version = version
         link.row_state = state
         link.shared_count = row[8] or 0
-        if cs is not CircuitState.HALF_OPEN:
+        if state != "half_open":
             link.grants.clear()  # their rows went with the half-open episode
         return True
 
@@ -268,7 +273,10 @@ class Sharing:
             if row is None:
                 link.version = -1  # the row is gone: the next cycle inserts it
                 return
-            on_top = snap.reason == "manual" or (snap.reason in _PROBE_OUTCOMES and row[1] == "half_open")
+            # An operator's change not written yet goes on top (a reset() of a circuit already closed changed
+            # nothing to write: it does not undo what another process did since).
+            manual = snap.reason == "manual" and any(e.reason == "manual" for e in link.pending)
+            on_top = manual or (snap.reason in _PROBE_OUTCOMES and row[1] == "half_open")
             if state != row[1] and on_top:
                 link.version, link.row_state = row[2], row[1]  # our change follows theirs: write it on top
                 continue

@@ -136,11 +136,11 @@ class SQLiteBackend:
         return None if (st.st_dev, st.st_ino) == inode else "deleted"
 
     def changed_states(self, conn: Connection, since: int) -> list[tuple[Any, ...]] | None:
-        assert isinstance(conn, _Conn)
-        version = conn.raw.execute("PRAGMA data_version").fetchone()[0]
-        if version == conn.data_version:
+        raw: sqlite3.Connection = conn.raw  # type: ignore[attr-defined]
+        version = raw.execute("PRAGMA data_version").fetchone()[0]
+        if version == conn.data_version:  # type: ignore[attr-defined]
             return None
-        conn.data_version = version
+        conn.data_version = version  # type: ignore[attr-defined]
         return conn.execute(f"SELECT {STATE_COLUMNS} FROM circuit_breaker_states WHERE change_seq > ? "
                             "ORDER BY change_seq", (since,))
 
