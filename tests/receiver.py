@@ -37,7 +37,7 @@ class Receiver:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 with receiver.lock:
-                    receiver.received.append(Received(self.path, {k: v for k, v in self.headers.items()}, body,
+                    receiver.received.append(Received(self.path, dict(self.headers.items()), body,
                                                       time.time()))
                     action = receiver.script.popleft() if receiver.script else receiver.default
                 if action == "hang":

@@ -182,7 +182,8 @@ def test_dead_letter_after_max_attempts_then_requeued(backend: SQLiteBackend, cl
             clock.advance(3600)
         assert not s.run_once()
         (row,) = open_reader(tmp_path / "app.db").deliveries(state="dead")
-        assert row["attempts"] == 3 and row["last_status"] == 500 and row["last_error"] == "HTTP 500 Internal Server Error"
+        assert row["attempts"] == 3 and row["last_status"] == 500
+        assert row["last_error"] == "HTTP 500 Internal Server Error"
         assert s.dead == 1 and len(rx.received) == 3
         rx.default = 200
         assert Outbox(backend, "cli").requeue(ids=[row["id"]]) == 1
