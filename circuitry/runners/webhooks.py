@@ -31,6 +31,10 @@ How it works:
 Endpoint URLs are never logged nor stored (they can carry tokens, as Slack's do): the outbox and the
 logs name an endpoint by its ``name``.
 
+(Longer than most modules, about 600 lines with its documentation: the signature, the payload shapes,
+the endpoint and the sender are one feature a reader follows top to bottom; the SQL is in
+:mod:`circuitry.store.outbox`.)
+
 .. versionadded:: 0.2.0
 """
 
