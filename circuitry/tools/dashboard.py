@@ -62,7 +62,7 @@ _SESSION_SECONDS: Final = 12 * 3600
 _CSP: Final = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 _HEADERS: Final = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff",
-                   "Referrer-Policy": "no-referrer", "Cache-Control": "no-store", "X-Frame-Options": "DENY"}
+                   "Referrer-Policy": "same-origin", "Cache-Control": "no-store", "X-Frame-Options": "DENY"}
 _ACTIONS: Final = ("ack", "ack_service", "reset", "open", "close", "retry", "retry_dead")
 
 

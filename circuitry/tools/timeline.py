@@ -6,6 +6,7 @@ the browser draws it, and every text in it is escaped.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -88,8 +89,6 @@ def load(reader: ReadModel, name: str, window: str, *, now: float | None = None,
         data = t_.get("additional_data")
         if isinstance(data, str):
             try:
-                import json
-
                 parsed = json.loads(data)
                 t_["reason"] = parsed.get("reason") if isinstance(parsed, dict) else None
             except ValueError:
@@ -138,7 +137,7 @@ def render(tl: Timeline, *, width: int = 960, height: int = 280) -> str:
                    + (f'<rect x="{bx:.1f}" y="{top + ph - h_calls - h_ref:.1f}" width="{bw:.1f}" '
                       f'height="{h_ref:.1f}" fill="#e5484d" fill-opacity="0.45"/>' if b.refused else "")
                    + "</g>")
-    path, pen = [], False
+    path, dots, pen = [], [], False
     for b in tl.bins:
         if b.calls <= 0:
             pen = False
@@ -146,9 +145,11 @@ def render(tl: Timeline, *, width: int = 960, height: int = 280) -> str:
         cx = x(b.start) + bw / 2
         cy = top + ph - (b.failures / b.calls) * ph
         path.append(f"{'L' if pen else 'M'}{cx:.1f},{cy:.1f}")
+        dots.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="2.5"/>')
         pen = True
     if path:
-        out.append(f'<path class="failure-rate" d="{" ".join(path)}" fill="none" stroke="#c62a2f" stroke-width="2"/>')
+        out.append(f'<path class="failure-rate" d="{" ".join(path)}" fill="none" stroke="#c62a2f" stroke-width="2"/>'
+                   f'<g class="failure-points" fill="#c62a2f">{"".join(dots)}</g>')
     for t in tl.transitions:
         tx = x(float(t["ts"]))
         to = str(t["to_state"])
