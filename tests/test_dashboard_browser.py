@@ -18,11 +18,11 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from circuitry.store import open_reader  # noqa: E402
-from circuitry.store.control import set_state  # noqa: E402
-from circuitry.tools.dashboard import create_app  # noqa: E402
+from circuitry.store import open_reader
+from circuitry.store.control import set_state
+from circuitry.tools.dashboard import create_app
 
-from .dashboard_env import HOSTILE, HOSTILE_MESSAGE, TOKEN, many, populated, serving  # noqa: E402
+from .dashboard_env import HOSTILE, HOSTILE_MESSAGE, TOKEN, many, populated, serving
 
 CHROMIUM = os.environ.get("CIRCUITRY_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "dashboard"
@@ -102,8 +102,8 @@ def test_ten_thousand_circuits_page_and_search(page: Any, tmp_path: Path, capsys
             page.goto(base + "/")
             page.wait_for_selector("table.services tbody tr")
             timings.append(time.perf_counter() - started)
-        nav = page.evaluate("(() => { const n = performance.getEntriesByType('navigation')[0];"
-                            " return {response: n.responseEnd - n.requestStart, load: n.loadEventEnd - n.startTime}; })()")
+        nav = page.evaluate("(() => { const n = performance.getEntriesByType('navigation')[0]; return "
+                            "{response: n.responseEnd - n.requestStart, load: n.loadEventEnd - n.startTime}; })()")
         assert page.locator("table.services tbody tr").count() == 50
         assert "1\u201350 of 10000" in page.locator(".shown").inner_text()
         shot(page, "ten-thousand")
