@@ -194,3 +194,41 @@ def test_no_design_jargon_in_help(capsys: pytest.CaptureFixture[str]) -> None:
             main(argv)
         text = capsys.readouterr().out
         assert "the seed" not in text and "seed's" not in text, argv
+
+
+def test_the_dashboard_command_serves_loopback_with_a_printed_token(db: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    pytest.importorskip("uvicorn")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "CIRCUITRY_DASHBOARD_TOKEN"}
+    proc = subprocess.Popen([sys.executable, "-m", "circuitry", "dashboard", "--db", str(db), "--port", str(port),
+                             "--actions"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        token_line = proc.stdout.readline()
+        assert token_line.startswith("actions token") and len(token_line.split(": ")[-1].strip()) >= 16
+        assert f"http://127.0.0.1:{port}/" in proc.stdout.readline()
+
+        def status(host: str | None = None) -> int:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": host} if host else {})
+            try:
+                with urllib.request.urlopen(request, timeout=5) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as exc:
+                return int(exc.code)
+            except OSError:
+                return 0
+
+        assert eventually(lambda: status() == 200, timeout=60)
+        assert status("rebound.example") == 400
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

@@ -143,6 +143,8 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
     reader = _reader(args)
     for name in args.service or ():
         known(reader, name)
+    if not args.service and not args.limit:
+        args.limit = 50  # the most urgent fifty: a screenful, and quick with ten thousand circuits
     n = 0
     try:
         while True:
