@@ -232,3 +232,14 @@ def test_the_dashboard_command_serves_loopback_with_a_printed_token(db: Path) ->
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_long_work_shows_progress_on_a_terminal_only(db: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run("export", "metrics", "--db", str(db), "--progress", "-o", str(tmp_path / "m.csv"))
+    err = capsys.readouterr().err
+    assert code == 0 and "exporting metrics [" in err and "2/2" in err and "done in" in err
+    run("export", "metrics", "--db", str(db), "-o", str(tmp_path / "m.csv"))  # stderr is not a terminal here
+    assert "exporting" not in capsys.readouterr().err
+    code, _ = run("migrate", "--db", str(tmp_path / "new.db"), "--progress")
+    assert code == 0 and "migrating [" in capsys.readouterr().err
