@@ -260,7 +260,9 @@ def test_severity_and_service_filters(backend: SQLiteBackend, clock: FakeClock, 
 
 
 def test_urls_and_secrets_are_never_logged_nor_stored(backend: SQLiteBackend, clock: FakeClock, tmp_path: Path,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "structlog", raising=False)  # through stdlib logging, whatever ran before
     with Receiver(default=500) as rx:
         url = rx.url + "/T000/B000/SECRETPATHTOKEN"
         s = sender(backend, clock, hook(url, max_attempts=1, headers={"Authorization": "Bearer HEADERTOKEN"}))

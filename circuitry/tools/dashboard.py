@@ -289,10 +289,7 @@ class _Views:
                 body = f'<h1>No circuit named “{pages.e(name)}”</h1><p><a href="{page.url("/")}">All services</a></p>'
                 return self._html(pages.layout(page, self.title, body, live="", active="services"), 404)
             tl = timeline.load(self.reader, name, window, now=page.now, current_state=status["state"])
-            transitions = self.reader.transitions(name, tl.since, tl.until)
-            reasons = {t_["ts"]: t_.get("reason") for t_ in tl.transitions}
-            for t_ in transitions:
-                t_["reason"] = reasons.get(t_["ts"])
+            transitions = list(tl.transitions)  # with their reasons
             alerts = self.reader.alerts(name, include_acknowledged=True, limit=50)
             patterns_ = self.reader.patterns(name, limit=10)
         except StoreError as exc:
