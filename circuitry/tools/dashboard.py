@@ -24,7 +24,9 @@ among fixed options and are only ever bound as SQL parameters by the read model.
 dashboard`` binds 127.0.0.1 and refuses requests for other host names (DNS rebinding).
 
 Data come from the read model (:class:`~circuitry.store.readmodel.ReadModel`), read on Starlette's
-worker threads. Works on any database the read model reads.
+worker threads. Works on any database the read model reads. (The routes, the sessions and ``serve``
+are here, a little over 500 lines; the HTML is in :mod:`circuitry.tools.pages`, the SVG in
+:mod:`circuitry.tools.timeline`.)
 
 .. versionadded:: 0.2.0
 """
