@@ -72,7 +72,7 @@ def test_status_lists_every_circuit(populated: Path) -> None:
     code, out = run("status", "--db", str(populated))
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["SERVICE", "STATE", "FAILS"]
+    assert lines[0].split()[:3] == ["SERVICE", "STATE", "FAIL/1H"]
     payments = next(line for line in lines if line.startswith("payments"))
     assert payments.split()[1] == "open"
     assert any(line.startswith("search") and line.split()[1] == "closed" for line in lines)

@@ -28,13 +28,15 @@ to_state,reason}``                                          ``remote``/``restore
 ``circuitry_call_duration_seconds``               histogram latency of timed calls, when the source has it
 ================================================  ========  ===================================================
 
-**Several worker processes** (gunicorn, uvicorn ``--workers``): each process's collector reports *its
-own* calls and state, and a scrape reaches whichever worker accepts it, so counters from different
-workers interleave. ``prometheus_client``'s multiprocess mode does not help: it aggregates only its own
-metric classes, not custom collectors. Until a collector reading the shared store exists (a second
-:class:`~circuitry.instrumentation.sources.Source`), expose each worker on its own port, or scrape a
-single process. State and transitions agree across workers sharing a store (each adopts the others'
-transitions: count those with ``reason!~"remote|restored"`` to see each transition once).
+**Several worker processes** (gunicorn, uvicorn ``--workers``): a scrape reaches whichever worker
+accepts it, so each worker must report *every* worker's numbers. ``prometheus.install(shared=True)``
+reads the shared store (:class:`~circuitry.instrumentation.sources.StoreSource`): calls by outcome from
+the per-minute rows every process adds to, state from the shared rows, transitions from the history
+(one row per shared transition) — so one scrape of any worker reports what all of them counted, and
+two workers scraped at once agree. Counters count from the start of the current UTC day (``period=``)
+and begin again from zero at the next, which ``rate()``/``increase()`` treat as a counter reset; they
+lag the calls by the store's ``metrics_interval`` (a second). ``prometheus_client``'s own multiprocess
+mode does not help here: it aggregates only its own metric classes, not custom collectors.
 
 .. versionadded:: 0.2.0
 """
@@ -184,8 +186,8 @@ def _buckets(buckets: Iterable[tuple[float, int]]) -> list[tuple[str, float]]:
     return [("+Inf" if math.isinf(bound) else repr(float(bound)), float(n)) for bound, n in buckets]
 
 
-def install(registry: Registry | None = None, *,
-            collector_registry: CollectorRegistry | None = None) -> PrometheusCollector:
+def install(registry: Registry | None = None, *, collector_registry: CollectorRegistry | None = None,
+            shared: bool = False, **source_options: Any) -> PrometheusCollector:
     """Expose ``registry``'s circuits (default: the process-wide registry) to Prometheus.
 
     Args:
@@ -193,6 +195,14 @@ def install(registry: Registry | None = None, *,
         collector_registry: The ``prometheus_client`` registry to register with (default:
             ``prometheus_client.REGISTRY``, which ``prometheus_client.start_http_server()`` and
             ``make_asgi_app()`` serve).
+        shared: Report what every process sharing the registry's store counted
+            (:class:`~circuitry.instrumentation.sources.StoreSource`), not only this one: for
+            multi-process servers.
+        **source_options: With ``shared``: :class:`~circuitry.instrumentation.sources.StoreSource`'s
+            options (``period=``, ``since=``).
+
+    .. versionchanged:: 0.2.0
+       ``shared``.
 
     Returns:
         The collector; ``collector_registry.unregister(collector)`` and ``collector.close()`` undo this.
@@ -201,7 +211,17 @@ def install(registry: Registry | None = None, *,
     """
     from circuitry._registry import default_registry
 
-    collector = PrometheusCollector(default_registry() if registry is None else registry)
+    reg = default_registry() if registry is None else registry
+    if shared:
+        from circuitry.instrumentation.sources import StoreSource
+
+        collector = PrometheusCollector(StoreSource.of(reg, **source_options))
+    elif source_options:
+        from circuitry.exceptions import ConfigurationError
+
+        raise ConfigurationError(f"source options need shared=True: {sorted(source_options)}")
+    else:
+        collector = PrometheusCollector(reg)
     if collector_registry is None:
         from prometheus_client import REGISTRY
 

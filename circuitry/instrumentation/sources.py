@@ -4,8 +4,8 @@ has done so far. Exporters (:mod:`~circuitry.instrumentation.prometheus`,
 
 :class:`RegistrySource` reads one process's :class:`~circuitry.Registry`: calls by outcome from each
 breaker's exact counters, state and open period from :meth:`~circuitry.CircuitBreaker.stats`, and
-transitions — rare — tallied by a transition hook it adds to the registry. A source that reads the
-shared store (every process's circuits, for multi-process servers) implements the same protocol.
+transitions — rare — tallied by a transition hook it adds to the registry. :class:`StoreSource` reads
+the shared store instead: every process's circuits and counts, for multi-process servers.
 
 Every value is cumulative since the source started (counters) or current (gauges), the shapes both
 Prometheus and OpenTelemetry expect.
@@ -16,10 +16,12 @@ Prometheus and OpenTelemetry expect.
 from __future__ import annotations
 
 import bisect
+import math
+import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from circuitry._state import CircuitState
 from circuitry.events import Event, EventKind
@@ -34,6 +36,7 @@ __all__ = [
     "LatencySample",
     "RegistrySource",
     "Source",
+    "StoreSource",
     "TransitionSample",
 ]
 
@@ -246,3 +249,157 @@ class RegistrySource:
 
     def __repr__(self) -> str:
         return f"<RegistrySource {self.registry!r}>"
+
+
+class StoreSource:
+    """A :class:`Source` over the shared store: what *every* process sharing the database counted — the
+    source for multi-process servers (gunicorn, uvicorn ``--workers``), where a scrape reaches any one
+    worker and must not see only that worker's calls.
+
+    Args:
+        source: The store's read model: a :class:`~circuitry.store.readmodel.ReadModel`, a running
+            store (its ``read``), or a database path or URL (opened read-only).
+        period: Counters count from the start of the current period (UTC-aligned: a day by default,
+            starting at midnight UTC), so every worker reports the same numbers; at each period's start
+            they begin again from zero, which Prometheus's ``rate()`` and ``increase()`` treat as a
+            counter reset. Must be at most the store's retention of events (7 days by default).
+        since: Count from this epoch time instead, for good (until history older than the store's
+            retention is pruned).
+        clock: Wall clock (default ``time.time``).
+        open_duration_buckets: Upper bounds (seconds) of the open-duration histogram.
+
+    What it reads, at collection time (nothing is done per call): calls by outcome from the per-minute
+    rows every process adds to (written each ``metrics_interval``, a second by default, so a scrape
+    lags the calls by about that much); state, opening time and retry-after from the shared state
+    rows; transitions by reason and completed open periods from the transition history (one row per
+    shared transition, written by the process that made it: nothing is counted once per worker);
+    probes in flight from the lease rows. ``would_reject`` is not stored (always 0) and latency is not
+    exported from here.
+
+    .. versionadded:: 0.2.0
+    """
+
+    def __init__(self, source: Any, *, period: float = 86400.0, since: float | None = None,
+                 clock: Callable[[], float] | None = None,
+                 open_duration_buckets: Sequence[float] = OPEN_DURATION_BUCKETS) -> None:
+        import time
+
+        from circuitry._policy import check_number
+        from circuitry.exceptions import ConfigurationError
+        from circuitry.store.engine import SharedStore
+        from circuitry.store.readmodel import ReadModel
+
+        if isinstance(source, ReadModel):
+            self.reader = source
+        elif isinstance(source, SharedStore):
+            self.reader = source.read
+        elif isinstance(source, str | os.PathLike):
+            from circuitry.store import open_reader
+
+            self.reader = open_reader(source)
+        else:
+            raise ConfigurationError(f"source must be a ReadModel, a store or a database path, got {source!r}")
+        self.period = check_number("period", period, lo=60.0, hi=31 * 86400.0, lo_open=False)
+        self.since = None if since is None else check_number("since", since, lo=0.0, hi=1e11, lo_open=False)
+        self._time = clock or time.time
+        self._bounds = tuple(sorted(float(b) for b in open_duration_buckets))
+        if not self._bounds or any(not (b > 0) or math.isinf(b) for b in self._bounds):
+            raise ConfigurationError(
+                f"open_duration_buckets must be finite positive seconds, got {open_duration_buckets!r}")
+        self._cache: tuple[float, float, list[dict[str, Any]]] | None = None
+
+    @classmethod
+    def of(cls, registry: Registry | None = None, **options: Any) -> StoreSource:
+        """The source over the store of ``registry`` (default: the process-wide registry)."""
+        from circuitry._registry import default_registry
+        from circuitry.exceptions import ConfigurationError
+        from circuitry.store.engine import SharedStore
+
+        store = (default_registry() if registry is None else registry).store
+        if not isinstance(store, SharedStore):
+            raise ConfigurationError("this registry keeps its circuits in memory: there is no shared store to read "
+                                     "(configure a database, or use RegistrySource)")
+        return cls(store, **options)
+
+    def start(self, now: float) -> float:
+        """When the counters reported at ``now`` began."""
+        if self.since is not None:
+            return self.since
+        return math.floor(now / self.period) * self.period
+
+    def circuits(self) -> list[CircuitSample]:
+        now = self._time()
+        totals = self.reader.totals(self.start(now))
+        probes = self.reader.probes(now)
+        out = []
+        for row in self.reader.state_rows():
+            try:
+                state = CircuitState(row["state"])
+            except ValueError:
+                continue
+            t = totals.get(row["service_name"], {})
+            until = row["open_until"]
+            if state is CircuitState.OPEN:
+                retry: float | None = max(0.0, until - now) if until is not None else 0.0
+            elif state is CircuitState.FORCED_OPEN:
+                retry = None
+            else:
+                retry = 0.0
+            out.append(CircuitSample(
+                row["service_name"], state, int(t.get("successes", 0)), int(t.get("failures", 0)),
+                int(t.get("ignored", 0)), int(t.get("rejections", 0)), int(t.get("cancelled", 0)),
+                opened_at=row["opened_at"] if state in _NOT_CLOSED else None, retry_after=retry,
+                probes_in_flight=probes.get(row["service_name"], 0)))
+        return out
+
+    def _transitions(self, fresh: bool) -> list[dict[str, Any]]:
+        import time
+
+        now = self._time()
+        start = self.start(now)
+        cached = self._cache
+        if not fresh and cached is not None and cached[0] == start and time.monotonic() - cached[1] < 1.0:
+            return cached[2]  # transitions() then open_durations() of one collection: read once
+        rows = self.reader.all_transitions(start)
+        self._cache = (start, time.monotonic(), rows)
+        return rows
+
+    def transitions(self) -> list[TransitionSample]:
+        tally: dict[tuple[str, CircuitState, CircuitState, str], int] = {}
+        for t in self._transitions(fresh=True):
+            try:
+                frm, to = CircuitState(t["from_state"] or "closed"), CircuitState(t["to_state"])
+            except ValueError:
+                continue
+            key = (t["service_name"], frm, to, t["reason"] or "unknown")
+            tally[key] = tally.get(key, 0) + 1
+        return [TransitionSample(c, f, t, r, n) for (c, f, t, r), n in sorted(tally.items(), key=lambda kv: kv[0])]
+
+    def open_durations(self) -> list[DurationSample]:
+        opened: dict[str, float] = {}
+        durations: dict[str, list[float]] = {}
+        for t in self._transitions(fresh=False):
+            try:
+                frm, to = CircuitState(t["from_state"] or "closed"), CircuitState(t["to_state"])
+            except ValueError:
+                continue
+            name = t["service_name"]
+            if frm in _CLOSED and to in _NOT_CLOSED:
+                opened[name] = float(t["ts"])
+            elif to in _CLOSED and name in opened:
+                durations.setdefault(name, []).append(max(0.0, float(t["ts"]) - opened.pop(name)))
+        out = []
+        bounds = (*self._bounds, math.inf)
+        for name, seconds in sorted(durations.items()):
+            counts = [0] * len(bounds)
+            for s in seconds:
+                counts[bisect.bisect_left(self._bounds, s)] += 1
+            running, buckets = 0, []
+            for bound, n in zip(bounds, counts, strict=True):
+                running += n
+                buckets.append((bound, running))
+            out.append(DurationSample(name, running, sum(seconds), tuple(buckets)))
+        return out
+
+    def __repr__(self) -> str:
+        return f"<StoreSource {self.reader.backend.location!r}>"

@@ -247,6 +247,9 @@ class Analyst:
     def _persist(self, alerts: Sequence[Alert]) -> None:
         aggregates = self.engine.pending_aggregates()
         fresh = self.records.alerts(alerts, aggregates, self.engine.policy.dedup_window)
+        for runner in self.store.runners if fresh else ():  # the webhook outbox (runners/webhooks.py)
+            if hasattr(runner, "alerts_stored"):
+                runner.alerts_stored(fresh)
         for data in fresh:  # after the commit: a callback sees an alert that is in the table
             for deliverer, service in self._callbacks:
                 if service is None or service == data["service_name"]:

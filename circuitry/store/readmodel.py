@@ -8,6 +8,7 @@ Every method returns plain data (dicts, lists), ready for JSON.
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -368,3 +369,145 @@ class ReadModel:
                     self._wconn = None
                 raise StoreError(f"cannot acknowledge in {self.backend.location}: {exc}") from exc
         return [r[0] for r in rows if r[0]]
+
+    # -- pages, totals and the outbox (dashboards, exporters, the command line) ----------------------------
+
+    _ATTENTION_RANK: Final = ("CASE current_state WHEN 'open' THEN 0 WHEN 'forced_open' THEN 0 WHEN 'half_open' "
+                              "THEN 1 WHEN 'disabled' THEN 2 ELSE 3 END")
+
+    def page(self, *, search: str | None = None, states: Sequence[str] | None = None, alerting: bool = False,
+             sort: str = "attention", offset: int = 0, limit: int = 50,
+             now: float | None = None) -> dict[str, Any]:
+        """One page of circuits, for lists too long to read whole (ten thousand circuits).
+
+        Args:
+            search: Only circuits whose name contains this text (case-insensitive for ASCII letters;
+                ``%`` and ``_`` match themselves).
+            states: Only circuits in these states.
+            alerting: Only circuits with unacknowledged alerts.
+            sort: ``"attention"`` (refusing circuits first, then half-open, disabled, closed; by name
+                within each) or ``"name"``.
+            offset, limit: Which rows (``limit`` at most 1000).
+            now: The time "the last hour" ends (default: now).
+
+        Returns:
+            ``{"total": matching circuits, "offset", "limit", "rows": [status dicts of the page]}``;
+            each row is what :meth:`status` returns for the circuit.
+        """
+        if sort not in ("attention", "name"):
+            raise ConfigurationError(f"sort must be 'attention' or 'name', got {sort!r}")
+        offset = max(0, int(offset))
+        limit = min(1000, max(1, int(limit)))
+        where, params = self._page_filter(search, states, alerting)
+        total_rows = self._rows(f"SELECT count(*) FROM circuit_breaker_states{where}", params)
+        total = int(total_rows[0][0]) if total_rows else 0
+        order = "service_name" if sort == "name" else f"{self._ATTENTION_RANK}, service_name"
+        names = [r[0] for r in self._rows(
+            f"SELECT service_name FROM circuit_breaker_states{where} ORDER BY {order} LIMIT ? OFFSET ?",
+            (*params, limit, offset))]
+        by_name = {s["service_name"]: s for s in self.status(names, now=now)} if names else {}
+        return {"total": total, "offset": offset, "limit": limit,
+                "rows": [by_name[n] for n in names if n in by_name]}
+
+    @staticmethod
+    def _page_filter(search: str | None, states: Sequence[str] | None,
+                     alerting: bool) -> tuple[str, tuple[Any, ...]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if search:
+            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("lower(service_name) LIKE lower(?) ESCAPE '\\'")
+            params.append(f"%{escaped}%")
+        if states is not None:
+            if not states:
+                where.append("1 = 0")
+            else:
+                where.append(f"current_state IN ({', '.join('?' * len(states))})")
+                params += list(states)
+        if alerting:
+            where.append("service_name IN (SELECT service_name FROM circuit_breaker_alerts WHERE acknowledged = FALSE)")
+        return (" WHERE " + " AND ".join(where) if where else ""), tuple(params)
+
+    def state_counts(self) -> dict[str, int]:
+        """How many circuits are in each state (states with none are left out)."""
+        return {str(s): int(n) for s, n in self._rows(
+            "SELECT current_state, count(*) FROM circuit_breaker_states GROUP BY current_state ORDER BY current_state")}
+
+    def alert_counts(self) -> dict[str, int]:
+        """Unacknowledged alerts by severity."""
+        return {str(s): int(n) for s, n in self._rows(
+            "SELECT severity, count(*) FROM circuit_breaker_alerts WHERE acknowledged = FALSE GROUP BY severity")}
+
+    def state_rows(self) -> list[dict[str, Any]]:
+        """Every circuit's stored state, lean (no history): ``service_name``, ``state``, ``version``,
+        ``opened_at``, ``open_until``, ``updated_by``, ``updated_at``; sorted by name."""
+        cols = ("service_name", "state", "version", "opened_at", "open_until", "updated_by", "updated_at")
+        return [dict(zip(cols, r, strict=True)) for r in self._rows(
+            "SELECT service_name, current_state, version, opened_at, open_until, updated_by, updated_at "
+            "FROM circuit_breaker_states ORDER BY service_name")]
+
+    def totals(self, since: float) -> dict[str, dict[str, float]]:
+        """Every circuit's counts summed over the per-minute rows from the minute of ``since`` on (every
+        process's counts): ``{name: {"calls", "successes", "failures", "ignored", "rejections",
+        "cancelled", "latency_count", "latency_sum_ms"}}``."""
+        cols = ("calls", "successes", "failures", "ignored", "rejections", "cancelled", "latency_count",
+                "latency_sum_ms")
+        return {r[0]: dict(zip(cols, (v or 0 for v in r[1:]), strict=True)) for r in self._rows(
+            f"SELECT service_name, {', '.join(f'sum({c})' for c in cols)} FROM circuit_breaker_metrics "
+            "WHERE minute >= ? GROUP BY service_name", (int(since // 60),))}
+
+    def all_transitions(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
+        """Every circuit's transitions in ``[since, until]``, oldest first: ``id``, ``service_name``,
+        ``ts``, ``from_state``, ``to_state``, ``reason`` (from the row's data; ``None`` if absent)."""
+        params: tuple[Any, ...] = (since,)
+        sql = ("SELECT id, service_name, ts, from_state, to_state, additional_data FROM circuit_breaker_events "
+               "WHERE event_type = 'state_change' AND ts >= ?")
+        if until is not None:
+            sql += " AND ts <= ?"
+            params = (since, until)
+        out = []
+        for rid, name, ts, frm, to, data in self._rows(sql + " ORDER BY ts, id", params):
+            reason = None
+            if data:
+                try:
+                    parsed = json.loads(data)
+                except ValueError:
+                    parsed = None
+                if isinstance(parsed, dict) and isinstance(parsed.get("reason"), str):
+                    reason = parsed["reason"]
+            out.append({"id": rid, "service_name": name, "ts": ts, "from_state": frm, "to_state": to,
+                        "reason": reason})
+        return out
+
+    def probes(self, now: float | None = None) -> dict[str, int]:
+        """Half-open probe leases held now, by circuit (every process's)."""
+        now = self._time() if now is None else now
+        return {str(n): int(c) for n, c in self._rows(
+            "SELECT service_name, count(*) FROM circuit_breaker_probe_leases WHERE kind = 'held' AND expires_at > ? "
+            "GROUP BY service_name", (now,))}
+
+    def deliveries(self, *, state: str | None = None, endpoint: str | None = None, service: str | None = None,
+                   limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """Webhook outbox rows (newest first): ``pending``, ``delivered`` or ``dead`` deliveries of alerts
+        (see :mod:`circuitry.store.outbox`). Empty when the database has no outbox yet."""
+        from circuitry.store import outbox
+
+        sql, params = outbox.list_sql(state=state, endpoint=endpoint, service=service, limit=limit, offset=offset)
+        out = []
+        for r in self._rows(sql, params):
+            d = dict(zip(outbox.COLUMNS, r, strict=True))
+            try:
+                d["payload"] = json.loads(d["payload"])
+            except (TypeError, ValueError):
+                pass
+            out.append(d)
+        return out
+
+    def delivery_counts(self) -> dict[str, dict[str, int]]:
+        """Webhook outbox rows by endpoint and state: ``{endpoint: {"pending": n, "dead": n, ...}}``."""
+        from circuitry.store import outbox
+
+        out: dict[str, dict[str, int]] = {}
+        for endpoint, state, n in self._rows(outbox.counts_sql()):
+            out.setdefault(str(endpoint), {})[str(state)] = int(n)
+        return out
