@@ -183,6 +183,7 @@ class SharedStore:
             breaker.link(None)
         with self.mem:
             self.writer.sample(link, self._time())  # its last counts and failure rows
+            self.writer.forget(link)
             for lease, _ in list(link.grants):
                 link.done.append(lease)
         self._dirty.append(link)  # its leases are released by the next cycle

@@ -94,7 +94,7 @@ class Leases:
             if not got:
                 link.version = -1
                 return "moved"
-            row = got[0]
+            row = seen = got[0]  # ``seen``: the row as it was before this transaction changed it
             self.sharing.learn(row)
             state, open_until = row[1], row[4]
             outcome = "granted"
@@ -137,13 +137,16 @@ class Leases:
                         (name, self.holder, now, now + ttl))[0][0]
                     conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ? AND holder = ? "
                                  "AND kind = 'wanted'", (name, self.holder))
-        if row[2] != link.version:
-            if became_half_open:
-                link.version, link.row_state = row[2], row[1]  # our own step: the breaker gets there by time
-            else:
-                self.sharing.adopt(link, row, "remote", expect=link.synced_gen)
+        # The breaker must be in the episode this lease belongs to before it may use it: a process still
+        # half-open from the previous episode (another process's probe failed and re-opened the circuit a
+        # moment ago) would otherwise probe at once, a whole open period early.
+        current = seen[2] == link.version or self.sharing.adopt(link, seen, "remote", expect=link.synced_gen)
         if became_half_open:
+            link.version, link.row_state = row[2], row[1]  # our own step: the breaker gets there by time
             self.sharing.on_transition(name, "open", "half_open", "recovery_timeout", now)
+        if lease is not None and not current:  # it moved here meanwhile: the lease is not for it; give it back
+            self.release(conn, [int(lease)])
+            return "moved"
         if lease is None:
             return outcome
         ttl = p.effective_probe_timeout

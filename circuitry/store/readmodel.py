@@ -21,6 +21,9 @@ __all__ = ["SEVERITY_RANK", "ReadModel", "open_seconds"]
 
 SEVERITY_RANK: Final = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 _REFUSING: Final = ("open", "forced_open")
+# status() of at most this many named circuits reads the minute rollups (exactly the last hour); more (or
+# all) read the ten-minute rollups: "the last hour" is then the last 60 to 70 minutes (``window_seconds``).
+_EXACT_UP_TO: Final = 200
 
 
 def open_seconds(transitions: Sequence[tuple[float, str | None, str]], since: float, now: float,
@@ -189,10 +192,17 @@ class ReadModel:
         if not rows:
             return []
         only = "" if names is None else f" AND service_name IN ({', '.join('?' * len(names))})"
-        hour = {r[0]: r for r in self._rows(
-            "SELECT service_name, sum(calls), sum(successes), sum(failures), sum(rejections), sum(latency_count), "
-            "sum(latency_sum_ms), max(latency_max_ms) FROM circuit_breaker_metrics WHERE minute >= ?"
-            f"{only} GROUP BY service_name", (int(since // 60), *params))}
+        sums = ("SELECT service_name, sum(calls), sum(successes), sum(failures), sum(rejections), sum(latency_count), "
+                "sum(latency_sum_ms), max(latency_max_ms) FROM")
+        if names is not None and len(names) <= _EXACT_UP_TO:  # the minute rollups: exactly the last hour
+            window = 60.0 * (int(now // 60) - int(since // 60)) + now % 60
+            hour = {r[0]: r for r in self._rows(f"{sums} circuit_breaker_metrics WHERE minute >= ?{only} "
+                                                "GROUP BY service_name", (int(since // 60), *params))}
+        else:  # the ten-minute rollups: seven rows a circuit, so thousands of circuits read fast
+            first = int(since // 600)
+            window = now - 600.0 * first
+            hour = {r[0]: r for r in self._rows(f"{sums} circuit_breaker_metrics_10m WHERE bucket >= ?{only} "
+                                                "GROUP BY service_name", (first, *params))}
         alerts: dict[str, list[str]] = {}
         for name, severity in self._rows(
                 f"SELECT service_name, severity FROM circuit_breaker_alerts WHERE acknowledged = FALSE{only}", params):
@@ -232,6 +242,7 @@ class ReadModel:
                     "failure_rate": round((failed or 0) / decided, 4) if decided else 0.0,
                     "circuit_open_duration": round(open_seconds(trans, since, now, state)),
                     "transitions": len(trans),
+                    "window_seconds": round(window),
                     "avg_latency_ms": round(lat_sum / lat_n, 3) if lat_n else None,
                     "max_latency_ms": round(lat_max, 3) if lat_n else None,
                 },

@@ -34,6 +34,20 @@ _UPSERT_MINUTE: Final = (
     "latency_sum_ms = circuit_breaker_metrics.latency_sum_ms + excluded.latency_sum_ms, "
     "latency_max_ms = CASE WHEN excluded.latency_max_ms > circuit_breaker_metrics.latency_max_ms "
     "THEN excluded.latency_max_ms ELSE circuit_breaker_metrics.latency_max_ms END")
+_UPSERT_TEN: Final = (
+    "INSERT INTO circuit_breaker_metrics_10m (service_name, bucket, calls, successes, failures, ignored, rejections, "
+    "cancelled, latency_count, latency_sum_ms, latency_max_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (service_name, bucket) DO UPDATE SET "
+    "calls = circuit_breaker_metrics_10m.calls + excluded.calls, "
+    "successes = circuit_breaker_metrics_10m.successes + excluded.successes, "
+    "failures = circuit_breaker_metrics_10m.failures + excluded.failures, "
+    "ignored = circuit_breaker_metrics_10m.ignored + excluded.ignored, "
+    "rejections = circuit_breaker_metrics_10m.rejections + excluded.rejections, "
+    "cancelled = circuit_breaker_metrics_10m.cancelled + excluded.cancelled, "
+    "latency_count = circuit_breaker_metrics_10m.latency_count + excluded.latency_count, "
+    "latency_sum_ms = circuit_breaker_metrics_10m.latency_sum_ms + excluded.latency_sum_ms, "
+    "latency_max_ms = CASE WHEN excluded.latency_max_ms > circuit_breaker_metrics_10m.latency_max_ms "
+    "THEN excluded.latency_max_ms ELSE circuit_breaker_metrics_10m.latency_max_ms END")
 _UPSERT_SECOND: Final = (
     "INSERT INTO circuit_breaker_seconds (service_name, second, calls, failures, rejections) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (service_name, second) DO UPDATE SET "
@@ -137,11 +151,17 @@ class Rollups:
             self._inflight = minutes
         rows = [(name, minute, iso(minute * 60), sum(d[:5]), d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7])
                 for (name, minute), d in minutes.items()]
+        tens: dict[tuple[str, int], list[float]] = {}
+        for (name, minute), d in minutes.items():
+            merge(tens.setdefault((name, minute // 10), [0.0] * 8), d)
+        trows = [(name, bucket, int(sum(d[:5])), *(int(x) for x in d[:6]), d[6], d[7])
+                 for (name, bucket), d in tens.items()]
         srows = [(name, second, *d) for (name, second), d in seconds.items()]
         try:
             with conn.transaction():
                 if rows:
                     conn.executemany(_UPSERT_MINUTE, rows)
+                    conn.executemany(_UPSERT_TEN, trows)
                 if srows:
                     conn.executemany(_UPSERT_SECOND, srows)
         except BaseException:
@@ -180,6 +200,8 @@ def prune(conn: Connection, now: float, *, retention: float, second_retention: f
         conn.execute("DELETE FROM circuit_breaker_alerts WHERE ts < ?", (cutoff,))
         conn.execute("DELETE FROM circuit_breaker_metrics WHERE minute < ?",
                      (int((now - max(retention, 90 * 86400.0)) // 60),))
+        conn.execute("DELETE FROM circuit_breaker_metrics_10m WHERE bucket < ?",
+                     (int((now - max(retention, 90 * 86400.0)) // 600),))
         conn.executemany("DELETE FROM circuit_breaker_seconds WHERE service_name = ? AND second < ?",
                          [(name, int(now - second_retention)) for name in services])
         conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE expires_at < ?", (now - 3600,))

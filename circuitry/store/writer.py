@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["Writer"]
 
 _COLD_SAMPLE: Final = 5.0  # seconds between samples of a circuit without calls lately
+_FAILURE_SCAN: Final = 1.0  # seconds between looks at every quiet circuit's failure log
 
 
 class Writer:
@@ -48,7 +49,8 @@ class Writer:
         self._stopping = False
         self._flush_asked = False
         self._since = 0  # change sequence of the newest state change seen
-        self._last_cold = self._last_metrics = self._last_prune = 0.0
+        self._last_cold = self._last_scan = self._last_metrics = self._last_prune = 0.0
+        self._hot: set[Link] = set()  # circuits with calls lately: sampled every cycle
         self._opened = False
         self._lock = threading.Lock()
 
@@ -141,11 +143,18 @@ class Writer:
                 return
 
     def _sample_all(self, now: float, full: bool) -> None:
-        links: Sequence[Link] = self.store.links()
-        if full or now - self._last_cold >= _COLD_SAMPLE:
-            self._last_cold = now
+        """Sample the circuits with calls lately every cycle; look at every circuit's failure log every
+        second and sample every circuit every few seconds (so ten thousand quiet circuits cost little)."""
+        tick = time.monotonic()
+        links: Sequence[Link]
+        if full or tick - self._last_cold >= _COLD_SAMPLE:
+            self._last_cold = self._last_scan = tick
+            links = self.store.links()
+        elif tick - self._last_scan >= _FAILURE_SCAN:
+            self._last_scan = tick
+            links = [*self._hot, *(link for link in self.store.links() if link.failure_log and not link.hot)]
         else:
-            links = [link for link in links if link.hot or link.failure_log]
+            links = list(self._hot)
         for link in links:
             self.sample(link, now)
 
@@ -153,6 +162,13 @@ class Writer:
         s = self.store
         if sample(link, now, s.rollups, len(s._links), s.rows.put, s.process, s.failure_rows_per_second):
             s._dirty.append(link)  # its evidence is shared this cycle
+        if link.hot:
+            self._hot.add(link)
+        else:
+            self._hot.discard(link)
+
+    def forget(self, link: Link) -> None:
+        self._hot.discard(link)
 
     def failures_first(self, conn: Connection, link: Link) -> None:
         """(``io`` and ``mem`` held.) Write the failures ``link`` counted so far before its transition."""

@@ -75,14 +75,18 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], ou
         share = max(20, (room - fixed) // len(flex))
         for i in flex:
             widths[i] = min(widths[i], max(share, len(columns[i][1])))
-    out.write("  ".join(h.ljust(w) for (_, h), w in zip(columns, widths, strict=True)).rstrip() + "\n")
-    out.write("  ".join("-" * w for w in widths) + "\n")
+    text = ["  ".join(h.ljust(w) for (_, h), w in zip(columns, widths, strict=True)).rstrip(),
+            "  ".join("-" * w for w in widths)]
     for c in cells:
+        if all(len(v) <= w for v, w in zip(c, widths, strict=True)):  # the common row: nothing to wrap
+            text.append("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip())
+            continue
         lines = [textwrap.wrap(v, w, break_long_words=True, break_on_hyphens=False) or [""] if i in flex else [v]
                  for i, (v, w) in enumerate(zip(c, widths, strict=True))]
         for n in range(max(len(parts) for parts in lines)):
             row = [(parts[n] if n < len(parts) else "").ljust(w) for parts, w in zip(lines, widths, strict=True)]
-            out.write("  ".join(row).rstrip() + "\n")
+            text.append("  ".join(row).rstrip())
+    out.write("\n".join(text) + "\n")  # one write: ten thousand rows to a pipe in one go
 
 
 class Progress:

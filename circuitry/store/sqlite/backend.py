@@ -40,7 +40,8 @@ __all__ = ["APPLICATION_ID", "SQLiteBackend", "SQLiteStore"]
 APPLICATION_ID: Final = 0x63697263
 _OURS: Final = frozenset({"circuitry_schema", "circuit_breaker_states", "circuit_breaker_events",
                           "circuit_breaker_failure_patterns", "circuit_breaker_metrics", "circuit_breaker_alerts",
-                          "circuit_breaker_probe_leases", "circuit_breaker_seconds", "circuitry_analysis_leases",
+                          "circuit_breaker_probe_leases", "circuit_breaker_seconds", "circuit_breaker_metrics_10m",
+                          "circuitry_analysis_leases",
                           "circuitry_webhook_outbox"})
 # Kept referenced forever in a forked child: their finalizers must never run there.
 _ABANDONED: list[Any] = []
