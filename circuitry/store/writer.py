@@ -179,12 +179,7 @@ class Writer:
         s = self.store
         conn = self.conn
         if conn is not None:
-            stale = s.backend.stale(conn)
-            if stale is None:
-                return conn
-            self.drop_conn()
-            s.faults.report(stale, StoreError(f"{s.backend.location} was deleted or replaced"))
-            self.resync_all()
+            return conn
         conn = s.backend.connect("writer", timeout=min(s.busy_timeout, 0.1))
         self._since = 0  # the first poll reads every row: what changed while no connection was open included
         if not self._opened:
@@ -203,8 +198,21 @@ class Writer:
             link.adopt_gen = -1  # whatever the new file holds, this process's state goes in
             s._dirty.append(link)
 
+    def _check_file(self) -> None:
+        """Once a cycle (a system call; not every step, which would hand the GIL over several times a
+        cycle): a deleted or replaced file is reopened, and every circuit's state written again."""
+        s = self.store
+        with self.io:
+            conn = self.conn
+            stale = None if conn is None else s.backend.stale(conn)
+            if stale is not None:
+                self.drop_conn()
+                s.faults.report(stale, StoreError(f"{s.backend.location} was deleted or replaced"))
+                self.resync_all()
+
     def _cycle(self, now: float, final: bool) -> None:
         s = self.store
+        self._check_file()
         dirty = set()
         while s._dirty:
             with contextlib.suppress(IndexError):
