@@ -142,36 +142,36 @@ def _pg_sql(sql: str) -> str:
 class _Conn:
     """A :class:`~circuitry.store.backend.Connection` over psycopg (autocommit; explicit transactions)."""
 
-    __slots__ = ("caught_up", "raw", "read_only", "secrets")
+    __slots__ = ("caught_up", "pg", "read_only", "secrets")
 
     def __init__(self, raw: psycopg.Connection[tuple[Any, ...]], secrets: _Secrets, *, read_only: bool) -> None:
-        self.raw = raw
+        self.pg = raw  # not ``raw``: the read model takes a connection with ``raw`` for a sqlite3 one
         self.secrets = secrets
         self.read_only = read_only
         self.caught_up = False  # the writer has read every row on this connection
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        cur = self.raw.execute(_pg_sql(sql), params) if params else self.raw.execute(sql.encode())
+        cur = self.pg.execute(_pg_sql(sql), params) if params else self.pg.execute(sql.encode())
         return cur.fetchall() if cur.description is not None else []
 
     def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
         if params:
-            with self.raw.cursor() as cur:
+            with self.pg.cursor() as cur:
                 cur.executemany(_pg_sql(sql), params)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        self.raw.execute(b"BEGIN")
+        self.pg.execute(b"BEGIN")
         try:
             yield
         except BaseException:
             with contextlib.suppress(Exception):
-                self.raw.execute(b"ROLLBACK")
+                self.pg.execute(b"ROLLBACK")
             raise
-        self.raw.execute(b"COMMIT")
+        self.pg.execute(b"COMMIT")
 
     def now(self) -> float:
-        row = self.raw.execute(b"SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+        row = self.pg.execute(b"SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
         assert row is not None
         return float(row[0])
 
@@ -180,18 +180,18 @@ class _Conn:
         ``SET`` cannot outlive it), always as one prepared statement (never several). ``?`` placeholders,
         or psycopg's ``%s`` when the statement has no ``?``."""
         text = _pg_sql(sql) if "?" in sql else sql
-        self.raw.execute(b"BEGIN READ ONLY")
+        self.pg.execute(b"BEGIN READ ONLY")
         try:
-            cur = self.raw.execute(text, params if params else None, prepare=True)
+            cur = self.pg.execute(text, params if params else None, prepare=True)
             names = [d.name for d in cur.description or ()]
             rows = cur.fetchall() if cur.description is not None else []
         finally:
             with contextlib.suppress(Exception):
-                self.raw.execute(b"ROLLBACK")
+                self.pg.execute(b"ROLLBACK")
         return [dict(zip(names, r, strict=True)) for r in rows]
 
     def close(self) -> None:
-        self.raw.close()
+        self.pg.close()
 
 
 class _WouldWait(StoreError):
@@ -359,7 +359,7 @@ class PostgresBackend:
 
     def abandon(self, conns: Iterator[Connection]) -> None:
         for conn in conns:
-            raw = getattr(conn, "raw", conn)
+            raw = getattr(conn, "pg", conn)
             cut_off(raw)
 
     # -- process life ---------------------------------------------------------------------------------
