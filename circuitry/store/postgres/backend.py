@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -226,7 +227,7 @@ class PostgresBackend:
         self._has_app_name = "application_name" in params
         self.statement_timeout = statement_timeout
         self.connect_timeout = connect_timeout
-        self.process = f"{os.uname().nodename}:{os.getpid()}"
+        self.process = f"{socket.gethostname()}:{os.getpid()}"
         self.listener = Listener(self)
         self._full_at = 0.0
 
@@ -365,7 +366,7 @@ class PostgresBackend:
     # -- process life ---------------------------------------------------------------------------------
 
     def after_fork_in_child(self) -> None:
-        self.process = f"{os.uname().nodename}:{os.getpid()}"
+        self.process = f"{socket.gethostname()}:{os.getpid()}"
         self.listener.after_fork_in_child()
         self._full_at = 0.0
 
