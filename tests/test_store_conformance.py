@@ -489,7 +489,8 @@ def test_alerts_are_deduplicated_across_processes(target: Target) -> None:
     """Eight processes raise the same alert at the same moment: one row, eight occurrences."""
     records = _records(target, 8)
     now = time.time()
-    alert = Alert("svc", "circuit_opened", "error", "Circuit 'svc' opened", {"reason": "x"}, now, key="svc:circuit_opened")
+    alert = Alert("svc", "circuit_opened", "error", "Circuit 'svc' opened", {"reason": "x"}, now,
+                  key="svc:circuit_opened")
     try:
         fresh = _race(8, lambda i: records[i].alerts([alert], [], dedup_window=300.0))
     finally:

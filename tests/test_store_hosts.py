@@ -1,7 +1,7 @@
 """Several hosts on one PostgreSQL server, simulated by real processes with connections of their own
 (``tests/host_worker.py``; each process names the "host" it stands for).
 
-What these pin: three hosts × four workers go through an outage and a recovery as one circuit — one
+What these pin: three hosts x four workers go through an outage and a recovery as one circuit — one
 opening per outage in the history, every worker refusing calls while it lasts, at most one probe at a
 time, one closing, every worker closed at the end, counts conserved — and the same fleet survives the
 server restarting in the middle: no exception reaches a protected call, no call waits on the database,
@@ -169,7 +169,7 @@ def test_three_hosts_by_four_workers_go_through_an_outage_as_one_circuit(spawn: 
     assert pairs[-1] == ("half_open", "closed") and pairs.count(("half_open", "closed")) == 1, pairs
     # each half-open episode was one probe: half_open is entered once per episode, left once
     assert pairs.count(("open", "half_open")) == pairs.count(("half_open", "open")) + 1, pairs
-    ((state, failure_count),) = rows(pg_url, "SELECT current_state, failure_count FROM circuit_breaker_states "
+    ((state, _),) = rows(pg_url, "SELECT current_state, failure_count FROM circuit_breaker_states "
                                              "WHERE service_name = 'payment_api'")
     assert state == "closed"
     writers = {p.split(":")[0] for _, _, p in transitions}
@@ -179,7 +179,7 @@ def test_three_hosts_by_four_workers_go_through_an_outage_as_one_circuit(spawn: 
 
 
 def test_the_server_restarts_in_the_middle(spawn: Any, pg_cluster: Any, pg_url: str, tmp_path: Path) -> None:
-    """Three hosts × four workers call through an outage while the server restarts: no exception reaches
+    """Three hosts x four workers call through an outage while the server restarts: no exception reaches
     a protected call, no call waits on the database, the backlog reaches the database afterwards, and
     notifications resume (a transition after the restart reaches every worker)."""
     control = tmp_path / "service"
@@ -241,7 +241,7 @@ def test_one_probe_at_a_time_across_hosts(spawn: Any, pg_url: str) -> None:
     for w in workers:
         w.go()
     reports = [w.expect("intervals", timeout=90) for w in workers]
-    probes = sorted((t0, t1) for r in reports for t0, t1, _, _ in r["intervals"])
+    probes = sorted((t0, t1) for r in reports for t0, t1, *_ in r["intervals"])
     assert len(probes) >= 3, probes
     assert sum(r["rejected"] for r in reports) > 0
     assert max_overlap(probes) == 1, probes

@@ -265,9 +265,10 @@ def fail_once(b: Any) -> None:
 
 def test_hosts_starting_together_migrate_once(pg_url: str) -> None:
     """Six processes open an empty database at the same moment: the schema is created once, cleanly."""
-    from .test_store_conformance import _race
     from circuitry.store.postgres import PostgresBackend
     from circuitry.store.postgres.schema import LATEST_VERSION
+
+    from .test_store_conformance import _race
 
     backends = [PostgresBackend(pg_url) for _ in range(6)]
     conns = _race(6, lambda i: backends[i].connect("writer", timeout=5.0))

@@ -31,9 +31,8 @@ import contextlib
 import os
 import re
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
@@ -123,7 +122,7 @@ class _TimestampLoader(Loader):
             text = text[:-3]
         elif text.endswith("+00:00"):
             text = text[:-6]
-        head, dot, frac = text.partition(".")
+        head, _, frac = text.partition(".")
         return f"{head}.{(frac + '000')[:3]}" if len(head) == 19 else text
 
 
@@ -195,7 +194,7 @@ class _Conn:
         self.pg.close()
 
 
-class _WouldWait(StoreError):
+class _WouldWaitError(StoreError):
     """A reader was asked for an answer without waiting: a network round trip is waiting."""
 
 
@@ -275,7 +274,7 @@ class PostgresBackend:
         if role == "reader" and timeout <= 0.0:
             # A reader that may not wait (a breaker adopting on a caller's thread): a network round trip
             # would be a wait. The writer's first read gives the breaker its state a cycle later.
-            raise _WouldWait(f"{self.location}: reading needs a round trip to the server")
+            raise _WouldWaitError(f"{self.location}: reading needs a round trip to the server")
         reader = role == "reader"
         raw = self.connect_raw(role, lock_timeout=max(timeout, 0.001), read_only=reader)
         try:
@@ -319,7 +318,7 @@ class PostgresBackend:
     def classify(self, exc: BaseException) -> Fault | None:
         if isinstance(exc, SchemaVersionError):
             return "newer_schema"
-        if isinstance(exc, _WouldWait):
+        if isinstance(exc, _WouldWaitError):
             return "unavailable"
         if isinstance(exc, OSError):
             return "unavailable"
