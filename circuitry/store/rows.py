@@ -79,13 +79,16 @@ class RowQueue:
                     batch.append(rows.popleft())
             self.inflight = len(batch)
             try:
-                with db() as conn, conn.transaction():
-                    try:
+                try:
+                    with db() as conn, conn.transaction():
                         conn.executemany(INSERT_EVENT, batch)
-                    except (TypeError, ValueError) as exc:
-                        if self.backend.classify(exc) is not None:
-                            raise
-                        self._one_by_one(conn, batch)  # a row the database refuses must not wedge the queue
+                except (TypeError, ValueError) as exc:
+                    if self.backend.classify(exc) is not None:
+                        raise
+                    # A row the database refuses must not wedge the queue. The batch's transaction was
+                    # rolled back (the rows before the refused one had been inserted): one by one, anew.
+                    with db() as conn, conn.transaction():
+                        self._one_by_one(conn, batch)
             except BaseException:
                 rows.extendleft(reversed(batch))  # nothing is lost: retried next cycle
                 raise
