@@ -231,6 +231,24 @@ def test_failures_and_transitions_become_event_rows(target: Target) -> None:
     assert [tuple(r) for r in state] == [("open", 2, 60, True)]
 
 
+def test_a_failure_message_the_database_cannot_store_never_stops_the_queue(target: Target) -> None:
+    """Messages with a NUL or a lone surrogate: each row is stored (made storable) or refused and
+    counted, never written twice, and the rows around it are written."""
+    reg, store = target.make()
+    b = reg.get("svc", failure_threshold=10**6)
+    fail(b, 1, ValueError("before"))
+    fail(b, 1, ValueError("nul\x00byte"))
+    fail(b, 1, ValueError("lone \udc80 surrogate"))
+    fail(b, 1, ValueError("after"))
+    assert store.flush()
+    messages = [r[0] for r in target.rows("SELECT error_message FROM circuit_breaker_events "
+                                          "WHERE event_type = 'failure' ORDER BY id")]
+    assert messages[0] == "before" and messages[-1] == "after"
+    assert len(messages) + store.health().refused_rows == 4
+    if target.kind == "postgresql":
+        assert messages[1:3] == ["nul\ufffdbyte", "lone ? surrogate"]
+
+
 def test_restart_keeps_an_open_circuit_open_for_the_remaining_time(target: Target, clock: FakeClock) -> None:
     reg, store = target.make()
     fail(reg.get("svc", failure_threshold=1, recovery_timeout=60))

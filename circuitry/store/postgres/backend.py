@@ -139,6 +139,26 @@ def _pg_sql(sql: str) -> str:
     return got
 
 
+def _storable(value: str) -> str:
+    """``value`` as PostgreSQL's text can hold it: NUL and lone surrogates become U+FFFD / ``?``."""
+    value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def _params(row: Sequence[Any]) -> Sequence[Any]:
+    """``row`` with every text PostgreSQL could not store made storable (an exception's message may hold
+    a NUL or a lone surrogate; SQLite stores the first, psycopg refuses both, which would stop the
+    queue). Rows of plain ASCII text — nearly all — are passed on as they are."""
+    for v in row:
+        if type(v) is str and not v.isascii() or type(v) is str and "\x00" in v:
+            return tuple(_storable(x) if type(x) is str else x for x in row)
+    return row
+
+
 class _Conn:
     """A :class:`~circuitry.store.backend.Connection` over psycopg (autocommit; explicit transactions)."""
 
@@ -151,13 +171,13 @@ class _Conn:
         self.caught_up = False  # the writer has read every row on this connection
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        cur = self.pg.execute(_pg_sql(sql), params) if params else self.pg.execute(sql.encode())
+        cur = self.pg.execute(_pg_sql(sql), _params(params)) if params else self.pg.execute(sql.encode())
         return cur.fetchall() if cur.description is not None else []
 
     def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
         if params:
             with self.pg.cursor() as cur:
-                cur.executemany(_pg_sql(sql), params)
+                cur.executemany(_pg_sql(sql), [_params(p) for p in params])
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
