@@ -46,7 +46,7 @@ from circuitry.store.backend import Connection, Fault, Role
 from circuitry.store.engine import SharedStore
 from circuitry.store.postgres.listener import Listener
 from circuitry.store.postgres.schema import migrate
-from circuitry.store.sharing import STATE_COLUMNS
+from circuitry.store.sharing import INSERT_EVENT, STATE_COLUMNS
 
 __all__ = ["PostgresBackend", "PostgresStore", "mask_url"]
 
@@ -127,6 +127,10 @@ class _TimestampLoader(Loader):
 
 
 _PLACEHOLDERS: dict[str, str] = {}
+#: Plain multi-row INSERTs the engine sends with executemany(), sent as COPY instead: the same rows, a
+#: fifth of the client's CPU per row (the writer shares the interpreter with protected calls).
+_COPY: Final = {INSERT_EVENT: "COPY circuit_breaker_events (" + INSERT_EVENT.split("(", 1)[1].split(")", 1)[0]
+                + ") FROM STDIN"}
 
 
 def _pg_sql(sql: str) -> str:
@@ -154,7 +158,7 @@ def _params(row: Sequence[Any]) -> Sequence[Any]:
     a NUL or a lone surrogate; SQLite stores the first, psycopg refuses both, which would stop the
     queue). Rows of plain ASCII text — nearly all — are passed on as they are."""
     for v in row:
-        if type(v) is str and not v.isascii() or type(v) is str and "\x00" in v:
+        if type(v) is str and (not v.isascii() or "\x00" in v):
             return tuple(_storable(x) if type(x) is str else x for x in row)
     return row
 
@@ -175,9 +179,16 @@ class _Conn:
         return cur.fetchall() if cur.description is not None else []
 
     def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
-        if params:
-            with self.pg.cursor() as cur:
-                cur.executemany(_pg_sql(sql), [_params(p) for p in params])
+        if not params:
+            return
+        copy = _COPY.get(sql)
+        if copy is not None:
+            with self.pg.cursor() as cur, cur.copy(copy) as rows:
+                for p in params:
+                    rows.write_row(_params(p))
+            return
+        with self.pg.cursor() as cur:
+            cur.executemany(_pg_sql(sql), [_params(p) for p in params])
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
