@@ -139,27 +139,30 @@ def probe(args: dict[str, Any]) -> None:
 
 
 def watch(args: dict[str, Any]) -> None:
-    """Report every state the circuit takes (stored or propagated), with the moment it was seen, until
-    the control file says ``stop``."""
+    """Report every state the circuit takes (stored or propagated), with the moment this process learnt
+    it — from a hook, called as the writer adopts the change, so no polling loop competes with the
+    store's threads — until the control file says ``stop``."""
     from circuitry import Registry
+    from circuitry.events import Event, EventKind
     from circuitry.store import open_store
 
+    class Seen:
+        kinds = frozenset({EventKind.TRANSITION})
+
+        def __call__(self, event: Event) -> None:
+            say(state=event.to_state.value, wall=time.time(), mono=time.monotonic())
+
     store = open_store(args["url"], poll_interval=args.get("poll_interval", 0.025))
-    reg = Registry(hooks=[], store=store)
+    reg = Registry(hooks=[Seen()], store=store)
     b = reg.get(args["name"], failure_threshold=5, recovery_timeout=600.0)
     store.flush(30)
     say(ready=True, state=b.state.value)
-    last = b.state.value
     control = Path(args["control"])
     deadline = time.monotonic() + args.get("deadline", 120.0)
     while time.monotonic() < deadline:
-        state = b.state.value
-        if state != last:
-            last = state
-            say(state=state, wall=time.time(), mono=time.monotonic())
         if control.exists() and control.read_text().strip() == "stop":
             break
-        time.sleep(0.0002)
+        time.sleep(0.05)
     store.close()
 
 
