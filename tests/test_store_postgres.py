@@ -24,7 +24,7 @@ from circuitry.testing import FakeClock
 
 from .conftest import Boom, eventually
 from .pg_cluster import PASSWORD
-from .test_store_conformance import Target, _hammer, _holder, assert_caught_up, fault_warnings
+from .test_store_conformance import Target, _hammer, assert_caught_up, fault_warnings
 
 
 @pytest.fixture
@@ -153,7 +153,7 @@ def test_a_dropped_connection_is_reopened_and_changes_still_propagate(target: Ta
     a = reg_a.get("svc", failure_threshold=1, recovery_timeout=600)
     b = reg_b.get("svc", failure_threshold=1, recovery_timeout=600)
     assert store_a.flush() and store_b.flush()
-    assert eventually(lambda: store_b.backend.listener.listening)
+    assert eventually(lambda: store_a.backend.listener.listening and store_b.backend.listener.listening)
     assert target.terminate_sessions() >= 4  # both writers and both listeners
     a.force_open()
     assert eventually(lambda: b.state is CircuitState.FORCED_OPEN)  # by polling, or by the new listener
@@ -225,9 +225,21 @@ def test_a_host_clock_cannot_expire_a_live_lease(target: Target) -> None:
     assert eventually(lambda: b.state is not CircuitState.CLOSED)
     clock_a.advance(10)
     clock_b.advance(10)
-    holder, other = _holder(a, b)
-    racing = clock_b if other is b else clock_a
-    probe = holder.admit()
+    # The first caller, on either host, to be handed the lease probes (a refused caller's wish reaches
+    # its writer, which asks the server again a moment later on its own clock).
+    found: list[Any] = []
+
+    def someone_probes() -> bool:
+        for me, them, clock in ((a, b, clock_a), (b, a, clock_b)):
+            try:
+                found.extend([me, them, clock_b if them is b else clock_a, me.admit()])
+                return True
+            except CircuitOpenError:
+                clock.advance(0.02)
+        return False
+
+    assert eventually(someone_probes)
+    holder, other, racing, probe = found
     ((expires,),) = target.rows("SELECT expires_at FROM circuit_breaker_probe_leases WHERE kind = 'held'")
 
     def server_now() -> float:
