@@ -14,10 +14,30 @@ from circuitry.store.base import Store
 
 if TYPE_CHECKING:
     from circuitry.store.engine import SharedStore, StoreHealth
+    from circuitry.store.postgres.backend import PostgresStore
     from circuitry.store.readmodel import ReadModel
     from circuitry.store.sqlite.backend import SQLiteStore
 
-__all__ = ["ReadModel", "SQLiteStore", "SharedStore", "Store", "StoreHealth", "open_reader", "open_store"]
+__all__ = ["PostgresStore", "ReadModel", "SQLiteStore", "SharedStore", "Store", "StoreHealth", "open_reader",
+           "open_store"]
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _is_postgres(target: str) -> bool:
+    return target.startswith(_POSTGRES_SCHEMES)
+
+
+def _postgres() -> Any:
+    """The PostgreSQL backend module (psycopg is imported only now)."""
+    from circuitry.exceptions import ConfigurationError
+
+    try:
+        from circuitry.store.postgres import backend
+    except ImportError as exc:
+        raise ConfigurationError(f"a postgresql:// URL needs psycopg 3: pip install 'circuitry[postgres]' ({exc})") \
+            from None
+    return backend
 
 
 def _sqlite_path(target: str) -> str | None:
@@ -29,8 +49,9 @@ def _sqlite_path(target: str) -> str | None:
 
 
 def open_store(target: str | os.PathLike[str], **options: Any) -> SharedStore:
-    """The store for ``target``: a SQLite file path (or ``sqlite:///path``). Nothing is opened until
-    the first breaker is adopted.
+    """The store for ``target``: a SQLite file path (or ``sqlite:///path``), or a PostgreSQL URL
+    (``postgresql://…`` or ``postgres://…``, shared by several hosts). Nothing is opened until the
+    first breaker is adopted.
 
     Raises:
         ConfigurationError: ``target`` names a database this circuitry cannot open.
@@ -40,9 +61,13 @@ def open_store(target: str | os.PathLike[str], **options: Any) -> SharedStore:
     from circuitry.exceptions import ConfigurationError
 
     text = os.fspath(target)
+    if _is_postgres(text):
+        store: SharedStore = _postgres().PostgresStore(text, **options)
+        return store
     path = _sqlite_path(text)
     if path is None:
-        raise ConfigurationError(f"unsupported database URL {text.split('://')[0]}://… (use a SQLite path)")
+        raise ConfigurationError(f"unsupported database URL {text.split('://')[0]}://… (use a SQLite path or a "
+                                 "postgresql:// URL)")
     from circuitry.store.sqlite.backend import SQLiteStore
 
     return SQLiteStore(path, **options)
@@ -55,15 +80,20 @@ def open_reader(target: str | os.PathLike[str]) -> ReadModel:
     from circuitry.store.readmodel import ReadModel
 
     text = os.fspath(target)
+    if _is_postgres(text):
+        return ReadModel(_postgres().PostgresBackend(text))
     path = _sqlite_path(text)
     if path is None:
-        raise ConfigurationError(f"unsupported database URL {text.split('://')[0]}://… (use a SQLite path)")
+        raise ConfigurationError(f"unsupported database URL {text.split('://')[0]}://… (use a SQLite path or a "
+                                 "postgresql:// URL)")
     from circuitry.store.sqlite.backend import SQLiteBackend
 
     return ReadModel(SQLiteBackend(path))
 
 
 def __getattr__(name: str) -> Any:
+    if name == "PostgresStore":
+        return _postgres().PostgresStore
     if name == "SQLiteStore":
         from circuitry.store.sqlite.backend import SQLiteStore
 

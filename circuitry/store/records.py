@@ -114,6 +114,11 @@ class Records:
         if not alerts and not aggregates:
             return fresh
         with self.connection() as conn, conn.transaction():
+            # Deduplication reads, then writes: the circuits' rows are locked first so that processes raising
+            # the same alert take turns (SQLite's transaction holds the write lock already; on PostgreSQL
+            # this row lock is what keeps two hosts from both inserting it).
+            for service in sorted({alert.service_name for alert in alerts}):
+                conn.execute("UPDATE circuit_breaker_states SET version = version WHERE service_name = ?", (service,))
             for alert in alerts:
                 row = conn.execute(
                     "SELECT id FROM circuit_breaker_alerts WHERE alert_key = ? AND acknowledged = FALSE AND ts >= ? "

@@ -204,7 +204,8 @@ def prune(conn: Connection, now: float, *, retention: float, second_retention: f
                      (int((now - max(retention, 90 * 86400.0)) // 600),))
         conn.executemany("DELETE FROM circuit_breaker_seconds WHERE service_name = ? AND second < ?",
                          [(name, int(now - second_retention)) for name in services])
-        conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE expires_at < ?", (now - 3600,))
+        # lease times are the database's clock (a host whose clock runs ahead must not delete live leases)
+        conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE expires_at < ?", (conn.now() - 3600,))
         conn.execute("DELETE FROM circuitry_analysis_leases WHERE taken_at < ?", (now - 86400,))
         got = conn.execute("SELECT max(id) - min(id) + 1, max(id) FROM circuit_breaker_events")
         count, top = got[0] if got else (None, None)

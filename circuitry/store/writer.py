@@ -217,6 +217,16 @@ class Writer:
         while s._dirty:
             with contextlib.suppress(IndexError):
                 dirty.add(s._dirty.popleft())
+        try:
+            self._cycle_io(now, final, dirty)
+        except BaseException:
+            # The database failed part-way: the circuits not brought up to date yet go again next cycle
+            # (syncing one that was is a no-op), or a transition made during a fault would never be written.
+            s._dirty.extend(dirty)
+            raise
+
+    def _cycle_io(self, now: float, final: bool, dirty: set[Link]) -> None:
+        s = self.store
         live = s._links
         with s.mem:  # failures before the transitions they caused
             for link in dirty:

@@ -1,0 +1,469 @@
+"""The PostgreSQL backend: several hosts share their circuits through one server. Only what differs
+about PostgreSQL is here (the sharing engine is written once, in :mod:`circuitry.store.engine`).
+
+* **Connections.** psycopg 3, autocommit with explicit transactions, one long-lived connection per
+  thread that does I/O (the writer, the listener, the analyst, readers) — no pool: each thread keeps
+  its one connection, and a pool would only add a dependency. Every session runs in UTC with a
+  ``lock_timeout`` (the engine's ``timeout``: a lock held longer is contention, reported as such), a
+  ``statement_timeout`` (a server that stops answering is a fault, never a hung writer), TCP
+  keepalives, and an ``application_name`` saying which process and role it is.
+* **Dialect.** The engine's ``?`` placeholders become ``%s``; ``numeric`` results (``sum()`` of
+  integers) come back as ``int``/``float``, ``timestamptz`` as the same UTC text SQLite stores, so the
+  engine and the read model see the same values on both backends.
+* **Propagation.** A trigger announces every change of a circuit's row on channel
+  ``circuitry_states`` (see ``migrations/postgresql/008``); a listener thread with a connection of its
+  own wakes the writer, which reads just those rows. After the listener reconnects, and every few
+  seconds anyway, the writer reads every row (``change_seq`` is no ordering guarantee across
+  PostgreSQL transactions, and a notification sent while nobody listened is lost); while the listener
+  is down, the writer polls.
+* **Leases** are decided by the server's clock (``clock_timestamp()``), so no host's clock matters.
+* **Credentials** come only from the URL or libpq's environment (``PGPASSWORD``, ``~/.pgpass``) and
+  are never shown: :attr:`PostgresBackend.location` has no password, and every error raised from here
+  has it masked.
+* **fork()**: connections are closed before it (the engine's hooks); the listener's, open in the
+  child, is cut off there without a word to the server (its socket is pointed at ``/dev/null``), so
+  the parent's session is never terminated by a child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
+from urllib.parse import quote, unquote, urlsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.adapt import Loader
+from psycopg.conninfo import conninfo_to_dict
+
+from circuitry.exceptions import ConfigurationError, SchemaVersionError, StoreError
+from circuitry.store.backend import Connection, Fault, Role
+from circuitry.store.engine import SharedStore
+from circuitry.store.postgres.listener import Listener
+from circuitry.store.postgres.schema import migrate
+from circuitry.store.sharing import INSERT_EVENT, STATE_COLUMNS
+
+__all__ = ["PostgresBackend", "PostgresStore", "mask_url"]
+
+#: Seconds between full reads of every state row while notifications arrive (a safety net).
+FULL_READ_EVERY: Final = 5.0
+#: Seconds between full reads while the listener is down (the cheap ``change_seq`` poll runs every cycle).
+FALLBACK_READ_EVERY: Final = 0.5
+_ABANDONED: list[Any] = []  # connections cut off in a forked child: never finalized there
+
+
+# -- credentials --------------------------------------------------------------------------------------
+
+
+def mask_url(url: str) -> str:
+    """``url`` without its password (in the authority or as a ``password=`` parameter)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return re.sub(r"//[^@/]*@", "//***@", url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        auth, _, hosts = netloc.rpartition("@")
+        user = auth.split(":", 1)[0]
+        netloc = f"{user}@{hosts}" if user else hosts
+    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+    out = f"{parts.scheme}://{netloc}{parts.path}"
+    return f"{out}?{query}" if query else out
+
+
+class _Secrets:
+    """Masks every form of a password the URL carries in a text (an error message, a log line)."""
+
+    def __init__(self, url: str) -> None:
+        found: set[str] = set()
+        with contextlib.suppress(Exception):
+            pw = conninfo_to_dict(url).get("password")
+            if pw:
+                found.add(str(pw))
+        with contextlib.suppress(ValueError):
+            raw = urlsplit(url).password
+            if raw:
+                found.update({raw, unquote(raw), quote(unquote(raw), safe="")})
+        for m in re.finditer(r"password=([^&\s]+)", url):
+            found.update({m.group(1), unquote(m.group(1))})
+        self._words = sorted((w for w in found if w), key=len, reverse=True)
+
+    def mask(self, text: str) -> str:
+        for word in self._words:
+            text = text.replace(word, "***")
+        return text
+
+
+# -- dialect ------------------------------------------------------------------------------------------
+
+
+class _NumericLoader(Loader):
+    """``numeric`` (what ``sum()`` of integers is) as ``int`` when whole, else ``float``."""
+
+    def load(self, data: Any) -> int | float:
+        text = bytes(data).decode()
+        try:
+            return int(text)
+        except ValueError:
+            return float(text)
+
+
+class _TimestampLoader(Loader):
+    """``timestamptz`` as the UTC text SQLite keeps (``YYYY-MM-DD HH:MM:SS.fff``): one shape for both."""
+
+    def load(self, data: Any) -> str:
+        text = bytes(data).decode()
+        if text.endswith("+00"):
+            text = text[:-3]
+        elif text.endswith("+00:00"):
+            text = text[:-6]
+        head, _, frac = text.partition(".")
+        return f"{head}.{(frac + '000')[:3]}" if len(head) == 19 else text
+
+
+_PLACEHOLDERS: dict[str, str] = {}
+#: Plain multi-row INSERTs the engine sends with executemany(), sent as COPY instead: the same rows, a
+#: fifth of the client's CPU per row (the writer shares the interpreter with protected calls).
+_COPY: Final = {INSERT_EVENT: "COPY circuit_breaker_events (" + INSERT_EVENT.split("(", 1)[1].split(")", 1)[0]
+                + ") FROM STDIN"}
+
+
+def _pg_sql(sql: str) -> str:
+    """The engine's SQL with ``%s`` placeholders (``%`` escaped); cached — the engine has few statements."""
+    got = _PLACEHOLDERS.get(sql)
+    if got is None:
+        got = sql.replace("%", "%%").replace("?", "%s")
+        if len(_PLACEHOLDERS) < 4096:
+            _PLACEHOLDERS[sql] = got
+    return got
+
+
+def _storable(value: str) -> str:
+    """``value`` as PostgreSQL's text can hold it: NUL and lone surrogates become U+FFFD / ``?``."""
+    value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def _params(row: Sequence[Any]) -> Sequence[Any]:
+    """``row`` with every text PostgreSQL could not store made storable (an exception's message may hold
+    a NUL or a lone surrogate; SQLite stores the first, psycopg refuses both, which would stop the
+    queue). Rows of plain ASCII text — nearly all — are passed on as they are."""
+    for v in row:
+        if type(v) is str and (not v.isascii() or "\x00" in v):
+            return tuple(_storable(x) if type(x) is str else x for x in row)
+    return row
+
+
+class _Conn:
+    """A :class:`~circuitry.store.backend.Connection` over psycopg (autocommit; explicit transactions)."""
+
+    __slots__ = ("caught_up", "pg", "read_only", "secrets")
+
+    def __init__(self, raw: psycopg.Connection[tuple[Any, ...]], secrets: _Secrets, *, read_only: bool) -> None:
+        self.pg = raw  # not ``raw``: the read model takes a connection with ``raw`` for a sqlite3 one
+        self.secrets = secrets
+        self.read_only = read_only
+        self.caught_up = False  # the writer has read every row on this connection
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cur = self.pg.execute(_pg_sql(sql), _params(params)) if params else self.pg.execute(sql.encode())
+        return cur.fetchall() if cur.description is not None else []
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        if not params:
+            return
+        copy = _COPY.get(sql)
+        if copy is not None:
+            with self.pg.cursor() as cur, cur.copy(copy) as rows:
+                for p in params:
+                    rows.write_row(_params(p))
+            return
+        with self.pg.cursor() as cur:
+            cur.executemany(_pg_sql(sql), [_params(p) for p in params])
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.pg.execute(b"BEGIN")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.pg.execute(b"ROLLBACK")
+            raise
+        self.pg.execute(b"COMMIT")
+
+    def now(self) -> float:
+        row = self.pg.execute(b"SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+        assert row is not None
+        return float(row[0])
+
+    def query_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """One statement for :meth:`ReadModel.query`: in a read-only transaction that is rolled back (so a
+        ``SET`` cannot outlive it), always as one prepared statement (never several). ``?`` placeholders,
+        or psycopg's ``%s`` when the statement has no ``?``."""
+        text = _pg_sql(sql) if "?" in sql else sql
+        self.pg.execute(b"BEGIN READ ONLY")
+        try:
+            cur = self.pg.execute(text, params if params else None, prepare=True)
+            names = [d.name for d in cur.description or ()]
+            rows = cur.fetchall() if cur.description is not None else []
+        finally:
+            with contextlib.suppress(Exception):
+                self.pg.execute(b"ROLLBACK")
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    def close(self) -> None:
+        self.pg.close()
+
+
+class _WouldWaitError(StoreError):
+    """A reader was asked for an answer without waiting: a network round trip is waiting."""
+
+
+# -- the backend --------------------------------------------------------------------------------------
+
+
+class PostgresBackend:
+    """A PostgreSQL database as a circuitry database (see the module docstring).
+
+    Args:
+        url: ``postgresql://user:password@host:port/dbname?...`` (libpq's parameters and environment
+            apply; the password may come from ``PGPASSWORD`` or ``~/.pgpass`` instead).
+        statement_timeout: Seconds any statement may run before the server cancels it.
+        connect_timeout: Seconds a connection attempt may take (unless the URL says).
+    """
+
+    kind = "postgresql"
+
+    def __init__(self, url: str, *, statement_timeout: float = 5.0, connect_timeout: float = 3.0) -> None:
+        self._url = url
+        self._secrets = _Secrets(url)
+        self.location = mask_url(url)
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(f"invalid PostgreSQL URL {self.location}: {self.mask(str(exc))}") from None
+        self._user_options = str(params.get("options") or "")
+        self._has_connect_timeout = "connect_timeout" in params
+        self._has_app_name = "application_name" in params
+        self.statement_timeout = statement_timeout
+        self.connect_timeout = connect_timeout
+        self.process = f"{socket.gethostname()}:{os.getpid()}"
+        self.listener = Listener(self)
+        self._full_at = 0.0
+
+    def mask(self, text: str) -> str:
+        """``text`` with the URL's password masked."""
+        return self._secrets.mask(text)
+
+    def _error(self, exc: BaseException) -> BaseException:
+        """``exc``, or a copy of it with the password masked if its message shows it."""
+        text = str(exc)
+        masked = self.mask(text)
+        if masked == text:
+            return exc
+        copy = type(exc)(masked) if isinstance(exc, psycopg.Error) else StoreError(masked)
+        return copy
+
+    def connect_raw(self, role: str, *, lock_timeout: float, read_only: bool = False,
+                    statement_timeout: float | None = None) -> psycopg.Connection[tuple[Any, ...]]:
+        """A psycopg connection in autocommit mode, its session set up for ``role``."""
+        st = self.statement_timeout if statement_timeout is None else statement_timeout
+        opts = [f"-c TimeZone=UTC -c lock_timeout={max(1, int(lock_timeout * 1000))}",
+                f"-c statement_timeout={max(1, int(st * 1000))}",
+                "-c idle_in_transaction_session_timeout=60000"]
+        if read_only:
+            opts.append("-c default_transaction_read_only=on")
+        kwargs: dict[str, Any] = {
+            "autocommit": True, "options": " ".join([self._user_options, *opts]).strip(),
+            "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+            "tcp_user_timeout": 10_000,
+        }
+        if not self._has_connect_timeout:
+            kwargs["connect_timeout"] = max(1, round(self.connect_timeout))
+        if not self._has_app_name:
+            kwargs["application_name"] = f"circuitry:{role}:{self.process}"[:63]
+        try:
+            raw: psycopg.Connection[tuple[Any, ...]] = psycopg.connect(self._url, **kwargs)
+        except Exception as exc:
+            raise self._error(exc) from None
+        raw.adapters.register_loader("numeric", _NumericLoader)
+        raw.adapters.register_loader("timestamptz", _TimestampLoader)
+        raw.adapters.register_loader("timestamp", _TimestampLoader)
+        return raw
+
+    def connect(self, role: Role, *, timeout: float) -> _Conn:
+        if role == "reader" and timeout <= 0.0:
+            # A reader that may not wait (a breaker adopting on a caller's thread): a network round trip
+            # would be a wait. The writer's first read gives the breaker its state a cycle later.
+            raise _WouldWaitError(f"{self.location}: reading needs a round trip to the server")
+        reader = role == "reader"
+        raw = self.connect_raw(role, lock_timeout=max(timeout, 0.001), read_only=reader)
+        try:
+            if not reader:
+                migrate(raw)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                raw.close()
+            if isinstance(exc, Exception):
+                raise self._error(exc) from None
+            raise
+        return _Conn(raw, self._secrets, read_only=reader)
+
+    def stale(self, conn: Connection) -> Fault | None:
+        # A broken connection fails its next statement, and the writer reopens it then (a server that
+        # restarted is the same database: no rewrite of every circuit, as for a replaced SQLite file).
+        return None
+
+    def changed_states(self, conn: Connection, since: int) -> list[tuple[Any, ...]] | None:
+        assert isinstance(conn, _Conn)
+        listener = self.listener
+        listener.ensure()
+        names, catch_up, listening = listener.take()
+        now = time.monotonic()
+        if catch_up or since == 0 or not conn.caught_up or now >= self._full_at:
+            # Every row: on a new connection, after the listener (re)connected (notifications sent while
+            # nobody listened are lost), and every few seconds anyway. Rows not newer than what the engine
+            # holds are ignored by it.
+            rows = conn.execute(f"SELECT {STATE_COLUMNS} FROM circuit_breaker_states")
+            conn.caught_up = True
+            self._full_at = now + (FULL_READ_EVERY if listening else FALLBACK_READ_EVERY)
+            return rows
+        if not listening:  # polling until the listener is back: what change_seq says is new
+            return conn.execute(f"SELECT {STATE_COLUMNS} FROM circuit_breaker_states WHERE change_seq > ? "
+                                "ORDER BY change_seq", (since,)) or None
+        if not names:
+            return None
+        return conn.execute(f"SELECT {STATE_COLUMNS} FROM circuit_breaker_states WHERE service_name = ANY(?)",
+                            (sorted(names),))
+
+    def classify(self, exc: BaseException) -> Fault | None:
+        if isinstance(exc, SchemaVersionError):
+            return "newer_schema"
+        if isinstance(exc, _WouldWaitError):
+            return "unavailable"
+        if isinstance(exc, OSError):
+            return "unavailable"
+        if not isinstance(exc, psycopg.Error):
+            return None
+        state = exc.sqlstate or ""
+        if isinstance(exc, pg_errors.LockNotAvailable | pg_errors.DeadlockDetected | pg_errors.SerializationFailure):
+            return "locked"
+        if state == "53100" or isinstance(exc, pg_errors.DiskFull):
+            return "disk_full"
+        if isinstance(exc, pg_errors.ReadOnlySqlTransaction) or state == "25006":
+            return "read_only"
+        if isinstance(exc, pg_errors.UndefinedTable | pg_errors.UndefinedColumn | pg_errors.UndefinedFunction):
+            return "old_schema"
+        if state in ("XX001", "XX002"):
+            return "corrupt"
+        if (isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) or state.startswith(("08", "57", "53"))
+                or not state):
+            # connection refused or dropped, server shutting down or starting, statement timeout (57014),
+            # too many connections (53300), authentication (no state before the session exists)
+            return "unavailable"
+        return "io_error"
+
+    def remedy(self, fault: Fault, exc: BaseException) -> dict[str, Any]:
+        if fault == "newer_schema":
+            return {"disable": str(exc)}
+        if fault == "read_only":
+            return {"note": "the server takes no writes (a read-only replica after a failover?): protected calls "
+                            "continue from memory; every retry reconnects, so writes resume as soon as a primary "
+                            "answers at this address"}
+        if fault == "disk_full":
+            return {"note": "the server is out of disk space: protected calls continue from memory; writes are "
+                            "retried and the backlog is kept"}
+        if fault == "unavailable":
+            return {"note": "the server is unreachable or did not answer in time: protected calls continue from "
+                            "memory; it is reconnected with backoff and the backlog written when it answers"}
+        return {}
+
+    def abandon(self, conns: Iterator[Connection]) -> None:
+        for conn in conns:
+            raw = getattr(conn, "pg", conn)
+            cut_off(raw)
+
+    # -- process life ---------------------------------------------------------------------------------
+
+    def after_fork_in_child(self) -> None:
+        self.process = f"{socket.gethostname()}:{os.getpid()}"
+        self.listener.after_fork_in_child()
+        self._full_at = 0.0
+
+    def close(self) -> None:
+        self.listener.stop()
+
+
+def cut_off(raw: Any) -> None:
+    """(In a forked child.) Make an inherited psycopg connection unusable without telling the server:
+    its socket now points at ``/dev/null``, so whatever libpq says when it is finalized (a Terminate
+    message) goes nowhere — the parent's session lives on. It is kept referenced forever."""
+    with contextlib.suppress(Exception):
+        fd = raw.pgconn.socket
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+    _ABANDONED.append(raw)
+
+
+class PostgresStore(SharedStore):
+    """Persist and share the breakers of a registry in a PostgreSQL database, across every process of
+    every host that uses it. Nothing is opened until the first breaker is adopted.
+
+    Args:
+        url: ``postgresql://user:password@host:5432/dbname`` (or ``postgres://``). The password may be
+            left to ``PGPASSWORD`` or ``~/.pgpass``; it is never logged.
+        statement_timeout: Seconds a statement may run before the server cancels it (a fault, retried).
+        connect_timeout: Seconds a connection attempt may take.
+        **options: The engine's settings (:class:`~circuitry.store.engine.SharedStore`): ``retention``,
+            ``poll_interval``, ``busy_timeout``, ``clock``, ``analysis_interval``, ...
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, url: str, *, statement_timeout: float = 5.0, connect_timeout: float = 3.0,
+                 **options: Any) -> None:
+        if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
+            raise ConfigurationError(f"url must be a postgresql:// URL, got {mask_url(str(url))!r}")
+        from circuitry._policy import check_number
+
+        statement_timeout = check_number("statement_timeout", statement_timeout, lo=0.01, hi=3600.0, lo_open=False)
+        connect_timeout = check_number("connect_timeout", connect_timeout, lo=0.1, hi=600.0, lo_open=False)
+        self.backend: PostgresBackend = PostgresBackend(url, statement_timeout=statement_timeout,
+                                                        connect_timeout=connect_timeout)
+        super().__init__(self.backend, **options)
+
+    def _init_runtime(self) -> None:
+        super()._init_runtime()
+        # A notification wakes this store's writer (its writer after a fork too: the attribute is read
+        # each time).
+        self.backend.listener.wake = self._wake_writer
+
+    def _wake_writer(self) -> None:
+        self.writer.wake.set()
+
+    def _after_fork_in_child(self) -> None:
+        self.backend.after_fork_in_child()
+        super()._after_fork_in_child()
+
+    def close(self, timeout: float = 5.0) -> None:
+        super().close(timeout)
+        self.backend.close()
+
+    @property
+    def url(self) -> str:
+        """The database's URL without its password."""
+        return self.backend.location
+
