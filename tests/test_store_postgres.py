@@ -334,3 +334,16 @@ def test_a_store_used_before_fork_works_in_parent_and_child(pg_url: str) -> None
         n = conn.execute("SELECT sum(occurrences) FROM circuit_breaker_events WHERE service_name = 'forked' "
                          "AND event_type = 'failure'").fetchone()
     assert n is not None and int(n[0]) == 25
+
+
+def test_the_command_line_reads_and_migrates_a_postgresql_database(pg_url: str) -> None:
+    """`circuitry migrate` and `circuitry status` take a PostgreSQL URL as they take a file."""
+    import io
+
+    from circuitry.tools.cli import main
+
+    out = io.StringIO()
+    assert main(["migrate", "--db", pg_url], out=out) == 0
+    assert "up to date" in out.getvalue() and "password" not in out.getvalue()
+    out = io.StringIO()
+    assert main(["status", "--db", pg_url, "--json"], out=out) == 0

@@ -421,9 +421,18 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
     from circuitry.store.sqlite.schema import LATEST_VERSION, MIGRATIONS, applied_versions, migrate
 
     path = args.db[len("sqlite:///"):] if args.db.startswith("sqlite:///") else args.db
-    if "://" in path:
-        raise UsageError("circuitry migrate handles SQLite files; other databases migrate when circuitry first "
-                         "connects to them")
+    if "://" in path:  # a server (PostgreSQL): the store migrates it when it connects
+        from circuitry.store import open_store
+
+        store = open_store(args.db)
+        try:
+            prepared = store.prepare()
+        finally:
+            store.close()
+        if not prepared:
+            raise StoreError(f"could not migrate {store.backend.location} (the reason is in the log)")
+        out.write(f"{store.backend.location}: up to date\n")
+        return 0
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
