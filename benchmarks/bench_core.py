@@ -361,7 +361,8 @@ def machine() -> list[str]:
                     break
     except OSError:
         pass
-    versions = ", ".join(f"{name} {metadata.version(name)}" for name in LIBS)
+    dists = {"circuitry": "circuitry-breaker"}  # circuitry's distribution name (its import name is taken on PyPI)
+    versions = ", ".join(f"{name} {metadata.version(dists.get(name, name))}" for name in LIBS)
     try:
         rev = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                              cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip()

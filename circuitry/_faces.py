@@ -26,7 +26,7 @@ import inspect
 import threading
 from collections.abc import AsyncGenerator, Callable, Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 import wrapt
 
@@ -39,8 +39,11 @@ from circuitry.exceptions import CircuitOpenError, ConfigurationError
 __all__ = ["SPEEDUPS", "Circuit", "Protected", "circuit"]
 
 P = ParamSpec("P")
+P2 = ParamSpec("P2")
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
+S = TypeVar("S")
+T = TypeVar("T")
 
 _CACHE_LIMIT = 4096
 _cache: dict[tuple[Any, ...], Circuit] = {}
@@ -90,7 +93,8 @@ def circuit(name: str, *, registry: Registry | None = None, fallback: Callable[.
 
 
 class Protected(Protocol[P, R_co]):
-    """What ``@circuit(...)`` returns: the function, same signature, with its circuit attached.
+    """What ``@circuit(...)`` returns, for type checkers: the function with the same signature, plus
+    its ``circuit``. It binds as a method does (``obj.method`` drops ``self``).
 
     .. versionadded:: 0.2.0
     """
@@ -99,6 +103,14 @@ class Protected(Protocol[P, R_co]):
     circuit: Circuit
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Protected[P, R_co]: ...
+    @overload
+    def __get__(self: Protected[Concatenate[S, P2], R], instance: S,
+                owner: type[Any] | None = None) -> Protected[P2, R]: ...
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
+        raise NotImplementedError  # pragma: no cover - a type, never called: wrappers are functions
 
 
 class Circuit(WithBase):
@@ -164,9 +176,21 @@ class Circuit(WithBase):
 
     # -- decorator ----------------------------------------------------------------------------------
 
-    def __call__(self, fn: Callable[P, R]) -> Protected[P, R]:
+    @overload
+    def __call__(self, fn: classmethod[T, P, R]) -> classmethod[T, P, R]: ...
+    @overload
+    def __call__(self, fn: staticmethod[P, R]) -> staticmethod[P, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Protected[P, R]: ...
+    def __call__(self, fn: Any) -> Any:
+        """Protect ``fn``: a ``def``, ``async def``, generator, async generator, method,
+        ``classmethod``/``staticmethod`` object (put ``@circuit`` above it) or callable object.
+
+        Raises:
+            ConfigurationError: ``fn`` is a class, or ``fallback`` cannot take ``fn``'s arguments.
+        """
         if isinstance(fn, classmethod | staticmethod):
-            return type(fn)(self(fn.__func__))  # type: ignore[return-value]
+            return type(fn)(self(fn.__func__))
         if inspect.isclass(fn):
             raise ConfigurationError(
                 f"circuit({self.name!r}) protects calls, not classes: decorating {fn.__qualname__} would "
@@ -187,12 +211,10 @@ class Circuit(WithBase):
                 raise ConfigurationError(f"fallback {fallback!r} is async but {fn!r} is not")
             wrapper = self._wrap_sync(fn)
         else:
-            wrapper = self._wrap_object(fn)
-            wrapper.circuit = self  # (a wrapt proxy: set on the proxy, not the object)
-            return wrapper  # type: ignore[no-any-return]
-        functools.update_wrapper(wrapper, fn)  # type: ignore[arg-type]
+            return self._wrap_object(fn)
+        functools.update_wrapper(wrapper, fn)
         wrapper.circuit = self
-        return wrapper  # type: ignore[no-any-return]
+        return wrapper
 
     # The wrappers: find the breaker by name, enter, call, exit. A TypeError raised by the call itself
     # (arguments the function does not take) never reached the service: ignored, never a failure.
@@ -332,14 +354,33 @@ class Circuit(WithBase):
 
         return wrapper
 
-    def _wrap_object(self, fn: Callable[P, R]) -> Any:
+    def _wrap_object(self, fn: Callable[..., Any]) -> _ObjectProxy:
         lookup, fallback = self._breaker_now, self._fallback
 
         def through(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
             return call_through(lookup(), wrapped, args, kwargs, fallback)
 
-        return wrapt.FunctionWrapper(fn, through)
+        proxy = _ObjectProxy(fn, through)
+        proxy._self_circuit = self  # (wrapt keeps `_self_` names on the proxy, not the object)
+        return proxy
+
+
+if TYPE_CHECKING:
+    _FunctionWrapper = wrapt.FunctionWrapper[Any, Any]
+else:  # (wrapt < 2 cannot be subscripted at run time)
+    _FunctionWrapper = wrapt.FunctionWrapper
+
+
+class _ObjectProxy(_FunctionWrapper):
+    """wrapt's transparent proxy, with the ``circuit`` attribute on the proxy itself (an attribute
+    set through a plain proxy would land on the wrapped object)."""
+
+    _self_circuit: Circuit
+
+    @property
+    def circuit(self) -> Circuit:
+        return self._self_circuit
 
 
 def _check_fallback(fallback: Callable[..., Any], fn: Callable[..., Any]) -> None:
@@ -360,9 +401,23 @@ def _check_fallback(fallback: Callable[..., Any], fn: Callable[..., Any]) -> Non
     try:
         fb_sig.bind(*args, **kwargs)
     except TypeError as err:
-        params = ", ".join(["rejection: CircuitOpenError", *(str(p) for p in fn_sig.parameters.values())])
-        name = getattr(fallback, "__qualname__", repr(fallback))
+        params = [p.replace(annotation=_Shown(p.annotation)) if isinstance(p.annotation, str) else p
+                  for p in fn_sig.parameters.values()]
+        first = params[0].kind if params else inspect.Parameter.POSITIONAL_OR_KEYWORD
+        kind = first if first is inspect.Parameter.POSITIONAL_ONLY else inspect.Parameter.POSITIONAL_OR_KEYWORD
+        rejection = inspect.Parameter("rejection", kind, annotation=_Shown("CircuitOpenError"))
+        expected = inspect.Signature([rejection, *params])
+        name = getattr(fallback, "__name__", "fallback")
         raise ConfigurationError(
-            f"fallback {name}{fb_sig} cannot take the calls of {getattr(fn, '__qualname__', fn)!r} ({err}); "
-            f"a fallback is called with the refusal first, then the function's arguments: "
-            f"def {getattr(fallback, '__name__', 'fallback')}({params})") from None
+            f"fallback {name}{fb_sig} cannot take the calls of {getattr(fn, '__qualname__', fn)!r} ({err}): "
+            f"a fallback is called with the refusal first, then the function's arguments, so it must "
+            f"accept: def {name}{expected}") from None
+
+
+class _Shown(str):
+    """An annotation written as a string (``from __future__ import annotations``), shown unquoted."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
