@@ -451,13 +451,15 @@ def report(cells: list[Cell], store_lib: str | None) -> list[str]:
     out: list[str] = []
 
     def overhead(path: str, lib: str) -> float | None:
-        if (path, lib) not in best:
+        if (path, lib) not in best or (path, "bare") not in best:
             return None
         return best[path, lib] - best[path, "bare"]
 
     head = ["path", "bare ns", "circuitry", *PEERS, "fastest peer", "circuitry / fastest", "meets 0.5x?"]
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, (path, label, _, _) in enumerate(PATHS):
+        if (path, "bare") not in best:  # left out with --paths
+            continue
         if i == MAIN_PATHS:
             out.append("| *extra rows* |" + " |" * (len(head) - 1))
         ours = overhead(path, "circuitry")
@@ -503,7 +505,7 @@ def report(cells: list[Cell], store_lib: str | None) -> list[str]:
         out += ["", "| path | circuitry overhead | circuitry + SQLite store overhead | store cost |",
                 "|---|---|---|---|"]
         for path, label, _, _ in PATHS:
-            if (path, store_lib) in best:
+            if (path, store_lib) in best and (path, "bare") in best:
                 a, b = overhead(path, "circuitry"), overhead(path, store_lib)
                 assert a is not None
                 assert b is not None
@@ -514,6 +516,8 @@ def report(cells: list[Cell], store_lib: str | None) -> list[str]:
     cols = ["bare", *LIBS, LINKED] + ([store_lib] if store_lib else [])
     index = {(c.path, c.lib): c for c in cells}
     for path, label, _, _ in PATHS:
+        if (path, "bare") not in best:
+            continue
         row = [label]
         for lib in cols:
             c = index.get((path, lib))
@@ -531,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 repeats, 10x fewer calls")
     ap.add_argument("--repeats", type=int, default=None, help="repeats (default 9; 3 with --quick)")
     ap.add_argument("-n", type=int, default=None, help="calls per sync-success cell (default 200000)")
+    ap.add_argument("--paths", default=None,
+                    help="comma-separated path keys to time (default: all), e.g. fail_sync,fail_async")
     ap.add_argument("--store", action="store_true",
                     help="require the circuitry + SQLite store cells (error if circuitry.store is missing); "
                          "without it they are added only when circuitry.store imports")
@@ -543,6 +549,12 @@ def main(argv: list[str] | None = None) -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     cells = build_cells(loop)
+    if args.paths:
+        keep = set(args.paths.split(","))
+        unknown = keep - {key for key, _, _, _ in PATHS}
+        if unknown:
+            ap.error(f"unknown paths: {', '.join(sorted(unknown))}")
+        cells = [c for c in cells if c.path in keep]
 
     store_lib: str | None = None
     with tempfile.TemporaryDirectory() as tmpdir:

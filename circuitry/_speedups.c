@@ -40,6 +40,7 @@ typedef struct {
     PyObject *opened_at;   /* wall-clock time of the last opening, or None */
     PyObject *fail_types;  /* the exception types counted here as failures; () for none */
     PyObject *flog;        /* a deque each failure counted here is appended to, or None */
+    PyObject *flog_append; /* its bound append method (looked up once, when set), or NULL */
     double open_until;     /* the open period's end, on the `now` clock */
     Py_ssize_t gen;        /* the generation: bumped by every transition */
     Py_ssize_t fast;       /* gen: admit and count with no lock; -2: refuse while open; -1: the slow path */
@@ -63,6 +64,7 @@ gate_init(Gate *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->opened_at, Py_NewRef(Py_None));
     Py_XSETREF(self->fail_types, PyTuple_New(0));
     Py_XSETREF(self->flog, Py_NewRef(Py_None));
+    Py_CLEAR(self->flog_append);
     if (self->fail_types == NULL) {
         return -1;
     }
@@ -83,6 +85,7 @@ gate_traverse(Gate *self, visitproc visit, void *arg)
     Py_VISIT(self->opened_at);
     Py_VISIT(self->fail_types);
     Py_VISIT(self->flog);
+    Py_VISIT(self->flog_append);
     return 0;
 }
 
@@ -95,6 +98,7 @@ gate_clear(Gate *self)
     Py_CLEAR(self->opened_at);
     Py_CLEAR(self->fail_types);
     Py_CLEAR(self->flog);
+    Py_CLEAR(self->flog_append);
     return 0;
 }
 
@@ -199,11 +203,11 @@ gate_exit_impl(Gate *self, PyObject *token, PyObject *exc, PyObject *result)
             if (match && t >= 0 && t == self->gen) {  /* the generation read after isinstance */
                 self->fail++;
                 long long n = ++self->consec;
-                PyObject *flog = self->flog;
-                if (flog != NULL && flog != Py_None) {
-                    Py_INCREF(flog);
-                    r = PyObject_CallMethodOneArg(flog, str_append, exc);
-                    Py_DECREF(flog);
+                PyObject *append = self->flog_append;
+                if (append != NULL) {
+                    Py_INCREF(append);  /* evicting the oldest entry may run Python code (__del__) */
+                    r = PyObject_CallOneArg(append, exc);
+                    Py_DECREF(append);
                     if (r == NULL) {
                         return -1;
                     }
@@ -334,9 +338,32 @@ static PyMethodDef gate_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *
+gate_get_flog(Gate *self, void *unused)
+{
+    return Py_NewRef(self->flog ? self->flog : Py_None);
+}
+
+static int
+gate_set_flog(Gate *self, PyObject *value, void *unused)
+{
+    if (value == NULL) {
+        value = Py_None;
+    }
+    PyObject *append = NULL;
+    if (value != Py_None && (append = PyObject_GetAttr(value, str_append)) == NULL) {
+        return -1;
+    }
+    Py_XSETREF(self->flog, Py_NewRef(value));
+    Py_XSETREF(self->flog_append, append);
+    return 0;
+}
+
 static PyGetSetDef gate_getset[] = {
     {"consecutive_failures", (getter)gate_get_consecutive, NULL,
      "Counted failures since the last success or transition (0 while not closed).", NULL},
+    {"_flog", (getter)gate_get_flog, (setter)gate_set_flog,
+     "The deque counted failures are appended to, or None.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -346,7 +373,6 @@ static PyMemberDef gate_members[] = {
     {"_refusal", T_OBJECT_EX, offsetof(Gate, refusal), 0, NULL},
     {"_opened_at", T_OBJECT, offsetof(Gate, opened_at), 0, NULL},
     {"_fail_types", T_OBJECT_EX, offsetof(Gate, fail_types), 0, NULL},
-    {"_flog", T_OBJECT, offsetof(Gate, flog), 0, NULL},
     {"_open_until", T_DOUBLE, offsetof(Gate, open_until), 0, NULL},
     {"_gen", T_PYSSIZET, offsetof(Gate, gen), 0, NULL},
     {"_fast", T_PYSSIZET, offsetof(Gate, fast), 0, NULL},
