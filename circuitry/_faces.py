@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import wrapt
 
-from circuitry._accel import SPEEDUPS, WithBase
+from circuitry._accel import SPEEDUPS, WithBase, protect
 from circuitry._core import CircuitBreaker, call_through, not_started, validate_name
 from circuitry._policy import Policy
 from circuitry._registry import DEFAULT, Registry
@@ -218,9 +218,10 @@ class Circuit(WithBase):
 
     # The wrappers: find the breaker by name, enter, call, exit. A TypeError raised by the call itself
     # (arguments the function does not take) never reached the service: ignored, never a failure.
-    # The plain and async wrappers write out what call_through() does, on purpose: a shared helper
-    # would put one more call (~50 ns) on every protected call, and a `try` around enter() would cost
-    # every refusal ~1,100 instructions (catching and re-raising); with a fallback they use it.
+    # A plain function's wrapper is protect() (circuitry/_fastpath.py, or its C twin); the async one
+    # writes the same steps out, on purpose: a shared helper would put one more call (~50 ns) on every
+    # protected call, and a `try` around enter() would cost every refusal ~1,100 instructions
+    # (catching and re-raising). With a fallback both use call_through().
 
     def _wrap_sync(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         ref, name, create, fallback = self._ref, self.name, self._create, self._fallback
@@ -232,24 +233,7 @@ class Circuit(WithBase):
 
             return with_fallback
 
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                b = ref.breakers[name]
-            except KeyError:
-                b = create()
-            token = b.enter()
-            try:
-                result = fn(*args, **kwargs)
-            except TypeError as exc:
-                b.record_ignored(token) if not_started(exc) else b.exit(token, exc)
-                raise
-            except BaseException as exc:
-                b.exit(token, exc)
-                raise
-            b.exit(token, None, result)
-            return result
-
-        return wrapper
+        return protect(ref, name, create, fn)  # (C where built: no Python frame of its own)
 
     def _wrap_async(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         ref, name, create, fallback = self._ref, self.name, self._create, self._fallback

@@ -15,6 +15,9 @@ with a small contract, documented on the class.
     ``with`` / ``async with`` for a named gate: each entry is kept per *flow* (the thread's or task's
     :mod:`contextvars` context), so one object may be entered by many threads and tasks at once.
 
+:func:`protect`
+    The decorator's wrapper for a plain function: find the gate by name, enter, call, exit.
+
 Counters are :func:`itertools.count` objects: ``next()`` on one is atomic under the GIL, so totals
 stay exact under any number of threads without a lock.
 """
@@ -28,7 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["NO_RESULT", "Gate", "WithBase"]
+__all__ = ["NO_RESULT", "Gate", "WithBase", "protect"]
 
 _Coroutine: Final = types.CoroutineType
 
@@ -222,3 +225,34 @@ class WithBase:
         g, token, outer = entry
         self._entries.set(outer)
         g.exit(token, exc)
+
+
+def protect(ref: Any, name: str, create: Callable[[], Any], fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, called through the gate ``ref.breakers[name]`` (made by ``create()`` when missing).
+
+    A ``TypeError`` raised by the call itself — arguments ``fn`` does not take, so no frame of it ran
+    and the service was never called — is reported with ``record_ignored``, never as a failure.
+    """
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            g = ref.breakers[name]
+        except KeyError:
+            g = create()
+        token = g.enter()
+        try:
+            result = fn(*args, **kwargs)
+        except TypeError as exc:
+            tb = exc.__traceback__
+            if type(exc) is TypeError and tb is not None and tb.tb_next is None:
+                g.record_ignored(token)
+            else:
+                g.exit(token, exc)
+            raise
+        except BaseException as exc:
+            g.exit(token, exc)
+            raise
+        g.exit(token, None, result)
+        return result
+
+    return wrapper

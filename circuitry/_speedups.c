@@ -1,4 +1,4 @@
-/* circuitry._speedups: the C twins of the two types in circuitry/_fastpath.py.
+/* circuitry._speedups: the C twins of the types in circuitry/_fastpath.py.
  *
  * Optional: circuitry/_accel.py uses these types when this module imports and passes its self-check,
  * and the pure-Python ones otherwise (no compiler at install time, CIRCUITRY_NO_SPEEDUPS set, or any
@@ -13,10 +13,17 @@
  *   WithBase  `with` / `async with` over a named gate. In Python a `with` block costs two Python frames
  *             and two ContextVar.set calls (a new HAMT node and a Token each); here, two C calls and a
  *             lookup in a small table per object keyed by the running context (see Entry below).
+ *   protect   the decorator's wrapper for a plain function: find the gate, enter, call, exit, with no
+ *             Python frame of its own (an exception passes through without one, which was most of a
+ *             counted failure's overhead).
  *   NO_RESULT what exit() gets when the protected code returned nothing to judge (a `with` block).
  *
  * These types rely on the GIL: a build for a free-threaded interpreter refuses to import (the pure-Python
  * types are then used).
+ *
+ * One file of about 1,200 lines, over the project's 500, because an extension module is one translation
+ * unit: WithBase and protect call Gate's entry and exit directly (a C call, not a method lookup), and
+ * the types share the interned names and the NO_RESULT sentinel.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -27,7 +34,7 @@
 #endif
 
 static PyObject *str_breakers, *str_create, *str_enter, *str_exit, *str_enter_slow, *str_exit_slow, *str_trip,
-    *str_append, *str_open;
+    *str_append, *str_open, *str_record_ignored, *str_qualname;
 static PyObject *no_result;  /* the NO_RESULT sentinel */
 
 /* -- Gate ------------------------------------------------------------------------------------------ */
@@ -958,6 +965,214 @@ static PyTypeObject WithBaseType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* -- SyncWrapper: what the decorator returns for a plain function ----------------------------------- */
+
+/* The same steps as circuitry/_fastpath.py's protect() closure: find the gate by name, enter, call,
+ * exit. As a C callable it adds no Python frame: an exception from the function passes through without
+ * a frame object and a traceback entry of its own, which were most of a counted failure's overhead. A
+ * TypeError that reaches here with no traceback was raised by the call itself (arguments the function
+ * does not take) before any frame of it ran: the service was never called, so the call is ignored. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *ref;     /* has `.breakers`: a dict of gates by name */
+    PyObject *name;
+    PyObject *create;  /* makes the gate when the name is missing */
+    PyObject *fn;      /* the protected function */
+    PyObject *dict;    /* __dict__: what functools.update_wrapper copies, and `circuit` */
+    vectorcallfunc vectorcall;
+} SyncWrapper;
+
+static PyTypeObject SyncWrapperType;
+
+/* The gate called `name` (new reference). */
+static PyObject *
+lookup_gate(PyObject *ref, PyObject *name, PyObject *create)
+{
+    PyObject *gates = PyObject_GetAttr(ref, str_breakers);
+    if (gates == NULL) {
+        return NULL;
+    }
+    PyObject *g = PyDict_Check(gates) ? PyDict_GetItemWithError(gates, name) : NULL;
+    Py_XINCREF(g);
+    Py_DECREF(gates);
+    if (g == NULL && !PyErr_Occurred()) {
+        g = PyObject_CallNoArgs(create);
+    }
+    return g;
+}
+
+static int
+report(PyObject *g, PyObject *token, PyObject *exc, PyObject *result)
+{
+    if (PyObject_TypeCheck(g, &GateType)) {
+        return gate_exit_impl((Gate *)g, token, exc, result);
+    }
+    PyObject *r = PyObject_CallMethodObjArgs(g, str_exit, token, exc, result, NULL);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+static PyObject *
+sw_vectorcall(SyncWrapper *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *g = lookup_gate(self->ref, self->name, self->create);
+    if (g == NULL) {
+        return NULL;
+    }
+    PyObject *token = PyObject_TypeCheck(g, &GateType) ? gate_enter_impl((Gate *)g)
+                                                        : PyObject_CallMethodNoArgs(g, str_enter);
+    if (token == NULL) {
+        Py_DECREF(g);
+        return NULL;
+    }
+    PyObject *result = PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
+    if (result != NULL) {
+        if (report(g, token, Py_None, result) < 0) {
+            Py_CLEAR(result);
+        }
+    }
+    else {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb != NULL && value != NULL) {
+            PyException_SetTraceback(value, tb);
+        }
+        int rc;
+        if (value != NULL && Py_IS_TYPE(value, (PyTypeObject *)PyExc_TypeError) && tb == NULL) {
+            PyObject *r = PyObject_CallMethodOneArg(g, str_record_ignored, token);  /* never started */
+            Py_XDECREF(r);
+            rc = r == NULL ? -1 : 0;
+        }
+        else {
+            rc = report(g, token, value ? value : Py_None, no_result);
+        }
+        if (rc < 0) {  /* reporting failed: that error replaces the call's, as in the Python wrapper */
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+        }
+        else {
+            PyErr_Restore(type, value, tb);
+        }
+    }
+    Py_DECREF(token);
+    Py_DECREF(g);
+    return result;
+}
+
+static PyObject *
+sw_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *ref, *name, *create, *fn;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "protect() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "protect", 4, 4, &ref, &name, &create, &fn)) {
+        return NULL;
+    }
+    SyncWrapper *self = (SyncWrapper *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->ref = Py_NewRef(ref);
+    self->name = Py_NewRef(name);
+    self->create = Py_NewRef(create);
+    self->fn = Py_NewRef(fn);
+    self->vectorcall = (vectorcallfunc)sw_vectorcall;
+    return (PyObject *)self;
+}
+
+static int
+sw_traverse(SyncWrapper *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->ref);
+    Py_VISIT(self->name);
+    Py_VISIT(self->create);
+    Py_VISIT(self->fn);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+sw_clear(SyncWrapper *self)
+{
+    Py_CLEAR(self->ref);
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->create);
+    Py_CLEAR(self->fn);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+sw_dealloc(SyncWrapper *self)
+{
+    PyObject_GC_UnTrack(self);
+    sw_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A function is a descriptor: looked up on an instance, it binds as a method. */
+static PyObject *
+sw_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    return PyMethod_New(self, obj);
+}
+
+/* Pickled (and copied) by reference, as a function is: its module attribute is this object. */
+static PyObject *
+sw_reduce(SyncWrapper *self, PyObject *unused)
+{
+    PyObject *qualname = self->dict ? PyDict_GetItemWithError(self->dict, str_qualname) : NULL;
+    if (qualname == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_Format(PyExc_TypeError, "cannot pickle a protected function without __qualname__");
+        }
+        return NULL;
+    }
+    return Py_NewRef(qualname);
+}
+
+static PyObject *
+sw_repr(SyncWrapper *self)
+{
+    return PyUnicode_FromFormat("<protected %R>", self->fn);
+}
+
+static PyMethodDef sw_methods[] = {
+    {"__reduce__", (PyCFunction)sw_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef sw_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject SyncWrapperType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "circuitry._speedups.protect",
+    .tp_basicsize = sizeof(SyncWrapper),
+    .tp_dealloc = (destructor)sw_dealloc,
+    .tp_vectorcall_offset = offsetof(SyncWrapper, vectorcall),
+    .tp_repr = (reprfunc)sw_repr,
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "protect(ref, name, create, fn): fn, called through the gate named name (see circuitry/_fastpath.py).",
+    .tp_traverse = (traverseproc)sw_traverse,
+    .tp_clear = (inquiry)sw_clear,
+    .tp_methods = sw_methods,
+    .tp_getset = sw_getset,
+    .tp_descr_get = sw_get,
+    .tp_dictoffset = offsetof(SyncWrapper, dict),
+    .tp_new = sw_new,
+};
+
 /* -- NO_RESULT ------------------------------------------------------------------------------------- */
 
 static PyObject *
@@ -1009,8 +1224,10 @@ PyInit__speedups(void)
     INTERN(str_trip, "_trip");
     INTERN(str_append, "append");
     INTERN(str_open, "open");
+    INTERN(str_record_ignored, "record_ignored");
+    INTERN(str_qualname, "__qualname__");
     if (PyType_Ready(&ReadyType) < 0 || PyType_Ready(&GateType) < 0 || PyType_Ready(&WithBaseType) < 0
-        || PyType_Ready(&NoResultType) < 0) {
+        || PyType_Ready(&NoResultType) < 0 || PyType_Ready(&SyncWrapperType) < 0) {
         return NULL;
     }
     no_result = PyObject_New(PyObject, &NoResultType);
@@ -1022,6 +1239,7 @@ PyInit__speedups(void)
         return NULL;
     }
     if (add_type(m, "Gate", &GateType) < 0 || add_type(m, "WithBase", &WithBaseType) < 0
+        || add_type(m, "protect", &SyncWrapperType) < 0
         || PyModule_AddObject(m, "NO_RESULT", Py_NewRef(no_result)) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -428,3 +428,34 @@ def test_each_exit_reports_its_own_flows_innermost_entry(ops: list[tuple[int, bo
     assert b.stats().successes == sum(1 for _, enter in ops if enter)
     if _faces.SPEEDUPS:
         assert (c._open_entries, c._table_capacity <= 32) == (0, True)
+
+
+def pickled_target(x: int) -> int:
+    return x * 2
+
+
+pickled_target = circuit("svc-pickle")(pickled_target)  # type: ignore[assignment]
+
+
+class _Holder:
+    @circuit("svc-method")
+    def method(self, x: int) -> tuple[object, int]:
+        return self, x
+
+    @circuit("svc-static")
+    @staticmethod
+    def static(x: int) -> int:
+        return x
+
+
+def test_a_decorated_function_pickles_by_reference_and_binds_as_a_method(registry: Registry) -> None:
+    import pickle
+
+    assert pickle.loads(pickle.dumps(pickled_target)) is pickled_target
+    assert pickled_target(2) == 4
+    h = _Holder()
+    assert h.method(3) == (h, 3)
+    assert _Holder.method(h, 4) == (h, 4)
+    assert _Holder.static(5) == h.static(5) == 5
+    assert registry["svc-method"].stats().successes == 2
+    assert _Holder.method.__wrapped__.__name__ == "method"  # type: ignore[attr-defined]
