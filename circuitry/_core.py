@@ -31,6 +31,7 @@ from typing import Any, Final, NamedTuple, Protocol
 
 from circuitry._accel import NO_RESULT, Gate
 from circuitry._clock import SYSTEM_CLOCK, Clock
+from circuitry._fastpath import not_started
 from circuitry._policy import MAX_DURATION, Policy
 from circuitry._state import CircuitState
 from circuitry._window import CountWindow, TimeWindow
@@ -228,7 +229,6 @@ class CircuitBreaker(Gate):
         rng: Random source for jitter (inject a seeded ``random.Random`` in tests).
 
     .. versionadded:: 0.1.0
-    .. versionadded:: 0.2.0 :meth:`enter` and :meth:`exit`.
     """
 
     __slots__ = (
@@ -906,14 +906,6 @@ def _report(event: str, circuit: str, err: Exception) -> None:
 
 
 # -- the one general driver (``breaker.call(fn)`` and ``circuit(...).call(fn)``) ------------------------
-
-
-def not_started(exc: BaseException) -> bool:
-    """Whether ``exc``, caught in the frame that made a call, was raised by the call itself before any
-    frame of the callee ran: a ``TypeError`` for arguments the callable does not accept. Such a call
-    never reached the service, so it is ignored, never a failure (and gives back a probe permit)."""
-    tb = exc.__traceback__
-    return type(exc) is TypeError and tb is not None and tb.tb_next is None
 
 
 def call_through(b: CircuitBreaker, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],

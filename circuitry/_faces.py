@@ -96,7 +96,7 @@ class Protected(Protocol[P, R_co]):
     """What ``@circuit(...)`` returns, for type checkers: the function with the same signature, plus
     its ``circuit``. It binds as a method does (``obj.method`` drops ``self``).
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     #: The circuit this function is protected by (``fn.circuit.breaker`` is its breaker).

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["NO_RESULT", "Gate", "WithBase", "protect"]
+__all__ = ["NO_RESULT", "Gate", "WithBase", "not_started", "protect"]
 
 _Coroutine: Final = types.CoroutineType
 
@@ -97,7 +97,14 @@ class Gate:
     # -- the one entry and the one exit ---------------------------------------------------------------
 
     def enter(self) -> Any:
-        """Ask to make a call: a token for :meth:`exit`, or raises the refusal (``CircuitOpenError``)."""
+        """Ask to make a call: returns a token to hand to :meth:`exit` when the call ends.
+
+        Raises:
+            CircuitOpenError: The circuit refuses the call (open, forced open, or every half-open
+                probe taken).
+
+        .. versionadded:: 0.1.0
+        """
         fast = self._fast
         if fast >= 0:
             return fast
@@ -110,10 +117,22 @@ class Gate:
         return self._enter_slow()
 
     def exit(self, token: Any, exc: BaseException | None = None, result: object = NO_RESULT) -> None:
-        """Report how the call admitted with ``token`` ended: ``exc`` is what it raised (``None``: it
-        returned ``result``). The outcome rule: no exception is a success (unless ``result_is_failure``
-        says otherwise); an ``Exception`` is a failure if the policy counts it, else ignored; any other
-        ``BaseException`` (cancellation, interpreter exit) is cancelled, never counted."""
+        """Report how the call admitted with ``token`` ended — exactly once per token.
+
+        The outcome rule: no exception is a success (unless ``result_is_failure`` rejects ``result``);
+        an ``Exception`` is a counted failure if the policy's ``on=`` matches it, else ignored; any
+        other ``BaseException`` (cancellation, interpreter exit) is cancelled, never counted. A
+        half-open probe's permit is settled or given back; a token from an older generation changes
+        no state.
+
+        Args:
+            token: What :meth:`enter` returned.
+            exc: The exception the call raised, or ``None`` if it returned.
+            result: What it returned, for ``result_is_failure``; leave it out when there is no
+                return value (a ``with`` block).
+
+        .. versionadded:: 0.1.0
+        """
         if exc is None:
             if token == self._fast and type(result) is not _Coroutine:
                 next(self._n_ok)
@@ -227,6 +246,14 @@ class WithBase:
         g.exit(token, exc)
 
 
+def not_started(exc: BaseException) -> bool:
+    """Whether ``exc``, caught in the frame that made a call, was raised by the call itself before any
+    frame of the callee ran: a ``TypeError`` for arguments the callable does not take. Such a call
+    never reached the service, so it is ignored, never a failure (and gives back a probe permit)."""
+    tb = exc.__traceback__
+    return type(exc) is TypeError and tb is not None and tb.tb_next is None
+
+
 def protect(ref: Any, name: str, create: Callable[[], Any], fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn``, called through the gate ``ref.breakers[name]`` (made by ``create()`` when missing).
 
@@ -243,11 +270,7 @@ def protect(ref: Any, name: str, create: Callable[[], Any], fn: Callable[..., An
         try:
             result = fn(*args, **kwargs)
         except TypeError as exc:
-            tb = exc.__traceback__
-            if type(exc) is TypeError and tb is not None and tb.tb_next is None:
-                g.record_ignored(token)
-            else:
-                g.exit(token, exc)
+            g.record_ignored(token) if not_started(exc) else g.exit(token, exc)
             raise
         except BaseException as exc:
             g.exit(token, exc)

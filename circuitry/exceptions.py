@@ -51,7 +51,7 @@ class CircuitNotFoundError(KeyError):
         name: The name asked for.
         known: The names the registry has.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     def __init__(self, name: str, known: list[str], declared: Sequence[str] = ()) -> None:
