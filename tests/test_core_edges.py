@@ -511,3 +511,340 @@ def test_time_window_slices_are_reused_round_the_ring() -> None:
     w.add(False, True, 6.5)  # slices 5 and 6 replace 1 and 2
     assert w.totals(6.5) == (3, 1, 2)
     assert w.totals(7.0) == (2, 0, 1)
+
+
+# -- events carry what happened ---------------------------------------------------------------------------
+
+
+def test_rejection_events_say_why_and_when(clock: FakeClock) -> None:
+    b, events = make(clock, failure_threshold=1, recovery_timeout=5, probe_timeout=0.5)
+    b.exit(b.enter(), Boom())
+    for _ in range(2):
+        with pytest.raises(CircuitOpenError):
+            b.enter()
+    clock.advance(5)
+    b.enter()  # the probe
+    clock.advance(0.25)
+    with pytest.raises(CircuitOpenError) as info:
+        b.enter()
+    assert info.value.retry_after == 0.25  # the probe's lease runs out then
+    b.force_open()
+    with pytest.raises(CircuitOpenError):
+        b.enter()
+    got = [(e.circuit, e.at, e.generation, e.to_state, e.reason) for e in events.of(EventKind.REJECTION)]
+    wall = clock.time()
+    assert got == [("svc", wall - 5.25, 1, CircuitState.OPEN, "open")] * 2 + [
+        ("svc", wall, 2, CircuitState.HALF_OPEN, "probes_taken"),
+        ("svc", wall, 3, CircuitState.FORCED_OPEN, "forced_open")]
+
+
+def test_transitions_name_their_reasons_and_the_probes_exception(clock: FakeClock) -> None:
+    b, events = make(clock, failure_threshold=1, recovery_timeout=5, max_recovery_timeout=50,
+                     retry_after=lambda e: getattr(e, "wait", None))
+    b.exit(b.enter(), Boom())
+    clock.advance(5)
+    assert b.state is CircuitState.HALF_OPEN
+    failing = Other("still down")
+    failing.wait = 0.5  # type: ignore[attr-defined]
+    b.exit(b.enter(), failing)
+    assert b.stats().retry_after == 0.5  # the probe's failure set the open period
+    clock.advance(0.5)
+    b.exit(b.enter(), None)
+    got = [(e.from_state, e.to_state, e.reason, e.error_type, e.open_for) for e in events.of(EventKind.TRANSITION)]
+    assert got == [
+        (CircuitState.CLOSED, CircuitState.OPEN, "failure_threshold", "tests.conftest.Boom", 5.0),
+        (CircuitState.OPEN, CircuitState.HALF_OPEN, "recovery_timeout", None, None),
+        (CircuitState.HALF_OPEN, CircuitState.OPEN, "probe_failed", "tests.conftest.Other", 0.5),
+        (CircuitState.OPEN, CircuitState.HALF_OPEN, "recovery_timeout", None, None),
+        (CircuitState.HALF_OPEN, CircuitState.CLOSED, "probe_succeeded", None, None),
+    ]
+    assert [e.at for e in events.of(EventKind.TRANSITION)] == [clock.time() - 5.5, clock.time() - 0.5,
+                                                               clock.time() - 0.5, clock.time(), clock.time()]
+
+
+def test_a_probe_finishing_as_its_lease_ends_is_stale(clock: FakeClock) -> None:
+    b, _ = make(clock, failure_threshold=1, recovery_timeout=5, probe_timeout=2)
+    b.exit(b.enter(), Boom())
+    clock.advance(5)
+    late = b.enter()
+    clock.advance(2)  # exactly the lease: it has run out
+    b.exit(late, None)
+    assert b.state is CircuitState.HALF_OPEN
+    b.exit(b.enter(), None)  # the permit was free again
+    assert b.state is CircuitState.CLOSED
+
+
+def test_a_probe_of_an_older_half_open_period_is_stale(clock: FakeClock) -> None:
+    b, _ = make(clock, failure_threshold=1, recovery_timeout=5)
+    b.exit(b.enter(), Boom())
+    clock.advance(5)
+    old = b.enter()
+    b.adopt(CircuitState.OPEN, opened_at=1.0, open_until=clock.time(), open_for=1)  # another process
+    b.adopt(CircuitState.HALF_OPEN)  # ... reopened it, and its period ended
+    b.exit(old, Boom())
+    assert b.state is CircuitState.HALF_OPEN
+
+
+def test_timed_shadow_and_disabled_calls_are_timed(clock: FakeClock) -> None:
+    b, _ = make(clock, failure_threshold=1, recovery_timeout=50, measure_latency=True)
+    b.exit(b.enter(), Boom())
+    b.take_latency()
+    b.set_metrics_only()
+    shadow = b.enter()
+    clock.advance(2)
+    b.exit(shadow, None)
+    b.force_open()
+    shadow = b.enter()
+    clock.advance(3)
+    b.exit(shadow, None)
+    b.force_closed()
+    token = b.enter()
+    clock.advance(4)
+    b.exit(token, None)
+    assert b.take_latency() == (3, 9.0, 4.0)
+
+
+def test_stats_report_retry_after_by_state(clock: FakeClock) -> None:
+    b, _ = make(clock, failure_threshold=1, recovery_timeout=5)
+    assert (b.stats().name, b.stats().retry_after) == ("svc", 0.0)
+    b.exit(b.enter(), Boom())
+    clock.advance(4.5)
+    assert b.stats().retry_after == 0.5
+    assert b.snapshot().open_until == clock.time() + 0.5
+    b.force_open()
+    assert b.stats().retry_after is None
+
+
+# -- open periods -----------------------------------------------------------------------------------------
+
+
+def test_jitter_moves_the_period_by_the_random_draw(clock: FakeClock) -> None:
+    b, events = make(clock, failure_threshold=1, recovery_timeout=100, jitter=0.5, max_recovery_timeout=1000)
+    draw = random.Random(1).random()
+    b.exit(b.enter(), Boom())
+    assert events.of(EventKind.TRANSITION)[0].open_for == pytest.approx(100 * (1 + 0.5 * (2 * draw - 1)))
+
+
+def test_backoff_from_a_one_second_timeout_and_the_cap_after_jitter(clock: FakeClock) -> None:
+    b, _ = make(clock, recovery_timeout=1, backoff_factor=2)
+    b.adopt(CircuitState.HALF_OPEN, reopens=1)
+    assert b.next_open_period() == 2.0
+    rng = random.Random()
+    rng.random = lambda: 1.0  # type: ignore[method-assign]  # the largest draw: +jitter
+    capped = CircuitBreaker("c", clock=clock, rng=rng, recovery_timeout=10, backoff_factor=2, jitter=0.5,
+                            max_recovery_timeout=40)
+    capped.adopt(CircuitState.HALF_OPEN, reopens=10)
+    assert capped.next_open_period() == 40.0
+
+
+def test_a_retry_after_hint_below_a_second_is_kept(clock: FakeClock) -> None:
+    b, _ = make(clock, failure_threshold=1, recovery_timeout=10, retry_after=lambda e: 0.25)
+    b.exit(b.enter(), Boom())
+    assert b.snapshot().open_for == 0.25
+
+
+def test_a_retry_after_hook_that_raises_is_logged(clock: FakeClock) -> None:
+    def broken(exc: BaseException) -> float:
+        raise LookupError("no header")
+
+    b, _ = make(clock, failure_threshold=1, recovery_timeout=10, retry_after=broken)
+    with structlog.testing.capture_logs() as logs:
+        b.exit(b.enter(), Boom())
+    assert b.snapshot().open_for == 10.0
+    assert [(e["event"], e["circuit"], e["error_type"], e["error_message"]) for e in logs] == [
+        ("circuitry.retry_after_failed", "svc", "LookupError", "no header")]
+
+
+# -- small exactnesses ------------------------------------------------------------------------------------
+
+
+def test_adopt_defaults_to_a_remote_reason_and_no_reopens(clock: FakeClock) -> None:
+    b, events = make(clock, recovery_timeout=10, backoff_factor=2)
+    b.adopt(CircuitState.OPEN, opened_at=1.0, open_until=clock.time() + 1)
+    e = events.of(EventKind.TRANSITION)[0]
+    assert (e.reason, e.circuit, e.at, e.generation, e.open_for) == ("remote", "svc", clock.time(), 1, None)
+    assert (b.snapshot().reopens, b.snapshot().open_for, b.stats().retry_after) == (0, 0.0, 0.0)
+    b.adopt(CircuitState.HALF_OPEN)
+    assert events.of(EventKind.TRANSITION)[1].open_for is None
+    b.adopt(CircuitState.FORCED_OPEN, opened_at=3.0)
+    b.adopt(CircuitState.HALF_OPEN)
+    assert b.stats().opened_at == 3.0  # half-open keeps the opening it came from
+    b.adopt(CircuitState.DISABLED)
+    assert b.stats().opened_at is None
+
+
+def test_policy_as_dict_names_callables_without_a_qualname() -> None:
+    class Judge:
+        def __call__(self, result: object) -> bool:
+            return False
+
+        def __repr__(self) -> str:
+            return "<judge>"
+
+    assert Policy(result_is_failure=Judge()).as_dict()["result_is_failure"] == "<judge>"
+
+
+def test_count_and_time_windows_start_empty_and_count_per_slice() -> None:
+    from circuitry._window import CountWindow
+
+    w = CountWindow(2)
+    w.add(True, True, 0.0)
+    w.add(False, False, 0.0)
+    w.add(False, False, 0.0)  # the first entry, and only it, leaves
+    assert w.totals(0.0) == (2, 0, 0)
+    t = TimeWindow(10.0)  # 20 slices of 0.5 s
+    for _ in range(3):
+        t.add(True, True, 0.1)
+    t.add(False, False, 0.6)
+    assert t.totals(0.6) == (4, 3, 3)
+    assert t.totals(10.1) == (1, 0, 0)  # the first slice left, as a whole
+    assert t.totals(10.0) == (1, 0, 0)
+    t2 = TimeWindow(10.0, buckets=5)
+    t2.add(True, False, 1.0)
+    assert t2.totals(9.9) == (1, 1, 0)  # still in the last five slices
+    assert t2.totals(10.0) == (0, 0, 0)  # the sixth slice replaces the first
+
+
+def test_latency_keeps_the_longest_when_a_tie_follows(clock: FakeClock) -> None:
+    b, _ = make(clock, measure_latency=True)
+    b.record_success(b.enter(), 2.0)
+    b.record_success(b.enter(), 2.0)
+    assert b.take_latency() == (2, 4.0, 2.0)
+
+
+def test_reconfigure_twice_counts_generations(clock: FakeClock) -> None:
+    b, _ = make(clock)
+    b.reconfigure(Policy(failure_threshold=2))
+    b.reconfigure(Policy(failure_threshold=3))
+    assert b.generation == 2
+
+
+def test_stale_completions_change_nothing_on_the_locked_paths(clock: FakeClock) -> None:
+    b, _ = make(clock, failure_threshold=2, on=lambda e: isinstance(e, Boom))  # not inline: the locked path
+    stale = b.enter()
+    b.force_open()
+    b.reset()
+    b.exit(b.enter(), Boom())
+    b._clear_consecutive(stale)  # a racing success of the old generation
+    b._trip(stale, Boom())  # a racing trip of the old generation
+    assert (b.state, b.consecutive_failures) == (CircuitState.CLOSED, 1)
+    b.force_open()
+    b._clear_consecutive(b.generation)  # not closed: nothing to clear, nothing to open
+    b._trip(b.generation, Boom())
+    assert b.state is CircuitState.FORCED_OPEN
+
+
+def test_a_released_plain_permit_counts_cancelled_only(clock: FakeClock) -> None:
+    b, _ = make(clock)
+    b.release(b.enter())
+    b.exit(b.enter(), KeyboardInterrupt())
+    assert b.counts() == (0, 0, 0, 0, 2)
+
+
+def test_an_explicit_registry_wins_over_a_default_one_of_the_same_name(registry: Registry) -> None:
+    registry.get("svc").force_open()  # the default registry's "svc" refuses everything
+    mine = Registry(hooks=[])
+    c = circuit("svc", registry=mine)
+    with c:
+        pass
+    assert mine["svc"].counts().successes == 1
+
+
+async def test_with_blocks_nest_and_report_mismatched_exits(registry: Registry) -> None:
+    from circuitry import _fastpath
+
+    class Face(_fastpath.WithBase):
+        def _create(self) -> CircuitBreaker:
+            return registry.get("svc")
+
+    f = Face("svc", registry)
+    async with f:
+        async with f:
+            pass
+        assert registry["svc"].counts().successes == 1
+    assert registry["svc"].counts().successes == 2
+    with pytest.raises(RuntimeError, match=r"__aexit__ without a matching __aenter__"):
+        await f.__aexit__(None, None, None)
+    with pytest.raises(RuntimeError, match=r"__exit__ without a matching __enter__"):
+        f.__exit__(None, None, None)
+
+
+def test_wrapped_objects_use_the_fallback_and_carry_their_circuit(registry: Registry) -> None:
+    import functools
+
+    def cached(rejection: CircuitOpenError, *args: object, **kwargs: object) -> str:
+        return f"cached {args} {kwargs}"
+
+    def fetch(a: int, b: int = 0) -> str:
+        raise Boom()
+
+    c = circuit("svc", failure_threshold=1, fallback=cached)
+    p = c(functools.partial(fetch, 1))
+    with pytest.raises(Boom):
+        p(b=2)
+    assert p(b=3) == "cached () {'b': 3}"
+    assert p.circuit is c
+
+
+def test_fallbacks_get_keyword_arguments_in_every_face(registry: Registry) -> None:
+    def fb(rejection: CircuitOpenError, n: int, *, tag: str = "") -> Iterator[str]:
+        yield f"{rejection.name} {n} {tag}"
+
+    @circuit("svc", failure_threshold=1, fallback=fb)
+    def walk(n: int, *, tag: str = "") -> Iterator[str]:
+        raise Boom()
+        yield ""  # pragma: no cover
+
+    with pytest.raises(Boom):
+        list(walk(1))
+    assert list(walk(2, tag="t")) == ["svc 2 t"]
+
+
+async def test_async_generator_fallbacks_get_the_rejection_and_keywords(registry: Registry) -> None:
+    async def fb(rejection: CircuitOpenError, n: int, *, tag: str = "") -> AsyncIterator[str]:
+        yield f"{rejection.state} {n} {tag}"
+
+    @circuit("svc", failure_threshold=1, fallback=fb)
+    async def walk(n: int, *, tag: str = "") -> AsyncIterator[str]:
+        raise Boom()
+        yield ""  # pragma: no cover
+
+    with pytest.raises(Boom):
+        [i async for i in walk(1)]
+    assert [i async for i in walk(2, tag="t")] == ["open 2 t"]
+
+
+async def test_an_async_generator_has_no_result_to_judge(registry: Registry) -> None:
+    @circuit("svc", failure_threshold=1, result_is_failure=lambda r: True)
+    async def items() -> AsyncIterator[int]:
+        yield 1
+
+    assert [i async for i in items()] == [1]
+    assert (registry["svc"].state, registry["svc"].counts().successes) == (CircuitState.CLOSED, 1)
+
+
+def test_call_defers_only_awaitables(registry: Registry) -> None:
+    class Box:  # not a plain type, not awaitable: returned as it is
+        pass
+
+    box = Box()
+    assert circuit("svc").call(lambda: box) is box
+    assert registry["svc"].counts().successes == 1
+
+
+def test_fallback_check_messages_show_the_signature_needed(registry: Registry) -> None:
+    import functools
+
+    def base(rejection: CircuitOpenError) -> None:
+        pass
+
+    def forecast(city, /, days):  # type: ignore[no-untyped-def]
+        pass
+
+    forecast.__annotations__ = {"city": int, "days": "int"}
+    with pytest.raises(ConfigurationError) as info:
+        circuit("svc", fallback=functools.partial(base))(forecast)
+    text = str(info.value)
+    assert "fallback functools.partial" not in text
+    assert "cannot take the calls of 'test_fallback_check_messages_show_the_signature_needed.<locals>.forecast'" in text
+    assert text.endswith("so it must accept: def fallback(rejection: CircuitOpenError, city: int, /, days: int)")
