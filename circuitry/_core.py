@@ -662,9 +662,11 @@ class CircuitBreaker(Gate):
     def link(self, link: StoreLink | None) -> None:
         """Attach the store that persists this breaker (``None`` detaches it).
 
-        From then on the breaker appends each counted failure to ``link.failure_log``, asks
-        :meth:`StoreLink.take_probe` before a half-open probe, and reports its own transitions to
-        :meth:`StoreLink.transitioned`. A store calls this from its ``adopt()``.
+        From then on the breaker appends each counted failure to ``link.failure_log`` (on every
+        path, the lock-free one included; the log is read once, here: a store that replaces its
+        deque links again), asks :meth:`StoreLink.take_probe` before a half-open probe, and reports
+        its own transitions to :meth:`StoreLink.transitioned`. A store calls this from its
+        ``adopt()``. Linking costs a call nothing until it fails or probes.
         """
         with self._lock:
             self._link = link

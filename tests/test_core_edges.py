@@ -848,3 +848,24 @@ def test_fallback_check_messages_show_the_signature_needed(registry: Registry) -
     assert "fallback functools.partial" not in text
     assert "cannot take the calls of 'test_fallback_check_messages_show_the_signature_needed.<locals>.forecast'" in text
     assert text.endswith("so it must accept: def fallback(rejection: CircuitOpenError, city: int, /, days: int)")
+
+
+def test_a_plain_open_breaker_refuses_with_the_whole_snapshot(clock: FakeClock) -> None:
+    b = CircuitBreaker("svc", clock=clock, failure_threshold=1, recovery_timeout=10)  # no hooks: the gate refuses
+    b.exit(b.enter(), Boom())
+    opened = clock.time()
+    clock.advance(4)
+    with pytest.raises(CircuitOpenError) as info:
+        b.enter()
+    assert (info.value.name, info.value.state, info.value.opened_at, info.value.retry_after) == (
+        "svc", "open", opened, 6.0)
+    assert b.counts().rejected == 1
+
+
+def test_a_plain_wrapper_passes_keyword_arguments(registry: Registry) -> None:
+    @circuit("svc")
+    def add(a: int, *, b: int = 0) -> int:
+        return a + b
+
+    assert add(1, b=2) == 3
+    assert registry["svc"].counts().successes == 1
