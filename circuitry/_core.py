@@ -31,7 +31,7 @@ from typing import Any, Final, NamedTuple, Protocol
 
 from circuitry._accel import NO_RESULT, Gate
 from circuitry._clock import SYSTEM_CLOCK, Clock
-from circuitry._fastpath import not_started
+from circuitry._fastpath import count_value, not_started
 from circuitry._policy import MAX_DURATION, Policy
 from circuitry._state import CircuitState
 from circuitry._window import CountWindow, TimeWindow
@@ -81,9 +81,8 @@ def validate_name(name: object) -> str:
     return name
 
 
-def _count_value(counter: itertools.count[int]) -> int:
-    # itertools.count has no public read; its repr is stable ("count(5)") across supported versions.
-    return int(repr(counter)[6:-1])
+# circuitry/store/_sqlite.py imports this name; the store's rewrite reads Counts through counts().
+_count_value = count_value
 
 
 class Counts(NamedTuple):
@@ -384,7 +383,7 @@ class CircuitBreaker(Gate):
                 name=self.name, state=state, generation=self._gen,
                 consecutive_failures=self.consecutive_failures,
                 successes=ok, failures=failed, ignored=ignored, rejected=rejected, cancelled=cancelled,
-                would_reject=_count_value(self._n_shadow),
+                would_reject=count_value(self._n_shadow),
                 opened_at=self._opened_at, retry_after=retry,
                 probes_in_flight=sum(1 for exp in self._probes.values() if exp > now),
             )

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["NO_RESULT", "Gate", "WithBase", "not_started", "protect"]
+__all__ = ["NO_RESULT", "Gate", "WithBase", "count_value", "not_started", "protect"]
 
 _Coroutine: Final = types.CoroutineType
 
@@ -48,7 +48,8 @@ class _NoResult:
 NO_RESULT: Final[Any] = _NoResult()
 
 
-def _value(counter: itertools.count[int]) -> int:
+def count_value(counter: itertools.count[int]) -> int:
+    """The next value ``counter`` would give: how many times it was advanced from 0."""
     # itertools.count has no public read; its repr is stable ("count(5)") across supported versions.
     return int(repr(counter)[6:-1])
 
@@ -161,13 +162,13 @@ class Gate:
 
     def _tally(self) -> tuple[int, int, int, int, int]:
         """``(successes, failures, ignored, rejected, cancelled)``: exact, lock-free."""
-        return (_value(self._n_ok), _value(self._n_fail), _value(self._n_ign), _value(self._n_rej),
-                _value(self._n_cancel))
+        return (count_value(self._n_ok), count_value(self._n_fail), count_value(self._n_ign), count_value(self._n_rej),
+                count_value(self._n_cancel))
 
     @property
     def consecutive_failures(self) -> int:
         """Counted failures since the last success or transition (0 while not closed)."""
-        return _value(self._consec) if self._dirty else 0
+        return count_value(self._consec) if self._dirty else 0
 
     def _tick(self, kind: int) -> None:
         """Count one call: 0 success, 1 failure, 2 ignored, 3 rejected, 4 cancelled."""
