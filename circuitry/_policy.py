@@ -38,7 +38,10 @@ def check_number(name: str, value: object, *, lo: float, hi: float, lo_open: boo
     """``value`` as a finite float in ``(lo, hi]`` (or ``[lo, hi]``), or a ConfigurationError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int too large for a float (10**400): as unusable as infinity
+        raise ConfigurationError(f"{name} must be finite, got an int of {len(str(abs(value)))} digits") from None
     if math.isnan(v) or math.isinf(v):
         raise ConfigurationError(f"{name} must be finite, got {value!r}")
     if (v <= lo if lo_open else v < lo) or v > hi:

@@ -17,7 +17,7 @@ from circuitry._clock import SYSTEM_CLOCK, Clock
 from circuitry._core import CircuitBreaker, validate_name
 from circuitry._policy import Policy
 from circuitry.events import Dispatcher, Hook
-from circuitry.exceptions import ConfigurationError, RegistryConflictError
+from circuitry.exceptions import CircuitNotFoundError, ConfigurationError, RegistryConflictError
 from circuitry.instrumentation.logging import LoggingHook
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ class Registry:
 
     Args:
         clock: The clock every breaker of this registry reads (inject a fake one in tests).
-        hooks: Event hooks; default: one :class:`~circuitry.events.StructlogHook` logging transitions.
+        hooks: Event hooks; default: one :class:`~circuitry.instrumentation.logging.LoggingHook` logging transitions.
         rng: Random source for jitter.
         store: Where breakers persist: a :class:`~circuitry.store.Store`, or a path or URL to open
             one at (:func:`circuitry.store.open_store`).
@@ -62,11 +62,13 @@ class Registry:
     # -- lookup -------------------------------------------------------------------------------------
 
     def get(self, name: str, policy: Policy | None = None, **policy_kwargs: Any) -> CircuitBreaker:
-        """The breaker called ``name``, created on first use.
+        """The breaker called ``name`` — **created if there is none** (a misspelt name gives a new
+        breaker, silently): to look up without creating, use ``registry[name]``, which raises
+        :class:`~circuitry.CircuitNotFoundError` naming the known circuits, or ``name in registry``.
 
-        With no policy, an existing breaker is returned whatever its policy (a new one gets the
-        defaults). With a policy that differs from the existing breaker's, raises
-        :class:`~circuitry.RegistryConflictError`.
+        With no policy, an existing breaker is returned whatever its policy (a new one gets the policy
+        its decorators declared, else the defaults). With a policy that differs from the existing
+        breaker's, raises :class:`~circuitry.RegistryConflictError`.
         """
         if policy is not None and policy_kwargs:
             raise ConfigurationError("give a Policy or keyword arguments, not both")
@@ -116,7 +118,16 @@ class Registry:
         return breaker
 
     def __getitem__(self, name: str) -> CircuitBreaker:
-        return self.breakers[name]
+        """The breaker called ``name``, which must exist (``get`` creates it instead).
+
+        Raises:
+            CircuitNotFoundError: No breaker has that name (a ``KeyError``); the message lists the
+                known names and the closest ones.
+        """
+        try:
+            return self.breakers[name]
+        except KeyError:
+            raise CircuitNotFoundError(name, self.names(), sorted(self._declared)) from None
 
     def __contains__(self, name: object) -> bool:
         return name in self.breakers
@@ -131,18 +142,21 @@ class Registry:
         return sorted(self.breakers)
 
     def remove(self, name: str) -> None:
-        """Forget a breaker (its decorated functions recreate it with their policy on next call)."""
+        """Forget a breaker and any policy declared for its name (its decorated functions recreate it
+        with their policy on their next call; the name may be declared again with another policy)."""
         with self._lock:
             breaker = self.breakers.pop(name, None)
+            self._declared.pop(name, None)
             store = self._store
         if breaker is not None and store is not None:
             store.forget(breaker)
 
     def clear(self) -> None:
-        """Forget every breaker."""
+        """Forget every breaker and every declared policy."""
         with self._lock:
             dropped = list(self.breakers.values())
             self.breakers.clear()
+            self._declared.clear()
             store = self._store
         if store is not None:
             for breaker in dropped:

@@ -14,6 +14,7 @@ raises is logged and otherwise ignored: it never changes a call's outcome.
 from __future__ import annotations
 
 import enum
+import inspect
 import threading
 import weakref
 from collections.abc import Iterable, Sequence
@@ -132,10 +133,22 @@ class Dispatcher:
         return self._hooks
 
     def add(self, hook: Hook) -> None:
-        if not callable(hook):
-            from circuitry.exceptions import ConfigurationError
+        """Deliver events to ``hook`` from now on.
 
+        Raises:
+            ConfigurationError: ``hook`` is not callable, or is an ``async def`` (hooks run
+                synchronously, in the thread of the call that caused the event: a coroutine would
+                never be awaited).
+        """
+        from circuitry.exceptions import ConfigurationError
+
+        if not callable(hook):
             raise ConfigurationError(f"hooks must be callable, got {hook!r}")
+        if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(type(hook).__call__):
+            raise ConfigurationError(
+                f"hook {hook!r} is an async def: hooks are called synchronously, in the thread of the call "
+                "that caused the event, and a coroutine would never be awaited. Use a plain function "
+                "(to reach an event loop, hand the event over with loop.call_soon_threadsafe)")
         with self._lock:
             self._set((*self._hooks, hook))
 
@@ -159,9 +172,14 @@ class Dispatcher:
         """Deliver one event; a hook that raises is logged and skipped, never re-raised."""
         for hook in hooks:
             try:
-                hook(event)
+                returned: object = hook(event)  # type: ignore[func-returns-value]
             except Exception as exc:  # a hook must never change a protected call's outcome
                 _report_hook_error(hook, event, exc)
+            else:
+                if returned is not None and inspect.iscoroutine(returned):  # e.g. a partial of an async def
+                    returned.close()
+                    _report_hook_error(hook, event, TypeError("the hook returned a coroutine, which is never "
+                                                              "awaited: hooks must be plain functions"))
 
 
 def _report_hook_error(hook: object, event: Event, exc: Exception) -> None:

@@ -48,8 +48,8 @@ def test_calls_by_outcome_are_exact_counts_read_at_scrape(reg: Registry, prom: C
     for _ in range(3):
         b.record_success(b.admit())
     for _ in range(2):
-        b._on_error(b.admit(), Boom())
-    b._on_error(b.admit(), Other())
+        b.exit(b.enter(), Boom())
+    b.exit(b.enter(), Other())
     b.release(b.admit())
     for n, outcome in ((3, "success"), (2, "failure"), (1, "ignored"), (1, "cancelled"), (0, "rejected")):
         assert value(prom, "circuitry_calls_total", circuit="svc", outcome=outcome) == n

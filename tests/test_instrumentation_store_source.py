@@ -39,8 +39,8 @@ def test_counts_are_every_process_s_and_transitions_are_counted_once(tmp_path: P
         x.record_success(x.admit())
     for _ in range(4):
         y.record_success(y.admit())
-    y._on_error(y.admit(), Boom())
-    y._on_error(y.admit(), KeyError())
+    y.exit(y.enter(), Boom())
+    y.exit(y.enter(), KeyError())
     assert a.flush() and b.flush()
     source = StoreSource(tmp_path / "app.db", clock=clock.time)
     (sample,) = source.circuits()
@@ -123,7 +123,7 @@ WORKER = textwrap.dedent("""
     for _ in range(10 * (me + 1)):
         b.record_success(b.admit())
     for _ in range(me + 1):
-        b._on_error(b.admit(), ConnectionError())
+        b.exit(b.enter(), ConnectionError())
     assert store.flush(10)
     open(os.path.join(ready, str(me)), "w").close()
     while len(os.listdir(ready)) < workers:  # every worker has written its counts
