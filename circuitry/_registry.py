@@ -21,7 +21,9 @@ from circuitry.exceptions import CircuitNotFoundError, ConfigurationError, Regis
 from circuitry.instrumentation.logging import LoggingHook
 
 if TYPE_CHECKING:
+    from circuitry.analysis.recommend import Recommendation
     from circuitry.store.base import Store
+    from circuitry.store.engine import SharedStore
 
 __all__ = ["Registry", "configure", "default_db_path", "default_registry", "set_default_registry"]
 
@@ -213,6 +215,74 @@ class Registry:
             existing = list(self.breakers.values())
         for breaker in existing:
             store.forget(breaker)
+
+    # -- what the store knows, through the registry (faces reach the store only this way) -------------
+
+    def _sharing(self) -> SharedStore | None:
+        from circuitry.store.engine import SharedStore
+
+        store = self.store
+        return store if isinstance(store, SharedStore) else None
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        """What the store knows of circuit ``name`` — state, the last hour's counts (this process's
+        calls not yet written included), open time, alerts, pattern — or ``None`` without a store (or
+        for a circuit the store has never seen). Never waits on the writer.
+
+        Raises:
+            StoreError: The database cannot be read.
+        """
+        store = self._sharing()
+        return None if store is None else store.circuit(name)
+
+    def needs_attention(self) -> list[dict[str, Any]] | None:
+        """Circuits that are not closed, have unacknowledged alerts, or failed most of their calls in the
+        last hour — every circuit in the database, not only this process's — most urgent first; ``None``
+        without a store. Raises :class:`~circuitry.StoreError` if the database cannot be read."""
+        store = self._sharing()
+        return None if store is None else store.read.needs_attention(states=store.unwritten_states())
+
+    def recommendation(self, name: str) -> Recommendation | None:
+        """Classify circuit ``name``'s recent history now and recommend settings (nothing is written);
+        ``None`` without a store. Raises :class:`~circuitry.StoreError` if it has no history."""
+        store = self._sharing()
+        if store is None:
+            return None
+        from circuitry.runners.analyst import analyse_now
+
+        return analyse_now(store, name)[1]
+
+    def apply_recommendation(self, name: str) -> bool:
+        """Give circuit ``name`` the recommended threshold, timeout and backoff now (one explicit call);
+        True if its policy changed. False without a store."""
+        rec = self.recommendation(name)
+        if rec is None:
+            return False
+        from circuitry.runners.analyst import apply
+
+        return apply(self.get(name), rec)
+
+    def on_alert(self, callback: Callable[[dict[str, Any]], Any], *, service: str | None = None,
+                 timeout: float = 2.0) -> bool:
+        """Deliver new alerts (of ``service``, or all) to ``callback`` on threads of its own; False
+        without a store (there are no alerts then)."""
+        store = self._sharing()
+        if store is None:
+            return False
+        store.add_alert_callback(callback, service=service, timeout=timeout)
+        return True
+
+    def set_alerts_enabled(self, service: str, enabled: bool) -> None:
+        """Raise alerts for ``service`` or not (a store's setting; nothing without a store)."""
+        store = self._sharing()
+        if store is not None:
+            store.set_alerts_enabled(service, enabled)
+
+    def prepare_store(self) -> bool:
+        """Create or upgrade the store's tables now, so the application's own SQL can read them at once
+        (circuitry itself never needs this). True if done; False without a store or if it failed (logged)."""
+        store = self._sharing()
+        return store is not None and store.prepare()
 
     def _open_pending_store(self) -> Store | None:
         """(Lock held.) Open the store the default registry was promised, once."""

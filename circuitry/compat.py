@@ -12,15 +12,12 @@ import inspect
 import os
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from circuitry._core import CircuitBreaker
 from circuitry._registry import Registry, default_registry
 from circuitry._state import CircuitState
 from circuitry.exceptions import ConfigurationError, StoreError
-
-if TYPE_CHECKING:
-    from circuitry.store.engine import SharedStore
 
 __all__ = ["DatabaseCircuitBreaker", "MultiServiceDatabaseCircuitBreaker"]
 
@@ -37,9 +34,7 @@ def registry_for(db_path: str | os.PathLike[str] | None) -> Registry:
         registry = _registries.get(key)
         if registry is None:
             registry = _registries[key] = Registry(store=key)
-            store = _sharing(registry)
-            if store is not None:  # the tables exist at once: the application may query them with its own SQL
-                store.prepare()
+            registry.prepare_store()  # the tables exist at once: the application may query them with its own SQL
         return registry
 
 
@@ -79,11 +74,9 @@ class DatabaseCircuitBreaker:
             on=expected_exception, **policy)
         self.enable_alerts = enable_alerts
         self.alert_callback = alert_callback
-        store = _sharing(self.registry)
-        if store is not None:
-            store.set_alerts_enabled(service_name, enable_alerts)
-            if alert_callback is not None and enable_alerts:
-                store.add_alert_callback(alert_callback, service=service_name)
+        self.registry.set_alerts_enabled(service_name, enable_alerts)
+        if alert_callback is not None and enable_alerts:
+            self.registry.on_alert(alert_callback, service=service_name)
 
     def __repr__(self) -> str:
         return f"<DatabaseCircuitBreaker {self.service_name!r} {self.breaker.state.value}>"
@@ -117,12 +110,11 @@ class DatabaseCircuitBreaker:
             "last_hour_metrics": {"total_calls": s.calls, "success_rate": 100.0, "circuit_open_duration": 0},
             "unacknowledged_alerts": 0,
         }
-        store = _sharing(self.registry)
-        if store is None:
+        if self.registry.store is None:
             stats["last_hour_metrics"]["success_rate"] = stats["success_rate"]
             return stats
         try:
-            status = store.circuit(self.service_name)
+            status = self.registry.status(self.service_name)
         except StoreError as exc:
             stats["store_error"] = str(exc)
             return stats
@@ -141,15 +133,12 @@ class DatabaseCircuitBreaker:
     def get_recommendations(self) -> dict[str, Any]:
         """The recommendation dict: the last analysis window classified now, and the settings that
         pattern calls for (nothing below the confidence floor)."""
-        store = _sharing(self.registry)
-        if store is not None:
-            from circuitry.runners.analyst import analyse_now
-
-            try:
-                _, rec = analyse_now(store, self.service_name)
-                return dict(rec.as_seed_dict())
-            except StoreError:
-                pass
+        try:
+            rec = self.registry.recommendation(self.service_name)
+        except StoreError:
+            rec = None
+        if rec is not None:
+            return dict(rec.as_seed_dict())
         p = self.breaker.policy
         return {"has_recommendations": False, "message": "No change recommended: no history stored",
                 "current_threshold": p.failure_threshold, "recommended_threshold": p.failure_threshold,
@@ -159,20 +148,7 @@ class DatabaseCircuitBreaker:
     def apply_recommendations(self) -> bool:
         """Apply the current recommendation (threshold, timeout, backoff) to the breaker: one explicit
         call. Returns whether anything changed."""
-        store = _sharing(self.registry)
-        if store is None:
-            return False
-        from circuitry.runners.analyst import analyse_now, apply
-
-        _, rec = analyse_now(store, self.service_name)
-        return apply(self.breaker, rec)
-
-
-def _sharing(registry: Registry) -> SharedStore | None:
-    from circuitry.store.engine import SharedStore
-
-    store = registry.store
-    return store if isinstance(store, SharedStore) else None
+        return self.registry.apply_recommendation(self.service_name)
 
 
 class MultiServiceDatabaseCircuitBreaker:
@@ -221,10 +197,9 @@ class MultiServiceDatabaseCircuitBreaker:
     def get_services_needing_attention(self) -> list[dict[str, Any]]:
         """Services that are not closed, have unacknowledged alerts, or failed most of their calls in
         the last hour, most urgent first — every service in the database, not only this process's."""
-        store = _sharing(self.registry)
-        if store is not None:
+        if self.registry.store is not None:
             try:
-                return store.read.needs_attention(states=store.unwritten_states())
+                return self.registry.needs_attention() or []
             except StoreError:
                 pass
         out = []

@@ -284,7 +284,7 @@ class StoreSource:
                  open_duration_buckets: Sequence[float] = OPEN_DURATION_BUCKETS) -> None:
         import time
 
-        from circuitry._policy import check_number
+        from circuitry._checks import check_number
         from circuitry.exceptions import ConfigurationError
         from circuitry.store.engine import SharedStore
         from circuitry.store.readmodel import ReadModel

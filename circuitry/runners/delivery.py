@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from circuitry._policy import check_int, check_number
+from circuitry._checks import check_int, check_number
 from circuitry.analysis.alerts import Alert
 from circuitry.exceptions import ConfigurationError
 from circuitry.instrumentation.logging import log

@@ -223,7 +223,7 @@ class Webhook:
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        from circuitry._policy import check_int, check_number
+        from circuitry._checks import check_int, check_number
 
         scheme = urllib.parse.urlsplit(self.url).scheme if isinstance(self.url, str) else ""
         if scheme not in ("http", "https"):
@@ -358,7 +358,7 @@ class WebhookSender:
                  poll_interval: float = 1.0, concurrency: int = 4, catch_up: float = 600.0,
                  sweep_interval: float = 10.0, process: str | None = None, transport: Transport | None = None,
                  rng: random.Random | None = None, clock: Callable[[], float] | None = None) -> None:
-        from circuitry._policy import check_int, check_number
+        from circuitry._checks import check_int, check_number
         from circuitry.store.engine import SharedStore, _process_name
 
         hooks = list(webhooks)

@@ -29,9 +29,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from circuitry._checks import check_int, check_number
 from circuitry._clock import SYSTEM_CLOCK, Clock
 from circuitry._core import CircuitBreaker
-from circuitry._policy import check_int, check_number
 from circuitry.exceptions import ConfigurationError
 from circuitry.instrumentation.logging import log
 from circuitry.store.backend import Backend
