@@ -46,6 +46,10 @@ class Connection(Protocol):
         """Run one statement for each parameter tuple."""
         ...
 
+    def query_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """One statement of a user's (read-only connections only); rows as dicts by column name."""
+        ...
+
     def transaction(self) -> AbstractContextManager[None]:
         """A write transaction: committed on exit, rolled back on an exception. SQLite takes the write
         lock at once (``BEGIN IMMEDIATE``), so a read-modify-write inside cannot interleave."""

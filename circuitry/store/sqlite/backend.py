@@ -64,6 +64,11 @@ class _Conn:
     def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
         self.raw.executemany(sql, params)
 
+    def query_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self.raw.execute(sql, params)
+        names = [d[0] for d in cur.description or ()]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         self.raw.execute("BEGIN IMMEDIATE")
