@@ -63,7 +63,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        from importlib.metadata import version
+        from circuitry._meta import version
 
-        return version("circuitry-breaker")  # the distribution's name: "circuitry" on PyPI is another project
+        return version()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -132,6 +132,8 @@ class Circuit(WithBase):
         self._policy = policy
         if policy is not None:  # a conflicting policy fails here; the breaker is made on first use
             self._current_registry().declare(name, policy)
+            if registry is None and not DEFAULT.isolated:
+                DEFAULT.declared[name] = policy
 
     def _current_registry(self) -> Registry:
         return self._registry if self._registry is not None else DEFAULT.registry

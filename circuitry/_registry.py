@@ -50,6 +50,7 @@ class Registry:
         # The faces read this dict directly on every call: it must only ever be mutated in place.
         self.breakers: dict[str, CircuitBreaker] = {}
         self._declared: dict[str, Policy] = {}  # policies of decorated names not called yet
+        self._inherited: set[str] = set()  # declared by the registry this one replaced as the default
         self._store: Store | None = None
         # A store to open when the first breaker is made (the default registry's): importing
         # circuitry, or decorating a function, opens nothing.
@@ -84,7 +85,10 @@ class Registry:
                 if breaker is None:
                     declared = self._declared.get(name)
                     if policy is not None and declared is not None and policy != declared:
-                        raise RegistryConflictError(_conflict_message(name, declared, policy))
+                        if name not in self._inherited:
+                            raise RegistryConflictError(_conflict_message(name, declared, policy))
+                        declared = None  # a declaration of the registry replaced: this one's own wins
+                    self._inherited.discard(name)
                     breaker = CircuitBreaker(name, policy or declared or Policy(), clock=self.clock,
                                              dispatcher=self.dispatcher, rng=self._rng)
                     store = self._store if self._store_factory is None else self._open_pending_store()
@@ -104,10 +108,20 @@ class Registry:
         with self._lock:
             current = self.breakers.get(name)
             known = current.policy if current is not None else self._declared.get(name)
-            if known is not None and known != policy:
+            if known is not None and known != policy and (current is not None or name not in self._inherited):
                 raise RegistryConflictError(_conflict_message(name, known, policy))
             if current is None:
                 self._declared[name] = policy
+                self._inherited.discard(name)
+
+    def _inherit(self, declared: dict[str, Policy]) -> None:
+        """Take the declarations of decorated circuits from the previous default registry, as defaults a
+        declaration made here replaces (an isolated registry stays free to define a name its own way)."""
+        with self._lock:
+            for name, policy in declared.items():
+                if name not in self.breakers and name not in self._declared:
+                    self._declared[name] = policy
+                    self._inherited.add(name)
 
     def reconfigure(self, name: str, policy: Policy | None = None, **policy_kwargs: Any) -> CircuitBreaker:
         """Give an existing (or new) breaker a new policy, explicitly. State is kept; counts restart."""
@@ -314,11 +328,18 @@ class _DefaultRef:
     """The faces hold this and read ``.breakers`` per call, so swapping the default registry (as
     :func:`circuitry.testing.isolated_registry` does) reaches functions decorated at import time."""
 
-    __slots__ = ("breakers", "registry")
+    __slots__ = ("breakers", "declared", "isolated", "registry")
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.breakers = registry.breakers
+        #: The policies of circuits made for the default registry (decorators, ``circuit(name, ...)``):
+        #: declared again in every registry swapped in, so a name looked up there before its decorated
+        #: function first runs gets the decorator's policy, as it would in the original registry.
+        self.declared: dict[str, Policy] = {}
+        #: Inside :func:`circuitry.testing.isolated_registry` (a count: they nest): circuits made there
+        #: stay there (one test's decorators do not reach the next test's registry).
+        self.isolated = 0
 
 
 #: The environment variable naming the default registry's database (``:memory:`` or ``none``: no store).
@@ -392,6 +413,7 @@ def set_default_registry(registry: Registry) -> Registry:
     """Make ``registry`` the process-wide default; returns the previous one."""
     if not isinstance(registry, Registry):
         raise ConfigurationError(f"registry must be a Registry, got {registry!r}")
+    registry._inherit(dict(DEFAULT.declared))
     previous = DEFAULT.registry
     DEFAULT.registry = registry
     DEFAULT.breakers = registry.breakers

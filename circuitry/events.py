@@ -55,7 +55,9 @@ class Event(NamedTuple):
         to_state: For transitions, the state entered; for the others, the state at the time.
         reason: Why: ``"failure_threshold"``, ``"failure_rate"``, ``"slow_call_rate"``,
             ``"probe_failed"``, ``"probe_succeeded"``, ``"recovery_timeout"``, ``"manual"``,
-            ``"remote"`` (another process), ``"open"``/``"probes_taken"`` for rejections.
+            ``"remote"`` (another process's write), ``"restored"`` (the stored state, adopted when the
+            breaker was made), ``"shared_failures"`` (opened by the failures of several processes
+            together), ``"open"``/``"probes_taken"`` for rejections.
         error_type: For failures (and the transitions they caused), the exception's qualified name.
         error_message: The exception's message, truncated to 500 characters. Never a traceback.
         open_for: For openings, how long the circuit refuses calls (seconds).

@@ -7,7 +7,6 @@ the real multi-process cases are in ``test_store_processes.py``.
 from __future__ import annotations
 
 import calendar
-import json
 import sqlite3
 import subprocess
 import sys
@@ -97,10 +96,10 @@ def test_several_processes_tripping_together_write_one_opening(make: Any, db: Pa
     assert sum(store.health().superseded for _, store in pairs) == 3  # the others' own openings, counted
 
 
-def test_transitions_made_while_the_store_could_not_write_are_kept_in_the_row_that_is(make: Any, db: Path,
-                                                                                     clock: FakeClock) -> None:
+def test_transitions_made_while_the_store_could_not_write_are_each_written_in_order(make: Any, db: Path,
+                                                                                  clock: FakeClock) -> None:
     """Several local transitions between two writes (a fault episode, or a fast clock) are not dropped:
-    the written row lists them."""
+    the write that follows records each one, in order."""
     reg, store = make()
     b = reg.get("svc", failure_threshold=1, recovery_timeout=1)
     assert store.flush()
@@ -110,10 +109,39 @@ def test_transitions_made_while_the_store_could_not_write_are_kept_in_the_row_th
         assert b.state is CircuitState.HALF_OPEN
         b.force_open()
     assert store.flush()
-    (data,), = rows(db, "SELECT additional_data FROM circuit_breaker_events WHERE event_type = 'state_change' "
-                        "AND to_state = 'forced_open'")
-    collapsed = json.loads(data)["collapsed"]
-    assert [c[:2] for c in collapsed] == [["closed", "open"], ["open", "half_open"]]
+    got = rows(db, "SELECT from_state, to_state, json_extract(additional_data, '$.reason') FROM circuit_breaker_events "
+                   "WHERE event_type = 'state_change' ORDER BY id")
+    assert got == [("closed", "open", "failure_threshold"), ("open", "half_open", "recovery_timeout"),
+                   ("half_open", "forced_open", "manual")]
+
+
+def test_transitions_that_undo_each_other_within_one_cycle_are_still_history(make: Any, db: Path) -> None:
+    """An opening reset before the writer's next cycle leaves the row as it was, and yet both
+    transitions happened: both are written."""
+    reg, store = make()
+    b = reg.get("svc", failure_threshold=1)
+    assert store.flush()
+    with store.writer.io:
+        fail(b)
+        b.reset()
+    assert store.flush()
+    got = rows(db, "SELECT from_state, to_state FROM circuit_breaker_events WHERE event_type = 'state_change' "
+                   "ORDER BY id")
+    assert got == [("closed", "open"), ("open", "closed")]
+    assert rows(db, "SELECT current_state FROM circuit_breaker_states") == [("closed",)]
+
+
+def test_failures_before_the_first_write_are_counted_once(make: Any, db: Path) -> None:
+    """Failures counted before the circuit's row existed go into the row with it, and are not added
+    again as evidence (they once were: three failures opened a circuit whose threshold was five)."""
+    reg, store = make()  # a fresh store: its writer has not connected yet
+    b = reg.get("svc", failure_threshold=5)
+    fail(b, 3)
+    assert store.flush()
+    assert store.flush()
+    assert rows(db, "SELECT current_state, failure_count FROM circuit_breaker_states") == [("closed", 3)]
+    assert rows(db, "SELECT count(*) FROM circuit_breaker_events WHERE event_type = 'state_change'") == [(0,)]
+    assert b.state is CircuitState.CLOSED
 
 
 # -- 7. tables of an older shape ---------------------------------------------------------------------
@@ -432,6 +460,21 @@ def test_terminal_escapes_never_reach_alerts_or_the_terminal(make: Any, db: Path
     assert cli(["alerts", "--db", str(db)], out=out) == 0
     assert "\x1b" not in out.getvalue()
     assert printable("a\x1b[2Jb\u202ec\x85d") == "a\ufffd[2Jb\ufffdc\ufffdd"
+
+
+def test_an_opening_alert_says_which_error_opened_the_circuit(make: Any) -> None:
+    """The alert the store's analyst raises for an opening carries the error and the open period (it
+    once carried only the states)."""
+    reg, store = make()
+    got: list[dict[str, Any]] = []
+    store.add_alert_callback(got.append)
+    b = reg.get("svc", failure_threshold=1, recovery_timeout=30)
+    fail(b, 1, ConnectionError("refused"))
+    assert eventually(lambda: any(a["alert_type"] == "circuit_opened" for a in got))
+    details = next(a for a in got if a["alert_type"] == "circuit_opened")["details"]
+    assert (details["error_type"], details["error_message"], details["open_for"]) == (
+        "ConnectionError", "refused", 30.0)
+    assert details["generation"] == b.generation
 
 
 def test_query_is_read_only_and_cannot_create_files(make: Any, db: Path, tmp_path: Path) -> None:

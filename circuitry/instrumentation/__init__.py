@@ -10,7 +10,7 @@ One module per backend, each importing its library only when used:
 Metrics are read from a :class:`~circuitry.instrumentation.sources.Source` when they are collected,
 never counted per call: the hot path pays nothing for them.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ carries ``record.event`` (the name) and ``record.circuitry`` (the fields as a di
 
 The rest of circuitry logs through :func:`log`; the default event hook is :class:`LoggingHook`.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def log(level: int | str, event: str, /, **fields: Any) -> None:
     (see the module's documentation). A failure of the logging machinery itself is swallowed: logging
     must never break a protected call or a store's thread.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
     try:
         levelno = level if isinstance(level, int) else _LEVELS[level]
@@ -138,7 +138,7 @@ class LoggingHook:
     ``circuit``, ``from_state``, ``to_state``, ``reason``, ``generation``, ``pid``, ``at`` (ISO 8601,
     UTC), and when known ``open_for`` (seconds), ``error_type``, ``error_message``.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
        Replaces ``StructlogHook``, which remains as an alias.
     """
 

@@ -34,7 +34,7 @@ counted per call:
 Each carries ``circuitry.circuit``. With several worker processes each reports its own circuits (see
 :mod:`circuitry.instrumentation.prometheus` for what that means).
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
+from circuitry._meta import version
 from circuitry.events import Event, EventKind
 from circuitry.instrumentation.sources import RegistrySource, Source
 
@@ -78,7 +79,7 @@ class TracingHook:
     Add it with ``registry.add_hook(TracingHook())`` (or :func:`install`). It runs on the thread, or in
     the task, that made the call, so "current span" is the caller's span.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     __slots__ = ("_registry", "_span", "kinds", "set_status")
@@ -162,7 +163,7 @@ class OtelMetrics:
             :class:`~circuitry.instrumentation.sources.RegistrySource`.
         meter_provider: The provider to get the ``circuitry`` meter from (default: the global one).
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     def __init__(self, *sources: Source | Registry, meter_provider: MeterProvider | None = None) -> None:
@@ -173,7 +174,7 @@ class OtelMetrics:
         self._owned: list[RegistrySource] = []
         for source in sources:
             self.add_source(source)
-        meter = get_meter("circuitry", _version(), meter_provider=meter_provider)
+        meter = get_meter("circuitry", version(), meter_provider=meter_provider)
         meter.create_observable_counter("circuitry.calls", [self._calls], unit="{call}",
                                         description="Calls through the circuit, by outcome.")
         meter.create_observable_counter("circuitry.would_reject", [self._would_reject], unit="{call}",
@@ -280,14 +281,6 @@ class OtelMetrics:
         return f"<OtelMetrics {len(self._sources)} sources>"
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("circuitry")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "0"
-
 
 class OtelInstrumentation:
     """What :func:`install` set up; :meth:`close` removes the hook and stops the metrics."""
@@ -315,7 +308,7 @@ def install(registry: Registry | None = None, *, meter_provider: MeterProvider |
         tracing: Add a :class:`TracingHook` to the registry.
         set_status: The tracing hook's ``set_status``.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
     from circuitry._registry import default_registry
 

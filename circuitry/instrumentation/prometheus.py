@@ -38,7 +38,7 @@ and begin again from zero at the next, which ``rate()``/``increase()`` treat as 
 lag the calls by the store's ``metrics_interval`` (a second). ``prometheus_client``'s own multiprocess
 mode does not help here: it aggregates only its own metric classes, not custom collectors.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class PrometheusCollector:
 
     Register it with ``prometheus_client.REGISTRY.register(collector)`` (what :func:`install` does).
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     def __init__(self, *sources: Source | Registry, prefix: str = "circuitry") -> None:
@@ -207,7 +207,7 @@ def install(registry: Registry | None = None, *, collector_registry: CollectorRe
     Returns:
         The collector; ``collector_registry.unregister(collector)`` and ``collector.close()`` undo this.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
     from circuitry._registry import default_registry
 

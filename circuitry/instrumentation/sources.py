@@ -10,7 +10,7 @@ the shared store instead: every process's circuits and counts, for multi-process
 Every value is cumulative since the source started (counters) or current (gauges), the shapes both
 Prometheus and OpenTelemetry expect.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ class RegistrySource:
     :meth:`~circuitry.CircuitBreaker.stats` does; an open circuit whose period has ended becomes
     half-open when read, exactly as when a call arrives.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     def __init__(self, registry: Registry | None = None, *,
@@ -276,7 +276,7 @@ class StoreSource:
     probes in flight from the lease rows. ``would_reject`` is not stored (always 0) and latency is not
     exported from here.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     def __init__(self, source: Any, *, period: float = 86400.0, since: float | None = None,

@@ -25,7 +25,7 @@ from circuitry._state import CircuitState
 from circuitry.analysis.alerts import Alert, AlertEngine, AlertPolicy
 from circuitry.analysis.patterns import PatternResult, classify
 from circuitry.analysis.recommend import Recommendation, recommend
-from circuitry.events import Event, EventKind
+from circuitry.events import Event
 from circuitry.exceptions import StoreError
 from circuitry.instrumentation.logging import log as _log
 from circuitry.runners.delivery import CallbackDeliverer
@@ -92,7 +92,7 @@ class Analyst:
         self.engine = AlertEngine(policy if isinstance(policy, AlertPolicy) or policy is None else None)
         self.records = Records(store.backend, store.process, timeout=store.busy_timeout)
         self._callbacks: list[tuple[CallbackDeliverer, str | None]] = []
-        self._transitions: deque[tuple[str, str | None, str, str, float]] = deque(maxlen=100_000)
+        self._transitions: deque[Event] = deque(maxlen=100_000)
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -119,9 +119,9 @@ class Analyst:
                      timeout: float = 2.0) -> None:
         self._callbacks.append((CallbackDeliverer(callback, timeout=timeout), service))
 
-    def transitioned(self, service: str, from_state: str | None, to_state: str, reason: str, at: float) -> None:
+    def transitioned(self, event: Event) -> None:
         """A shared transition this process wrote: alert on it promptly."""
-        self._transitions.append((service, from_state, to_state, reason, at))
+        self._transitions.append(event)
         self.start()
         self._wake.set()
 
@@ -182,14 +182,12 @@ class Analyst:
         alerts: list[Alert] = []
         opened: set[str] = set()
         while self._transitions:
-            service, frm, to, reason, at = self._transitions.popleft()
-            if to == "open":
-                opened.add(service)
-            if service in self.store.muted:
+            event = self._transitions.popleft()
+            if event.to_state is CircuitState.OPEN:
+                opened.add(event.circuit)
+            if event.circuit in self.store.muted:
                 continue
-            event = Event(EventKind.TRANSITION, service, at, 0, CircuitState(to),
-                          CircuitState(frm) if frm else None, reason)
-            alerts.extend(self.engine.observe(event, at))
+            alerts.extend(self.engine.observe(event, event.at))
         self._persist(alerts)
         # A circuit that just opened is analysed at once (one process, at most every ON_OPEN_SPACING
         # seconds): the pattern behind an outage is most useful while it is happening.

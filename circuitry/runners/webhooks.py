@@ -35,7 +35,7 @@ logs name an endpoint by its ``name``.
 the endpoint and the sender are one feature a reader follows top to bottom; the SQL is in
 :mod:`circuitry.store.outbox`.)
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
@@ -56,12 +56,14 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from circuitry._meta import version
 from circuitry.exceptions import ConfigurationError
 from circuitry.instrumentation.logging import isoformat, log
 from circuitry.store.outbox import Delivery, Outbox
 
 if TYPE_CHECKING:
     from circuitry._registry import Registry
+    from circuitry.events import Event
     from circuitry.store.backend import Backend
     from circuitry.store.engine import SharedStore
 
@@ -207,7 +209,7 @@ class Webhook:
             ``[d/2, d]``), up to ``max_backoff``.
         headers: Extra request headers (e.g. ``Authorization``; not logged).
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     url: str
@@ -351,7 +353,7 @@ class WebhookSender:
         clock: Wall clock for signatures (default: ``time.time``; leases and retries use the
             database's clock).
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     def __init__(self, target: SharedStore | Backend | str, webhooks: Sequence[Webhook], *,
@@ -416,7 +418,7 @@ class WebhookSender:
 
     # -- Runner (beside a store) ----------------------------------------------------------------------
 
-    def transitioned(self, service: str, from_state: str | None, to_state: str, reason: str, at: float) -> None:
+    def transitioned(self, event: Event) -> None:
         pass  # alerts, not transitions, are sent
 
     def start(self) -> None:
@@ -524,7 +526,7 @@ class WebhookSender:
             body = hook.body(delivery.alert, delivery.delivery_id)
         except Exception as exc:
             return Response(None, None, f"the payload could not be made: {type(exc).__name__}: {exc}")
-        headers = {"Content-Type": "application/json", "User-Agent": f"circuitry/{_version()}",
+        headers = {"Content-Type": "application/json", "User-Agent": f"circuitry/{version()}",
                    DELIVERY_HEADER: delivery.delivery_id, "X-Circuitry-Attempt": str(delivery.attempts),
                    **hook.headers}
         if hook.secret is not None:
@@ -570,14 +572,6 @@ def _stored(alert: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("circuitry")
-    except Exception:  # pragma: no cover - not installed
-        return "0"
-
 
 def install(webhooks: Sequence[Webhook], *, registry: Registry | None = None, store: SharedStore | None = None,
             **options: Any) -> WebhookSender:
@@ -590,7 +584,7 @@ def install(webhooks: Sequence[Webhook], *, registry: Registry | None = None, st
     Raises:
         ConfigurationError: There is no store (a registry kept in memory has no alerts to send).
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
     from circuitry.store.engine import SharedStore
 

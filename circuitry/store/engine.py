@@ -45,6 +45,7 @@ from circuitry.store.sharing import Sharing
 from circuitry.store.writer import Writer
 
 if TYPE_CHECKING:
+    from circuitry.events import Event
     from circuitry.store.readmodel import ReadModel
 
 __all__ = ["Runner", "SharedStore", "StoreHealth"]
@@ -293,9 +294,9 @@ class SharedStore:
         else:
             self.muted.add(service)
 
-    def _shared_transition(self, service: str, frm: str | None, to: str, reason: str, at: float) -> None:
+    def _shared_transition(self, event: Event) -> None:
         for runner in self.runners:
-            runner.transitioned(service, frm, to, reason, at)
+            runner.transitioned(event)
 
     def _count_superseded(self, n: int) -> None:
         self._superseded += n

@@ -24,6 +24,7 @@ from contextlib import AbstractContextManager
 from typing import Final
 
 from circuitry._state import CircuitState
+from circuitry.events import Event, EventKind
 from circuitry.store.backend import Connection
 from circuitry.store.link import Link
 from circuitry.store.sharing import INSERT_EVENT, NEXT_SEQ, STATE_COLUMNS, Sharing, iso, row_tuple
@@ -143,7 +144,8 @@ class Leases:
         current = seen[2] == link.version or self.sharing.adopt(link, seen, "remote", expect=link.synced_gen)
         if became_half_open:
             link.version, link.row_state = row[2], row[1]  # our own step: the breaker gets there by time
-            self.sharing.on_transition(name, "open", "half_open", "recovery_timeout", now)
+            self.sharing.on_transition(Event(EventKind.TRANSITION, name, now, link.breaker.generation,
+                                             CircuitState.HALF_OPEN, CircuitState.OPEN, "recovery_timeout"))
         if lease is not None and not current:  # it moved here meanwhile: the lease is not for it; give it back
             self.release(conn, [int(lease)])
             return "moved"

@@ -44,6 +44,7 @@ class Link:
         "missing",
         "name",
         "pending",
+        "pending_dropped",
         "pregrant_episode",
         "quiet",
         "recorded",
@@ -78,6 +79,7 @@ class Link:
         self.synced_gen = -1  # the breaker generation that matches ``version``
         self.adopt_gen = breaker.generation  # the generation at adoption (nothing local happened yet)
         self.pending: deque[Event] = deque(maxlen=64)  # local transitions not written yet
+        self.pending_dropped = 0  # the oldest of them, pushed out of ``pending`` (written as a count)
         # Probe leases: rows of circuit_breaker_probe_leases this process holds.
         self.grants: deque[tuple[int, float]] = deque()  # (lease id, expires at) not given to a probe yet
         self.grant_life = 0.0  # a grant this close to its expiry is given back, not handed out
@@ -117,5 +119,8 @@ class Link:
         self._wake(self)
 
     def transitioned(self, event: Event) -> None:
-        self.pending.append(event)
+        pending = self.pending
+        if len(pending) == pending.maxlen:
+            self.pending_dropped += 1
+        pending.append(event)
         self._wake(self)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from circuitry.instrumentation.logging import log
 
 if TYPE_CHECKING:
+    from circuitry.events import Event
     from circuitry.store.engine import SharedStore
 
 __all__ = ["Runner", "track"]
@@ -27,7 +28,9 @@ class Runner(Protocol):
     """Something that works beside a store's writer (the analyst): told about shared transitions,
     started with the writer, held across ``fork()``, stopped with the store."""
 
-    def transitioned(self, service: str, from_state: str | None, to_state: str, reason: str, at: float) -> None: ...
+    def transitioned(self, event: Event) -> None:
+        """A transition this process wrote to the shared history (after its transaction commits)."""
+        ...
 
     def start(self) -> None: ...
 

@@ -9,9 +9,9 @@ The rules, in one place:
   holds a lease for: those are written on top of the row, again by compare-and-set.
 * **One transition, one row.** The process whose write changes the shared state records the
   transition in ``circuit_breaker_events``, in the same transaction; a process that loses the race
-  records nothing (its own transition was the same one, or is superseded). Local transitions that
-  never reached the row (a fault episode, or several within one writer cycle) are listed in the
-  written row's ``additional_data`` (``"collapsed"``), so nothing is dropped silently.
+  records nothing (its own transition was the same one, or is superseded). Local transitions made
+  between two writes (a fault episode, or several within one writer cycle — even ones that undid each
+  other) are each written as a history row by the write that follows, in the order they happened.
 * **Half-open is decided by leases.** ``open → half_open`` happens by time in every process; it is
   written by the first lease taken after the open period, in the transaction that takes the lease.
   A probe needs a lease row (``circuit_breaker_probe_leases``): ``half_open_max_calls`` held rows per
@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from circuitry._core import describe
 from circuitry._state import CircuitState
+from circuitry.events import Event, EventKind
 from circuitry.store.backend import Connection
 from circuitry.store.link import Link
 
@@ -58,7 +59,6 @@ _INSERT: Final = (
     "ON CONFLICT (service_name) DO NOTHING RETURNING version, change_seq")
 _MANUAL: Final = frozenset({CircuitState.FORCED_OPEN.value, CircuitState.DISABLED.value})
 _PROBE_OUTCOMES: Final = frozenset({"probe_succeeded", "probe_failed"})
-_COLLAPSED_KEPT: Final = 20
 
 _iso_cache: list[Any] = [None, ""]
 
@@ -86,12 +86,13 @@ class Sharing:
 
     Args:
         process: This process's name (``host:pid``), written as ``updated_by`` and lease ``holder``.
-        on_transition: Called with ``(service, from_state, to_state, reason, ts)`` after a transaction
-            that changed the shared state commits (the analyst raises alerts from these).
+        on_transition: Called with each transition :class:`~circuitry.events.Event` a transaction of
+            this process wrote to the shared history, once it commits (the analyst raises alerts from
+            these).
         superseded: Called with a count of local transitions another process's write replaced.
     """
 
-    def __init__(self, process: str, on_transition: Callable[[str, str | None, str, str, float], None],
+    def __init__(self, process: str, on_transition: Callable[[Event], None],
                  superseded: Callable[[int], None]) -> None:
         self.process = process
         self.on_transition = on_transition
@@ -188,28 +189,60 @@ class Sharing:
             return
         self._write(conn, link, now)
 
-    def _details(self, link: Link, state: str) -> tuple[Any, dict[str, Any]]:
-        """The latest local transition into ``state`` (its error, open period), and the others written
-        collapsed into it."""
+    def _take(self, link: Link, frm: str | None, state: str) -> list[Any]:
+        """The local transitions that lead the row from ``frm`` to ``state``: from the first that starts
+        where the row stands to the last that ends where it goes (those before were superseded, those
+        after are derived from time and written by the lease that follows). Empty if none fits."""
         pending = list(link.pending)
         link.pending.clear()
-        mine = next((e for e in reversed(pending) if e.to_state.value == state), None)
-        others = [e for e in pending if e is not mine]
-        extra: dict[str, Any] = {}
-        if others:
-            extra["collapsed"] = [[e.from_state.value if e.from_state else None, e.to_state.value, e.reason,
-                                   round(e.at, 3)] for e in others[-_COLLAPSED_KEPT:]]
-            if len(others) > _COLLAPSED_KEPT:
-                extra["collapsed_total"] = len(others)
-        return mine, extra
+        start = next((i for i, e in enumerate(pending)
+                      if (e.from_state.value if e.from_state is not None else None) == frm), None)
+        end = next((i for i in range(len(pending) - 1, -1, -1) if pending[i].to_state.value == state), None)
+        if start is None or end is None or end < start:
+            mine = next((e for e in reversed(pending) if e.to_state.value == state), None)
+            return [] if mine is None else [mine]
+        return pending[start:end + 1]
+
+    def _record(self, conn: Connection, link: Link, frm: str | None, state: str, reason: str, now: float,
+                generation: int, open_for: float | None) -> list[Event]:
+        """Write the history rows of a write that took the row from ``frm`` to ``state``; returns them as
+        events, for :attr:`on_transition` once the transaction commits."""
+        events = self._take(link, frm, state)
+        dropped, link.pending_dropped = link.pending_dropped, 0
+        chain: list[Event]
+        if len(events) == 1 and events[0].to_state.value == state:  # the common case: one transition
+            e = events[0]
+            chain = [e._replace(from_state=_state(frm), reason=e.reason or reason, generation=generation,
+                                open_for=open_for)]
+        elif events:
+            last = events[-1]
+            chain = [*events[:-1], last._replace(reason=last.reason or reason, generation=generation,
+                                                 open_for=open_for if state == "open" else last.open_for)]
+        elif frm != state:
+            chain = [Event(EventKind.TRANSITION, link.name, now, generation, CircuitState(state), _state(frm),
+                           reason, open_for=open_for)]
+        else:
+            return []
+        for i, e in enumerate(chain):
+            data: dict[str, Any] = {"reason": e.reason or reason, "generation": e.generation}
+            if e.to_state is CircuitState.OPEN and e.open_for is not None:
+                data["open_for"] = e.open_for
+            if dropped and i == 0:
+                data["transitions_not_recorded"] = dropped
+            conn.execute(INSERT_EVENT, row_tuple(
+                link.name, "state_change", e.from_state.value if e.from_state is not None else None,
+                e.to_state.value, e.error_type, e.error_message, data, e.at, self.process))
+        return chain
 
     def _insert(self, conn: Connection, link: Link, now: float) -> bool:
         b = link.breaker
         snap = b.snapshot()
         p = b.policy
         state, until, reason = _shared_view(snap)
-        if state != "closed":
-            self.before_write(conn, link)
+        # Failures counted up to now are written before the row (and its transition), and they are in
+        # the evidence written with it: sampled after the snapshot, never before (that would count a
+        # failure in between twice).
+        self.before_write(conn, link)
         with conn.transaction():
             got = conn.execute(_INSERT, (link.name, state, snap.consecutive_failures, p.failure_threshold,
                                          round(p.recovery_timeout), iso(now), snap.opened_at, until,
@@ -217,11 +250,9 @@ class Sharing:
                                          None if link.last_failure is None else iso(link.last_failure)))
             if not got:
                 return False
-            if state != "closed":  # it moved before the row existed: say how
-                mine, extra = self._details(link, state)
-                reason = mine.reason if mine is not None and mine.reason else reason
-                self._history(conn, link.name, "closed", state, reason, now, mine, extra, snap.generation,
-                              snap.open_for if state == "open" else None)
+            # It moved before the row existed: say how.
+            written = self._record(conn, link, "closed", state, reason, now, snap.generation,
+                                   snap.open_for if state == "open" else None)
         link.version = got[0][0]
         link.row_state = state
         link.synced_gen = snap.generation
@@ -229,8 +260,8 @@ class Sharing:
         link.pending.clear()
         counts = link.counts
         link.evidence = (counts.successes, counts.failures)  # the row's failure_count has them already
-        if state != "closed":
-            self.on_transition(link.name, "closed", state, reason, now)
+        for event in written:
+            self.on_transition(event)
         return True
 
     def _write(self, conn: Connection, link: Link, now: float) -> None:
@@ -241,8 +272,7 @@ class Sharing:
             snap = b.snapshot()
             state, until, reason = _shared_view(snap)
             frm = link.row_state
-            if frm != state:
-                self.before_write(conn, link)
+            self.before_write(conn, link)  # (see _insert)
             with conn.transaction():
                 got = conn.execute(_CAS, (
                     state, snap.consecutive_failures, p.failure_threshold, round(p.recovery_timeout),
@@ -251,11 +281,8 @@ class Sharing:
                 if got:
                     if state != "half_open":  # the half-open episode is over
                         conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ?", (link.name,))
-                    mine, extra = self._details(link, state)
-                    reason = mine.reason if mine is not None and mine.reason else reason
-                    if frm != state:
-                        self._history(conn, link.name, frm, state, reason, now, mine, extra, snap.generation,
-                                      snap.open_for if state == "open" else None)
+                    written = self._record(conn, link, frm, state, reason, now, snap.generation,
+                                           snap.open_for if state == "open" else None)
                 else:
                     row = self.select(conn, link.name)
             if got:
@@ -267,8 +294,8 @@ class Sharing:
                 link.evidence = (counts.successes, counts.failures)
                 if state != "half_open":
                     link.grants.clear()
-                if frm != state:
-                    self.on_transition(link.name, frm, state, reason, now)
+                for event in written:
+                    self.on_transition(event)
                 return
             if row is None:
                 link.version = -1  # the row is gone: the next cycle inserts it
@@ -286,16 +313,6 @@ class Sharing:
             else:
                 link.version, link.row_state = row[2], row[1]  # moved again: compare-and-set next cycle
             return
-
-    def _history(self, conn: Connection, name: str, frm: str | None, to: str, reason: str, now: float,
-                 event: Any, extra: dict[str, Any], generation: int, open_for: float | None) -> None:
-        etype, emsg = (event.error_type, event.error_message) if event is not None else (None, None)
-        data: dict[str, Any] = {"reason": reason, "generation": generation}
-        if open_for is not None:
-            data["open_for"] = open_for
-        data.update(extra)
-        at = event.at if event is not None else now
-        conn.execute(INSERT_EVENT, row_tuple(name, "state_change", frm, to, etype, emsg, data, at, self.process))
 
     def _evidence(self, conn: Connection, link: Link, now: float) -> None:
         """Add this process's failures since the last cycle to the shared count; trip on the sum."""
@@ -336,14 +353,20 @@ class Sharing:
                     data = {"reason": "shared_failures", "failures": got[0][0], "open_for": open_for}
                     conn.execute(INSERT_EVENT, row_tuple(link.name, "state_change", "closed", "open", None, None,
                                                          data, now, self.process))
-                    tripped = (opened[0][0], now, now + open_for, open_for)
+                    tripped = (opened[0][0], now, now + open_for, open_for, got[0][0])
         if tripped is not None:
-            version, opened_at, until, open_for = tripped
+            version, opened_at, until, open_for, total = tripped
             row = (link.name, "open", version, opened_at, until, open_for, 0, 0, 0)
             self.learn(row)
             if not self.adopt(link, row, "shared_failures", expect=link.synced_gen):
                 link.version, link.row_state = version, "open"
-            self.on_transition(link.name, "closed", "open", "shared_failures", now)
+            self.on_transition(Event(EventKind.TRANSITION, link.name, now, b.generation, CircuitState.OPEN,
+                                     CircuitState.CLOSED, "shared_failures",
+                                     error_message=f"{total} failures across processes", open_for=open_for))
+
+def _state(value: str | None) -> CircuitState | None:
+    return None if value is None else CircuitState(value)
+
 
 def _shared_view(snap: Any) -> tuple[str, float | None, str]:
     """``(state, open_until, reason)`` to write for a breaker's snapshot. A half-open state reached by time

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TextIO
 
+from circuitry._meta import version
 from circuitry._registry import default_db_path
 from circuitry.exceptions import ConfigurationError, SchemaVersionError, StoreError
 from circuitry.tools.terminal import Progress, ago, table, when
@@ -42,14 +43,6 @@ _STATES = ("closed", "open", "half_open", "forced_open", "disabled")
 class UsageError(Exception):
     """A mistake in what was asked (exit code 2, message on stderr)."""
 
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("circuitry")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "unknown"
 
 
 def _emit_json(data: Any, out: TextIO) -> None:
@@ -479,9 +472,10 @@ def cmd_dashboard(args: argparse.Namespace, out: TextIO) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     default_db = default_db_path() or "circuitry.db"
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", default=default_db, metavar="PATH_OR_URL",
-                        help="the database (default: $CIRCUITRY_DB, else %(default)s)")
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument("--db", default=default_db, metavar="PATH_OR_URL",
+                          help="the database (default: $CIRCUITRY_DB, else %(default)s)")
+    common = argparse.ArgumentParser(add_help=False, parents=[database])
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print JSON on stdout instead of text")
     progress = argparse.ArgumentParser(add_help=False)
@@ -490,12 +484,13 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="circuitry", description="Circuit breakers that remember: look at "
                                      "circuits, their alerts and history; act on them; serve the dashboard.")
-    parser.add_argument("--version", action="version", version=f"circuitry {_version()}")
+    parser.add_argument("--version", action="version", version=f"circuitry {version()}")
     parser.add_argument("--json", action="store_true", help="print JSON on stdout instead of text")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, parents=[common, *parents])
+    def add(name: str, help: str, *parents: argparse.ArgumentParser, base: argparse.ArgumentParser = common,
+            ) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[base, *parents])
 
     def selection(p: argparse.ArgumentParser) -> None:
         p.add_argument("--service", action="append", metavar="NAME", help="only this circuit (repeatable)")
@@ -547,7 +542,7 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument("--id", type=int, action="append", help="a delivery's ID (repeatable)")
     retry.add_argument("--dead", action="store_true", help="every dead delivery")
     retry.add_argument("--endpoint", metavar="NAME")
-    add("migrate", "create or upgrade the circuit tables in a SQLite database", progress)
+    add("migrate", "create or upgrade the circuit tables (a SQLite file, or a PostgreSQL URL)", progress)
     demo = sub.add_parser("demo", help="run a flaky service behind a breaker and watch it work",
                           description="run a flaky service behind a breaker and watch it work")
     demo.add_argument("--random-seed", "--seed", type=int, default=7, dest="random_seed",
@@ -555,7 +550,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--db", default="circuitry-demo.db", help="where the demo persists (default: %(default)s)")
     demo.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                       help="print the summary as JSON instead of the narration")
-    dash = add("dashboard", "serve the dashboard (http://127.0.0.1:8050 by default)")
+    dash = add("dashboard", "serve the dashboard (http://127.0.0.1:8050 by default)", base=database)  # no --json
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     dash.add_argument("--port", type=int, default=8050)
     dash.add_argument("--refresh", type=float, default=2.0, metavar="SECONDS", help="live update period")

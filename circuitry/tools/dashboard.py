@@ -28,7 +28,7 @@ worker threads. Works on any database the read model reads. (The routes, the ses
 are here, a little over 500 lines; the HTML is in :mod:`circuitry.tools.pages`, the SVG in
 :mod:`circuitry.tools.timeline`.)
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def create_app(source: str | os.PathLike[str] | ReadModel | SharedStore, *, toke
             the loopback names. ``None``: any (mounted in an application that decides).
         title: The page title's first part.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
     _require()
     from starlette.applications import Starlette
