@@ -182,15 +182,33 @@ def _bash(code: str) -> list[tuple[str, str | None]]:
 
 def _run_command(where: str, cmd: str, expected: str | None) -> None:
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
-    print(f"$ {cmd}\n{proc.stdout}{proc.stderr}")
+    sys.__stdout__.write(f"$ {cmd}\n{proc.stdout}{proc.stderr}")
     if proc.returncode != 0:
         raise SystemExit(f"{where}: `{cmd}` exited with {proc.returncode}:\n{proc.stderr}")
     if expected is not None and not _same(expected, proc.stdout):
         raise SystemExit(f"{where}: `{cmd}` printed\n{proc.stdout}\ninstead of\n{expected}")
 
 
+class _Tee(io.TextIOBase):
+    """``sys.stdout`` while a page runs: what is written goes to the real stdout and to the running block's
+    buffer (a handler that keeps a reference to ``sys.stdout``, as ``logging.basicConfig`` does, keeps working)."""
+
+    def __init__(self, real: io.TextIOBase) -> None:
+        self.real = real
+        self.buffer_ = io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.buffer_.write(text)
+        return self.real.write(text)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+
 def run_steps(path: str) -> None:
     steps = [Block(**s) for s in json.loads(Path(path).read_text())]
+    tee = _Tee(sys.stdout)  # type: ignore[arg-type]
+    sys.stdout = tee
     main = types.ModuleType("__main__")
     main.__file__ = os.path.abspath("page.py")
     sys.modules["__main__"] = main
@@ -202,12 +220,11 @@ def run_steps(path: str) -> None:
             Path(b.title).write_text(b.code)
         elif b.lang == "python":
             code = compile("\n" * (b.line - 1) + b.code, f"docs/{b.page}", "exec", dont_inherit=True)
-            buffer = io.StringIO()
-            with contextlib.redirect_stdout(buffer):
-                exec(code, main.__dict__)
-            sys.stdout.write(buffer.getvalue())
-            if b.expect is not None and not _same(b.expect, buffer.getvalue()):
-                raise SystemExit(f"{where}: printed\n{buffer.getvalue()}\ninstead of\n{b.expect}")
+            tee.buffer_ = io.StringIO()
+            exec(code, main.__dict__)
+            printed = tee.buffer_.getvalue()
+            if b.expect is not None and not _same(b.expect, printed):
+                raise SystemExit(f"{where}: printed\n{printed}\ninstead of\n{b.expect}")
         elif b.lang in ("bash", "console"):
             for cmd, expected in (_console(b.code) if b.lang == "console" else _bash(b.code)):
                 _run_command(where, cmd, expected)
