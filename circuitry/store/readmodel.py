@@ -398,7 +398,8 @@ class ReadModel:
             alerting: Only circuits with unacknowledged alerts.
             sort: ``"attention"`` (refusing circuits first, then half-open, disabled, closed; by name
                 within each) or ``"name"``.
-            offset, limit: Which rows (``limit`` at most 1000).
+            offset: The first row of the page (0: the first).
+            limit: Rows on the page (at most 1000).
             now: The time "the last hour" ends (default: now).
 
         Returns:

@@ -85,19 +85,36 @@ def _canonical(obj: griffe.Object | griffe.Alias) -> str | None:
         return None
 
 
-def _rendered(pkg: griffe.Module) -> dict[str, str]:
-    """Canonical path -> the identifier a reference page renders it under (``::: identifier``)."""
-    shown: dict[str, str] = {}
+def _rendered(pkg: griffe.Module) -> dict[str, tuple[str, bool]]:
+    """Canonical path -> (the identifier a reference page renders it under, whether its members are
+    rendered with it), from the pages' ``::: identifier`` lines and their ``members:`` options."""
+    shown: dict[str, tuple[str, bool]] = {}
     for page in sorted(_REFERENCE.glob("*.md")):
-        for ident in re.findall(r"^::: *([\w.]+)", page.read_text(encoding="utf-8"), flags=re.M):
-            obj = _lookup(pkg, ident)
-            canonical = None if obj is None else _canonical(obj)
-            if canonical is not None:
-                shown.setdefault(canonical, ident)
+        text = page.read_text(encoding="utf-8")
+        for m in re.finditer(r"^::: *([\w.]+)\n((?:    .*\n|\n)*)", text + "\n", flags=re.M):
+            ident, options = m[1], m[2]
+            listed = re.search(r"^\s+members: *(.*)$", options, flags=re.M)
+            names = [] if listed is None else re.findall(r"\w+", listed[1])
+            idents = [(ident, listed is None)]
+            if names and names != ["false"]:
+                idents += [(f"{ident}.{name}", True) for name in names]
+            for each, with_members in idents:
+                obj = _lookup(pkg, each)
+                canonical = None if obj is None else _canonical(obj)
+                if canonical is not None:
+                    shown.setdefault(canonical, (each, with_members))
     return shown
 
 
-def _resolver(pkg: griffe.Module, here: griffe.Object, shown: dict[str, str]) -> Callable[[str], str | None]:
+def _documented(obj: griffe.Object | griffe.Alias | None) -> bool:
+    try:
+        return obj is not None and bool(obj.docstring and obj.docstring.value.strip())
+    except (griffe.AliasResolutionError, griffe.CyclicAliasError):
+        return False
+
+
+def _resolver(pkg: griffe.Module, here: griffe.Object,
+              shown: dict[str, tuple[str, bool]]) -> Callable[[str], str | None]:
     """A function from a role's target to the identifier to link to, or ``None`` (not rendered)."""
     scopes = [here.path]
     parent = here.parent
@@ -115,12 +132,14 @@ def _resolver(pkg: griffe.Module, here: griffe.Object, shown: dict[str, str]) ->
             canonical = _canonical(obj)
             if canonical is None:
                 return None
-            for prefix, ident in sorted(shown.items(), key=lambda kv: -len(kv[0])):
+            for prefix, (ident, with_members) in sorted(shown.items(), key=lambda kv: -len(kv[0])):
                 if canonical == prefix:
                     return ident
-                if canonical.startswith(prefix + "."):
+                if with_members and canonical.startswith(prefix + "."):
                     member = canonical[len(prefix) + 1:]
-                    return None if member.startswith("_") else f"{ident}.{member}"
+                    if any(part.startswith("_") for part in member.split(".")) or not _documented(obj):
+                        return None
+                    return f"{ident}.{member}"
             return None
         return None
 
