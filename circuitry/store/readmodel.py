@@ -1,4 +1,5 @@
-"""The read model: what the CLI, the seed-compatible API, the dashboard and exporters read — one
+"""The read model: what the CLI, the database API (``DatabaseCircuitBreaker``), the dashboard and exporters
+read — one
 implementation over any backend, reading with set-based queries whose cost does not grow with history
 (indexes and rollups), and one connection for the few writes readers make (acknowledging alerts).
 
