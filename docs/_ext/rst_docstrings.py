@@ -215,7 +215,8 @@ def _table(lines: list[str], start: int, resolve: Callable[[str], str | None]) -
             break
         if line.strip():
             row = cells(line)
-            if rows and not row[0]:  # a continuation line: add its text to the row above
+            open_literal = bool(rows) and rows[-1][0].count("``") % 2 == 1
+            if rows and (not row[0] or open_literal):  # a continuation line: add its text to the row above
                 rows[-1] = [f"{a} {b}".strip() for a, b in zip(rows[-1], row, strict=True)]
             else:
                 rows.append(row)
