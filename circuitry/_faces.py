@@ -61,8 +61,8 @@ def circuit(name: str, *, registry: Registry | None = None, fallback: Callable[.
             :class:`~circuitry.CircuitOpenError` (decorator and :meth:`Circuit.call` only); may be
             ``async`` for ``async`` functions.
         **policy: Policy fields (:class:`~circuitry.Policy`), e.g. ``failure_threshold=5``,
-            ``recovery_timeout=60``, ``on=(TimeoutError, ConnectionError)``. The seed's
-            ``expected_exception=`` is accepted as an alias of ``on=``.
+            ``recovery_timeout=60``, ``on=(TimeoutError, ConnectionError)``.
+            ``expected_exception=`` (the database API's name) is accepted as an alias of ``on=``.
 
     Raises:
         ConfigurationError: A policy argument is invalid (the message names it).

@@ -215,7 +215,7 @@ class Policy:
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> Policy:
-        """Build a policy from keyword arguments, accepting the seed's ``expected_exception`` alias."""
+        """Build a policy from keyword arguments, accepting ``expected_exception`` as an alias of ``on``."""
         if "expected_exception" in kwargs:
             if "on" in kwargs:
                 raise ConfigurationError("give on= or expected_exception=, not both")

@@ -1,4 +1,4 @@
-"""The seed's names: ``DatabaseCircuitBreaker`` and ``MultiServiceDatabaseCircuitBreaker``.
+"""The database API: ``DatabaseCircuitBreaker`` and ``MultiServiceDatabaseCircuitBreaker``.
 
 Thin adapters over one registry-and-store pair per database file — not a second implementation:
 ``DatabaseCircuitBreaker(db_path="pipeline.db", service_name="openrouter_api", ...)`` is the breaker
@@ -39,7 +39,7 @@ def registry_for(db_path: str | os.PathLike[str] | None) -> Registry:
 
 
 class DatabaseCircuitBreaker:
-    """A persistent breaker for one service, with the seed's API.
+    """A persistent breaker for one service, with the database API (``await breaker.call(fn, *args)``).
 
     Args:
         db_path: The SQLite file (default: where the process-wide registry persists — see
@@ -152,7 +152,7 @@ class DatabaseCircuitBreaker:
 
 
 class MultiServiceDatabaseCircuitBreaker:
-    """Breakers for many services over one database, with the seed's API.
+    """Breakers for many services over one database, with the database API.
 
     Args:
         db_path: The SQLite file (default: where the process-wide registry persists).

@@ -3,7 +3,7 @@
 The tree::
 
     Exception
-    ├── CircuitBreakerError          (the seed's name; catch this to catch every rejection)
+    ├── CircuitBreakerError          (the database API's name; catch this to catch every rejection)
     │   └── CircuitOpenError         (a call was refused: the circuit is open or its probes are taken)
     ├── StoreError                   (raised by explicit store operations, never into a protected call)
     │   └── SchemaVersionError       (the database was written by a newer circuitry)

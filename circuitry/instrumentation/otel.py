@@ -1,5 +1,5 @@
 """OpenTelemetry: circuitry's metrics through the OTel meter, and what it decided on the current span
-(``pip install circuitry[otel]``; circuitry talks to the OTel API only, the SDK is the application's).
+(``pip install circuitry-breaker[otel]``; circuitry talks to the OTel API only, the SDK is the application's).
 
 .. code-block:: python
 
@@ -62,7 +62,7 @@ def _require() -> None:
         import opentelemetry.trace  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("circuitry's OpenTelemetry support needs opentelemetry-api: "
-                          "pip install 'circuitry[otel]'") from exc
+                          "pip install 'circuitry-breaker[otel]'") from exc
 
 
 class TracingHook:

@@ -1,4 +1,4 @@
-"""Prometheus: circuitry's metrics as a ``prometheus_client`` collector (``pip install circuitry[prometheus]``).
+"""Prometheus: circuitry's metrics as a ``prometheus_client`` collector (``pip install circuitry-breaker[prometheus]``).
 
 .. code-block:: python
 
@@ -71,7 +71,7 @@ def _require() -> Any:
         import prometheus_client.metrics_core
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("circuitry's Prometheus metrics need prometheus_client: "
-                          "pip install 'circuitry[prometheus]'") from exc
+                          "pip install 'circuitry-breaker[prometheus]'") from exc
     return prometheus_client.metrics_core
 
 

@@ -35,8 +35,8 @@ def _postgres() -> Any:
     try:
         from circuitry.store.postgres import backend
     except ImportError as exc:
-        raise ConfigurationError(f"a postgresql:// URL needs psycopg 3: pip install 'circuitry[postgres]' ({exc})") \
-            from None
+        raise ConfigurationError("a postgresql:// URL needs psycopg 3: "
+                                 f"pip install 'circuitry-breaker[postgres]' ({exc})") from None
     return backend
 
 

@@ -76,8 +76,13 @@ class SharedStore:
             a second's failures go into one row carrying their number (``occurrences``).
         second_retention: Seconds of per-second counts to keep (default ``max(2 * analysis_window, 3600)``).
         exit_timeout: The most seconds interpreter exit waits for the last writes.
-        analysis_interval, analysis_window, alert_policy, auto_apply: Settings of the analyst that
-            runs beside the store once it is attached to a registry (see :mod:`circuitry.runners.analyst`).
+        analysis_interval: Seconds between two analyses of a circuit's history by the analyst that runs
+            beside the store once it is attached to a registry (see :mod:`circuitry.runners.analyst`).
+        analysis_window: Seconds of recent history each analysis reads.
+        alert_policy: The alert rules' settings (:class:`circuitry.analysis.alerts.AlertPolicy`), or
+            ``None`` for the defaults.
+        auto_apply: Give circuits the recommended threshold, timeout and backoff as soon as the analyst
+            makes a recommendation.
 
     .. versionadded:: 0.1.0
     """

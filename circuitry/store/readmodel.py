@@ -1,6 +1,7 @@
-"""The read model: what the CLI, the seed-compatible API, the dashboard and exporters read — one
-implementation over any backend, reading with set-based queries whose cost does not grow with history
-(indexes and rollups), and one connection for the few writes readers make (acknowledging alerts).
+"""The read model: what the CLI, the database API (``DatabaseCircuitBreaker``), the dashboard and
+exporters read — one implementation over any backend, reading with set-based queries whose cost does
+not grow with history (indexes and rollups), and one connection for the few writes readers make
+(acknowledging alerts).
 
 Every method returns plain data (dicts, lists), ready for JSON.
 """
@@ -286,7 +287,8 @@ class ReadModel(Reader):
             alerting: Only circuits with unacknowledged alerts.
             sort: ``"attention"`` (refusing circuits first, then half-open, disabled, closed; by name
                 within each) or ``"name"``.
-            offset, limit: Which rows (``limit`` at most 1000).
+            offset: The first row of the page (0: the first).
+            limit: Rows on the page (at most 1000).
             now: The time "the last hour" ends (default: now).
 
         Returns:

@@ -1,4 +1,4 @@
-"""The dashboard: a page to look at (``pip install 'circuitry[dashboard]'``).
+"""The dashboard: a page to look at (``pip install 'circuitry-breaker[dashboard]'``).
 
 .. code-block:: python
 
@@ -72,7 +72,7 @@ def _require() -> None:
     try:
         import starlette  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("circuitry's dashboard needs Starlette: pip install 'circuitry[dashboard]'") from exc
+        raise ImportError("circuitry's dashboard needs Starlette: pip install 'circuitry-breaker[dashboard]'") from exc
 
 
 class _Auth:
@@ -496,7 +496,8 @@ def serve(db: str, *, host: str = "127.0.0.1", port: int = 8050, token_file: str
     try:
         import uvicorn
     except ImportError:
-        sys.stderr.write("circuitry dashboard: needs uvicorn and Starlette: pip install 'circuitry[dashboard]'\n")
+        sys.stderr.write("circuitry dashboard: needs uvicorn and Starlette: "
+                         "pip install 'circuitry-breaker[dashboard]'\n")
         return 2
     token = None
     if token_file:

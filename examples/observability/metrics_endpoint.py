@@ -1,6 +1,6 @@
 """Logs and a Prometheus /metrics endpoint for a service whose dependency fails.
 
-Run it: ``python examples/observability/metrics_endpoint.py`` (needs ``pip install 'circuitry[prometheus]'``).
+Run it: ``python examples/observability/metrics_endpoint.py`` (needs ``pip install 'circuitry-breaker[prometheus]'``).
 It serves /metrics on 127.0.0.1 (a free port), trips a circuit, reads the endpoint once as Prometheus
 would, prints circuitry's lines, and stops.
 """

@@ -1,6 +1,6 @@
 """OpenTelemetry: a refused call's span says which circuit refused it, and for how long.
 
-Run it: ``python examples/observability/tracing.py`` (needs ``pip install 'circuitry[otel]'
+Run it: ``python examples/observability/tracing.py`` (needs ``pip install 'circuitry-breaker[otel]'
 opentelemetry-sdk``). It prints each finished span's status and events.
 """
 

@@ -3,7 +3,7 @@ the circuit of a payment provider through one PostgreSQL database. The provider 
 seen anywhere add up, the circuit opens for every worker on every host at once, one probe at a time
 tests the provider, and when it is back the circuit closes everywhere.
 
-    pip install 'circuitry[postgres]'
+    pip install 'circuitry-breaker[postgres]'
     python examples/several_hosts/demo.py postgresql://user:password@localhost:5432/dbname
 
 (or set ``$CIRCUITRY_DB`` to the URL). The database needs nothing prepared: circuitry creates its tables.

@@ -2,7 +2,7 @@
 ``/metrics`` for Prometheus (every worker's numbers), the dashboard at ``/circuitry/``, and a webhook
 receiver at ``/hooks/circuitry`` that checks each alert's signature.
 
-Run it (needs ``pip install 'circuitry[dashboard,prometheus]'``)::
+Run it (needs ``pip install 'circuitry-breaker[dashboard,prometheus]'``)::
 
     python examples/webapp/app.py                      # http://127.0.0.1:8000
     curl 'http://127.0.0.1:8000/quote?fail=1'          # three times: the circuit opens, an alert is POSTed
