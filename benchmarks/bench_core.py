@@ -7,6 +7,11 @@ Run from the repository root::
     python benchmarks/bench_core.py --quick    # a smoke run (about 5 s; numbers are rough)
     python benchmarks/bench_core.py --store    # also time circuitry with the SQLite store attached
                                                # (errors clearly if circuitry.store is not there)
+    CIRCUITRY_NO_SPEEDUPS=1 python benchmarks/bench_core.py    # the pure-Python build
+
+Every run also times circuitry with a store *link* attached ("circuitry+link": an in-memory fake with
+a ``deque(maxlen=1000)`` failure log and a ``take_probe()`` that grants from memory), which is what a
+store adds to every call, without depending on a store's I/O.
 
 What is measured: ns per call of a protected function (or ``with`` block) and its *overhead*: the same
 loop around the bare, unprotected function, timed in the same run, subtracted. Each cell is a
@@ -37,6 +42,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -50,7 +56,7 @@ import pybreaker
 from purgatory.domain.model import OpenedState
 
 import circuitry
-from circuitry import CircuitOpenError, CircuitState, Registry, _faces, circuit
+from circuitry import CircuitBreaker, CircuitOpenError, CircuitState, Event, Policy, Registry, _faces, circuit
 
 PEERS = ("pybreaker", "circuitbreaker", "purgatory", "aiobreaker")
 LIBS = ("circuitry", *PEERS)
@@ -164,11 +170,44 @@ def build_cells(loop: asyncio.AbstractEventLoop) -> list[Cell]:
     add("call", "bare", "f(work, 1)", f=lambda fn, x: fn(x))  # a one-line forwarding call, for scale
 
     add_circuitry(add, Registry(hooks=[]), "circuitry", loop)
+    add_circuitry(add, LinkedRegistry(hooks=[]), LINKED, loop)
     add_pybreaker(add, loop)
     add_circuitbreaker(add, loop)
     add_purgatory(add, loop)
     add_aiobreaker(add, loop)
     return cells
+
+
+LINKED = "circuitry+link"
+
+
+class FakeLink:
+    """A store's link with no store behind it: what the breaker calls on every path, in memory."""
+
+    def __init__(self) -> None:
+        self.failure_log: deque[BaseException] = deque(maxlen=1000)
+
+    def take_probe(self) -> int | None:
+        return 0  # granted from memory
+
+    def probe_retry_after(self) -> float:
+        return 1.0
+
+    def probe_done(self, lease: int) -> None:
+        pass
+
+    def transitioned(self, event: Event) -> None:
+        pass
+
+
+class LinkedRegistry(Registry):
+    """Every breaker it makes is linked to its own FakeLink, as a store's adopt() would do."""
+
+    def get(self, name: str, policy: Policy | None = None, **policy_kwargs: Any) -> CircuitBreaker:
+        breaker = super().get(name, policy, **policy_kwargs)
+        if breaker.linked is None:
+            breaker.link(FakeLink())
+        return breaker
 
 
 def _trip(fn: Callable[[], Any], loop: asyncio.AbstractEventLoop) -> None:
@@ -361,7 +400,8 @@ def machine() -> list[str]:
                     break
     except OSError:
         pass
-    versions = ", ".join(f"{name} {metadata.version(name)}" for name in LIBS)
+    dists = {"circuitry": "circuitry-breaker"}  # circuitry's distribution name (its import name is taken on PyPI)
+    versions = ", ".join(f"{name} {metadata.version(dists.get(name, name))}" for name in LIBS)
     try:
         rev = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                              cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip()
@@ -411,13 +451,15 @@ def report(cells: list[Cell], store_lib: str | None) -> list[str]:
     out: list[str] = []
 
     def overhead(path: str, lib: str) -> float | None:
-        if (path, lib) not in best:
+        if (path, lib) not in best or (path, "bare") not in best:
             return None
         return best[path, lib] - best[path, "bare"]
 
     head = ["path", "bare ns", "circuitry", *PEERS, "fastest peer", "circuitry / fastest", "meets 0.5x?"]
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, (path, label, _, _) in enumerate(PATHS):
+        if (path, "bare") not in best:  # left out with --paths
+            continue
         if i == MAIN_PATHS:
             out.append("| *extra rows* |" + " |" * (len(head) - 1))
         ours = overhead(path, "circuitry")
@@ -446,21 +488,36 @@ def report(cells: list[Cell], store_lib: str | None) -> list[str]:
         "† : not comparable (circuitbreaker's `with` and `.call()` never check whether the circuit is "
         "open), left out of *fastest peer*.",
     ]
+    out += ["", f"With a store link attached ({LINKED}: an in-memory fake link, failure log `deque(maxlen=1000)`,"
+            " `take_probe()` granting from memory), same run:", "",
+            "| path | circuitry | circuitry+link | fastest peer | circuitry+link / fastest | meets 0.5x? |",
+            "|---|---|---|---|---|---|"]
+    for path, label, _, _ in PATHS[:MAIN_PATHS]:
+        ours, linked = overhead(path, "circuitry"), overhead(path, LINKED)
+        peers = {lib: o for lib in PEERS if (o := overhead(path, lib)) is not None and comparable[path, lib]}
+        if linked is None or not peers:
+            continue
+        fastest = min(peers, key=peers.__getitem__)
+        ratio = linked / peers[fastest] if peers[fastest] > 0 else float("inf")
+        out.append(f"| {label} | {fmt(ours)} | {fmt(linked)} | {fastest} ({fmt(peers[fastest])}) | {ratio:.2f}x | "
+                   f"{'yes' if ratio <= TARGET else '**no**'} |")
     if store_lib is not None:
         out += ["", "| path | circuitry overhead | circuitry + SQLite store overhead | store cost |",
                 "|---|---|---|---|"]
         for path, label, _, _ in PATHS:
-            if (path, store_lib) in best:
+            if (path, store_lib) in best and (path, "bare") in best:
                 a, b = overhead(path, "circuitry"), overhead(path, store_lib)
                 assert a is not None
                 assert b is not None
                 out.append(f"| {label} | {fmt(a)} | {fmt(b)} | {fmt(b - a)} |")
     out += ["", "Spread (ns per call, min / median / max over the repeats, loop included):", "",
-            "| path | " + " | ".join(["bare", *LIBS] + ([store_lib] if store_lib else [])) + " |",
-            "|---|" + "---|" * (len(LIBS) + 1 + (1 if store_lib else 0))]
-    cols = ["bare", *LIBS] + ([store_lib] if store_lib else [])
+            "| path | " + " | ".join(["bare", *LIBS, LINKED] + ([store_lib] if store_lib else [])) + " |",
+            "|---|" + "---|" * (len(LIBS) + 2 + (1 if store_lib else 0))]
+    cols = ["bare", *LIBS, LINKED] + ([store_lib] if store_lib else [])
     index = {(c.path, c.lib): c for c in cells}
     for path, label, _, _ in PATHS:
+        if (path, "bare") not in best:
+            continue
         row = [label]
         for lib in cols:
             c = index.get((path, lib))
@@ -478,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 repeats, 10x fewer calls")
     ap.add_argument("--repeats", type=int, default=None, help="repeats (default 9; 3 with --quick)")
     ap.add_argument("-n", type=int, default=None, help="calls per sync-success cell (default 200000)")
+    ap.add_argument("--paths", default=None,
+                    help="comma-separated path keys to time (default: all), e.g. fail_sync,fail_async")
     ap.add_argument("--store", action="store_true",
                     help="require the circuitry + SQLite store cells (error if circuitry.store is missing); "
                          "without it they are added only when circuitry.store imports")
@@ -490,6 +549,12 @@ def main(argv: list[str] | None = None) -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     cells = build_cells(loop)
+    if args.paths:
+        keep = set(args.paths.split(","))
+        unknown = keep - {key for key, _, _, _ in PATHS}
+        if unknown:
+            ap.error(f"unknown paths: {', '.join(sorted(unknown))}")
+        cells = [c for c in cells if c.path in keep]
 
     store_lib: str | None = None
     with tempfile.TemporaryDirectory() as tmpdir:

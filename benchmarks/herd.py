@@ -182,7 +182,8 @@ def main() -> None:
     print(f"{CALLERS} callers released together just after the open period ends; one probe allowed.\n")
     print("| library | version | threads reaching the function | coroutines reaching the function |")
     print("|---|---|---|---|")
-    for name, dist, run in (("circuitry", "circuitry", run_circuitry), ("pybreaker", "pybreaker", run_pybreaker),
+    for name, dist, run in (("circuitry", "circuitry-breaker", run_circuitry),
+                            ("pybreaker", "pybreaker", run_pybreaker),
                             ("circuitbreaker", "circuitbreaker", run_circuitbreaker),
                             ("purgatory", "purgatory", run_purgatory), ("aiobreaker", "aiobreaker", run_aiobreaker)):
         threads, tasks = run()

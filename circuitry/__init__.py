@@ -14,7 +14,7 @@ from typing import Any
 
 from circuitry._clock import Clock, SystemClock
 from circuitry._core import BreakerStats, CircuitBreaker, Permit
-from circuitry._faces import Circuit, circuit
+from circuitry._faces import Circuit, Protected, circuit
 from circuitry._policy import Policy
 from circuitry._registry import Registry, configure, default_registry, set_default_registry
 from circuitry._state import CircuitState
@@ -22,6 +22,7 @@ from circuitry.compat import DatabaseCircuitBreaker, MultiServiceDatabaseCircuit
 from circuitry.events import Event, EventKind, Hook, StructlogHook
 from circuitry.exceptions import (
     CircuitBreakerError,
+    CircuitNotFoundError,
     CircuitOpenError,
     ConfigurationError,
     RegistryConflictError,
@@ -34,6 +35,7 @@ __all__ = [
     "Circuit",
     "CircuitBreaker",
     "CircuitBreakerError",
+    "CircuitNotFoundError",
     "CircuitOpenError",
     "CircuitState",
     "Clock",
@@ -45,6 +47,7 @@ __all__ = [
     "MultiServiceDatabaseCircuitBreaker",
     "Permit",
     "Policy",
+    "Protected",
     "Registry",
     "RegistryConflictError",
     "SchemaVersionError",
@@ -60,7 +63,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        from importlib.metadata import version
+        from circuitry._meta import version
 
-        return version("circuitry")
+        return version()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,35 +1,45 @@
 """The breaker: a pure, synchronous state machine.
 
-No I/O, no awaiting, no user code under the lock. :meth:`CircuitBreaker.admit` hands out a permit
-and :meth:`CircuitBreaker.record_success` (and friends) report how the call went; the faces in
-:mod:`circuitry._calls` drive these for functions, coroutines, generators and ``with`` blocks.
+No I/O, no awaiting, no user code under the lock. Every face drives a breaker through one entry and
+one exit: :meth:`~Gate.enter` hands out a token (or raises :class:`CircuitOpenError`) and
+:meth:`~Gate.exit` reports how the call ended — the outcome rule lives there and in
+:meth:`CircuitBreaker._exit_slow`, nowhere else.
 
 The hot path — a closed breaker with only the consecutive-failure rule — takes no lock at all: the
-permit is the generation number (``_fast``), a success is one atomic counter increment, and the lock
-is taken only when there is state to change (a failure, or a success that ends a run of failures).
-Counters are :func:`itertools.count` objects, whose ``next()`` is atomic under the GIL, so totals
-stay exact under any number of threads.
+token is the generation number, a success is one atomic counter increment, and the lock is taken only
+when there is state to change. That lock-free front is the breaker's base class, :class:`Gate`
+(:mod:`circuitry._fastpath`, or its C twin: :mod:`circuitry._accel` chooses).
+
+This module is over 500 lines because the state machine is one lock's worth of code: every method
+below changes state under ``_lock``, and splitting them would spread one invariant over two files.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import random
+import sys
 import threading
-from collections.abc import Callable
+import unicodedata
+import warnings
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple, Protocol
 
-from circuitry import _calls
+from circuitry._accel import NO_RESULT, Gate
 from circuitry._clock import SYSTEM_CLOCK, Clock
+from circuitry._fastpath import count_value, not_started
 from circuitry._policy import MAX_DURATION, Policy
 from circuitry._state import CircuitState
 from circuitry._window import CountWindow, TimeWindow
 from circuitry.events import Dispatcher, Event, EventKind
 from circuitry.exceptions import CircuitOpenError, ConfigurationError
 
-__all__ = ["BreakerStats", "CircuitBreaker", "Permit", "SharedState", "validate_name"]
+__all__ = ["BreakerStats", "CircuitBreaker", "Counts", "Permit", "SharedState", "StoreLink", "call_through",
+           "not_started", "validate_name"]
 
 CLOSED: Final = CircuitState.CLOSED
 OPEN: Final = CircuitState.OPEN
@@ -41,38 +51,99 @@ _MESSAGE_LIMIT: Final = 500
 MAX_NAME_LENGTH: Final = 200
 
 
+# Characters a name may not hold: they can rewrite a terminal line or reorder what a reader sees
+# (C0/C1 controls, line and paragraph separators, bidirectional overrides and isolates), or cannot be
+# written to a database at all (lone surrogates).
+_BIDI: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_REFUSED_CATEGORIES: Final = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
 def validate_name(name: object) -> str:
-    """A breaker name: a non-empty ``str`` of at most 200 characters, no control characters."""
+    """A breaker name: a non-empty ``str`` of at most 200 characters that encodes to UTF-8, with no
+    control characters (C0 or C1), line separators or bidirectional controls.
+
+    Raises:
+        ConfigurationError: The name is not one (the message says why, with the offending character).
+    """
     if not isinstance(name, str):
+        if callable(name):
+            raise ConfigurationError(
+                f"circuit() takes the circuit's name first: write @circuit(\"name\"), got {name!r}")
         raise ConfigurationError(f"name must be a str, got {name!r} ({type(name).__name__})")
     if not name or len(name) > MAX_NAME_LENGTH:
         raise ConfigurationError(f"name must be 1 to {MAX_NAME_LENGTH} characters, got {len(name)}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise ConfigurationError(f"name must not contain control characters, got {name!r}")
+    if not name.isprintable():  # every refused character is unprintable: the usual name is accepted at once
+        for c in name:
+            if c in _BIDI or unicodedata.category(c) in _REFUSED_CATEGORIES:
+                raise ConfigurationError(
+                    f"name must not contain control, separator or bidirectional characters, got "
+                    f"U+{ord(c):04X} in {name!r}")
     return name
 
 
-def _count_value(counter: itertools.count[int]) -> int:
-    # itertools.count has no public read; its repr is stable ("count(5)") across supported versions.
-    return int(repr(counter)[6:-1])
+# circuitry/store/_sqlite.py imports this name; the store's rewrite reads Counts through counts().
+_count_value = count_value
+
+
+class Counts(NamedTuple):
+    """Every call a breaker has seen, by outcome (exact under any number of threads)."""
+
+    successes: int
+    failures: int
+    ignored: int
+    rejected: int
+    cancelled: int
+
+
+class StoreLink(Protocol):
+    """What a breaker calls on the store that persists it (see :meth:`CircuitBreaker.link`).
+
+    Every method is in-memory and non-blocking: the breaker calls them on the protected call's thread,
+    :meth:`take_probe` under its own lock. All I/O belongs to the store's threads.
+    """
+
+    #: Where the breaker appends each counted failure's exception (bounded: a ``deque`` with a
+    #: ``maxlen``), or ``None`` when the store does not keep failure rows.
+    failure_log: deque[BaseException] | None
+
+    def take_probe(self) -> int | None:
+        """A half-open probe wants to start: a lease id (> 0) this process holds for it, ``0`` to decide
+        from memory (the store cannot coordinate now), or ``None`` to refuse the call (no lease free
+        here now; the store notes the demand)."""
+        ...
+
+    def probe_retry_after(self) -> float:
+        """Seconds a caller refused by :meth:`take_probe` should wait (a hint for ``retry_after``)."""
+        ...
+
+    def probe_done(self, lease: int) -> None:
+        """The probe holding ``lease`` finished, was cancelled, or outlived its lease."""
+        ...
+
+    def transitioned(self, event: Event) -> None:
+        """A transition this breaker made (not one adopted from the store), in order."""
+        ...
 
 
 class Permit:
     """An admission that is not the plain closed-state one: a half-open probe, a call a
-    metrics-only breaker would have rejected (``shadow``), or a call through a disabled breaker.
+    metrics-only breaker would have rejected (``shadow``), a call through a disabled breaker, or any
+    call of a breaker that times its calls (``started``).
 
     Plain closed-state admissions are represented by the bare generation number (an ``int``) inside
     circuitry; :meth:`CircuitBreaker.admit` wraps those too, for code that drives a breaker by hand.
     """
 
-    __slots__ = ("closed", "generation", "probe", "shadow")
+    __slots__ = ("closed", "generation", "lease", "probe", "shadow", "started")
 
     def __init__(self, generation: int, probe: int | None = None, shadow: bool = False,
-                 closed: bool = False) -> None:
+                 closed: bool = False, lease: int = 0, started: float | None = None) -> None:
         self.generation = generation
         self.probe = probe
         self.shadow = shadow
-        self.closed = closed  # a plain closed-state admission, wrapped by admit()
+        self.closed = closed  # a plain closed-state admission, wrapped by admit() or timed
+        self.lease = lease  # a probe's lease in the store (0: none)
+        self.started = started  # the monotonic time the call started, when the breaker times calls
 
     def __repr__(self) -> str:
         kind = "probe" if self.probe is not None else "shadow" if self.shadow else \
@@ -133,14 +204,24 @@ class BreakerStats:
         return self.successes + self.failures + self.ignored + self.rejected + self.cancelled
 
 
-class CircuitBreaker:
+class CircuitBreaker(Gate):
     """One named circuit.
 
     Usually obtained from a registry (``circuit("name").breaker`` or ``registry.get("name")``); it can
     also be built standalone: ``CircuitBreaker("payments", failure_threshold=3)``.
 
+    Code that drives a breaker by hand uses the one entry and exit every face uses::
+
+        token = breaker.enter()              # raises CircuitOpenError when refused
+        try:
+            result = do_the_call()
+        except BaseException as exc:
+            breaker.exit(token, exc)         # a failure, ignored, or cancelled: the policy decides
+            raise
+        breaker.exit(token, None, result)    # a success (unless result_is_failure says otherwise)
+
     Args:
-        name: The circuit's name (1 to 200 characters, no control characters).
+        name: The circuit's name (1 to 200 characters, UTF-8, no control or bidirectional characters).
         policy: A :class:`Policy`; or give its fields as keyword arguments.
         clock: Where time comes from (default: the system's monotonic and wall clocks).
         dispatcher: Where events go (registries pass theirs; standalone breakers emit to nobody).
@@ -152,27 +233,15 @@ class CircuitBreaker:
     __slots__ = (
         "__weakref__",
         "_classify",
-        "_consec",
-        "_dirty",
         "_dispatch",
         "_enforce",
-        "_fail_types",
-        "_fast",
-        "_gen",
         "_lat_max",
         "_lat_n",
         "_lat_sum",
+        "_link",
         "_lock",
-        "_n_cancel",
-        "_n_fail",
-        "_n_ign",
-        "_n_ok",
-        "_n_rej",
         "_n_shadow",
-        "_now",
         "_open_for",
-        "_open_until",
-        "_opened_at",
         "_policy",
         "_probe_ok",
         "_probe_seq",
@@ -180,20 +249,17 @@ class CircuitBreaker:
         "_reason",
         "_reopens",
         "_rng",
-        "_shared",
         "_state",
-        "_thr1",
         "_timed",
         "_wall",
         "_window",
         "clock",
-        "name",
     )
 
     def __init__(self, name: str, policy: Policy | None = None, *, clock: Clock | None = None,
                  dispatcher: Dispatcher | None = None, rng: random.Random | None = None,
                  **policy_kwargs: Any) -> None:
-        self.name = validate_name(name)
+        name = validate_name(name)
         if policy is None:
             policy = Policy.from_kwargs(policy_kwargs)
         elif policy_kwargs:
@@ -203,28 +269,16 @@ class CircuitBreaker:
         clock = SYSTEM_CLOCK if clock is None else clock
         if not (callable(getattr(clock, "monotonic", None)) and callable(getattr(clock, "time", None))):
             raise ConfigurationError(f"clock must have monotonic() and time() methods, got {clock!r}")
+        super().__init__(name, clock.monotonic, CircuitOpenError)
         self.clock = clock
-        self._now: Callable[[], float] = clock.monotonic
         self._wall: Callable[[], float] = clock.time
         self._dispatch = dispatcher if dispatcher is not None else Dispatcher()
         self._dispatch.watch(self)
         self._rng = rng if rng is not None else _JITTER_RNG
         self._lock = threading.Lock()
-        self._n_ok = itertools.count()
-        self._n_fail = itertools.count()
-        self._n_ign = itertools.count()
-        self._n_rej = itertools.count()
-        self._n_cancel = itertools.count()
         self._n_shadow = itertools.count()
         self._state = CLOSED
-        self._gen = 0
         self._enforce = True
-        # Consecutive failures: an atomic counter, replaced (not zeroed) by a success; ``_dirty`` says
-        # whether it may be non-zero, so a success costs one attribute read when nothing failed.
-        self._consec = itertools.count()
-        self._dirty = False
-        self._opened_at: float | None = None
-        self._open_until = 0.0
         self._open_for = 0.0
         self._reopens = 0
         self._reason = "initial"
@@ -232,7 +286,7 @@ class CircuitBreaker:
         self._probes: dict[int, float] = {}
         self._probe_seq = 0
         self._probe_ok = 0
-        self._shared: Any = None  # the store's link, when persistence is attached
+        self._link: StoreLink | None = None  # the store's link, when persistence is attached
         self._apply_policy(policy)
 
     # -- configuration ------------------------------------------------------------------------------
@@ -254,24 +308,26 @@ class CircuitBreaker:
         return None
 
     def _update_fast(self) -> None:
-        # ``_fast`` tells the faces, in one read, which path a call takes: the generation number (>= 0)
-        # for the lock-free path — a closed breaker whose only rule is consecutive failures; -2 for
-        # an enforcing open breaker whose rejections nobody listens to, which the faces refuse
-        # themselves; -1 for the rest.
+        # ``_fast`` tells the gate, in one read, what it may decide alone: the generation number
+        # (>= 0) while the breaker is closed and its only rule is consecutive failures (admit and count
+        # a success with no lock); -2 for an enforcing open breaker whose rejections nobody listens to
+        # (refuse with no lock); -1 for the rest.
         if self._state is CLOSED:
             lean = self._window is None and self._policy.result_is_failure is None and not self._timed
             self._fast = self._gen if lean else -1
         else:
             plain_open = self._state is OPEN and self._enforce and not self._dispatch.rejection
             self._fast = -2 if plain_open else -1
-        # ``_fail_types``: the exception types a face may count inline — set when classification is an
-        # isinstance check, the open period needs nothing from the exception and no hook wants failures.
+        # ``_fail_types``: the exception types the gate may count as failures itself (appending them to
+        # the store's failure log) — when classification is an isinstance check, no window needs the
+        # call, the open period needs nothing from the exception and no hook wants failure events.
+        # It depends on none of the state: a token of the current generation says the rest.
         p = self._policy
         on = p.on
-        inline = isinstance(on, type | tuple) and p.retry_after is None and not self._dispatch.failure
-        # (an empty tuple matches nothing: the face then takes the general path, with one check less)
-        self._fail_types: type[BaseException] | tuple[type[BaseException], ...] = (
-            on if inline else ())  # type: ignore[assignment]
+        inline = (isinstance(on, type | tuple) and p.retry_after is None and self._window is None
+                  and not self._dispatch.failure)
+        # (an empty tuple matches nothing: the gate then takes the general path, with one check less)
+        self._fail_types = on if inline else ()  # type: ignore[assignment]
 
     def _hooks_changed(self) -> None:
         """The dispatcher's hooks changed: which paths the faces may take inline may have too."""
@@ -315,6 +371,7 @@ class CircuitBreaker:
         """A snapshot of the counters and state."""
         state = self.state
         with self._lock:
+            ok, failed, ignored, rejected, cancelled = self._tally()
             now = self._now()
             if self._state is OPEN:
                 retry: float | None = max(0.0, self._open_until - now)
@@ -324,10 +381,9 @@ class CircuitBreaker:
                 retry = 0.0
             return BreakerStats(
                 name=self.name, state=state, generation=self._gen,
-                consecutive_failures=_count_value(self._consec),
-                successes=_count_value(self._n_ok), failures=_count_value(self._n_fail),
-                ignored=_count_value(self._n_ign), rejected=_count_value(self._n_rej),
-                cancelled=_count_value(self._n_cancel), would_reject=_count_value(self._n_shadow),
+                consecutive_failures=self.consecutive_failures,
+                successes=ok, failures=failed, ignored=ignored, rejected=rejected, cancelled=cancelled,
+                would_reject=count_value(self._n_shadow),
                 opened_at=self._opened_at, retry_after=retry,
                 probes_in_flight=sum(1 for exp in self._probes.values() if exp > now),
             )
@@ -344,7 +400,7 @@ class CircuitBreaker:
         awaitable), returns an awaitable: ``await breaker.call(fetch, url)``; its outcome is recorded
         when it completes. Refused calls raise :class:`CircuitOpenError`.
         """
-        return _calls.call_through(self, fn, args, kwargs)
+        return call_through(self, fn, args, kwargs)
 
     # -- admission ----------------------------------------------------------------------------------
 
@@ -352,24 +408,13 @@ class CircuitBreaker:
         """Ask to make a call. Raises :class:`CircuitOpenError` if refused.
 
         Every permit must be reported exactly once with :meth:`record_success`,
-        :meth:`record_failure`, :meth:`record_ignored` or :meth:`release`.
+        :meth:`record_failure`, :meth:`record_ignored` or :meth:`release` (or with :meth:`exit`).
         """
-        token = self._acquire()
-        return Permit(token, closed=True) if type(token) is int else token  # type: ignore[return-value]
+        token = self.enter()
+        return Permit(token, closed=True) if type(token) is int else token
 
-    def _acquire(self) -> Token:
-        fast = self._fast
-        if fast >= 0:
-            return fast
-        return self._acquire_slow()
-
-    def _acquire_slow(self) -> Token:
-        # Lock-free rejection while open: an outage is exactly when calls arrive fastest.
-        if self._state is OPEN and self._enforce:
-            now = self._now()
-            until = self._open_until
-            if now < until:
-                raise self._reject(CircuitState.OPEN, until - now, "open")
+    def _enter_slow(self) -> Token:
+        # (the gate refused a plainly open breaker already; this is every other state)
         events: list[Event] = []
         with self._lock:
             got = self._acquire_locked(events)
@@ -377,34 +422,27 @@ class CircuitBreaker:
             self._emit(events)
         if type(got) is tuple:  # refused: hooks run and the error is built outside the lock
             raise self._reject(*got)
-        shared = self._shared
-        # A probe is reserved here; across processes it also needs a lease, taken by the store outside
-        # the lock (it is I/O). Without one the reservation is given back and the call refused.
-        if (shared is not None and type(got) is Permit and got.probe is not None
-                and not shared.acquire_probe(self, self._now())):
-            with self._lock:
-                self._probes.pop(got.probe, None)
-            raise self._reject(HALF_OPEN, self._policy.effective_probe_timeout, "probes_taken")
         return got  # type: ignore[return-value]
 
     def _acquire_locked(self, events: list[Event]) -> Token | tuple[CircuitState, float | None, str]:
         state = self._state
+        started = self._now() if self._timed else None
         if state is CLOSED:
-            return self._gen
+            return self._gen if started is None else Permit(self._gen, closed=True, started=started)
         if state is DISABLED:
-            return Permit(self._gen)
-        now = self._now()
+            return Permit(self._gen, started=started)
+        now = self._now() if started is None else started
         if state is FORCED_OPEN:
             if self._enforce:
                 return (FORCED_OPEN, None, "forced_open")
             next(self._n_shadow)
-            return Permit(self._gen, shadow=True)
+            return Permit(self._gen, shadow=True, started=started)
         if state is OPEN:
             if now < self._open_until:
                 if self._enforce:
                     return (OPEN, self._open_until - now, "open")
                 next(self._n_shadow)
-                return Permit(self._gen, shadow=True)
+                return Permit(self._gen, shadow=True, started=started)
             self._to(HALF_OPEN, "recovery_timeout", now, events)
         # half-open: hand out probe permits, reclaiming those whose lease ran out
         probes = self._probes
@@ -415,13 +453,23 @@ class CircuitBreaker:
             if self._enforce:
                 return (HALF_OPEN, max(0.0, min(probes.values()) - now), "probes_taken")
             next(self._n_shadow)
-            return Permit(self._gen, shadow=True)
+            return Permit(self._gen, shadow=True, started=started)
+        lease = 0
+        link = self._link
+        if link is not None:  # across processes a probe also needs a lease the store holds for it
+            got = link.take_probe()
+            if got is None:
+                if self._enforce:
+                    return (HALF_OPEN, link.probe_retry_after(), "probes_taken")
+                next(self._n_shadow)
+                return Permit(self._gen, shadow=True, started=started)
+            lease = got
         self._probe_seq += 1
         probes[self._probe_seq] = now + self._policy.effective_probe_timeout
-        return Permit(self._gen, probe=self._probe_seq)
+        return Permit(self._gen, probe=self._probe_seq, lease=lease, started=started)
 
     def _reject(self, state: CircuitState, retry_after: float | None, reason: str) -> CircuitOpenError:
-        next(self._n_rej)
+        self._tick(3)
         hooks = self._dispatch.rejection
         if hooks:
             self._dispatch.emit(hooks, Event(
@@ -430,14 +478,55 @@ class CircuitBreaker:
 
     # -- outcomes -----------------------------------------------------------------------------------
 
+    def _exit_slow(self, token: Token, exc: BaseException | None, result: object) -> None:
+        """The outcome rule, for every case the gate does not settle itself (see :meth:`exit`)."""
+        started = None if type(token) is int else token.started  # type: ignore[union-attr]
+        duration = None if started is None else self._now() - started
+        if exc is None:
+            if result is not NO_RESULT:
+                if inspect.iscoroutine(result):
+                    self._unawaited(token)
+                    return
+                predicate = self._policy.result_is_failure
+                if predicate is not None and self._judge(predicate, result):
+                    self.record_failure(token, _BadResultError(result), duration)
+                    return
+            self.record_success(token, duration)
+        elif isinstance(exc, Exception):
+            if self._judge(self._classify, exc):
+                self.record_failure(token, exc, duration)
+            else:
+                self.record_ignored(token)
+        else:
+            self.release(token)
+
+    def _judge(self, predicate: Callable[[Any], object], value: object) -> bool:
+        try:
+            return bool(predicate(value))
+        except Exception as err:  # a broken predicate must not replace the caller's outcome: a failure
+            _report("circuitry.classifier_failed", self.name, err)
+            return True
+
+    def _unawaited(self, token: Token) -> None:
+        # A plain function under a sync decorator returned a coroutine: nothing has run yet, so the
+        # call is neither a success nor a failure. Say so where the mistake is made.
+        level, frame = 1, sys._getframe()
+        while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("circuitry."):
+            level, frame = level + 1, frame.f_back  # point at the caller's line, not circuitry's
+        warnings.warn(
+            f"circuit {self.name!r}: the protected call returned a coroutine without awaiting it, so its "
+            "outcome is unknown and was not counted; decorate the `async def` itself, or use "
+            "circuit(...).call(fn), which awaits what fn returns", RuntimeWarning, stacklevel=level)
+        self.record_ignored(token)
+
     def record_success(self, permit: Token, duration: float | None = None) -> None:
         """Report that an admitted call succeeded (``duration`` in seconds feeds the slow-call rule)."""
-        next(self._n_ok)
+        self._tick(0)
         if duration is not None:
             self._note_latency(duration)
         permit = _plain(permit)
         if type(permit) is int:
-            if permit != self._gen or (self._window is None and not self._dirty):
+            if permit != self._gen or (self._window is None and not self.consecutive_failures):
                 return
         elif permit.shadow or permit.probe is None:  # type: ignore[union-attr]
             return
@@ -445,7 +534,7 @@ class CircuitBreaker:
         with self._lock:
             if type(permit) is int:
                 if permit == self._gen and self._state is CLOSED:
-                    self._clear()
+                    self._clear_failures()
                     if self._window is not None:
                         now = self._now()
                         self._window.add(False, self._is_slow(duration), now)
@@ -459,7 +548,10 @@ class CircuitBreaker:
     def record_failure(self, permit: Token, exc: BaseException | None = None,
                        duration: float | None = None) -> None:
         """Report that an admitted call failed (a counted failure; classification is the caller's)."""
-        next(self._n_fail)
+        self._tick(1)
+        flog = self._flog
+        if flog is not None and exc is not None:
+            flog.append(exc)
         if duration is not None:
             self._note_latency(duration)
         permit = _plain(permit)
@@ -471,8 +563,7 @@ class CircuitBreaker:
             if type(permit) is int:
                 if permit == self._gen and self._state is CLOSED:
                     now = self._now()
-                    self._dirty = True
-                    reason = "failure_threshold" if next(self._consec) >= self._thr1 else None
+                    reason = "failure_threshold" if self._failed_once() > self._thr1 else None
                     if self._window is not None:
                         self._window.add(True, self._is_slow(duration), now)
                         if reason is None:
@@ -492,41 +583,15 @@ class CircuitBreaker:
 
     def record_ignored(self, permit: Token) -> None:
         """Report an exception that is neither failure nor success: it changes no count."""
-        next(self._n_ign)
+        self._tick(2)
         if type(permit) is not int:
             self._release_probe(permit)  # type: ignore[arg-type]
 
     def release(self, permit: Token) -> None:
         """Report a call that never finished (cancelled, interrupted): counted as cancelled only."""
-        next(self._n_cancel)
+        self._tick(4)
         if type(permit) is not int:
             self._release_probe(permit)  # type: ignore[arg-type]
-
-    # Faces call these two: they classify the outcome, then record it.
-
-    def _on_error(self, token: Token, exc: BaseException, duration: float | None = None) -> None:
-        try:
-            failed = bool(self._classify(exc))
-        except Exception as err:  # a broken predicate must not replace the caller's exception
-            _report("circuitry.classifier_failed", self.name, err)
-            failed = True
-        if failed:
-            self.record_failure(token, exc, duration)
-        else:
-            self.record_ignored(token)
-
-    def _on_result(self, token: Token, result: object, duration: float | None = None) -> None:
-        predicate = self._policy.result_is_failure
-        if predicate is not None:
-            try:
-                bad = bool(predicate(result))
-            except Exception as err:
-                _report("circuitry.classifier_failed", self.name, err)
-                bad = True
-            if bad:
-                self.record_failure(token, _BadResultError(result), duration)
-                return
-        self.record_success(token, duration)
 
     def _note_latency(self, duration: float) -> None:
         with self._lock:
@@ -545,14 +610,10 @@ class CircuitBreaker:
     def _clear_consecutive(self, token: int) -> None:
         with self._lock:
             if token == self._gen and self._state is CLOSED:
-                self._clear()
+                self._clear_failures()
 
-    def _clear(self) -> None:
-        self._dirty = False
-        self._consec = itertools.count()
-
-    def _trip_fast(self, token: int, exc: BaseException) -> None:
-        """The faces counted the failure that reached the threshold: open, if still in ``token``'s
+    def _trip(self, token: int, exc: BaseException) -> None:
+        """The gate counted the failure that reached the threshold: open, if still in ``token``'s
         generation (another thread may have opened it already)."""
         events: list[Event] = []
         with self._lock:
@@ -597,6 +658,34 @@ class CircuitBreaker:
 
     # -- shared state (the store's side) ------------------------------------------------------------
 
+    def link(self, link: StoreLink | None) -> None:
+        """Attach the store that persists this breaker (``None`` detaches it).
+
+        From then on the breaker appends each counted failure to ``link.failure_log`` (on every
+        path, the lock-free one included; the log is read once, here: a store that replaces its
+        deque links again), asks :meth:`StoreLink.take_probe` before a half-open probe, and reports
+        its own transitions to :meth:`StoreLink.transitioned`. A store calls this from its
+        ``adopt()``. Linking costs a call nothing until it fails or probes.
+        """
+        with self._lock:
+            self._link = link
+            self._flog = None if link is None else link.failure_log
+
+    @property
+    def linked(self) -> StoreLink | None:
+        """The attached store's link, or ``None``."""
+        return self._link
+
+    def counts(self) -> Counts:
+        """Every call so far, by outcome: cheap, lock-free, exact (a store samples it)."""
+        return _counts(self._tally())
+
+    def next_open_period(self) -> float:
+        """The open period this breaker would choose if it opened now (backoff and jitter applied),
+        for a store that opens the circuit on evidence combined across processes."""
+        with self._lock:
+            return self._open_period(None)
+
     def snapshot(self) -> SharedState:
         """The state as the store persists it: wall-clock times, so other processes can read them."""
         with self._lock:
@@ -604,11 +693,15 @@ class CircuitBreaker:
             if self._state is OPEN:
                 until = self._wall() + max(0.0, self._open_until - self._now())
             return SharedState(self._state, self._gen, self._opened_at, until, self._open_for, self._reopens,
-                               _count_value(self._consec), self._reason)
+                               self.consecutive_failures, self._reason)
 
-    def _apply_shared(self, state: CircuitState, opened_at: float | None, open_until: float | None,
-                      open_for: float | None, reopens: int, reason: str, expect: int | None = None) -> int:
+    def adopt(self, state: CircuitState, *, opened_at: float | None = None, open_until: float | None = None,
+              open_for: float | None = None, reopens: int = 0, reason: str = "remote",
+              expect: int | None = None) -> int:
         """Adopt a state decided elsewhere (another process, or a previous run); returns the generation.
+
+        Hooks hear the transition (with ``reason``, e.g. ``"remote"`` or ``"restored"``); the store's
+        link does not: it made the change.
 
         With ``expect``, only if the breaker is still in that generation (else nothing changes and
         the result is -1): a local transition made since is not overwritten here — the store settles
@@ -646,7 +739,7 @@ class CircuitBreaker:
             self._reopens = max(0, reopens)
             self._update_fast()
             gen = self._gen
-        self._emit(events)
+        self._emit(events, local=False)
         return gen
 
     # -- internals (lock held) ----------------------------------------------------------------------
@@ -701,8 +794,8 @@ class CircuitBreaker:
         if permit.probe is None:
             return
         lease = self._probes.pop(permit.probe, None)
-        if lease is not None and self._shared is not None:
-            self._shared.release_probe(self)
+        if permit.lease and self._link is not None:
+            self._link.probe_done(permit.lease)
         now = self._now()
         if lease is None or lease <= now or permit.generation != self._gen or self._state is not HALF_OPEN:
             return  # stale: the lease expired or the circuit moved on
@@ -718,11 +811,12 @@ class CircuitBreaker:
         if permit.probe is None:
             return
         with self._lock:
-            if self._probes.pop(permit.probe, None) is not None and self._shared is not None:
-                self._shared.release_probe(self)
+            self._probes.pop(permit.probe, None)
+            if permit.lease and self._link is not None:
+                self._link.probe_done(permit.lease)
 
     def _reset_counts(self) -> None:
-        self._clear()
+        self._clear_failures()
         self._probes.clear()
         self._probe_ok = 0
         if self._window is not None:
@@ -749,18 +843,25 @@ class CircuitBreaker:
             self._opened_at = None
         self._state = to
         self._update_fast()
-        if self._dispatch.transition:
+        if self._dispatch.transition or self._link is not None:
             etype, emsg = describe(exc) if exc is not None else (None, None)
             events.append(Event(EventKind.TRANSITION, self.name, self._wall(), self._gen, to, frm,
                                 reason, etype, emsg, open_for))
 
-    def _emit(self, events: list[Event]) -> None:
+    def _emit(self, events: list[Event], local: bool = True) -> None:
         if not events:
             return
+        link = self._link
+        if local and link is not None:
+            for ev in events:
+                link.transitioned(ev)
         hooks = self._dispatch.transition
         if hooks:
             for ev in events:
                 self._dispatch.emit(hooks, ev)
+
+
+_counts: Final = Counts._make
 
 
 class _BadResultError(Exception):
@@ -803,3 +904,46 @@ def _report(event: str, circuit: str, err: Exception) -> None:
                                                 error_message=str(err)[:_MESSAGE_LIMIT])
     except Exception:  # pragma: no cover
         pass
+
+
+# -- the one general driver (``breaker.call(fn)`` and ``circuit(...).call(fn)``) ------------------------
+
+
+def call_through(b: CircuitBreaker, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                 fallback: Callable[..., Any] | None = None) -> Any:
+    """Call ``fn(*args, **kwargs)`` through ``b``: for a plain function the result; for a coroutine
+    function (or any callable returning an awaitable) an awaitable whose outcome is recorded when it
+    completes — never counted a success merely because the coroutine object was created. A refusal
+    calls ``fallback(rejection, *args, **kwargs)`` when one is given."""
+    try:
+        token = b.enter()
+    except CircuitOpenError as rejection:
+        if fallback is None:
+            raise
+        return fallback(rejection, *args, **kwargs)
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        if not_started(exc):
+            b.record_ignored(token)
+        else:
+            b.exit(token, exc)
+        raise
+    if type(result) not in _PLAIN and inspect.isawaitable(result):
+        return _finish_async(b, token, result)
+    b.exit(token, None, result)
+    return result
+
+
+# inspect.isawaitable costs ~150 ns on a plain value; the type check answers most results at once
+_PLAIN: Final = frozenset({type(None), bool, int, float, str, bytes, list, tuple, dict, set})
+
+
+async def _finish_async(b: CircuitBreaker, token: Token, awaitable: Awaitable[Any]) -> Any:
+    try:
+        result = await awaitable
+    except BaseException as exc:
+        b.exit(token, exc)
+        raise
+    b.exit(token, None, result)
+    return result

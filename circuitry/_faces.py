@@ -13,31 +13,37 @@ that where a closure would break the object, not on the common path.
 
 The decorator finds its breaker *by name at call time* (one dict lookup), so a test that swaps the
 default registry, or code that reconfigures a breaker, reaches functions decorated at import time.
+
+Every wrapper drives the breaker through its one entry and one exit (``enter()`` / ``exit()``, see
+:mod:`circuitry._core`); none reads the breaker's state. The ``with`` methods come from
+:mod:`circuitry._accel` (C where built, else Python).
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import inspect
-import os
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable, Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 import wrapt
 
-from circuitry import _calls
-from circuitry._core import CircuitBreaker, validate_name
+from circuitry._accel import SPEEDUPS, WithBase, protect
+from circuitry._core import CircuitBreaker, call_through, not_started, validate_name
 from circuitry._policy import Policy
 from circuitry._registry import DEFAULT, Registry
 from circuitry.exceptions import CircuitOpenError, ConfigurationError
 
-__all__ = ["SPEEDUPS", "Circuit", "circuit"]
+__all__ = ["SPEEDUPS", "Circuit", "Protected", "circuit"]
 
 P = ParamSpec("P")
+P2 = ParamSpec("P2")
 R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+S = TypeVar("S")
+T = TypeVar("T")
 
 _CACHE_LIMIT = 4096
 _cache: dict[tuple[Any, ...], Circuit] = {}
@@ -55,8 +61,8 @@ def circuit(name: str, *, registry: Registry | None = None, fallback: Callable[.
             :class:`~circuitry.CircuitOpenError` (decorator and :meth:`Circuit.call` only); may be
             ``async`` for ``async`` functions.
         **policy: Policy fields (:class:`~circuitry.Policy`), e.g. ``failure_threshold=5``,
-            ``recovery_timeout=60``, ``on=(TimeoutError, ConnectionError)``. The seed's
-            ``expected_exception=`` is accepted as an alias of ``on=``.
+            ``recovery_timeout=60``, ``on=(TimeoutError, ConnectionError)``.
+            ``expected_exception=`` (the database API's name) is accepted as an alias of ``on=``.
 
     Raises:
         ConfigurationError: A policy argument is invalid (the message names it).
@@ -86,123 +92,28 @@ def circuit(name: str, *, registry: Registry | None = None, fallback: Callable[.
     return face
 
 
-# -- the hot paths that have a C twin --------------------------------------------------------------
-#
-# circuitry/_speedups.c holds three pieces in C: the `with` methods below, the decorator's inline
-# failure count (`_py_failed`), and its refusal of an open circuit (written out in the wrappers,
-# which call the C twin when it is there: a helper call would cost the Python build up to 100 ns per
-# refusal, and refusals are what an outage is made of). The C versions read the breaker's slots where
-# these read its attributes and call the same methods everywhere else. CIRCUITRY_NO_SPEEDUPS=1 (read
-# at import) runs the Python ones.
+class Protected(Protocol[P, R_co]):
+    """What ``@circuit(...)`` returns, for type checkers: the function with the same signature, plus
+    its ``circuit``. It binds as a method does (``obj.method`` drops ``self``).
+
+    .. versionadded:: 0.1.0
+    """
+
+    #: The circuit this function is protected by (``fn.circuit.breaker`` is its breaker).
+    circuit: Circuit
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Protected[P, R_co]: ...
+    @overload
+    def __get__(self: Protected[Concatenate[S, P2], R], instance: S,
+                owner: type[Any] | None = None) -> Protected[P2, R]: ...
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
+        raise NotImplementedError  # pragma: no cover - a type, never called: wrappers are functions
 
 
-def _py_failed(b: CircuitBreaker, token: int, exc: Exception) -> None:
-    """Count ``exc``, raised by a call the decorator admitted lock-free with ``token``."""
-    # The counter is read before the generation: a transition in between replaces it, so a
-    # completion that raced one lands in the discarded counter, never the new one.
-    consec = b._consec
-    if isinstance(exc, b._fail_types) and token == b._gen:
-        next(b._n_fail)
-        b._dirty = True
-        if next(consec) >= b._thr1:
-            b._trip_fast(token, exc)
-    else:
-        b._on_error(token, exc)
-
-
-class _PyWithBase:
-    """``with`` / ``async with`` for :class:`Circuit`. Each entry keeps (breaker, permit, start time,
-    the enclosing entry) in a context variable — per thread and per task, never on the shared object,
-    which many tasks may enter at once."""
-
-    __slots__ = ("_entries", "_ref", "name")
-
-    def __init__(self, name: str, ref: Any) -> None:
-        self.name = name
-        self._ref = ref  # a Registry, or the default registry's ref: has ``.breakers``
-        self._entries: contextvars.ContextVar[tuple[Any, ...] | None] = contextvars.ContextVar(f"circuitry:{name}")
-
-    def _create(self) -> CircuitBreaker:
-        raise NotImplementedError
-
-    # -- with / async with --------------------------------------------------------------------------
-
-    def __enter__(self) -> CircuitBreaker:
-        b = self._ref.breakers.get(self.name) or self._create()
-        token = b._fast
-        if token < 0:
-            token = b._acquire_slow()
-        self._entries.set((b, token, b._now() if b._timed else None, self._entries.get(None)))
-        return b
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        entry = self._entries.get(None)
-        if entry is None:
-            raise RuntimeError(f"{self!r}: __exit__ without a matching __enter__")
-        b, token, t0, outer = entry
-        self._entries.set(outer)
-        if exc is None:
-            if token == b._fast:  # closed, lock-free, same generation
-                next(b._n_ok)
-                if b._dirty:
-                    b._clear_consecutive(token)
-            else:
-                b.record_success(token, None if t0 is None else b._now() - t0)
-        elif isinstance(exc, Exception):
-            b._on_error(token, exc, None if t0 is None else b._now() - t0)
-        else:
-            b.release(token)
-
-    async def __aenter__(self) -> CircuitBreaker:
-        b = self._ref.breakers.get(self.name) or self._create()
-        token = b._fast
-        if token < 0:
-            token = b._acquire_slow()
-        self._entries.set((b, token, b._now() if b._timed else None, self._entries.get(None)))
-        return b
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        entry = self._entries.get(None)
-        if entry is None:
-            raise RuntimeError(f"{self!r}: __aexit__ without a matching __aenter__")
-        b, token, t0, outer = entry
-        self._entries.set(outer)
-        if exc is None:
-            if token == b._fast:
-                next(b._n_ok)
-                if b._dirty:
-                    b._clear_consecutive(token)
-            else:
-                b.record_success(token, None if t0 is None else b._now() - t0)
-        elif isinstance(exc, Exception):
-            b._on_error(token, exc, None if t0 is None else b._now() - t0)
-        else:
-            b.release(token)
-
-
-_speedups: Any = None
-if not os.environ.get("CIRCUITRY_NO_SPEEDUPS"):
-    try:
-        from circuitry import _speedups
-    except ImportError:  # built without a C compiler
-        pass
-    else:
-        _speedups.bind(CircuitBreaker, CircuitOpenError)
-
-#: Whether the C accelerator is in use.
-SPEEDUPS: bool = _speedups is not None
-
-_reject: Callable[[CircuitBreaker], None] | None = None if _speedups is None else _speedups.reject
-_failed: Callable[[CircuitBreaker, int, Exception], None] = _py_failed if _speedups is None else _speedups.failed
-if TYPE_CHECKING or _speedups is None:  # noqa: SIM108 (mypy needs a plain alias for a base class)
-    _WithBase = _PyWithBase
-else:
-    _WithBase = _speedups.WithBase
-
-
-class Circuit(_WithBase):
+class Circuit(WithBase):
     """What :func:`circuit` returns. Safe to share: one object may be entered by many threads and
     tasks at once (each entry is kept per thread and per task, never on the object)."""
 
@@ -221,6 +132,8 @@ class Circuit(_WithBase):
         self._policy = policy
         if policy is not None:  # a conflicting policy fails here; the breaker is made on first use
             self._current_registry().declare(name, policy)
+            if registry is None and not DEFAULT.isolated:
+                DEFAULT.declared[name] = policy
 
     def _current_registry(self) -> Registry:
         return self._registry if self._registry is not None else DEFAULT.registry
@@ -246,19 +159,49 @@ class Circuit(_WithBase):
     def __deepcopy__(self, memo: dict[int, Any]) -> Circuit:
         return self
 
+    # -- with / async with: inherited (WithBase) ------------------------------------------------------
+
+    if TYPE_CHECKING:  # the base's methods, typed for users
+        def __enter__(self) -> CircuitBreaker: ...
+        def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                     tb: TracebackType | None) -> None: ...
+        async def __aenter__(self) -> CircuitBreaker: ...
+        async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                            tb: TracebackType | None) -> None: ...
+
     # -- call ---------------------------------------------------------------------------------------
 
     def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Call ``fn(*args, **kwargs)`` through the breaker; for an ``async`` callable, returns the
         awaitable to ``await``."""
-        return _calls.call_through(self.breaker, fn, args, kwargs, self._fallback)
+        return call_through(self.breaker, fn, args, kwargs, self._fallback)
 
     # -- decorator ----------------------------------------------------------------------------------
 
-    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
+    @overload
+    def __call__(self, fn: classmethod[T, P, R]) -> classmethod[T, P, R]: ...
+    @overload
+    def __call__(self, fn: staticmethod[P, R]) -> staticmethod[P, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Protected[P, R]: ...
+    def __call__(self, fn: Any) -> Any:
+        """Protect ``fn``: a ``def``, ``async def``, generator, async generator, method,
+        ``classmethod``/``staticmethod`` object (put ``@circuit`` above it) or callable object.
+
+        Raises:
+            ConfigurationError: ``fn`` is a class, or ``fallback`` cannot take ``fn``'s arguments.
+        """
         if isinstance(fn, classmethod | staticmethod):
             return type(fn)(self(fn.__func__))
+        if inspect.isclass(fn):
+            raise ConfigurationError(
+                f"circuit({self.name!r}) protects calls, not classes: decorating {fn.__qualname__} would "
+                "protect only its constructor. Decorate the methods that call the service instead")
+        if not callable(fn):
+            raise ConfigurationError(f"circuit() decorates callables, got {fn!r}")
         fallback = self._fallback
+        if fallback is not None:
+            _check_fallback(fallback, fn)
         if inspect.iscoroutinefunction(fn):
             wrapper: Any = self._wrap_async(fn)
         elif inspect.isasyncgenfunction(fn):
@@ -269,103 +212,199 @@ class Circuit(_WithBase):
             if fallback is not None and inspect.iscoroutinefunction(fallback):
                 raise ConfigurationError(f"fallback {fallback!r} is async but {fn!r} is not")
             wrapper = self._wrap_sync(fn)
-        elif callable(fn):
-            return self._wrap_object(fn)
         else:
-            raise ConfigurationError(f"circuit() decorates callables, got {fn!r}")
-        functools.update_wrapper(wrapper, fn)  # type: ignore[arg-type]
+            return self._wrap_object(fn)
+        functools.update_wrapper(wrapper, fn)
         wrapper.circuit = self
-        return wrapper  # type: ignore[no-any-return]
+        return wrapper
+
+    # The wrappers: find the breaker by name, enter, call, exit. A TypeError raised by the call itself
+    # (arguments the function does not take) never reached the service: ignored, never a failure.
+    # A plain function's wrapper is protect() (circuitry/_fastpath.py, or its C twin); the async one
+    # writes the same steps out, on purpose: a shared helper would put one more call (~50 ns) on every
+    # protected call, and a `try` around enter() would cost every refusal ~1,100 instructions
+    # (catching and re-raising). With a fallback both use call_through().
 
     def _wrap_sync(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         ref, name, create, fallback = self._ref, self.name, self._create, self._fallback
-        drive, reject, failed = _calls.drive_sync, _reject, _failed
+        if fallback is not None:
+            lookup = self._breaker_now
 
-        # The hot path, written out: a closed breaker admits with one read (`_fast` is the generation)
-        # and counts a success with one atomic increment; an open one refuses from this frame. Every
-        # other case goes to the general driver.
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                b = ref.breakers[name]
-            except KeyError:
-                b = create()
-            token = b._fast
-            if token < 0:
-                if token == -2 and fallback is None:
-                    if reject is not None:
-                        reject(b)  # the C twin of the lines below
-                    else:
-                        now = b._now()
-                        until = b._open_until
-                        if now < until:
-                            next(b._n_rej)
-                            raise CircuitOpenError(name, "open", b._opened_at, until - now)
-                return drive(b, fn, args, kwargs, fallback)
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as exc:
-                failed(b, token, exc)
-                raise
-            except BaseException:
-                next(b._n_cancel)
-                raise
-            next(b._n_ok)
-            if b._dirty:
-                b._clear_consecutive(token)
-            return result
+            def with_fallback(*args: Any, **kwargs: Any) -> Any:
+                return call_through(lookup(), fn, args, kwargs, fallback)
 
-        return wrapper
+            return with_fallback
 
-    # The async wrapper and the async-with methods repeat their sync twins line for line, on purpose:
-    # sharing a helper would put one more call (~50 ns) on every protected call.
+        return protect(ref, name, create, fn)  # (C where built: no Python frame of its own)
 
     def _wrap_async(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         ref, name, create, fallback = self._ref, self.name, self._create, self._fallback
-        drive, reject, failed = _calls.drive_async, _reject, _failed
+        if fallback is not None:
+            lookup = self._breaker_now
+
+            async def with_fallback(*args: Any, **kwargs: Any) -> Any:
+                # the call's own awaitable (its outcome recorded when it completes), or the fallback's answer
+                outcome = call_through(lookup(), fn, args, kwargs, fallback)
+                return (await outcome) if inspect.isawaitable(outcome) else outcome
+
+            return with_fallback
 
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 b = ref.breakers[name]
             except KeyError:
                 b = create()
-            token = b._fast
-            if token < 0:
-                if token == -2 and fallback is None:
-                    if reject is not None:
-                        reject(b)  # the C twin of the lines below
-                    else:
-                        now = b._now()
-                        until = b._open_until
-                        if now < until:
-                            next(b._n_rej)
-                            raise CircuitOpenError(name, "open", b._opened_at, until - now)
-                return await drive(b, fn, args, kwargs, fallback)
+            token = b.enter()
             try:
-                result = await fn(*args, **kwargs)
-            except Exception as exc:
-                failed(b, token, exc)
+                # (without keywords, the call needs no keyword dict: ~25 ns less a call)
+                result = await (fn(*args, **kwargs) if kwargs else fn(*args))
+            except BaseException as exc:  # one clause: a second one costs every counted failure a match
+                if isinstance(exc, TypeError) and not_started(exc):
+                    b.record_ignored(token)
+                else:
+                    b.exit(token, exc)
                 raise
-            except BaseException:
-                next(b._n_cancel)
-                raise
-            next(b._n_ok)
-            if b._dirty:
-                b._clear_consecutive(token)
+            b.exit(token, None, result)
             return result
 
         return wrapper
 
-    def _wrap_gen(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        return _calls.gen_wrapper(self._breaker_now, fn, self._fallback)
+    def _wrap_gen(self, fn: Callable[..., Generator[Any, Any, Any]]) -> Callable[..., Generator[Any, Any, Any]]:
+        """A generator is one call: admitted when iteration starts, done when it returns or raises.
+        Closing it early (``GeneratorExit``) is a cancellation: never counted, any probe permit
+        released."""
+        lookup, fallback = self._breaker_now, self._fallback
 
-    def _wrap_async_gen(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        return _calls.async_gen_wrapper(self._breaker_now, fn, self._fallback)
+        def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            b = lookup()
+            try:
+                token = b.enter()
+            except CircuitOpenError as rejection:
+                if fallback is None:
+                    raise
+                return (yield from fallback(rejection, *args, **kwargs))
+            try:
+                result = yield from fn(*args, **kwargs)
+            except TypeError as exc:
+                b.record_ignored(token) if not_started(exc) else b.exit(token, exc)
+                raise
+            except BaseException as exc:
+                b.exit(token, exc)
+                raise
+            b.exit(token, None, result)
+            return result
 
-    def _wrap_object(self, fn: Callable[P, R]) -> Callable[P, R]:
+        return wrapper
+
+    def _wrap_async_gen(self, fn: Callable[..., AsyncGenerator[Any, Any]]) -> Callable[..., AsyncGenerator[Any, Any]]:
+        """The async-generator twin of :meth:`_wrap_gen`; ``asend``/``athrow``/``aclose`` are forwarded
+        to the wrapped generator as ``yield from`` would."""
+        lookup, fallback = self._breaker_now, self._fallback
+
+        async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+            b = lookup()
+            try:
+                token = b.enter()
+            except CircuitOpenError as rejection:
+                if fallback is None:
+                    raise
+                async for item in fallback(rejection, *args, **kwargs):
+                    yield item
+                return
+            try:
+                agen = fn(*args, **kwargs)
+                to_send: Any = None
+                to_throw: BaseException | None = None
+                while True:
+                    try:
+                        if to_throw is not None:
+                            thrown, to_throw = to_throw, None
+                            item = await agen.athrow(thrown)
+                        else:
+                            item = await agen.asend(to_send)
+                    except StopAsyncIteration:
+                        break
+                    try:
+                        to_send = yield item
+                    except GeneratorExit:
+                        await agen.aclose()
+                        raise
+                    except BaseException as exc:  # thrown in by the consumer: forward it
+                        to_throw = exc
+            except TypeError as exc:
+                b.record_ignored(token) if not_started(exc) else b.exit(token, exc)
+                raise
+            except BaseException as exc:
+                b.exit(token, exc)
+                raise
+            b.exit(token, None)
+
+        return wrapper
+
+    def _wrap_object(self, fn: Callable[..., Any]) -> _ObjectProxy:
         lookup, fallback = self._breaker_now, self._fallback
 
         def through(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
-            return _calls.call_through(lookup(), wrapped, args, kwargs, fallback)
+            return call_through(lookup(), wrapped, args, kwargs, fallback)
 
-        return wrapt.FunctionWrapper(fn, through)
+        proxy = _ObjectProxy(fn, through)
+        proxy._self_circuit = self  # (wrapt keeps `_self_` names on the proxy, not the object)
+        return proxy
+
+
+if TYPE_CHECKING:
+    _FunctionWrapper = wrapt.FunctionWrapper[Any, Any]
+else:  # (wrapt < 2 cannot be subscripted at run time)
+    _FunctionWrapper = wrapt.FunctionWrapper
+
+
+class _ObjectProxy(_FunctionWrapper):
+    """wrapt's transparent proxy, with the ``circuit`` attribute on the proxy itself (an attribute
+    set through a plain proxy would land on the wrapped object)."""
+
+    _self_circuit: Circuit
+
+    @property
+    def circuit(self) -> Circuit:
+        return self._self_circuit
+
+
+def _check_fallback(fallback: Callable[..., Any], fn: Callable[..., Any]) -> None:
+    """A fallback is called as ``fallback(rejection, *args, **kwargs)`` with the protected function's
+    arguments: check, at decoration, that it can be (not at the first refusal, mid-outage)."""
+    try:
+        fn_sig = inspect.signature(fn)
+        fb_sig = inspect.signature(fallback)
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check against
+        return
+    args: list[object] = [None]  # the rejection
+    kwargs: dict[str, object] = {}
+    for p in fn_sig.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            args.append(None)
+        elif p.kind is p.KEYWORD_ONLY:
+            kwargs[p.name] = None
+    try:
+        fb_sig.bind(*args, **kwargs)
+    except TypeError as err:
+        params = [p.replace(annotation=_Shown(p.annotation)) if isinstance(p.annotation, str) else p
+                  for p in fn_sig.parameters.values()]
+        first = params[0].kind if params else inspect.Parameter.POSITIONAL_OR_KEYWORD
+        kind = first if first is inspect.Parameter.POSITIONAL_ONLY else inspect.Parameter.POSITIONAL_OR_KEYWORD
+        rejection = inspect.Parameter("rejection", kind, annotation=_Shown("CircuitOpenError"))
+        expected = inspect.Signature([rejection, *params])
+        name = getattr(fallback, "__name__", "fallback")
+        raise ConfigurationError(
+            f"fallback {name}{fb_sig} cannot take the calls of {getattr(fn, '__qualname__', fn)!r} ({err}): "
+            f"a fallback is called with the refusal first, then the function's arguments, so it must "
+            f"accept: def {name}{expected}") from None
+
+
+class _Shown(str):
+    """An annotation written as a string (``from __future__ import annotations``), shown unquoted."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)

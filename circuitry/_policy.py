@@ -7,11 +7,11 @@ argument, instead of being coerced (``threshold or DEFAULT`` turns a deliberate 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
+from circuitry._checks import check_int, check_number
 from circuitry.exceptions import ConfigurationError
 
 __all__ = ["MAX_DURATION", "Policy", "check_int", "check_number"]
@@ -23,28 +23,6 @@ _MAX_WINDOW: Final = 1_000_000
 _MAX_PROBES: Final = 10_000
 
 ExceptionFilter = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
-
-
-def check_int(name: str, value: object, lo: int, hi: int) -> int:
-    """``value`` as an int in ``[lo, hi]`` (booleans refused), or a ConfigurationError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if not lo <= value <= hi:
-        raise ConfigurationError(f"{name} must be between {lo} and {hi}, got {value!r}")
-    return value
-
-
-def check_number(name: str, value: object, *, lo: float, hi: float, lo_open: bool = True) -> float:
-    """``value`` as a finite float in ``(lo, hi]`` (or ``[lo, hi]``), or a ConfigurationError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    v = float(value)
-    if math.isnan(v) or math.isinf(v):
-        raise ConfigurationError(f"{name} must be finite, got {value!r}")
-    if (v <= lo if lo_open else v < lo) or v > hi:
-        bracket = "(" if lo_open else "["
-        raise ConfigurationError(f"{name} must be in {bracket}{lo:g}, {hi:g}], got {value!r}")
-    return v
 
 
 def _optional_callable(name: str, value: object) -> Callable[..., Any] | None:
@@ -237,7 +215,7 @@ class Policy:
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> Policy:
-        """Build a policy from keyword arguments, accepting the seed's ``expected_exception`` alias."""
+        """Build a policy from keyword arguments, accepting ``expected_exception`` as an alias of ``on``."""
         if "expected_exception" in kwargs:
             if "on" in kwargs:
                 raise ConfigurationError("give on= or expected_exception=, not both")

@@ -10,14 +10,20 @@ from __future__ import annotations
 import os
 import random
 import threading
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from circuitry._clock import SYSTEM_CLOCK, Clock
 from circuitry._core import CircuitBreaker, validate_name
 from circuitry._policy import Policy
-from circuitry.events import Dispatcher, Hook, StructlogHook
-from circuitry.exceptions import ConfigurationError, RegistryConflictError
+from circuitry.events import Dispatcher, Hook
+from circuitry.exceptions import CircuitNotFoundError, ConfigurationError, RegistryConflictError
+from circuitry.instrumentation.logging import LoggingHook
+
+if TYPE_CHECKING:
+    from circuitry.analysis.recommend import Recommendation
+    from circuitry.store.base import Store
+    from circuitry.store.engine import SharedStore
 
 __all__ = ["Registry", "configure", "default_db_path", "default_registry", "set_default_registry"]
 
@@ -27,40 +33,45 @@ class Registry:
 
     Args:
         clock: The clock every breaker of this registry reads (inject a fake one in tests).
-        hooks: Event hooks; default: one :class:`~circuitry.events.StructlogHook` logging transitions.
+        hooks: Event hooks; default: one :class:`~circuitry.instrumentation.logging.LoggingHook` logging transitions.
         rng: Random source for jitter.
-        store: Where breakers persist: a :class:`~circuitry.store.SQLiteStore`, or a path to one.
+        store: Where breakers persist: a :class:`~circuitry.store.Store`, or a path or URL to open
+            one at (:func:`circuitry.store.open_store`).
 
     .. versionadded:: 0.1.0
     """
 
     def __init__(self, *, clock: Clock | None = None, hooks: Iterable[Hook] | None = None,
-                 rng: random.Random | None = None, store: Any = None) -> None:
+                 rng: random.Random | None = None, store: Store | str | os.PathLike[str] | None = None) -> None:
         self.clock = SYSTEM_CLOCK if clock is None else clock
-        self.dispatcher = Dispatcher((StructlogHook(),) if hooks is None else hooks)
+        self.dispatcher = Dispatcher((LoggingHook(),) if hooks is None else hooks)
         self._rng = rng
         self._lock = threading.Lock()
         # The faces read this dict directly on every call: it must only ever be mutated in place.
         self.breakers: dict[str, CircuitBreaker] = {}
         self._declared: dict[str, Policy] = {}  # policies of decorated names not called yet
-        self._attached: list[Any] = []
+        self._inherited: set[str] = set()  # declared by the registry this one replaced as the default
+        self._store: Store | None = None
+        # A store to open when the first breaker is made (the default registry's): importing
+        # circuitry, or decorating a function, opens nothing.
+        self._store_factory: Callable[[], Store | None] | None = None
         if store is not None:
             if isinstance(store, str | os.PathLike):
-                from circuitry.store import SQLiteStore
+                from circuitry.store import open_store
 
-                store = SQLiteStore(store)
-            if not hasattr(store, "adopt"):
-                raise ConfigurationError(f"store must be a path or a store, got {store!r}")
+                store = open_store(store)
             self.attach(store)
 
     # -- lookup -------------------------------------------------------------------------------------
 
     def get(self, name: str, policy: Policy | None = None, **policy_kwargs: Any) -> CircuitBreaker:
-        """The breaker called ``name``, created on first use.
+        """The breaker called ``name`` — **created if there is none** (a misspelt name gives a new
+        breaker, silently): to look up without creating, use ``registry[name]``, which raises
+        :class:`~circuitry.CircuitNotFoundError` naming the known circuits, or ``name in registry``.
 
-        With no policy, an existing breaker is returned whatever its policy (a new one gets the
-        defaults). With a policy that differs from the existing breaker's, raises
-        :class:`~circuitry.RegistryConflictError`.
+        With no policy, an existing breaker is returned whatever its policy (a new one gets the policy
+        its decorators declared, else the defaults). With a policy that differs from the existing
+        breaker's, raises :class:`~circuitry.RegistryConflictError`.
         """
         if policy is not None and policy_kwargs:
             raise ConfigurationError("give a Policy or keyword arguments, not both")
@@ -74,11 +85,15 @@ class Registry:
                 if breaker is None:
                     declared = self._declared.get(name)
                     if policy is not None and declared is not None and policy != declared:
-                        raise RegistryConflictError(_conflict_message(name, declared, policy))
+                        if name not in self._inherited:
+                            raise RegistryConflictError(_conflict_message(name, declared, policy))
+                        declared = None  # a declaration of the registry replaced: this one's own wins
+                    self._inherited.discard(name)
                     breaker = CircuitBreaker(name, policy or declared or Policy(), clock=self.clock,
                                              dispatcher=self.dispatcher, rng=self._rng)
-                    for attachment in self._attached:
-                        attachment.adopt(breaker)
+                    store = self._store if self._store_factory is None else self._open_pending_store()
+                    if store is not None:
+                        store.adopt(breaker)
                     self.breakers[name] = breaker
                     return breaker
         if policy is not None and policy != breaker.policy:
@@ -93,10 +108,20 @@ class Registry:
         with self._lock:
             current = self.breakers.get(name)
             known = current.policy if current is not None else self._declared.get(name)
-            if known is not None and known != policy:
+            if known is not None and known != policy and (current is not None or name not in self._inherited):
                 raise RegistryConflictError(_conflict_message(name, known, policy))
             if current is None:
                 self._declared[name] = policy
+                self._inherited.discard(name)
+
+    def _inherit(self, declared: dict[str, Policy]) -> None:
+        """Take the declarations of decorated circuits from the previous default registry, as defaults a
+        declaration made here replaces (an isolated registry stays free to define a name its own way)."""
+        with self._lock:
+            for name, policy in declared.items():
+                if name not in self.breakers and name not in self._declared:
+                    self._declared[name] = policy
+                    self._inherited.add(name)
 
     def reconfigure(self, name: str, policy: Policy | None = None, **policy_kwargs: Any) -> CircuitBreaker:
         """Give an existing (or new) breaker a new policy, explicitly. State is kept; counts restart."""
@@ -109,7 +134,16 @@ class Registry:
         return breaker
 
     def __getitem__(self, name: str) -> CircuitBreaker:
-        return self.breakers[name]
+        """The breaker called ``name``, which must exist (``get`` creates it instead).
+
+        Raises:
+            CircuitNotFoundError: No breaker has that name (a ``KeyError``); the message lists the
+                known names and the closest ones.
+        """
+        try:
+            return self.breakers[name]
+        except KeyError:
+            raise CircuitNotFoundError(name, self.names(), sorted(self._declared)) from None
 
     def __contains__(self, name: object) -> bool:
         return name in self.breakers
@@ -124,14 +158,25 @@ class Registry:
         return sorted(self.breakers)
 
     def remove(self, name: str) -> None:
-        """Forget a breaker (its decorated functions recreate it with their policy on next call)."""
+        """Forget a breaker and any policy declared for its name (its decorated functions recreate it
+        with their policy on their next call; the name may be declared again with another policy)."""
         with self._lock:
-            self.breakers.pop(name, None)
+            breaker = self.breakers.pop(name, None)
+            self._declared.pop(name, None)
+            store = self._store
+        if breaker is not None and store is not None:
+            store.forget(breaker)
 
     def clear(self) -> None:
-        """Forget every breaker."""
+        """Forget every breaker and every declared policy."""
         with self._lock:
+            dropped = list(self.breakers.values())
             self.breakers.clear()
+            self._declared.clear()
+            store = self._store
+        if store is not None:
+            for breaker in dropped:
+                store.forget(breaker)
 
     def reset_all(self) -> None:
         """Close every circuit of this registry."""
@@ -146,31 +191,130 @@ class Registry:
     def remove_hook(self, hook: Hook) -> None:
         self.dispatcher.remove(hook)
 
-    def attach(self, attachment: Any) -> None:
-        """Attach something (a store) that must adopt every breaker, existing and future; if it is
-        callable, it also becomes a hook (a store records failures and transitions that way)."""
+    def attach(self, store: Store) -> None:
+        """Persist every breaker of this registry, existing and future, through ``store``.
+
+        Raises:
+            ConfigurationError: ``store`` is not a store, or another store is attached already.
+        """
+        from circuitry.store.base import Store
+
+        if not isinstance(store, Store):
+            raise ConfigurationError(f"store must be a path, a URL or a store, got {store!r}")
         with self._lock:
-            self._attached.append(attachment)
+            if self._store is not None and self._store is not store:
+                raise ConfigurationError(f"{self!r} already persists to {self._store!r}: detach it first")
+            self._store = store
+            self._store_factory = None
             existing = list(self.breakers.values())
-        if callable(attachment):
-            self.dispatcher.add(attachment)
+        _start_runners(store)
         for breaker in existing:
-            attachment.adopt(breaker)
+            store.adopt(breaker)
 
     @property
-    def store(self) -> Any:
-        """The store attached to this registry, or ``None``."""
-        return next((a for a in self._attached if hasattr(a, "adopt")), None)
+    def store(self) -> Store | None:
+        """The store this registry persists to, or ``None`` (the default registry opens its store here
+        if no breaker has done so yet)."""
+        if self._store_factory is not None:
+            with self._lock:
+                return self._open_pending_store()
+        return self._store
 
-    def detach(self, attachment: Any) -> None:
+    def detach(self, store: Store) -> None:
+        """Stop persisting through ``store`` (it is not closed)."""
         with self._lock:
-            if attachment in self._attached:
-                self._attached.remove(attachment)
-        if callable(attachment):
-            self.dispatcher.remove(attachment)
+            if self._store is not store:
+                return
+            self._store = None
+            existing = list(self.breakers.values())
+        for breaker in existing:
+            store.forget(breaker)
+
+    # -- what the store knows, through the registry (faces reach the store only this way) -------------
+
+    def _sharing(self) -> SharedStore | None:
+        from circuitry.store.engine import SharedStore
+
+        store = self.store
+        return store if isinstance(store, SharedStore) else None
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        """What the store knows of circuit ``name`` — state, the last hour's counts (this process's
+        calls not yet written included), open time, alerts, pattern — or ``None`` without a store (or
+        for a circuit the store has never seen). Never waits on the writer.
+
+        Raises:
+            StoreError: The database cannot be read.
+        """
+        store = self._sharing()
+        return None if store is None else store.circuit(name)
+
+    def needs_attention(self) -> list[dict[str, Any]] | None:
+        """Circuits that are not closed, have unacknowledged alerts, or failed most of their calls in the
+        last hour — every circuit in the database, not only this process's — most urgent first; ``None``
+        without a store. Raises :class:`~circuitry.StoreError` if the database cannot be read."""
+        store = self._sharing()
+        return None if store is None else store.read.needs_attention(states=store.unwritten_states())
+
+    def recommendation(self, name: str) -> Recommendation | None:
+        """Classify circuit ``name``'s recent history now and recommend settings (nothing is written);
+        ``None`` without a store. Raises :class:`~circuitry.StoreError` if it has no history."""
+        store = self._sharing()
+        if store is None:
+            return None
+        from circuitry.runners.analyst import analyse_now
+
+        return analyse_now(store, name)[1]
+
+    def apply_recommendation(self, name: str) -> bool:
+        """Give circuit ``name`` the recommended threshold, timeout and backoff now (one explicit call);
+        True if its policy changed. False without a store."""
+        rec = self.recommendation(name)
+        if rec is None:
+            return False
+        from circuitry.runners.analyst import apply
+
+        return apply(self.get(name), rec)
+
+    def on_alert(self, callback: Callable[[dict[str, Any]], Any], *, service: str | None = None,
+                 timeout: float = 2.0) -> bool:
+        """Deliver new alerts (of ``service``, or all) to ``callback`` on threads of its own; False
+        without a store (there are no alerts then)."""
+        store = self._sharing()
+        if store is None:
+            return False
+        store.add_alert_callback(callback, service=service, timeout=timeout)
+        return True
+
+    def set_alerts_enabled(self, service: str, enabled: bool) -> None:
+        """Raise alerts for ``service`` or not (a store's setting; nothing without a store)."""
+        store = self._sharing()
+        if store is not None:
+            store.set_alerts_enabled(service, enabled)
+
+    def prepare_store(self) -> bool:
+        """Create or upgrade the store's tables now, so the application's own SQL can read them at once
+        (circuitry itself never needs this). True if done; False without a store or if it failed (logged)."""
+        store = self._sharing()
+        return store is not None and store.prepare()
+
+    def _open_pending_store(self) -> Store | None:
+        """(Lock held.) Open the store the default registry was promised, once."""
+        factory, self._store_factory = self._store_factory, None
+        store = None if factory is None else factory()
+        if store is not None:
+            self._store = store
+            _start_runners(store)
+        return self._store
 
     def __repr__(self) -> str:
         return f"<Registry {len(self.breakers)} breakers>"
+
+
+def _start_runners(store: Store) -> None:
+    from circuitry.runners import attach
+
+    attach(store)
 
 
 def _conflict_message(name: str, old: Policy, new: Policy) -> str:
@@ -184,11 +328,18 @@ class _DefaultRef:
     """The faces hold this and read ``.breakers`` per call, so swapping the default registry (as
     :func:`circuitry.testing.isolated_registry` does) reaches functions decorated at import time."""
 
-    __slots__ = ("breakers", "registry")
+    __slots__ = ("breakers", "declared", "isolated", "registry")
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.breakers = registry.breakers
+        #: The policies of circuits made for the default registry (decorators, ``circuit(name, ...)``):
+        #: declared again in every registry swapped in, so a name looked up there before its decorated
+        #: function first runs gets the decorator's policy, as it would in the original registry.
+        self.declared: dict[str, Policy] = {}
+        #: Inside :func:`circuitry.testing.isolated_registry` (a count: they nest): circuits made there
+        #: stay there (one test's decorators do not reach the next test's registry).
+        self.isolated = 0
 
 
 #: The environment variable naming the default registry's database (``:memory:`` or ``none``: no store).
@@ -208,13 +359,19 @@ def default_db_path() -> str | None:
     return value
 
 
-def _default_registry() -> Registry:
+def _open_default_store() -> Store | None:
     path = default_db_path()
     if path is None:
-        return Registry()
-    from circuitry.store import SQLiteStore
+        return None
+    from circuitry.store import open_store
 
-    return Registry(store=SQLiteStore(path))  # opens nothing until the first breaker is created
+    return open_store(path)
+
+
+def _default_registry() -> Registry:
+    registry = Registry()
+    registry._store_factory = _open_default_store  # read $CIRCUITRY_DB and open on first use
+    return registry
 
 
 DEFAULT = _DefaultRef(_default_registry())
@@ -238,14 +395,15 @@ def configure(*, db: str | os.PathLike[str] | None, **store_options: Any) -> Reg
     .. versionadded:: 0.1.0
     """
     registry = DEFAULT.registry
-    old = registry.store
+    registry._store_factory = None
+    old = registry._store
     if old is not None:
         registry.detach(old)
         old.close()
     if db is not None and os.fspath(db) != ":memory:":
-        from circuitry.store import SQLiteStore
+        from circuitry.store import open_store
 
-        registry.attach(SQLiteStore(db, **store_options))
+        registry.attach(open_store(db, **store_options))
     elif store_options:
         raise ConfigurationError(f"store options given without a database: {sorted(store_options)}")
     return registry
@@ -255,6 +413,7 @@ def set_default_registry(registry: Registry) -> Registry:
     """Make ``registry`` the process-wide default; returns the previous one."""
     if not isinstance(registry, Registry):
         raise ConfigurationError(f"registry must be a Registry, got {registry!r}")
+    registry._inherit(dict(DEFAULT.declared))
     previous = DEFAULT.registry
     DEFAULT.registry = registry
     DEFAULT.breakers = registry.breakers

@@ -1,95 +1,182 @@
-/* circuitry._speedups: the hot paths of circuitry's faces, in C.
+/* circuitry._speedups: the C twins of the types in circuitry/_fastpath.py.
  *
- * Optional. circuitry/_faces.py holds the same logic in Python and uses it when this
- * module is missing (no compiler at install time) or CIRCUITRY_NO_SPEEDUPS is set. Nothing here
- * decides anything the Python breaker does not: these functions read the breaker's slots on the
- * paths where the Python faces read them, and call the breaker's own methods everywhere else.
+ * Optional: circuitry/_accel.py uses these types when this module imports and passes its self-check,
+ * and the pure-Python ones otherwise (no compiler at install time, CIRCUITRY_NO_SPEEDUPS set, or any
+ * error). Each type is self-contained, as wrapt's are: it knows its own fields and the small contract
+ * written on its Python twin, nothing of the rest of circuitry.
  *
- *   WithBase   the base class of circuitry.Circuit: __enter__/__exit__, __aenter__/__aexit__.
- *              In Python a `with` block costs two Python frames and two ContextVar.set calls (a
- *              new HAMT node and a Token each); here, two C calls and a lookup in a small table
- *              per circuit keyed by the running context (see Entry below).
- *   reject     the decorator's refusal of an open circuit: count it, raise CircuitOpenError.
- *   failed     the decorator's inline count of a failure (the `except` block of the hot path).
+ *   Gate      the lock-free front of a breaker (circuitry.CircuitBreaker subclasses it): enter() and
+ *             exit() decide the cases that need no lock — admit while closed, refuse while plainly
+ *             open, count a success, a listed failure or a cancellation — and call the subclass's
+ *             _enter_slow / _exit_slow / _trip for the rest. Its counters are C integers, so reading
+ *             them all (_tally) costs one call, and changing one is atomic under the GIL.
+ *   WithBase  `with` / `async with` over a named gate. In Python a `with` block costs two Python frames
+ *             and two ContextVar.set calls (a new HAMT node and a Token each); here, two C calls and a
+ *             lookup in a small table per object keyed by the running context (see Entry below).
+ *   protect   the decorator's wrapper for a plain function: find the gate, enter, call, exit, with no
+ *             Python frame of its own (an exception passes through without one, which was most of a
+ *             counted failure's overhead).
+ *   NO_RESULT what exit() gets when the protected code returned nothing to judge (a `with` block).
  *
- * bind(CircuitBreaker, CircuitOpenError) must run once before use: it records where the breaker's
- * __slots__ live, so a read is a pointer load, not an attribute lookup.
+ * These types rely on the GIL: a build for a free-threaded interpreter refuses to import (the pure-Python
+ * types are then used).
+ *
+ * One file of about 1,200 lines, over the project's 500, because an extension module is one translation
+ * unit: WithBase and protect call Gate's entry and exit directly (a C call, not a method lookup), and
+ * the types share the interned names and the NO_RESULT sentinel.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
 
-/* -- the breaker's slots ---------------------------------------------------------------------------- */
+#ifdef Py_GIL_DISABLED
+#error "circuitry._speedups relies on the GIL; the pure-Python types serve free-threaded builds"
+#endif
 
-static PyTypeObject *breaker_type = NULL;
-static PyObject *open_error = NULL;
+static PyObject *str_breakers, *str_create, *str_enter, *str_exit, *str_enter_slow, *str_exit_slow, *str_trip,
+    *str_append, *str_open, *str_record_ignored, *str_qualname;
+static PyObject *no_result;  /* the NO_RESULT sentinel */
 
-static Py_ssize_t off_name, off_fast, off_gen, off_timed, off_now, off_n_ok, off_n_rej, off_n_fail, off_dirty,
-    off_consec, off_thr1, off_fail_types, off_open_until, off_opened_at;
+/* -- Gate ------------------------------------------------------------------------------------------ */
 
-static PyObject *str_breakers, *str_create, *str_acquire_slow, *str_record_success, *str_on_error,
-    *str_release, *str_clear_consecutive, *str_trip_fast, *str_open;
+typedef struct {
+    PyObject_HEAD
+    PyObject *name;        /* for refusals */
+    PyObject *now;         /* the monotonic clock: a callable returning seconds */
+    PyObject *refusal;     /* called as refusal(name, "open", opened_at, retry_after) to refuse */
+    PyObject *opened_at;   /* wall-clock time of the last opening, or None */
+    PyObject *fail_types;  /* the exception types counted here as failures; () for none */
+    PyObject *flog;        /* a deque each failure counted here is appended to, or None */
+    PyObject *flog_append; /* its bound append method (looked up once, when set), or NULL */
+    double open_until;     /* the open period's end, on the `now` clock */
+    Py_ssize_t gen;        /* the generation: bumped by every transition */
+    Py_ssize_t fast;       /* gen: admit and count with no lock; -2: refuse while open; -1: the slow path */
+    Py_ssize_t thr1;       /* the consecutive failure that trips, minus one */
+    long long ok, fail, ign, rej, cancel;  /* calls by outcome */
+    long long consec;      /* consecutive counted failures */
+} Gate;
 
-#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+static PyTypeObject GateType;
 
 static int
-slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *out)
+gate_init(Gate *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *descr = PyDict_GetItemString(type->tp_dict, name);  /* borrowed */
-    if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
-        PyErr_Format(PyExc_TypeError, "%s.%s is not a __slots__ member", type->tp_name, name);
+    PyObject *name, *now, *refusal;
+    if (!PyArg_ParseTuple(args, "OOO:Gate", &name, &now, &refusal)) {
         return -1;
     }
-    *out = ((PyMemberDescrObject *)descr)->d_member->offset;
+    Py_XSETREF(self->name, Py_NewRef(name));
+    Py_XSETREF(self->now, Py_NewRef(now));
+    Py_XSETREF(self->refusal, Py_NewRef(refusal));
+    Py_XSETREF(self->opened_at, Py_NewRef(Py_None));
+    Py_XSETREF(self->fail_types, PyTuple_New(0));
+    Py_XSETREF(self->flog, Py_NewRef(Py_None));
+    Py_CLEAR(self->flog_append);
+    if (self->fail_types == NULL) {
+        return -1;
+    }
+    self->open_until = 0.0;
+    self->gen = 0;
+    self->fast = -1;
+    self->thr1 = 0;
+    self->ok = self->fail = self->ign = self->rej = self->cancel = self->consec = 0;
     return 0;
 }
 
-/* A slot's value, or NULL with AttributeError when it was never assigned. */
-static inline PyObject *
-slot(PyObject *b, Py_ssize_t off, const char *name)
+static int
+gate_traverse(Gate *self, visitproc visit, void *arg)
 {
-    PyObject *v = SLOT(b, off);
-    if (v == NULL) {
-        PyErr_Format(PyExc_AttributeError, "breaker has no %s", name);
-    }
-    return v;
-}
-
-/* next(counter) for an itertools.count slot. */
-static inline int
-tick(PyObject *b, Py_ssize_t off)
-{
-    PyObject *counter = SLOT(b, off);
-    if (counter == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "breaker counter missing");
-        return -1;
-    }
-    PyObject *v = Py_TYPE(counter)->tp_iternext(counter);
-    if (v == NULL) {
-        return -1;
-    }
-    Py_DECREF(v);
+    Py_VISIT(self->name);
+    Py_VISIT(self->now);
+    Py_VISIT(self->refusal);
+    Py_VISIT(self->opened_at);
+    Py_VISIT(self->fail_types);
+    Py_VISIT(self->flog);
+    Py_VISIT(self->flog_append);
     return 0;
 }
 
-/* Calls the breaker's clock, holding a reference: the slot's may be its only one. */
-static inline PyObject *
-call_clock(PyObject *nowf)
+static int
+gate_clear(Gate *self)
 {
-    Py_INCREF(nowf);
-    PyObject *now = PyObject_CallNoArgs(nowf);
-    Py_DECREF(nowf);
-    return now;
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->now);
+    Py_CLEAR(self->refusal);
+    Py_CLEAR(self->opened_at);
+    Py_CLEAR(self->fail_types);
+    Py_CLEAR(self->flog);
+    Py_CLEAR(self->flog_append);
+    return 0;
 }
 
-/* The generation when `v` is a non-negative int (the lock-free closed path), else -1. */
-static inline long
-generation(PyObject *v)
+static void
+gate_dealloc(Gate *self)
 {
-    if (!PyLong_CheckExact(v)) {
+    /* instances are of a heap subclass: its dealloc untracks, clears weak references and drops the
+     * reference to the type around this call */
+    PyObject_GC_UnTrack(self);
+    gate_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+missing(Gate *self)
+{
+    PyErr_Format(PyExc_RuntimeError, "%s was not initialised (Gate.__init__ not called)", Py_TYPE(self)->tp_name);
+    return NULL;
+}
+
+/* enter(): the token (new reference), or NULL with the refusal raised. */
+static PyObject *
+gate_enter_impl(Gate *self)
+{
+    Py_ssize_t fast = self->fast;
+    if (fast >= 0) {
+        return PyLong_FromSsize_t(fast);
+    }
+    if (fast == -2) {  /* open: refuse here while the period runs (an outage is when calls come fastest) */
+        if (self->now == NULL) {
+            return missing(self);
+        }
+        PyObject *nowf = Py_NewRef(self->now);  /* the clock may run Python code that replaces it */
+        PyObject *now = PyObject_CallNoArgs(nowf);
+        Py_DECREF(nowf);
+        if (now == NULL) {
+            return NULL;
+        }
+        double n = PyFloat_AsDouble(now);
+        Py_DECREF(now);
+        if (n == -1.0 && PyErr_Occurred()) {
+            return NULL;
+        }
+        double until = self->open_until;  /* read after the clock, as the Python twin does */
+        if (n < until) {
+            self->rej++;
+            PyObject *retry = PyFloat_FromDouble(until - n);
+            if (retry == NULL) {
+                return NULL;
+            }
+            PyObject *err = PyObject_CallFunctionObjArgs(self->refusal, self->name, str_open,
+                                                         self->opened_at, retry, NULL);
+            Py_DECREF(retry);
+            if (err != NULL) {
+                PyErr_SetObject((PyObject *)Py_TYPE(err), err);
+                Py_DECREF(err);
+            }
+            return NULL;
+        }
+    }
+    return PyObject_CallMethodNoArgs((PyObject *)self, str_enter_slow);
+}
+
+/* The token as a generation: >= 0 for an int token, -1 for anything else. */
+static inline Py_ssize_t
+token_gen(PyObject *token)
+{
+    if (!PyLong_CheckExact(token)) {
         return -1;
     }
-    long g = PyLong_AsLong(v);
+    Py_ssize_t g = PyLong_AsSsize_t(token);
     if (g == -1 && PyErr_Occurred()) {
         PyErr_Clear();
         return -1;
@@ -97,172 +184,224 @@ generation(PyObject *v)
     return g < 0 ? -1 : g;
 }
 
-static PyObject *
-bind(PyObject *module, PyObject *args)
-{
-    PyObject *type, *err;
-    if (!PyArg_ParseTuple(args, "O!O!:bind", &PyType_Type, &type, &PyType_Type, &err)) {
-        return NULL;
-    }
-    PyTypeObject *t = (PyTypeObject *)type;
-    if (slot_offset(t, "name", &off_name) < 0 || slot_offset(t, "_fast", &off_fast) < 0 || slot_offset(t, "_gen", &off_gen) < 0
-        || slot_offset(t, "_timed", &off_timed) < 0 || slot_offset(t, "_now", &off_now) < 0
-        || slot_offset(t, "_n_ok", &off_n_ok) < 0 || slot_offset(t, "_n_rej", &off_n_rej) < 0
-        || slot_offset(t, "_n_fail", &off_n_fail) < 0 || slot_offset(t, "_dirty", &off_dirty) < 0
-        || slot_offset(t, "_consec", &off_consec) < 0 || slot_offset(t, "_thr1", &off_thr1) < 0
-        || slot_offset(t, "_fail_types", &off_fail_types) < 0
-        || slot_offset(t, "_open_until", &off_open_until) < 0
-        || slot_offset(t, "_opened_at", &off_opened_at) < 0) {
-        return NULL;
-    }
-    Py_INCREF(type);
-    Py_XSETREF(breaker_type, t);
-    Py_INCREF(err);
-    Py_XSETREF(open_error, err);
-    Py_RETURN_NONE;
-}
-
+/* exit(token, exc, result): 0, or -1 with an error set. `result` is no_result when there is none. */
 static int
-check_bound(PyObject *b)
+gate_exit_impl(Gate *self, PyObject *token, PyObject *exc, PyObject *result)
 {
-    if (breaker_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "circuitry._speedups.bind() was not called");
+    PyObject *r;
+    if (exc == Py_None) {
+        Py_ssize_t t = token_gen(token);
+        if (t >= 0 && t == self->fast && !PyCoro_CheckExact(result)) {
+            self->ok++;
+            self->consec = 0;  /* token == fast: closed in this generation, so no lock is needed */
+            return 0;
+        }
+    }
+    else if (PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_Exception)) {
+        PyObject *types = self->fail_types;
+        if (types != NULL && !(PyTuple_CheckExact(types) && PyTuple_GET_SIZE(types) == 0)) {
+            Py_INCREF(types);  /* isinstance may run Python code (__instancecheck__), which may replace it */
+            int match = PyObject_IsInstance(exc, types);
+            Py_DECREF(types);
+            if (match < 0) {
+                return -1;
+            }
+            Py_ssize_t t = token_gen(token);
+            if (match && t >= 0 && t == self->gen) {  /* the generation read after isinstance */
+                self->fail++;
+                long long n = ++self->consec;
+                PyObject *append = self->flog_append;
+                if (append != NULL) {
+                    Py_INCREF(append);  /* evicting the oldest entry may run Python code (__del__) */
+                    r = PyObject_CallOneArg(append, exc);
+                    Py_DECREF(append);
+                    if (r == NULL) {
+                        return -1;
+                    }
+                    Py_DECREF(r);
+                }
+                if (n > (long long)self->thr1) {
+                    r = PyObject_CallMethodObjArgs((PyObject *)self, str_trip, token, exc, NULL);
+                    if (r == NULL) {
+                        return -1;
+                    }
+                    Py_DECREF(r);
+                }
+                return 0;
+            }
+        }
+    }
+    else if (PyLong_CheckExact(token)) {  /* cancelled, holding no permit to give back */
+        self->cancel++;
+        return 0;
+    }
+    r = PyObject_CallMethodObjArgs((PyObject *)self, str_exit_slow, token, exc, result, NULL);
+    if (r == NULL) {
         return -1;
     }
-    if (!PyObject_TypeCheck(b, breaker_type)) {
-        PyErr_Format(PyExc_TypeError, "expected a CircuitBreaker, got %R", b);
-        return -1;
-    }
+    Py_DECREF(r);
     return 0;
 }
 
-/* -- reject(breaker): the decorator's refusal while open ----------------------------------------- */
-
-/* Called by the faces when `_fast` is -2 (open, enforcing, no rejection hooks). Raises
- * CircuitOpenError when the open period still runs; returns None when it has ended (the caller then
- * takes the general path, which moves the circuit to half-open). */
 static PyObject *
-reject(PyObject *module, PyObject *b)
+gate_enter(Gate *self, PyObject *unused)
 {
-    if (check_bound(b) < 0) {
-        return NULL;
-    }
-    PyObject *nowf = slot(b, off_now, "_now");
-    PyObject *until = nowf ? slot(b, off_open_until, "_open_until") : NULL;
-    PyObject *opened = until ? slot(b, off_opened_at, "_opened_at") : NULL;
-    if (opened == NULL) {
-        return NULL;
-    }
-    Py_INCREF(until);
-    Py_INCREF(opened);
-    PyObject *now = call_clock(nowf);
-    PyObject *result = NULL;
-    if (now == NULL) {
-        goto done;
-    }
-    double n = PyFloat_AsDouble(now), u = PyFloat_AsDouble(until);
-    Py_DECREF(now);
-    if ((n == -1.0 || u == -1.0) && PyErr_Occurred()) {
-        goto done;
-    }
-    if (!(n < u)) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
-    if (tick(b, off_n_rej) < 0) {
-        goto done;
-    }
-    PyObject *name = slot(b, off_name, "name");
-    if (name == NULL) {
-        goto done;
-    }
-    Py_INCREF(name);
-    PyObject *retry = PyFloat_FromDouble(u - n);
-    if (retry != NULL) {
-        PyObject *err = PyObject_CallFunctionObjArgs(open_error, name, str_open, opened, retry, NULL);
-        if (err != NULL) {
-            PyErr_SetObject((PyObject *)Py_TYPE(err), err);
-            Py_DECREF(err);
-        }
-        Py_DECREF(retry);
-    }
-    Py_DECREF(name);
-done:
-    Py_DECREF(until);
-    Py_DECREF(opened);
-    return result;
+    return gate_enter_impl(self);
 }
 
-/* -- failed(breaker, token, exc): the decorator's inline count of a failure ---------------------- */
-
-/* Mirrors the `except Exception` block of Circuit._wrap_sync: count the failure inline when the
- * exception is one of `_fail_types` and the generation is still `token`'s, tripping the circuit at
- * the threshold; hand anything else to the breaker's general `_on_error`. */
 static PyObject *
-failed(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+gate_exit(Gate *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "failed(breaker, token, exc)");
-        return NULL;
-    }
-    PyObject *b = args[0], *token = args[1], *exc = args[2];
-    if (check_bound(b) < 0) {
-        return NULL;
-    }
-    PyObject *consec = slot(b, off_consec, "_consec");
-    PyObject *types = consec ? slot(b, off_fail_types, "_fail_types") : NULL;
-    if (types == NULL) {
-        return NULL;
-    }
-    /* the counter is read before the generation, as in the Python face */
-    Py_INCREF(consec);
-    int inline_count = 0;
-    if (PyTuple_CheckExact(types) && PyTuple_GET_SIZE(types) == 0) {
-        inline_count = 0;
-    }
-    else {
-        Py_INCREF(types);  /* isinstance may run Python code (__instancecheck__), which may replace it */
-        int match = PyObject_IsInstance(exc, types);
-        Py_DECREF(types);
-        if (match < 0) {
-            Py_DECREF(consec);
+    static const char *const names[] = {"token", "exc", "result"};
+    PyObject *vals[3] = {NULL, Py_None, no_result};
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs < 1 || nargs > 3) {
+        if (!(nargs == 0 && nkw > 0)) {
+            PyErr_Format(PyExc_TypeError, "exit() takes 1 to 3 arguments (%zd given)", nargs + nkw);
             return NULL;
         }
-        long t = generation(token);
-        PyObject *gen = SLOT(b, off_gen);  /* read after isinstance, which may run Python code */
-        inline_count = match && t >= 0 && gen != NULL && t == generation(gen);
     }
-    if (!inline_count) {
-        Py_DECREF(consec);
-        return PyObject_CallMethodObjArgs(b, str_on_error, token, exc, NULL);
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        vals[i] = args[i];
     }
-    if (tick(b, off_n_fail) < 0) {
-        Py_DECREF(consec);
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        int slot = -1;
+        for (int j = 0; j < 3; j++) {
+            if (PyUnicode_CompareWithASCIIString(key, names[j]) == 0) {
+                slot = j;
+            }
+        }
+        if (slot < 0 || slot < nargs) {
+            PyErr_Format(PyExc_TypeError, "exit() got an unexpected or repeated keyword argument %R", key);
+            return NULL;
+        }
+        vals[slot] = args[nargs + k];
+    }
+    if (vals[0] == NULL) {
+        PyErr_SetString(PyExc_TypeError, "exit() missing required argument 'token'");
         return NULL;
     }
-    PyObject *old = SLOT(b, off_dirty);
-    SLOT(b, off_dirty) = Py_NewRef(Py_True);
-    Py_XDECREF(old);
-    PyObject *n = Py_TYPE(consec)->tp_iternext(consec);
-    Py_DECREF(consec);
-    if (n == NULL) {
+    if (gate_exit_impl(self, vals[0], vals[1], vals[2]) < 0) {
         return NULL;
-    }
-    PyObject *thr1 = slot(b, off_thr1, "_thr1");
-    if (thr1 == NULL) {
-        Py_DECREF(n);
-        return NULL;
-    }
-    int reached = PyObject_RichCompareBool(n, thr1, Py_GE);
-    Py_DECREF(n);
-    if (reached < 0) {
-        return NULL;
-    }
-    if (reached) {
-        return PyObject_CallMethodObjArgs(b, str_trip_fast, token, exc, NULL);
     }
     Py_RETURN_NONE;
 }
+
+static PyObject *
+gate_tally(Gate *self, PyObject *unused)
+{
+    return Py_BuildValue("(LLLLL)", self->ok, self->fail, self->ign, self->rej, self->cancel);
+}
+
+static PyObject *
+gate_tick(Gate *self, PyObject *kind)
+{
+    long k = PyLong_AsLong(kind);
+    if (k == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    switch (k) {
+    case 0: self->ok++; break;
+    case 1: self->fail++; break;
+    case 2: self->ign++; break;
+    case 3: self->rej++; break;
+    case 4: self->cancel++; break;
+    default:
+        PyErr_Format(PyExc_ValueError, "_tick(kind): kind must be 0 to 4, got %ld", k);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+gate_failed_once(Gate *self, PyObject *unused)
+{
+    return PyLong_FromLongLong(++self->consec);
+}
+
+static PyObject *
+gate_clear_failures(Gate *self, PyObject *unused)
+{
+    self->consec = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+gate_get_consecutive(Gate *self, void *unused)
+{
+    return PyLong_FromLongLong(self->consec);
+}
+
+static PyMethodDef gate_methods[] = {
+    {"enter", (PyCFunction)gate_enter, METH_NOARGS,
+     "Ask to make a call: a token for exit(), or raises the refusal (CircuitOpenError)."},
+    {"exit", (PyCFunction)(void (*)(void))gate_exit, METH_FASTCALL | METH_KEYWORDS,
+     "exit(token, exc=None, result=NO_RESULT): report how the call admitted with token ended."},
+    {"_tally", (PyCFunction)gate_tally, METH_NOARGS, "(successes, failures, ignored, rejected, cancelled)"},
+    {"_tick", (PyCFunction)gate_tick, METH_O, "Count one call: 0 success, 1 failure, 2 ignored, 3 rejected, 4 cancelled."},
+    {"_failed_once", (PyCFunction)gate_failed_once, METH_NOARGS, "Count one consecutive failure; returns how many."},
+    {"_clear_failures", (PyCFunction)gate_clear_failures, METH_NOARGS, "Consecutive failures start again from 0."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *
+gate_get_flog(Gate *self, void *unused)
+{
+    return Py_NewRef(self->flog ? self->flog : Py_None);
+}
+
+static int
+gate_set_flog(Gate *self, PyObject *value, void *unused)
+{
+    if (value == NULL) {
+        value = Py_None;
+    }
+    PyObject *append = NULL;
+    if (value != Py_None && (append = PyObject_GetAttr(value, str_append)) == NULL) {
+        return -1;
+    }
+    Py_XSETREF(self->flog, Py_NewRef(value));
+    Py_XSETREF(self->flog_append, append);
+    return 0;
+}
+
+static PyGetSetDef gate_getset[] = {
+    {"consecutive_failures", (getter)gate_get_consecutive, NULL,
+     "Counted failures since the last success or transition (0 while not closed).", NULL},
+    {"_flog", (getter)gate_get_flog, (setter)gate_set_flog,
+     "The deque counted failures are appended to, or None.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef gate_members[] = {
+    {"name", T_OBJECT_EX, offsetof(Gate, name), READONLY, "The name refusals carry."},
+    {"_now", T_OBJECT_EX, offsetof(Gate, now), 0, NULL},
+    {"_refusal", T_OBJECT_EX, offsetof(Gate, refusal), 0, NULL},
+    {"_opened_at", T_OBJECT, offsetof(Gate, opened_at), 0, NULL},
+    {"_fail_types", T_OBJECT_EX, offsetof(Gate, fail_types), 0, NULL},
+    {"_open_until", T_DOUBLE, offsetof(Gate, open_until), 0, NULL},
+    {"_gen", T_PYSSIZET, offsetof(Gate, gen), 0, NULL},
+    {"_fast", T_PYSSIZET, offsetof(Gate, fast), 0, NULL},
+    {"_thr1", T_PYSSIZET, offsetof(Gate, thr1), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject GateType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "circuitry._speedups.Gate",
+    .tp_basicsize = sizeof(Gate),
+    .tp_dealloc = (destructor)gate_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The lock-free front of a breaker (see circuitry/_fastpath.py for its contract).",
+    .tp_traverse = (traverseproc)gate_traverse,
+    .tp_clear = (inquiry)gate_clear,
+    .tp_methods = gate_methods,
+    .tp_members = gate_members,
+    .tp_getset = gate_getset,
+    .tp_init = (initproc)gate_init,
+    .tp_new = PyType_GenericNew,
+};
 
 /* -- Ready: an awaitable that is already done ----------------------------------------------------- */
 
@@ -392,12 +531,11 @@ static PyTypeObject ReadyType = {
 
 /* -- WithBase ---------------------------------------------------------------------------------- */
 
-/* One `with` entry: what __exit__ needs to report the block's outcome. */
+/* One `with` entry: the gate entered and its token, for __exit__. */
 typedef struct Entry {
     PyObject *flow;       /* the context it was entered in (strong reference); NULL: a free slot */
-    PyObject *b;          /* the breaker */
-    PyObject *token;      /* the generation (lock-free closed path) or the breaker's Permit */
-    PyObject *t0;         /* start time for timed breakers, else None */
+    PyObject *b;          /* the gate */
+    PyObject *token;      /* what the gate's enter() returned */
     struct Entry *outer;  /* the same flow's enclosing entry of this circuit (nesting; rare) */
 } Entry;
 
@@ -413,8 +551,8 @@ typedef struct Entry {
  * drained, so 100,000 tasks inside one `async with` cost O(1) each and leave nothing behind. */
 typedef struct {
     PyObject_HEAD
-    PyObject *name;     /* the breaker's name */
-    PyObject *ref;      /* a Registry, or the default registry's ref: has `.breakers` */
+    PyObject *name;     /* the gate's name */
+    PyObject *ref;      /* has `.breakers`: a dict of gates by name */
     Entry *slots;
     Py_ssize_t cap;     /* a power of two, or 0 before the first entry */
     Py_ssize_t used;    /* slots in use: flows with at least one entry */
@@ -474,9 +612,9 @@ table_resize(WithBase *self, Py_ssize_t cap)
     return 0;
 }
 
-/* Records an entry; steals the references to b, token and t0 (on failure too). */
+/* Records an entry; steals the references to b and token (on failure too). */
 static int
-table_push(WithBase *self, PyObject *flow, PyObject *b, PyObject *token, PyObject *t0)
+table_push(WithBase *self, PyObject *flow, PyObject *b, PyObject *token)
 {
     if ((self->used + 1) * 2 > self->cap) {
         if (table_resize(self, self->cap ? self->cap * 2 : MIN_CAP) < 0) {
@@ -505,17 +643,15 @@ table_push(WithBase *self, PyObject *flow, PyObject *b, PyObject *token, PyObjec
     }
     e->b = b;
     e->token = token;
-    e->t0 = t0;
     self->open++;
     return 0;
 fail:
     Py_DECREF(b);
     Py_DECREF(token);
-    Py_DECREF(t0);
     return -1;
 }
 
-/* Removes the innermost entry of `flow` into *out (the caller owns out->flow, b, token, t0).
+/* Removes the innermost entry of `flow` into *out (the caller owns out->flow, b, token).
  * Returns 0, or -1 when the flow has no entry. No Python code runs. */
 static int
 table_pop(WithBase *self, PyObject *flow, Entry *out)
@@ -567,7 +703,6 @@ entry_clear_refs(Entry *e)
     Py_CLEAR(e->flow);
     Py_CLEAR(e->b);
     Py_CLEAR(e->token);
-    Py_CLEAR(e->t0);
 }
 
 static int
@@ -583,7 +718,6 @@ with_traverse(WithBase *self, visitproc visit, void *arg)
         for (Entry *e = &self->slots[i]; e != NULL; e = e->outer) {
             Py_VISIT(e->b);
             Py_VISIT(e->token);
-            Py_VISIT(e->t0);
         }
     }
     return 0;
@@ -603,7 +737,6 @@ with_clear(WithBase *self)
         if (slots[i].flow != NULL) {
             Py_CLEAR(slots[i].b);  /* the slot's flow reference is dropped below */
             Py_CLEAR(slots[i].token);
-            Py_CLEAR(slots[i].t0);
             Py_CLEAR(slots[i].flow);
         }
         while (outer != NULL) {
@@ -664,78 +797,56 @@ fields_missing(WithBase *self)
     return NULL;
 }
 
-/* __enter__: the breaker (new reference), after recording the entry. */
+/* __enter__: the gate (new reference), after recording the entry. */
 static PyObject *
 with_enter_impl(WithBase *self)
 {
     if (self->ref == NULL || self->name == NULL) {
         return fields_missing(self);
     }
-    PyObject *breakers = PyObject_GetAttr(self->ref, str_breakers);
-    if (breakers == NULL) {
+    PyObject *gates = PyObject_GetAttr(self->ref, str_breakers);
+    if (gates == NULL) {
         return NULL;
     }
-    PyObject *b = PyDict_Check(breakers) ? PyDict_GetItemWithError(breakers, self->name) : NULL;
-    Py_XINCREF(b);
-    Py_DECREF(breakers);
-    if (b == NULL) {
+    PyObject *g = PyDict_Check(gates) ? PyDict_GetItemWithError(gates, self->name) : NULL;
+    Py_XINCREF(g);
+    Py_DECREF(gates);
+    if (g == NULL) {
         if (PyErr_Occurred()) {
             return NULL;
         }
-        b = PyObject_CallMethodNoArgs((PyObject *)self, str_create);
-        if (b == NULL) {
+        g = PyObject_CallMethodNoArgs((PyObject *)self, str_create);
+        if (g == NULL) {
             return NULL;
         }
     }
-    if (check_bound(b) < 0) {
-        Py_DECREF(b);
-        return NULL;
-    }
-    PyObject *token = slot(b, off_fast, "_fast");
+    PyObject *token = PyObject_TypeCheck(g, &GateType) ? gate_enter_impl((Gate *)g)
+                                                        : PyObject_CallMethodNoArgs(g, str_enter);
     if (token == NULL) {
-        Py_DECREF(b);
+        Py_DECREF(g);
         return NULL;
     }
-    if (generation(token) >= 0) {
-        Py_INCREF(token);
-    }
-    else {
-        token = PyObject_CallMethodNoArgs(b, str_acquire_slow);
-        if (token == NULL) {
-            Py_DECREF(b);
-            return NULL;
-        }
-    }
-    PyObject *t0 = Py_None;
-    if (SLOT(b, off_timed) == Py_True) {
-        PyObject *nowf = slot(b, off_now, "_now");
-        t0 = nowf ? call_clock(nowf) : NULL;
-    }
-    else {
-        Py_INCREF(t0);
-    }
-    PyObject *flow = t0 ? current_flow() : NULL;
-    if (flow != NULL && table_push(self, flow, Py_NewRef(b), Py_NewRef(token), Py_NewRef(t0)) == 0) {
+    PyObject *flow = current_flow();
+    if (flow != NULL && table_push(self, flow, Py_NewRef(g), Py_NewRef(token)) == 0) {
         Py_DECREF(token);
-        Py_DECREF(t0);
-        return b;
+        return g;
     }
-    /* the permit was taken: give it back before reporting the error */
+    /* the permit was taken: report it cancelled (giving back a probe) before raising the error */
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    PyObject *r = PyObject_CallMethodOneArg(b, str_release, token);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *r = PyObject_CallMethodObjArgs(g, str_exit, token, value ? value : Py_None, NULL);
     if (r == NULL) {
         PyErr_Clear();
     }
     Py_XDECREF(r);
     PyErr_Restore(type, value, tb);
     Py_DECREF(token);
-    Py_XDECREF(t0);
-    Py_DECREF(b);
+    Py_DECREF(g);
     return NULL;
 }
 
-/* __exit__: report the block's outcome to the breaker of this flow's innermost entry. */
+/* __exit__: report the block's outcome to the gate of this flow's innermost entry. */
 static int
 with_exit_impl(WithBase *self, PyObject *exc, const char *method)
 {
@@ -749,53 +860,17 @@ with_exit_impl(WithBase *self, PyObject *exc, const char *method)
                      method[2] == 'a' ? "__aenter__" : "__enter__");
         return -1;
     }
-    PyObject *b = entry.b, *token = entry.token, *t0 = entry.t0;
-    PyObject *r = NULL;
-    PyObject *duration = NULL;
-    if (t0 != Py_None) {
-        PyObject *nowf = slot(b, off_now, "_now");
-        PyObject *now = nowf ? call_clock(nowf) : NULL;
-        if (now == NULL) {
-            goto done;
-        }
-        duration = PyNumber_Subtract(now, t0);
-        Py_DECREF(now);
-        if (duration == NULL) {
-            goto done;
-        }
-    }
-    if (exc == Py_None) {
-        long t = generation(token);
-        PyObject *fast = SLOT(b, off_fast);
-        if (t >= 0 && fast != NULL && t == generation(fast)) {  /* closed, lock-free, same generation */
-            if (tick(b, off_n_ok) < 0) {
-                goto done;
-            }
-            if (SLOT(b, off_dirty) == Py_True) {
-                r = PyObject_CallMethodOneArg(b, str_clear_consecutive, token);
-            }
-            else {
-                r = Py_NewRef(Py_None);
-            }
-        }
-        else {
-            r = PyObject_CallMethodObjArgs(b, str_record_success, token, duration ? duration : Py_None, NULL);
-        }
-    }
-    else if (PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_Exception)) {
-        r = PyObject_CallMethodObjArgs(b, str_on_error, token, exc, duration ? duration : Py_None, NULL);
+    int rc;
+    if (PyObject_TypeCheck(entry.b, &GateType)) {
+        rc = gate_exit_impl((Gate *)entry.b, entry.token, exc, no_result);
     }
     else {
-        r = PyObject_CallMethodOneArg(b, str_release, token);
+        PyObject *r = PyObject_CallMethodObjArgs(entry.b, str_exit, entry.token, exc, NULL);
+        rc = r == NULL ? -1 : 0;
+        Py_XDECREF(r);
     }
-done:
-    Py_XDECREF(duration);
     entry_clear_refs(&entry);
-    if (r == NULL) {
-        return -1;
-    }
-    Py_DECREF(r);
-    return 0;
+    return rc;
 }
 
 static PyObject *
@@ -820,12 +895,12 @@ with_exit(WithBase *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 with_aenter(WithBase *self, PyObject *unused)
 {
-    PyObject *b = with_enter_impl(self);
-    if (b == NULL) {
+    PyObject *g = with_enter_impl(self);
+    if (g == NULL) {
         return NULL;
     }
-    PyObject *r = ready_new(b);
-    Py_DECREF(b);
+    PyObject *r = ready_new(g);
+    Py_DECREF(g);
     return r;
 }
 
@@ -843,9 +918,9 @@ with_aexit(WithBase *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyMethodDef with_methods[] = {
-    {"__enter__", (PyCFunction)with_enter, METH_NOARGS, "Enter the circuit: take a permit or raise CircuitOpenError."},
+    {"__enter__", (PyCFunction)with_enter, METH_NOARGS, "Enter: take a permit or raise the gate's refusal."},
     {"__exit__", (PyCFunction)(void (*)(void))with_exit, METH_FASTCALL, "Report the block's outcome."},
-    {"__aenter__", (PyCFunction)with_aenter, METH_NOARGS, "Enter the circuit (async)."},
+    {"__aenter__", (PyCFunction)with_aenter, METH_NOARGS, "Enter (async)."},
     {"__aexit__", (PyCFunction)(void (*)(void))with_aexit, METH_FASTCALL, "Report the block's outcome (async)."},
     {NULL, NULL, 0, NULL},
 };
@@ -869,7 +944,7 @@ static PyGetSetDef with_getset[] = {
 };
 
 static PyMemberDef with_members[] = {
-    {"name", T_OBJECT_EX, offsetof(WithBase, name), READONLY, "The breaker's name."},
+    {"name", T_OBJECT_EX, offsetof(WithBase, name), READONLY, "The gate's name."},
     {"_ref", T_OBJECT_EX, offsetof(WithBase, ref), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
@@ -880,7 +955,7 @@ static PyTypeObject WithBaseType = {
     .tp_basicsize = sizeof(WithBase),
     .tp_dealloc = (destructor)with_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The `with` and `async with` methods of circuitry.Circuit.",
+    .tp_doc = "`with` and `async with` over a named gate (see circuitry/_fastpath.py for its contract).",
     .tp_traverse = (traverseproc)with_traverse,
     .tp_clear = (inquiry)with_clear,
     .tp_methods = with_methods,
@@ -890,48 +965,282 @@ static PyTypeObject WithBaseType = {
     .tp_new = PyType_GenericNew,
 };
 
-/* -- module ------------------------------------------------------------------------------------- */
+/* -- SyncWrapper: what the decorator returns for a plain function ----------------------------------- */
 
-static PyMethodDef module_methods[] = {
-    {"bind", bind, METH_VARARGS, "bind(CircuitBreaker, CircuitOpenError): record the breaker's slot layout."},
-    {"reject", reject, METH_O, "reject(breaker): raise CircuitOpenError while the open period runs."},
-    {"failed", (PyCFunction)(void (*)(void))failed, METH_FASTCALL, "failed(breaker, token, exc): count a failure."},
+/* The same steps as circuitry/_fastpath.py's protect() closure: find the gate by name, enter, call,
+ * exit. As a C callable it adds no Python frame: an exception from the function passes through without
+ * a frame object and a traceback entry of its own, which were most of a counted failure's overhead. A
+ * TypeError that reaches here with no traceback was raised by the call itself (arguments the function
+ * does not take) before any frame of it ran: the service was never called, so the call is ignored. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *ref;     /* has `.breakers`: a dict of gates by name */
+    PyObject *name;
+    PyObject *create;  /* makes the gate when the name is missing */
+    PyObject *fn;      /* the protected function */
+    PyObject *dict;    /* __dict__: what functools.update_wrapper copies, and `circuit` */
+    vectorcallfunc vectorcall;
+} SyncWrapper;
+
+static PyTypeObject SyncWrapperType;
+
+/* The gate called `name` (new reference). */
+static PyObject *
+lookup_gate(PyObject *ref, PyObject *name, PyObject *create)
+{
+    PyObject *gates = PyObject_GetAttr(ref, str_breakers);
+    if (gates == NULL) {
+        return NULL;
+    }
+    PyObject *g = PyDict_Check(gates) ? PyDict_GetItemWithError(gates, name) : NULL;
+    Py_XINCREF(g);
+    Py_DECREF(gates);
+    if (g == NULL && !PyErr_Occurred()) {
+        g = PyObject_CallNoArgs(create);
+    }
+    return g;
+}
+
+static int
+report(PyObject *g, PyObject *token, PyObject *exc, PyObject *result)
+{
+    if (PyObject_TypeCheck(g, &GateType)) {
+        return gate_exit_impl((Gate *)g, token, exc, result);
+    }
+    PyObject *r = PyObject_CallMethodObjArgs(g, str_exit, token, exc, result, NULL);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+static PyObject *
+sw_vectorcall(SyncWrapper *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *g = lookup_gate(self->ref, self->name, self->create);
+    if (g == NULL) {
+        return NULL;
+    }
+    PyObject *token = PyObject_TypeCheck(g, &GateType) ? gate_enter_impl((Gate *)g)
+                                                        : PyObject_CallMethodNoArgs(g, str_enter);
+    if (token == NULL) {
+        Py_DECREF(g);
+        return NULL;
+    }
+    PyObject *result = PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
+    if (result != NULL) {
+        if (report(g, token, Py_None, result) < 0) {
+            Py_CLEAR(result);
+        }
+    }
+    else {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb != NULL && value != NULL) {
+            PyException_SetTraceback(value, tb);
+        }
+        int rc;
+        if (value != NULL && Py_IS_TYPE(value, (PyTypeObject *)PyExc_TypeError) && tb == NULL) {
+            PyObject *r = PyObject_CallMethodOneArg(g, str_record_ignored, token);  /* never started */
+            Py_XDECREF(r);
+            rc = r == NULL ? -1 : 0;
+        }
+        else {
+            rc = report(g, token, value ? value : Py_None, no_result);
+        }
+        if (rc < 0) {  /* reporting failed: that error replaces the call's, as in the Python wrapper */
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+        }
+        else {
+            PyErr_Restore(type, value, tb);
+        }
+    }
+    Py_DECREF(token);
+    Py_DECREF(g);
+    return result;
+}
+
+static PyObject *
+sw_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *ref, *name, *create, *fn;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "protect() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "protect", 4, 4, &ref, &name, &create, &fn)) {
+        return NULL;
+    }
+    SyncWrapper *self = (SyncWrapper *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->ref = Py_NewRef(ref);
+    self->name = Py_NewRef(name);
+    self->create = Py_NewRef(create);
+    self->fn = Py_NewRef(fn);
+    self->vectorcall = (vectorcallfunc)sw_vectorcall;
+    return (PyObject *)self;
+}
+
+static int
+sw_traverse(SyncWrapper *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->ref);
+    Py_VISIT(self->name);
+    Py_VISIT(self->create);
+    Py_VISIT(self->fn);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+sw_clear(SyncWrapper *self)
+{
+    Py_CLEAR(self->ref);
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->create);
+    Py_CLEAR(self->fn);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+sw_dealloc(SyncWrapper *self)
+{
+    PyObject_GC_UnTrack(self);
+    sw_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A function is a descriptor: looked up on an instance, it binds as a method. */
+static PyObject *
+sw_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    return PyMethod_New(self, obj);
+}
+
+/* Pickled (and copied) by reference, as a function is: its module attribute is this object. */
+static PyObject *
+sw_reduce(SyncWrapper *self, PyObject *unused)
+{
+    PyObject *qualname = self->dict ? PyDict_GetItemWithError(self->dict, str_qualname) : NULL;
+    if (qualname == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_Format(PyExc_TypeError, "cannot pickle a protected function without __qualname__");
+        }
+        return NULL;
+    }
+    return Py_NewRef(qualname);
+}
+
+static PyObject *
+sw_repr(SyncWrapper *self)
+{
+    return PyUnicode_FromFormat("<protected %R>", self->fn);
+}
+
+static PyMethodDef sw_methods[] = {
+    {"__reduce__", (PyCFunction)sw_reduce, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
+
+static PyGetSetDef sw_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject SyncWrapperType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "circuitry._speedups.protect",
+    .tp_basicsize = sizeof(SyncWrapper),
+    .tp_dealloc = (destructor)sw_dealloc,
+    .tp_vectorcall_offset = offsetof(SyncWrapper, vectorcall),
+    .tp_repr = (reprfunc)sw_repr,
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "protect(ref, name, create, fn): fn, called through the gate named name (see circuitry/_fastpath.py).",
+    .tp_traverse = (traverseproc)sw_traverse,
+    .tp_clear = (inquiry)sw_clear,
+    .tp_methods = sw_methods,
+    .tp_getset = sw_getset,
+    .tp_descr_get = sw_get,
+    .tp_dictoffset = offsetof(SyncWrapper, dict),
+    .tp_new = sw_new,
+};
+
+/* -- NO_RESULT ------------------------------------------------------------------------------------- */
+
+static PyObject *
+noresult_repr(PyObject *self)
+{
+    return PyUnicode_FromString("NO_RESULT");
+}
+
+static PyTypeObject NoResultType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "circuitry._speedups.NoResultType",
+    .tp_basicsize = sizeof(PyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_repr = noresult_repr,
+};
+
+/* -- module ------------------------------------------------------------------------------------- */
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "circuitry._speedups",
-    .m_doc = "C versions of circuitry's hot paths (optional; circuitry/_faces.py has the same in Python).",
+    .m_doc = "C twins of circuitry/_fastpath.py's Gate and WithBase (optional; see circuitry/_accel.py).",
     .m_size = -1,
-    .m_methods = module_methods,
 };
 
 #define INTERN(var, text) \
     if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+
+static int
+add_type(PyObject *m, const char *name, PyTypeObject *type)
+{
+    Py_INCREF(type);
+    if (PyModule_AddObject(m, name, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
 
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     INTERN(str_breakers, "breakers");
     INTERN(str_create, "_create");
-    INTERN(str_acquire_slow, "_acquire_slow");
-    INTERN(str_record_success, "record_success");
-    INTERN(str_on_error, "_on_error");
-    INTERN(str_release, "release");
-    INTERN(str_clear_consecutive, "_clear_consecutive");
-    INTERN(str_trip_fast, "_trip_fast");
+    INTERN(str_enter, "enter");
+    INTERN(str_exit, "exit");
+    INTERN(str_enter_slow, "_enter_slow");
+    INTERN(str_exit_slow, "_exit_slow");
+    INTERN(str_trip, "_trip");
+    INTERN(str_append, "append");
     INTERN(str_open, "open");
-    if (PyType_Ready(&ReadyType) < 0 || PyType_Ready(&WithBaseType) < 0) {
+    INTERN(str_record_ignored, "record_ignored");
+    INTERN(str_qualname, "__qualname__");
+    if (PyType_Ready(&ReadyType) < 0 || PyType_Ready(&GateType) < 0 || PyType_Ready(&WithBaseType) < 0
+        || PyType_Ready(&NoResultType) < 0 || PyType_Ready(&SyncWrapperType) < 0) {
+        return NULL;
+    }
+    no_result = PyObject_New(PyObject, &NoResultType);
+    if (no_result == NULL) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&speedups_module);
     if (m == NULL) {
         return NULL;
     }
-    Py_INCREF(&WithBaseType);
-    if (PyModule_AddObject(m, "WithBase", (PyObject *)&WithBaseType) < 0) {
-        Py_DECREF(&WithBaseType);
+    if (add_type(m, "Gate", &GateType) < 0 || add_type(m, "WithBase", &WithBaseType) < 0
+        || add_type(m, "protect", &SyncWrapperType) < 0
+        || PyModule_AddObject(m, "NO_RESULT", Py_NewRef(no_result)) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,4 +1,4 @@
-"""The seed's names: ``DatabaseCircuitBreaker`` and ``MultiServiceDatabaseCircuitBreaker``.
+"""The database API: ``DatabaseCircuitBreaker`` and ``MultiServiceDatabaseCircuitBreaker``.
 
 Thin adapters over one registry-and-store pair per database file — not a second implementation:
 ``DatabaseCircuitBreaker(db_path="pipeline.db", service_name="openrouter_api", ...)`` is the breaker
@@ -34,11 +34,12 @@ def registry_for(db_path: str | os.PathLike[str] | None) -> Registry:
         registry = _registries.get(key)
         if registry is None:
             registry = _registries[key] = Registry(store=key)
+            registry.prepare_store()  # the tables exist at once: the application may query them with its own SQL
         return registry
 
 
 class DatabaseCircuitBreaker:
-    """A persistent breaker for one service, with the seed's API.
+    """A persistent breaker for one service, with the database API (``await breaker.call(fn, *args)``).
 
     Args:
         db_path: The SQLite file (default: where the process-wide registry persists — see
@@ -73,11 +74,9 @@ class DatabaseCircuitBreaker:
             on=expected_exception, **policy)
         self.enable_alerts = enable_alerts
         self.alert_callback = alert_callback
-        store = self.registry.store
-        if store is not None:
-            store.set_alerts_enabled(service_name, enable_alerts)
-            if alert_callback is not None and enable_alerts:
-                store.add_alert_callback(alert_callback, service=service_name)
+        self.registry.set_alerts_enabled(service_name, enable_alerts)
+        if alert_callback is not None and enable_alerts:
+            self.registry.on_alert(alert_callback, service=service_name)
 
     def __repr__(self) -> str:
         return f"<DatabaseCircuitBreaker {self.service_name!r} {self.breaker.state.value}>"
@@ -99,7 +98,8 @@ class DatabaseCircuitBreaker:
         self.breaker.reset()
 
     def get_stats(self) -> dict[str, Any]:
-        """The seed's statistics dict (``last_hour_metrics`` read from the database)."""
+        """Statistics: this process's counters, and the last hour as the database holds it (every
+        process's calls, with this process's not yet written added in) — without waiting on the store."""
         s = self.breaker.stats()
         decided = s.successes + s.failures
         stats: dict[str, Any] = {
@@ -110,33 +110,35 @@ class DatabaseCircuitBreaker:
             "last_hour_metrics": {"total_calls": s.calls, "success_rate": 100.0, "circuit_open_duration": 0},
             "unacknowledged_alerts": 0,
         }
-        store = self.registry.store
-        if store is None:
+        if self.registry.store is None:
             stats["last_hour_metrics"]["success_rate"] = stats["success_rate"]
             return stats
-        from circuitry.store._sqlite import last_hour_summary
-
-        store.flush(0.25)
         try:
-            stats["last_hour_metrics"] = last_hour_summary(store, self.service_name)
-            stats["latest_pattern"] = _latest_pattern(store, self.service_name)
-            stats["unacknowledged_alerts"] = store.query(
-                "SELECT count(*) AS n FROM circuit_breaker_alerts WHERE service_name = ? AND acknowledged = FALSE",
-                (self.service_name,))[0]["n"]
+            status = self.registry.status(self.service_name)
         except StoreError as exc:
             stats["store_error"] = str(exc)
+            return stats
+        if status is not None:
+            h = status["last_hour"]
+            stats["last_hour_metrics"] = {key: h[key] for key in (
+                "total_calls", "success_rate", "circuit_open_duration", "rejections", "avg_latency_ms",
+                "max_latency_ms") if key in h}
+            pattern = status["pattern"]
+            if pattern is not None:
+                stats["latest_pattern"] = {k: pattern[k] for k in ("type", "confidence", "suggested_threshold",
+                                                                   "suggested_timeout")}
+            stats["unacknowledged_alerts"] = status["unacknowledged_alerts"]
         return stats
 
     def get_recommendations(self) -> dict[str, Any]:
-        """The seed's recommendation dict: the last analysis window classified now, and the settings
-        that pattern calls for (nothing below the confidence floor)."""
-        store = self.registry.store
-        if store is not None:
-            try:
-                _, rec = store.analyse(self.service_name)
-                return dict(rec.as_seed_dict())
-            except StoreError:
-                pass
+        """The recommendation dict: the last analysis window classified now, and the settings that
+        pattern calls for (nothing below the confidence floor)."""
+        try:
+            rec = self.registry.recommendation(self.service_name)
+        except StoreError:
+            rec = None
+        if rec is not None:
+            return dict(rec.as_seed_dict())
         p = self.breaker.policy
         return {"has_recommendations": False, "message": "No change recommended: no history stored",
                 "current_threshold": p.failure_threshold, "recommended_threshold": p.failure_threshold,
@@ -145,29 +147,12 @@ class DatabaseCircuitBreaker:
 
     def apply_recommendations(self) -> bool:
         """Apply the current recommendation (threshold, timeout, backoff) to the breaker: one explicit
-        call. Returns whether anything changed. (``SQLiteStore(auto_apply=True)`` does it for you.)"""
-        store = self.registry.store
-        if store is None:
-            return False
-        from circuitry.runners.analyst import apply
-
-        _, rec = store.analyse(self.service_name)
-        return apply(self.breaker, rec)
-
-
-def _latest_pattern(store: Any, service: str) -> dict[str, Any] | None:
-    rows = store.query("SELECT pattern_type, confidence_score, suggested_threshold, suggested_timeout "
-                       "FROM circuit_breaker_failure_patterns WHERE service_name = ? ORDER BY ts DESC, id DESC "
-                       "LIMIT 1", (service,))
-    if not rows:
-        return None
-    r = rows[0]
-    return {"type": r["pattern_type"], "confidence": r["confidence_score"],
-            "suggested_threshold": r["suggested_threshold"], "suggested_timeout": r["suggested_timeout"]}
+        call. Returns whether anything changed."""
+        return self.registry.apply_recommendation(self.service_name)
 
 
 class MultiServiceDatabaseCircuitBreaker:
-    """Breakers for many services over one database, with the seed's API.
+    """Breakers for many services over one database, with the database API.
 
     Args:
         db_path: The SQLite file (default: where the process-wide registry persists).
@@ -210,15 +195,11 @@ class MultiServiceDatabaseCircuitBreaker:
         return {name: b.get_stats() for name, b in sorted(self._breakers.items())}
 
     def get_services_needing_attention(self) -> list[dict[str, Any]]:
-        """Services that are not closed, or have unacknowledged alerts, most urgent first — every
-        service in the database, not only this process's."""
-        store = self.registry.store
-        if store is not None:
-            from circuitry.store._sqlite import services_needing_attention
-
-            store.flush(0.25)
+        """Services that are not closed, have unacknowledged alerts, or failed most of their calls in
+        the last hour, most urgent first — every service in the database, not only this process's."""
+        if self.registry.store is not None:
             try:
-                return services_needing_attention(store)
+                return self.registry.needs_attention() or []
             except StoreError:
                 pass
         out = []

@@ -14,6 +14,7 @@ raises is logged and otherwise ignored: it never changes a call's outcome.
 from __future__ import annotations
 
 import enum
+import inspect
 import threading
 import weakref
 from collections.abc import Iterable, Sequence
@@ -21,7 +22,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from circuitry._state import CircuitState
 
-__all__ = ["Event", "EventKind", "Hook", "StructlogHook"]
+__all__ = ["Event", "EventKind", "Hook"]  # StructlogHook: see __getattr__ below
 
 
 class EventKind(enum.Enum):
@@ -54,7 +55,9 @@ class Event(NamedTuple):
         to_state: For transitions, the state entered; for the others, the state at the time.
         reason: Why: ``"failure_threshold"``, ``"failure_rate"``, ``"slow_call_rate"``,
             ``"probe_failed"``, ``"probe_succeeded"``, ``"recovery_timeout"``, ``"manual"``,
-            ``"remote"`` (another process), ``"open"``/``"probes_taken"`` for rejections.
+            ``"remote"`` (another process's write), ``"restored"`` (the stored state, adopted when the
+            breaker was made), ``"shared_failures"`` (opened by the failures of several processes
+            together), ``"open"``/``"probes_taken"`` for rejections.
         error_type: For failures (and the transitions they caused), the exception's qualified name.
         error_message: The exception's message, truncated to 500 characters. Never a traceback.
         open_for: For openings, how long the circuit refuses calls (seconds).
@@ -112,39 +115,6 @@ def hook_kinds(hook: Hook) -> frozenset[EventKind]:
     return _ALL_KINDS if kinds is None else frozenset(kinds)
 
 
-class StructlogHook:
-    """The default hook: logs transitions through structlog (``circuitry.circuit_opened`` ...).
-
-    Openings log at warning level, everything else at info. Pass ``kinds`` to log rejections and
-    failures too (at info and debug level): beware that an outage then logs once per call.
-    """
-
-    __slots__ = ("_logger", "kinds")
-
-    def __init__(self, kinds: Iterable[EventKind] = (EventKind.TRANSITION,), logger: Any = None) -> None:
-        self.kinds = frozenset(kinds)
-        self._logger = logger
-
-    def __call__(self, event: Event) -> None:
-        logger = self._logger
-        if logger is None:
-            import structlog  # lazily: importing circuitry must not configure or import logging backends
-
-            logger = self._logger = structlog.get_logger("circuitry")
-        data = event.as_dict()
-        name = data.pop("event")
-        if event.kind is EventKind.TRANSITION:
-            level = "warning" if event.to_state in (CircuitState.OPEN, CircuitState.FORCED_OPEN) else "info"
-        elif event.kind is EventKind.REJECTION:
-            level = "info"
-        else:
-            level = "debug"
-        getattr(logger, level)(name, **data)
-
-    def __repr__(self) -> str:
-        return f"StructlogHook(kinds={sorted(k.value for k in self.kinds)})"
-
-
 class Dispatcher:
     """Hooks of one registry, pre-sorted by kind so that asking "does anyone listen?" is one load."""
 
@@ -165,10 +135,22 @@ class Dispatcher:
         return self._hooks
 
     def add(self, hook: Hook) -> None:
-        if not callable(hook):
-            from circuitry.exceptions import ConfigurationError
+        """Deliver events to ``hook`` from now on.
 
+        Raises:
+            ConfigurationError: ``hook`` is not callable, or is an ``async def`` (hooks run
+                synchronously, in the thread of the call that caused the event: a coroutine would
+                never be awaited).
+        """
+        from circuitry.exceptions import ConfigurationError
+
+        if not callable(hook):
             raise ConfigurationError(f"hooks must be callable, got {hook!r}")
+        if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(type(hook).__call__):
+            raise ConfigurationError(
+                f"hook {hook!r} is an async def: hooks are called synchronously, in the thread of the call "
+                "that caused the event, and a coroutine would never be awaited. Use a plain function "
+                "(to reach an event loop, hand the event over with loop.call_soon_threadsafe)")
         with self._lock:
             self._set((*self._hooks, hook))
 
@@ -192,18 +174,30 @@ class Dispatcher:
         """Deliver one event; a hook that raises is logged and skipped, never re-raised."""
         for hook in hooks:
             try:
-                hook(event)
+                returned: object = hook(event)  # type: ignore[func-returns-value]
             except Exception as exc:  # a hook must never change a protected call's outcome
                 _report_hook_error(hook, event, exc)
+            else:
+                if returned is not None and inspect.iscoroutine(returned):  # e.g. a partial of an async def
+                    returned.close()
+                    _report_hook_error(hook, event, TypeError("the hook returned a coroutine, which is never "
+                                                              "awaited: hooks must be plain functions"))
 
 
 def _report_hook_error(hook: object, event: Event, exc: Exception) -> None:
-    try:
-        import structlog
+    from circuitry.instrumentation.logging import log  # lazily: that module imports this one
 
-        structlog.get_logger("circuitry").error(
-            "circuitry.hook_failed", hook=repr(hook), event_name=event.name, circuit=event.circuit,
-            error_type=type(exc).__qualname__, error_message=str(exc)[:500],
-        )
-    except Exception:  # pragma: no cover - logging itself broken: nothing left to tell
+    try:
+        log("error", "circuitry.hook_failed", hook=repr(hook), event_name=event.name, circuit=event.circuit,
+            error_type=type(exc).__qualname__, error_message=str(exc)[:500])
+    except Exception:  # a hook whose repr or message raises too: nothing left to tell
         pass
+
+
+def __getattr__(name: str) -> Any:
+    # Compatibility: the default hook moved to circuitry.instrumentation.logging (as LoggingHook).
+    if name == "StructlogHook":
+        from circuitry.instrumentation.logging import StructlogHook
+
+        return StructlogHook
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,10 +3,12 @@
 The tree::
 
     Exception
-    ├── CircuitBreakerError          (the seed's name; catch this to catch every rejection)
+    ├── CircuitBreakerError          (the database API's name; catch this to catch every rejection)
     │   └── CircuitOpenError         (a call was refused: the circuit is open or its probes are taken)
     ├── StoreError                   (raised by explicit store operations, never into a protected call)
     │   └── SchemaVersionError       (the database was written by a newer circuitry)
+    ├── KeyError
+    │   └── CircuitNotFoundError     (``registry[name]`` for a name no breaker has; says the close ones)
     └── ValueError
         └── ConfigurationError       (an argument is invalid; raised at construction, names the argument)
             └── RegistryConflictError  (a name is already registered with another policy)
@@ -18,8 +20,11 @@ breaker internals alive however many rejections a program handles.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "CircuitBreakerError",
+    "CircuitNotFoundError",
     "CircuitOpenError",
     "ConfigurationError",
     "RegistryConflictError",
@@ -37,6 +42,40 @@ class RegistryConflictError(ConfigurationError):
 
     Registries never overwrite by name: reconfigure explicitly with :meth:`Registry.reconfigure`.
     """
+
+
+class CircuitNotFoundError(KeyError):
+    """``registry[name]`` for a name no breaker of that registry has.
+
+    Attributes:
+        name: The name asked for.
+        known: The names the registry has.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, name: str, known: list[str], declared: Sequence[str] = ()) -> None:
+        super().__init__(name)
+        self.name = name
+        self.known = known
+        self._declared = [n for n in declared if n not in known]
+
+    def __str__(self) -> str:
+        import difflib
+
+        text = f"no circuit named {self.name!r} in this registry"
+        if not isinstance(self.name, str):
+            return text
+        close = difflib.get_close_matches(self.name, [*self.known, *self._declared], n=3, cutoff=0.6)
+        if close:
+            text += "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+        if self.known:
+            shown = ", ".join(repr(n) for n in self.known[:20])
+            text += f" Known: {shown}" + (f" and {len(self.known) - 20} more" if len(self.known) > 20 else "")
+        if self._declared:
+            text += (". Circuits are created on their first call: declared but not yet called: "
+                     + ", ".join(repr(n) for n in self._declared[:20]))
+        return text
 
 
 class StoreError(Exception):

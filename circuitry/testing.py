@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from circuitry._clock import Clock
-from circuitry._registry import Registry, default_registry, set_default_registry
+from circuitry._registry import DEFAULT, Registry, default_registry, set_default_registry
 from circuitry.events import Event, EventKind, Hook
 
 __all__ = ["CapturedEvents", "FakeClock", "capture_events", "isolated_registry"]
@@ -99,11 +99,15 @@ def isolated_registry(*, clock: Clock | None = None, hooks: Iterable[Hook] = ())
     """Make a fresh registry the process-wide default while inside (restored afterwards).
 
     Functions decorated with ``@circuit(...)`` at import time use it too, since the decorator looks up
-    its breaker per call. By default the isolated registry has no hooks (no log output).
+    its breaker per call, and their policies are declared in it (a name looked up before its function
+    first runs has the decorator's policy). Circuits made inside stay inside: the next isolated registry
+    does not see them. By default the isolated registry has no hooks (no log output).
     """
     registry = Registry(clock=clock, hooks=hooks)
     previous = set_default_registry(registry)
+    DEFAULT.isolated += 1
     try:
         yield registry
     finally:
+        DEFAULT.isolated -= 1
         set_default_registry(previous)

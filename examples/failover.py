@@ -1,4 +1,9 @@
-"""Multi-region failover over the registry: the first region whose circuit admits the call serves it."""
+"""Multi-region failover over the registry: the first region that admits the call *and* answers serves it.
+
+The loop catches the regions' own errors as well as ``CircuitOpenError``: a circuit opens only after
+``failure_threshold`` failures, and until then each failure is the region's exception. Catching only
+the refusal would send the first failures to the caller instead of to the next region.
+"""
 
 from __future__ import annotations
 
@@ -18,15 +23,18 @@ async def call(region: str) -> str:
 
 
 async def fetch() -> str:
+    skipped: list[str] = []
     for region in REGIONS:
         try:
             async with circuit(f"api_{region}", failure_threshold=2, recovery_timeout=60):
-                return await call(region)
-        except CircuitOpenError:
-            continue  # refused fast: try the next region
-        except ConnectionError:
-            continue  # failed (and counted): try the next region
-    raise RuntimeError("every region is down")
+                served = await call(region)
+        except CircuitOpenError as refused:  # open: refused at once, the region is not called
+            skipped.append(f"{region} refused: {refused.state}")
+        except ConnectionError as exc:  # the region's own failure: its circuit counted it; try the next
+            skipped.append(f"{region} failed: {type(exc).__name__}")
+        else:
+            return served + (f" ({'; '.join(skipped)})" if skipped else "")
+    raise RuntimeError("every region is down: " + "; ".join(skipped))
 
 
 async def main() -> None:

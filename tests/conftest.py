@@ -5,7 +5,9 @@ import os
 # The test suite's default registry keeps breakers in memory: tests that persist say where.
 os.environ.setdefault("CIRCUITRY_DB", ":memory:")
 
+import subprocess
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -68,3 +70,40 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
         time.sleep(0.005)
     return check()
 
+
+
+# -- a PostgreSQL server for the tests that need one -------------------------------------------------------
+
+#: Set (CI sets it) to make the PostgreSQL tests fail, instead of skip, when no server can be started.
+REQUIRE_POSTGRES = "CIRCUITRY_REQUIRE_POSTGRES"
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """A throw-away PostgreSQL cluster for the whole session (see ``tests/pg_cluster.py``). Skips with the
+    reason when PostgreSQL cannot be started here — or fails, when ``$CIRCUITRY_REQUIRE_POSTGRES`` is set."""
+    from .pg_cluster import Cluster, ClusterError
+
+    def unavailable(why: str) -> None:
+        if os.environ.get(REQUIRE_POSTGRES, "").strip() not in ("", "0"):
+            pytest.fail(f"PostgreSQL is required (${REQUIRE_POSTGRES}) but {why}", pytrace=False)
+        pytest.skip(f"PostgreSQL tests skipped: {why}")
+
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        unavailable(f"psycopg is not installed ({exc}): pip install -e '.[dev]'")
+    cluster = Cluster()
+    try:
+        cluster.start()
+    except (ClusterError, OSError, subprocess.SubprocessError) as exc:
+        cluster.stop()
+        unavailable(f"the server could not be started: {exc}")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> str:
+    """The URL of a new, empty database on the session's server (with its password)."""
+    return str(pg_cluster.create_database())

@@ -335,8 +335,8 @@ def fork(args: dict[str, Any]) -> None:
     while other.state.value != "forced_open" and time.monotonic() < deadline:
         time.sleep(0.01)
     signal_state = other.state.value
-    events = store.query("SELECT process, count(*) AS n FROM circuit_breaker_events WHERE service_name = 'forked' "
-                         "AND event_type = 'failure' GROUP BY process")
+    events = store.query("SELECT process, sum(occurrences) AS n FROM circuit_breaker_events "
+                         "WHERE service_name = 'forked' AND event_type = 'failure' GROUP BY process")
     # the parent's writer connection still works: one more round trip through it
     b.record_failure(b.admit(), Boom("parent, last"))
     parent_failures += 1
@@ -345,7 +345,7 @@ def fork(args: dict[str, Any]) -> None:
     store.close(timeout=10)
     with sqlite3.connect(args["db"]) as conn:
         check = conn.execute("PRAGMA quick_check").fetchone()[0]
-        last_events = conn.execute("SELECT count(*) FROM circuit_breaker_events WHERE service_name = 'forked' "
+        last_events = conn.execute("SELECT sum(occurrences) FROM circuit_breaker_events WHERE service_name = 'forked' "
                                    "AND event_type = 'failure'").fetchone()[0]
     say(children=children, ok_before=ok_before, ok_after=ok_after, ok_last=ok_last, signal_state=signal_state,
         events=events, parent_failures=parent_failures, last_events=last_events, quick_check=check, health=health)
@@ -378,8 +378,78 @@ def fork_parent_closes(args: dict[str, Any]) -> None:
     say(child_status=status)
 
 
+def trip_rounds(args: dict[str, Any]) -> None:
+    """Each round: wait until the test's reset reached this process (say ``armed``), wait for the go
+    every worker gets at once, then fail one call (if admitted); report whether this process's breaker
+    opened."""
+    store, reg = open_store(args)
+    b = reg.get(args["name"], failure_threshold=1, recovery_timeout=600.0)
+    say(ready=True)
+    for round_ in range(args["rounds"]):
+        deadline = time.monotonic() + 10
+        while b.state.value != "closed" and time.monotonic() < deadline:  # the reset reached this process
+            time.sleep(0.002)
+        say(armed=round_, state=b.state.value)
+        wait_for_go()
+        tripped = False
+        try:
+            permit = b.admit()
+            b.record_failure(permit, Boom("down"))
+            tripped = True
+        except CircuitOpenError:
+            pass
+        store.flush(10)
+        say(round=round_, tripped=tripped, state=b.state.value)
+    store.close(timeout=10)
+    say(done=True, health=health_dict(store))
+
+
+def _mp_work(db: str, calls: int, name: str) -> None:
+    """A multiprocessing child: persists through the store it inherited, then returns (os._exit)."""
+    from circuitry._registry import default_registry
+
+    reg = default_registry()
+    b = reg.get(name, failure_threshold=10**9)
+    for _ in range(calls):
+        b.record_success(b.admit())
+    b.record_failure(b.admit(), Boom("child"))
+
+
+def _pool_task(name: str) -> int:
+    from circuitry._registry import default_registry
+
+    b = default_registry().get(name, failure_threshold=10**9)
+    b.record_success(b.admit())
+    return 1
+
+
+def multiprocessing_fork(args: dict[str, Any]) -> None:
+    """``multiprocessing`` with the fork start method: Process children and a Pool (closed and joined)
+    count through the store the parent configured; children leave by os._exit."""
+    import multiprocessing
+
+    import circuitry
+
+    circuitry.configure(db=args["db"])
+    reg = circuitry.default_registry()
+    reg.get("mp-parent").record_success(reg.get("mp-parent").admit())  # the store is in use before the fork
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_mp_work, args=(args["db"], args["calls"], "mp-process"))
+             for _ in range(args["children"])]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    with ctx.Pool(args["workers"]) as pool:
+        done = sum(pool.map(_pool_task, ["mp-pool"] * args["tasks"], chunksize=100))
+        pool.close()
+        pool.join()
+    circuitry.configure(db=None)
+    say(exitcodes=[p.exitcode for p in procs], pool_done=done)
+
+
 MODES = {f.__name__: f for f in (conservation, probe, probe_hold, evidence, watch, open_exit, report, crash,
-                                 no_close, fork, fork_parent_closes)}
+                                 no_close, fork, fork_parent_closes, trip_rounds, multiprocessing_fork)}
 
 if __name__ == "__main__":
     MODES[sys.argv[1]](json.loads(sys.argv[2]))

@@ -14,7 +14,7 @@ import pytest
 
 from circuitry import Registry
 from circuitry.store import SQLiteStore
-from circuitry.store._schema import LATEST_VERSION
+from circuitry.store.sqlite.schema import LATEST_VERSION
 from circuitry.tools.cli import main
 
 
@@ -43,7 +43,7 @@ def populated(tmp_path: Path) -> Path:
 def test_migrate_creates_and_is_idempotent(tmp_path: Path) -> None:
     db = tmp_path / "sub" / "new.db"
     code, out = run("migrate", "--db", str(db))
-    assert code == 0 and f"applied migration(s) {LATEST_VERSION}" in out
+    assert code == 0 and "applied migration(s)" in out and f"schema version {LATEST_VERSION}" in out
     code, out = run("migrate", "--db", str(db))
     assert code == 0 and "up to date" in out
 
@@ -72,7 +72,7 @@ def test_status_lists_every_circuit(populated: Path) -> None:
     code, out = run("status", "--db", str(populated))
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["SERVICE", "STATE", "FAILS"]
+    assert lines[0].split()[:3] == ["SERVICE", "STATE", "FAIL/1H"]
     payments = next(line for line in lines if line.startswith("payments"))
     assert payments.split()[1] == "open"
     assert any(line.startswith("search") and line.split()[1] == "closed" for line in lines)
@@ -103,6 +103,11 @@ def test_patterns_and_recommend(tmp_path: Path) -> None:
         conn.executemany("INSERT INTO circuit_breaker_metrics (service_name, minute, bucket_start, successes) "
                          "VALUES ('bursty', ?, '', 600)", [(m,) for m in range(int((now - 900) // 60),
                                                                                int(now // 60) + 1)])
+        seconds = {s: [10, 0] for s in range(int(now - 900), int(now) + 1)}  # 10 calls a second
+        for t in failures:
+            seconds[int(t)][1] += 1
+        conn.executemany("INSERT INTO circuit_breaker_seconds (service_name, second, calls, failures) "
+                         "VALUES ('bursty', ?, ?, ?)", [(s, c, f) for s, (c, f) in seconds.items()])
         conn.execute("INSERT INTO circuit_breaker_failure_patterns (service_name, pattern_type, time_window_seconds, "
                      "failure_count, error_rate, confidence_score, ts) VALUES ('bursty', 'burst', 900, 36, 0.04, "
                      "0.93, ?)", (now,))

@@ -79,6 +79,30 @@ def test_isolated_registry_restores_the_default() -> None:
     assert default_registry() is before
 
 
+def test_a_decorators_policy_holds_in_a_registry_swapped_in_later() -> None:
+    """A function decorated before the default registry was swapped (an import-time decorator under
+    ``isolated_registry``) keeps its policy there, even when its name is looked up before it runs;
+    the swapped-in registry may still define the name its own way."""
+    @circuit("swap-declared", failure_threshold=3, recovery_timeout=7)
+    def call() -> int:
+        return 1
+
+    with isolated_registry() as reg:
+        looked_up = reg.get("swap-declared")  # before the function first runs
+        assert (looked_up.policy.failure_threshold, looked_up.policy.recovery_timeout) == (3, 7)
+        assert call() == 1 and call.circuit.breaker is looked_up
+    with isolated_registry() as reg:
+        @circuit("swap-declared", failure_threshold=9)  # this registry's own definition wins
+        def other() -> int:
+            return 2
+
+        assert other() == 2 and reg["swap-declared"].policy.failure_threshold == 9
+    with isolated_registry() as reg:  # the previous isolated registry's own definition stayed there
+        assert reg.get("swap-declared").policy.failure_threshold == 3
+    assert default_registry().get("swap-declared").policy.failure_threshold == 3
+    default_registry().remove("swap-declared")
+
+
 def test_idle_breakers_cost_little_memory() -> None:
     per_breaker = measure_in_subprocess("""
         import tracemalloc

@@ -8,6 +8,7 @@ in ``test_store_processes.py``.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from structlog.testing import capture_logs
 
 from circuitry import CircuitOpenError, CircuitState, Registry, SchemaVersionError, circuit
 from circuitry.store import SQLiteStore
-from circuitry.store._schema import LATEST_VERSION, migrate
+from circuitry.store.sqlite.schema import LATEST_VERSION, migrate
 from circuitry.testing import FakeClock
 
 from .conftest import Boom, Other, eventually
@@ -110,8 +111,9 @@ def test_restart_keeps_an_open_circuit_open_for_the_remaining_time(make: Any, db
     fail(b)
     store.close()
     clock.advance(20)
-    reg2, _ = make()
+    reg2, store2 = make()
     b2 = reg2.get("svc", failure_threshold=1, recovery_timeout=60)
+    assert store2.flush()  # the first breaker of a store takes the stored state within a writer cycle
     assert b2.state is CircuitState.OPEN
     with pytest.raises(CircuitOpenError) as info:
         b2.admit()
@@ -125,9 +127,11 @@ def test_restart_clamps_a_wall_clock_jump(make: Any, db: Path, clock: FakeClock)
     fail(reg.get("svc", failure_threshold=1, recovery_timeout=60))
     store.close()
     clock.set_wall(WALL - 10**6)  # the clock went far backwards: never open longer than the period
-    reg2, _ = make()
+    reg2, store2 = make()
+    b2 = reg2.get("svc")
+    assert store2.flush()
     with pytest.raises(CircuitOpenError) as info:
-        reg2.get("svc").admit()
+        b2.admit()
     assert info.value.retry_after is not None and info.value.retry_after <= 60
 
 
@@ -137,6 +141,7 @@ def test_a_new_process_never_resets_shared_state(make: Any, db: Path) -> None:
     assert store_a.flush()
     reg_b, store_b = make()
     b = reg_b.get("svc", failure_threshold=1)
+    assert store_b.flush()
     assert b.state is CircuitState.FORCED_OPEN
     assert store_b.flush()
     assert rows(db, "SELECT current_state FROM circuit_breaker_states") == [("forced_open",)]
@@ -204,17 +209,25 @@ def test_a_success_resets_the_shared_count(make: Any) -> None:
 
 
 def test_probe_leases_are_shared(make: Any, clock: FakeClock) -> None:
-    (reg_a, _), (reg_b, _) = make(), make()
+    """One probe permit between two processes: whoever's writer takes the lease when the open period
+    ends holds it; the other's caller is refused (and its wish noted) until the lease is free."""
+    (reg_a, store_a), (reg_b, store_b) = make(), make()
     a = reg_a.get("svc", failure_threshold=1, recovery_timeout=10, probe_timeout=5)
     b = reg_b.get("svc", failure_threshold=1, recovery_timeout=10, probe_timeout=5)
     fail(a)
     assert eventually(lambda: b.state is CircuitState.OPEN)
     clock.advance(10)
+    assert store_a.flush()  # a's writer takes the lease as the open period ends
     probe = a.admit()  # a holds the one permit
+    assert probe.lease > 0
+    assert store_b.flush()
     with pytest.raises(CircuitOpenError) as info:
         b.admit()
     assert info.value.state == "half_open"
     clock.advance(5)  # a's probe never reports back: its lease expires, b may probe
+    with pytest.raises(CircuitOpenError):
+        b.admit()  # b's first caller since the expiry: its wish for a lease reaches b's writer
+    assert eventually(lambda: bool(b.linked.grants))  # type: ignore[union-attr]
     p = b.admit()
     b.record_success(p)
     assert eventually(lambda: a.state is CircuitState.CLOSED)
@@ -303,12 +316,49 @@ def _assert_caught_up(db: Path, n: int) -> None:
     got = rows(db, "SELECT sum(successes), sum(failures), sum(ignored) FROM circuit_breaker_metrics "
                    "WHERE service_name = 'faulty'")
     assert got == [(ok, fails, ignored)]
-    assert rows(db, "SELECT count(*) FROM circuit_breaker_events WHERE service_name = 'faulty' "
+    assert rows(db, "SELECT sum(calls), sum(failures) FROM circuit_breaker_seconds WHERE service_name = 'faulty'") == [
+        (ok + fails, fails)]
+    # every failure has its row, or is counted in a row standing for several (past the per-second limit)
+    assert rows(db, "SELECT sum(occurrences) FROM circuit_breaker_events WHERE service_name = 'faulty' "
                     "AND event_type = 'failure'") == [(fails,)]
 
 
 def _fault_warnings(logs: list[dict[str, Any]], kind: str) -> int:
     return sum(1 for e in logs if e["event"] == "circuitry.store_fault" and e["fault"] == kind)
+
+
+class Injected:
+    """Makes the store's database misbehave as a full disk or a read-only file would, on every
+    connection the writer opens while it is on (the writer reopens its connection after such faults)."""
+
+    def __init__(self, store: SQLiteStore, *pragmas: str) -> None:
+        self.store = store
+        self.pragmas = pragmas
+        self.on = False
+        backend = store.backend
+        real = backend.connect
+
+        def connect(role: Any, *, timeout: float) -> Any:
+            conn = real(role, timeout=timeout)
+            if self.on and role != "reader":
+                for pragma in self.pragmas:
+                    conn.raw.execute(pragma)
+            return conn
+
+        backend.connect = connect  # type: ignore[method-assign]
+
+    def __enter__(self) -> Injected:
+        self.on = True
+        if self.store.writer.conn is not None:
+            for pragma in self.pragmas:
+                self.store.writer.conn.raw.execute(pragma)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.on = False
+        if self.store.writer.conn is not None:
+            self.store.writer.conn.raw.execute("PRAGMA query_only = OFF")
+            self.store.writer.conn.raw.execute("PRAGMA max_page_count = 1073741823")
 
 
 def test_fault_locked_database(make: Any, db: Path) -> None:
@@ -330,35 +380,54 @@ def test_fault_locked_database(make: Any, db: Path) -> None:
     _assert_caught_up(db, 3000)
 
 
+def test_a_short_lock_is_contention_not_a_fault(make: Any, db: Path) -> None:
+    """A lock shorter than busy_timeout delays writes; it is not reported, and probes stay coordinated."""
+    reg, store = make(busy_timeout=5.0)
+    reg.get("faulty", failure_threshold=10**6, on=Boom)
+    assert store.flush()
+    blocker = sqlite3.connect(db, isolation_level=None)
+    with capture_logs() as logs:
+        blocker.execute("BEGIN EXCLUSIVE")
+        assert _hammer(reg, 300) == 0
+        time.sleep(0.3)
+        assert store.health().fault is None
+        assert not store.links()[0].memory
+        blocker.execute("COMMIT")
+        blocker.close()
+        assert store.flush(10)
+    assert _fault_warnings(logs, "locked") == 0
+    store.close()
+    _assert_caught_up(db, 300)
+
+
 def test_fault_disk_full(make: Any, db: Path) -> None:
     reg, store = make()
     reg.get("faulty", failure_threshold=10**6, on=Boom)
     assert store.flush()
-    conn = store._conn
-    assert conn is not None
-    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    assert store.writer.conn is not None
+    pages = store.writer.conn.raw.execute("PRAGMA page_count").fetchone()[0]
     with capture_logs() as logs:
-        conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
-        assert _hammer(reg, 6000) == 0
-        assert eventually(lambda: store.health().fault == "disk_full")
-        conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+        with Injected(store, f"PRAGMA max_page_count = {pages}"):  # the disk is full
+            assert _hammer(reg, 6000) == 0
+            assert eventually(lambda: store.health().fault == "disk_full")
+            assert store.health().queued > 0  # rows in a failing batch are counted as queued
         assert store.flush(10)
     assert _fault_warnings(logs, "disk_full") == 1
     store.close()
     _assert_caught_up(db, 6000)
 
 
-def test_fault_read_only_database(make: Any, db: Path) -> None:
+def test_fault_read_only_database_recovers_when_writable_again(make: Any, db: Path) -> None:
+    """The file turns read-only (chmod, a remount): calls go on; once it is writable again the store
+    reopens it and writes the backlog (a read-only connection is never kept)."""
     reg, store = make()
     reg.get("faulty", failure_threshold=10**6, on=Boom)
     assert store.flush()
-    conn = store._conn
-    assert conn is not None
     with capture_logs() as logs:
-        conn.execute("PRAGMA query_only = ON")  # writes now fail as on a read-only file
-        assert _hammer(reg, 3000) == 0
-        assert eventually(lambda: store.health().fault == "read_only")
-        conn.execute("PRAGMA query_only = OFF")
+        with Injected(store, "PRAGMA query_only = ON"):  # writes fail as on a read-only file
+            assert _hammer(reg, 3000) == 0
+            assert eventually(lambda: store.health().fault == "read_only")
+            time.sleep(0.2)  # several reopen-and-fail rounds
         assert store.flush(10)
     assert _fault_warnings(logs, "read_only") == 1
     store.close()
@@ -383,15 +452,79 @@ def test_fault_unreachable_folder(make: Any, tmp_path: Path) -> None:
     _assert_caught_up(db, 600)
 
 
-def test_fault_corrupt_file_is_set_aside(make: Any, db: Path) -> None:
-    db.write_bytes(b"this is not a database, it is a grocery list\n" * 200)
+def test_a_file_that_is_not_a_database_is_never_moved(make: Any, db: Path) -> None:
+    """A mistyped path to a user's file: circuitry does not touch it, says so, and protects from memory."""
+    content = b"this is not a database, it is a grocery list\n" * 200
+    db.write_bytes(content)
+    with capture_logs() as logs:
+        reg, store = make()
+        assert _hammer(reg, 600) == 0
+        assert eventually(lambda: store.health().fault == "not_a_database")
+        assert not store.flush(0.5)
+    assert db.read_bytes() == content
+    assert [p.name for p in db.parent.iterdir()] == [db.name]
+    (warning,) = [e for e in logs if e["event"] == "circuitry.store_fault"]
+    assert "nothing was moved" in warning["note"] and str(db) in warning["note"]
+    assert store.health().set_aside == () and not store.health().healthy
+
+
+def _damage_table(db: Path, table: str) -> None:
+    """Overwrite the root page of ``table`` with garbage (a bad sector under that table only)."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+    with open(db, "r+b") as f:
+        f.seek((root - 1) * size)
+        f.write(b"\xde\xad" * (size // 2))
+
+
+@pytest.mark.parametrize("first", ["application", "circuitry"])
+def test_damaged_circuit_tables_in_an_application_database_never_move_it(make: Any, db: Path, first: str) -> None:
+    """The application's own database holds the circuit tables (``db_path="pipeline.db"``), whoever
+    created the file: a damaged circuit table stops circuitry's writes — the application's tables stay
+    where they are, readable."""
+
+    def application_tables() -> None:
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE TABLE cards (id INTEGER PRIMARY KEY, number TEXT)")
+            conn.executemany("INSERT INTO cards (number) VALUES (?)", [(f"4242-{i}",) for i in range(100)])
+
+    if first == "application":
+        application_tables()
+    reg, store = make()
+    reg.get("faulty", failure_threshold=10**6, on=Boom)
+    assert store.flush()
+    store.close()
+    if first == "circuitry":
+        application_tables()
+    _damage_table(db, "circuit_breaker_states")
+    with capture_logs() as logs:
+        reg, store = make()
+        assert _hammer(reg, 600) == 0
+        assert eventually(lambda: store.health().fault == "corrupt")
+    assert rows(db, "SELECT count(*) FROM cards") == [(100,)]
+    assert store.health().set_aside == ()
+    (warning,) = [e for e in logs if e["event"] == "circuitry.store_fault"]
+    assert "nothing was moved" in warning["note"]
+    assert ("cards" if first == "circuitry" else "not created by circuitry") in warning["note"]
+
+
+def test_a_damaged_file_circuitry_created_is_set_aside_and_recreated(make: Any, db: Path) -> None:
+    reg, store = make()
+    reg.get("faulty", failure_threshold=10**6, on=Boom)
+    assert store.flush()
+    store.close()
+    _damage_table(db, "circuit_breaker_states")
     with capture_logs() as logs:
         reg, store = make()
         assert _hammer(reg, 600) == 0
         assert store.flush(10)
     assert _fault_warnings(logs, "corrupt") == 1
     (aside,) = store.health().set_aside
-    assert Path(aside).read_bytes().startswith(b"this is not a database")
+    (warning,) = [e for e in logs if e["event"] == "circuitry.store_fault"]
+    assert warning["set_aside"] == aside and aside in warning["note"]
+    assert Path(aside).exists()
     store.close()
     _assert_caught_up(db, 600)
     assert rows(db, "PRAGMA quick_check") == [("ok",)]
@@ -415,8 +548,8 @@ def test_fault_deleted_file_is_recreated_with_the_current_state(make: Any, db: P
     assert got[0][0] is not None and got[0][0] > 0
 
 
-def test_a_full_queue_drops_counts_and_records_it(make: Any, db: Path) -> None:
-    reg, store = make(queue_size=100, busy_timeout=0.05)
+def test_a_full_queue_drops_rows_counts_them_and_records_it(make: Any, db: Path) -> None:
+    reg, store = make(queue_size=100, busy_timeout=0.05, failure_rows_per_second=10_000)
     reg.get("faulty", failure_threshold=10**6, on=Boom)
     assert store.flush()
     blocker = sqlite3.connect(db, isolation_level=None)
@@ -430,11 +563,12 @@ def test_a_full_queue_drops_counts_and_records_it(make: Any, db: Path) -> None:
     assert health.dropped > 0
     assert any(e["event"] == "circuitry.store_dropped" for e in logs)
     store.close()
-    written = rows(db, "SELECT count(*) FROM circuit_breaker_events WHERE service_name = 'faulty' "
+    written = rows(db, "SELECT sum(occurrences) FROM circuit_breaker_events WHERE service_name = 'faulty' "
                        "AND event_type = 'failure'")[0][0]
-    (note,) = rows(db, "SELECT additional_data FROM circuit_breaker_events WHERE event_type = 'dropped'")
-    assert written + health.dropped == _expected(3000)[1]  # every failure either written or counted
-    assert f'"total": {health.dropped}' in note[0]
+    notes = [json.loads(r[0]) for r in rows(db, "SELECT additional_data FROM circuit_breaker_events "
+                                                "WHERE event_type = 'dropped' ORDER BY id")]
+    assert sum(n["dropped"] for n in notes) == notes[-1]["total"] == health.dropped  # each drop reported once
+    assert written + notes[-1]["failures_total"] == _expected(3000)[1]  # every failure either written or counted
     # the rollups never drop: they come from counters, not the queue
     assert rows(db, "SELECT sum(failures) FROM circuit_breaker_metrics WHERE service_name = 'faulty'") == [
         (_expected(3000)[1],)]
@@ -503,33 +637,22 @@ def test_latency_reaches_the_rollups_when_measured(make: Any, db: Path, clock: F
     assert rows(db, "SELECT latency_count, round(latency_sum_ms, 6), round(latency_max_ms, 6) "
                     "FROM circuit_breaker_metrics WHERE service_name = 'timed'") == [(4, 100.0, 40.0)]
     assert rows(db, "SELECT latency_count FROM circuit_breaker_metrics WHERE service_name = 'untimed'") == [(0,)]
-    from circuitry.store._sqlite import last_hour_summary
+    status = store.circuit("timed")
+    assert status is not None
+    assert (status["last_hour"]["avg_latency_ms"], status["last_hour"]["max_latency_ms"]) == (25.0, 40.0)
 
-    summary = last_hour_summary(store, "timed", now=clock.time())
-    assert (summary["avg_latency_ms"], summary["max_latency_ms"]) == (25.0, 40.0)
 
-
-def test_rollups_held_during_a_long_outage_are_bounded_and_lose_no_count(make: Any, db: Path,
-                                                                           clock: FakeClock) -> None:
+def test_rollups_held_during_a_long_outage_are_bounded_and_lose_no_count() -> None:
     """Three hours with a database that takes no writes: memory holds at most 60 minutes per circuit,
-    and once the database is back every call is in the rollups (the oldest filed under one minute)."""
-    from circuitry.store._sqlite import PENDING_MINUTES
+    and every count is still there (the oldest filed under one minute)."""
+    from circuitry.store.rollups import PENDING_MINUTES, Rollups
 
-    reg, store = make(busy_timeout=0.05)
-    b = reg.get("svc", failure_threshold=10**6)
-    assert store.flush()
-    conn = store._conn
-    assert conn is not None
-    with capture_logs() as logs:
-        conn.execute("PRAGMA query_only = ON")  # no writes for the whole outage
-        with store._writer_lock:  # the writer waits: this loop plays its cycles, one a minute
-            for _ in range(180):
-                for _ in range(3):
-                    b.record_success(b.admit())
-                store._collect(store._links["svc"], clock.time())
-                clock.advance(60)
-            assert len(store._pending_metrics) <= PENDING_MINUTES + 1
-        conn.execute("PRAGMA query_only = OFF")
-        assert store.flush(10)
-    assert rows(db, "SELECT sum(successes), count(*) FROM circuit_breaker_metrics")[0][0] == 540
-    assert sum(1 for e in logs if e["event"] == "circuitry.store_rollups_coarsened") == 1
+    r = Rollups()
+    for minute in range(180):
+        for name in ("a", "b"):
+            r.add(name, minute * 60.0 + 1.0, [3, 1, 0, 2, 0, 0, 0.0, 0.0], circuits=2)
+    assert len(r.minutes) <= 2 * (PENDING_MINUTES + 1)
+    assert r.coarsened > 0
+    for name in ("a", "b"):
+        total, _ = r.unwritten(name, 0)
+        assert total[:5] == [540, 180, 0, 360, 0]

@@ -48,7 +48,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from circuitry._policy import check_int, check_number
+from circuitry._checks import check_int, check_number
 from circuitry._state import CircuitState
 from circuitry.events import Event, EventKind
 from circuitry.exceptions import ConfigurationError

@@ -1,9 +1,15 @@
--- circuitry schema, version 8: the circuit breaker tables.
+-- circuitry schema, version 8: the circuit breaker tables (SQLite).
 --
 -- Plain SQL, idempotent: `sqlite3 pipeline.db < migrations/008_add_circuit_breaker_tracking.sql`
 -- adds the tables to an existing application database (and does nothing the second time). The
--- number continues the seed application's migration series, so its documented command works as is.
--- The library and `circuitry migrate --db PATH` apply pending migrations the same way.
+-- number continues the migration series of the application this schema first served, so its
+-- documented command works as is. The library and `circuitry migrate --db PATH` apply pending
+-- migrations the same way.
+--
+-- A database whose circuit_breaker_* tables were created by an earlier, shorter schema (without
+-- circuitry's columns) is not changed by this file, and version 8 is not recorded for it: the
+-- library, or `circuitry migrate --db PATH`, adds the missing columns first (sqlite3 alone cannot
+-- add a column only where it is missing).
 
 PRAGMA journal_mode = WAL;
 
@@ -30,14 +36,17 @@ CREATE TABLE IF NOT EXISTS circuit_breaker_states (
     open_for            REAL,                           -- seconds
     reopen_count        INTEGER NOT NULL DEFAULT 0,
     updated_by          TEXT,                           -- host:pid of the last writer
-    updated_at          REAL
+    updated_at          REAL,
+    change_seq          INTEGER NOT NULL DEFAULT 0      -- order of state changes: pollers read what is new
 );
+CREATE INDEX IF NOT EXISTS circuit_breaker_states_change_seq ON circuit_breaker_states (change_seq);
 
--- History: every failure and every transition (successes and rejections are rolled up per minute).
+-- History: every transition, and every failure (successes and rejections are counted per second and
+-- per minute; past a rate per circuit, failures are kept as one row carrying how many: occurrences).
 CREATE TABLE IF NOT EXISTS circuit_breaker_events (
     id              INTEGER PRIMARY KEY,
     service_name    TEXT NOT NULL,
-    event_type      TEXT NOT NULL,          -- state_change, failure, store_fault, dropped
+    event_type      TEXT NOT NULL,          -- state_change, failure, store_fault, dropped, adjustment
     from_state      TEXT,
     to_state        TEXT,
     error_type      TEXT,
@@ -45,10 +54,12 @@ CREATE TABLE IF NOT EXISTS circuit_breaker_events (
     additional_data TEXT,                   -- JSON
     created_at      TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
     ts              REAL NOT NULL,          -- epoch seconds (created_at as a number)
-    process         TEXT
+    process         TEXT,
+    occurrences     INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS circuit_breaker_events_service_ts ON circuit_breaker_events (service_name, ts);
--- (no index on ts alone: retention prunes per service, through the index above)
+CREATE INDEX IF NOT EXISTS circuit_breaker_events_service_type_ts
+    ON circuit_breaker_events (service_name, event_type, ts);
 
 CREATE TABLE IF NOT EXISTS circuit_breaker_failure_patterns (
     id                  INTEGER PRIMARY KEY,
@@ -62,7 +73,8 @@ CREATE TABLE IF NOT EXISTS circuit_breaker_failure_patterns (
     confidence_score    REAL NOT NULL,
     evidence            TEXT,               -- JSON
     created_at          TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
-    ts                  REAL NOT NULL
+    ts                  REAL NOT NULL,
+    process             TEXT                -- host:pid of the analyst that ran it
 );
 CREATE INDEX IF NOT EXISTS circuit_breaker_failure_patterns_service_ts
     ON circuit_breaker_failure_patterns (service_name, ts);
@@ -83,6 +95,7 @@ CREATE TABLE IF NOT EXISTS circuit_breaker_metrics (
     latency_max_ms  REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (service_name, minute)
 );
+CREATE INDEX IF NOT EXISTS circuit_breaker_metrics_minute ON circuit_breaker_metrics (minute);
 
 CREATE TABLE IF NOT EXISTS circuit_breaker_alerts (
     id              INTEGER PRIMARY KEY,
@@ -103,14 +116,26 @@ CREATE INDEX IF NOT EXISTS circuit_breaker_alerts_service
     ON circuit_breaker_alerts (service_name, acknowledged, created_at);
 CREATE INDEX IF NOT EXISTS circuit_breaker_alerts_key ON circuit_breaker_alerts (alert_key, acknowledged);
 
--- Half-open probe permits shared by every process: a row is a lease, taken atomically.
+-- Half-open probe permits shared by every process: a 'held' row is a lease, taken atomically; a
+-- 'wanted' row says another process has a caller waiting for one.
 CREATE TABLE IF NOT EXISTS circuit_breaker_probe_leases (
-    lease_id        INTEGER PRIMARY KEY,
+    lease_id        INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a stale release cannot free a new lease
     service_name    TEXT NOT NULL,
     holder          TEXT NOT NULL,
+    kind            TEXT NOT NULL DEFAULT 'held' CHECK (kind IN ('held', 'wanted')),
+    granted_at      REAL,
     expires_at      REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS circuit_breaker_probe_leases_service
     ON circuit_breaker_probe_leases (service_name, expires_at);
 
-INSERT OR IGNORE INTO circuitry_schema (version, name) VALUES (8, 'add_circuit_breaker_tracking');
+INSERT OR IGNORE INTO circuitry_schema (version, name)
+SELECT 8, 'add_circuit_breaker_tracking'
+WHERE (SELECT count(*) FROM pragma_table_info('circuit_breaker_events')
+       WHERE name IN ('ts', 'process', 'occurrences')) = 3
+  AND (SELECT count(*) FROM pragma_table_info('circuit_breaker_states')
+       WHERE name IN ('version', 'open_until', 'change_seq')) = 3
+  AND (SELECT count(*) FROM pragma_table_info('circuit_breaker_alerts')
+       WHERE name IN ('alert_key', 'ts', 'occurrences')) = 3
+  AND (SELECT count(*) FROM pragma_table_info('circuit_breaker_probe_leases')
+       WHERE name IN ('kind', 'granted_at')) = 2;

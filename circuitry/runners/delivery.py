@@ -19,9 +19,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from circuitry._policy import check_int, check_number
+from circuitry._checks import check_int, check_number
 from circuitry.analysis.alerts import Alert
 from circuitry.exceptions import ConfigurationError
+from circuitry.instrumentation.logging import log
 
 __all__ = ["CallbackDeliverer"]
 
@@ -30,12 +31,7 @@ _MAX_COUNT: Final = 1_000_000_000
 
 
 def _log(level: str, event: str, **fields: Any) -> None:
-    try:
-        import structlog
-
-        getattr(structlog.get_logger("circuitry"), level)(event, **fields)
-    except Exception:  # pragma: no cover - logging itself broken: nothing left to tell
-        pass
+    log(level, event, **fields)
 
 
 class _Job:

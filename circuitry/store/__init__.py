@@ -1,70 +1,109 @@
 """Stores: where breakers persist their state and history, and how processes share them.
 
-:class:`SQLiteStore` is the default: one file, shared by every process of a host. :class:`Store` is
-the contract a registry relies on — a PostgreSQL store implements the same methods.
+:func:`open_store` makes a store from a path or URL; :class:`Store` is the contract a registry relies
+on. Importing this package opens nothing and imports no database driver: backends are imported when
+first used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+import os
+from typing import TYPE_CHECKING, Any
 
-from circuitry.store._sqlite import SQLiteStore, StoreHealth
+from circuitry.store.base import Store
 
 if TYPE_CHECKING:
-    from circuitry._core import CircuitBreaker
-    from circuitry.events import Event, EventKind
+    from circuitry.store.engine import SharedStore, StoreHealth
+    from circuitry.store.postgres.backend import PostgresStore
+    from circuitry.store.readmodel import ReadModel
+    from circuitry.store.sqlite.backend import SQLiteStore
 
-__all__ = ["SQLiteStore", "Store", "StoreHealth"]
+__all__ = ["PostgresStore", "ReadModel", "SQLiteStore", "SharedStore", "Store", "StoreHealth", "open_reader",
+           "open_store"]
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-@runtime_checkable
-class Store(Protocol):
-    """What a :class:`~circuitry.Registry` needs of a store.
+def _is_postgres(target: str) -> bool:
+    return target.startswith(_POSTGRES_SCHEMES)
 
-    The registry calls :meth:`adopt` for every breaker it creates and delivers events through
-    ``__call__`` (a store is a hook: ``kinds`` says which events it wants). Both run on the caller's
-    thread, so they must only hand work over — all I/O belongs to the store's own threads. Reading is
-    offered twice: :meth:`query` for threads, :meth:`aquery` for event loops.
+
+def _postgres() -> Any:
+    """The PostgreSQL backend module (psycopg is imported only now)."""
+    from circuitry.exceptions import ConfigurationError
+
+    try:
+        from circuitry.store.postgres import backend
+    except ImportError as exc:
+        raise ConfigurationError("a postgresql:// URL needs psycopg 3: "
+                                 f"pip install 'circuitry-breaker[postgres]' ({exc})") from None
+    return backend
+
+
+def _sqlite_path(target: str) -> str | None:
+    if target.startswith("sqlite:///"):
+        return target[len("sqlite:///"):]
+    if "://" in target:
+        return None
+    return target
+
+
+def open_store(target: str | os.PathLike[str], **options: Any) -> SharedStore:
+    """The store for ``target``: a SQLite file path (or ``sqlite:///path``), or a PostgreSQL URL
+    (``postgresql://…`` or ``postgres://…``, shared by several hosts). Nothing is opened until the
+    first breaker is adopted.
+
+    Raises:
+        ConfigurationError: ``target`` names a database this circuitry cannot open.
 
     .. versionadded:: 0.1.0
     """
+    from circuitry.exceptions import ConfigurationError
 
-    kinds: frozenset[EventKind]
+    text = os.fspath(target)
+    if _is_postgres(text):
+        store: SharedStore = _postgres().PostgresStore(text, **options)
+        return store
+    path = _sqlite_path(text)
+    if path is None:
+        raise ConfigurationError(f"unsupported database URL {text.split('://')[0]}://… (use a SQLite path or a "
+                                 "postgresql:// URL)")
+    from circuitry.store.sqlite.backend import SQLiteStore
 
-    def adopt(self, breaker: CircuitBreaker) -> None:
-        """Persist ``breaker`` from now on; it takes the stored state, if there is one."""
-        ...
+    return SQLiteStore(path, **options)
 
-    def __call__(self, event: Event) -> None:
-        """Take a failure or a transition to write (never blocking, never raising)."""
-        ...
 
-    def flush(self, timeout: float = 5.0) -> bool:
-        """Write what is pending; True if everything was written within ``timeout``."""
-        ...
+def open_reader(target: str | os.PathLike[str]) -> ReadModel:
+    """A read model over the database at ``target`` (read-only; starts no thread) — what the command
+    line and dashboards read."""
+    from circuitry.exceptions import ConfigurationError
+    from circuitry.store.readmodel import ReadModel
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Flush, stop the store's threads, release its connections."""
-        ...
+    text = os.fspath(target)
+    if _is_postgres(text):
+        return ReadModel(_postgres().PostgresBackend(text))
+    path = _sqlite_path(text)
+    if path is None:
+        raise ConfigurationError(f"unsupported database URL {text.split('://')[0]}://… (use a SQLite path or a "
+                                 "postgresql:// URL)")
+    from circuitry.store.sqlite.backend import SQLiteBackend
 
-    def health(self) -> StoreHealth:
-        """Whether writes succeed, what failed, how much is queued or was dropped."""
-        ...
+    return ReadModel(SQLiteBackend(path))
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """A read-only query, rows as dicts."""
-        ...
 
-    async def aquery(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """:meth:`query` for asyncio code."""
-        ...
+def __getattr__(name: str) -> Any:
+    if name == "PostgresStore":
+        return _postgres().PostgresStore
+    if name == "SQLiteStore":
+        from circuitry.store.sqlite.backend import SQLiteStore
 
-    def add_alert_callback(self, callback: Callable[[dict[str, Any]], Any], service: str | None = None,
-                           timeout: float = 2.0) -> None:
-        """Deliver new alerts to ``callback`` without ever blocking a protected call."""
-        ...
+        return SQLiteStore
+    if name in ("SharedStore", "StoreHealth"):
+        from circuitry.store import engine
 
-    def acknowledge(self, alert_id: int | None = None, *, service: str | None = None) -> int:
-        """Acknowledge an alert by id, or every open alert of a service."""
-        ...
+        return getattr(engine, name)
+    if name == "ReadModel":
+        from circuitry.store.readmodel import ReadModel
+
+        return ReadModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,127 +1,175 @@
-"""The ``circuitry`` command line: a demo, migrations, and reading a database.
+"""The ``circuitry`` command line: look at circuits, their alerts and history, act on them, export,
+serve the dashboard.
 
-Every command that reads takes ``--db PATH`` (default: ``$CIRCUITRY_DB``, else ``./circuitry.db``)
-and opens the file read-only, so it is safe to point at a live application's database.
+Every command takes ``--db PATH_OR_URL`` (default: ``$CIRCUITRY_DB``, else ``./circuitry.db``) and
+``--json`` (machine-readable output on stdout). Reading commands open the database read-only, so they
+are safe to point at a live application's database; ``reset``, ``open``, ``close``, ``ack`` and
+``webhooks retry`` write, and running processes adopt a state change within a poll. A name the
+database does not know is answered with the names it does know.
+
+(Longer than most modules: one function per command, each short, and the argument parser that lists
+them; the drawing is in :mod:`circuitry.tools.terminal`.)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import difflib
 import json
 import os
+import re
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any, TextIO
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, TextIO
 
+from circuitry._meta import version
 from circuitry._registry import default_db_path
-from circuitry.exceptions import SchemaVersionError, StoreError
+from circuitry.exceptions import ConfigurationError, SchemaVersionError, StoreError
+from circuitry.tools.terminal import Progress, ago, table, when
+
+if TYPE_CHECKING:
+    from circuitry.store.readmodel import ReadModel
+
+__all__ = ["main"]
+
+_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], out: TextIO) -> None:
-    """Print ``rows`` as an aligned text table with the given ``(key, heading)`` columns."""
-    if not rows:
-        out.write("(none)\n")
-        return
-    cells = [[_cell(r.get(key)) for key, _ in columns] for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(columns)]
-    out.write("  ".join(h.ljust(w) for (_, h), w in zip(columns, widths, strict=True)).rstrip() + "\n")
-    out.write("  ".join("-" * w for w in widths) + "\n")
-    for c in cells:
-        out.write("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip() + "\n")
+class UsageError(Exception):
+    """A mistake in what was asked (exit code 2, message on stderr)."""
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-    text = str(value)
-    return text if len(text) <= 70 else text[:67] + "..."
+
+def _emit_json(data: Any, out: TextIO) -> None:
+    out.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    if not os.path.exists(path):
-        raise StoreError(f"no database at {path}")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
-    conn.row_factory = sqlite3.Row
-    return conn
+def _exists(target: str) -> bool:
+    return ("://" in target and not target.startswith("sqlite:///")) or os.path.exists(
+        target[len("sqlite:///"):] if target.startswith("sqlite:///") else target)
 
 
-def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-    return [dict(r) for r in conn.execute(sql, params).fetchall()]
+def _reader(args: argparse.Namespace) -> ReadModel:
+    from circuitry.store import open_reader
+
+    if not _exists(args.db):
+        raise StoreError(f"no database at {args.db}")
+    reader = open_reader(args.db)
+    if not reader.ready():
+        raise StoreError(f"{args.db} holds no circuit tables (is it the right file? `circuitry migrate` adds them)")
+    return reader
 
 
-def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
-    from circuitry.store._schema import LATEST_VERSION, applied_versions, migrate
-
-    os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
-    with sqlite3.connect(args.db) as conn:
-        done = migrate(conn)
-        versions = sorted(applied_versions(conn))
-    if done:
-        out.write(f"{args.db}: applied migration(s) {', '.join(map(str, done))}; schema version {LATEST_VERSION}\n")
+def known(reader: ReadModel, name: str) -> str:
+    """``name`` if the database knows that circuit; else a :class:`UsageError` naming the ones it knows."""
+    names = reader.names()
+    if name in names:
+        return name
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    if close:
+        hint = f"did you mean {' or '.join(repr(n) for n in close)}?"
+    elif names:
+        shown = ", ".join(repr(n) for n in names[:10])
+        hint = f"known circuits: {shown}" + (f" (and {len(names) - 10} more)" if len(names) > 10 else "")
     else:
-        out.write(f"{args.db}: up to date (schema version {max(versions)})\n")
-    return 0
+        hint = "the database has no circuits yet"
+    raise UsageError(f"no circuit named {name!r}; {hint}")
+
+
+# -- reading -----------------------------------------------------------------------------------------
+
+def _status_row(s: dict[str, Any], now: float) -> dict[str, Any]:
+    h = s["last_hour"]
+    decided = h["successes"] + h["failures"]
+    pat = s.get("pattern")
+    return {
+        "service": s["service_name"], "state": s["state"],
+        "fail_rate": f"{100 * h['failure_rate']:.1f}%" if decided else "-", "calls": h["total_calls"],
+        "refused": h["rejections"], "open_s": h["circuit_open_duration"],
+        "retry_in": None if s["retry_after"] is None else f"{s['retry_after']:.1f}s",
+        "pattern": f"{pat['type']} ({pat['confidence']:.2f})" if pat and pat.get("type") else None,
+        "alerts": s["unacknowledged_alerts"] or None,
+        "changed": ago(s["last_transition"]["ts"], now) if s.get("last_transition") else when_text(
+            s.get("state_changed_at")),
+    }
+
+
+def when_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+_STATUS_COLUMNS = [("service", "SERVICE"), ("state", "STATE"), ("fail_rate", "FAIL/1H"), ("calls", "CALLS/1H"),
+                   ("refused", "REFUSED/1H"), ("open_s", "OPEN S/1H"), ("retry_in", "RETRY IN"),
+                   ("pattern", "PATTERN"), ("alerts", "ALERTS"), ("changed", "LAST CHANGE")]
+
+
+def _select(reader: ReadModel, args: argparse.Namespace, now: float) -> list[dict[str, Any]]:
+    if args.service:
+        return reader.status([known(reader, n) for n in args.service], now=now)
+    if args.search or args.state or args.limit:
+        got = reader.page(search=args.search, states=args.state, sort="attention" if args.attention else "name",
+                          limit=args.limit or 1000, now=now)
+        return list(got["rows"])
+    rows = reader.status(now=now)
+    if args.attention:
+        rank = {"open": 0, "forced_open": 0, "half_open": 1, "disabled": 2}
+        rows.sort(key=lambda s: (rank.get(s["state"], 3), s["service_name"]))
+    return rows
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
-    from circuitry.store._sqlite import open_seconds
-
     now = time.time()
-    with _connect(args.db) as conn:
-        states = _rows(conn, "SELECT * FROM circuit_breaker_states ORDER BY service_name")
-        hour = {r["service_name"]: r for r in _rows(
-            conn, "SELECT service_name, sum(calls) AS calls, sum(successes) AS ok, sum(failures) AS failed, "
-            "sum(rejections) AS refused FROM circuit_breaker_metrics WHERE minute >= ? GROUP BY service_name",
-            (int((now - 3600) // 60),))}
-        alerts = {r["service_name"]: r["n"] for r in _rows(
-            conn, "SELECT service_name, count(*) AS n FROM circuit_breaker_alerts WHERE acknowledged = FALSE "
-            "GROUP BY service_name")}
-        rows = []
-        for s in states:
-            name = s["service_name"]
-            h = hour.get(name, {})
-            decided = (h.get("ok") or 0) + (h.get("failed") or 0)
-            transitions = _rows(conn, "SELECT ts, to_state FROM circuit_breaker_events WHERE service_name = ? AND "
-                                "event_type = 'state_change' AND ts >= ? ORDER BY ts, id", (name, now - 3600))
-            retry = None
-            if s["current_state"] == "open" and s["open_until"]:
-                retry = max(0.0, s["open_until"] - now)
-            rows.append({
-                "service": name, "state": s["current_state"], "failures": s["failure_count"],
-                "threshold": s["failure_threshold"], "timeout": s["recovery_timeout"],
-                "calls_1h": h.get("calls") or 0,
-                "success_1h": f"{100.0 * (h.get('ok') or 0) / decided:.1f}%" if decided else "-",
-                "refused_1h": h.get("refused") or 0,
-                "open_s_1h": round(open_seconds(transitions, now - 3600, now, False)),
-                "retry_in": None if retry is None else f"{retry:.1f}s",
-                "alerts": alerts.get(name, 0), "changed": s["state_changed_at"],
-            })
-    table(rows, [("service", "SERVICE"), ("state", "STATE"), ("failures", "FAILS"), ("threshold", "THRESH"),
-                 ("timeout", "TIMEOUT"), ("calls_1h", "CALLS/1H"), ("success_1h", "OK/1H"),
-                 ("refused_1h", "REFUSED/1H"), ("open_s_1h", "OPEN S/1H"), ("retry_in", "RETRY IN"),
-                 ("alerts", "ALERTS"), ("changed", "STATE CHANGED (UTC)")], out)
+    rows = _select(_reader(args), args, now)
+    if args.json:
+        _emit_json(rows, out)
+        return 0
+    table([_status_row(s, now) for s in rows], _STATUS_COLUMNS, out)
     return 0
 
 
+def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
+    reader = _reader(args)
+    for name in args.service or ():
+        known(reader, name)
+    if not args.service and not args.limit:
+        args.limit = 50  # the most urgent fifty: a screenful, and quick with ten thousand circuits
+    n = 0
+    try:
+        while True:
+            now = time.time()
+            args.attention = True
+            rows = _select(reader, args, now)
+            if args.json:
+                out.write(json.dumps({"at": now, "circuits": rows}, default=str, ensure_ascii=False) + "\n")
+            else:
+                if out.isatty():
+                    out.write("\x1b[H\x1b[2J")
+                counts = reader.state_counts()
+                summary = ", ".join(f"{counts[s]} {s}" for s in _STATES if counts.get(s))
+                out.write(f"circuitry watch  {args.db}  {when(now)} UTC  ({summary or 'no circuits'}; "
+                          f"every {args.interval:g}s, Ctrl-C to stop)\n\n")
+                table([_status_row(s, now) for s in rows], _STATUS_COLUMNS, out)
+            out.flush()
+            n += 1
+            if args.count and n >= args.count:
+                return 0
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
 def cmd_alerts(args: argparse.Namespace, out: TextIO) -> int:
-    where, params = [], []
-    if args.service:
-        where.append("service_name = ?")
-        params.append(args.service)
-    if not args.all:
-        where.append("acknowledged = FALSE")
-    sql = ("SELECT id, created_at, severity, service_name, alert_type, occurrences, acknowledged, message "
-           "FROM circuit_breaker_alerts" + (" WHERE " + " AND ".join(where) if where else "")
-           + " ORDER BY ts DESC, id DESC LIMIT ?")
-    with _connect(args.db) as conn:
-        rows = _rows(conn, sql, (*params, args.limit))
-    for r in rows:
-        r["acknowledged"] = "yes" if r["acknowledged"] else "no"
+    reader = _reader(args)
+    service = known(reader, args.service) if args.service else None
+    rows = reader.alerts(service, include_acknowledged=args.all, limit=args.limit)
+    if args.json:
+        _emit_json(rows, out)
+        return 0
     table(rows, [("id", "ID"), ("created_at", "CREATED (UTC)"), ("severity", "SEVERITY"),
                  ("service_name", "SERVICE"), ("alert_type", "TYPE"), ("occurrences", "TIMES"),
                  ("acknowledged", "ACK"), ("message", "MESSAGE")], out)
@@ -129,24 +177,29 @@ def cmd_alerts(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_ack(args: argparse.Namespace, out: TextIO) -> int:
-    from circuitry.store._sqlite import acknowledge
-
-    if not os.path.exists(args.db):
-        raise StoreError(f"no database at {args.db}")
-    n = acknowledge(args.db, alert_id=args.id, service=args.service)
-    out.write(f"acknowledged {n} alert(s)\n")
-    return 0 if n else 1
+    reader = _reader(args)
+    service = known(reader, args.service) if args.service else None
+    keys = reader.acknowledge(alert_id=args.id, service=service)
+    if args.json:
+        _emit_json({"acknowledged": len(keys), "keys": keys}, out)
+    else:
+        out.write(f"acknowledged {len(keys)} alert(s)\n")
+    return 0 if keys else 1
 
 
 def cmd_patterns(args: argparse.Namespace, out: TextIO) -> int:
-    sql = ("SELECT created_at, service_name, pattern_type, confidence_score, failure_count, time_window_seconds, "
-           "error_rate, suggested_threshold, suggested_timeout FROM circuit_breaker_failure_patterns")
-    params: list[Any] = []
-    if args.service:
-        sql += " WHERE service_name = ?"
-        params.append(args.service)
-    with _connect(args.db) as conn:
-        rows = _rows(conn, sql + " ORDER BY ts DESC, id DESC LIMIT ?", (*params, args.limit))
+    reader = _reader(args)
+    service = known(reader, args.service) if args.service else None
+    rows = reader.patterns(service, limit=args.limit)
+    if args.json:
+        for r in rows:
+            if isinstance(r.get("evidence"), str):
+                try:
+                    r["evidence"] = json.loads(r["evidence"])
+                except ValueError:
+                    pass
+        _emit_json(rows, out)
+        return 0
     table(rows, [("created_at", "CREATED (UTC)"), ("service_name", "SERVICE"), ("pattern_type", "PATTERN"),
                  ("confidence_score", "CONFIDENCE"), ("failure_count", "FAILURES"),
                  ("time_window_seconds", "WINDOW S"), ("error_rate", "FAIL/S"),
@@ -155,22 +208,25 @@ def cmd_patterns(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
-    from circuitry.runners.analyst import analyse_history
+    from circuitry.runners.analyst import analyse_series
 
     now = time.time()
-    with _connect(args.db) as conn:
-        state = _rows(conn, "SELECT failure_threshold, recovery_timeout FROM circuit_breaker_states "
-                      "WHERE service_name = ?", (args.service,))
-        if not state and (args.threshold is None or args.timeout is None):
-            raise StoreError(f"no circuit {args.service!r} in {args.db} (give --threshold and --timeout)")
-        threshold = args.threshold if args.threshold is not None else state[0]["failure_threshold"]
-        timeout = args.timeout if args.timeout is not None else float(state[0]["recovery_timeout"])
-        result, rec, calls = analyse_history(conn, args.service, threshold, timeout, now, args.window)
+    reader = _reader(args)
+    state = reader.circuit(args.service, now=now)
+    if state is None and (args.threshold is None or args.timeout is None):
+        try:
+            known(reader, args.service)
+        except UsageError as exc:
+            raise UsageError(f"{exc} (or give --threshold and --timeout)") from None
+    threshold = args.threshold if args.threshold is not None else state["failure_threshold"]  # type: ignore[index]
+    timeout = args.timeout if args.timeout is not None else float(state["recovery_timeout"])  # type: ignore[index]
+    series = reader.series(args.service, now - args.window, now)
+    result, rec, calls = analyse_series(series, now=now, window=args.window, threshold=threshold, timeout=timeout)
     if args.json:
-        out.write(json.dumps(rec.as_seed_dict(), indent=2) + "\n")
+        _emit_json(rec.as_seed_dict(), out)
         return 0
     ev = result.evidence
-    out.write(f"service:     {args.service}  ({len(calls)} calls, {ev.failures} failures in the last "
+    out.write(f"service:     {args.service}  ({calls} calls, {ev.failures} failures in the last "
               f"{args.window:g} s)\n")
     out.write(f"pattern:     {result.type or 'none (too little evidence)'}  confidence {result.confidence:.2f}\n")
     out.write(f"threshold:   {rec.current_threshold} -> {rec.recommended_threshold}\n")
@@ -182,50 +238,348 @@ def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    out = sys.stdout if out is None else out
-    parser = argparse.ArgumentParser(prog="circuitry", description="Circuit breakers that remember.")
-    sub = parser.add_subparsers(dest="command", required=True)
+# -- acting ------------------------------------------------------------------------------------------
+
+_ACTION_TEXT = {"reset": "reset (closed, counting afresh)", "open": "forced open (refusing every call until reset)",
+                "close": "forced closed (letting every call through, never tripping, until reset)"}
+
+
+def cmd_control(args: argparse.Namespace, out: TextIO) -> int:
+    from circuitry.store.control import actor, set_state
+
+    reader = _reader(args)
+    name = known(reader, args.service)
+    result = set_state(reader.backend, name, args.command, by=actor("circuitry-cli"))
+    if args.json:
+        _emit_json(result, out)
+    else:
+        out.write(f"{name}: {result['from_state']} -> {result['to_state']}: {_ACTION_TEXT[args.command]}; running "
+                  "processes adopt it within a poll\n")
+    return 0
+
+
+# -- exporting ---------------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(text: str, now: float) -> float:
+    """``1h``/``30m``/``2d`` (that long ago), epoch seconds, or an ISO 8601 date or time (UTC unless it
+    says otherwise)."""
+    text = text.strip()
+    m = _DURATION.match(text)
+    if m:
+        return now - float(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"cannot read {text!r} as a time: give 1h, 30m, 2d, epoch seconds or an ISO 8601 "
+                         "date") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+_EXPORT_COLUMNS = {
+    "events": ("id", "service_name", "event_type", "from_state", "to_state", "error_type", "error_message",
+               "additional_data", "created_at", "ts", "process", "occurrences"),
+    "metrics": ("service_name", "minute", "bucket_start", "calls", "successes", "failures", "ignored", "rejections",
+                "cancelled", "latency_count", "latency_sum_ms", "latency_max_ms"),
+    "alerts": ("id", "service_name", "alert_type", "severity", "message", "details", "acknowledged", "created_at",
+               "acknowledged_at", "occurrences", "last_seen_at", "alert_key", "ts"),
+}
+_PAGE = 20_000
+
+
+def _export_events(reader: ReadModel, name: str | None, since: float, until: float,
+                   progress: Progress) -> Iterator[dict[str, Any]]:
+    cursor, seen = since, set[int]()
+    while True:
+        rows = reader.events(name, cursor, until, limit=_PAGE)
+        fresh = [r for r in rows if r["id"] not in seen]
+        yield from fresh
+        progress.advance(len(fresh), "events")
+        if len(rows) < _PAGE or not fresh:
+            return
+        cursor = rows[-1]["ts"]
+        seen = {r["id"] for r in rows if r["ts"] == cursor}
+
+
+def _export_metrics(reader: ReadModel, names: Sequence[str], since: float, until: float,
+                    progress: Progress) -> Iterator[dict[str, Any]]:
+    for name in names:
+        for r in reader.metrics(name, since, until):
+            yield {"service_name": name, **r, "bucket_start": when(r["minute"] * 60)}
+        progress.advance(1, name[:30])
+
+
+def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
+    reader = _reader(args)
+    now = time.time()
+    since = parse_time(args.since, now)
+    until = parse_time(args.until, now) if args.until else now
+    if until < since:
+        raise UsageError("--until is before --since")
+    name = known(reader, args.service) if args.service else None
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    fmt = "json" if args.json else args.format
+    if args.what == "metrics":
+        names = [name] if name else reader.names()
+        progress = Progress(len(names), "exporting metrics", sys.stderr, enabled=show)
+        rows: Iterator[dict[str, Any]] = _export_metrics(reader, names, since, until, progress)
+    elif args.what == "events":
+        progress = Progress(None, "exporting events", sys.stderr, enabled=show)
+        rows = _export_events(reader, name, since, until, progress)
+    else:
+        progress = Progress(None, "exporting alerts", sys.stderr, enabled=show)
+        rows = iter([a for a in reader.alerts(name, include_acknowledged=True, limit=1_000_000)
+                     if since <= (a["ts"] or 0) <= until][::-1])
+    if args.output in (None, "-"):
+        count = _write(rows, fmt, _EXPORT_COLUMNS[args.what], out)
+        progress.finish()
+        return 0
+    with open(args.output, "w", newline="", encoding="utf-8") as target:
+        count = _write(rows, fmt, _EXPORT_COLUMNS[args.what], target)
+    progress.finish()
+    sys.stderr.write(f"wrote {count} {args.what} row(s) to {args.output}\n")
+    return 0
+
+
+def _write(rows: Iterator[dict[str, Any]], fmt: str, columns: Sequence[str], target: TextIO) -> int:
+    count = 0
+    if fmt == "csv":
+        writer = csv.DictWriter(target, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(r)
+            count += 1
+    elif fmt == "ndjson":
+        for r in rows:
+            target.write(json.dumps(r, default=str, ensure_ascii=False) + "\n")
+            count += 1
+    else:
+        target.write("[")
+        for r in rows:
+            target.write(("," if count else "") + "\n  " + json.dumps(r, default=str, ensure_ascii=False))
+            count += 1
+        target.write("\n]\n" if count else "]\n")
+    return count
+
+
+# -- webhooks ----------------------------------------------------------------------------------------
+
+def cmd_webhooks(args: argparse.Namespace, out: TextIO) -> int:
+    reader = _reader(args)
+    if args.webhooks_command == "retry":
+        from circuitry.store.control import actor
+        from circuitry.store.outbox import Outbox
+
+        if not args.id and not args.dead:
+            raise UsageError("give --id ID (repeatable) or --dead (every dead delivery)")
+        n = Outbox(reader.backend, actor("circuitry-cli")).requeue(ids=args.id or None, endpoint=args.endpoint)
+        if args.json:
+            _emit_json({"requeued": n}, out)
+        else:
+            out.write(f"requeued {n} delivery(ies): a running sender sends them at once\n")
+        return 0 if n else 1
+    state = "dead" if args.dead else args.state
+    rows = reader.deliveries(state=state, endpoint=args.endpoint, limit=args.limit)
+    if args.json:
+        _emit_json({"counts": reader.delivery_counts(), "deliveries": rows}, out)
+        return 0
+    counts = reader.delivery_counts()
+    for endpoint, by_state in counts.items():
+        out.write(f"{endpoint}: " + ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())) + "\n")
+    if counts:
+        out.write("\n")
+    view = [{"id": r["id"], "endpoint": r["endpoint"], "service": r["service_name"], "state": r["state"],
+             "attempts": r["attempts"], "alert": (r["payload"] or {}).get("alert_type")
+             if isinstance(r["payload"], dict) else None,
+             "next": when(r["next_attempt_at"]) if r["state"] == "pending" else None,
+             "status": r["last_status"], "last_error": r["last_error"]} for r in rows]
+    table(view, [("id", "ID"), ("endpoint", "ENDPOINT"), ("service", "SERVICE"), ("alert", "ALERT"),
+                 ("state", "STATE"), ("attempts", "TRIES"), ("next", "NEXT TRY (UTC)"), ("status", "HTTP"),
+                 ("last_error", "LAST ERROR")], out)
+    return 0
+
+
+# -- migrating, the demo, the dashboard ----------------------------------------------------------------
+
+def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
+    from circuitry.store.sqlite.schema import LATEST_VERSION, MIGRATIONS, applied_versions, migrate
+
+    path = args.db[len("sqlite:///"):] if args.db.startswith("sqlite:///") else args.db
+    if "://" in path:  # a server (PostgreSQL): the store migrates it when it connects
+        from circuitry.store import open_store
+
+        store = open_store(args.db)
+        try:
+            prepared = store.prepare()
+        finally:
+            store.close()
+        if not prepared:
+            raise StoreError(f"could not migrate {store.backend.location} (the reason is in the log)")
+        out.write(f"{store.backend.location}: up to date\n")
+        return 0
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        pending = len({m.version for m in MIGRATIONS} - applied_versions(conn))
+        show = args.progress if args.progress is not None else sys.stderr.isatty()
+        progress = Progress(pending, "migrating", sys.stderr, enabled=pending > 0 and show)
+        done = migrate(conn)
+        progress.advance(len(done))
+        progress.finish()
+        versions = sorted(applied_versions(conn))
+    finally:
+        conn.close()
+    if args.json:
+        _emit_json({"database": args.db, "applied": done, "version": max(versions)}, out)
+    elif done:
+        out.write(f"{args.db}: applied migration(s) {', '.join(map(str, done))}; schema version {LATEST_VERSION}\n")
+    else:
+        out.write(f"{args.db}: up to date (schema version {max(versions)})\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    import io
+
+    from circuitry.tools.demo import run_demo
+
+    text = io.StringIO() if args.json else out
+    summary = asyncio.run(run_demo(out=text, seed=args.random_seed, db=args.db))
+    if args.json:
+        _emit_json(summary, out)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace, out: TextIO) -> int:
+    from circuitry.tools.dashboard import serve
+
+    if not args.allow_empty:
+        _reader(args)  # a clear error now rather than an empty page
+    return serve(args.db, host=args.host, port=args.port, token_file=args.token_file, actions=args.actions,
+                 refresh=args.refresh, out=out)
+
+
+# -- the parser ----------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
     default_db = default_db_path() or "circuitry.db"
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument("--db", default=default_db, metavar="PATH_OR_URL",
+                          help="the database (default: $CIRCUITRY_DB, else %(default)s)")
+    common = argparse.ArgumentParser(add_help=False, parents=[database])
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON on stdout instead of text")
+    progress = argparse.ArgumentParser(add_help=False)
+    progress.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                          help="show a progress bar on stderr (default: when stderr is a terminal)")
 
-    demo = sub.add_parser("demo", help="run a flaky service behind a breaker and watch it work")
-    demo.add_argument("--seed", type=int, default=7, help="random seed of the simulated service")
-    demo.add_argument("--db", default="circuitry-demo.db", help="where the demo persists (default: %(default)s)")
+    parser = argparse.ArgumentParser(prog="circuitry", description="Circuit breakers that remember: look at "
+                                     "circuits, their alerts and history; act on them; serve the dashboard.")
+    parser.add_argument("--version", action="version", version=f"circuitry {version()}")
+    parser.add_argument("--json", action="store_true", help="print JSON on stdout instead of text")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--db", default=default_db, help="the SQLite database (default: %(default)s)")
-        return p
+    def add(name: str, help: str, *parents: argparse.ArgumentParser, base: argparse.ArgumentParser = common,
+            ) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[base, *parents])
 
-    with_db(sub.add_parser("migrate", help="create or upgrade the circuit tables in a database"))
-    with_db(sub.add_parser("status", help="every circuit's state and last hour"))
-    alerts = with_db(sub.add_parser("alerts", help="alerts, newest first (unacknowledged unless --all)"))
-    alerts.add_argument("--service")
+    def selection(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--service", action="append", metavar="NAME", help="only this circuit (repeatable)")
+        p.add_argument("--search", metavar="TEXT", help="only circuits whose name contains TEXT")
+        p.add_argument("--state", action="append", choices=_STATES, help="only circuits in this state (repeatable)")
+        p.add_argument("--limit", type=int, metavar="N", help="at most N circuits")
+
+    status = add("status", "every circuit: state, the last hour, pattern, alerts")
+    selection(status)
+    status.add_argument("--attention", action="store_true", help="refusing circuits first")
+    watch = add("watch", "status, refreshed until Ctrl-C (most urgent first)")
+    selection(watch)
+    watch.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="default: %(default)s")
+    watch.add_argument("--count", type=int, default=0, metavar="N", help="stop after N refreshes")
+    alerts = add("alerts", "alerts, newest first (unacknowledged unless --all)")
+    alerts.add_argument("--service", metavar="NAME")
     alerts.add_argument("--all", action="store_true", help="include acknowledged alerts")
     alerts.add_argument("--limit", type=int, default=50)
-    ack = with_db(sub.add_parser("ack", help="acknowledge an alert, or every alert of a service"))
+    ack = add("ack", "acknowledge an alert, or every alert of a circuit")
     group = ack.add_mutually_exclusive_group(required=True)
     group.add_argument("--id", type=int)
-    group.add_argument("--service")
-    patterns = with_db(sub.add_parser("patterns", help="detected failure patterns, newest first"))
-    patterns.add_argument("--service")
+    group.add_argument("--service", metavar="NAME")
+    patterns = add("patterns", "detected failure patterns, newest first")
+    patterns.add_argument("--service", metavar="NAME")
     patterns.add_argument("--limit", type=int, default=20)
-    rec = with_db(sub.add_parser("recommend", help="classify a circuit's recent history and recommend settings"))
-    rec.add_argument("--service", required=True)
+    rec = add("recommend", "classify a circuit's recent history and recommend settings")
+    rec.add_argument("--service", required=True, metavar="NAME")
     rec.add_argument("--window", type=float, default=900.0, help="seconds of history (default: %(default)s)")
     rec.add_argument("--threshold", type=int, help="current failure threshold (default: the stored one)")
     rec.add_argument("--timeout", type=float, help="current recovery timeout (default: the stored one)")
-    rec.add_argument("--json", action="store_true", help="print the seed's get_recommendations() dict")
+    for action, text in (("reset", "close a circuit and start counting afresh (every process adopts it)"),
+                         ("open", "force a circuit open: refuse every call until reset"),
+                         ("close", "force a circuit closed: let every call through, never trip, until reset")):
+        add(action, text).add_argument("service", metavar="NAME")
+    export = add("export", "write events, per-minute metrics or alerts of a period as CSV or JSON", progress)
+    export.add_argument("what", choices=sorted(_EXPORT_COLUMNS), help="what to export")
+    export.add_argument("--since", default="1h", help="1h, 30m, 2d, epoch seconds or ISO 8601 (default: 1h)")
+    export.add_argument("--until", help="the end (default: now)")
+    export.add_argument("--service", metavar="NAME", help="one circuit (default: all)")
+    export.add_argument("--format", choices=("csv", "json", "ndjson"), default="csv")
+    export.add_argument("--output", "-o", metavar="FILE", help="write to FILE (default: stdout)")
+    hooks = add("webhooks", "webhook deliveries of alerts: pending, delivered, dead")
+    hooks.add_argument("--state", choices=("pending", "delivered", "dead"))
+    hooks.add_argument("--dead", action="store_true", help="dead deliveries only (or, with retry: all of them)")
+    hooks.add_argument("--endpoint", metavar="NAME")
+    hooks.add_argument("--limit", type=int, default=50)
+    hooks_sub = hooks.add_subparsers(dest="webhooks_command", metavar="retry")
+    retry = hooks_sub.add_parser("retry", help="send dead deliveries again", parents=[common])
+    retry.add_argument("--id", type=int, action="append", help="a delivery's ID (repeatable)")
+    retry.add_argument("--dead", action="store_true", help="every dead delivery")
+    retry.add_argument("--endpoint", metavar="NAME")
+    add("migrate", "create or upgrade the circuit tables (a SQLite file, or a PostgreSQL URL)", progress)
+    demo = sub.add_parser("demo", help="run a flaky service behind a breaker and watch it work",
+                          description="run a flaky service behind a breaker and watch it work")
+    demo.add_argument("--random-seed", "--seed", type=int, default=7, dest="random_seed",
+                      help="the simulated service's random seed (default: %(default)s)")
+    demo.add_argument("--db", default="circuitry-demo.db", help="where the demo persists (default: %(default)s)")
+    demo.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                      help="print the summary as JSON instead of the narration")
+    dash = add("dashboard", "serve the dashboard (http://127.0.0.1:8050 by default)", base=database)  # no --json
+    dash.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    dash.add_argument("--port", type=int, default=8050)
+    dash.add_argument("--refresh", type=float, default=2.0, metavar="SECONDS", help="live update period")
+    dash.add_argument("--actions", action="store_true",
+                      help="allow acknowledging and resetting/opening/closing circuits, with a token (read from "
+                           "--token-file or $CIRCUITRY_DASHBOARD_TOKEN, else made up and printed once)")
+    dash.add_argument("--token-file", metavar="FILE", help="a file holding the actions token")
+    dash.add_argument("--allow-empty", action="store_true", help=argparse.SUPPRESS)
+    return parser
 
-    args = parser.parse_args(argv)
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+    "status": cmd_status, "watch": cmd_watch, "alerts": cmd_alerts, "ack": cmd_ack, "patterns": cmd_patterns,
+    "recommend": cmd_recommend, "reset": cmd_control, "open": cmd_control, "close": cmd_control,
+    "export": cmd_export, "webhooks": cmd_webhooks, "migrate": cmd_migrate, "demo": cmd_demo,
+    "dashboard": cmd_dashboard,
+}
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the command line; returns the exit code (0 done, 1 nothing to do, 2 an error)."""
+    out = sys.stdout if out is None else out
+    args = _parser().parse_args(argv)
+    args.json = bool(getattr(args, "json", False))
     try:
-        if args.command == "demo":
-            from circuitry.tools.demo import run_demo
-
-            asyncio.run(run_demo(out=out, seed=args.seed, db=args.db))
-            return 0
-        handler = {"migrate": cmd_migrate, "status": cmd_status, "alerts": cmd_alerts, "ack": cmd_ack,
-                   "patterns": cmd_patterns, "recommend": cmd_recommend}[args.command]
-        return handler(args, out)
-    except (StoreError, SchemaVersionError, sqlite3.Error) as exc:
+        return _COMMANDS[args.command](args, out)
+    except UsageError as exc:
+        sys.stderr.write(f"circuitry {args.command}: {exc}\n")
+        return 2
+    except (StoreError, SchemaVersionError, ConfigurationError, sqlite3.Error, OSError) as exc:
         sys.stderr.write(f"circuitry {args.command}: {exc}\n")
         return 2

@@ -104,9 +104,10 @@ async def run_demo(out: TextIO = sys.stdout, seed: int = 7, db: str | None = "ci
         f"breaker counters: successes={stats.successes} failures={stats.failures} rejected={stats.rejected}\n"
     )
     if store is not None:
+        from circuitry.runners.analyst import Analyst
+
         store.flush(5)
-        results = store.analyst.run_once()
-        result, rec = results["inventory_api"]
+        result, rec, _ = Analyst.attach(store).analyse(registry["inventory_api"])
         alerts = store.alerts("inventory_api", include_acknowledged=True, limit=1000)
         store.close()
         pattern = f"{result.type} (confidence {result.confidence:.2f})" if result.type else "none (too little data)"

@@ -1,0 +1,48 @@
+-- circuitry schema, version 9 (SQLite): per-second counts for the pattern engine, and one analysis
+-- per circuit per period across every process. Plain SQL, idempotent.
+
+-- Per-second counts, one row per circuit and second with calls (every process adds its counts). The
+-- pattern engine classifies these: exact counts at a one-second resolution. Kept for a few hours.
+CREATE TABLE IF NOT EXISTS circuit_breaker_seconds (
+    service_name    TEXT NOT NULL,
+    second          INTEGER NOT NULL,       -- epoch seconds, floored
+    calls           INTEGER NOT NULL DEFAULT 0,     -- successes + counted failures
+    failures        INTEGER NOT NULL DEFAULT 0,
+    rejections      INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (service_name, second)
+) WITHOUT ROWID;
+
+-- Ten-minute rollups (the per-minute counts summed by ten minutes): what a status of thousands of circuits
+-- reads for "the last hour" — seven rows a circuit instead of sixty.
+CREATE TABLE IF NOT EXISTS circuit_breaker_metrics_10m (
+    service_name    TEXT NOT NULL,
+    bucket          INTEGER NOT NULL,       -- epoch seconds // 600
+    calls           INTEGER NOT NULL DEFAULT 0,
+    successes       INTEGER NOT NULL DEFAULT 0,
+    failures        INTEGER NOT NULL DEFAULT 0,
+    ignored         INTEGER NOT NULL DEFAULT 0,
+    rejections      INTEGER NOT NULL DEFAULT 0,
+    cancelled       INTEGER NOT NULL DEFAULT 0,
+    latency_count   INTEGER NOT NULL DEFAULT 0,
+    latency_sum_ms  REAL NOT NULL DEFAULT 0,
+    latency_max_ms  REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (service_name, bucket)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS circuit_breaker_metrics_10m_bucket ON circuit_breaker_metrics_10m (bucket);
+
+-- Who analyses a circuit in which period: the first process to claim a period runs the analysis.
+CREATE TABLE IF NOT EXISTS circuitry_analysis_leases (
+    service_name    TEXT NOT NULL,
+    kind            TEXT NOT NULL,          -- 'periodic', or 'opened' (an analysis triggered by an opening)
+    period          INTEGER NOT NULL,       -- epoch seconds // the kind's interval
+    holder          TEXT NOT NULL,
+    taken_at        REAL NOT NULL,
+    PRIMARY KEY (service_name, kind)
+);
+
+-- Transitions alone, by time: what status pages read for "the last hour" (failure rows are most of the
+-- events table; this index holds none of them).
+CREATE INDEX IF NOT EXISTS circuit_breaker_events_transitions
+    ON circuit_breaker_events (ts) WHERE event_type = 'state_change';
+
+INSERT OR IGNORE INTO circuitry_schema (version, name) VALUES (9, 'second_rollups_and_analysis_leases');

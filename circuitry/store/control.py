@@ -1,0 +1,102 @@
+"""Operators' writes to the shared state: reset a circuit, force it open, force it closed — from the
+command line or the dashboard, while the application runs.
+
+Written once for every backend, the way :mod:`circuitry.store.sharing` writes rows: a compare-and-set
+of the circuit's row (``UPDATE … WHERE version = ?``) to the manual state, the next ``change_seq`` so
+every running process's writer adopts it within a poll, and a ``state_change`` history row with reason
+``manual`` naming who did it (``updated_by``), in the same transaction. Probe leases of a half-open
+episode go with it. An application process that adopts the row logs it as a remote transition.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+from circuitry.exceptions import ConfigurationError, StoreError
+from circuitry.store.backend import Backend
+from circuitry.store.sharing import INSERT_EVENT, STATE_COLUMNS, iso, row_tuple
+
+__all__ = ["ACTIONS", "UnknownCircuitError", "actor", "set_state"]
+
+Action = Literal["reset", "open", "close"]
+#: What each action writes: ``reset`` closes the circuit and starts counting afresh, ``open`` refuses
+#: every call until reset (``forced_open``), ``close`` lets every call through and never trips
+#: (``disabled``) until reset.
+ACTIONS: Final[Mapping[str, str]] = {"reset": "closed", "open": "forced_open", "close": "disabled"}
+_NEXT_SEQ: Final = "(SELECT coalesce(max(change_seq), 0) + 1 FROM circuit_breaker_states)"
+
+
+class UnknownCircuitError(StoreError, LookupError):
+    """The database has no circuit of that name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no circuit named {name!r}")
+        self.name = name
+
+
+def actor(tool: str) -> str:
+    """Who an operator's write is recorded as: ``"<tool>@<host>:<pid>"``."""
+    return f"{tool}@{socket.gethostname()}:{os.getpid()}"
+
+
+def set_state(backend: Backend, name: str, action: str, *, by: str, timeout: float = 5.0,
+              attempts: int = 5) -> dict[str, Any]:
+    """Apply an operator's ``action`` (``"reset"``, ``"open"`` or ``"close"``) to circuit ``name``.
+
+    Args:
+        backend: The database.
+        name: The circuit.
+        action: One of :data:`ACTIONS`.
+        by: Who does it (written as ``updated_by`` and the history row's ``process``); see :func:`actor`.
+        timeout: Seconds to wait for the database's lock.
+        attempts: Compare-and-set attempts before giving up (another process may write in between).
+
+    Returns:
+        ``{"service_name", "from_state", "to_state", "version", "changed"}`` (``changed`` is False when
+        the circuit was in that state already: it still starts over, as ``reset()`` does in process).
+
+    Raises:
+        ConfigurationError: ``action`` is not one of :data:`ACTIONS`.
+        UnknownCircuitError: No such circuit.
+        StoreError: The database could not be written.
+    """
+    to = ACTIONS.get(action)
+    if to is None:
+        raise ConfigurationError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+    conn = backend.connect("analyst", timeout=timeout)
+    try:
+        for _ in range(max(1, attempts)):
+            with conn.transaction():
+                now = conn.now()
+                got = conn.execute(f"SELECT {STATE_COLUMNS} FROM circuit_breaker_states WHERE service_name = ?",
+                                   (name,))
+                if not got:
+                    raise UnknownCircuitError(name)
+                frm, version = got[0][1], got[0][2]
+                opened_at = now if to == "forced_open" else None
+                moved = conn.execute(
+                    "UPDATE circuit_breaker_states SET current_state = ?, failure_count = 0, state_changed_at = ?, "
+                    "version = version + 1, opened_at = ?, open_until = NULL, open_for = NULL, reopen_count = 0, "
+                    f"updated_by = ?, updated_at = ?, change_seq = {_NEXT_SEQ} "
+                    "WHERE service_name = ? AND version = ? RETURNING version",
+                    (to, iso(now), opened_at, by, now, name, version))
+                if not moved:
+                    continue  # another process wrote in between: read again
+                conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ?", (name,))
+                data = {"reason": "manual", "action": action, "by": by}
+                conn.execute(INSERT_EVENT, row_tuple(name, "state_change", frm, to, None, None, data, now, by))
+            return {"service_name": name, "from_state": frm, "to_state": to, "version": moved[0][0],
+                    "changed": frm != to, "by": by, "at": now}
+        raise StoreError(f"circuit {name!r} kept changing; {action} was not applied (try again)")
+    except StoreError:
+        raise
+    except Exception as exc:
+        if backend.classify(exc) is None:
+            raise
+        raise StoreError(f"cannot write to {backend.location}: {exc}") from exc
+    finally:
+        conn.close()
+

@@ -1,0 +1,132 @@
+"""The connections a read model reads through (see :class:`Reader`)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from circuitry.exceptions import StoreError
+from circuitry.store.backend import Backend, Connection, NoDatabaseError
+
+__all__ = ["Reader"]
+
+
+class Reader:
+    """The connections of a read model: one read-only connection for reads (a lock around it), one that
+    never waits (for a breaker adopting its state on a caller's thread), and one for the few writes
+    readers make (acknowledging alerts). Held closed across ``fork()``.
+
+    Args:
+        backend: The database.
+        clock: Wall clock for "the last hour" (default: ``time.time``).
+        busy_timeout: Seconds a read may wait for a lock.
+    """
+
+    def __init__(self, backend: Backend, *, clock: Callable[[], float] | None = None,
+                 busy_timeout: float = 5.0) -> None:
+        self.backend = backend
+        self._time = clock or time.time
+        self._timeout = busy_timeout
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._wconn: Connection | None = None
+        self._quick_lock = threading.Lock()
+        self._quick: Connection | None = None
+
+    def close(self) -> None:
+        with self._lock, self._quick_lock:
+            for conn in (self._conn, self._wconn, self._quick):
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+            self._conn = self._wconn = self._quick = None
+
+    def hold(self) -> None:
+        """Before ``fork()``: wait for the read in flight, close the connections, keep them closed."""
+        self._lock.acquire()
+        self._quick_lock.acquire()
+        for conn in (self._conn, self._wconn, self._quick):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+        self._conn = self._wconn = self._quick = None
+
+    def release(self) -> None:
+        self._quick_lock.release()
+        self._lock.release()
+
+    def inherited(self) -> list[Connection]:
+        """(After ``fork()``, in the child.) The connections to abandon; the model starts afresh."""
+        conns = [c for c in (self._conn, self._wconn, self._quick) if c is not None]
+        self._conn = self._wconn = self._quick = None
+        self._lock = threading.Lock()
+        self._quick_lock = threading.Lock()
+        return conns
+
+    def state_now(self, name: str) -> tuple[Any, ...] | None:
+        """``name``'s stored state row if it can be read at once — no waiting for a lock or for another
+        reader, no schema change — else ``None`` (a breaker then takes its state a writer cycle later)."""
+        from circuitry.store.sharing import STATE_COLUMNS
+
+        if not self._quick_lock.acquire(blocking=False):
+            return None
+        try:
+            if self._quick is None:
+                self._quick = self.backend.connect("reader", timeout=0.0)
+            got = self._quick.execute(f"SELECT {STATE_COLUMNS} FROM circuit_breaker_states WHERE service_name = ?",
+                                      (name,))
+            return got[0] if got else None
+        except Exception:
+            if self._quick is not None:
+                with contextlib.suppress(Exception):
+                    self._quick.close()
+                self._quick = None
+            return None
+        finally:
+            self._quick_lock.release()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = self.backend.connect("reader", timeout=self._timeout)
+                yield self._conn
+            except StoreError:
+                raise
+            except Exception as exc:
+                if self.backend.classify(exc) is None and not isinstance(exc, ValueError | TypeError):
+                    raise
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):
+                        self._conn.close()
+                    self._conn = None
+                raise StoreError(f"reading {self.backend.location} failed: {exc}") from exc
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with self._reading() as conn:
+                return conn.execute(sql, params)
+        except NoDatabaseError:
+            return []  # nothing written yet: nothing to read
+        except StoreError as exc:
+            if isinstance(exc.__cause__, Exception) and self.backend.classify(exc.__cause__) == "old_schema":
+                return []  # no circuit tables yet (nothing written yet): nothing to read
+            raise
+
+    def ready(self) -> bool:
+        """Whether the database holds circuitry's tables."""
+        try:
+            with self._reading() as conn:
+                conn.execute("SELECT count(*) FROM circuitry_schema")
+            return True
+        except StoreError:
+            return False
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """One read-only SQL statement (``?`` placeholders); rows as dicts."""
+        with self._reading() as conn:
+            return conn.query_dicts(sql, params)

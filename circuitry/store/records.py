@@ -1,0 +1,147 @@
+"""What the analyst writes, written once for every backend: pattern rows, alerts deduplicated across
+processes, and the claim that makes one process — not every worker — analyse a circuit in a period.
+
+Runs on the caller's connection (the analyst's own thread and connection): never a protected call's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from circuitry.analysis.alerts import Aggregate, Alert
+from circuitry.store.backend import Backend, Connection
+from circuitry.store.sharing import INSERT_EVENT, iso, row_tuple
+
+__all__ = ["Records", "printable"]
+
+# C0 and C1 controls (ESC starts terminal escapes), and the bidirectional overrides and isolates
+_CONTROL = dict.fromkeys([*range(0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0), 0x200E, 0x200F,
+                          *range(0x202A, 0x202F), *range(0x2066, 0x206A)], 0xFFFD)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (terminal escapes, bidi overrides) replaced by U+FFFD, so a
+    stored message can never drive a terminal or spoof what is around it."""
+    return text.translate(_CONTROL)
+
+
+class Records:
+    """The analyst's writes, on one connection of its own (opened on first use; one thread at a time)."""
+
+    def __init__(self, backend: Backend, process: str, *, timeout: float) -> None:
+        self.backend = backend
+        self.process = process
+        self._timeout = timeout
+        self._conn: Connection | None = None
+        self.lock = threading.RLock()  # held while the connection is in use
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Connection]:
+        with self.lock:
+            try:
+                if self._conn is None:
+                    self._conn = self.backend.connect("analyst", timeout=self._timeout)
+                yield self._conn
+            except Exception:
+                self.close()
+                raise
+
+    def close(self) -> None:
+        with self.lock:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                self._conn = None
+
+    def hold(self) -> None:
+        """Before ``fork()``: wait for the write in flight, close the connection, keep it closed."""
+        self.lock.acquire()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def inherited(self) -> list[Connection]:
+        conns = [self._conn] if self._conn is not None else []
+        self._conn = None
+        self.lock = threading.RLock()
+        return conns
+
+    def claim(self, service: str, kind: str, period: int, now: float) -> bool:
+        """Take period ``period`` of ``service``'s ``kind`` of analysis for this process; False if another
+        process took it first."""
+        with self.connection() as conn, conn.transaction():
+            got = conn.execute(
+                "INSERT INTO circuitry_analysis_leases (service_name, kind, period, holder, taken_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (service_name, kind) DO UPDATE SET period = excluded.period, "
+                "holder = excluded.holder, taken_at = excluded.taken_at "
+                "WHERE circuitry_analysis_leases.period < excluded.period RETURNING holder",
+                (service, kind, period, self.process, now))
+        return bool(got)
+
+    def pattern(self, service: str, *, pattern: str | None, window: float, failures: int, error_rate: float,
+                threshold: int | None, timeout: float | None, confidence: float, evidence: dict[str, Any],
+                now: float) -> None:
+        with self.connection() as conn, conn.transaction():
+            conn.execute(
+                "INSERT INTO circuit_breaker_failure_patterns (service_name, pattern_type, time_window_seconds, "
+                "failure_count, error_rate, suggested_threshold, suggested_timeout, confidence_score, evidence, "
+                "created_at, ts, process) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (service, pattern, int(window), failures, error_rate, threshold,
+                 None if timeout is None else round(timeout), confidence, json.dumps(evidence, default=str),
+                 iso(now), now, self.process))
+
+    def event(self, service: str, event_type: str, data: dict[str, Any], now: float,
+              message: str | None = None) -> None:
+        """One event row of the analyst's (``adjustment`` and the like)."""
+        with self.connection() as conn, conn.transaction():
+            conn.execute(INSERT_EVENT, row_tuple(service, event_type, None, None, None, message, data, now,
+                                                 self.process))
+
+    def alerts(self, alerts: Sequence[Alert], aggregates: Sequence[Aggregate],
+               dedup_window: float) -> list[dict[str, Any]]:
+        """Store new alerts and count repeats into existing ones; returns the alerts stored as new rows
+        (as dicts with their ``id``). An unacknowledged alert with the same key inside the window —
+        raised by any process — absorbs the occurrence (``occurrences`` goes up) instead of a new row."""
+        fresh: list[dict[str, Any]] = []
+        if not alerts and not aggregates:
+            return fresh
+        with self.connection() as conn, conn.transaction():
+            # Deduplication reads, then writes: the circuits' rows are locked first so that processes raising
+            # the same alert take turns (SQLite's transaction holds the write lock already; on PostgreSQL
+            # this row lock is what keeps two hosts from both inserting it).
+            for service in sorted({alert.service_name for alert in alerts}):
+                conn.execute("UPDATE circuit_breaker_states SET version = version WHERE service_name = ?", (service,))
+            for alert in alerts:
+                row = conn.execute(
+                    "SELECT id FROM circuit_breaker_alerts WHERE alert_key = ? AND acknowledged = FALSE AND ts >= ? "
+                    "ORDER BY id DESC LIMIT 1", (alert.key, alert.created_at - dedup_window))
+                if row:
+                    conn.execute("UPDATE circuit_breaker_alerts SET occurrences = occurrences + 1, last_seen_at = ? "
+                                 "WHERE id = ?", (iso(alert.created_at), row[0][0]))
+                    continue
+                message = printable(alert.message)
+                got = conn.execute(
+                    "INSERT INTO circuit_breaker_alerts (service_name, alert_type, severity, message, details, "
+                    "acknowledged, created_at, occurrences, last_seen_at, alert_key, ts) VALUES "
+                    "(?, ?, ?, ?, ?, FALSE, ?, 1, ?, ?, ?) RETURNING id",
+                    (alert.service_name, alert.alert_type, alert.severity, message,
+                     json.dumps(alert.details, default=str), iso(alert.created_at), iso(alert.created_at), alert.key,
+                     alert.created_at))
+                data = alert.as_dict()
+                data["message"] = message
+                data["id"] = got[0][0]
+                fresh.append(data)
+            for agg in aggregates:
+                conn.execute(
+                    "UPDATE circuit_breaker_alerts SET occurrences = occurrences + ?, last_seen_at = ? WHERE id = "
+                    "(SELECT id FROM circuit_breaker_alerts WHERE alert_key = ? AND acknowledged = FALSE "
+                    "ORDER BY id DESC LIMIT 1)", (agg.added, iso(agg.last_seen), agg.alert.key))
+        return fresh

@@ -1,0 +1,273 @@
+"""The SQLite backend: what differs about SQLite, and only that (the sharing engine is written once,
+in :mod:`circuitry.store.engine`).
+
+* Every connection: WAL, ``synchronous=NORMAL``, a ``busy_timeout``; read-modify-write only inside
+  ``BEGIN IMMEDIATE``.
+* Another process's commit is noticed by ``PRAGMA data_version`` (a read of a counter in shared
+  memory); then only the state rows whose ``change_seq`` is newer are read.
+* The file being deleted or replaced is noticed by its inode; the engine reopens and rewrites its
+  circuits' state.
+* A file circuitry created is marked (``PRAGMA application_id``). A damaged or foreign file is never
+  moved unless circuitry created it *and* it holds nothing but circuitry's tables; otherwise circuitry
+  stops writing to it, says so, and goes on from memory. A damaged circuitry table in an application's
+  database is not a reason to touch the application's data.
+* After ``fork()`` the child drops inherited connections without closing them: closing could release
+  locks or checkpoint the WAL under the parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from circuitry._clock import SYSTEM_CLOCK, Clock
+from circuitry.exceptions import ConfigurationError, SchemaVersionError
+from circuitry.instrumentation.logging import log as _log
+from circuitry.store.backend import Connection, Fault, NoDatabaseError, Role
+from circuitry.store.engine import SharedStore
+from circuitry.store.sharing import STATE_COLUMNS
+from circuitry.store.sqlite.schema import migrate
+
+__all__ = ["APPLICATION_ID", "SQLiteBackend", "SQLiteStore"]
+
+#: ``PRAGMA application_id`` of files circuitry creates ("circ").
+APPLICATION_ID: Final = 0x63697263
+_OURS: Final = frozenset({"circuitry_schema", "circuit_breaker_states", "circuit_breaker_events",
+                          "circuit_breaker_failure_patterns", "circuit_breaker_metrics", "circuit_breaker_alerts",
+                          "circuit_breaker_probe_leases", "circuit_breaker_seconds", "circuit_breaker_metrics_10m",
+                          "circuitry_analysis_leases",
+                          "circuitry_webhook_outbox"})
+# Kept referenced forever in a forked child: their finalizers must never run there.
+_ABANDONED: list[Any] = []
+
+
+class _Conn:
+    """A :class:`~circuitry.store.backend.Connection` over ``sqlite3`` (autocommit; explicit transactions)."""
+
+    __slots__ = ("data_version", "inode", "now", "raw")
+
+    def __init__(self, raw: sqlite3.Connection, now: Callable[[], float], inode: tuple[int, int] | None) -> None:
+        self.raw = raw
+        self.now = now
+        self.inode = inode
+        self.data_version = -1
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.raw.execute(sql, params).fetchall()
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        self.raw.executemany(sql, params)
+
+    def query_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self.raw.execute(sql, params)
+        names = [d[0] for d in cur.description or ()]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.raw.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.raw.execute("ROLLBACK")
+            raise
+        self.raw.execute("COMMIT")
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _deny_outside_reads(action: int, arg1: str | None, *_: Any) -> int:
+    # query() is read-only: no ATTACH (it creates files), no pragma that writes, no writing statement.
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_PRAGMA and arg1 not in ("table_info", "table_xinfo", "index_list", "index_info",
+                                                        "data_version", "schema_version", "user_version"):
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+class SQLiteBackend:
+    """A SQLite file as a circuitry database (see the module docstring)."""
+
+    kind = "sqlite"
+
+    def __init__(self, path: str | os.PathLike[str], *, clock: Clock | None = None) -> None:
+        self.path = Path(os.fspath(path)).absolute()  # pinned: a later chdir must not move the database
+        self.location = str(self.path)
+        self._time = (SYSTEM_CLOCK if clock is None else clock).time
+
+    def connect(self, role: Role, *, timeout: float) -> _Conn:
+        if role == "reader":
+            if not self.path.exists():
+                raise NoDatabaseError(f"no database at {self.path}")
+            raw = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=timeout, isolation_level=None,
+                                  check_same_thread=False)
+            raw.execute("PRAGMA query_only = ON")
+            raw.set_authorizer(_deny_outside_reads)
+            return _Conn(raw, self._time, None)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        raw = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        try:
+            raw.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            raw.execute("PRAGMA journal_mode = WAL")
+            raw.execute("PRAGMA synchronous = NORMAL")
+            raw.execute("PRAGMA journal_size_limit = 67108864")
+            if new:
+                raw.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            migrate(raw, log=lambda event, added: _log("warning", event, location=self.location, added=added,
+                                                       note="circuit tables of an older shape were upgraded"))
+        except BaseException:
+            raw.close()
+            raise
+        st = os.stat(self.path)
+        return _Conn(raw, self._time, (st.st_dev, st.st_ino))
+
+    def stale(self, conn: Connection) -> Fault | None:
+        inode = getattr(conn, "inode", None)
+        if inode is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "deleted"
+        return None if (st.st_dev, st.st_ino) == inode else "deleted"
+
+    def changed_states(self, conn: Connection, since: int) -> list[tuple[Any, ...]] | None:
+        raw: sqlite3.Connection = conn.raw  # type: ignore[attr-defined]
+        version = raw.execute("PRAGMA data_version").fetchone()[0]
+        if version == conn.data_version:  # type: ignore[attr-defined]
+            return None
+        conn.data_version = version  # type: ignore[attr-defined]
+        return conn.execute(f"SELECT {STATE_COLUMNS} FROM circuit_breaker_states WHERE change_seq > ? "
+                            "ORDER BY change_seq", (since,))
+
+    def classify(self, exc: BaseException) -> Fault | None:
+        if isinstance(exc, SchemaVersionError):
+            return "newer_schema"
+        if isinstance(exc, OSError):  # the file system, before SQLite got a say
+            if exc.errno == errno.ENOSPC:
+                return "disk_full"
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                return "read_only"
+            return "unavailable"
+        if not isinstance(exc, sqlite3.Error):
+            return None
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
+            return "locked"
+        if "full" in text:
+            return "disk_full"
+        if "readonly" in text or "read-only" in text or "read only" in text:
+            return "read_only"
+        if "not a database" in text:
+            return "not_a_database"
+        if "malformed" in text or "corrupt" in text:
+            return "corrupt"
+        if "unable to open" in text:
+            return "unavailable"
+        if "no such column" in text or "no such table" in text:
+            return "old_schema"
+        return "io_error"
+
+    def remedy(self, fault: Fault, exc: BaseException) -> dict[str, Any]:
+        if fault == "newer_schema":
+            return {"disable": str(exc)}
+        if fault in ("corrupt", "not_a_database"):
+            return self._damaged(fault)
+        if fault == "disk_full":
+            return self._free_wal()
+        if fault == "read_only":
+            return {"note": "protected calls continue from memory; the file is reopened on every retry, so "
+                            "writes resume as soon as it is writable"}
+        return {}
+
+    def _damaged(self, fault: Fault) -> dict[str, Any]:
+        """Set the file aside only if circuitry created it and it holds nothing but circuitry's tables."""
+        ours, why = self._only_ours()
+        if not ours:
+            what = "is not a SQLite database" if fault == "not_a_database" else "has damaged circuitry tables"
+            return {"disable": f"{self.path} {what} ({why}); nothing was moved or changed — restore it, or "
+                               "point circuitry at another file",
+                    "note": "protected calls continue from memory"}
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{os.getpid()}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                src.rename(str(aside) + suffix)
+        return {"set_aside": str(aside),
+                "note": f"the file was created by circuitry and held only circuit tables: it was moved to {aside} "
+                        "and a new one is created; protected calls continue from memory meanwhile"}
+
+    def _only_ours(self) -> tuple[bool, str]:
+        try:
+            with open(self.path, "rb") as f:
+                header = f.read(100)
+        except OSError as err:
+            return False, f"cannot read it: {err}"
+        if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+            return False, "no SQLite header"
+        if int.from_bytes(header[68:72], "big") != APPLICATION_ID:
+            return False, "not created by circuitry"
+        try:
+            raw = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=0.5)
+            try:
+                names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            finally:
+                raw.close()
+        except sqlite3.Error as err:
+            return False, f"its table list is unreadable: {err}"
+        foreign = sorted(n for n in names - _OURS if not n.startswith("sqlite_"))
+        if foreign:
+            return False, f"it also holds other tables: {', '.join(foreign[:5])}"
+        return True, "created by circuitry, circuit tables only"
+
+    def _free_wal(self) -> dict[str, Any]:
+        try:
+            raw = sqlite3.connect(self.path, timeout=0.2, isolation_level=None)
+            try:
+                raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                raw.close()
+        except sqlite3.Error:
+            return {}
+        return {"note": "protected calls continue from memory; the write-ahead log was truncated to free space "
+                        "and writes are retried in small batches"}
+
+    def abandon(self, conns: Iterator[Connection]) -> None:
+        _ABANDONED.extend(conns)
+
+
+class SQLiteStore(SharedStore):
+    """Persist and share the breakers of a registry in one SQLite file, shared by every process of a
+    host. Nothing is opened until the first breaker is adopted.
+
+    Args:
+        path: The database file (created if missing; the circuit tables are added to an existing
+            application database, whose own tables circuitry never touches).
+        **options: The engine's settings (:class:`~circuitry.store.engine.SharedStore`): ``retention``,
+            ``poll_interval``, ``busy_timeout``, ``clock``, ``analysis_interval``, ...
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, path: str | os.PathLike[str], **options: Any) -> None:
+        if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+            raise ConfigurationError(f"path must be a file path, got {path!r}")
+        if os.fspath(path) == ":memory:":
+            raise ConfigurationError("path must be a file: an in-memory database cannot be shared")
+        self.backend: SQLiteBackend = SQLiteBackend(path, clock=options.get("clock"))
+        super().__init__(self.backend, **options)
+
+    @property
+    def path(self) -> Path:
+        return self.backend.path
