@@ -264,7 +264,7 @@ class Registry:
             return None
         from circuitry.runners.analyst import analyse_now
 
-        return analyse_now(store, name)[1]
+        return analyse_now(store, name).recommendation
 
     def apply_recommendation(self, name: str) -> bool:
         """Give circuit ``name`` the recommended threshold, timeout and backoff now (one explicit call);

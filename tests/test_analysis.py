@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import sqlite3
 import threading
@@ -105,7 +106,7 @@ def test_a_burst_history_is_classified_stored_and_recommended(make: Any, tmp_pat
     start = NOW - 900
     write_history(tmp_path / "a.db", "bursty", bursts(start, 3, 12, random.Random(4)), 600, start, NOW)
     results = Analyst.attach(store).run_once(NOW)
-    result, rec = results["bursty"]
+    result, rec = results["bursty"].pattern, results["bursty"].recommendation
     assert result.type == "burst"
     assert 0.0 < result.confidence <= 1.0
     ((ptype, failures, conf, thr),) = store.query(
@@ -121,21 +122,57 @@ def test_a_burst_history_is_classified_stored_and_recommended(make: Any, tmp_pat
     assert b.policy.failure_threshold == 5  # nothing applied without asking
 
 
+def outages(path: Path, service: str, end: float, *, span: int = 3600,
+            starts: tuple[int, ...] = (600, 1500, 2400, 3300), length: int = 90) -> None:
+    """An hour of stored history with 90-second outages: 10 calls a second, every call failing during an
+    outage, one in a thousand otherwise (per-second rows and per-minute rollups, as the writers leave them)."""
+    first = int(end) - span
+    seconds = []
+    for s in range(first, int(end) + 1):
+        off = s - first
+        failing = any(o <= off < o + length for o in starts)
+        seconds.append((s, 10, 10 if failing else int(off % 97 == 0)))
+    minutes: dict[int, list[int]] = {}
+    for s, c, f in seconds:
+        m = minutes.setdefault(s // 60, [0, 0])
+        m[0] += c
+        m[1] += f
+    with sqlite3.connect(path) as conn:
+        conn.executemany("INSERT INTO circuit_breaker_seconds (service_name, second, calls, failures) "
+                         "VALUES (?, ?, ?, ?)", [(service, *row) for row in seconds])
+        conn.executemany(
+            "INSERT INTO circuit_breaker_metrics (service_name, minute, bucket_start, calls, successes, failures) "
+            "VALUES (?, ?, '', ?, ?, ?)", [(service, m, c, c - f, f) for m, (c, f) in minutes.items()])
+
+
 def test_get_recommendations_and_apply_them_explicitly(make: Any, tmp_path: Path, clock: FakeClock) -> None:
+    reg, store = make()
+    breaker = DatabaseCircuitBreaker(service_name="outages", registry=reg, failure_threshold=5,
+                                     recovery_timeout=60)
+    assert store.flush()
+    outages(tmp_path / "a.db", "outages", NOW)
+    rec = breaker.get_recommendations()
+    assert set(rec) == {"has_recommendations", "message", "current_threshold", "recommended_threshold",
+                        "current_timeout", "recommended_timeout", "confidence", "primary_pattern"}
+    assert rec["primary_pattern"] == "burst" and rec["has_recommendations"] is True
+    # 60 s open after each 90 s outage refuses up to a minute of healthy calls: probe sooner
+    assert rec["current_timeout"] == 60 and rec["recommended_timeout"] < 60
+    assert "consider adjusting threshold to" in rec["message"] and "healthy calls refused" in rec["message"]
+    assert breaker.apply_recommendations() is True
+    p = breaker.breaker.policy
+    assert (p.failure_threshold, p.recovery_timeout) == (rec["recommended_threshold"], rec["recommended_timeout"])
+
+
+def test_brief_blips_a_breaker_cannot_help_with_get_no_advice(make: Any, tmp_path: Path) -> None:
+    # 12 failures within 3 s among 10 calls a second: never 8 in a row, nothing to gain from other settings
     reg, store = make()
     breaker = DatabaseCircuitBreaker(service_name="bursty", registry=reg, failure_threshold=8,
                                      recovery_timeout=10)
     assert store.flush()
     write_history(tmp_path / "a.db", "bursty", bursts(NOW - 900, 3, 12, random.Random(5)), 600, NOW - 900, NOW)
     rec = breaker.get_recommendations()
-    assert set(rec) == {"has_recommendations", "message", "current_threshold", "recommended_threshold",
-                        "current_timeout", "recommended_timeout", "confidence", "primary_pattern"}
-    assert rec["primary_pattern"] == "burst" and rec["has_recommendations"] is True
-    assert rec["current_threshold"] == 8 and rec["recommended_threshold"] < 8
-    assert "consider adjusting threshold to" in rec["message"]
-    assert breaker.apply_recommendations() is True
-    p = breaker.breaker.policy
-    assert (p.failure_threshold, p.recovery_timeout) == (rec["recommended_threshold"], rec["recommended_timeout"])
+    assert rec["primary_pattern"] == "burst" and rec["has_recommendations"] is False
+    assert rec["recommended_threshold"] == 8 and "no setting saves" in rec["message"]
 
 
 def test_thin_history_recommends_nothing(make: Any) -> None:
@@ -146,13 +183,40 @@ def test_thin_history_recommends_nothing(make: Any) -> None:
     assert rec["has_recommendations"] is False and rec["recommended_threshold"] == rec["current_threshold"]
 
 
-def test_auto_apply_is_off_by_default_and_works_when_on(make: Any, tmp_path: Path) -> None:
-    reg, store = make(auto_apply=True)
-    b = reg.get("bursty", failure_threshold=8, recovery_timeout=10)
+def test_auto_apply_is_off_by_default(make: Any, tmp_path: Path) -> None:
+    reg, store = make(analysis_interval=60.0)
+    b = reg.get("outages", failure_threshold=5, recovery_timeout=60)
     assert store.flush()
-    write_history(tmp_path / "a.db", "bursty", bursts(NOW - 900, 3, 12, random.Random(6)), 600, NOW - 900, NOW)
-    Analyst.attach(store).run_once(NOW)
-    assert b.policy.failure_threshold < 8
+    outages(tmp_path / "a.db", "outages", NOW)
+    analyst = Analyst.attach(store)
+    for k in range(3):
+        assert analyst.run_once(NOW - 120 + 60 * k)["outages"].recommendation.has_recommendations
+    assert (b.policy.failure_threshold, b.policy.recovery_timeout) == (5, 60)
+    assert store.query("SELECT * FROM circuit_breaker_events WHERE event_type = 'adjustment'") == []
+
+
+def test_auto_apply_moves_one_confirmed_bounded_step_and_every_process_follows(make: Any, tmp_path: Path) -> None:
+    (reg_a, store_a), (reg_b, store_b) = make(auto_apply=True, analysis_interval=60.0), \
+        make(auto_apply=True, analysis_interval=60.0)
+    a = reg_a.get("outages", failure_threshold=5, recovery_timeout=60)
+    b = reg_b.get("outages", failure_threshold=5, recovery_timeout=60)
+    assert store_a.flush() and store_b.flush()
+    outages(tmp_path / "a.db", "outages", NOW)
+    first = Analyst.attach(store_a).run_once(NOW - 60)["outages"].recommendation
+    assert first.has_recommendations and first.recommended_timeout < 30
+    assert a.policy.recovery_timeout == 60  # one analysis is not enough: it must be confirmed
+    Analyst.attach(store_a).run_once(NOW)
+    assert a.policy.recovery_timeout == 30  # at most a factor two per step, not straight to the advice
+    ((data, message),) = [(json.loads(r["additional_data"]), r["error_message"]) for r in store_a.query(
+        "SELECT additional_data, error_message FROM circuit_breaker_events WHERE event_type = 'adjustment'")]
+    assert data["action"] == "adjust" and data["before"]["timeout"] == 60 and data["after"]["timeout"] == 30
+    assert data["cost_before"]["calls"] > 0 and "open period 60 s -> 30 s" in message
+    assert b.policy.recovery_timeout == 60
+    Analyst.attach(store_b).run_once(NOW + 1)  # the other process follows the recorded change
+    assert b.policy.recovery_timeout == 30
+    Analyst.attach(store_a).run_once(NOW + 60)  # within the cooldown: no second step
+    assert a.policy.recovery_timeout == 30
+    assert len(store_a.query("SELECT id FROM circuit_breaker_events WHERE event_type = 'adjustment'")) == 1
 
 
 def test_opening_and_closing_raise_alerts_delivered_to_the_callback(make: Any, clock: FakeClock) -> None:

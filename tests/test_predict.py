@@ -93,6 +93,16 @@ def test_prediction_is_deterministic_and_validates() -> None:
 def test_an_empty_window_predicts_nothing_much() -> None:
     p = predict(Series(0.0, 900.0, 1.0, (), (), ()), settings=DEFAULTS)
     assert p.failure_rate == 0.0 and 0.0 <= p.open_probability <= 1.0
+    assert (p.failure_rate_low, p.failure_rate_high) == (0.0, 1.0)  # nothing is known of the share
+
+
+@pytest.mark.parametrize("at", [(10, 20), (100, 500), (880, 890)])
+@pytest.mark.parametrize("failures", [0, 1, 2])
+def test_the_interval_holds_the_estimate_when_calls_are_few(failures: int, at: tuple[int, int]) -> None:
+    # two calls in fifteen minutes: most resampled futures hold no call; they must not count as 0 % failing
+    p = predict(Series(0.0, 900.0, 1.0, at, (1, 1), (int(failures >= 1), int(failures >= 2))), settings=DEFAULTS)
+    assert p.failure_rate_low <= p.failure_rate <= p.failure_rate_high
+    assert p.failure_rate_low >= 0.0 and p.failure_rate_high <= 1.0
 
 
 # ------------------------------------------------------------------------------------ likely_to_open

@@ -190,10 +190,11 @@ def predict(
         return (opened + 0.5) / (len(futures) + 1.0)
 
     raw = simulate(_futures(source, horizon, _RUNS, rng), 0)
-    shares: list[float] = []
+    shares: list[float] = []  # futures without a call say nothing of the failure share
     for fut in share_futures:
         calls = sum(n for n, _ in fut)
-        shares.append(sum(x for _, x in fut) / calls if calls else 0.0)
+        if calls:
+            shares.append(sum(x for _, x in fut) / calls)
     feats = open_features(raw, series, transitions, horizon)
     coef = list(calibration) if calibration is not None else list(_calibration.PREDICT_OPEN)
     z = coef[0] + sum(c * v for c, v in zip(coef[1:], feats.values(), strict=False))
@@ -201,16 +202,18 @@ def predict(
     # Failure share: the recency-weighted share of the calls let through (weight exp(-age / 5 min)); the
     # interval from the spread of the resampled futures around their mean, widened.
     shares.sort()
-    centre = sum(shares) / len(shares)
     wx = wn = 0.0
     for i, n, x in zip(observed.index, observed.calls, observed.failures, strict=True):
         weight = math.exp(-(series.end - i * w) / _RECENT)
         wx += weight * x
         wn += weight * n
+    if not shares:  # no call at all in the window: nothing is known of the share
+        return Prediction(horizon, p_open, raw, 0.0, 0.0, 1.0, coverage, feats)
+    centre = sum(shares) / len(shares)
     mean = wx / wn if wn > 0 else centre
     scale = _calibration.PREDICT_INTERVAL if interval_scale is None else interval_scale
     lo_q = shares[int((1.0 - coverage) / 2.0 * (len(shares) - 1))]
     hi_q = shares[int((1.0 + coverage) / 2.0 * (len(shares) - 1) + 0.5)]
-    low = max(0.0, mean - scale * (centre - lo_q))
-    high = min(1.0, mean + scale * (hi_q - centre))
+    low = min(mean, max(0.0, mean - scale * (centre - lo_q)))
+    high = max(mean, min(1.0, mean + scale * (hi_q - centre)))
     return Prediction(horizon, p_open, raw, mean, low, high, coverage, feats)

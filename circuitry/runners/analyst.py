@@ -14,6 +14,7 @@ database, so several workers watching one flapping circuit raise one alert betwe
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -22,60 +23,120 @@ from typing import Any
 
 from circuitry._core import CircuitBreaker
 from circuitry._state import CircuitState
+from circuitry.analysis.adjust import Adjustment, AdjustPolicy, Decision, MeasuredCost, decide, measure_cost
 from circuitry.analysis.alerts import Alert, AlertEngine, AlertPolicy
-from circuitry.analysis.patterns import PatternResult, classify
-from circuitry.analysis.recommend import Recommendation, recommend
+from circuitry.analysis.engine import Analysis, analyse
+from circuitry.analysis.history import MinuteRollup
+from circuitry.analysis.predict import DEFAULT_HORIZON
+from circuitry.analysis.recommend import Recommendation
+from circuitry.analysis.replay import Settings, Transition
+from circuitry.analysis.series import Series
 from circuitry.events import Event
 from circuitry.exceptions import StoreError
 from circuitry.instrumentation.logging import log as _log
 from circuitry.runners.delivery import CallbackDeliverer
 from circuitry.store.engine import SharedStore
+from circuitry.store.readmodel import ReadModel
 from circuitry.store.records import Records
 
-__all__ = ["ON_OPEN_SPACING", "Analyst", "analyse_series", "apply"]
+__all__ = ["ADJUSTMENT_EVENT", "ON_OPEN_SPACING", "Analyst", "analyse_stored", "apply", "settings_of"]
 
 #: Seconds between two analyses of one circuit triggered by its openings (a flapping circuit opens often).
 ON_OPEN_SPACING = 10.0
+#: Seconds of per-minute rollups read for a service's failure rate between incidents.
+ROLLUP_SPAN = 86_400.0
+#: The event type of an automatic adjustment (or its rollback) in ``circuit_breaker_events``.
+ADJUSTMENT_EVENT = "adjustment"
 
 
-def analyse_series(series: Sequence[tuple[int, int, int]], *, now: float, window: float, threshold: int,
-                   timeout: float) -> tuple[PatternResult, Recommendation, int]:
-    """Classify per-second ``(second, calls, failures)`` rows of the last ``window`` seconds and recommend
-    settings against the current ``threshold`` and ``timeout``; also returns the number of calls."""
-    calls: list[tuple[float, bool]] = []
-    since = now - window
-    for second, n, failed in series:
-        if n <= 0:
-            continue
-        # a second's calls spread over it, its failures evenly among them (the store keeps counts per second)
-        step = 1.0 / n
-        base = second + step / 2
-        calls.extend((min(max(base + i * step, since), now), (i * failed) // n != ((i + 1) * failed) // n)
-                     for i in range(n))
-    result = classify(calls, window_start=now - window, window_end=now)
-    rec = recommend(result, current_threshold=threshold, current_timeout=timeout, calls=calls)
-    return result, rec, len(calls)
+def _reason(data: Any) -> str:
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            return ""
+    return str(data.get("reason") or "") if isinstance(data, dict) else ""
+
+
+def analyse_stored(read: ReadModel, name: str, *, now: float, window: float, settings: Settings,
+                   replay: float = 3600.0, horizon: float | None = DEFAULT_HORIZON) -> Analysis:
+    """Analyse circuit ``name`` from what the store holds: the per-second counts of the last ``replay``
+    seconds (the label reads the last ``window`` of them; the recommendation replays all), the breaker's
+    transitions over them, and a day of per-minute rollups; ``settings`` are the ones in force.
+
+    This is the one path from stored history to :func:`circuitry.analysis.analyse` -- the analyst, the
+    explicit ``get_recommendations()`` and ``circuitry recommend`` all take it.
+    """
+    since = now - max(window, replay)
+    series = Series.from_rows(read.series(name, since, now), start=since, end=now)
+    transitions = [Transition(float(r["ts"]), r["from_state"] or "closed", r["to_state"] or "closed",
+                              _reason(r["additional_data"]))
+                   for r in read.transitions(name, since - 3600.0, now)]
+    history = [MinuteRollup(int(m["minute"]), int(m["calls"] or 0), int(m["successes"] or 0),
+                            min(int(m["failures"] or 0), int(m["calls"] or 0)), int(m["rejections"] or 0),
+                            int(m["ignored"] or 0), int(m["cancelled"] or 0))
+               for m in read.metrics(name, now - ROLLUP_SPAN, now)]
+    return analyse(series, now=now, current_threshold=settings.threshold, current_timeout=settings.timeout,
+                   current_backoff=settings.backoff, current_max_timeout=settings.max_timeout, window=window,
+                   transitions=transitions, history=history, horizon=horizon)
+
+
+def settings_of(breaker: CircuitBreaker) -> Settings:
+    """The replay's view of ``breaker``'s policy (threshold, open period, backoff and its cap)."""
+    p = breaker.policy
+    return Settings(p.failure_threshold, float(p.recovery_timeout), float(p.backoff_factor),
+                    None if p.max_recovery_timeout is None else float(p.max_recovery_timeout))
+
+
+def _reconfigure(breaker: CircuitBreaker, s: Settings) -> bool:
+    p = breaker.policy
+    changes: dict[str, Any] = {"failure_threshold": s.threshold, "recovery_timeout": float(s.timeout),
+                               "backoff_factor": float(s.backoff)}
+    if s.max_timeout is not None:
+        changes["max_recovery_timeout"] = float(max(s.max_timeout, s.timeout))
+    elif p.max_recovery_timeout is not None and p.max_recovery_timeout < s.timeout:
+        changes["max_recovery_timeout"] = float(s.timeout)
+    new = replace(p, **changes)
+    if new == p:
+        return False
+    breaker.reconfigure(new)
+    return True
 
 
 def apply(breaker: CircuitBreaker, rec: Recommendation) -> bool:
     """Give ``breaker`` the recommended threshold, timeout and backoff. Returns whether it changed."""
     if not rec.has_recommendations:
         return False
-    p = breaker.policy
-    changes: dict[str, Any] = {"failure_threshold": rec.recommended_threshold,
-                               "recovery_timeout": float(rec.recommended_timeout)}
-    if rec.backoff_multiplier is not None and rec.backoff_multiplier >= 1.0:
-        changes["backoff_factor"] = float(rec.backoff_multiplier)
-        cap = p.max_recovery_timeout
-        if cap is not None and cap < rec.recommended_timeout:
-            changes["max_recovery_timeout"] = float(rec.recommended_timeout)
-    elif p.max_recovery_timeout is not None and p.max_recovery_timeout < rec.recommended_timeout:
-        changes["max_recovery_timeout"] = float(rec.recommended_timeout)
-    new = replace(p, **changes)
-    if new == p:
-        return False
-    breaker.reconfigure(new)
-    return True
+    backoff = rec.backoff_multiplier if rec.backoff_multiplier is not None and rec.backoff_multiplier >= 1.0 else None
+    current = settings_of(breaker)
+    return _reconfigure(breaker, Settings(rec.recommended_threshold, float(rec.recommended_timeout),
+                                          current.backoff if backoff is None else backoff,
+                                          rec.max_timeout if backoff is not None else current.max_timeout))
+
+
+def _settings(d: Any) -> Settings | None:
+    try:
+        return Settings(int(d["threshold"]), float(d["timeout"]), float(d.get("backoff", 1.0)),
+                        None if d.get("max_timeout") is None else float(d["max_timeout"]))
+    except Exception:  # a row not of ours, or damaged: not an adjustment
+        return None
+
+
+def _plain_settings(s: Settings) -> dict[str, Any]:
+    return {"threshold": s.threshold, "timeout": s.timeout, "backoff": s.backoff, "max_timeout": s.max_timeout}
+
+
+def _recommendation_of(d: Any, current: Settings) -> Recommendation | None:
+    """An earlier analysis' recommendation, as its pattern row keeps it (enough for the confirmation rule)."""
+    if not isinstance(d, dict):
+        return None
+    try:
+        return Recommendation(int(d["recommended_threshold"]), float(d["recommended_timeout"]),
+                              d.get("backoff_multiplier"), float(d.get("confidence") or 0.0), d.get("primary_pattern"),
+                              str(d.get("rationale", "")), bool(d["has_recommendations"]), current.threshold,
+                              current.timeout, int(d.get("failures") or 0), d.get("max_timeout"))
+    except Exception:
+        return None
 
 
 class Analyst:
@@ -99,7 +160,9 @@ class Analyst:
         self._last_run = 0.0
         self._failing = False
         self.runs = 0
-        self.latest: dict[str, tuple[PatternResult, Recommendation]] = {}
+        self.latest: dict[str, Analysis] = {}
+        self.adjust_policy = AdjustPolicy()
+        self._followed: dict[str, float] = {}
 
     @classmethod
     def attach(cls, store: SharedStore) -> Analyst:
@@ -194,34 +257,43 @@ class Analyst:
         if opened:
             self._run_once(now, only=opened, kind="opened", period=int(now // ON_OPEN_SPACING))
 
-    def run_once(self, now: float | None = None) -> dict[str, tuple[PatternResult, Recommendation]]:
+    def run_once(self, now: float | None = None) -> dict[str, Analysis]:
         """Analyse every circuit of this process that no other process has analysed this period."""
         now = self.store._time() if now is None else now
         return self._run_once(now, only=None, kind="periodic", period=int(now // self.interval))
 
-    def _run_once(self, now: float, *, only: set[str] | None, kind: str,
-                  period: int) -> dict[str, tuple[PatternResult, Recommendation]]:
-        results: dict[str, tuple[PatternResult, Recommendation]] = {}
+    def _run_once(self, now: float, *, only: set[str] | None, kind: str, period: int) -> dict[str, Analysis]:
+        results: dict[str, Analysis] = {}
         alerts: list[Alert] = []
         muted = self.store.muted
         for link in self.store.links():
             name = link.name
             if only is not None and name not in only:
                 continue
+            if self.auto_apply:
+                self._follow(link.breaker, now)  # settings adjusted by any process, this one's included
             if not self.records.claim(name, kind, period, now):
                 continue  # another process analyses this circuit this period
-            result, rec, _ = self.analyse(link.breaker, now)
-            results[name] = (result, rec)
+            analysis = self.analyse(link.breaker, now)
+            results[name] = analysis
+            result, rec, prediction = analysis.pattern, analysis.recommendation, analysis.prediction
             if result.type is not None:
                 ev = result.evidence
+                evidence: dict[str, Any] = {k: getattr(ev, k) for k in ev.__dataclass_fields__}
+                evidence["recommendation"] = rec.as_dict()
+                evidence["prediction"] = None if prediction is None else prediction.as_dict()
                 self.records.pattern(name, pattern=result.type, window=self.window, failures=ev.failures,
                                      error_rate=ev.failures_per_second, threshold=rec.recommended_threshold,
                                      timeout=rec.recommended_timeout, confidence=result.confidence,
-                                     evidence={k: getattr(ev, k) for k in ev.__dataclass_fields__}, now=now)
-            if name not in muted and rec.has_recommendations:
-                alerts.extend(self.engine.recommendation(name, rec.as_seed_dict(), now))
-            if self.auto_apply and rec.has_recommendations:
-                apply(link.breaker, rec)
+                                     evidence=evidence, now=now)
+            if name not in muted:
+                if rec.has_recommendations:
+                    alerts.extend(self.engine.recommendation(name, rec.as_seed_dict(), now))
+                if prediction is not None:
+                    alerts.extend(self.engine.prediction(name, prediction.as_dict(), now,
+                                                         state=link.breaker.state))
+            if self.auto_apply and kind == "periodic":
+                self.adjust(link.breaker, analysis, now)
             if name not in muted and kind == "periodic":
                 last = self.store.read.series(name, now - 60.0, now)
                 calls_1m, fails_1m = sum(r[1] for r in last), sum(r[2] for r in last)
@@ -234,13 +306,99 @@ class Analyst:
         self.runs += 1
         return results
 
-    def analyse(self, breaker: CircuitBreaker, now: float | None = None) -> tuple[PatternResult, Recommendation, int]:
-        """Classify ``breaker``'s last window from the stored per-second counts (no rows written)."""
+    def analyse(self, breaker: CircuitBreaker, now: float | None = None) -> Analysis:
+        """Analyse ``breaker``'s history as the store holds it (no rows written)."""
         now = self.store._time() if now is None else now
-        p = breaker.policy
-        series = self.store.read.series(breaker.name, now - self.window, now)
-        return analyse_series(series, now=now, window=self.window, threshold=p.failure_threshold,
-                              timeout=p.recovery_timeout)
+        return analyse_stored(self.store.read, breaker.name, now=now, window=self.window,
+                              settings=settings_of(breaker), replay=self.store.second_retention)
+
+    # -- automatic adjustment (``auto_apply=True``) ------------------------------------------------------
+
+    def adjust(self, breaker: CircuitBreaker, analysis: Analysis, now: float) -> Decision:
+        """Decide (:func:`circuitry.analysis.adjust.decide`) whether to move ``breaker``'s settings a step
+        towards ``analysis``' recommendation, or to roll the last change back; a change is written as an
+        ``adjustment`` event (reason, settings before and after, measured cost before) that every process
+        follows. Only the process that analysed the circuit this period decides (the analysis lease)."""
+        name = breaker.name
+        current = settings_of(breaker)
+        p = self.adjust_policy
+        history = self._adjustments(name, now)
+        recent = self._recent(name, now, current, analysis.window_end)
+        d = decide(current, analysis.recommendation, now=now, history=history, recent=recent, policy=p)
+        if d.action == "hold":
+            return d
+        before = measure_cost(self._rollups(name, now - p.evaluation, now))
+        data = {"action": d.action, "reason": d.reason, "before": _plain_settings(current),
+                "after": _plain_settings(d.settings), "evidence": d.evidence,
+                "cost_before": {"seconds": before.seconds, "calls": before.calls, "cost": before.cost}}
+        self.records.event(name, ADJUSTMENT_EVENT, data, now, message=d.reason[:500])
+        self._followed[name] = now
+        _reconfigure(breaker, d.settings)
+        _log("warning" if d.action == "rollback" else "info", "circuitry.adjusted", circuit=name,
+             action=d.action, reason=d.reason)
+        return d
+
+    def _rows_of(self, name: str, since: float, now: float) -> list[dict[str, Any]]:
+        rows = self.store.read.events(name, since, now, event_type=ADJUSTMENT_EVENT, limit=1000)
+        for r in rows:
+            data = r["additional_data"]
+            r["data"] = json.loads(data) if isinstance(data, str) else (data if isinstance(data, dict) else {})
+        return rows
+
+    def _rollups(self, name: str, since: float, until: float) -> list[MinuteRollup]:
+        return [MinuteRollup(int(m["minute"]), int(m["calls"] or 0), int(m["successes"] or 0),
+                             min(int(m["failures"] or 0), int(m["calls"] or 0)), int(m["rejections"] or 0))
+                for m in self.store.read.metrics(name, since, until)]
+
+    def _adjustments(self, name: str, now: float) -> list[Adjustment]:
+        """The circuit's earlier changes (any process's), with their measured costs."""
+        p = self.adjust_policy
+        out: list[Adjustment] = []
+        for r in self._rows_of(name, now - 10.0 * max(p.cooldown, p.evaluation), now):
+            d = r["data"]
+            before, after = _settings(d.get("before")), _settings(d.get("after"))
+            if before is None or after is None or d.get("action") not in ("adjust", "rollback"):
+                continue
+            cb = d.get("cost_before")
+            cost_before = (MeasuredCost(float(cb["seconds"]), int(cb["calls"]), float(cb["cost"]))
+                           if isinstance(cb, dict) else None)
+            at = float(r["ts"])
+            cost_after = measure_cost(self._rollups(name, at + 60.0, now)) if d["action"] == "adjust" else None
+            out.append(Adjustment(at, d["action"], before, after, cost_before, cost_after))
+        return out
+
+    def _recent(self, name: str, now: float, current: Settings, until: float) -> list[Recommendation]:
+        """The recommendations of the earlier analyses of the last few periods (any process's), oldest first."""
+        want = self.adjust_policy.confirmations - 1
+        if want <= 0:
+            return []
+        rows = [r for r in self.store.read.patterns(name, limit=want + 1) if float(r["ts"]) < until
+                and float(r["ts"]) >= now - (want + 1.5) * self.interval]
+        out = []
+        for r in reversed(rows[:want]):
+            ev = r.get("evidence")
+            if isinstance(ev, str):
+                try:
+                    ev = json.loads(ev)
+                except ValueError:
+                    ev = None
+            rec = _recommendation_of(ev.get("recommendation") if isinstance(ev, dict) else None, current)
+            if rec is not None:
+                out.append(rec)
+        return out
+
+    def _follow(self, breaker: CircuitBreaker, now: float) -> None:
+        """Give ``breaker`` the settings of its latest adjustment, if this process has not yet."""
+        name = breaker.name
+        seen = self._followed.get(name, -1.0)
+        rows = [r for r in self._rows_of(name, max(seen, 0.0), now) if float(r["ts"]) > seen]
+        if not rows:
+            return
+        last = rows[-1]
+        after = _settings(last["data"].get("after"))
+        self._followed[name] = float(last["ts"])
+        if after is not None and after != settings_of(breaker):
+            _reconfigure(breaker, after)
 
     def _persist(self, alerts: Sequence[Alert]) -> None:
         aggregates = self.engine.pending_aggregates()
@@ -254,12 +412,10 @@ class Analyst:
                     deliverer.deliver(data)
 
 
-def analyse_now(store: SharedStore, service: str) -> tuple[PatternResult, Recommendation]:
-    """Classify ``service``'s recent history now and recommend settings (no rows written)."""
+def analyse_now(store: SharedStore, service: str) -> Analysis:
+    """Analyse ``service``'s recent history now (no rows written)."""
     link = next((link for link in store.links() if link.name == service), None)
     if link is None:
         raise StoreError(f"no circuit {service!r} in this store")
     store.flush(0.5)
-    result, rec, _ = Analyst.attach(store).analyse(link.breaker)
-    return result, rec
-
+    return Analyst.attach(store).analyse(link.breaker)

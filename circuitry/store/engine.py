@@ -81,8 +81,10 @@ class SharedStore:
         analysis_window: Seconds of recent history each analysis reads.
         alert_policy: The alert rules' settings (:class:`circuitry.analysis.alerts.AlertPolicy`), or
             ``None`` for the defaults.
-        auto_apply: Give circuits the recommended threshold, timeout and backoff as soon as the analyst
-            makes a recommendation.
+        auto_apply: Let the analyst adjust circuits' threshold, open period and backoff by itself, one
+            bounded, confirmed step at a time towards its recommendations, rolling back a change that
+            made the measured cost worse (:mod:`circuitry.analysis.adjust`); every change is an
+            ``adjustment`` row in ``circuit_breaker_events`` that every process follows.
 
     .. versionadded:: 0.1.0
     """

@@ -44,6 +44,17 @@ def open_seconds(transitions: Sequence[tuple[float, str | None, str]], since: fl
     return total
 
 
+def _evidence(text: Any) -> dict[str, Any]:
+    """A pattern row's evidence as a dict (``{}`` if it is missing or not ours)."""
+    if isinstance(text, dict):
+        return text
+    try:
+        got = json.loads(text) if isinstance(text, str | bytes) else None
+    except ValueError:
+        return {}
+    return got if isinstance(got, dict) else {}
+
+
 class ReadModel(Reader):
     """Reads a circuitry database: read-only connections (``query()`` refuses writes and ATTACH), plain
     data out (dicts, lists), ready for JSON.
@@ -138,7 +149,8 @@ class ReadModel(Reader):
                 "unacknowledged_alerts": len(sev),
                 "worst_alert": min(sev, key=lambda s: SEVERITY_RANK.get(s, 9)) if sev else None,
                 "pattern": ({"type": pat[1], "confidence": pat[2], "suggested_threshold": pat[3],
-                             "suggested_timeout": pat[4], "ts": pat[5]} if pat else None),
+                             "suggested_timeout": pat[4], "ts": pat[5],
+                             "prediction": _evidence(pat[6]).get("prediction")} if pat else None),
             })
         return out
 
@@ -198,8 +210,9 @@ class ReadModel(Reader):
             f"SELECT {', '.join(cols)} FROM circuit_breaker_events WHERE service_name = ? AND "
             "event_type = 'state_change' AND ts >= ? AND ts <= ? ORDER BY ts, id", (name, since, until))]
 
-    def events(self, name: str | None, since: float, until: float, *, limit: int = 100_000) -> list[dict[str, Any]]:
-        """Event rows in ``[since, until]`` (of ``name``, or all), oldest first."""
+    def events(self, name: str | None, since: float, until: float, *, limit: int = 100_000,
+               event_type: str | None = None) -> list[dict[str, Any]]:
+        """Event rows in ``[since, until]`` (of ``name``, or all; of ``event_type``, or all), oldest first."""
         cols = ("id", "service_name", "event_type", "from_state", "to_state", "error_type", "error_message",
                 "additional_data", "created_at", "ts", "process", "occurrences")
         where = "ts >= ? AND ts <= ?"
@@ -207,6 +220,9 @@ class ReadModel(Reader):
         if name is not None:
             where = "service_name = ? AND " + where
             params.insert(0, name)
+        if event_type is not None:
+            where = "event_type = ? AND " + where
+            params.insert(0, event_type)
         return [dict(zip(cols, r, strict=True)) for r in self._rows(
             f"SELECT {', '.join(cols)} FROM circuit_breaker_events WHERE {where} ORDER BY ts, id LIMIT ?",
             (*params, limit))]

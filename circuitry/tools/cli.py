@@ -208,7 +208,8 @@ def cmd_patterns(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
-    from circuitry.runners.analyst import analyse_series
+    from circuitry.analysis.replay import Settings
+    from circuitry.runners.analyst import analyse_stored
 
     now = time.time()
     reader = _reader(args)
@@ -220,13 +221,14 @@ def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
             raise UsageError(f"{exc} (or give --threshold and --timeout)") from None
     threshold = args.threshold if args.threshold is not None else state["failure_threshold"]  # type: ignore[index]
     timeout = args.timeout if args.timeout is not None else float(state["recovery_timeout"])  # type: ignore[index]
-    series = reader.series(args.service, now - args.window, now)
-    result, rec, calls = analyse_series(series, now=now, window=args.window, threshold=threshold, timeout=timeout)
+    analysis = analyse_stored(reader, args.service, now=now, window=args.window,
+                              settings=Settings(int(threshold), float(timeout)))
+    result, rec, prediction = analysis.pattern, analysis.recommendation, analysis.prediction
     if args.json:
-        _emit_json(rec.as_seed_dict(), out)
+        _emit_json(analysis.as_dict(), out)
         return 0
     ev = result.evidence
-    out.write(f"service:     {args.service}  ({calls} calls, {ev.failures} failures in the last "
+    out.write(f"service:     {args.service}  ({ev.calls} calls, {ev.failures} failures in the last "
               f"{args.window:g} s)\n")
     out.write(f"pattern:     {result.type or 'none (too little evidence)'}  confidence {result.confidence:.2f}\n")
     out.write(f"threshold:   {rec.current_threshold} -> {rec.recommended_threshold}\n")
@@ -234,6 +236,12 @@ def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
     if rec.backoff_multiplier:
         out.write(f"backoff:     x{rec.backoff_multiplier:g} per re-open\n")
     out.write(f"why:         {rec.rationale}\n")
+    if rec.current_cost is not None:
+        out.write(f"effect:      {rec.effect()}\n")
+    if prediction is not None and (state is None or state["state"] == "closed"):
+        lo, hi = prediction.failure_rate_low, prediction.failure_rate_high
+        out.write(f"next {prediction.horizon_seconds / 60:g} min: {prediction.open_probability:.0%} chance of "
+                  f"opening; failure share {prediction.failure_rate:.1%} ({lo:.1%}-{hi:.1%})\n")
     out.write(f"{rec.as_seed_dict()['message']}\n")
     return 0
 

@@ -107,7 +107,8 @@ async def run_demo(out: TextIO = sys.stdout, seed: int = 7, db: str | None = "ci
         from circuitry.runners.analyst import Analyst
 
         store.flush(5)
-        result, rec, _ = Analyst.attach(store).analyse(registry["inventory_api"])
+        analysis = Analyst.attach(store).analyse(registry["inventory_api"])
+        result, rec = analysis.pattern, analysis.recommendation
         alerts = store.alerts("inventory_api", include_acknowledged=True, limit=1000)
         store.close()
         pattern = f"{result.type} (confidence {result.confidence:.2f})" if result.type else "none (too little data)"
