@@ -125,8 +125,8 @@ class DatabaseCircuitBreaker:
                 "max_latency_ms") if key in h}
             pattern = status["pattern"]
             if pattern is not None:
-                stats["latest_pattern"] = {k: pattern[k] for k in ("type", "confidence", "suggested_threshold",
-                                                                   "suggested_timeout")}
+                stats["latest_pattern"] = {k: pattern.get(k) for k in ("type", "confidence", "suggested_threshold",
+                                                                       "suggested_timeout", "prediction")}
             stats["unacknowledged_alerts"] = status["unacknowledged_alerts"]
         return stats
 

@@ -119,6 +119,9 @@ def test_a_burst_history_is_classified_stored_and_recommended(make: Any, tmp_pat
     stats = breaker.get_stats()
     assert stats["latest_pattern"]["type"] == "burst"
     assert stats["latest_pattern"]["confidence"] == pytest.approx(result.confidence)
+    prediction = results["bursty"].prediction
+    assert prediction is not None
+    assert stats["latest_pattern"]["prediction"]["open_probability"] == round(prediction.open_probability, 4)
     assert b.policy.failure_threshold == 5  # nothing applied without asking
 
 
@@ -393,3 +396,25 @@ def test_a_circuit_that_opens_is_analysed_at_once(make: Any, tmp_path: Path) -> 
         return store.query("SELECT pattern_type FROM circuit_breaker_failure_patterns WHERE service_name = 'bursty'")
 
     assert eventually(lambda: stored() == [{"pattern_type": "burst"}])
+
+
+def test_a_closed_circuit_predicted_to_trip_raises_likely_to_open(make: Any, tmp_path: Path) -> None:
+    reg, store = make()
+    reg.get("flaky", failure_threshold=5, recovery_timeout=30)
+    assert store.flush()
+    # 20-second outages every two minutes for an hour: the next five minutes very likely hold one
+    starts = tuple(range(0, 3600, 120))
+    outages(tmp_path / "a.db", "flaky", NOW, starts=starts, length=20)
+    first = int(NOW) - 3600
+    with sqlite3.connect(tmp_path / "a.db") as conn:  # the breaker opened in each, and closed after it
+        conn.executemany(
+            "INSERT INTO circuit_breaker_events (service_name, event_type, from_state, to_state, additional_data, ts) "
+            "VALUES ('flaky', 'state_change', ?, ?, ?, ?)",
+            [row for o in starts for row in (
+                ("closed", "open", '{"reason": "failure_threshold"}', first + o + 0.5),
+                ("open", "half_open", '{"reason": "recovery_timeout"}', first + o + 30.5),
+                ("half_open", "closed", '{"reason": "probe_succeeded"}', first + o + 30.6))])
+    analysis = Analyst.attach(store).run_once(NOW)["flaky"]
+    assert analysis.prediction is not None and analysis.prediction.open_probability >= 0.5
+    rows = {r["alert_type"]: r for r in store.alerts("flaky")}
+    assert rows["likely_to_open"]["severity"] == "warning" and "likely to open" in rows["likely_to_open"]["message"]
