@@ -283,3 +283,16 @@ def test_an_empty_series_is_fine() -> None:
     empty = Series(0.0, 900.0, 1.0, (), (), ())
     rec = recommend(result("steady"), current_threshold=5, current_timeout=60, series=empty)
     assert not rec.has_recommendations
+
+
+@pytest.mark.parametrize("threshold", [5, 1000, 10**9])
+def test_any_valid_threshold_can_be_analysed_during_an_incident(threshold: int) -> None:
+    # p ** threshold underflows to 0 for a large threshold: the incident's tail must not divide by it
+    from circuitry.analysis.engine import analyse
+
+    rows = [(s, 10, 10 if (600 <= s < 690 or 1500 <= s < 1590 or s >= 3540) else int(s % 97 == 0))
+            for s in range(3600)]
+    got = analyse(Series.from_rows(rows, start=0.0, end=3600.0), now=3600.0, current_threshold=threshold,
+                  current_timeout=60.0)
+    assert got.pattern.type is not None
+    assert got.recommendation.current_threshold == threshold

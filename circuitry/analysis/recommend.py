@@ -514,7 +514,8 @@ def _incident_tail(s: Settings, elapsed: float, p: float) -> tuple[float, float]
         period = min(s.cap, period * s.backoff)
     p = min(max(p, 1e-9), 1.0 - 1e-9)
     pk = p**s.threshold
-    until_trip = min(1e6, (1.0 - pk) / ((1.0 - p) * pk))
+    # p^k underflows to 0 for a threshold in the hundreds: then the circuit never trips again
+    until_trip = 1e6 if pk < 1e-300 else min(1e6, (1.0 - pk) / ((1.0 - p) * pk))
     per_probe = 1.0 + (1.0 - p) * until_trip  # the probe, and the calls let through if it succeeds
     return probes * per_probe, period / 2.0
 
