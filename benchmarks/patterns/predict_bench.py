@@ -25,6 +25,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import pickle
@@ -111,10 +112,23 @@ def _case(args: tuple[int, str, str, int]) -> Case | None:
                 pred.failure_rate_low, pred.failure_rate, pred.failure_rate_high, tuple(slots_o), tuple(slots_s))
 
 
+def _fingerprint() -> str:
+    """A digest of the code a case depends on: a cache built by other code is not reused (the cases hold
+    ``predict()``'s outputs, so a cache from before a change to it would score the old predictor)."""
+    here = Path(__file__).resolve()
+    files = [*sorted((here.parents[2] / "circuitry" / "analysis").glob("*.py")), here,
+             *(here.parent / name for name in ("families.py", "replay.py", "data.py"))]
+    digest = hashlib.sha256()
+    for f in files:
+        if f.name != TARGET.name:  # the fitted constants are not part of a case
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def build(seed_name: str, per_cell: int, jobs: int | None) -> list[Case]:
-    """The cases of one seed (cached)."""
+    """The cases of one seed (cached, keyed by the code that made them)."""
     seed = SEEDS[seed_name]
-    path = CACHE / f"predict-{seed_name}-{seed}-{per_cell}.pickle"
+    path = CACHE / f"predict-{seed_name}-{seed}-{per_cell}-{_fingerprint()}.pickle"
     if path.exists():
         with path.open("rb") as fh:
             return [Case(*t) for t in pickle.load(fh)]

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import math
 import random
+from bisect import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Final
 
 from circuitry.analysis import _calibration_predict as _calibration
@@ -86,30 +88,36 @@ def _state_at_end(transitions: Sequence[Transition], end: float) -> tuple[bool, 
     return True, last.ts
 
 
-def _futures(source: Series, horizon: float, runs: int, rng: random.Random) -> list[list[tuple[int, int]]]:
-    """``runs`` futures of ``horizon`` seconds: 30 s blocks of ``source`` drawn with replacement, recent
-    blocks more often (weight ``exp(-age / 5 min)``), as per-second ``(calls, failures)``."""
+def _rows(source: Series) -> list[tuple[int, int]]:
+    """``source`` as one ``(calls, failures)`` row per bucket of its window, empty buckets included."""
     w = source.width
     start = source.start
-    span = max(source.span, w)
-    seconds = max(1, int(span // w))
+    seconds = max(1, int(max(source.span, w) // w))
     rows = [(0, 0)] * seconds
     for i, n, x in zip(source.index, source.calls, source.failures, strict=True):
         j = int((i * w - start) // w)
         if 0 <= j < seconds:
             rows[j] = (n, x)
-    block = max(1, int(_BLOCK // w))
+    return rows
+
+
+def _futures(source: Series, horizon: float, runs: int, rng: random.Random) -> tuple[list[tuple[int, int]],
+                                                                                    list[list[int]], int, int]:
+    """``runs`` futures of ``horizon`` seconds: 30 s blocks of ``source`` drawn with replacement, recent
+    blocks more often (weight ``exp(-age / 5 min)``). Returns the per-bucket rows, each future as its
+    blocks' first rows, the rows per block and the rows per future (the last block is cut short)."""
+    w = source.width
+    rows = _rows(source)
+    seconds = len(rows)
+    block = min(seconds, max(1, int(_BLOCK // w)))
     steps = max(1, math.ceil(horizon / w))
     starts = list(range(max(1, seconds - block + 1)))
-    weights = [math.exp(-(seconds - b0) * w / _RECENT) for b0 in starts]
-    out = []
-    for _ in range(runs):
-        fut: list[tuple[int, int]] = []
-        while len(fut) < steps:
-            b0 = rng.choices(starts, weights)[0]
-            fut.extend(rows[b0 : b0 + block])
-        out.append(fut[:steps])
-    return out
+    cum = list(accumulate(math.exp(-(seconds - b0) * w / _RECENT) for b0 in starts))
+    total = cum[-1]
+    hi = len(starts) - 1
+    per_future = math.ceil(steps / block)
+    futures = [[starts[bisect(cum, rng.random() * total, 0, hi)] for _ in range(per_future)] for _ in range(runs)]
+    return rows, futures, block, steps
 
 
 def open_features(raw: float, series: Series, transitions: Sequence[Transition], horizon: float) -> dict[str, float]:
@@ -171,30 +179,48 @@ def predict(
             source = source.window(cut, series.end)
             observed = series.window(cut, series.end)
     rng = random.Random(seed)
-    share_futures = _futures(observed, horizon, _RUNS, rng)
+    share_rows, share_futures, share_block, share_steps = _futures(observed, horizon, _RUNS, rng)
     refusing, opened_at = _state_at_end(transitions, series.end)
     w = series.width
 
-    def simulate(futures: list[list[tuple[int, int]]], salt: int) -> float:
+    def simulate(rows: list[tuple[int, int]], futures: list[list[int]], block: int, steps: int, salt: int) -> float:
+        # Prefix sums: a block without a failure cannot trip a closed breaker (it only resets the run of
+        # failures if it holds a call), so the replay skips it.
+        fails = [0, *accumulate(x for _, x in rows)]
+        calls = [0, *accumulate(n for n, _ in rows)]
         opened = 0
+        t0 = series.end
         for r, fut in enumerate(futures):
             sim = _Sim(settings, seed * 7919 + salt * 104729 + r)
             if refusing:
                 sim.state = 1
                 sim.open_until = opened_at + settings.timeout
-            t0 = series.end
-            for j, (n, x) in enumerate(fut):
-                if n:
-                    sim.second(t0 + j * w, w, n, x)
+            for q, b0 in enumerate(fut):
+                j0 = q * block
+                length = min(block, steps - j0)
+                if sim.state == 0 and fails[b0 + length] == fails[b0]:
+                    if calls[b0 + length] > calls[b0]:
+                        sim.run = 0
+                    continue
+                for j in range(length):
+                    n, x = rows[b0 + j]
+                    if n:
+                        sim.second(t0 + (j0 + j) * w, w, n, x)
             opened += sim.trips > 0
         return (opened + 0.5) / (len(futures) + 1.0)
 
-    raw = simulate(_futures(source, horizon, _RUNS, rng), 0)
+    raw = simulate(*_futures(source, horizon, _RUNS, rng), 0)
     shares: list[float] = []  # futures without a call say nothing of the failure share
+    s_fails = [0, *accumulate(x for _, x in share_rows)]
+    s_calls = [0, *accumulate(n for n, _ in share_rows)]
     for fut in share_futures:
-        calls = sum(n for n, _ in fut)
-        if calls:
-            shares.append(sum(x for _, x in fut) / calls)
+        n_sum = x_sum = 0
+        for q, b0 in enumerate(fut):
+            end = b0 + min(share_block, share_steps - q * share_block)
+            n_sum += s_calls[end] - s_calls[b0]
+            x_sum += s_fails[end] - s_fails[b0]
+        if n_sum:
+            shares.append(x_sum / n_sum)
     feats = open_features(raw, series, transitions, horizon)
     coef = list(calibration) if calibration is not None else list(_calibration.PREDICT_OPEN)
     z = coef[0] + sum(c * v for c, v in zip(coef[1:], feats.values(), strict=False))
