@@ -12,7 +12,7 @@ from circuitry.analysis.alerts import ALERT_TYPES, SEVERITY_OF, AlertEngine, Ale
 from circuitry.analysis.engine import analyse
 from circuitry.analysis.history import MinuteRollup
 from circuitry.analysis.patterns import classify_series
-from circuitry.analysis.predict import predict
+from circuitry.analysis.predict import open_features, predict
 from circuitry.analysis.replay import Settings, Transition
 from circuitry.analysis.series import Series, bucketize
 from circuitry.exceptions import ConfigurationError
@@ -157,3 +157,35 @@ def test_analyse_without_prediction_and_with_bad_arguments() -> None:
         analyse(s, now=math.inf, current_threshold=5, current_timeout=60.0)
     with pytest.raises(ConfigurationError, match="window"):
         analyse(s, now=900.0, window=0, current_threshold=5, current_timeout=60.0)
+
+
+def test_the_calibration_sees_the_trip_history_and_whether_the_breaker_is_open() -> None:
+    s = series_of(5, 0.01)
+    quiet = open_features(0.1, s, [], 300.0)
+    assert quiet["trip_history"] == 0.0 and quiet["open_now"] == 0.0
+    # A trip in the last 5 minutes weighs 1/2, one 5-10 minutes ago 1/4; older than 40 minutes: nothing.
+    trips = [Transition(880.0, "closed", "open"), Transition(940.0 - 600.0 - 300.0, "closed", "open"),
+             Transition(900.0 - 2500.0, "closed", "open")]
+    recent = open_features(0.1, s, trips[:1], 300.0)
+    older = open_features(0.1, s, trips[1:2], 300.0)
+    ancient = open_features(0.1, s, trips[2:], 300.0)
+    assert recent["trip_history"] == pytest.approx(0.5)
+    assert 0.0 < older["trip_history"] < recent["trip_history"]
+    assert ancient["trip_history"] == 0.0
+    assert recent["open_now"] == 1.0  # tripped at 880 s, not closed since
+    closed_again = open_features(0.1, s, [trips[0], Transition(885.0, "open", "half_open"),
+                                          Transition(885.5, "half_open", "closed")], 300.0)
+    assert closed_again["open_now"] == 0.0 and closed_again["trip_history"] == pytest.approx(0.5)
+    assert list(predict(s, settings=DEFAULTS, transitions=trips[:1]).features) == list(recent)
+
+
+def test_the_prediction_is_deterministic_and_its_raw_probability_has_enough_futures() -> None:
+    s = series_of(6, [(0.0, 900.0, 0.3)])
+    a = predict(s, settings=DEFAULTS, seed=3)
+    b = predict(s, settings=DEFAULTS, seed=3)
+    assert a == b
+    assert a.raw_open_probability > 0.9
+    # Futures come in batches of 100 until 25 trip and 25 do not, at most 300; the raw probability is
+    # (trips + 1/2) / (futures + 1).
+    quiet = predict(series_of(6, 0.0001), settings=DEFAULTS)
+    assert quiet.raw_open_probability == pytest.approx(0.5 / 301)  # no trip in 300 futures

@@ -10,5 +10,5 @@ from __future__ import annotations
 
 from typing import Final
 
-PREDICT_OPEN: Final[tuple[float, ...]] = (-2.4838, 0.3585, 1.0582)
-PREDICT_INTERVAL: Final = 2.00
+PREDICT_OPEN: Final[tuple[float, ...]] = (-1.8724, 0.4030, 1.2195, 0.5954)
+PREDICT_INTERVAL: Final = 1.00

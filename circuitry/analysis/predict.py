@@ -6,9 +6,10 @@ breaker's settings and its transitions, and returns a :class:`Prediction`:
 * ``open_probability`` -- the probability that the circuit trips (closed -> open) within ``horizon``
   seconds. Its raw form is a simulation: the breaker, in its current state, replayed over futures drawn
   from the recent past (blocks of 30 s resampled from the last window, recent ones more often -- from
-  after the change point if the failure rate is escalating). A logistic calibration maps that raw
-  probability and the trips of the last hour to a calibrated one; the constants are fitted by
-  ``benchmarks/patterns/predict_bench.py``, never by hand.
+  after the change point if the failure rate is escalating), in batches until enough futures trip and
+  enough do not. A logistic calibration maps that raw probability, the trips of the last 40 minutes
+  (per 5-minute slot, recent ones weighted most) and whether the breaker is open now to a calibrated
+  one; the constants are fitted by ``benchmarks/patterns/predict_bench.py``, never by hand.
 * ``failure_rate`` -- the expected failure share of the calls in the next ``horizon`` seconds, with an
   interval meant to hold it ``coverage`` of the time, from the same resampled futures, widened by a
   fitted factor.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import math
 import random
-from bisect import bisect
+from bisect import bisect, bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -38,7 +39,11 @@ __all__ = ["DEFAULT_HORIZON", "Prediction", "open_features", "predict"]
 #: Seconds ahead the prediction looks by default.
 DEFAULT_HORIZON: Final = 300.0
 _BLOCK: Final = 30.0  # seconds per resampled block: keeps bursts whole
-_RUNS: Final = 100  # simulated futures
+_RUNS: Final = 100  # simulated futures per batch (and for the failure share)
+_MAX_RUNS: Final = 300  # simulated futures for a trip at most
+_ENOUGH: Final = 25  # ... in batches, until this many futures trip and this many do not
+_SLOTS: Final = 8  # the trip history: 5-minute slots before the end (40 minutes) ...
+_SLOT_WEIGHT: Final = 0.5  # ... averaged with this weight (an EWMA, newest slot weighted most)
 _RECENT: Final = 300.0  # the "recent" failure share: the last five minutes
 
 
@@ -122,13 +127,25 @@ def _futures(source: Series, horizon: float, runs: int, rng: random.Random) -> t
 
 def open_features(raw: float, series: Series, transitions: Sequence[Transition], horizon: float) -> dict[str, float]:
     """The facts the open-probability calibration uses (exposed so the fitting script uses the same): the
-    simulation's probability, and the trips in the hour before the window's end (the transitions reach
-    further back than the per-second counts: a longer memory for bursts that come and go at random)."""
+    simulation's probability (as a logit), the trip history and whether the breaker is refusing now.
+
+    The trip history reaches further back than the per-second counts (a longer memory for bursts that
+    come and go at random): whether the breaker tripped (closed -> open) in each of the eight 5-minute
+    slots before the window's end, averaged with weights halving slot by slot (newest first, an EWMA of
+    weight 1/2 from 0). A breaker open now must close before it can trip again, and mostly does so on a
+    service still failing: the simulation of its probes is the least certain part, so the state is a fact
+    of its own."""
     end = series.end
-    trips = sum(1 for tr in transitions if tr.to_state == "open" and tr.from_state == "closed"
-                and end - 3600.0 <= tr.ts <= end)
-    r = clamp(raw, 0.005, 0.995)
-    return {"logit_raw": math.log(r / (1.0 - r)), "log_trips_hour": math.log1p(trips)}
+    slot = DEFAULT_HORIZON
+    history = 0.0
+    for k in range(_SLOTS - 1, -1, -1):  # oldest first
+        hi = end - k * slot
+        tripped = any(tr.to_state == "open" and tr.from_state == "closed" and hi - slot < tr.ts <= hi
+                      for tr in transitions)
+        history = _SLOT_WEIGHT * float(tripped) + (1.0 - _SLOT_WEIGHT) * history
+    refusing, _ = _state_at_end(transitions, end)
+    r = clamp(raw, 0.001, 0.999)
+    return {"logit_raw": math.log(r / (1.0 - r)), "trip_history": history, "open_now": float(refusing)}
 
 
 def predict(
@@ -183,33 +200,53 @@ def predict(
     refusing, opened_at = _state_at_end(transitions, series.end)
     w = series.width
 
-    def simulate(rows: list[tuple[int, int]], futures: list[list[int]], block: int, steps: int, salt: int) -> float:
-        # Prefix sums: a block without a failure cannot trip a closed breaker (it only resets the run of
-        # failures if it holds a call), so the replay skips it.
-        fails = [0, *accumulate(x for _, x in rows)]
+    def simulate(rows: list[tuple[int, int]], futures: list[list[int]], block: int, steps: int,
+                 first: int) -> int:
+        """How many of ``futures`` trip the breaker (numbered from ``first`` for their seeds)."""
+        # A closed breaker only needs the seconds with a failure, and whether a call succeeded between
+        # two of them (which starts the run of failures again); a future stops at its first trip.
         calls = [0, *accumulate(n for n, _ in rows)]
+        failing = [j for j, (_, x) in enumerate(rows) if x]
         opened = 0
         t0 = series.end
-        for r, fut in enumerate(futures):
-            sim = _Sim(settings, seed * 7919 + salt * 104729 + r)
+        for r, fut in enumerate(futures, first):
+            sim = _Sim(settings, seed * 7919 + r)
             if refusing:
                 sim.state = 1
                 sim.open_until = opened_at + settings.timeout
             for q, b0 in enumerate(fut):
-                j0 = q * block
-                length = min(block, steps - j0)
-                if sim.state == 0 and fails[b0 + length] == fails[b0]:
-                    if calls[b0 + length] > calls[b0]:
-                        sim.run = 0
+                j0 = q * block - b0  # a row's offset into the future
+                stop = b0 + min(block, steps - q * block)
+                if sim.state:
+                    for j in range(b0, stop):
+                        n, x = rows[j]
+                        if n:
+                            sim.second(t0 + (j0 + j) * w, w, n, x)
                     continue
-                for j in range(length):
-                    n, x = rows[b0 + j]
-                    if n:
-                        sim.second(t0 + (j0 + j) * w, w, n, x)
+                at = b0
+                for j in failing[bisect_left(failing, b0) : bisect_left(failing, stop)]:
+                    if calls[j] > calls[at]:
+                        sim.run = 0
+                    n, x = rows[j]
+                    sim.second(t0 + (j0 + j) * w, w, n, x)
+                    if sim.state:
+                        break
+                    at = j + 1
+                else:
+                    if calls[stop] > calls[at]:
+                        sim.run = 0
+                if sim.trips:
+                    break
             opened += sim.trips > 0
-        return (opened + 0.5) / (len(futures) + 1.0)
+        return opened
 
-    raw = simulate(*_futures(source, horizon, _RUNS, rng), 0)
+    # Batches of futures until enough of them trip and enough do not (or _MAX_RUNS): the raw
+    # probability's noise matters most where it is near 0 or 1, and those futures are cheap to replay.
+    opened = runs = 0
+    while runs < _MAX_RUNS and min(opened, runs - opened) < _ENOUGH:
+        opened += simulate(*_futures(source, horizon, _RUNS, rng), runs)
+        runs += _RUNS
+    raw = (opened + 0.5) / (runs + 1.0)
     shares: list[float] = []  # futures without a call say nothing of the failure share
     s_fails = [0, *accumulate(x for _, x in share_rows)]
     s_calls = [0, *accumulate(n for n, _ in share_rows)]
