@@ -24,6 +24,7 @@ reported figure). Built windows are cached under ``benchmarks/patterns/.cache/``
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import pickle
@@ -116,6 +117,16 @@ def cells_b() -> list[tuple[str, str]]:
     return [(f, s) for f in families.FAMILIES for s in families.SHAPES if (f, s) not in families.IMPOSSIBLE]
 
 
+def _fingerprint() -> str:
+    """A digest of the code that builds the windows: a cache built by other generators is not reused."""
+    here = Path(__file__).resolve()
+    digest = hashlib.sha256()
+    for name in ("data.py", "generators.py", "families.py"):
+        digest.update((here.parent / name).read_bytes())
+    digest.update((here.parents[2] / "circuitry" / "analysis" / "series.py").read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def load(seed_name: str, *, jobs: int | None = None) -> list[Item]:
     """Every window of one seed, both suites; built once and cached.
 
@@ -127,7 +138,7 @@ def load(seed_name: str, *, jobs: int | None = None) -> list[Item]:
         The items, suite A first.
     """
     seed = SEEDS[seed_name]
-    path = CACHE / f"{seed_name}-{seed}-A{A_WINDOWS}-B{B_PER_CELL}.pickle"
+    path = CACHE / f"{seed_name}-{seed}-A{A_WINDOWS}-B{B_PER_CELL}-{_fingerprint()}.pickle"
     if path.exists():
         with path.open("rb") as fh:
             items: list[Item] = pickle.load(fh)
