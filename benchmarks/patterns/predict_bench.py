@@ -100,7 +100,9 @@ def _case(args: tuple[int, str, str, int]) -> Case | None:
     series = bucketize(seen, start=NOW - WINDOW, end=NOW)
     trans = [tr for tr in b.transitions if tr.ts <= NOW]
     pattern = classify_series(series, transitions=[tr for tr in trans if tr.ts >= NOW - WINDOW])
-    pred = predict(series, settings=DEFAULTS, transitions=trans, pattern=pattern, horizon=HORIZON, seed=i)
+    # the interval unwidened (interval_scale=1): the widening is what --fit and the scoring fit from the cases
+    pred = predict(series, settings=DEFAULTS, transitions=trans, pattern=pattern, horizon=HORIZON, seed=i,
+                   interval_scale=1.0)
     slots_o = []
     slots_s = []
     for k in range(int(NOW // SLOT)):

@@ -11,4 +11,4 @@ from __future__ import annotations
 from typing import Final
 
 PREDICT_OPEN: Final[tuple[float, ...]] = (-1.8724, 0.4030, 1.2195, 0.5954)
-PREDICT_INTERVAL: Final = 1.00
+PREDICT_INTERVAL: Final = 1.90
