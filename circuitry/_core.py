@@ -35,7 +35,7 @@ from circuitry._fastpath import count_value, not_started
 from circuitry._policy import MAX_DURATION, Policy
 from circuitry._state import CircuitState
 from circuitry._window import CountWindow, TimeWindow
-from circuitry.events import Dispatcher, Event, EventKind
+from circuitry.events import Dispatcher, Event, EventKind, either, never
 from circuitry.exceptions import CircuitOpenError, ConfigurationError
 
 __all__ = ["BreakerStats", "CircuitBreaker", "Counts", "Permit", "SharedState", "StoreLink", "call_through",
@@ -316,7 +316,7 @@ class CircuitBreaker(Gate):
             lean = self._window is None and self._policy.result_is_failure is None and not self._timed
             self._fast = self._gen if lean else -1
         else:
-            plain_open = self._state is OPEN and self._enforce and not self._dispatch.rejection
+            plain_open = self._state is OPEN and self._enforce and self._dispatch.listen_rejection is not None
             self._fast = -2 if plain_open else -1
         # ``_fail_types``: the exception types the gate may count as failures itself (appending them to
         # the store's failure log) — when classification is an isinstance check, no window needs the
@@ -325,7 +325,12 @@ class CircuitBreaker(Gate):
         p = self._policy
         on = p.on
         inline = (isinstance(on, type | tuple) and p.retry_after is None and self._window is None
-                  and not self._dispatch.failure)
+                  and self._dispatch.listen_failure is not None)
+        # Refusal and failure hooks that say when they listen (``listening``) leave those paths inline:
+        # the gate asks them per call and leaves a call they want to the slow path, which builds the event.
+        rej, fail = self._dispatch.listen_rejection, self._dispatch.listen_failure
+        listen = fail if rej is None else rej if fail is None else either(rej, fail)
+        self._listen = None if listen is None or listen is never else listen
         # (an empty tuple matches nothing: the gate then takes the general path, with one check less)
         self._fail_types = on if inline else ()  # type: ignore[assignment]
 

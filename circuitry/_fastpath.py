@@ -64,14 +64,16 @@ class Gate:
       no lock; ``-2`` while plainly open, refusals counted here; ``-1`` otherwise), ``_open_until`` and
       ``_opened_at`` (the open period, for refusals), ``_fail_types`` (the exception types whose failure
       this gate counts itself, ``()`` for none), ``_thr1`` (failures that trip, minus one) and
-      ``_flog`` (a ``deque`` each counted failure is appended to, or ``None``);
+      ``_flog`` (a ``deque`` each counted failure is appended to, or ``None``) and ``_listen`` (``None``,
+      or a callable that is true while a hook wants the refusal or failure event of the call at hand:
+      the gate then leaves that call to the slow path, which builds the event);
     - it defines ``_enter_slow() -> token``, ``_exit_slow(token, exc, result)`` and
       ``_trip(token, exc)`` (the failure this gate counted reached ``_thr1 + 1``).
 
     Counters are changed only through this type's methods, so the C twin may keep them as integers.
     """
 
-    __slots__ = ("_consec", "_dirty", "_fail_types", "_fast", "_flog", "_gen", "_n_cancel", "_n_fail",
+    __slots__ = ("_consec", "_dirty", "_fail_types", "_fast", "_flog", "_gen", "_listen", "_n_cancel", "_n_fail",
                  "_n_ign", "_n_ok", "_n_rej", "_now", "_open_until", "_opened_at", "_refusal", "_thr1", "name")
 
     def __init__(self, name: str, now: Callable[[], float], refusal: type[BaseException]) -> None:
@@ -85,6 +87,7 @@ class Gate:
         self._fail_types: type[BaseException] | tuple[type[BaseException], ...] = ()
         self._thr1 = 0
         self._flog: deque[BaseException] | None = None
+        self._listen: Callable[[], object] | None = None
         self._n_ok = itertools.count()
         self._n_fail = itertools.count()
         self._n_ign = itertools.count()
@@ -112,7 +115,7 @@ class Gate:
         if fast == -2:  # open: refuse here while the period runs (an outage is when calls come fastest)
             now = self._now()
             until = self._open_until
-            if now < until:
+            if now < until and not self._listening():
                 next(self._n_rej)
                 raise self._refusal(self.name, "open", self._opened_at, until - now)
         return self._enter_slow()
@@ -144,7 +147,7 @@ class Gate:
             # The counter is read before the generation: a transition bumps the generation first and
             # then replaces the counter, so a completion racing it lands in the discarded counter.
             consec = self._consec
-            if isinstance(exc, self._fail_types) and token == self._gen:
+            if isinstance(exc, self._fail_types) and token == self._gen and not self._listening():
                 next(self._n_fail)
                 flog = self._flog
                 if flog is not None:
@@ -157,6 +160,17 @@ class Gate:
             next(self._n_cancel)
             return
         self._exit_slow(token, exc, result)
+
+    def _listening(self) -> bool:
+        """Whether a hook wants the refusal or failure event of the call at hand (a check that raises
+        counts as yes: the hooks then get the event and report their own errors)."""
+        listen = self._listen
+        if listen is None:
+            return False
+        try:
+            return bool(listen())
+        except Exception:
+            return True
 
     # -- counters (the subclass's slow paths change them through these) -------------------------------
 

@@ -48,6 +48,7 @@ typedef struct {
     PyObject *fail_types;  /* the exception types counted here as failures; () for none */
     PyObject *flog;        /* a deque each failure counted here is appended to, or None */
     PyObject *flog_append; /* its bound append method (looked up once, when set), or NULL */
+    PyObject *listen;      /* None, or a callable: true while a hook wants this call's refusal/failure event */
     double open_until;     /* the open period's end, on the `now` clock */
     Py_ssize_t gen;        /* the generation: bumped by every transition */
     Py_ssize_t fast;       /* gen: admit and count with no lock; -2: refuse while open; -1: the slow path */
@@ -72,6 +73,7 @@ gate_init(Gate *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->fail_types, PyTuple_New(0));
     Py_XSETREF(self->flog, Py_NewRef(Py_None));
     Py_CLEAR(self->flog_append);
+    Py_XSETREF(self->listen, Py_NewRef(Py_None));
     if (self->fail_types == NULL) {
         return -1;
     }
@@ -93,6 +95,7 @@ gate_traverse(Gate *self, visitproc visit, void *arg)
     Py_VISIT(self->fail_types);
     Py_VISIT(self->flog);
     Py_VISIT(self->flog_append);
+    Py_VISIT(self->listen);
     return 0;
 }
 
@@ -106,6 +109,7 @@ gate_clear(Gate *self)
     Py_CLEAR(self->fail_types);
     Py_CLEAR(self->flog);
     Py_CLEAR(self->flog_append);
+    Py_CLEAR(self->listen);
     return 0;
 }
 
@@ -124,6 +128,31 @@ missing(Gate *self)
 {
     PyErr_Format(PyExc_RuntimeError, "%s was not initialised (Gate.__init__ not called)", Py_TYPE(self)->tp_name);
     return NULL;
+}
+
+/* 1 while a hook wants this call's refusal or failure event (the slow path builds it), else 0. A
+   listening check that fails counts as 1: the hooks then get the event and report their own errors. */
+static int
+gate_listening(Gate *self)
+{
+    PyObject *listen = self->listen;
+    if (listen == NULL || listen == Py_None) {
+        return 0;
+    }
+    Py_INCREF(listen);  /* the call may run Python code that replaces it */
+    PyObject *r = PyObject_CallNoArgs(listen);
+    Py_DECREF(listen);
+    if (r == NULL) {
+        PyErr_Clear();
+        return 1;
+    }
+    int t = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (t < 0) {
+        PyErr_Clear();
+        return 1;
+    }
+    return t;
 }
 
 /* enter(): the token (new reference), or NULL with the refusal raised. */
@@ -150,7 +179,7 @@ gate_enter_impl(Gate *self)
             return NULL;
         }
         double until = self->open_until;  /* read after the clock, as the Python twin does */
-        if (n < until) {
+        if (n < until && !gate_listening(self)) {
             self->rej++;
             PyObject *retry = PyFloat_FromDouble(until - n);
             if (retry == NULL) {
@@ -207,7 +236,7 @@ gate_exit_impl(Gate *self, PyObject *token, PyObject *exc, PyObject *result)
                 return -1;
             }
             Py_ssize_t t = token_gen(token);
-            if (match && t >= 0 && t == self->gen) {  /* the generation read after isinstance */
+            if (match && t >= 0 && t == self->gen && !gate_listening(self)) {  /* gen read after isinstance */
                 self->fail++;
                 long long n = ++self->consec;
                 PyObject *append = self->flog_append;
@@ -384,6 +413,7 @@ static PyMemberDef gate_members[] = {
     {"_gen", T_PYSSIZET, offsetof(Gate, gen), 0, NULL},
     {"_fast", T_PYSSIZET, offsetof(Gate, fast), 0, NULL},
     {"_thr1", T_PYSSIZET, offsetof(Gate, thr1), 0, NULL},
+    {"_listen", T_OBJECT, offsetof(Gate, listen), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 

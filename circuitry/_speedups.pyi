@@ -17,6 +17,7 @@ class Gate:
     _gen: int
     _fast: int
     _thr1: int
+    _listen: Callable[[], object] | None
     @property
     def consecutive_failures(self) -> int: ...
     def __init__(self, name: str, now: Callable[[], float], refusal: Callable[..., BaseException], /) -> None: ...

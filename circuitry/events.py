@@ -6,7 +6,10 @@ counted failure. Successes are too hot to emit one by one: they are counted (see
 
 Hooks are plain callables (the :class:`Hook` protocol). A hook may carry a ``kinds`` attribute (a
 set of :class:`EventKind`) to receive only those kinds; a breaker builds no event nobody listens to,
-so a hook that only wants transitions costs nothing on failures and rejections. Hooks run *after*
+so a hook that only wants transitions costs nothing on failures and rejections. A hook may also carry
+``listening``: a callable that says whether it wants refusal and failure events *now* (a tracing hook:
+whether the current span records). While every refusal and failure hook has one, a breaker keeps its
+inline paths and builds those events only for calls during which one of them says yes. Hooks run *after*
 the breaker's lock is released, in the thread of the call that caused the event, and a hook that
 raises is logged and otherwise ignored: it never changes a call's outcome.
 """
@@ -17,7 +20,7 @@ import enum
 import inspect
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from circuitry._state import CircuitState
@@ -102,7 +105,8 @@ class Event(NamedTuple):
 
 @runtime_checkable
 class Hook(Protocol):
-    """Anything callable with an :class:`Event`. Optionally has ``kinds``: the kinds it wants."""
+    """Anything callable with an :class:`Event`. Optionally has ``kinds``: the kinds it wants, and
+    ``listening``: a callable, true while it wants refusal and failure events (see the module docstring)."""
 
     def __call__(self, event: Event) -> None: ...
 
@@ -118,7 +122,8 @@ def hook_kinds(hook: Hook) -> frozenset[EventKind]:
 class Dispatcher:
     """Hooks of one registry, pre-sorted by kind so that asking "does anyone listen?" is one load."""
 
-    __slots__ = ("_hooks", "_lock", "_watchers", "failure", "rejection", "transition")
+    __slots__ = ("_hooks", "_lock", "_watchers", "failure", "listen_failure", "listen_rejection", "rejection",
+                 "transition")
 
     def __init__(self, hooks: Iterable[Hook] = ()) -> None:
         self._lock = threading.Lock()
@@ -127,6 +132,10 @@ class Dispatcher:
         self.transition: tuple[Hook, ...] = ()
         self.rejection: tuple[Hook, ...] = ()
         self.failure: tuple[Hook, ...] = ()
+        #: Per kind: ``None`` while some hook always wants those events; else a callable, true while one
+        #: of them wants the event of the call at hand (:func:`never` when there are no such hooks).
+        self.listen_rejection: Callable[[], bool] | None = never
+        self.listen_failure: Callable[[], bool] | None = never
         for h in hooks:
             self.add(h)
 
@@ -167,6 +176,8 @@ class Dispatcher:
         self.transition = tuple(h for h in hooks if EventKind.TRANSITION in hook_kinds(h))
         self.rejection = tuple(h for h in hooks if EventKind.REJECTION in hook_kinds(h))
         self.failure = tuple(h for h in hooks if EventKind.FAILURE in hook_kinds(h))
+        self.listen_rejection = _listener(self.rejection)
+        self.listen_failure = _listener(self.failure)
         for breaker in list(self._watchers):
             breaker._hooks_changed()
 
@@ -182,6 +193,41 @@ class Dispatcher:
                     returned.close()
                     _report_hook_error(hook, event, TypeError("the hook returned a coroutine, which is never "
                                                               "awaited: hooks must be plain functions"))
+
+
+def never() -> bool:
+    """Nobody listens."""
+    return False
+
+
+def either(a: Callable[[], bool], b: Callable[[], bool]) -> Callable[[], bool]:
+    """A check that is true while ``a`` or ``b`` is."""
+    if a is never or a == b:  # (two bound methods of one hook are equal, not identical)
+        return b
+    if b is never:
+        return a
+
+    def listening() -> bool:
+        return bool(a()) or bool(b())
+
+    return listening
+
+
+def _listener(hooks: Sequence[Hook]) -> Callable[[], bool] | None:
+    """One check for "does a hook want this call's refusal or failure event?" over ``hooks``: ``_never``
+    for none, ``None`` if one of them has no ``listening`` (it always wants them)."""
+    checks = [getattr(h, "listening", None) for h in hooks]
+    if not checks:
+        return never
+    if not all(callable(c) for c in checks):
+        return None
+    if len(checks) == 1:
+        return checks[0]
+
+    def any_listening() -> bool:
+        return any(c() for c in checks)  # type: ignore[misc]
+
+    return any_listening
 
 
 def _report_hook_error(hook: object, event: Event, exc: Exception) -> None:

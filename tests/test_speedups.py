@@ -22,6 +22,7 @@ import sysconfig
 import threading
 import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -460,3 +461,105 @@ def test_a_decorated_function_pickles_by_reference_and_binds_as_a_method(registr
     assert _Holder.static(5) == h.static(5) == 5
     assert registry["svc-method"].stats().successes == 2
     assert _Holder.method.__wrapped__.__name__ == "method"  # type: ignore[attr-defined]
+
+
+# -- hooks that say when they listen -----------------------------------------------------------------
+
+
+class _Gated:
+    """A refusal and failure hook that listens only while ``on`` is set (as a tracing hook listens only
+    while the current span records)."""
+
+    def __init__(self) -> None:
+        from circuitry import EventKind
+
+        self.on = False
+        self.fail_check = False
+        self.kinds = frozenset({EventKind.REJECTION, EventKind.FAILURE})
+        self.events: list[Any] = []
+        self.asked = 0
+
+    def listening(self) -> bool:
+        self.asked += 1
+        if self.fail_check:
+            raise RuntimeError("the check itself failed")
+        return self.on
+
+    def __call__(self, event: Any) -> None:
+        self.events.append(event)
+
+
+def test_a_hook_that_does_not_listen_now_keeps_the_inline_paths_and_gets_nothing() -> None:
+    clock = FakeClock()
+    reg = Registry(clock=clock, hooks=[])
+    hook = _Gated()
+    reg.add_hook(hook)
+    b = reg.get("gated", failure_threshold=3, recovery_timeout=60)
+
+    @circuit("gated", registry=reg)
+    def call(fail: bool) -> str:
+        if fail:
+            raise Boom
+        return "ok"
+
+    for _ in range(2):
+        with pytest.raises(Boom):
+            call(True)
+    assert b._fail_types != ()  # counted inline while nobody listens
+    assert hook.events == [] and hook.asked == 2
+    hook.on = True
+    with pytest.raises(Boom):
+        call(True)  # the third failure trips, through the slow path: its event is built
+    assert [e.kind.value for e in hook.events] == ["failure"]
+    assert b.state is CircuitState.OPEN
+    hook.on = False
+    assert b._fast == -2  # refused inline while open, since the hook says when it listens
+    with pytest.raises(CircuitOpenError):
+        call(False)
+    with pytest.raises(CircuitOpenError), circuit("gated", registry=reg):
+        pass
+    assert len(hook.events) == 1
+    hook.on = True
+    with pytest.raises(CircuitOpenError):
+        call(False)
+    assert [e.kind.value for e in hook.events] == ["failure", "rejection"]
+    s = b.stats()
+    assert (s.failures, s.rejected) == (3, 3)  # every call counted, events or not
+
+
+def test_a_listening_check_that_raises_delivers_the_events() -> None:
+    reg = Registry(clock=FakeClock(), hooks=[])
+    hook = _Gated()
+    hook.fail_check = True
+    reg.add_hook(hook)
+    reg.get("raising-check", failure_threshold=1, recovery_timeout=60)
+    face = circuit("raising-check", registry=reg)
+    with pytest.raises(Boom), face:
+        raise Boom
+    with pytest.raises(CircuitOpenError), face:
+        pass
+    assert [e.kind.value for e in hook.events] == ["failure", "rejection"]
+
+
+def test_a_hook_without_listening_still_gets_every_refusal_and_failure() -> None:
+    from circuitry import EventKind
+
+    reg = Registry(clock=FakeClock(), hooks=[])
+    gated, plain = _Gated(), []
+
+    def always(event: Any) -> None:
+        plain.append(event.kind)
+
+    always.kinds = frozenset({EventKind.REJECTION, EventKind.FAILURE})  # type: ignore[attr-defined]
+    reg.add_hook(gated)
+    reg.add_hook(always)
+    b = reg.get("mixed", failure_threshold=1, recovery_timeout=60)
+    assert b._listen is None and b._fail_types == ()  # someone always listens: the slow paths
+    face = circuit("mixed", registry=reg)
+    with pytest.raises(Boom), face:
+        raise Boom
+    with pytest.raises(CircuitOpenError), face:
+        pass
+    assert plain == [EventKind.FAILURE, EventKind.REJECTION] and len(gated.events) == 2
+    reg.remove_hook(always)
+    assert b._listen is not None and b._fast == -2

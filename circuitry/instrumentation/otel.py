@@ -94,6 +94,11 @@ class TracingHook:
         self._registry = registry
         self._span = get_current_span
 
+    def listening(self) -> bool:
+        """Whether the current span records: only then does a refusal or a counted failure build an
+        event (a breaker asks before it leaves its inline path for one)."""
+        return bool(self._span().is_recording())
+
     def __call__(self, event: Event) -> None:
         span = self._span()
         if not span.is_recording():  # no SDK, or sampled out: the cheap, common case
