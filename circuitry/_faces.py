@@ -257,12 +257,17 @@ class Circuit(WithBase):
             token = b.enter()
             try:
                 # (without keywords, the call needs no keyword dict: ~25 ns less a call)
-                result = await (fn(*args, **kwargs) if kwargs else fn(*args))
-            except BaseException as exc:  # one clause: a second one costs every counted failure a match
+                call = fn(*args, **kwargs) if kwargs else fn(*args)
+            except BaseException as exc:  # raised making the coroutine: bad arguments are no call
                 if isinstance(exc, TypeError) and not_started(exc):
                     b.record_ignored(token)
                 else:
                     b.exit(token, exc)
+                raise
+            try:
+                result = await call
+            except BaseException as exc:  # one clause: a second one costs every counted failure a match
+                b.exit(token, exc)
                 raise
             b.exit(token, None, result)
             return result
