@@ -103,7 +103,9 @@ class StoreLink(Protocol):
     """
 
     #: Where the breaker appends each counted failure's exception (bounded: a ``deque`` with a
-    #: ``maxlen``), or ``None`` when the store does not keep failure rows.
+    #: ``maxlen``; a full log takes no more until the store drains it, so no old exception is freed on
+    #: the caller's thread and the counters say how many it missed), or ``None`` when the store does not
+    #: keep failure rows.
     failure_log: deque[BaseException] | None
 
     def take_probe(self) -> int | None:
@@ -555,7 +557,7 @@ class CircuitBreaker(Gate):
         """Report that an admitted call failed (a counted failure; classification is the caller's)."""
         self._tick(1)
         flog = self._flog
-        if flog is not None and exc is not None:
+        if flog is not None and exc is not None and len(flog) != flog.maxlen:  # full: the count says the rest
             flog.append(exc)
         if duration is not None:
             self._note_latency(duration)
@@ -666,8 +668,8 @@ class CircuitBreaker(Gate):
     def link(self, link: StoreLink | None) -> None:
         """Attach the store that persists this breaker (``None`` detaches it).
 
-        From then on the breaker appends each counted failure to ``link.failure_log`` (on every
-        path, the lock-free one included; the log is read once, here: a store that replaces its
+        From then on the breaker appends each counted failure to ``link.failure_log`` while it has
+        room (on every path, the lock-free one included; the log is read once, here: a store that replaces its
         deque links again), asks :meth:`StoreLink.take_probe` before a half-open probe, and reports
         its own transitions to :meth:`StoreLink.transitioned`. A store calls this from its
         ``adopt()``. Linking costs a call nothing until it fails or probes.

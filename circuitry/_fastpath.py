@@ -150,7 +150,7 @@ class Gate:
             if isinstance(exc, self._fail_types) and token == self._gen and not self._listening():
                 next(self._n_fail)
                 flog = self._flog
-                if flog is not None:
+                if flog is not None and len(flog) != flog.maxlen:  # a full log takes no more: no eviction here
                     flog.append(exc)
                 self._dirty = True
                 if next(consec) >= self._thr1:

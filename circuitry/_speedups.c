@@ -48,6 +48,7 @@ typedef struct {
     PyObject *fail_types;  /* the exception types counted here as failures; () for none */
     PyObject *flog;        /* a deque each failure counted here is appended to, or None */
     PyObject *flog_append; /* its bound append method (looked up once, when set), or NULL */
+    Py_ssize_t flog_cap;   /* the log's maxlen: a full log takes no more (no eviction on the caller's thread) */
     PyObject *listen;      /* None, or a callable: true while a hook wants this call's refusal/failure event */
     double open_until;     /* the open period's end, on the `now` clock */
     Py_ssize_t gen;        /* the generation: bumped by every transition */
@@ -77,6 +78,7 @@ gate_init(Gate *self, PyObject *args, PyObject *kwds)
     if (self->fail_types == NULL) {
         return -1;
     }
+    self->flog_cap = PY_SSIZE_T_MAX;
     self->open_until = 0.0;
     self->gen = 0;
     self->fast = -1;
@@ -240,8 +242,13 @@ gate_exit_impl(Gate *self, PyObject *token, PyObject *exc, PyObject *result)
                 self->fail++;
                 long long n = ++self->consec;
                 PyObject *append = self->flog_append;
-                if (append != NULL) {
-                    Py_INCREF(append);  /* evicting the oldest entry may run Python code (__del__) */
+                Py_ssize_t logged = append != NULL ? PyObject_Size(self->flog) : 0;
+                if (logged < 0) {
+                    PyErr_Clear();
+                    logged = 0;
+                }
+                if (append != NULL && logged < self->flog_cap) {
+                    Py_INCREF(append);  /* the append may run Python code */
                     r = PyObject_CallOneArg(append, exc);
                     Py_DECREF(append);
                     if (r == NULL) {
@@ -390,6 +397,24 @@ gate_set_flog(Gate *self, PyObject *value, void *unused)
     if (value != Py_None && (append = PyObject_GetAttr(value, str_append)) == NULL) {
         return -1;
     }
+    Py_ssize_t cap = PY_SSIZE_T_MAX;  /* no maxlen (or none readable): unbounded */
+    if (value != Py_None) {
+        PyObject *maxlen = PyObject_GetAttrString(value, "maxlen");
+        if (maxlen == NULL) {
+            PyErr_Clear();
+        }
+        else {
+            if (maxlen != Py_None) {
+                cap = PyLong_AsSsize_t(maxlen);
+                if (cap == -1 && PyErr_Occurred()) {
+                    PyErr_Clear();
+                    cap = PY_SSIZE_T_MAX;
+                }
+            }
+            Py_DECREF(maxlen);
+        }
+    }
+    self->flog_cap = cap;
     Py_XSETREF(self->flog, Py_NewRef(value));
     Py_XSETREF(self->flog_append, append);
     return 0;

@@ -291,6 +291,38 @@ def test_every_counted_failure_reaches_the_failure_log_in_every_path(registry: R
     assert b.linked is None
 
 
+def test_a_full_failure_log_takes_no_more_and_the_count_stays_exact(registry: Registry) -> None:
+    # a full log keeps what it has until the store drains it: no old exception (with its frames) is
+    # freed on the caller's thread, and the counter says how many the log missed
+    link = Link()
+    b = registry.get("flood", failure_threshold=10**6, on=Boom)
+    b.link(link)
+    errors = [Boom(str(i)) for i in range(5)]
+
+    @circuit("flood")
+    def fail(exc: BaseException) -> None:
+        raise exc
+
+    async def afail(exc: BaseException) -> None:
+        raise exc
+
+    wrapped = circuit("flood")(afail)
+    for exc in errors[:2]:
+        with pytest.raises(Boom):
+            fail(exc)
+    with pytest.raises(Boom):
+        asyncio.run(wrapped(errors[2]))
+    with pytest.raises(Boom), circuit("flood"):
+        raise errors[3]
+    b.record_failure(b.enter(), errors[4])
+    assert list(link.failure_log) == errors[:3]
+    assert b.stats().failures == 5
+    link.failure_log.clear()  # the store drained it: the next failure is logged again
+    with pytest.raises(Boom):
+        fail(errors[0])
+    assert list(link.failure_log) == [errors[0]]
+
+
 def test_a_probe_asks_the_link_and_carries_its_lease(clock: FakeClock) -> None:
     b = CircuitBreaker("svc", clock=clock, failure_threshold=1, recovery_timeout=5)
     link = Link(lease=7)
