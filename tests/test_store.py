@@ -466,6 +466,13 @@ def test_a_file_that_is_not_a_database_is_never_moved(make: Any, db: Path) -> No
     (warning,) = [e for e in logs if e["event"] == "circuitry.store_fault"]
     assert "nothing was moved" in warning["note"] and str(db) in warning["note"]
     assert store.health().set_aside == () and not store.health().healthy
+    with capture_logs() as closing:  # closing says what is lost, at once, and exit has nothing left to do
+        store.close(timeout=0.2)
+    (lost,) = [e for e in closing if e["event"] == "circuitry.store_unflushed"]
+    assert lost["rows"] == store.health().queued > 0 and lost["when"] == "close" and "close()" in lost["note"]
+    from circuitry.store import process
+
+    assert store not in process._STORES
 
 
 def _damage_table(db: Path, table: str) -> None:

@@ -38,7 +38,7 @@ from circuitry.store.backend import Backend
 from circuitry.store.faults import Faults, StoreHealth
 from circuitry.store.leases import Leases
 from circuitry.store.link import Link
-from circuitry.store.process import Runner, track
+from circuitry.store.process import Runner, track, untrack
 from circuitry.store.rollups import Rollups
 from circuitry.store.rows import RowQueue
 from circuitry.store.sharing import Sharing
@@ -242,7 +242,11 @@ class SharedStore:
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush (waiting at most ``timeout`` seconds), release held leases, stop the writer and the
-        runners, close the connections."""
+        runners, close the connections. Rows the database did not take by then are lost, and a warning
+        (``circuitry.store_unflushed``) says how many."""
+        self._close(timeout, "close")
+
+    def _close(self, timeout: float, when: str) -> None:
         if self._closed:
             return
         self.flush(timeout)
@@ -255,6 +259,12 @@ class SharedStore:
                 link.breaker.link(None)
         if self._read is not None:
             self._read.close()
+        untrack(self)
+        left = self.health().queued
+        if left:
+            log("warning", "circuitry.store_unflushed", location=self.backend.location, rows=left, when=when,
+                note=f"not written within {timeout:g} s of {'interpreter exit' if when == 'exit' else 'close()'}; "
+                     "they are lost (the counts already written stay)")
 
     def __enter__(self) -> SharedStore:
         return self

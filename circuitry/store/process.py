@@ -15,13 +15,11 @@ import sys
 import weakref
 from typing import TYPE_CHECKING, Protocol
 
-from circuitry.instrumentation.logging import log
-
 if TYPE_CHECKING:
     from circuitry.events import Event
     from circuitry.store.engine import SharedStore
 
-__all__ = ["Runner", "track"]
+__all__ = ["Runner", "track", "untrack"]
 
 
 class Runner(Protocol):
@@ -56,15 +54,17 @@ def track(store: SharedStore) -> None:
     _STORES.add(store)
 
 
+def untrack(store: SharedStore) -> None:
+    """``store`` is closed: nothing to flush at exit."""
+    _STORES.discard(store)
+
+
 def _close_all_at_exit() -> None:
-    """At interpreter exit, flush what each open store holds — briefly: exit must stay prompt."""
+    """At interpreter exit, flush what each open store holds — briefly: exit must stay prompt (a store
+    that cannot write in ``exit_timeout`` says how many rows it leaves, see ``SharedStore.close``)."""
     for store in list(_STORES):
         with contextlib.suppress(Exception):
-            store.close(timeout=store.exit_timeout)
-            left = store.health().queued
-            if left:
-                log("warning", "circuitry.store_exit_unflushed", location=store.backend.location, rows=left,
-                    note=f"not written within exit_timeout={store.exit_timeout} s")
+            store._close(store.exit_timeout, "exit")
 
 
 class _Anchor:

@@ -281,8 +281,8 @@ class PostgresStore(SharedStore):
         self.backend.after_fork_in_child()
         super()._after_fork_in_child()
 
-    def close(self, timeout: float = 5.0) -> None:
-        super().close(timeout)
+    def _close(self, timeout: float, when: str) -> None:
+        super()._close(timeout, when)
         self.backend.close()
 
     @property
