@@ -115,7 +115,7 @@ class Gate:
         if fast == -2:  # open: refuse here while the period runs (an outage is when calls come fastest)
             now = self._now()
             until = self._open_until
-            if now < until and not self._listening():
+            if now < until and (self._listen is None or not self._listening()):
                 next(self._n_rej)
                 raise self._refusal(self.name, "open", self._opened_at, until - now)
         return self._enter_slow()
@@ -147,7 +147,8 @@ class Gate:
             # The counter is read before the generation: a transition bumps the generation first and
             # then replaces the counter, so a completion racing it lands in the discarded counter.
             consec = self._consec
-            if isinstance(exc, self._fail_types) and token == self._gen and not self._listening():
+            if isinstance(exc, self._fail_types) and token == self._gen and (
+                    self._listen is None or not self._listening()):
                 next(self._n_fail)
                 flog = self._flog
                 if flog is not None and len(flog) != flog.maxlen:  # a full log takes no more: no eviction here

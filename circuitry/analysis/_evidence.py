@@ -21,6 +21,10 @@ Sustained rise (:func:`rise`)
     rise counts only if both are significant: failures per call and per minute must both go up, so a
     time-homogeneous failure process under falling traffic (more failures per call, not per minute) is
     not a rise, nor is traffic growth at a constant failure probability.
+
+(Over 500 lines: each statistic above is a few short functions with its reference; they share the
+same bucket arrays and null-distribution helpers, and the labels in :mod:`~circuitry.analysis.patterns`
+read them all.)
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@
     alert never suppresses a higher one: a flapping circuit gets its critical ``flapping`` alert even while
     its ``circuit_opened`` repeats are being counted.
 
+(About 600 lines, most of them documentation: the alert types, the policy and the one engine that
+deduplicates them belong together; delivery is in :mod:`circuitry.runners.delivery`.)
+
 .. versionadded:: 0.1.0
 """
 

@@ -24,6 +24,9 @@ The pattern decides what is replayed and how the advice reads, not the advice it
 Candidates: thresholds 1-20, open periods of 5 s to 10 min, fixed or doubling after each failed probe
 (backoff, capped at ten times the open period), searched one setting at a time from the current ones.
 
+(Over 500 lines: most of it is one function, :func:`recommend`, whose pricing rules share the
+replayed costs it caches; the cost model itself is in :mod:`circuitry.analysis.replay`.)
+
 .. versionadded:: 0.1.0
 """
 

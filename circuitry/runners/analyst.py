@@ -14,7 +14,6 @@ database, so several workers watching one flapping circuit raise one alert betwe
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ from circuitry.exceptions import StoreError
 from circuitry.instrumentation.logging import log as _log
 from circuitry.runners.delivery import CallbackDeliverer
 from circuitry.store.engine import SharedStore
-from circuitry.store.readmodel import ReadModel
+from circuitry.store.readmodel import ReadModel, json_object
 from circuitry.store.records import Records
 
 __all__ = ["ADJUSTMENT_EVENT", "ON_OPEN_SPACING", "Analyst", "analyse_stored", "apply", "settings_of"]
@@ -49,13 +48,11 @@ ROLLUP_SPAN = 86_400.0
 ADJUSTMENT_EVENT = "adjustment"
 
 
-def _reason(data: Any) -> str:
-    if isinstance(data, str):
-        try:
-            data = json.loads(data)
-        except ValueError:
-            return ""
-    return str(data.get("reason") or "") if isinstance(data, dict) else ""
+def _rollups(read: ReadModel, name: str, since: float, until: float) -> list[MinuteRollup]:
+    return [MinuteRollup(int(m["minute"]), int(m["calls"] or 0), int(m["successes"] or 0),
+                         min(int(m["failures"] or 0), int(m["calls"] or 0)), int(m["rejections"] or 0),
+                         int(m["ignored"] or 0), int(m["cancelled"] or 0))
+            for m in read.metrics(name, since, until)]
 
 
 def analyse_stored(read: ReadModel, name: str, *, now: float, window: float, settings: Settings,
@@ -70,12 +67,9 @@ def analyse_stored(read: ReadModel, name: str, *, now: float, window: float, set
     since = now - max(window, replay)
     series = Series.from_rows(read.series(name, since, now), start=since, end=now)
     transitions = [Transition(float(r["ts"]), r["from_state"] or "closed", r["to_state"] or "closed",
-                              _reason(r["additional_data"]))
+                              str(json_object(r["additional_data"]).get("reason") or ""))
                    for r in read.transitions(name, since - 3600.0, now)]
-    history = [MinuteRollup(int(m["minute"]), int(m["calls"] or 0), int(m["successes"] or 0),
-                            min(int(m["failures"] or 0), int(m["calls"] or 0)), int(m["rejections"] or 0),
-                            int(m["ignored"] or 0), int(m["cancelled"] or 0))
-               for m in read.metrics(name, now - ROLLUP_SPAN, now)]
+    history = _rollups(read, name, now - ROLLUP_SPAN, now)
     return analyse(series, now=now, current_threshold=settings.threshold, current_timeout=settings.timeout,
                    current_backoff=settings.backoff, current_max_timeout=settings.max_timeout, window=window,
                    transitions=transitions, history=history, horizon=horizon)
@@ -327,7 +321,7 @@ class Analyst:
         d = decide(current, analysis.recommendation, now=now, history=history, recent=recent, policy=p)
         if d.action == "hold":
             return d
-        before = measure_cost(self._rollups(name, now - p.evaluation, now))
+        before = measure_cost(_rollups(self.store.read, name, now - p.evaluation, now))
         data = {"action": d.action, "reason": d.reason, "before": _plain_settings(current),
                 "after": _plain_settings(d.settings), "evidence": d.evidence,
                 "cost_before": {"seconds": before.seconds, "calls": before.calls, "cost": before.cost}}
@@ -341,14 +335,8 @@ class Analyst:
     def _rows_of(self, name: str, since: float, now: float) -> list[dict[str, Any]]:
         rows = self.store.read.events(name, since, now, event_type=ADJUSTMENT_EVENT, limit=1000)
         for r in rows:
-            data = r["additional_data"]
-            r["data"] = json.loads(data) if isinstance(data, str) else (data if isinstance(data, dict) else {})
+            r["data"] = json_object(r["additional_data"])
         return rows
-
-    def _rollups(self, name: str, since: float, until: float) -> list[MinuteRollup]:
-        return [MinuteRollup(int(m["minute"]), int(m["calls"] or 0), int(m["successes"] or 0),
-                             min(int(m["failures"] or 0), int(m["calls"] or 0)), int(m["rejections"] or 0))
-                for m in self.store.read.metrics(name, since, until)]
 
     def _adjustments(self, name: str, now: float) -> list[Adjustment]:
         """The circuit's earlier changes (any process's), with their measured costs."""
@@ -360,10 +348,14 @@ class Analyst:
             if before is None or after is None or d.get("action") not in ("adjust", "rollback"):
                 continue
             cb = d.get("cost_before")
-            cost_before = (MeasuredCost(float(cb["seconds"]), int(cb["calls"]), float(cb["cost"]))
-                           if isinstance(cb, dict) else None)
+            try:
+                cost_before: MeasuredCost | None = MeasuredCost(float(cb["seconds"]), int(cb["calls"]),
+                                                                float(cb["cost"]))
+            except (TypeError, KeyError, ValueError):  # not measured, or a row not of ours
+                cost_before = None
             at = float(r["ts"])
-            cost_after = measure_cost(self._rollups(name, at + 60.0, now)) if d["action"] == "adjust" else None
+            cost_after = (measure_cost(_rollups(self.store.read, name, at + 60.0, now)) if d["action"] == "adjust"
+                          else None)
             out.append(Adjustment(at, d["action"], before, after, cost_before, cost_after))
         return out
 
@@ -376,13 +368,7 @@ class Analyst:
                 and float(r["ts"]) >= now - (want + 1.5) * self.interval]
         out = []
         for r in reversed(rows[:want]):
-            ev = r.get("evidence")
-            if isinstance(ev, str):
-                try:
-                    ev = json.loads(ev)
-                except ValueError:
-                    ev = None
-            rec = _recommendation_of(ev.get("recommendation") if isinstance(ev, dict) else None, current)
+            rec = _recommendation_of(json_object(r.get("evidence")).get("recommendation"), current)
             if rec is not None:
                 out.append(rec)
         return out

@@ -44,8 +44,9 @@ def open_seconds(transitions: Sequence[tuple[float, str | None, str]], since: fl
     return total
 
 
-def _evidence(text: Any) -> dict[str, Any]:
-    """A pattern row's evidence as a dict (``{}`` if it is missing or not ours)."""
+def json_object(text: Any) -> dict[str, Any]:
+    """A JSON column (a pattern's ``evidence``, an event's ``additional_data``) as a dict: ``{}`` if it is
+    missing, damaged or not an object."""
     if isinstance(text, dict):
         return text
     try:
@@ -150,7 +151,7 @@ class ReadModel(Reader):
                 "worst_alert": min(sev, key=lambda s: SEVERITY_RANK.get(s, 9)) if sev else None,
                 "pattern": ({"type": pat[1], "confidence": pat[2], "suggested_threshold": pat[3],
                              "suggested_timeout": pat[4], "ts": pat[5],
-                             "prediction": _evidence(pat[6]).get("prediction")} if pat else None),
+                             "prediction": json_object(pat[6]).get("prediction")} if pat else None),
             })
         return out
 
@@ -384,14 +385,9 @@ class ReadModel(Reader):
             params = (since, until)
         out = []
         for rid, name, ts, frm, to, data in self._rows(sql + " ORDER BY ts, id", params):
-            reason = None
-            if data:
-                try:
-                    parsed = json.loads(data)
-                except ValueError:
-                    parsed = None
-                if isinstance(parsed, dict) and isinstance(parsed.get("reason"), str):
-                    reason = parsed["reason"]
+            reason = json_object(data).get("reason")
+            if not isinstance(reason, str):
+                reason = None
             out.append({"id": rid, "service_name": name, "ts": ts, "from_state": frm, "to_state": to,
                         "reason": reason})
         return out
