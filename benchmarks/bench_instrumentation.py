@@ -14,12 +14,15 @@ Configurations (each a separate registry, every cell of ``bench_core`` for it):
   ``CollectorRegistry`` and ``OtelMetrics`` on an SDK ``MeterProvider`` — metrics installed, not scraped.
 - ``tracing``: ``idle`` plus ``TracingHook`` (rejections, failures, transitions) with no span current —
   as for a request that was sampled out, or when no SDK is set up.
-- ``tracing+span`` (second phase): the same registry while a recording SDK span is current, so every
+- ``tracing (sampled out)`` (second phase): the same while a non-recording span is current, as a
+  sampler leaves a request it drops.
+- ``tracing+span`` (third phase): the same registry while a recording SDK span is current, so every
   refusal and counted failure adds a span event.
 
-The first phase times the peers, ``none``, ``idle`` and ``tracing``; the second attaches a recording
-span as the current context (peers are unaffected: they have no tracing) and times the peers, ``none``
-and ``tracing+span``. Ratios are circuitry's overhead over the fastest peer's, as in ``bench_core``.
+The first phase times the peers, ``none``, ``idle`` and ``tracing``; the second attaches a sampled-out
+span and the third a recording span as the current context (peers are unaffected: they have no
+tracing), each timing the peers, ``none`` and the tracing registry. Ratios are circuitry's overhead
+over the fastest peer's, as in ``bench_core``.
 """
 
 from __future__ import annotations
@@ -112,19 +115,30 @@ def main(argv: list[str] | None = None) -> int:
              *[f"- {m}" for m in bc.machine()], "", "Phase 1, no span current:", "",
              *table(cells, list(first))]
 
+    sampled_out = trace.NonRecordingSpan(trace.SpanContext(0x1F, 0x2F, is_remote=True))  # as a sampler leaves it
+    token = otel_context.attach(trace.set_span_in_context(sampled_out))
+    try:
+        second = {"none": Registry(hooks=[]), "tracing (sampled out)": instrumented(tracing=True)}
+        cells = build(loop, second)
+        print("phase 2: a sampled-out span current", file=sys.stderr)
+        bc.run_all(cells, repeats, n_base, loop)
+    finally:
+        otel_context.detach(token)
+    lines += ["", "Phase 2, a sampled-out (non-recording) span current:", "", *table(cells, list(second))]
+
     provider = TracerProvider()  # no processor: spans record (ALWAYS_ON) and are never exported
     span = provider.get_tracer("bench").start_span("request")
     token = otel_context.attach(trace.set_span_in_context(span))
     try:
-        second = {"none": Registry(hooks=[]), "tracing+span": instrumented(tracing=True)}
-        cells = build(loop, second)
-        print("phase 2: a recording span current", file=sys.stderr)
+        third = {"none": Registry(hooks=[]), "tracing+span": instrumented(tracing=True)}
+        cells = build(loop, third)
+        print("phase 3: a recording span current", file=sys.stderr)
         bc.run_all(cells, repeats, n_base, loop)
     finally:
         otel_context.detach(token)
         span.end()
-    lines += ["", "Phase 2, a recording span current (each refusal/failure adds a span event):", "",
-              *table(cells, list(second)),
+    lines += ["", "Phase 3, a recording span current (each refusal/failure adds a span event):", "",
+              *table(cells, list(third)),
               "", f"{repeats} repeats, N = {n_base:,}, {time.perf_counter() - t0:.0f} s; minimum over the repeats."]
     bad = [f"{c.lib}:{c.path}" for c in cells if c.check is not None and not c.check()]
     if bad:

@@ -49,7 +49,8 @@ typedef struct {
     PyObject *flog;        /* a deque each failure counted here is appended to, or None */
     PyObject *flog_append; /* its bound append method (looked up once, when set), or NULL */
     Py_ssize_t flog_cap;   /* the log's maxlen: a full log takes no more (no eviction on the caller's thread) */
-    PyObject *listen;      /* None, or a callable: true while a hook wants this call's refusal/failure event */
+    PyObject *listen;      /* None, or a callable: true while a hook wants this call's refusal/failure event
+                              (a ContextListening, a 4-tuple, is answered without calling it) */
     double open_until;     /* the open period's end, on the `now` clock */
     Py_ssize_t gen;        /* the generation: bumped by every transition */
     Py_ssize_t fast;       /* gen: admit and count with no lock; -2: refuse while open; -1: the slow path */
@@ -142,7 +143,44 @@ gate_listening(Gate *self)
         return 0;
     }
     Py_INCREF(listen);  /* the call may run Python code that replaces it */
-    PyObject *r = PyObject_CallNoArgs(listen);
+    PyObject *r;
+    if (PyTuple_Check(listen) && PyTuple_GET_SIZE(listen) == 4) {
+        /* a circuitry.events.ContextListening (var, key, quiet, method), answered here while the
+           variable holds a dict: no Python frame when nothing (or a quiet object) is stored under key */
+        PyObject *ctx = NULL;
+        if (PyContextVar_Get(PyTuple_GET_ITEM(listen, 0), NULL, &ctx) < 0) {
+            Py_DECREF(listen);
+            PyErr_Clear();
+            return 1;
+        }
+        if (ctx == NULL) {
+            Py_DECREF(listen);
+            return 0;
+        }
+        if (!PyDict_Check(ctx)) {  /* another mapping: its own get(), through the Python twin */
+            Py_DECREF(ctx);
+            r = PyObject_CallNoArgs(listen);
+        }
+        else {
+            PyObject *obj = PyDict_GetItemWithError(ctx, PyTuple_GET_ITEM(listen, 1));
+            Py_XINCREF(obj);
+            Py_DECREF(ctx);
+            if (obj == NULL || obj == Py_None || (PyObject *)Py_TYPE(obj) == PyTuple_GET_ITEM(listen, 2)) {
+                Py_XDECREF(obj);
+                Py_DECREF(listen);
+                if (PyErr_Occurred()) {
+                    PyErr_Clear();
+                    return 1;
+                }
+                return 0;
+            }
+            r = PyObject_CallMethodNoArgs(obj, PyTuple_GET_ITEM(listen, 3));
+            Py_DECREF(obj);
+        }
+    }
+    else {
+        r = PyObject_CallNoArgs(listen);
+    }
     Py_DECREF(listen);
     if (r == NULL) {
         PyErr_Clear();

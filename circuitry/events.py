@@ -9,7 +9,10 @@ set of :class:`EventKind`) to receive only those kinds; a breaker builds no even
 so a hook that only wants transitions costs nothing on failures and rejections. A hook may also carry
 ``listening``: a callable that says whether it wants refusal and failure events *now* (a tracing hook:
 whether the current span records). While every refusal and failure hook has one, a breaker keeps its
-inline paths and builds those events only for calls during which one of them says yes. Hooks run *after*
+inline paths and builds those events only for calls during which one of them says yes. A check of the
+form "is the object stored under this key of this context variable recording?" is best given as a
+:class:`ContextListening`: the C accelerator answers it without running Python code, so a tracing
+hook costs a refusal or a failure almost nothing while no span records. Hooks run *after*
 the breaker's lock is released, in the thread of the call that caused the event, and a hook that
 raises is logged and otherwise ignored: it never changes a call's outcome.
 """
@@ -20,12 +23,13 @@ import enum
 import inspect
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from circuitry._state import CircuitState
 
-__all__ = ["Event", "EventKind", "Hook"]  # StructlogHook: see __getattr__ below
+__all__ = ["ContextListening", "Event", "EventKind", "Hook"]  # StructlogHook: see __getattr__ below
 
 
 class EventKind(enum.Enum):
@@ -109,6 +113,35 @@ class Hook(Protocol):
     ``listening``: a callable, true while it wants refusal and failure events (see the module docstring)."""
 
     def __call__(self, event: Event) -> None: ...
+
+
+class ContextListening(NamedTuple):
+    """A hook's ``listening`` check read from a context variable: true while ``var``'s current value
+    (a mapping) holds an object under ``key`` that is not ``None``, not exactly of type ``quiet``, and
+    whose method ``method`` returns true.
+
+    OpenTelemetry keeps the current span in such a mapping (a recording span answers
+    ``is_recording()`` with true; a sampled-out span is a ``NonRecordingSpan``), which is what
+    :class:`~circuitry.instrumentation.otel.TracingHook` uses. Being a tuple, the C accelerator reads it
+    without calling it: a refusal or a failure while nothing records costs two lookups, no Python frame.
+
+    .. versionadded:: 0.1.0
+    """
+
+    var: ContextVar[Mapping[str, object]]
+    key: str
+    quiet: type | None = None
+    method: str = "is_recording"
+
+    def __call__(self) -> bool:
+        try:
+            current = self.var.get()
+        except LookupError:
+            return False
+        obj = current.get(self.key)
+        if obj is None or type(obj) is self.quiet:
+            return False
+        return bool(getattr(obj, self.method)())
 
 
 _ALL_KINDS = frozenset(EventKind)

@@ -256,3 +256,34 @@ def test_remote_transitions_are_counted_with_their_reason(reg: Registry, clock: 
     assert points(reader)["circuitry.transitions"] == {
         key(circuit="payments", from_state="closed", to_state="forced_open", reason="restored"): 1}
     inst.close()
+
+
+def test_the_listening_check_agrees_with_the_public_api(tracer: trace.Tracer) -> None:
+    from circuitry.events import ContextListening
+
+    check = otel.TracingHook().listening
+    assert isinstance(check, ContextListening)  # this OpenTelemetry keeps its context where we read it
+
+    def agree() -> bool:
+        answer = trace.get_current_span().is_recording()
+        assert check() == answer
+        return answer
+
+    assert not agree()  # no span
+    with TracerProvider(sampler=ALWAYS_OFF).get_tracer("t").start_as_current_span("out"):
+        assert not agree()  # sampled out
+    with tracer.start_as_current_span("in") as span:
+        assert agree()
+        span.end()
+        assert not agree()  # ended, still current
+
+
+def test_an_ended_span_gets_no_event(reg: Registry, tracer: trace.Tracer, exporter: InMemorySpanExporter,
+                                    tracing: otel.OtelInstrumentation) -> None:
+    b = reg.get("ended", failure_threshold=1)
+    with tracer.start_as_current_span("request") as span:
+        span.end()
+        b.record_failure(b.admit(), Boom())
+        with pytest.raises(CircuitOpenError):
+            b.admit()
+    assert [e.name for e in only_span(exporter).events] == []

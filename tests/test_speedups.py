@@ -541,6 +541,70 @@ def test_a_listening_check_that_raises_delivers_the_events() -> None:
     assert [e.kind.value for e in hook.events] == ["failure", "rejection"]
 
 
+class _Quiet:
+    def is_recording(self) -> bool:
+        raise AssertionError("a quiet object is never asked")
+
+
+class _Span:
+    def __init__(self, on: bool, fail: bool = False) -> None:
+        self.on, self.fail, self.asked = on, fail, 0
+
+    def is_recording(self) -> bool:
+        self.asked += 1
+        if self.fail:
+            raise RuntimeError("the span could not say")
+        return self.on
+
+
+class _ContextHook:
+    """A refusal and failure hook whose ``listening`` is a ContextListening over ``var``."""
+
+    def __init__(self, var: contextvars.ContextVar[Any]) -> None:
+        from circuitry import EventKind
+        from circuitry.events import ContextListening
+
+        self.kinds = frozenset({EventKind.REJECTION, EventKind.FAILURE})
+        self.listening = ContextListening(var, "span", _Quiet)
+        self.events: list[Any] = []
+
+    def __call__(self, event: Any) -> None:
+        self.events.append(event.kind.value)
+
+
+@pytest.mark.parametrize("mapping", [dict, lambda d: __import__("types").MappingProxyType(d)],
+                         ids=["dict", "other-mapping"])
+def test_a_context_listening_check_is_answered_from_the_context_variable(mapping: Any) -> None:
+    var: contextvars.ContextVar[Any] = contextvars.ContextVar("ctx")  # no default: unset is "not listening"
+    reg = Registry(clock=FakeClock(), hooks=[])
+    hook = _ContextHook(var)
+    reg.add_hook(hook)
+    b = reg.get("ctx-listening", failure_threshold=2, recovery_timeout=60)
+    assert b._listen is hook.listening and b._fail_types != ()
+    face = circuit("ctx-listening", registry=reg)
+
+    def fail_once() -> None:
+        with pytest.raises(Boom), face:
+            raise Boom
+
+    fail_once()  # unset
+    var.set(mapping({}))
+    fail_once()  # trips, nothing stored under the key
+    for value in (None, _Quiet()):
+        var.set(mapping({"span": value}))
+        with pytest.raises(CircuitOpenError), face:
+            pass
+    assert hook.events == []
+    off, on, broken = _Span(False), _Span(True), _Span(True, fail=True)
+    for span in (off, on, broken):
+        var.set(mapping({"span": span}))
+        with pytest.raises(CircuitOpenError), face:
+            pass
+    assert (off.asked, on.asked, broken.asked) == (1, 1, 1)
+    assert hook.events == ["rejection", "rejection"]  # the recording span, and the check that raised
+    assert b.stats().rejected == 5 and b.stats().failures == 2
+
+
 def test_a_hook_without_listening_still_gets_every_refusal_and_failure() -> None:
     from circuitry import EventKind
 

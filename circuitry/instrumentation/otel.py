@@ -39,11 +39,13 @@ Each carries ``circuitry.circuit``. With several worker processes each reports i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import functools
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 
 from circuitry._meta import version
-from circuitry.events import Event, EventKind
+from circuitry.events import ContextListening, Event, EventKind
 from circuitry.instrumentation.sources import RegistrySource, Source
 
 if TYPE_CHECKING:
@@ -82,7 +84,7 @@ class TracingHook:
     .. versionadded:: 0.1.0
     """
 
-    __slots__ = ("_registry", "_span", "kinds", "set_status")
+    __slots__ = ("_registry", "_span", "kinds", "listening", "set_status")
 
     def __init__(self, kinds: Iterable[EventKind] = _ALL, *, set_status: bool = True,
                  registry: Registry | None = None) -> None:
@@ -93,16 +95,14 @@ class TracingHook:
         self.set_status = set_status
         self._registry = registry
         self._span = get_current_span
-
-    def listening(self) -> bool:
-        """Whether the current span records: only then does a refusal or a counted failure build an
-        event (a breaker asks before it leaves its inline path for one)."""
-        return bool(self._span().is_recording())
+        #: Whether the current span records: only then does a refusal or a counted failure build an
+        #: event (a breaker asks before it leaves its inline path for one).
+        self.listening: Callable[[], bool] = _span_listening()
 
     def __call__(self, event: Event) -> None:
-        span = self._span()
-        if not span.is_recording():  # no SDK, or sampled out: the cheap, common case
+        if not self.listening():  # no SDK, or sampled out: the cheap, common case
             return
+        span = self._span()
         attrs: dict[str, Any] = {"circuitry.circuit": event.circuit, "circuitry.state": event.to_state.value,
                                  "circuitry.generation": event.generation}
         if event.reason is not None:
@@ -154,6 +154,38 @@ class TracingHook:
 
     def __repr__(self) -> str:
         return f"TracingHook(kinds={sorted(k.value for k in self.kinds)})"
+
+
+@functools.cache
+def _span_listening() -> Callable[[], bool]:
+    """"Does the current span record?" as a :class:`~circuitry.events.ContextListening` over the
+    OpenTelemetry context variable, which the C accelerator answers without a Python call; the public
+    API where this OpenTelemetry keeps its context elsewhere (another runtime context, a changed key),
+    which a check against the public API at first use detects."""
+    from opentelemetry import context, trace
+    from opentelemetry.trace import NonRecordingSpan, get_current_span
+
+    def public() -> bool:
+        return bool(get_current_span().is_recording())
+
+    var = getattr(getattr(context, "_RUNTIME_CONTEXT", None), "_current_context", None)
+    key = getattr(getattr(trace, "propagation", None), "_SPAN_KEY", None)
+    if not isinstance(var, ContextVar) or not isinstance(key, str):
+        return public
+    check = ContextListening(var, key, NonRecordingSpan)
+
+    class _Recording(NonRecordingSpan):
+        def is_recording(self) -> bool:
+            return True
+
+    agree = check() == public()
+    for span in (_Recording(trace.INVALID_SPAN_CONTEXT), NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)):
+        token = context.attach(trace.set_span_in_context(span))
+        try:
+            agree = agree and check() == public() == span.is_recording()
+        finally:
+            context.detach(token)
+    return check if agree else public
 
 
 def _ns(at: float) -> int:
