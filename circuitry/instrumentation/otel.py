@@ -42,7 +42,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from circuitry._meta import version
 from circuitry.events import ContextListening, Event, EventKind
@@ -185,7 +185,8 @@ def _span_listening() -> Callable[[], bool]:
             agree = agree and check() == public() == span.is_recording()
         finally:
             context.detach(token)
-    return check if agree else public
+    # (mypy does not see a NamedTuple's __call__ as making it callable)
+    return cast("Callable[[], bool]", check) if agree else public
 
 
 def _ns(at: float) -> int:
