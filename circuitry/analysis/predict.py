@@ -6,7 +6,8 @@ breaker's settings and its transitions, and returns a :class:`Prediction`:
 * ``open_probability`` -- the probability that the circuit trips (closed -> open) within ``horizon``
   seconds. Its raw form is a simulation: the breaker, in its current state, replayed over futures drawn
   from the recent past (blocks of 30 s resampled from the last window, recent ones more often -- from
-  after the change point if the failure rate is escalating), in batches until enough futures trip and
+  after the change point if the failure rate is escalating; for a breaker closed now, from the seconds
+  it let calls through, the stretches it refused taken out), in batches until enough futures trip and
   enough do not. A logistic calibration maps that raw probability, the trips of the last 40 minutes
   (per 5-minute slot, recent ones weighted most) and whether the breaker is open now to a calibrated
   one; the constants are fitted by ``benchmarks/patterns/predict_bench.py``, never by hand.
