@@ -12,7 +12,7 @@ from circuitry.analysis.alerts import ALERT_TYPES, SEVERITY_OF, AlertEngine, Ale
 from circuitry.analysis.engine import analyse
 from circuitry.analysis.history import MinuteRollup
 from circuitry.analysis.patterns import classify_series
-from circuitry.analysis.predict import open_features, predict
+from circuitry.analysis.predict import _closed_rows, open_features, predict
 from circuitry.analysis.replay import Settings, Transition
 from circuitry.analysis.series import Series, bucketize
 from circuitry.exceptions import ConfigurationError
@@ -77,6 +77,33 @@ def test_an_open_breaker_is_simulated_from_its_open_state() -> None:
     closed = predict(s, settings=DEFAULTS)
     opened = predict(s, settings=DEFAULTS, transitions=[Transition(899.0, "closed", "open")])
     assert opened.raw_open_probability <= closed.raw_open_probability + 0.05  # it must close before it trips
+
+
+def chance_trip(p: float) -> tuple[Series, list[Transition]]:
+    """A service failing at random (``p``, 10 calls/s) whose breaker tripped once by chance at 400 s and
+    closed at its first probe 60 s later: the calls of that minute were refused, so the store has none."""
+    rng = random.Random(3)
+    calls = [(400.2 + 0.05 * i, True) for i in range(5)] + [(460.5, False)]
+    t = 0.0
+    while (t := t + rng.expovariate(10.0)) < 900.0:
+        if not 400.5 <= t < 460.5:
+            calls.append((t, rng.random() < p))
+    trans = [Transition(400.4, "closed", "open"), Transition(460.5, "open", "half_open"),
+             Transition(460.5, "half_open", "closed")]
+    return bucketize(calls, start=0.0, end=900.0), trans
+
+
+def test_a_chance_trip_does_not_make_a_failing_minute_up() -> None:
+    # The refused minute is taken out of a closed breaker's futures, not filled in as failing (which gave
+    # a raw probability of 0.33-0.38 here): the trip stays one chance run of failures among the rest.
+    s, trans = chance_trip(0.02)
+    rows = _closed_rows(s, trans)
+    assert len(rows) == 900 - 59  # the seconds strictly between the trip's and the probe's
+    assert sum(x for _, x in rows) == sum(s.failures) and sum(n for n, _ in rows) == sum(s.calls)
+    for seed in range(3):
+        raw = predict(s, settings=DEFAULTS, transitions=trans, seed=seed).raw_open_probability
+        assert raw < 0.2
+        assert raw < predict(s, settings=DEFAULTS, seed=seed).raw_open_probability + 0.1
 
 
 def test_prediction_is_deterministic_and_validates() -> None:

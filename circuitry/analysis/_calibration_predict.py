@@ -10,5 +10,5 @@ from __future__ import annotations
 
 from typing import Final
 
-PREDICT_OPEN: Final[tuple[float, ...]] = (-1.8724, 0.4030, 1.2195, 0.5954)
+PREDICT_OPEN: Final[tuple[float, ...]] = (-1.5272, 0.5288, 1.4831, 0.0543)
 PREDICT_INTERVAL: Final = 1.90

@@ -6,7 +6,8 @@ breaker's settings and its transitions, and returns a :class:`Prediction`:
 * ``open_probability`` -- the probability that the circuit trips (closed -> open) within ``horizon``
   seconds. Its raw form is a simulation: the breaker, in its current state, replayed over futures drawn
   from the recent past (blocks of 30 s resampled from the last window, recent ones more often -- from
-  after the change point if the failure rate is escalating), in batches until enough futures trip and
+  after the change point if the failure rate is escalating; for a breaker closed now, from the seconds
+  it let calls through, the stretches it refused taken out), in batches until enough futures trip and
   enough do not. A logistic calibration maps that raw probability, the trips of the last 40 minutes
   (per 5-minute slot, recent ones weighted most) and whether the breaker is open now to a calibrated
   one; the constants are fitted by ``benchmarks/patterns/predict_bench.py``, never by hand.
@@ -30,7 +31,7 @@ from typing import Any, Final
 from circuitry.analysis import _calibration_predict as _calibration
 from circuitry.analysis._stats import clamp, logistic
 from circuitry.analysis.patterns import PatternResult
-from circuitry.analysis.replay import Settings, Transition, _Sim, impute
+from circuitry.analysis.replay import Settings, Transition, _open_periods, _Sim, impute
 from circuitry.analysis.series import Series
 from circuitry.exceptions import ConfigurationError
 
@@ -44,7 +45,8 @@ _MAX_RUNS: Final = 300  # simulated futures for a trip at most
 _ENOUGH: Final = 25  # ... in batches, until this many futures trip and this many do not
 _SLOTS: Final = 8  # the trip history: 5-minute slots before the end (40 minutes) ...
 _SLOT_WEIGHT: Final = 0.5  # ... averaged with this weight (an EWMA, newest slot weighted most)
-_RECENT: Final = 300.0  # the "recent" failure share: the last five minutes
+_RECENT: Final = 300.0  # the "recent" failure share: the last five minutes (and its futures' recency)
+_TRIP_RECENT: Final = 900.0  # the trip futures' recency: blocks weighted exp(-age / 15 min) (chosen on dev)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,18 +108,33 @@ def _rows(source: Series) -> list[tuple[int, int]]:
     return rows
 
 
-def _futures(source: Series, horizon: float, runs: int, rng: random.Random) -> tuple[list[tuple[int, int]],
-                                                                                    list[list[int]], int, int]:
-    """``runs`` futures of ``horizon`` seconds: 30 s blocks of ``source`` drawn with replacement, recent
-    blocks more often (weight ``exp(-age / 5 min)``). Returns the per-bucket rows, each future as its
-    blocks' first rows, the rows per block and the rows per future (the last block is cut short)."""
+def _closed_rows(source: Series, transitions: Sequence[Transition]) -> list[tuple[int, int]]:
+    """``source``'s rows with the seconds its breaker refused taken out (the rest closed up, in order).
+
+    What a closed breaker would meet: those seconds hold no calls but the probes, and filling them in
+    (:func:`~circuitry.analysis.replay.impute`) takes the service to be failing through every open period
+    -- right for an outage, but after a chance trip of a service failing at random it makes a minute of
+    failures up. The second of each trip and of each close (the successful probe and the calls after
+    it) stay."""
     w = source.width
     rows = _rows(source)
+    refused: set[int] = set()
+    for a, b, _ in _open_periods(transitions, source.start, source.end):
+        refused.update(range(int((a - source.start) // w) + 1, int((b - source.start) // w)))
+    return [r for j, r in enumerate(rows) if j not in refused] if refused else rows
+
+
+def _futures(rows: list[tuple[int, int]], w: float, horizon: float, runs: int, rng: random.Random,
+             recent: float) -> tuple[list[tuple[int, int]], list[list[int]], int, int]:
+    """``runs`` futures of ``horizon`` seconds: 30 s blocks of ``rows`` (one per bucket of width ``w``)
+    drawn with replacement, recent blocks more often (weight ``exp(-age / recent)``). Returns the rows,
+    each future as its blocks' first rows, the rows per block and the rows per future (the last block is
+    cut short)."""
     seconds = len(rows)
     block = min(seconds, max(1, int(_BLOCK // w)))
     steps = max(1, math.ceil(horizon / w))
     starts = list(range(max(1, seconds - block + 1)))
-    cum = list(accumulate(math.exp(-(seconds - b0) * w / _RECENT) for b0 in starts))
+    cum = list(accumulate(math.exp(-(seconds - b0) * w / recent) for b0 in starts))
     total = cum[-1]
     hi = len(starts) - 1
     per_future = math.ceil(steps / block)
@@ -196,9 +213,17 @@ def predict(
             source = source.window(cut, series.end)
             observed = series.window(cut, series.end)
     rng = random.Random(seed)
-    share_rows, share_futures, share_block, share_steps = _futures(observed, horizon, _RUNS, rng)
-    refusing, opened_at = _state_at_end(transitions, series.end)
     w = series.width
+    share_rows, share_futures, share_block, share_steps = _futures(_rows(observed), w, horizon, _RUNS, rng,
+                                                                   _RECENT)
+    refusing, opened_at = _state_at_end(transitions, series.end)
+    # A closed breaker's futures: the seconds it let calls through, refused stretches taken out (the
+    # imputed ones are kept for a breaker open now: whether its probe succeeds is what they guess at).
+    trip_rows = _rows(source)
+    if not refusing and transitions:
+        closed = _closed_rows(observed, transitions)
+        if len(closed) * w >= 2 * _BLOCK:
+            trip_rows = closed
 
     def simulate(rows: list[tuple[int, int]], futures: list[list[int]], block: int, steps: int,
                  first: int) -> int:
@@ -244,7 +269,7 @@ def predict(
     # probability's noise matters most where it is near 0 or 1, and those futures are cheap to replay.
     opened = runs = 0
     while runs < _MAX_RUNS and min(opened, runs - opened) < _ENOUGH:
-        opened += simulate(*_futures(source, horizon, _RUNS, rng), runs)
+        opened += simulate(*_futures(trip_rows, w, horizon, _RUNS, rng, _TRIP_RECENT), runs)
         runs += _RUNS
     raw = (opened + 0.5) / (runs + 1.0)
     shares: list[float] = []  # futures without a call say nothing of the failure share
