@@ -239,6 +239,22 @@ def test_opening_and_closing_raise_alerts_delivered_to_the_callback(make: Any, c
     assert all(r["id"] == a["id"] for r, a in zip(sorted(rows, key=lambda r: r["id"]), got, strict=True))
 
 
+def test_an_opening_raises_its_alert_although_the_store_closes_at_once(tmp_path: Path, clock: FakeClock,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program that exits just after a circuit opens closes its store before the analyst's thread got
+    the CPU (a busy machine; docs/tutorial.md's ``python app.py`` once lost its alert so): close() raises
+    the alerts on the transitions the thread had not reached. Here the thread never runs at all."""
+    monkeypatch.setattr(Analyst, "start", lambda self: None)
+    store = SQLiteStore(tmp_path / "a.db", clock=clock, poll_interval=0.01, analysis_interval=3600.0)
+    reg = Registry(clock=clock, hooks=[], store=store)
+    b = reg.get("svc", failure_threshold=1)
+    b.record_failure(b.admit(), Boom())
+    store.close(timeout=10)
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        rows = conn.execute("SELECT service_name, alert_type, severity FROM circuit_breaker_alerts").fetchall()
+    assert rows == [("svc", "circuit_opened", "error")]
+
+
 def test_acknowledge_by_id_and_by_service(make: Any, clock: FakeClock) -> None:
     reg, store = make()
     b = reg.get("svc", failure_threshold=1, recovery_timeout=5)
