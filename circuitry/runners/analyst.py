@@ -195,17 +195,8 @@ class Analyst:
     def close(self, timeout: float = 2.0) -> None:
         self._closed = True
         self._wake.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-        if self._transitions and (thread is None or not thread.is_alive()):
-            # Transitions the thread had not reached (a process that exits just after a circuit opens
-            # closes its store before the thread gets the CPU): their alerts, not their analyses.
-            try:
-                self._persist(self._observe_transitions()[0])
-            except Exception as exc:
-                _log("warning", "circuitry.analysis_failed", location=self.store.backend.location,
-                     error_type=type(exc).__qualname__, error_message=str(exc)[:500])
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)  # (it raises the alerts on the transitions it has been told)
         for deliverer, _ in self._callbacks:
             deliverer.close(timeout)
         self.records.close()
@@ -229,7 +220,7 @@ class Analyst:
             self._wake.wait(min(self.interval, 1.0))
             self._wake.clear()
             if self._closed:
-                return
+                break
             try:
                 now = self.store._time()
                 self._alert_transitions(now)
@@ -243,6 +234,15 @@ class Analyst:
                     _log("warning", "circuitry.analysis_failed", location=self.store.backend.location,
                          error_type=type(exc).__qualname__, error_message=str(exc)[:500])
                 self.records.close()
+        # Closing. A program that exits just after a circuit opens closes its store before this thread
+        # got the CPU: the alerts on the transitions told before close() are raised all the same (not
+        # their analyses), here, so close() waits for the database no longer than its timeout.
+        if self._transitions:
+            try:
+                self._persist(self._observe_transitions()[0])
+            except Exception as exc:
+                _log("warning", "circuitry.analysis_failed", location=self.store.backend.location,
+                     error_type=type(exc).__qualname__, error_message=str(exc)[:500])
 
     def _alert_transitions(self, now: float) -> None:
         alerts, opened = self._observe_transitions()
