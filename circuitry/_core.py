@@ -581,12 +581,16 @@ class CircuitBreaker(Gate):
                 self._probe_done(permit, False, exc, hint, events)  # type: ignore[arg-type]
             state = self._state
             gen = self._gen
+        link = self._link
+        if events and link is not None:  # before any hook: the store's writer may run while one does
+            for ev in events:
+                link.transitioned(ev)
         hooks = self._dispatch.failure
         if hooks:
             etype, emsg = describe(exc)
             self._dispatch.emit(hooks, Event(EventKind.FAILURE, self.name, self._wall(), gen, state,
                                              error_type=etype, error_message=emsg))
-        self._emit(events)
+        self._emit(events, local=False)  # the transition hooks, after the failure's
 
     def record_ignored(self, permit: Token) -> None:
         """Report an exception that is neither failure nor success: it changes no count."""
