@@ -581,16 +581,12 @@ class CircuitBreaker(Gate):
                 self._probe_done(permit, False, exc, hint, events)  # type: ignore[arg-type]
             state = self._state
             gen = self._gen
-        link = self._link
-        if events and link is not None:  # before any hook: the store's writer may run while one does
-            for ev in events:
-                link.transitioned(ev)
         hooks = self._dispatch.failure
         if hooks:
             etype, emsg = describe(exc)
             self._dispatch.emit(hooks, Event(EventKind.FAILURE, self.name, self._wall(), gen, state,
                                              error_type=etype, error_message=emsg))
-        self._emit(events, local=False)  # the transition hooks, after the failure's
+        self._emit(events)
 
     def record_ignored(self, permit: Token) -> None:
         """Report an exception that is neither failure nor success: it changes no count."""
@@ -750,7 +746,7 @@ class CircuitBreaker(Gate):
             self._reopens = max(0, reopens)
             self._update_fast()
             gen = self._gen
-        self._emit(events, local=False)
+        self._emit(events)  # (the link is not told: it made the change)
         return gen
 
     # -- internals (lock held) ----------------------------------------------------------------------
@@ -854,18 +850,21 @@ class CircuitBreaker(Gate):
             self._opened_at = None
         self._state = to
         self._update_fast()
-        if self._dispatch.transition or self._link is not None:
+        link = self._link
+        if self._dispatch.transition or link is not None:
             etype, emsg = describe(exc) if exc is not None else (None, None)
-            events.append(Event(EventKind.TRANSITION, self.name, self._wall(), self._gen, to, frm,
-                                reason, etype, emsg, open_for))
+            event = Event(EventKind.TRANSITION, self.name, self._wall(), self._gen, to, frm, reason, etype, emsg,
+                          open_for)
+            events.append(event)
+            if link is not None:
+                # Under the lock, as the store's snapshot() is: its writer never sees the new state
+                # without the transition that explains it (hooks, after the lock, may run long).
+                link.transitioned(event)
 
-    def _emit(self, events: list[Event], local: bool = True) -> None:
+    def _emit(self, events: list[Event]) -> None:
+        """Hand the transitions to the hooks (the store's link has them already, see :meth:`_to`)."""
         if not events:
             return
-        link = self._link
-        if local and link is not None:
-            for ev in events:
-                link.transitioned(ev)
         hooks = self._dispatch.transition
         if hooks:
             for ev in events:

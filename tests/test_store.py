@@ -18,7 +18,16 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from circuitry import CircuitOpenError, CircuitState, Event, EventKind, Registry, SchemaVersionError, circuit
+from circuitry import (
+    CircuitBreaker,
+    CircuitOpenError,
+    CircuitState,
+    Event,
+    EventKind,
+    Registry,
+    SchemaVersionError,
+    circuit,
+)
 from circuitry.store import SQLiteStore
 from circuitry.store.sqlite.schema import LATEST_VERSION, migrate
 from circuitry.testing import FakeClock
@@ -103,6 +112,28 @@ def test_the_writer_running_during_a_failure_hook_keeps_the_transition_and_its_c
                 assert store.flush(10)
 
     reg.add_hook(WriterRunsMeanwhile())
+    b = reg.get("svc", failure_threshold=2)
+    fail(b, 2, ValueError("down"))
+    assert store.flush()
+    events = rows(db, "SELECT event_type, from_state, to_state, error_type, error_message "
+                      "FROM circuit_breaker_events WHERE service_name = 'svc' ORDER BY id")
+    assert events == [("failure", None, "closed", "ValueError", "down")] * 2 + [
+        ("state_change", "closed", "open", "ValueError", "down")]
+
+
+def test_the_writer_running_as_the_breaker_lock_is_released_keeps_the_transition(
+        make: Any, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same with no hook at all: the writer's cycle lands right after the breaker's lock is released
+    (a thread switch), before the breaker emits anything."""
+    reg, store = make()
+    emit = CircuitBreaker._emit
+
+    def writer_first(self: CircuitBreaker, events: list[Event]) -> None:
+        if any(e.to_state is CircuitState.OPEN for e in events):
+            assert store.flush(10)
+        emit(self, events)
+
+    monkeypatch.setattr(CircuitBreaker, "_emit", writer_first)
     b = reg.get("svc", failure_threshold=2)
     fail(b, 2, ValueError("down"))
     assert store.flush()
