@@ -143,6 +143,37 @@ def test_the_writer_running_as_the_breaker_lock_is_released_keeps_the_transition
         ("state_change", "closed", "open", "ValueError", "down")]
 
 
+def test_the_writer_running_before_the_breaker_trips_leaves_the_opening_to_it(
+        make: Any, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The breaker counts the failure that reaches its threshold, then opens (``_trip``); a writer cycle
+    in between sees this process's failures reach the threshold. It leaves the opening to the breaker,
+    whose transition carries the cause (it used to open the circuit as ``shared_failures``, without it)."""
+    reg, store = make()
+    trip = CircuitBreaker._trip
+
+    def writer_first(self: CircuitBreaker, token: int, exc: BaseException) -> None:
+        assert store.flush(10)
+        trip(self, token, exc)
+
+    monkeypatch.setattr(CircuitBreaker, "_trip", writer_first)
+
+    @circuit("svc", registry=reg, failure_threshold=2)
+    def down() -> None:
+        raise ValueError("down")
+
+    reg.get("svc")
+    assert store.flush()  # its row is written: failures from now on are evidence added to the shared count
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            down()
+    assert reg.get("svc").state is CircuitState.OPEN
+    assert store.flush()
+    events = rows(db, "SELECT event_type, from_state, to_state, error_type, error_message "
+                      "FROM circuit_breaker_events WHERE service_name = 'svc' ORDER BY id")
+    assert events == [("failure", None, "closed", "ValueError", "down")] * 2 + [
+        ("state_change", "closed", "open", "ValueError", "down")]
+
+
 def test_successes_and_rejections_roll_up_per_minute(make: Any, db: Path) -> None:
     reg, store = make()
     b = reg.get("svc", failure_threshold=3, on=Boom)

@@ -339,9 +339,11 @@ class Sharing:
                     "AND current_state = 'closed' RETURNING failure_count", (d_fail, last, link.name, link.version))
             if got:
                 link.shared_count = got[0][0]
-            if got and got[0][0] >= b.policy.failure_threshold:
+            if got and got[0][0] >= b.policy.failure_threshold > b.consecutive_failures:
                 # The sum crossed the threshold in this transaction, so exactly one process sees it:
-                # that one opens the circuit, in the same transaction, for everyone.
+                # that one opens the circuit, in the same transaction, for everyone. (Unless this
+                # process's own failures reach it: the breaker, which counted the last one, is opening
+                # the circuit itself, with its cause; the next cycle writes that transition.)
                 open_for = b.next_open_period()
                 opened = conn.execute(
                     "UPDATE circuit_breaker_states SET current_state = 'open', failure_count = 0, "
