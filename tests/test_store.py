@@ -29,6 +29,7 @@ from circuitry import (
     circuit,
 )
 from circuitry.store import SQLiteStore
+from circuitry.store.sharing import Sharing
 from circuitry.store.sqlite.schema import LATEST_VERSION, migrate
 from circuitry.testing import FakeClock
 
@@ -172,6 +173,28 @@ def test_the_writer_running_before_the_breaker_trips_leaves_the_opening_to_it(
                       "FROM circuit_breaker_events WHERE service_name = 'svc' ORDER BY id")
     assert events == [("failure", None, "closed", "ValueError", "down")] * 2 + [
         ("state_change", "closed", "open", "ValueError", "down")]
+
+
+def test_a_transition_made_while_the_writer_inserts_the_row_keeps_its_cause(
+        make: Any, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer inserts a new circuit's row from a snapshot (closed); the breaker opens meanwhile. That
+    transition is written by the next cycle, with its cause (the insert used to drop it from the queue).
+    docs/tutorial.md's ``python app.py`` printed its opening without its error so, on a busy machine."""
+    reg, store = make()
+    b = reg.get("svc", failure_threshold=2)
+    take = Sharing._take
+
+    def breaker_opens_meanwhile(self: Sharing, link: Any, frm: str | None, state: str, generation: int) -> Any:
+        if state == "closed" and b.state is CircuitState.CLOSED:  # inserting the closed row
+            fail(b, 2, ValueError("down"))
+        return take(self, link, frm, state, generation)
+
+    monkeypatch.setattr(Sharing, "_take", breaker_opens_meanwhile)
+    assert store.flush()
+    assert b.state is CircuitState.OPEN
+    events = rows(db, "SELECT event_type, from_state, to_state, error_type, error_message "
+                      "FROM circuit_breaker_events WHERE service_name = 'svc' AND event_type = 'state_change'")
+    assert events == [("state_change", "closed", "open", "ValueError", "down")]
 
 
 def test_successes_and_rejections_roll_up_per_minute(make: Any, db: Path) -> None:
