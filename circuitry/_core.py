@@ -746,7 +746,7 @@ class CircuitBreaker(Gate):
             self._reopens = max(0, reopens)
             self._update_fast()
             gen = self._gen
-        self._emit(events, local=False)
+        self._emit(events)  # (the link is not told: it made the change)
         return gen
 
     # -- internals (lock held) ----------------------------------------------------------------------
@@ -850,18 +850,21 @@ class CircuitBreaker(Gate):
             self._opened_at = None
         self._state = to
         self._update_fast()
-        if self._dispatch.transition or self._link is not None:
+        link = self._link
+        if self._dispatch.transition or link is not None:
             etype, emsg = describe(exc) if exc is not None else (None, None)
-            events.append(Event(EventKind.TRANSITION, self.name, self._wall(), self._gen, to, frm,
-                                reason, etype, emsg, open_for))
+            event = Event(EventKind.TRANSITION, self.name, self._wall(), self._gen, to, frm, reason, etype, emsg,
+                          open_for)
+            events.append(event)
+            if link is not None:
+                # Under the lock, as the store's snapshot() is: its writer never sees the new state
+                # without the transition that explains it (hooks, after the lock, may run long).
+                link.transitioned(event)
 
-    def _emit(self, events: list[Event], local: bool = True) -> None:
+    def _emit(self, events: list[Event]) -> None:
+        """Hand the transitions to the hooks (the store's link has them already, see :meth:`_to`)."""
         if not events:
             return
-        link = self._link
-        if local and link is not None:
-            for ev in events:
-                link.transitioned(ev)
         hooks = self._dispatch.transition
         if hooks:
             for ev in events:

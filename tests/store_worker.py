@@ -146,6 +146,9 @@ def probe_hold(args: dict[str, Any]) -> None:
     store, reg = open_store(args)
     b = reg.get(args["name"], failure_threshold=1, recovery_timeout=args["recovery_timeout"],
                 half_open_max_calls=1, probe_timeout=args["probe_timeout"])
+    if args.get("barrier"):  # started ahead, it asks for a permit only when told to
+        say(ready=True)
+        wait_for_go()
     told_waiting = False
     deadline = time.monotonic() + args["deadline"]
     while time.monotonic() < deadline:
@@ -232,11 +235,11 @@ def report(args: dict[str, Any]) -> None:
     """Take the named breakers from the store (a fresh process's view) and report their state."""
     store, reg = open_store(args)
     out = {}
+    wall = time.time()  # before the reads: the time left that they report is at most the time left now
     for name in args["names"]:
         b = reg.get(name, **args.get("policy", {}))
         s = b.stats()
         out[name] = {"state": s.state.value, "opened_at": s.opened_at, "retry_after": s.retry_after}
-    wall = time.time()
     store.close(timeout=10)
     say(breakers=out, wall=wall)
 

@@ -18,8 +18,18 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from circuitry import CircuitOpenError, CircuitState, Registry, SchemaVersionError, circuit
+from circuitry import (
+    CircuitBreaker,
+    CircuitOpenError,
+    CircuitState,
+    Event,
+    EventKind,
+    Registry,
+    SchemaVersionError,
+    circuit,
+)
 from circuitry.store import SQLiteStore
+from circuitry.store.sharing import Sharing
 from circuitry.store.sqlite.schema import LATEST_VERSION, migrate
 from circuitry.testing import FakeClock
 
@@ -86,6 +96,105 @@ def test_failures_and_transitions_become_event_rows(make: Any, db: Path) -> None
     state = rows(db, "SELECT current_state, failure_threshold, recovery_timeout, last_failure_time IS NOT NULL "
                      "FROM circuit_breaker_states")
     assert state == [("open", 2, 60, 1)]
+
+
+def test_the_writer_running_during_a_failure_hook_keeps_the_transition_and_its_cause(make: Any, db: Path) -> None:
+    """The writer may run while a failure hook does (a hook that logs does I/O; on a busy machine the
+    writer's cycle lands there): the store already holds the transition that failure caused, so the
+    history reads as always -- the failures as counted while closed, then the opening with its cause.
+    (docs/tutorial.md once printed the failures as ``open`` and the opening without its error.)"""
+    reg, store = make()
+
+    class WriterRunsMeanwhile:
+        kinds = frozenset({EventKind.FAILURE})
+
+        def __call__(self, event: Event) -> None:
+            if event.to_state is CircuitState.OPEN:  # the failure that opened the circuit
+                assert store.flush(10)
+
+    reg.add_hook(WriterRunsMeanwhile())
+    b = reg.get("svc", failure_threshold=2)
+    fail(b, 2, ValueError("down"))
+    assert store.flush()
+    events = rows(db, "SELECT event_type, from_state, to_state, error_type, error_message "
+                      "FROM circuit_breaker_events WHERE service_name = 'svc' ORDER BY id")
+    assert events == [("failure", None, "closed", "ValueError", "down")] * 2 + [
+        ("state_change", "closed", "open", "ValueError", "down")]
+
+
+def test_the_writer_running_as_the_breaker_lock_is_released_keeps_the_transition(
+        make: Any, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same with no hook at all: the writer's cycle lands right after the breaker's lock is released
+    (a thread switch), before the breaker emits anything."""
+    reg, store = make()
+    emit = CircuitBreaker._emit
+
+    def writer_first(self: CircuitBreaker, events: list[Event]) -> None:
+        if any(e.to_state is CircuitState.OPEN for e in events):
+            assert store.flush(10)
+        emit(self, events)
+
+    monkeypatch.setattr(CircuitBreaker, "_emit", writer_first)
+    b = reg.get("svc", failure_threshold=2)
+    fail(b, 2, ValueError("down"))
+    assert store.flush()
+    events = rows(db, "SELECT event_type, from_state, to_state, error_type, error_message "
+                      "FROM circuit_breaker_events WHERE service_name = 'svc' ORDER BY id")
+    assert events == [("failure", None, "closed", "ValueError", "down")] * 2 + [
+        ("state_change", "closed", "open", "ValueError", "down")]
+
+
+def test_the_writer_running_before_the_breaker_trips_leaves_the_opening_to_it(
+        make: Any, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The breaker counts the failure that reaches its threshold, then opens (``_trip``); a writer cycle
+    in between sees this process's failures reach the threshold. It leaves the opening to the breaker,
+    whose transition carries the cause (it used to open the circuit as ``shared_failures``, without it)."""
+    reg, store = make()
+    trip = CircuitBreaker._trip
+
+    def writer_first(self: CircuitBreaker, token: int, exc: BaseException) -> None:
+        assert store.flush(10)
+        trip(self, token, exc)
+
+    monkeypatch.setattr(CircuitBreaker, "_trip", writer_first)
+
+    @circuit("svc", registry=reg, failure_threshold=2)
+    def down() -> None:
+        raise ValueError("down")
+
+    reg.get("svc")
+    assert store.flush()  # its row is written: failures from now on are evidence added to the shared count
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            down()
+    assert reg.get("svc").state is CircuitState.OPEN
+    assert store.flush()
+    events = rows(db, "SELECT event_type, from_state, to_state, error_type, error_message "
+                      "FROM circuit_breaker_events WHERE service_name = 'svc' ORDER BY id")
+    assert events == [("failure", None, "closed", "ValueError", "down")] * 2 + [
+        ("state_change", "closed", "open", "ValueError", "down")]
+
+
+def test_a_transition_made_while_the_writer_inserts_the_row_keeps_its_cause(
+        make: Any, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer inserts a new circuit's row from a snapshot (closed); the breaker opens meanwhile. That
+    transition is written by the next cycle, with its cause (the insert used to drop it from the queue).
+    docs/tutorial.md's ``python app.py`` printed its opening without its error so, on a busy machine."""
+    reg, store = make()
+    b = reg.get("svc", failure_threshold=2)
+    take = Sharing._take
+
+    def breaker_opens_meanwhile(self: Sharing, link: Any, frm: str | None, state: str, generation: int) -> Any:
+        if state == "closed" and b.state is CircuitState.CLOSED:  # inserting the closed row
+            fail(b, 2, ValueError("down"))
+        return take(self, link, frm, state, generation)
+
+    monkeypatch.setattr(Sharing, "_take", breaker_opens_meanwhile)
+    assert store.flush()
+    assert b.state is CircuitState.OPEN
+    events = rows(db, "SELECT event_type, from_state, to_state, error_type, error_message "
+                      "FROM circuit_breaker_events WHERE service_name = 'svc' AND event_type = 'state_change'")
+    assert events == [("state_change", "closed", "open", "ValueError", "down")]
 
 
 def test_successes_and_rejections_roll_up_per_minute(make: Any, db: Path) -> None:

@@ -265,9 +265,13 @@ def test_processes_tripping_together_write_one_opening_per_episode(spawn: Any, d
 def test_a_lease_held_by_a_killed_process_expires(spawn: Any, db: Path) -> None:
     probe_timeout = 4.0
     common = {"db": str(db), "name": "leased", "recovery_timeout": 0.3, "probe_timeout": probe_timeout}
+    # the other process is started (interpreter, imports, store) before the holder takes its probe: only
+    # its first refusal has to come within the lease's 4 s, not a process start on a busy machine
+    other = spawn("probe_hold", hold=0.0, deadline=30.0, barrier=True, **common)
+    other.expect("ready", timeout=60)
     holder = spawn("probe_hold", hold=60.0, deadline=30.0, **common)
     got = holder.expect("probe", timeout=30)
-    other = spawn("probe_hold", hold=0.0, deadline=30.0, **common)
+    other.go()
     other.expect("waiting", timeout=30)  # refused: the holder's lease is live
     assert got["wall"] + probe_timeout > time.time(), "the lease expired before the test could kill its holder"
     holder.kill()

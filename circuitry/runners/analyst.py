@@ -196,7 +196,7 @@ class Analyst:
         self._closed = True
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+            self._thread.join(timeout)  # (it raises the alerts on the transitions it has been told)
         for deliverer, _ in self._callbacks:
             deliverer.close(timeout)
         self.records.close()
@@ -220,7 +220,7 @@ class Analyst:
             self._wake.wait(min(self.interval, 1.0))
             self._wake.clear()
             if self._closed:
-                return
+                break
             try:
                 now = self.store._time()
                 self._alert_transitions(now)
@@ -234,8 +234,26 @@ class Analyst:
                     _log("warning", "circuitry.analysis_failed", location=self.store.backend.location,
                          error_type=type(exc).__qualname__, error_message=str(exc)[:500])
                 self.records.close()
+        # Closing. A program that exits just after a circuit opens closes its store before this thread
+        # got the CPU: the alerts on the transitions told before close() are raised all the same (not
+        # their analyses), here, so close() waits for the database no longer than its timeout.
+        if self._transitions:
+            try:
+                self._persist(self._observe_transitions()[0])
+            except Exception as exc:
+                _log("warning", "circuitry.analysis_failed", location=self.store.backend.location,
+                     error_type=type(exc).__qualname__, error_message=str(exc)[:500])
 
     def _alert_transitions(self, now: float) -> None:
+        alerts, opened = self._observe_transitions()
+        self._persist(alerts)
+        # A circuit that just opened is analysed at once (one process, at most every ON_OPEN_SPACING
+        # seconds): the pattern behind an outage is most useful while it is happening.
+        if opened:
+            self._run_once(now, only=opened, kind="opened", period=int(now // ON_OPEN_SPACING))
+
+    def _observe_transitions(self) -> tuple[list[Alert], set[str]]:
+        """The alerts on the transitions told so far (taken from the queue), and the circuits that opened."""
         alerts: list[Alert] = []
         opened: set[str] = set()
         while self._transitions:
@@ -245,11 +263,7 @@ class Analyst:
             if event.circuit in self.store.muted:
                 continue
             alerts.extend(self.engine.observe(event, event.at))
-        self._persist(alerts)
-        # A circuit that just opened is analysed at once (one process, at most every ON_OPEN_SPACING
-        # seconds): the pattern behind an outage is most useful while it is happening.
-        if opened:
-            self._run_once(now, only=opened, kind="opened", period=int(now // ON_OPEN_SPACING))
+        return alerts, opened
 
     def run_once(self, now: float | None = None) -> dict[str, Analysis]:
         """Analyse every circuit of this process that no other process has analysed this period."""

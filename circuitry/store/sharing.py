@@ -189,12 +189,12 @@ class Sharing:
             return
         self._write(conn, link, now)
 
-    def _take(self, link: Link, frm: str | None, state: str) -> list[Any]:
+    def _take(self, link: Link, frm: str | None, state: str, generation: int) -> list[Any]:
         """The local transitions that lead the row from ``frm`` to ``state``: from the first that starts
         where the row stands to the last that ends where it goes (those before were superseded, those
-        after are derived from time and written by the lease that follows). Empty if none fits."""
-        pending = list(link.pending)
-        link.pending.clear()
+        after are derived from time and written by the lease that follows). Empty if none fits. Only
+        those up to the written snapshot's ``generation`` are taken: a later one stays for the next write."""
+        pending = _drain(link, generation)
         start = next((i for i, e in enumerate(pending)
                       if (e.from_state.value if e.from_state is not None else None) == frm), None)
         end = next((i for i in range(len(pending) - 1, -1, -1) if pending[i].to_state.value == state), None)
@@ -207,7 +207,7 @@ class Sharing:
                 generation: int, open_for: float | None) -> list[Event]:
         """Write the history rows of a write that took the row from ``frm`` to ``state``; returns them as
         events, for :attr:`on_transition` once the transaction commits."""
-        events = self._take(link, frm, state)
+        events = self._take(link, frm, state, generation)
         dropped, link.pending_dropped = link.pending_dropped, 0
         chain: list[Event]
         if len(events) == 1 and events[0].to_state.value == state:  # the common case: one transition
@@ -257,7 +257,7 @@ class Sharing:
         link.row_state = state
         link.synced_gen = snap.generation
         self._wrote(link, state, snap, until, got[0][0], got[0][1])
-        link.pending.clear()
+        _drain(link, snap.generation)  # (a transition made since the snapshot is written next cycle)
         counts = link.counts
         link.evidence = (counts.successes, counts.failures)  # the row's failure_count has them already
         for event in written:
@@ -339,9 +339,11 @@ class Sharing:
                     "AND current_state = 'closed' RETURNING failure_count", (d_fail, last, link.name, link.version))
             if got:
                 link.shared_count = got[0][0]
-            if got and got[0][0] >= b.policy.failure_threshold:
+            if got and got[0][0] >= b.policy.failure_threshold > b.consecutive_failures:
                 # The sum crossed the threshold in this transaction, so exactly one process sees it:
-                # that one opens the circuit, in the same transaction, for everyone.
+                # that one opens the circuit, in the same transaction, for everyone. (Unless this
+                # process's own failures reach it: the breaker, which counted the last one, is opening
+                # the circuit itself, with its cause; the next cycle writes that transition.)
                 open_for = b.next_open_period()
                 opened = conn.execute(
                     "UPDATE circuit_breaker_states SET current_state = 'open', failure_count = 0, "
@@ -375,6 +377,16 @@ def _shared_view(snap: Any) -> tuple[str, float | None, str]:
     if snap.state is CircuitState.HALF_OPEN and snap.reason == "recovery_timeout" and snap.opened_at is not None:
         return "open", snap.opened_at + snap.open_for, "failure_threshold"
     return snap.state.value, snap.open_until, snap.reason
+
+
+def _drain(link: Link, generation: int) -> list[Event]:
+    """Take the pending transitions up to ``generation`` off ``link``'s queue (the breaker appends in
+    generation order, under its lock, while the writer works from an earlier snapshot)."""
+    pending = link.pending
+    taken: list[Event] = []
+    while pending and pending[0].generation <= generation:
+        taken.append(pending.popleft())
+    return taken
 
 
 def failure_rows(link: Link, now: float, process: str, per_second: int) -> list[tuple[Any, ...]]:
