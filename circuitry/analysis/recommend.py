@@ -9,7 +9,9 @@ by :func:`~circuitry.analysis.replay.impute`) and prices each with an explicit c
 (both weights 1 by default: a failed call sent to a failing service and a good call turned away count the
 same). It recommends the cheapest candidate only if it beats the current settings by at least
 :data:`MIN_GAIN` of their cost -- never something its own replay prices higher -- and says by how much, per
-hour: :attr:`Recommendation.current_cost` and :attr:`Recommendation.expected_cost`.
+hour: :attr:`Recommendation.current_cost` and :attr:`Recommendation.expected_cost`. An open period that a
+probe closed less than a minute before the window ends is not taken as a recovery (a probe that succeeds
+at 70 % failures is luck, and nothing after it says otherwise yet): the stretch before it counts as failing.
 
 The pattern decides what is replayed and how the advice reads, not the advice itself:
 
@@ -93,6 +95,7 @@ _INCIDENT_SECONDS: Final = 300.0  # ... and their length
 _DEGRADED: Final = 0.25  # the failure share of the degraded stretches priced into every replay
 _ESCALATION_MIN_GAIN: Final = 0.3  # an escalation's advice must save this share
 _ESCALATION_MIN_SHARE: Final = 0.1  # replay after the change point only if it covers this share
+_CONFIRM: Final = 60.0  # a close with less than this many seconds of window after it is not yet a recovery
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +329,9 @@ def recommend(
             return unchanged(f"{kind} pattern, but no history to replay")
         series = bucketize(calls)
     rejected = {m.minute: m.rejections for m in history if m.rejections}
-    horizon = impute(series, transitions, rejected or None)
+    # A probe that succeeded less than a minute before the end shows no recovery yet (at 70 % failures
+    # one in three succeeds): the open stretch before it stays failing, as if it had not closed.
+    horizon = impute(series, transitions, rejected or None, confirm=_CONFIRM)
     if normal_failure_rate is None and history:
         normal_failure_rate = _normal_rate(history)
     note = ""
@@ -341,7 +346,7 @@ def recommend(
     # closed form at the background failure rate (an upper estimate of it) and the window's traffic.
     current = Settings(current_threshold, current_timeout, current_backoff, current_max_timeout)
     # Traffic with what the breaker refused filled in: the open breaker hid it from the series.
-    full = impute(series, transitions, rejected or None)
+    full = impute(series, transitions, rejected or None, confirm=_CONFIRM)
     rate = full.total_calls / full.span if full.span > 0 else 0.0
     p_bg = _background(series, result) if normal_failure_rate is None else float(normal_failure_rate)
     p_bg = max(_MIN_NORMAL, PRESUMED_NORMAL if p_bg >= 0.5 else p_bg)
