@@ -6,14 +6,17 @@ breaker written here (independent of the engine's per-second replay) is the judg
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from circuitry.analysis.history import MinuteRollup
 from circuitry.analysis.patterns import PatternEvidence, PatternResult, PatternType, classify_series
 from circuitry.analysis.recommend import MAX_THRESHOLD, MIN_GAIN, Recommendation, recommend, safe_threshold
 from circuitry.analysis.replay import Settings, Transition
@@ -296,3 +299,43 @@ def test_any_valid_threshold_can_be_analysed_during_an_incident(threshold: int) 
                   current_timeout=60.0)
     assert got.pattern.type is not None
     assert got.recommendation.current_threshold == threshold
+
+
+# ------------------------------------------- regression: advice on fast escalations (replay, escalation-fast)
+
+
+def _partial_failure_after_a_lucky_probe() -> tuple[Series, list[Transition]]:
+    """Healthy at 2 calls/s (1 % failures) until 827 s, then failing 70 % of calls: five failures in a row
+    trip the breaker (5/60) at 836 s, and the window ends at 900 s, 4 s after a probe that succeeded by luck
+    at 896 s and 7 calls of which 1 failed."""
+    calls: list[Call] = [(i * 0.5, i % 100 == 50) for i in range(2 * 827)]
+    run = "FSFFSFFSFFSFFSFFFFF"  # 827 s to 836 s
+    calls += [(827.0 + i * 0.5, c == "F") for i, c in enumerate(run)]
+    calls += [(896.0, False)]  # the lucky probe
+    calls += [(896.5 + i * 0.5, c == "F") for i, c in enumerate("SSSSFSS")]
+    trans = [Transition(836.0, "closed", "open", "consecutive_failures"),
+             Transition(896.0, "open", "half_open"), Transition(896.0, "half_open", "closed", "probe_succeeded")]
+    return bucketize(calls, start=0.0, end=900.0), trans
+
+
+def test_regression_a_close_seconds_before_the_window_ends_is_not_yet_a_recovery() -> None:
+    # escalation-fast in benchmarks/patterns/replay.py: the window ended 4 s after a probe that succeeded at
+    # 70 % failures; the stretch before it was taken as healthy, so the 60 s open period "refused healthy
+    # calls" and 4/15 was advised -- which let 2-3 times as many calls into the next 30 minutes of failure.
+    from circuitry.analysis.replay import impute
+
+    series, trans = _partial_failure_after_a_lucky_probe()
+    seen = impute(series, trans, confirm=60.0)
+    refused = seen.window(837.0, 895.0)
+    assert refused.total_failures >= 0.5 * refused.total_calls  # failing to the end: the close is unconfirmed
+    old = impute(series, trans).window(867.0, 895.0)  # the behaviour without ``confirm``: recovered halfway
+    assert old.total_failures < 0.5 * old.total_calls
+    # The window that showed it (the replay's first analysis of that service): 4/15 was advised there.
+    fixture = json.loads((Path(__file__).parent / "data" / "replay_escalation_fast_11_900s.json").read_text())
+    stored = Series.from_rows([tuple(r) for r in fixture["rows"]], start=fixture["window"][0],
+                              end=fixture["window"][1])
+    moves = [Transition(*t) for t in fixture["transitions"]]
+    history = [MinuteRollup(m, n, n - x, x, r) for m, n, x, r in fixture["minutes"]]
+    rec = recommend(classify_series(stored, transitions=moves), current_threshold=5, current_timeout=60,
+                    series=stored, transitions=moves, history=history)
+    assert rec.recommended_timeout >= 60.0 and rec.recommended_threshold <= 5

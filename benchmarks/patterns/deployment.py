@@ -156,7 +156,7 @@ def run(scenario: str, *, auto: bool, speed: float, minutes: float) -> dict[str,
     for r in results:
         total.update(r["counts"])
     full = anchor + 900.0  # labels from full 15-minute windows only
-    labels = Counter(p[1] for p in patterns if p[0] >= full)
+    labels = Counter(p[1] or "abstained" for p in patterns if p[0] >= full)  # NULL: abstained (censored)
     advice = Counter()
     for p in patterns:
         rec = json.loads(p[5]).get("recommendation", {}) if p[5] else {}

@@ -59,6 +59,8 @@ class Analysis:
                 "failures": ev.failures,
                 "calls": ev.calls,
                 "failure_rate": round(ev.failure_rate, 6),
+                "refused_share": None if ev.refused_share is None else round(ev.refused_share, 4),
+                "censored": ev.censored,
             },
             "recommendation": self.recommendation.as_dict(),
             "prediction": None if self.prediction is None else self.prediction.as_dict(),

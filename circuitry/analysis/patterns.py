@@ -22,7 +22,10 @@ The labels, as this module defines them (the tests are in :mod:`circuitry.analys
 ``intermittent``
     Neither clustered nor rising, rarer than one failure a minute and on at most 5 % of calls.
 ``None``
-    Abstain: fewer than :data:`MIN_FAILURES` failures.
+    Abstain: fewer than :data:`MIN_FAILURES` failures -- or a censored window: the breaker refused calls
+    for most of it while its probes kept finding the service healthy again
+    (:attr:`circuitry.analysis.censored.Censoring.alternating`), so the calls it let through are not a
+    sample of the service. ``evidence.censored`` is then true, with what the probes saw.
 
 The confidence is a calibrated probability that the label is right: a logistic function of the decision
 margin and the number of failures, fitted per label by ``benchmarks/patterns/calibrate.py`` on labelled
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from operator import mul
 from typing import Final, Literal
@@ -46,6 +49,7 @@ from typing import Final, Literal
 from circuitry.analysis import _calibration
 from circuitry.analysis._evidence import Drop, Rise, Scale, clustering, drop, episode, grid, op_groups, rise
 from circuitry.analysis._stats import clamp, logistic
+from circuitry.analysis.censored import censoring
 from circuitry.analysis.episodes import find_episodes
 from circuitry.analysis.replay import Transition, refusing
 from circuitry.analysis.series import Series, bucketize
@@ -126,6 +130,11 @@ class PatternEvidence:
         rate_before: Failure probability per call before it.
         rate_after: Failure probability per call after it.
         score: Decision margin of the chosen label (the calibration's input).
+        refused_share: Share of the window the breaker refused every call (``None``: no transitions given).
+        probes: Probes in the window, and ``probe_successes`` of them closed the circuit.
+        probe_successes: See ``probes``.
+        censored: The window was censored and the classifier abstained for that reason (see
+            :mod:`circuitry.analysis.censored`).
     """
 
     calls: int
@@ -154,6 +163,10 @@ class PatternEvidence:
     rate_before: float | None = None
     rate_after: float | None = None
     score: float | None = None
+    refused_share: float | None = None
+    probes: int | None = None
+    probe_successes: int | None = None
+    censored: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,8 +301,15 @@ def classify_series(series: Series, *, transitions: Sequence[Transition] = (),
     span = series.span
     rate = k / n if n else 0.0
     per_second = k / span if span > 0.0 else (math.inf if k else 0.0)
+    cens = censoring(series, transitions) if transitions else None
+    refused_share = None if cens is None else cens.refused_share
+    probes = None if cens is None else cens.probes
+    probe_successes = None if cens is None else cens.probe_successes
     basic = PatternEvidence(calls=n, failures=k, window_seconds=span, failure_rate=rate,
-                            failures_per_second=per_second)
+                            failures_per_second=per_second, refused_share=refused_share, probes=probes,
+                            probe_successes=probe_successes)
+    if cens is not None and cens.alternating:
+        return PatternResult(None, 0.0, replace(basic, censored=True))
     if k < MIN_FAILURES:
         return PatternResult(None, 0.0, basic)
 
@@ -398,6 +418,9 @@ def classify_series(series: Series, *, transitions: Sequence[Transition] = (),
         rate_before=r.rate_before,
         rate_after=r.rate_after,
         score=score,
+        refused_share=refused_share,
+        probes=probes,
+        probe_successes=probe_successes,
     )
     return PatternResult(kind, confidence(kind, score, k, calibration), evidence)
 

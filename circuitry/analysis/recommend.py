@@ -9,7 +9,9 @@ by :func:`~circuitry.analysis.replay.impute`) and prices each with an explicit c
 (both weights 1 by default: a failed call sent to a failing service and a good call turned away count the
 same). It recommends the cheapest candidate only if it beats the current settings by at least
 :data:`MIN_GAIN` of their cost -- never something its own replay prices higher -- and says by how much, per
-hour: :attr:`Recommendation.current_cost` and :attr:`Recommendation.expected_cost`.
+hour: :attr:`Recommendation.current_cost` and :attr:`Recommendation.expected_cost`. An open period that a
+probe closed less than a minute before the window ends is not taken as a recovery (a probe that succeeds
+at 70 % failures is luck, and nothing after it says otherwise yet): the stretch before it counts as failing.
 
 The pattern decides what is replayed and how the advice reads, not the advice itself:
 
@@ -19,7 +21,12 @@ The pattern decides what is replayed and how the advice reads, not the advice it
 ``burst``, ``steady``, ``intermittent``
     The whole window is replayed; the rationale names the episodes or the failure share behind it.
 ``None`` (abstain) or a confidence below ``confidence_floor``
-    Nothing is recommended: too few failures to learn from.
+    Nothing is recommended: too few failures to learn from -- unless the window is *censored*
+    (:mod:`circuitry.analysis.censored`): the breaker refused calls for most of it while its probes kept
+    finding the service healthy. Then the open periods are filled with the failing and healthy spells the
+    probes and closed stretches imply, and the replay prices what the open period costs (the advice is
+    then a shorter open period, if any); its confidence is 0 -- no label backs it -- so the automatic
+    adjuster does not act on it.
 
 Candidates: thresholds 1-20, open periods of 5 s to 10 min, fixed or doubling after each failed probe
 (backoff, capped at ten times the open period), searched one setting at a time from the current ones.
@@ -37,6 +44,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from circuitry.analysis.censored import censoring, fill_alternating
 from circuitry.analysis.episodes import find_episodes
 from circuitry.analysis.history import (
     MIN_INCIDENT_SHARE,
@@ -93,6 +101,7 @@ _INCIDENT_SECONDS: Final = 300.0  # ... and their length
 _DEGRADED: Final = 0.25  # the failure share of the degraded stretches priced into every replay
 _ESCALATION_MIN_GAIN: Final = 0.3  # an escalation's advice must save this share
 _ESCALATION_MIN_SHARE: Final = 0.1  # replay after the change point only if it covers this share
+_CONFIRM: Final = 60.0  # a close with less than this many seconds of window after it is not yet a recovery
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +125,8 @@ class Recommendation:
         current_cost: The replayed cost of the current settings, per hour (``None``: no replay).
         expected_cost: The replayed cost of the recommended settings, per hour.
         replayed_seconds: Seconds of history the replay covered.
+        censored: The window was censored (the breaker refused calls for most of it while the service kept
+            recovering): the advice rests on the probes, not on a label.
     """
 
     recommended_threshold: int
@@ -132,6 +143,7 @@ class Recommendation:
     current_cost: Cost | None = None
     expected_cost: Cost | None = None
     replayed_seconds: float = 0.0
+    censored: bool = False
 
     @property
     def improvement(self) -> float | None:
@@ -162,8 +174,9 @@ class Recommendation:
         """
         if self.has_recommendations:
             backoff = ", doubling after each failed probe" if self.backoff_multiplier else ""
+            basis = f"{self.primary_pattern} pattern" if self.primary_pattern else "censored history"
             message = (
-                f"Based on {self.failures} recent failures ({self.primary_pattern} pattern), consider "
+                f"Based on {self.failures} recent failures ({basis}), consider "
                 f"adjusting threshold to {self.recommended_threshold} and timeout to "
                 f"{_fmt_seconds(self.recommended_timeout)} seconds{backoff} ({self.effect()})"
             )
@@ -190,6 +203,7 @@ class Recommendation:
             failures=self.failures,
             replayed_seconds=self.replayed_seconds,
             improvement=self.improvement,
+            censored=self.censored,
         )
         for name, cost in (("current_cost_per_hour", self.current_cost),
                            ("expected_cost_per_hour", self.expected_cost)):
@@ -296,6 +310,7 @@ def recommend(
         raise ConfigurationError(f"confidence_floor must be within [0, 1], got {confidence_floor!r}")
     ev = result.evidence
     kind = result.type
+    censored = kind is None and ev.censored
 
     def unchanged(reason: str, cur: Cost | None = None, seconds: float = 0.0) -> Recommendation:
         return Recommendation(
@@ -313,20 +328,39 @@ def recommend(
             current_cost=cur,
             expected_cost=cur,
             replayed_seconds=seconds,
+            censored=censored,
         )
 
-    if kind is None:
+    if kind is None and not censored:
         return unchanged(f"too few failures to classify ({ev.failures})")
-    if result.confidence < confidence_floor:
+    if not censored and result.confidence < confidence_floor:
         return unchanged(
             f"{kind} pattern at confidence {result.confidence:.2f} is below the floor {confidence_floor:.2f}"
         )
+    what = f"{kind} pattern" if kind else "censored window"
     if series is None:
         if calls is None:
-            return unchanged(f"{kind} pattern, but no history to replay")
+            return unchanged(f"{what}, but no history to replay")
         series = bucketize(calls)
     rejected = {m.minute: m.rejections for m in history if m.rejections}
-    horizon = impute(series, transitions, rejected or None)
+    # A probe that succeeded less than a minute before the end shows no recovery yet (at 70 % failures
+    # one in three succeeds): the open stretch before it stays failing, as if it had not closed.
+    horizon = impute(series, transitions, rejected or None, confirm=_CONFIRM)
+    if censored:
+        # The open periods hid a service that keeps coming back: fill them with the spells the probes and
+        # the closed stretches imply, not with one failure share (see circuitry.analysis.censored).
+        cz = censoring(series, transitions)
+        spells = cz.spells()
+        if spells is None:
+            return unchanged(f"censored window (the breaker refused calls {ev.refused_share or 0.0:.0%} of it), "
+                             "but the replayed history does not show the service recovering between failures")
+        horizon = fill_alternating(horizon, transitions, *spells)
+        what = (
+            f"the breaker refused calls {ev.refused_share or 0.0:.0%} of the window, yet {cz.probe_successes} of "
+            f"{cz.probes} probes succeeded and the circuit then let calls through for a median "
+            f"{cz.healthy_seconds or 0.0:.1f} s before failures came back: the service alternates, failing about "
+            f"{spells[0]:.1f} s and healthy about {spells[1]:.1f} s at a time, faster than the breaker looks"
+        )
     if normal_failure_rate is None and history:
         normal_failure_rate = _normal_rate(history)
     note = ""
@@ -341,7 +375,7 @@ def recommend(
     # closed form at the background failure rate (an upper estimate of it) and the window's traffic.
     current = Settings(current_threshold, current_timeout, current_backoff, current_max_timeout)
     # Traffic with what the breaker refused filled in: the open breaker hid it from the series.
-    full = impute(series, transitions, rejected or None)
+    full = impute(series, transitions, rejected or None, confirm=_CONFIRM)
     rate = full.total_calls / full.span if full.span > 0 else 0.0
     p_bg = _background(series, result) if normal_failure_rate is None else float(normal_failure_rate)
     p_bg = max(_MIN_NORMAL, PRESUMED_NORMAL if p_bg >= 0.5 else p_bg)
@@ -452,14 +486,14 @@ def recommend(
     per_hour = cur_cost.per_hour()
     if best == current:
         return unchanged(
-            f"{kind} pattern; no setting saves {MIN_GAIN:.0%} of the replayed cost of the current ones "
+            f"{what}; no setting saves {MIN_GAIN:.0%} of the replayed cost of the current ones "
             f"({per_hour.failed_let_through:.0f} failed calls let through and {per_hour.healthy_refused:.0f} "
             f"healthy calls refused per hour{note})",
             per_hour,
             horizon.span,
         )
     exp = cache[best].per_hour()
-    why = _why(kind, result, best, current)
+    why = f"{what}: {_changes(best, current)}" if kind is None else _why(kind, result, best, current)
     return Recommendation(
         recommended_threshold=best.threshold,
         recommended_timeout=best.timeout,
@@ -476,6 +510,7 @@ def recommend(
         current_cost=per_hour,
         expected_cost=exp,
         replayed_seconds=horizon.span,
+        censored=censored,
     )
 
 
@@ -538,8 +573,7 @@ def _background(series: Series, result: PatternResult) -> float:
     return min(1.0, p + 1.28 * math.sqrt(max(p * (1.0 - p), 1.0 / n) / n))
 
 
-def _why(kind: PatternType, result: PatternResult, best: Settings, current: Settings) -> str:
-    ev = result.evidence
+def _changes(best: Settings, current: Settings) -> str:
     parts = []
     if best.threshold < current.threshold:
         parts.append(f"open after {best.threshold} failures in a row instead of {current.threshold}")
@@ -549,6 +583,11 @@ def _why(kind: PatternType, result: PatternResult, best: Settings, current: Sett
         parts.append(f"probe after {_fmt_seconds(best.timeout)} s instead of {_fmt_seconds(current.timeout)} s")
     if best.backoff > 1.0 >= current.backoff:
         parts.append(f"double the open period after each failed probe, up to {_fmt_seconds(best.cap)} s")
+    return ", ".join(parts)
+
+
+def _why(kind: PatternType, result: PatternResult, best: Settings, current: Settings) -> str:
+    ev = result.evidence
     if kind == "burst":
         what = (f"failures come in episodes ({ev.episodes or 0} in the window, the longest "
                 f"{ev.episode_max_seconds or 0:.0f} s)")
@@ -558,4 +597,4 @@ def _why(kind: PatternType, result: PatternResult, best: Settings, current: Sett
         what = f"independent failures on {ev.failure_rate:.1%} of calls"
     else:
         what = f"isolated failures ({ev.failures_per_second * 60:.2f} a minute)"
-    return f"{what}: " + ", ".join(parts)
+    return f"{what}: {_changes(best, current)}"

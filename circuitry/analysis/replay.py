@@ -383,7 +383,7 @@ def _open_periods(transitions: Sequence[Transition], start: float, end: float) -
 
 
 def impute(series: Series, transitions: Sequence[Transition],
-           rejections: Mapping[int, int] | None = None) -> Series:
+           rejections: Mapping[int, int] | None = None, *, confirm: float = 0.0) -> Series:
     """Fill the seconds the breaker in force refused with the calls it probably refused.
 
     For each stretch from an opening to the next close: the refused traffic is what the store counted as
@@ -400,6 +400,10 @@ def impute(series: Series, transitions: Sequence[Transition],
         series: What the store recorded (decided calls only).
         transitions: The breaker's state changes in and around the window.
         rejections: Refused calls per minute (``epoch_seconds // 60`` -> count), from the rollups.
+        confirm: Seconds of the window that must follow a close for it to count as a recovery. A probe
+            that succeeded less than ``confirm`` seconds before the window ends is unconfirmed: the stretch
+            before it is taken to be failing to its end, as if the circuit had not closed (``0``: every
+            close counts, the behaviour before this argument existed).
 
     Returns:
         The series with the refused seconds filled in (integer counts, rounded).
@@ -441,11 +445,12 @@ def impute(series: Series, transitions: Sequence[Transition],
         x_after = sum(series.failures[lo2:hi2])
         p_after = x_after / n_after if n_after else background
         last_failed = max((t for t in probes if a <= t < b), default=a)
-        if failing_to_end or p_after >= 0.5:
+        unconfirmed = not failing_to_end and series.end - b < confirm
+        if failing_to_end or p_after >= 0.5 or unconfirmed:
             # Still failing after it closed (or never closed): failing throughout, at the higher of the
             # two levels seen.
             recovered = b
-            p_fail = max(p_fail, p_after) if not failing_to_end else p_fail
+            p_fail = max(p_fail, p_after) if not (failing_to_end or unconfirmed) else p_fail
         else:
             recovered = last_failed + (b - last_failed) / 2.0
         carry = 0.0

@@ -285,7 +285,7 @@ class Analyst:
             analysis = self.analyse(link.breaker, now)
             results[name] = analysis
             result, rec, prediction = analysis.pattern, analysis.recommendation, analysis.prediction
-            if result.type is not None:
+            if result.type is not None or result.evidence.censored:  # a censored window says why it abstained
                 ev = result.evidence
                 evidence: dict[str, Any] = {k: getattr(ev, k) for k in ev.__dataclass_fields__}
                 evidence["recommendation"] = rec.as_dict()
