@@ -107,40 +107,33 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.set_event_loop(loop)
     t0 = time.perf_counter()
 
-    first = {"none": Registry(hooks=[]), "idle": instrumented(tracing=False), "tracing": instrumented(tracing=True)}
-    cells = build(loop, first)
-    print("phase 1: no span current", file=sys.stderr)
-    bc.run_all(cells, repeats, n_base, loop)
     lines = ["## Instrumentation: overhead per call (ns) and ratio to the fastest peer", "",
-             *[f"- {m}" for m in bc.machine()], "", "Phase 1, no span current:", "",
-             *table(cells, list(first))]
+             *[f"- {m}" for m in bc.machine()]]
+    bad: list[str] = []
 
-    sampled_out = trace.NonRecordingSpan(trace.SpanContext(0x1F, 0x2F, is_remote=True))  # as a sampler leaves it
-    token = otel_context.attach(trace.set_span_in_context(sampled_out))
-    try:
-        second = {"none": Registry(hooks=[]), "tracing (sampled out)": instrumented(tracing=True)}
-        cells = build(loop, second)
-        print("phase 2: a sampled-out span current", file=sys.stderr)
-        bc.run_all(cells, repeats, n_base, loop)
-    finally:
-        otel_context.detach(token)
-    lines += ["", "Phase 2, a sampled-out (non-recording) span current:", "", *table(cells, list(second))]
+    def phase(title: str, configs: dict[str, Registry], span: trace.Span | None = None) -> None:
+        """Time the peers and ``configs`` while ``span`` is the current span (none if ``None``)."""
+        token = None if span is None else otel_context.attach(trace.set_span_in_context(span))
+        try:
+            cells = build(loop, configs)
+            print(title, file=sys.stderr)
+            bc.run_all(cells, repeats, n_base, loop)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+        lines.extend(["", f"{title}:", "", *table(cells, list(configs))])
+        bad.extend(f"{c.lib}:{c.path}" for c in cells if c.check is not None and not c.check())
 
-    provider = TracerProvider()  # no processor: spans record (ALWAYS_ON) and are never exported
-    span = provider.get_tracer("bench").start_span("request")
-    token = otel_context.attach(trace.set_span_in_context(span))
-    try:
-        third = {"none": Registry(hooks=[]), "tracing+span": instrumented(tracing=True)}
-        cells = build(loop, third)
-        print("phase 3: a recording span current", file=sys.stderr)
-        bc.run_all(cells, repeats, n_base, loop)
-    finally:
-        otel_context.detach(token)
-        span.end()
-    lines += ["", "Phase 3, a recording span current (each refusal/failure adds a span event):", "",
-              *table(cells, list(third)),
-              "", f"{repeats} repeats, N = {n_base:,}, {time.perf_counter() - t0:.0f} s; minimum over the repeats."]
-    bad = [f"{c.lib}:{c.path}" for c in cells if c.check is not None and not c.check()]
+    phase("Phase 1, no span current",
+          {"none": Registry(hooks=[]), "idle": instrumented(tracing=False), "tracing": instrumented(tracing=True)})
+    phase("Phase 2, a sampled-out (non-recording) span current",
+          {"none": Registry(hooks=[]), "tracing (sampled out)": instrumented(tracing=True)},
+          trace.NonRecordingSpan(trace.SpanContext(0x1F, 0x2F, is_remote=True)))  # as a sampler leaves it
+    span = TracerProvider().get_tracer("bench").start_span("request")  # no processor: records, never exported
+    phase("Phase 3, a recording span current (each refusal/failure adds a span event)",
+          {"none": Registry(hooks=[]), "tracing+span": instrumented(tracing=True)}, span)
+    span.end()
+    lines += ["", f"{repeats} repeats, N = {n_base:,}, {time.perf_counter() - t0:.0f} s; minimum over the repeats."]
     if bad:
         lines.append(f"**WARNING: breakers not in the assumed state: {', '.join(bad)}**")
     print("\n".join(lines))

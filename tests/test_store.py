@@ -8,7 +8,6 @@ in ``test_store_processes.py``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import time
@@ -71,6 +70,17 @@ def rows(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, 
         return conn.execute(sql, params).fetchall()
 
 
+#: What two failures (``ValueError("down")``) that open ``svc`` leave in its history.
+FAILED_TWICE_THEN_OPENED = [("failure", None, "closed", "ValueError", "down")] * 2 + [
+    ("state_change", "closed", "open", "ValueError", "down")]
+
+
+def svc_history(db: Path) -> list[tuple[Any, ...]]:
+    """``svc``'s history rows: event type, from and to state, error type and message."""
+    return rows(db, "SELECT event_type, from_state, to_state, error_type, error_message "
+                    "FROM circuit_breaker_events WHERE service_name = 'svc' ORDER BY id")
+
+
 def fail(b: Any, n: int = 1, exc: BaseException | None = None) -> None:
     for _ in range(n):
         b.record_failure(b.admit(), exc or Boom("down"))
@@ -117,10 +127,8 @@ def test_the_writer_running_during_a_failure_hook_keeps_the_transition_and_its_c
     b = reg.get("svc", failure_threshold=2)
     fail(b, 2, ValueError("down"))
     assert store.flush()
-    events = rows(db, "SELECT event_type, from_state, to_state, error_type, error_message "
-                      "FROM circuit_breaker_events WHERE service_name = 'svc' ORDER BY id")
-    assert events == [("failure", None, "closed", "ValueError", "down")] * 2 + [
-        ("state_change", "closed", "open", "ValueError", "down")]
+    events = svc_history(db)
+    assert events == FAILED_TWICE_THEN_OPENED
 
 
 def test_the_writer_running_as_the_breaker_lock_is_released_keeps_the_transition(
@@ -139,10 +147,8 @@ def test_the_writer_running_as_the_breaker_lock_is_released_keeps_the_transition
     b = reg.get("svc", failure_threshold=2)
     fail(b, 2, ValueError("down"))
     assert store.flush()
-    events = rows(db, "SELECT event_type, from_state, to_state, error_type, error_message "
-                      "FROM circuit_breaker_events WHERE service_name = 'svc' ORDER BY id")
-    assert events == [("failure", None, "closed", "ValueError", "down")] * 2 + [
-        ("state_change", "closed", "open", "ValueError", "down")]
+    events = svc_history(db)
+    assert events == FAILED_TWICE_THEN_OPENED
 
 
 def test_the_writer_running_before_the_breaker_trips_leaves_the_opening_to_it(
@@ -170,10 +176,8 @@ def test_the_writer_running_before_the_breaker_trips_leaves_the_opening_to_it(
             down()
     assert reg.get("svc").state is CircuitState.OPEN
     assert store.flush()
-    events = rows(db, "SELECT event_type, from_state, to_state, error_type, error_message "
-                      "FROM circuit_breaker_events WHERE service_name = 'svc' ORDER BY id")
-    assert events == [("failure", None, "closed", "ValueError", "down")] * 2 + [
-        ("state_change", "closed", "open", "ValueError", "down")]
+    events = svc_history(db)
+    assert events == FAILED_TWICE_THEN_OPENED
 
 
 def test_a_transition_made_while_the_writer_inserts_the_row_keeps_its_cause(
@@ -193,9 +197,7 @@ def test_a_transition_made_while_the_writer_inserts_the_row_keeps_its_cause(
     monkeypatch.setattr(Sharing, "_take", breaker_opens_meanwhile)
     assert store.flush()
     assert b.state is CircuitState.OPEN
-    events = rows(db, "SELECT event_type, from_state, to_state, error_type, error_message "
-                      "FROM circuit_breaker_events WHERE service_name = 'svc' AND event_type = 'state_change'")
-    assert events == [("state_change", "closed", "open", "ValueError", "down")]
+    assert [e for e in svc_history(db) if e[0] == "state_change"] == FAILED_TWICE_THEN_OPENED[-1:]
 
 
 def test_successes_and_rejections_roll_up_per_minute(make: Any, db: Path) -> None:
@@ -316,43 +318,6 @@ def test_a_success_resets_the_shared_count(make: Any) -> None:
     fail(a, 1)
     fail(b, 1)  # 2 + 2: the shared count reaches the threshold
     assert eventually(lambda: a.state is CircuitState.OPEN and b.state is CircuitState.OPEN)
-
-
-def test_probe_leases_are_shared(make: Any, clock: FakeClock) -> None:
-    """One probe permit between two processes: whoever's writer takes the lease when the open period
-    ends holds it; the other's caller is refused (and its wish noted) until the lease is free."""
-    (reg_a, store_a), (reg_b, store_b) = make(), make()
-    a = reg_a.get("svc", failure_threshold=1, recovery_timeout=10, probe_timeout=5)
-    b = reg_b.get("svc", failure_threshold=1, recovery_timeout=10, probe_timeout=5)
-    fail(a)
-    assert eventually(lambda: b.state is CircuitState.OPEN)
-    clock.advance(10)
-    assert store_a.flush()  # a writer takes the lease as the open period ends: a's, or b's if it polled first
-    found: list[Any] = []
-
-    def someone_probes() -> bool:
-        for me, them in ((a, b), (b, a)):
-            with contextlib.suppress(CircuitOpenError):
-                found[:] = [me, them, me.admit()]
-                return True
-        return False
-
-    assert eventually(someone_probes)
-    holder, other, probe = found  # the holder has the one permit
-    assert probe.lease > 0
-    assert (store_b if other is b else store_a).flush()
-    with pytest.raises(CircuitOpenError) as info:
-        other.admit()
-    assert info.value.state == "half_open"
-    clock.advance(5)  # the holder's probe never reports back: its lease expires, the other may probe
-    with pytest.raises(CircuitOpenError):
-        other.admit()  # the other's first caller since the expiry: its wish for a lease reaches its writer
-    assert eventually(lambda: bool(other.linked.grants))
-    p = other.admit()
-    other.record_success(p)
-    assert eventually(lambda: holder.state is CircuitState.CLOSED)
-    holder.record_failure(probe, Boom())  # the lost probe, late: stale
-    assert holder.state is CircuitState.CLOSED
 
 
 def test_the_default_policy_path_of_a_decorator_persists(make: Any, db: Path) -> None:
