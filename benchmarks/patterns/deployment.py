@@ -24,7 +24,7 @@ sent to a failing service (p >= 0.5), than the defaults (threshold 5, 60 s).
 
 Run from the repository root (about 15 minutes)::
 
-    python -m benchmarks.patterns.deployment [--speed 10] [--minutes 20] [--only NAME ...]
+    python -m benchmarks.patterns.deployment [--speed 10] [--minutes 20] [--only NAME ...] [--threshold 5 --open 60]
 """
 
 from __future__ import annotations
@@ -84,14 +84,14 @@ class Boom(Exception):
 
 
 def worker(db: str, scenario: str, anchor: float, speed: float, minutes: float, auto: bool,
-           index: int) -> dict[str, Any]:
+           index: int, settings: tuple[int, float] = (5, 60.0)) -> dict[str, Any]:
     from circuitry import CircuitOpenError, Registry, circuit
     from circuitry.store import SQLiteStore
 
     clock = FastClock(anchor, speed)
     store = SQLiteStore(db, clock=clock, auto_apply=auto, metrics_interval=0.05, analysis_interval=60.0)
     registry = Registry(clock=clock, store=store)
-    registry.get("region", failure_threshold=5, recovery_timeout=60.0)
+    registry.get("region", failure_threshold=settings[0], recovery_timeout=settings[1])
     rng = random.Random(index * 7919 + sum(map(ord, scenario)))
     counts: Counter[str] = Counter()
     start = anchor
@@ -135,13 +135,15 @@ def worker(db: str, scenario: str, anchor: float, speed: float, minutes: float, 
     return {"counts": dict(counts), "threshold": policy.failure_threshold, "timeout": policy.recovery_timeout}
 
 
-def run(scenario: str, *, auto: bool, speed: float, minutes: float) -> dict[str, Any]:
+def run(scenario: str, *, auto: bool, speed: float, minutes: float,
+        settings: tuple[int, float] = (5, 60.0)) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         db = str(Path(tmp) / "deploy.db")
         anchor = time.time() + 2.0  # the workers start together
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(WORKERS, mp_context=ctx) as pool:
-            futures = [pool.submit(worker, db, scenario, anchor, speed, minutes, auto, i) for i in range(WORKERS)]
+            futures = [pool.submit(worker, db, scenario, anchor, speed, minutes, auto, i, settings)
+                       for i in range(WORKERS)]
             results = [f.result() for f in futures]
         with sqlite3.connect(db) as conn:
             patterns = conn.execute(
@@ -157,7 +159,7 @@ def run(scenario: str, *, auto: bool, speed: float, minutes: float) -> dict[str,
         total.update(r["counts"])
     full = anchor + 900.0  # labels from full 15-minute windows only
     labels = Counter(p[1] or "abstained" for p in patterns if p[0] >= full)  # NULL: abstained (censored)
-    advice = Counter()
+    advice: Counter[str] = Counter()
     for p in patterns:
         rec = json.loads(p[5]).get("recommendation", {}) if p[5] else {}
         if rec.get("has_recommendations"):
@@ -173,15 +175,19 @@ def main() -> None:
     ap.add_argument("--speed", type=float, default=10.0)
     ap.add_argument("--minutes", type=float, default=20.0, help="service minutes per run")
     ap.add_argument("--only", nargs="*", choices=sorted(TRUTH))
+    ap.add_argument("--threshold", type=int, default=5, help="the workers' failure_threshold at the start")
+    ap.add_argument("--open", type=float, default=60.0, help="the workers' recovery_timeout (s) at the start")
     args = ap.parse_args()
     plan = [(s, False) for s in TRUTH] + [("blips", True), ("escalation", True)]
     if args.only:
         plan = [(s, a) for s, a in plan if s in args.only]
     t0 = time.perf_counter()
-    rows = [run(s, auto=a, speed=args.speed, minutes=args.minutes) for s, a in plan]
+    settings = (args.threshold, args.open)
+    rows = [run(s, auto=a, speed=args.speed, minutes=args.minutes, settings=settings) for s, a in plan]
     print(f"### The running analyst, {WORKERS} worker processes on one SQLite file\n")
-    print(f"{args.minutes:g} service minutes per run at x{args.speed:g}; {time.perf_counter() - t0:.0f} s in all; "
-          "labels from the analyses of full 15-minute windows.\n")
+    print(f"{args.minutes:g} service minutes per run at x{args.speed:g}, settings {args.threshold}/{args.open:g}s "
+          f"at the start; {time.perf_counter() - t0:.0f} s in all; labels from the analyses of full 15-minute "
+          "windows.\n")
     print("| scenario | auto_apply | truth | labels stored (full windows) | right | advice given (threshold/open) | "
           "served | let through while failing | refused while healthy | settings at the end | adjustments |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
