@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,6 +82,13 @@ def svc_history(db: Path) -> list[tuple[Any, ...]]:
                     "FROM circuit_breaker_events WHERE service_name = 'svc' ORDER BY id")
 
 
+def fails_twice_and_opens(reg: Registry, store: Any, db: Path) -> None:
+    """``svc`` (threshold 2) fails twice; its history then reads :data:`FAILED_TWICE_THEN_OPENED`."""
+    fail(reg.get("svc", failure_threshold=2), 2, ValueError("down"))
+    assert store.flush()
+    assert svc_history(db) == FAILED_TWICE_THEN_OPENED
+
+
 def fail(b: Any, n: int = 1, exc: BaseException | None = None) -> None:
     for _ in range(n):
         b.record_failure(b.admit(), exc or Boom("down"))
@@ -124,11 +132,7 @@ def test_the_writer_running_during_a_failure_hook_keeps_the_transition_and_its_c
                 assert store.flush(10)
 
     reg.add_hook(WriterRunsMeanwhile())
-    b = reg.get("svc", failure_threshold=2)
-    fail(b, 2, ValueError("down"))
-    assert store.flush()
-    events = svc_history(db)
-    assert events == FAILED_TWICE_THEN_OPENED
+    fails_twice_and_opens(reg, store, db)
 
 
 def test_the_writer_running_as_the_breaker_lock_is_released_keeps_the_transition(
@@ -144,11 +148,7 @@ def test_the_writer_running_as_the_breaker_lock_is_released_keeps_the_transition
         emit(self, events)
 
     monkeypatch.setattr(CircuitBreaker, "_emit", writer_first)
-    b = reg.get("svc", failure_threshold=2)
-    fail(b, 2, ValueError("down"))
-    assert store.flush()
-    events = svc_history(db)
-    assert events == FAILED_TWICE_THEN_OPENED
+    fails_twice_and_opens(reg, store, db)
 
 
 def test_the_writer_running_before_the_breaker_trips_leaves_the_opening_to_it(
@@ -186,15 +186,21 @@ def test_a_transition_made_while_the_writer_inserts_the_row_keeps_its_cause(
     transition is written by the next cycle, with its cause (the insert used to drop it from the queue).
     docs/tutorial.md's ``python app.py`` printed its opening without its error so, on a busy machine."""
     reg, store = make()
-    b = reg.get("svc", failure_threshold=2)
     take = Sharing._take
+    made: list[CircuitBreaker] = []
+    ready = threading.Event()
 
     def breaker_opens_meanwhile(self: Sharing, link: Any, frm: str | None, state: str, generation: int) -> Any:
+        ready.wait(10)  # the writer may insert the row as soon as the breaker exists: wait until it is named
+        b = made[0]
         if state == "closed" and b.state is CircuitState.CLOSED:  # inserting the closed row
             fail(b, 2, ValueError("down"))
         return take(self, link, frm, state, generation)
 
-    monkeypatch.setattr(Sharing, "_take", breaker_opens_meanwhile)
+    monkeypatch.setattr(Sharing, "_take", breaker_opens_meanwhile)  # before the breaker: its row is not written yet
+    made.append(reg.get("svc", failure_threshold=2))
+    ready.set()
+    b = made[0]
     assert store.flush()
     assert b.state is CircuitState.OPEN
     assert [e for e in svc_history(db) if e[0] == "state_change"] == FAILED_TWICE_THEN_OPENED[-1:]
@@ -441,9 +447,19 @@ class Injected:
 
     def __exit__(self, *exc: object) -> None:
         self.on = False
-        if self.store.writer.conn is not None:
-            self.store.writer.conn.raw.execute("PRAGMA query_only = OFF")
-            self.store.writer.conn.raw.execute("PRAGMA max_page_count = 1073741823")
+
+        def undone() -> bool:
+            conn = self.store.writer.conn
+            if conn is None:
+                return True
+            try:
+                conn.raw.execute("PRAGMA query_only = OFF")
+                conn.raw.execute("PRAGMA max_page_count = 1073741823")
+            except sqlite3.ProgrammingError:  # the writer closed it meanwhile, reconnecting after the fault
+                return False
+            return True
+
+        assert eventually(undone)
 
 
 def test_fault_locked_database(make: Any, db: Path) -> None:
