@@ -84,6 +84,7 @@ def outage(args: dict[str, Any]) -> None:
         state = b.state.value
         if not states or states[-1] != state:
             states.append(state)
+            say(state=state)  # for a test that waits for every worker to reach a state
         if service.path.exists() and service.path.read_text().strip() == "stop":
             break
         time.sleep(rng.uniform(0.0005, 0.002))

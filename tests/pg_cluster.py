@@ -135,8 +135,11 @@ class Cluster:
                   "start")
 
     def stop_server(self, mode: str = "fast") -> None:
-        """Stop the server (the cluster stays: :meth:`start_server` brings it back on the same port)."""
-        self._cmd("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+        """Stop the server (the cluster stays: :meth:`start_server` brings it back on the same port). A
+        server that does not stop in ``mode`` within a minute (a loaded machine) is stopped immediately:
+        it then recovers from its log on the next start."""
+        if self._cmd("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop", check=False).returncode:
+            self._cmd("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "60", "stop")
 
     def start_server(self) -> None:
         self._pg_ctl_start()

@@ -127,6 +127,15 @@ def fleet(spawn: Any, url: str, control: Path, hosts: int = 3, per_host: int = 4
     return workers
 
 
+def reach(workers: list[HostProcess], state: str, timeout: float = 60.0) -> None:
+    """Wait until every worker has said its breaker reached ``state`` (each reads on from its last message):
+    a phase of a test lasts as long as a loaded machine needs, not a fixed time."""
+    for w in workers:
+        deadline = time.monotonic() + timeout
+        while w.expect("state", timeout=max(0.1, deadline - time.monotonic()))["state"] != state:
+            pass
+
+
 def assert_conserved(url: str, reports: list[dict[str, Any]], name: str = "payment_api") -> None:
     calls = sum(r["counts"]["calls"] for r in reports)
     ok = sum(r["counts"]["successes"] for r in reports)
@@ -147,9 +156,10 @@ def test_three_hosts_by_four_workers_go_through_an_outage_as_one_circuit(spawn: 
     workers = fleet(spawn, pg_url, control)
     time.sleep(1.0)
     set_service(control, "down")  # the payment provider goes down for everyone
-    time.sleep(3.0)
+    reach(workers, "open")
+    time.sleep(1.0)  # open, half-open, open again: calls are refused
     set_service(control, "up")  # and comes back
-    time.sleep(3.0)
+    reach(workers, "closed")
     set_service(control, "stop")
     reports = [w.expect("report", timeout=90) for w in workers]
     for w in workers:
@@ -204,7 +214,7 @@ def test_the_server_restarts_in_the_middle(spawn: Any, pg_cluster: Any, pg_url: 
         assert store.flush(30)
         b.force_open()
         assert store.flush(30)
-        time.sleep(1.0)
+        reach(workers, "forced_open")
         set_service(control, "stop")
         reports = [w.expect("report", timeout=90) for w in workers]
         for w in workers:
