@@ -66,7 +66,8 @@ class Gate:
       this gate counts itself, ``()`` for none), ``_thr1`` (failures that trip, minus one) and
       ``_flog`` (a ``deque`` each counted failure is appended to, or ``None``) and ``_listen`` (``None``,
       or a callable that is true while a hook wants the refusal or failure event of the call at hand:
-      the gate then leaves that call to the slow path, which builds the event);
+      the gate then leaves that call to the slow path, which builds the event; the C twin reads a
+      callable 4-tuple as a :class:`circuitry.events.ContextListening` and answers it without calling it);
     - it defines ``_enter_slow() -> token``, ``_exit_slow(token, exc, result)`` and
       ``_trip(token, exc)`` (the failure this gate counted reached ``_thr1 + 1``).
 
