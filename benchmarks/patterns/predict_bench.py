@@ -2,8 +2,9 @@
 
 Each case is a suite-B stream (``families.py``) 45 minutes long, run through an exact breaker with the
 default settings (5 failures, 60 s). The engine sees what a store holds -- per-second counts of the calls
-the breaker let through over the last 15 minutes before ``now``, and the transitions -- and predicts the
-next 5 minutes: will the breaker trip (closed -> open), and what share of calls will fail?
+the breaker let through over the 40 minutes before ``now`` (the store keeps an hour), the transitions, and
+the label of the last 15 minutes -- and predicts the next 5 minutes: will the breaker trip (closed ->
+open), and what share of calls will fail?
 
 Baselines, from the same history (the store's per-5-minute view of the 40 minutes before ``now``):
 
@@ -97,10 +98,11 @@ def _case(args: tuple[int, str, str, int]) -> Case | None:
     trips = [tr.ts for tr in b.transitions if tr.to_state == "open" and tr.from_state == "closed"]
     opened = any(NOW < t <= NOW + HORIZON for t in trips)
     rng = random.Random(f"delay-{seed}-{fam}-{shape}-{i}")
-    seen = [(min(NOW, t + store_delay(rng)), f) for t, f in admitted if NOW - WINDOW <= t < NOW]
-    series = bucketize(seen, start=NOW - WINDOW, end=NOW)
+    seen = [(min(NOW, t + store_delay(rng)), f) for t, f in admitted if t < NOW]
+    series = bucketize(seen, start=0.0, end=NOW)  # all 40 minutes: the store keeps an hour of seconds
     trans = [tr for tr in b.transitions if tr.ts <= NOW]
-    pattern = classify_series(series, transitions=[tr for tr in trans if tr.ts >= NOW - WINDOW])
+    pattern = classify_series(series.window(NOW - WINDOW, NOW),
+                              transitions=[tr for tr in trans if tr.ts >= NOW - WINDOW])
     # the interval unwidened (interval_scale=1): the widening is what --fit and the scoring fit from the cases
     pred = predict(series, settings=DEFAULTS, transitions=trans, pattern=pattern, horizon=HORIZON, seed=i,
                    interval_scale=1.0)

@@ -132,6 +132,6 @@ def analyse(
     prediction = None
     if horizon is not None:
         settings = Settings(current_threshold, float(current_timeout), float(current_backoff), current_max_timeout)
-        prediction = predict(recent, settings=settings, transitions=[tr for tr in transitions if tr.ts <= now],
+        prediction = predict(kept, settings=settings, transitions=[tr for tr in transitions if tr.ts <= now],
                              pattern=pattern, horizon=horizon)
     return Analysis(pattern, rec, prediction, start, now)

@@ -1,11 +1,11 @@
 """Predict what a circuit does next: will it open within the next minutes, and how often will calls fail?
 
-Pure and deterministic (seeded; no clock). :func:`predict` looks at the recent per-second counts, the
+Pure and deterministic (seeded; no clock). :func:`predict` looks at the per-second counts the store keeps, the
 breaker's settings and its transitions, and returns a :class:`Prediction`:
 
 * ``open_probability`` -- the probability that the circuit trips (closed -> open) within ``horizon``
   seconds. Its raw form is a simulation: the breaker, in its current state, replayed over futures drawn
-  from the recent past (blocks of 30 s resampled from the last window, recent ones more often -- from
+  from the past (blocks of 30 s resampled from all the per-second counts given, recent ones more often -- from
   after the change point if the failure rate is escalating; for a breaker closed now, from the seconds
   it let calls through, the stretches it refused taken out), in batches until enough futures trip and
   enough do not. A logistic calibration maps that raw probability, the trips of the last 40 minutes
@@ -146,12 +146,11 @@ def open_features(raw: float, series: Series, transitions: Sequence[Transition],
     """The facts the open-probability calibration uses (exposed so the fitting script uses the same): the
     simulation's probability (as a logit), the trip history and whether the breaker is refusing now.
 
-    The trip history reaches further back than the per-second counts (a longer memory for bursts that
-    come and go at random): whether the breaker tripped (closed -> open) in each of the eight 5-minute
-    slots before the window's end, averaged with weights halving slot by slot (newest first, an EWMA of
-    weight 1/2 from 0). A breaker open now must close before it can trip again, and mostly does so on a
-    service still failing: the simulation of its probes is the least certain part, so the state is a fact
-    of its own."""
+    The trip history is a longer memory for bursts that come and go at random: whether the breaker
+    tripped (closed -> open) in each of the eight 5-minute slots before the window's end, averaged with
+    weights halving slot by slot (newest first, an EWMA of weight 1/2 from 0). A breaker open now must
+    close before it can trip again, and mostly does so on a service still failing: the simulation of its
+    probes is the least certain part, so the state is a fact of its own."""
     end = series.end
     slot = DEFAULT_HORIZON
     history = 0.0
@@ -180,7 +179,9 @@ def predict(
     """Predict the next ``horizon`` seconds of a circuit.
 
     Args:
-        series: The recent per-second counts (the analysis window).
+        series: The per-second counts: all the store keeps (the analyst gives an hour), not only the
+            analysis window -- older blocks are drawn less often, and a longer past estimates how often
+            bursts come better.
         settings: The breaker's settings in force.
         transitions: Its state changes (to know whether it is open now, and its recent trips).
         pattern: The window's classification; an escalation resamples only the stretch after its change
