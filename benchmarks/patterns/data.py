@@ -127,24 +127,26 @@ def _fingerprint() -> str:
     return digest.hexdigest()[:12]
 
 
-def load(seed_name: str, *, jobs: int | None = None) -> list[Item]:
+def load(seed_name: str, *, jobs: int | None = None, b_per_cell: int = B_PER_CELL) -> list[Item]:
     """Every window of one seed, both suites; built once and cached.
 
     Args:
         seed_name: ``"dev"``, ``"train"`` or ``"test"``.
         jobs: Worker processes for building (default: the CPU count).
+        b_per_cell: Suite B windows per (family, shape) cell. The first ``B_PER_CELL`` are the same
+            windows whatever the number: more of them only add windows.
 
     Returns:
         The items, suite A first.
     """
     seed = SEEDS[seed_name]
-    path = CACHE / f"{seed_name}-{seed}-A{A_WINDOWS}-B{B_PER_CELL}-{_fingerprint()}.pickle"
+    path = CACHE / f"{seed_name}-{seed}-A{A_WINDOWS}-B{b_per_cell}-{_fingerprint()}.pickle"
     if path.exists():
         with path.open("rb") as fh:
             items: list[Item] = pickle.load(fh)
         return items
     jobs = jobs or os.cpu_count() or 1
-    tasks_b = [(seed, f, s, i) for f, s in cells_b() for i in range(B_PER_CELL)]
+    tasks_b = [(seed, f, s, i) for f, s in cells_b() for i in range(b_per_cell)]
     with ProcessPoolExecutor(jobs) as pool:
         a = list(pool.map(_build_a, [(seed, i) for i in range(A_WINDOWS)], chunksize=16))
         b = list(pool.map(_build_b, tasks_b, chunksize=4))
