@@ -206,6 +206,37 @@ def test_a_transition_made_while_the_writer_inserts_the_row_keeps_its_cause(
     assert [e for e in svc_history(db) if e[0] == "state_change"] == FAILED_TWICE_THEN_OPENED[-1:]
 
 
+def test_counts_sampled_after_waiting_for_the_lock_are_filed_under_the_time_after_the_wait(
+        make: Any, db: Path, clock: FakeClock) -> None:
+    """The writer files what it samples under the time of the sample. It used to read the clock before
+    waiting for the lock it samples under: a failure counted while another thread held that lock went
+    under the time before the wait (benchmarks/patterns/end_to_end.py lost one from a window so)."""
+    reg, store = make(poll_interval=60.0)
+    b = reg.get("svc", failure_threshold=100)
+    assert store.flush()
+    me = threading.current_thread()
+    asked = threading.Event()
+    read = clock.time
+
+    def watched() -> float:
+        if threading.current_thread() is not me:
+            asked.set()  # the writer read the clock
+        return read()
+
+    store._time = watched
+    flushing = threading.Thread(target=store.flush)
+    with store.mem:
+        flushing.start()  # a cycle that samples every circuit starts while another thread holds the lock
+        asked.wait(1.0)  # (the old writer read the clock here; the fixed one waits for the lock first)
+        clock.advance(120.0)
+        fail(b)
+    flushing.join()
+    assert store.flush()
+    second = int(clock.time())
+    assert rows(db, "SELECT second, failures FROM circuit_breaker_seconds WHERE service_name = 'svc'") == [
+        (second, 1)]
+
+
 def test_successes_and_rejections_roll_up_per_minute(make: Any, db: Path) -> None:
     reg, store = make()
     b = reg.get("svc", failure_threshold=3, on=Boom)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Final
 
 CALIBRATION: Final[dict[str, tuple[float, float, float]]] = {
-    "burst": (5.4352, 3.6843, -0.8642),  # n=390, accuracy=0.992
-    "steady": (-3.7470, 4.6006, 0.7979),  # n=570, accuracy=0.833
-    "intermittent": (-7.1453, 3.7619, 2.1268),  # n=404, accuracy=0.861
-    "escalating": (-2.1662, -1.7610, 1.6937),  # n=418, accuracy=0.947
+    "burst": (5.4266, 3.7005, -0.8650),  # n=390, accuracy=0.992
+    "steady": (-3.7413, 4.6516, 0.8248),  # n=555, accuracy=0.847
+    "intermittent": (-6.7633, 3.4134, 2.1173),  # n=393, accuracy=0.880
+    "escalating": (-1.2279, 1.1295, 0.9702),  # n=444, accuracy=0.932
 }

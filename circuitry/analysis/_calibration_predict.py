@@ -10,5 +10,5 @@ from __future__ import annotations
 
 from typing import Final
 
-PREDICT_OPEN: Final[tuple[float, ...]] = (-1.5454, 0.5455, 1.4845, -0.0397)
+PREDICT_OPEN: Final[tuple[float, ...]] = (-1.5458, 0.5454, 1.4851, -0.0396)
 PREDICT_INTERVAL: Final = 1.90

@@ -118,8 +118,8 @@ class Writer:
             stopping = self._stopping
             flushing, self._flush_asked = self._flush_asked, False
             clean = False
-            now = s._time()
             with s.mem:
+                now = s._time()  # read under the lock, next to the counts it files them under
                 self._sample_all(now, full=stopping or flushing)
             if (stopping or flushing or s.faults.due()) and not s.faults.disabled:
                 try:
