@@ -18,7 +18,14 @@ from hypothesis import strategies as st
 
 from circuitry.analysis.history import MinuteRollup
 from circuitry.analysis.patterns import PatternEvidence, PatternResult, PatternType, classify_series
-from circuitry.analysis.recommend import MAX_THRESHOLD, MIN_GAIN, Recommendation, recommend, safe_threshold
+from circuitry.analysis.recommend import (
+    MAX_THRESHOLD,
+    MIN_GAIN,
+    Recommendation,
+    locked_probes,
+    recommend,
+    safe_threshold,
+)
 from circuitry.analysis.replay import Settings, Transition
 from circuitry.analysis.series import Series, bucketize
 from circuitry.exceptions import ConfigurationError
@@ -339,3 +346,52 @@ def test_regression_a_close_seconds_before_the_window_ends_is_not_yet_a_recovery
     rec = recommend(classify_series(stored, transitions=moves), current_threshold=5, current_timeout=60,
                     series=stored, transitions=moves, history=history)
     assert rec.recommended_timeout >= 60.0 and rec.recommended_threshold <= 5
+
+
+def _reopenings(start: float, gaps: list[float]) -> list[Transition]:
+    """A trip at ``start``, then a probe that fails after each of ``gaps`` seconds."""
+    out = [Transition(start, "closed", "open", "consecutive_failures")]
+    t = start
+    for gap in gaps:
+        t += gap
+        out += [Transition(t, "open", "half_open", "recovery_timeout"),
+                Transition(t + 0.01, "half_open", "open", "probe_failed")]
+    return out
+
+
+def test_probes_failing_one_fixed_period_apart_are_counted() -> None:
+    assert locked_probes(_reopenings(100.0, [60.0] * 5)) == (5, pytest.approx(60.0, abs=0.01))
+    assert locked_probes(_reopenings(100.0, [60.0, 60.4, 59.8])) == (3, pytest.approx(60.07, abs=0.01))
+    # jittered, growing (backoff), or closed since: nothing is locked
+    assert locked_probes(_reopenings(100.0, [60.0, 51.0, 67.0, 55.0])) == (0, 0.0)
+    assert locked_probes(_reopenings(100.0, [10.0, 20.0, 40.0])) == (0, 0.0)
+    closed = [*_reopenings(100.0, [60.0] * 5), Transition(500.0, "open", "half_open", "recovery_timeout"),
+              Transition(500.1, "half_open", "closed", "probe_succeeded")]
+    assert locked_probes(closed) == (0, 0.0)
+    # a new trip starts a new run
+    again = [*closed, *_reopenings(600.0, [60.0, 60.0])]
+    assert locked_probes(again) == (2, pytest.approx(60.0, abs=0.01))
+    assert locked_probes([]) == (0, 0.0)
+
+
+def test_a_circuit_whose_probes_keep_failing_one_period_apart_is_told_of_jitter() -> None:
+    # A job takes the service away for 10 s every minute; the default breaker opened in it, and every
+    # probe since has landed in the same 10 s (benchmarks/phase_lock.py): the window holds only failed
+    # probes, and nothing the replay can price. The rationale says why jitter would help.
+    trans = _reopenings(5.0, [60.0] * 14)
+    calls = [(tr.ts, True) for tr in trans if tr.to_state == "open"]
+    series = bucketize(calls, start=0.0, end=900.0)
+    rec = recommend(classify_series(series, transitions=trans), current_threshold=5, current_timeout=60,
+                    series=series, transitions=trans)
+    assert rec.locked_probes == 14
+    assert "the last 14 probes failed, each 60 s after the one before" in rec.rationale
+    assert "jitter=0.2" in rec.as_seed_dict()["message"]
+    assert rec.as_dict()["locked_probes"] == 14
+    # the same window with jittered open periods says nothing of it
+    rng = random.Random(3)
+    moved = _reopenings(5.0, [60.0 * (0.8 + 0.4 * rng.random()) for _ in range(14)])
+    calls = [(tr.ts, True) for tr in moved if tr.to_state == "open"]
+    series = bucketize(calls, start=0.0, end=900.0)
+    plain = recommend(classify_series(series, transitions=moved), current_threshold=5, current_timeout=60,
+                      series=series, transitions=moved)
+    assert plain.locked_probes == 0 and "jitter" not in plain.rationale
