@@ -160,11 +160,14 @@ def run(scenario: str, *, auto: bool, speed: float, minutes: float,
     full = anchor + 900.0  # labels from full 15-minute windows only
     labels = Counter(p[1] or "abstained" for p in patterns if p[0] >= full)  # NULL: abstained (censored)
     advice: Counter[str] = Counter()
+    locked = 0  # analyses whose rationale suggests jitter: probes failing one fixed period apart
     for p in patterns:
         rec = json.loads(p[5]).get("recommendation", {}) if p[5] else {}
         if rec.get("has_recommendations"):
             advice[f"{rec['recommended_threshold']}/{rec['recommended_timeout']:g}s"] += 1
+        locked += bool(rec.get("locked_probes"))
     return {"scenario": scenario, "auto": auto, "counts": total, "labels": labels, "advice": advice,
+            "locked": locked,
             "adjustments": [(round(a[0] - anchor), a[1]) for a in adjustments],
             "final": sorted({(r["threshold"], r["timeout"]) for r in results}), "analysts": analysts,
             "patterns": len(patterns)}
@@ -205,6 +208,10 @@ def main() -> None:
     for r in rows:
         for at, message in r["adjustments"]:
             print(f"- {r['scenario']} (auto): at {at} s: {message}")
+    for r in rows:
+        if r["locked"]:
+            print(f"- {r['scenario']} ({'auto' if r['auto'] else 'no auto'}): {r['locked']} of {r['patterns']} "
+                  "analyses found the probes failing one fixed open period apart and suggested jitter")
 
 
 if __name__ == "__main__":
