@@ -16,16 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from circuitry.analysis.censored import locked_probes
 from circuitry.analysis.history import MinuteRollup
 from circuitry.analysis.patterns import PatternEvidence, PatternResult, PatternType, classify_series
-from circuitry.analysis.recommend import (
-    MAX_THRESHOLD,
-    MIN_GAIN,
-    Recommendation,
-    locked_probes,
-    recommend,
-    safe_threshold,
-)
+from circuitry.analysis.recommend import MAX_THRESHOLD, MIN_GAIN, Recommendation, recommend, safe_threshold
 from circuitry.analysis.replay import Settings, Transition
 from circuitry.analysis.series import Series, bucketize
 from circuitry.exceptions import ConfigurationError

@@ -17,6 +17,9 @@ Then :func:`fill_alternating` fills the open periods with failing and healthy sp
 evidence implies (instead of one failure share for the whole stretch, which is right for an outage and
 wrong here), so a replay prices what the open periods refused while the service was healthy.
 
+The opposite case, a breaker whose probes never find the service healthy because they land in the
+same phase of a periodic failure every time, is :func:`locked_probes`.
+
 Pure: no I/O, no clock; :func:`fill_alternating` draws spell lengths from a seeded source.
 
 .. versionadded:: 0.1.0
@@ -29,19 +32,23 @@ import random
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from statistics import median
 from typing import Final
 
 from circuitry.analysis.replay import Transition, refusing
 from circuitry.analysis.series import Series
 
-__all__ = ["CENSORED_SHARE", "CLEAN_SHARE", "Censoring", "censoring", "fill_alternating"]
+__all__ = ["CENSORED_SHARE", "CLEAN_SHARE", "LOCKED_PROBES", "Censoring", "censoring", "fill_alternating",
+           "locked_probes"]
 
 #: The breaker refused calls for at least this share of the window: its history is censored.
 CENSORED_SHARE: Final = 0.5
 #: Calls let through between a successful probe and the tripping failures fail less than this share: the
 #: service was healthy there.
 CLEAN_SHARE: Final = 0.1
+#: Failed probes in a row, one fixed open period apart, from which a history counts as locked in phase.
+LOCKED_PROBES: Final = 3
 _MIN_RECOVERIES: Final = 1  # a successful probe after which the failures came back
 _MIN_CLEAN_CALLS: Final = 10  # calls those stretches let through before their tripping failures
 
@@ -186,3 +193,36 @@ def fill_alternating(series: Series, transitions: Sequence[Transition], failing:
     keep = sorted(counts)
     return Series(series.start, series.end, w, tuple(keep), tuple(counts[i][0] for i in keep),
                   tuple(counts[i][1] for i in keep))
+
+
+def locked_probes(transitions: Sequence[Transition]) -> tuple[int, float]:
+    """How many probes failed in a row at the end of ``transitions``, each one fixed open period after the
+    one before, and that period.
+
+    A circuit whose open period is a multiple of the cycle of a periodic failure (a job every minute, a
+    60 s open period) probes in the same phase every time: if that phase fails, the circuit never closes
+    on a service that is healthy most of the time (``benchmarks/phase_lock.py``). Counted: the re-openings
+    (half-open -> open) since the circuit last opened from closed, while it has not closed since, when the
+    times between consecutive openings differ by at most 1 s or 2 % -- a fixed period with traffic dense
+    enough to probe at once. Varying periods (``jitter``, backoff, sparse calls) count nothing.
+
+    Args:
+        transitions: The breaker's state changes.
+
+    Returns:
+        ``(failed probes, mean open period)``, or ``(0, 0.0)``.
+
+    .. versionadded:: 0.1.0
+    """
+    opens: list[float] = []
+    for tr in sorted(transitions, key=lambda t: t.ts):
+        if tr.to_state == "open":
+            opens = [*opens, tr.ts] if tr.from_state == "half_open" and opens else [tr.ts]
+        elif tr.to_state != "half_open":
+            opens = []
+    if len(opens) < 2:
+        return 0, 0.0
+    gaps = [b - a for a, b in pairwise(opens)]
+    if max(gaps) - min(gaps) > max(1.0, 0.02 * min(gaps)):
+        return 0, 0.0
+    return len(gaps), sum(gaps) / len(gaps)

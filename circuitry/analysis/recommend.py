@@ -42,10 +42,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any, Final
 
-from circuitry.analysis.censored import censoring, fill_alternating
+from circuitry.analysis.censored import LOCKED_PROBES, censoring, fill_alternating, locked_probes
 from circuitry.analysis.episodes import find_episodes
 from circuitry.analysis.history import (
     MIN_INCIDENT_SHARE,
@@ -70,13 +69,11 @@ from circuitry.analysis.series import Series, bucketize
 from circuitry.exceptions import ConfigurationError
 
 __all__ = [
-    "LOCKED_PROBES",
     "MAX_THRESHOLD",
     "MAX_TIMEOUT",
     "MIN_GAIN",
     "MIN_TIMEOUT",
     "Recommendation",
-    "locked_probes",
     "recommend",
     "safe_threshold",
 ]
@@ -89,8 +86,6 @@ MIN_TIMEOUT: Final = 5.0
 MAX_TIMEOUT: Final = 600.0
 #: A candidate must cost at least this share less than the current settings in the replay.
 MIN_GAIN: Final = 0.15
-#: Failed probes in a row, one fixed open period apart, after which the rationale suggests ``jitter``.
-LOCKED_PROBES: Final = 3
 
 _THRESHOLDS: Final = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20)
 _TIMEOUTS: Final = (5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -133,9 +128,10 @@ class Recommendation:
         censored: The window was censored (the breaker refused calls for most of it while the service kept
             recovering): the advice rests on the probes, not on a label.
         locked_probes: Probes that failed in a row at the end of the history, each one fixed open period
-            after the one before (0 when fewer than :data:`LOCKED_PROBES`, or the periods varied). A fixed
-            period can keep its probe in the failing part of a periodic failure; the rationale then
-            suggests ``jitter`` (see :func:`locked_probes`).
+            after the one before (0 when fewer than
+            :data:`~circuitry.analysis.censored.LOCKED_PROBES`, or the periods varied). A fixed period can
+            keep its probe in the failing part of a periodic failure; the rationale then suggests ``jitter``
+            (see :func:`~circuitry.analysis.censored.locked_probes`).
     """
 
     recommended_threshold: int
@@ -225,39 +221,6 @@ class Recommendation:
                 "total": round(cost.total(), 3),
             }
         return out
-
-
-def locked_probes(transitions: Sequence[Transition]) -> tuple[int, float]:
-    """How many probes failed in a row at the end of ``transitions``, each one fixed open period after the
-    one before, and that period.
-
-    A circuit whose open period is a multiple of the cycle of a periodic failure (a job every minute, a
-    60 s open period) probes in the same phase every time: if that phase fails, the circuit never closes
-    on a service that is healthy most of the time (``benchmarks/phase_lock.py``). Counted: the re-openings
-    (half-open -> open) since the circuit last opened from closed, while it has not closed since, when the
-    times between consecutive openings differ by at most 1 s or 2 % -- a fixed period with traffic dense
-    enough to probe at once. Varying periods (``jitter``, backoff, sparse calls) count nothing.
-
-    Args:
-        transitions: The breaker's state changes.
-
-    Returns:
-        ``(failed probes, mean open period)``, or ``(0, 0.0)``.
-
-    .. versionadded:: 0.1.0
-    """
-    opens: list[float] = []
-    for tr in sorted(transitions, key=lambda t: t.ts):
-        if tr.to_state == "open":
-            opens = [*opens, tr.ts] if tr.from_state == "half_open" and opens else [tr.ts]
-        elif tr.to_state != "half_open":
-            opens = []
-    if len(opens) < 2:
-        return 0, 0.0
-    gaps = [b - a for a, b in pairwise(opens)]
-    if max(gaps) - min(gaps) > max(1.0, 0.02 * min(gaps)):
-        return 0, 0.0
-    return len(gaps), sum(gaps) / len(gaps)
 
 
 def _fmt_seconds(x: float) -> str:
