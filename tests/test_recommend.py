@@ -10,6 +10,7 @@ import json
 import math
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -388,4 +389,49 @@ def test_a_circuit_whose_probes_keep_failing_one_period_apart_is_told_of_jitter(
     series = bucketize(calls, start=0.0, end=900.0)
     plain = recommend(classify_series(series, transitions=moved), current_threshold=5, current_timeout=60,
                       series=series, transitions=moved)
+    assert plain.locked_probes == 0 and "jitter" not in plain.rationale
+
+
+def _probe_then(healthy_for: float) -> tuple[Series, list[Transition]]:
+    """A trip at 100 s; a probe at 160 s that succeeds; calls healthy for ``healthy_for`` seconds, then
+    failing (one in ten succeeding) until the circuit trips again; four probes failing 60 s apart."""
+    calls = [(100.0 - 0.1 * i, True) for i in range(5)] + [(160.01, False)]
+    t = 160.1
+    while t < 160.1 + healthy_for:
+        calls.append((t, False))
+        t += 0.1
+    run = k = 0
+    while run < 5:
+        failed = k % 10 != 9
+        calls.append((t, failed))
+        run = run + 1 if failed else 0
+        t += 0.1
+        k += 1
+    trip = calls[-1][0]
+    trans = [Transition(100.0, "closed", "open", "consecutive_failures"),
+             Transition(160.0, "open", "half_open", "recovery_timeout"),
+             Transition(160.01, "half_open", "closed", "probe_succeeded"),
+             Transition(trip, "closed", "open", "consecutive_failures"),
+             *_reopenings(trip, [60.0] * 4)[1:]]
+    calls += [(tr.ts, True) for tr in trans if tr.from_state == "half_open" and tr.to_state == "open"]
+    return bucketize(sorted(calls), start=0.0, end=900.0), trans
+
+
+def test_failed_probes_after_a_probe_that_let_failures_through_at_once_are_no_phase_lock() -> None:
+    # An escalation holding at 90 % failures: a probe succeeds now and then, the calls after it fail at
+    # once and trip the circuit again, and probes fail in a row after that -- one fixed period apart, as
+    # every probe of a breaker without jitter is. The service has no healthy phase to miss.
+    series, trans = _probe_then(healthy_for=0.0)
+    assert locked_probes(trans) == (4, pytest.approx(60.0, abs=0.01))
+    rec = recommend(classify_series(series, transitions=trans), current_threshold=5, current_timeout=60,
+                    series=series, transitions=trans)
+    assert rec.locked_probes == 0 and "jitter" not in rec.rationale
+    # the same probes after a probe that found the service healthy for seconds: a cycle they can miss
+    series, trans = _probe_then(healthy_for=4.0)
+    told = recommend(classify_series(series, transitions=trans), current_threshold=5, current_timeout=60,
+                     series=series, transitions=trans)
+    assert told.locked_probes == 4 and "jitter=0.2" in told.rationale
+    # ... unless the window is escalating: a rising failure rate is no cycle
+    rising = replace(classify_series(series, transitions=trans), type="escalating", confidence=0.9)
+    plain = recommend(rising, current_threshold=5, current_timeout=60, series=series, transitions=trans)
     assert plain.locked_probes == 0 and "jitter" not in plain.rationale

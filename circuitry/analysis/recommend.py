@@ -44,7 +44,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from circuitry.analysis.censored import LOCKED_PROBES, censoring, fill_alternating, locked_probes
+from circuitry.analysis.censored import LOCKED_PROBES, Censoring, censoring, fill_alternating, locked_probes
 from circuitry.analysis.episodes import find_episodes
 from circuitry.analysis.history import (
     MIN_INCIDENT_SHARE,
@@ -129,7 +129,9 @@ class Recommendation:
             recovering): the advice rests on the probes, not on a label.
         locked_probes: Probes that failed in a row at the end of the history, each one fixed open period
             after the one before (0 when fewer than
-            :data:`~circuitry.analysis.censored.LOCKED_PROBES`, or the periods varied). A fixed period can
+            :data:`~circuitry.analysis.censored.LOCKED_PROBES`, when the periods varied, when the window
+            is escalating, or when a probe that succeeded in the window was followed by failures at once:
+            a service failing through has no healthy phase to miss). A fixed period can
             keep its probe in the failing part of a periodic failure; the rationale then suggests ``jitter``
             (see :func:`~circuitry.analysis.censored.locked_probes`).
     """
@@ -319,8 +321,11 @@ def recommend(
     kind = result.type
     censored = kind is None and ev.censored
     locked, period = locked_probes(transitions)
-    if locked < LOCKED_PROBES:
-        locked = 0
+    if locked >= LOCKED_PROBES and series is None and calls is not None:
+        series = bucketize(calls)
+    if locked < LOCKED_PROBES or kind == "escalating" or (series is not None
+                                                           and _fails_through(censoring(series, transitions))):
+        locked = 0  # a rising failure rate, or one seen failing through, is no cycle the probes can miss
     lock_note = (
         f"; the last {locked} probes failed, each {_fmt_seconds(period)} s after the one before: if the "
         "failures come in a cycle, a fixed open period keeps its probe in their phase -- a random part "
@@ -529,6 +534,14 @@ def recommend(
         censored=censored,
         locked_probes=locked,
     )
+
+
+def _fails_through(seen: Censoring) -> bool:
+    """A probe got through in the window, and the calls after it failed at once: the service has no
+    healthy phase for a fixed open period to miss, so failed probes one period apart are no phase lock
+    (an escalation, an outage that a lucky probe interrupted). Without a successful probe the window
+    cannot tell a lock from a long outage, and the note stays (it is worded as a condition)."""
+    return seen.probe_successes > 0 and not seen.recovering
 
 
 def _ongoing(series: Series) -> tuple[float, float] | None:
