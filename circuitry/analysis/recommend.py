@@ -321,10 +321,12 @@ def recommend(
     kind = result.type
     censored = kind is None and ev.censored
     locked, period = locked_probes(transitions)
-    if locked >= LOCKED_PROBES and series is None and calls is not None:
-        series = bucketize(calls)
-    if locked < LOCKED_PROBES or kind == "escalating" or (series is not None
-                                                           and _fails_through(censoring(series, transitions))):
+    seen: Censoring | None = None  # what the probes saw, measured once (the censored reading reuses it)
+    if locked >= LOCKED_PROBES and kind != "escalating":
+        if series is None and calls is not None:
+            series = bucketize(calls)
+        seen = censoring(series, transitions) if series is not None else None
+    if locked < LOCKED_PROBES or kind == "escalating" or (seen is not None and _fails_through(seen)):
         locked = 0  # a rising failure rate, or one seen failing through, is no cycle the probes can miss
     lock_note = (
         f"; the last {locked} probes failed, each {_fmt_seconds(period)} s after the one before: if the "
@@ -370,7 +372,7 @@ def recommend(
     if censored:
         # The open periods hid a service that keeps coming back: fill them with the spells the probes and
         # the closed stretches imply, not with one failure share (see circuitry.analysis.censored).
-        cz = censoring(series, transitions)
+        cz = seen if seen is not None else censoring(series, transitions)
         spells = cz.spells()
         if spells is None:
             return unchanged(f"censored window (the breaker refused calls {ev.refused_share or 0.0:.0%} of it), "
