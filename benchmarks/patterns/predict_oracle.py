@@ -30,6 +30,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import pickle
 import random
@@ -142,7 +143,8 @@ def _oracle(args: tuple[int, str, str, int, int]) -> tuple[int, int] | None:
 def oracle(seed_name: str, per_cell: int, runs: int, jobs: int | None) -> list[tuple[int, int]]:
     """The oracle's counts for the cases of :func:`predict_bench.build`, in its order (cached)."""
     seed = pb.SEEDS[seed_name]
-    path = CACHE / f"oracle-{seed_name}-{seed}-{per_cell}-{runs}-{pb._fingerprint()}.pickle"
+    code = hashlib.sha256((pb._fingerprint() + Path(__file__).read_text()).encode()).hexdigest()[:12]
+    path = CACHE / f"oracle-{seed_name}-{seed}-{per_cell}-{runs}-{code}.pickle"  # the code, this script's too
     if path.exists():
         with path.open("rb") as fh:
             cached: list[tuple[int, int]] = pickle.load(fh)

@@ -88,6 +88,13 @@ class Censoring:
                 and self.clean_failures < CLEAN_SHARE * self.clean_calls)
 
     @property
+    def failing_through(self) -> bool:
+        """A probe found the service healthy, and the calls let through after it failed at once: the
+        service has no healthy phase for the breaker's probes to miss (an escalation, an outage that a
+        lucky probe interrupted)."""
+        return self.probe_successes > 0 and not self.recovering
+
+    @property
     def alternating(self) -> bool:
         """The breaker was open for most of the window while the service kept coming back healthy: its
         failures come and go faster than the open period, and the admitted calls are not a sample."""

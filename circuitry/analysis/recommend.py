@@ -320,14 +320,19 @@ def recommend(
     ev = result.evidence
     kind = result.type
     censored = kind is None and ev.censored
+    # Failed probes one fixed period apart are a phase lock only where the failures may come in a cycle:
+    # not in a rising failure rate, nor where a probe got through and the calls after it failed at once.
+    # (Without a successful probe the window cannot tell a lock from a long outage: the note is a condition.)
     locked, period = locked_probes(transitions)
     seen: Censoring | None = None  # what the probes saw, measured once (the censored reading reuses it)
-    if locked >= LOCKED_PROBES and kind != "escalating":
+    if locked < LOCKED_PROBES or kind == "escalating":
+        locked = 0
+    else:
         if series is None and calls is not None:
             series = bucketize(calls)
-        seen = censoring(series, transitions) if series is not None else None
-    if locked < LOCKED_PROBES or kind == "escalating" or (seen is not None and _fails_through(seen)):
-        locked = 0  # a rising failure rate, or one seen failing through, is no cycle the probes can miss
+        if series is not None:
+            seen = censoring(series, transitions)
+            locked = 0 if seen.failing_through else locked
     lock_note = (
         f"; the last {locked} probes failed, each {_fmt_seconds(period)} s after the one before: if the "
         "failures come in a cycle, a fixed open period keeps its probe in their phase -- a random part "
@@ -536,14 +541,6 @@ def recommend(
         censored=censored,
         locked_probes=locked,
     )
-
-
-def _fails_through(seen: Censoring) -> bool:
-    """A probe got through in the window, and the calls after it failed at once: the service has no
-    healthy phase for a fixed open period to miss, so failed probes one period apart are no phase lock
-    (an escalation, an outage that a lucky probe interrupted). Without a successful probe the window
-    cannot tell a lock from a long outage, and the note stays (it is worded as a condition)."""
-    return seen.probe_successes > 0 and not seen.recovering
 
 
 def _ongoing(series: Series) -> tuple[float, float] | None:
