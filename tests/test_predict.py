@@ -199,6 +199,10 @@ def test_the_calibration_sees_the_trip_history_and_whether_the_breaker_is_open()
     assert recent["trip_history"] == pytest.approx(0.5)
     assert 0.0 < older["trip_history"] < recent["trip_history"]
     assert ancient["trip_history"] == 0.0
+    # The share of the eight 5-minute slots with a trip: recent and older alike, nothing past 40 minutes.
+    assert recent["trip_share"] == older["trip_share"] == pytest.approx(1 / 8)
+    assert open_features(0.1, s, trips, 300.0)["trip_share"] == pytest.approx(2 / 8)
+    assert quiet["trip_share"] == ancient["trip_share"] == 0.0
     assert recent["open_now"] == 1.0  # tripped at 880 s, not closed since
     closed_again = open_features(0.1, s, [trips[0], Transition(885.0, "open", "half_open"),
                                           Transition(885.5, "half_open", "closed")], 300.0)

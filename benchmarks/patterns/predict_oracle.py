@@ -23,8 +23,8 @@ realisations used is printed.
 
 Run from the repository root::
 
-    python -m benchmarks.patterns.predict_oracle [--per-cell N] [--score dev|test] [--score-per-cell N]
-        [--runs N] [--jobs N]
+    python -m benchmarks.patterns.predict_oracle [--per-cell N] [--train-per-cell N] [--score dev|test]
+        [--score-per-cell N] [--runs N] [--jobs N]
 """
 
 from __future__ import annotations
@@ -93,12 +93,12 @@ def _draw(seed: str, family: str, shape: str, alt: str | None, attempt: int | No
     """``families.draw``'s loop. Without ``alt``: the index of the attempt that succeeded. With it: that
     attempt redrawn from the same parameters with fresh events and calls (``None`` if it breaks its rule)."""
     rng = _Reseeding(seed)
-    scale = (pb.NOW + pb.HORIZON) / pb.WINDOW
+    scale = pb.DURATION / pb.WINDOW
     for k in range(10_000):
         target = rng.choice(families.TARGETS) * rng.uniform(0.8, 1.25) * scale
         if alt is not None and k == attempt:
             rng.alt = alt
-        s = families.make_stream(rng, family, shape, target, pb.NOW + pb.HORIZON)
+        s = families.make_stream(rng, family, shape, target, pb.DURATION)
         ok = s is not None and s.label is not None
         if alt is not None and k == attempt:
             return s if ok else None
@@ -113,7 +113,7 @@ def _trips(s: families.Stream) -> bool:
     admitted: list[tuple[float, bool]] = []
     end = pb.NOW + pb.HORIZON
     for t, f in s.calls():
-        if t > end:
+        if t >= end:
             break
         b.feed(t, f, tally, False, admitted)
     return any(tr.from_state == "closed" and tr.to_state == "open" and pb.NOW < tr.ts <= end
@@ -162,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Score the oracle beside ``predict()`` and the baselines, per family and per traffic shape."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--per-cell", type=int, default=8)
+    ap.add_argument("--train-per-cell", type=int, default=32, help="as predict_bench's")
     ap.add_argument("--score", choices=("test", "dev"), default="test")
     ap.add_argument("--score-per-cell", type=int, default=None)
     ap.add_argument("--runs", type=int, default=40, help="realisations per case")
@@ -169,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     per_cell = args.score_per_cell or args.per_cell
-    train = pb.build("train", args.per_cell, args.jobs)
+    train = pb.build("train", args.train_per_cell, args.jobs)
     test = pb.build(args.score, per_cell, args.jobs)
     counts = oracle(args.score, per_cell, args.runs, args.jobs)
     if len(counts) != len(test):

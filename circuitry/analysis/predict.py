@@ -9,7 +9,7 @@ breaker's settings and its transitions, and returns a :class:`Prediction`:
   after the change point if the failure rate is escalating; for a breaker closed now, from the seconds
   it let calls through, the stretches it refused taken out), in batches until enough futures trip and
   enough do not. A logistic calibration maps that raw probability, the trips of the last 40 minutes
-  (per 5-minute slot, recent ones weighted most) and whether the breaker is open now to a calibrated
+  (per 5-minute slot: recent ones weighted most, and all alike) and whether the breaker is open now to a calibrated
   one; the constants are fitted by ``benchmarks/patterns/predict_bench.py``, never by hand.
 * ``failure_rate`` -- the expected failure share of the calls in the next ``horizon`` seconds, with an
   interval meant to hold it ``coverage`` of the time, from the same resampled futures, widened by a
@@ -144,24 +144,29 @@ def _futures(rows: list[tuple[int, int]], w: float, horizon: float, runs: int, r
 
 def open_features(raw: float, series: Series, transitions: Sequence[Transition], horizon: float) -> dict[str, float]:
     """The facts the open-probability calibration uses (exposed so the fitting script uses the same): the
-    simulation's probability (as a logit), the trip history and whether the breaker is refusing now.
+    simulation's probability (as a logit), the trip history, whether the breaker is refusing now and the
+    share of the eight slots with a trip.
 
     The trip history is a longer memory for bursts that come and go at random: whether the breaker
     tripped (closed -> open) in each of the eight 5-minute slots before the window's end, averaged with
-    weights halving slot by slot (newest first, an EWMA of weight 1/2 from 0). A breaker open now must
+    weights halving slot by slot (newest first, an EWMA of weight 1/2 from 0); the share of slots with a
+    trip, unweighted, is the long run's rate beside it (a stationary stream's best guess). A breaker open now must
     close before it can trip again, and mostly does so on a service still failing: the simulation of its
     probes is the least certain part, so the state is a fact of its own."""
     end = series.end
     slot = DEFAULT_HORIZON
     history = 0.0
+    slots_tripped = 0
     for k in range(_SLOTS - 1, -1, -1):  # oldest first
         hi = end - k * slot
         tripped = any(tr.to_state == "open" and tr.from_state == "closed" and hi - slot < tr.ts <= hi
                       for tr in transitions)
         history = _SLOT_WEIGHT * float(tripped) + (1.0 - _SLOT_WEIGHT) * history
+        slots_tripped += tripped
     refusing, _ = _state_at_end(transitions, end)
     r = clamp(raw, 0.001, 0.999)
-    return {"logit_raw": math.log(r / (1.0 - r)), "trip_history": history, "open_now": float(refusing)}
+    return {"logit_raw": math.log(r / (1.0 - r)), "trip_history": history, "open_now": float(refusing),
+            "trip_share": slots_tripped / _SLOTS}
 
 
 def predict(
