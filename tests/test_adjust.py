@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from circuitry.analysis.adjust import Adjustment, AdjustPolicy, MeasuredCost, decide, measure_cost
@@ -142,10 +144,41 @@ def test_measure_cost_counts_calls_into_failing_minutes_and_refusals_in_healthy_
     assert measure_cost([]).per_call == 0.0
 
 
+def test_measure_cost_prices_refusals_at_a_healthy_share_for_censored_advice() -> None:
+    minutes = [
+        MinuteRollup(0, 600, 594, 6),  # decided throughout: its 6 failures
+        MinuteRollup(1, 20, 2, 18, rejections=580),  # refused more than decided: 18 + 0.4 * 580
+        MinuteRollup(2, 300, 270, 30, rejections=100),  # decided more: 30 + (270 / 300) * 100
+        MinuteRollup(3, 0, 0, 0, rejections=600),  # refused throughout: 0.4 * 600
+    ]
+    m = measure_cost(minutes, refused_healthy=0.4)
+    assert m.calls == 2200 and m.cost == pytest.approx(6 + 18 + 232 + 30 + 90 + 240)
+    # The coarse measure takes minutes 1 and 3 for an outage: refusing there is free.
+    assert measure_cost(minutes).cost == pytest.approx(20 + 100)
+    for bad in (-0.1, 1.5, True, float("nan")):
+        with pytest.raises(ConfigurationError, match="refused_healthy"):
+            measure_cost(minutes, refused_healthy=bad)  # type: ignore[arg-type]
+
+
+def test_censored_advice_rests_on_the_probes_not_on_a_label() -> None:
+    base = rec(threshold=5, timeout=5.0, failures=3, confidence=0.0, pattern=None)  # type: ignore[arg-type]
+    r = replace(base, censored=True, probes=12, refused_healthy=0.45)
+    d = decide(CURRENT, r, now=10_000.0, recent=[r])
+    assert d.action == "adjust" and (d.settings.threshold, d.settings.timeout) == (5, 30.0)
+    assert "censored window (12 probes, 45% found the service healthy)" in d.reason
+    assert d.evidence["refused_healthy"] == 0.45 and d.evidence["probes"] == 12
+    few = replace(r, probes=9)
+    d = decide(CURRENT, few, now=10_000.0, recent=[few])
+    assert d.action == "hold" and "censored window with 9 probes (need 10)" in d.reason
+    # Without the censored reading the same advice has no label behind it: held as before.
+    d = decide(CURRENT, base, now=10_000.0, recent=[base])
+    assert d.action == "hold" and "too little evidence: 3 failures" in d.reason
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"min_failures": -1}, {"confirmations": 0}, {"min_confidence": 2.0}, {"cooldown": -1.0}, {"max_step": 1.0},
-     {"bounds": (5, 3, 10.0, 60.0)}, {"rollback_margin": 1.5}],
+     {"bounds": (5, 3, 10.0, 60.0)}, {"rollback_margin": 1.5}, {"min_probes": -1}],
 )
 def test_policy_validates(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from circuitry import CircuitOpenError, CircuitState, DatabaseCircuitBreaker, Registry, circuit
+from circuitry.analysis.adjust import measure_cost
+from circuitry.analysis.history import MinuteRollup
 from circuitry.runners.analyst import Analyst
 from circuitry.store import SQLiteStore
 from circuitry.testing import FakeClock
@@ -221,6 +223,36 @@ def test_auto_apply_moves_one_confirmed_bounded_step_and_every_process_follows(m
     Analyst.attach(store_a).run_once(NOW + 60)  # within the cooldown: no second step
     assert a.policy.recovery_timeout == 30
     assert len(store_a.query("SELECT id FROM circuit_breaker_events WHERE event_type = 'adjustment'")) == 1
+
+
+def test_a_change_made_on_censored_advice_is_judged_with_the_healthy_share_it_recorded(
+        make: Any, tmp_path: Path) -> None:
+    reg, store = make(auto_apply=True, analysis_interval=60.0)
+    reg.get("blips", failure_threshold=5, recovery_timeout=30)
+    assert store.flush()
+    at = (int(NOW) // 60 - 10) * 60.0
+    after = [MinuteRollup(int(at // 60) + k, 100, 60, 40, rejections=500) for k in range(1, 9)]
+    change = {"action": "adjust", "reason": "test", "before": {"threshold": 5, "timeout": 60.0},
+              "after": {"threshold": 5, "timeout": 30.0}, "evidence": {},
+              "cost_before": {"seconds": 1800.0, "calls": 4800, "cost": 2000.0}}
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.executemany(
+            "INSERT INTO circuit_breaker_metrics (service_name, minute, bucket_start, calls, successes, failures, "
+            "rejections) VALUES ('blips', ?, '', ?, ?, ?, ?)",
+            [(m.minute, m.calls, m.successes, m.failures, m.rejections) for m in after])
+        conn.executemany(
+            "INSERT INTO circuit_breaker_events (service_name, event_type, to_state, ts, additional_data) "
+            "VALUES ('blips', 'adjustment', 'closed', ?, ?)",
+            [(at, json.dumps({**change, "refused_healthy": 0.4})),
+             (at + 1.0, json.dumps({**change, "refused_healthy": None})),
+             (at + 2.0, json.dumps({**change, "refused_healthy": "0.4"}))])  # not ours: the coarse measure
+    got = Analyst.attach(store)._adjustments("blips", NOW)
+    assert [a.refused_healthy for a in got] == [0.4, None, None]
+    censored, coarse, odd = (a.cost_after for a in got)
+    assert censored is not None and coarse is not None and odd is not None
+    # The minutes after it (the current one may hold nothing yet): 40 failures + 0.4 * 500 refused each.
+    assert censored.cost == pytest.approx(measure_cost(after, 0.4).cost) == pytest.approx(8 * 240.0)
+    assert coarse.cost == pytest.approx(measure_cost(after).cost) == odd.cost == pytest.approx(8 * 500.0)
 
 
 def test_opening_and_closing_raise_alerts_delivered_to_the_callback(make: Any, clock: FakeClock) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
+from circuitry.analysis.adjust import Adjustment, AdjustPolicy, decide, measure_cost
 from circuitry.analysis.censored import CENSORED_SHARE, censoring, fill_alternating
 from circuitry.analysis.engine import analyse
 from circuitry.analysis.history import MinuteRollup
@@ -117,7 +119,8 @@ def test_regression_blips_get_a_shorter_open_period_that_serves_more(seed: int) 
     assert pattern.type is None
     assert rec.has_recommendations and rec.censored
     assert rec.recommended_timeout < 60.0
-    assert rec.confidence == 0.0  # no label backs it: the adjuster holds
+    assert rec.confidence == 0.0  # no label backs it: the probes do
+    assert rec.probes >= 10 and rec.refused_healthy is not None and 0.0 < rec.refused_healthy < 1.0
     assert "probes succeeded" in rec.rationale
     cur, exp = rec.current_cost, rec.expected_cost
     assert cur is not None and exp is not None
@@ -130,6 +133,34 @@ def test_regression_blips_get_a_shorter_open_period_that_serves_more(seed: int) 
     before, after = Run(blips, defaults, seed=seed + 10), Run(blips, new, seed=seed + 10)
     assert after.served > 2 * before.served
     assert after.let + after.refused < before.let + before.refused
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_regression_blips_the_adjuster_acts_on_censored_advice_and_keeps_a_change_that_serves_more(
+        seed: int) -> None:
+    # With auto_apply the adjuster held on blips (no label, so no confidence), and had it acted, its
+    # rollback would have undone the change: the coarse measured cost takes a minute whose probes failed
+    # for an outage, so refusing a service that is healthy half the time looked free.
+    defaults = Settings(5, 60.0)
+    run = Run(blips, defaults, seed=seed)
+    _, rec = run.analyse(defaults)
+    assert rec.censored and rec.improvement is not None and rec.improvement >= AdjustPolicy().min_gain
+    step = decide(defaults, rec, now=run.end, recent=[rec])
+    assert step.action == "adjust" and step.settings.timeout == 30.0  # one bounded step towards 5 s
+    assert step.evidence["refused_healthy"] == rec.refused_healthy
+    # The advised settings in force, on fresh calls of the same service: they serve more and cost less ...
+    advised = Settings(rec.recommended_threshold, rec.recommended_timeout, rec.backoff_multiplier or 1.0,
+                       rec.max_timeout)
+    before, after = Run(blips, defaults, seed=seed + 10), Run(blips, advised, seed=seed + 10)
+    assert after.served > 2 * before.served and after.let + after.refused < before.let + before.refused
+    # ... and the measure the change is judged by says so; the coarse one says the opposite.
+    h = rec.refused_healthy
+    change = Adjustment(run.end, "adjust", defaults, advised, measure_cost(before.history(), h),
+                        measure_cost(after.history(), h))
+    later = run.end + AdjustPolicy().evaluation
+    assert decide(advised, rec, now=later, history=[change]).action != "rollback"
+    coarse = replace(change, cost_before=measure_cost(before.history()), cost_after=measure_cost(after.history()))
+    assert decide(advised, rec, now=later, history=[coarse]).action == "rollback"
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -335,15 +335,17 @@ class Auto:
         policy = AdjustPolicy()
         if self.changes:  # fill in the measured cost since the last change
             last = self.changes[-1]
-            after = measure_cost(m for m in minutes if last.at <= m.minute * 60.0 < now)
+            after = measure_cost((m for m in minutes if last.at <= m.minute * 60.0 < now), last.refused_healthy)
             self.changes[-1] = replace(last, cost_after=after)
         d = decide(current, rec, now=now, history=self.changes, recent=self.recent, policy=policy)
         self.recent = [*self.recent[-4:], rec]
         if d.action == "hold":
             return current
-        before = measure_cost(m for m in minutes if now - policy.evaluation <= m.minute * 60.0 < now)
+        # a change on censored advice is judged pricing refusals at the healthy share the probes saw
+        healthy = d.evidence.get("refused_healthy") if d.action == "adjust" else None
+        before = measure_cost((m for m in minutes if now - policy.evaluation <= m.minute * 60.0 < now), healthy)
         self.changes.append(Adjustment(now, "rollback" if d.action == "rollback" else "adjust", current, d.settings,
-                                       cost_before=before))
+                                       cost_before=before, refused_healthy=healthy))
         return d.settings
 
 

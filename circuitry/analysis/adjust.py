@@ -10,7 +10,9 @@ The rules, with their :class:`AdjustPolicy` tunables:
 
 * **Minimum evidence** -- act only on a recommendation from a window with at least ``min_failures``
   failures, a pattern confidence of at least ``min_confidence`` and a replayed saving of at least
-  ``min_gain``.
+  ``min_gain``. Advice from a *censored* window (the breaker refused most of it, so no label backs it;
+  :mod:`circuitry.analysis.censored`) rests on the probes instead: at least ``min_probes`` of them, and
+  the saving.
 * **Confirmation** -- the same direction of change must have been advised in the last ``confirmations``
   analyses (give them as ``recent``), so one odd window moves nothing.
 * **Hysteresis** -- no change within ``cooldown`` seconds of the previous one; a change that undoes the
@@ -21,7 +23,10 @@ The rules, with their :class:`AdjustPolicy` tunables:
 * **Rollback** -- once a change has been in force for ``evaluation`` seconds with at least
   ``min_measured_calls`` calls, its measured cost per call is compared with the cost per call before it;
   worse by more than ``rollback_margin`` and the previous settings come back (a rolled-back change is not
-  retried for ``10 * cooldown``).
+  retried for ``10 * cooldown``). A change made on censored advice is measured with refused calls priced
+  at the share of the probes that found the service healthy, before and after alike (see
+  :func:`measure_cost`): the usual measure takes a minute whose probes failed for an outage, so refusing
+  a service that keeps coming back looks free, and a change that serves it would be rolled back.
 
 .. versionadded:: 0.1.0
 """
@@ -58,6 +63,7 @@ class AdjustPolicy:
         evaluation: Seconds a change stays in force before it is judged.
         min_measured_calls: Calls needed, before and after, to judge a change.
         rollback_margin: A change whose measured cost per call is this share worse is rolled back.
+        min_probes: Probes a censored window must hold for its advice to be acted on.
     """
 
     min_failures: int = 20
@@ -70,9 +76,10 @@ class AdjustPolicy:
     evaluation: float = 1800.0
     min_measured_calls: int = 500
     rollback_margin: float = 0.1
+    min_probes: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("min_failures", "confirmations", "min_measured_calls"):
+        for name in ("min_failures", "confirmations", "min_measured_calls", "min_probes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "confirmations" else 0):
                 raise ConfigurationError(f"{name} must be a non-negative int (confirmations >= 1), got {v!r}")
@@ -123,6 +130,9 @@ class Adjustment:
         after: The settings it applied.
         cost_before: The measured cost over a stretch before it (``None``: not measured).
         cost_after: The measured cost since it (``None``: not yet measured).
+        refused_healthy: For a change made on censored advice, the healthy share both costs price refused
+            calls at (:func:`measure_cost`; the decision's ``evidence["refused_healthy"]``); ``None``: the
+            coarse measure.
     """
 
     at: float
@@ -131,6 +141,7 @@ class Adjustment:
     after: Settings
     cost_before: MeasuredCost | None = None
     cost_after: MeasuredCost | None = None
+    refused_healthy: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +161,7 @@ class Decision:
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
-def measure_cost(minutes: Iterable[MinuteRollup]) -> MeasuredCost:
+def measure_cost(minutes: Iterable[MinuteRollup], refused_healthy: float | None = None) -> MeasuredCost:
     """Estimate the explicit cost of a stretch from its per-minute rollups.
 
     A minute in which half or more of the decided calls failed (or which refused more than it decided, and
@@ -158,12 +169,27 @@ def measure_cost(minutes: Iterable[MinuteRollup]) -> MeasuredCost:
     the other minutes, the refused calls were healthy calls refused. Coarse -- a minute is one state --
     but the same for the stretches before and after a change, which is what the comparison needs.
 
+    With ``refused_healthy`` (for a change made on censored advice) a minute costs its failed calls, and
+    its refused calls at the share of them that were healthy: ``refused_healthy`` in a minute that refused
+    more calls than it decided (what it decided is too little, or too much the breaker's choice, to say),
+    else the minute's own success share. A minute of a service that fails and recovers every few seconds
+    is neither failing nor healthy, and its decided calls are mostly the probes, which a fixed open period
+    can keep in one phase of the failures.
+
     Args:
         minutes: The stretch's rollups.
+        refused_healthy: Share of the refused calls taken to be healthy where the minute cannot tell, in
+            ``[0, 1]``; ``None``: the coarse measure above.
 
     Returns:
         The measured cost.
+
+    Raises:
+        ConfigurationError: ``refused_healthy`` is outside ``[0, 1]``.
     """
+    h = refused_healthy
+    if h is not None and (isinstance(h, bool) or not isinstance(h, int | float) or not 0.0 <= h <= 1.0):
+        raise ConfigurationError(f"refused_healthy must be within [0, 1], got {refused_healthy!r}")
     calls = 0
     cost = 0.0
     first = last = None
@@ -171,6 +197,10 @@ def measure_cost(minutes: Iterable[MinuteRollup]) -> MeasuredCost:
         first = m.minute if first is None else min(first, m.minute)
         last = m.minute if last is None else max(last, m.minute)
         calls += m.calls + m.rejections
+        if refused_healthy is not None:
+            healthy = refused_healthy if m.rejections > m.calls else m.successes / m.calls if m.calls else 0.0
+            cost += m.failures + healthy * m.rejections
+            continue
         failing = 2 * m.failures >= m.calls if m.calls else m.rejections > 0
         cost += m.calls if failing else m.rejections
     seconds = 60.0 * (last - first + 1) if first is not None and last is not None else 0.0
@@ -234,9 +264,14 @@ def decide(
     rec = recommendation
     if not rec.has_recommendations:
         return holding(f"nothing recommended: {rec.rationale}")
-    if rec.failures < p.min_failures:
+    censored = rec.censored and rec.refused_healthy is not None
+    if censored:  # no label backs it: the probes are the evidence
+        if rec.probes < p.min_probes:
+            return holding(f"too little evidence: a censored window with {rec.probes} probes (need {p.min_probes})",
+                           probes=rec.probes)
+    elif rec.failures < p.min_failures:
         return holding(f"too little evidence: {rec.failures} failures (need {p.min_failures})", failures=rec.failures)
-    if rec.confidence < p.min_confidence:
+    elif rec.confidence < p.min_confidence:
         return holding(f"pattern confidence {rec.confidence:.2f} below {p.min_confidence:.2f}",
                        confidence=rec.confidence)
     gain = rec.improvement or 0.0
@@ -277,10 +312,13 @@ def decide(
     if new == current:
         return holding("already there")
     c, e = rec.current_cost, rec.expected_cost
+    basis = (f"censored window ({rec.probes} probes, {rec.refused_healthy:.0%} found the service healthy)"
+             if censored else f"{rec.primary_pattern} pattern at confidence {rec.confidence:.2f}")
+    evidence: dict[str, Any] = {"refused_healthy": rec.refused_healthy, "probes": rec.probes} if censored else {}
     return Decision(
         "adjust",
         new,
-        f"{rec.primary_pattern} pattern at confidence {rec.confidence:.2f}: threshold {current.threshold} -> "
+        f"{basis}: threshold {current.threshold} -> "
         f"{new.threshold}, open period {current.timeout:g} s -> {new.timeout:g} s"
         + (f", backoff x{new.backoff:g}" if new.backoff != current.backoff else "")
         + f" (a step towards {target.threshold}/{target.timeout:g} s; replay saves {gain:.0%})",
@@ -292,5 +330,6 @@ def decide(
             "recommended": {"threshold": target.threshold, "timeout": target.timeout, "backoff": target.backoff},
             "replayed_cost_per_hour": None if c is None or e is None else {"current": c.total(),
                                                                           "recommended": e.total()},
+            **evidence,
         },
     )

@@ -134,6 +134,10 @@ class Recommendation:
             a service failing through has no healthy phase to miss). A fixed period can
             keep its probe in the failing part of a periodic failure; the rationale then suggests ``jitter``
             (see :func:`~circuitry.analysis.censored.locked_probes`).
+        probes: For censored advice: the probes in the window, the evidence it rests on.
+        refused_healthy: For censored advice: the share of the probes that found the service healthy --
+            the share of the refused time it was healthy, which an adjustment made on the advice prices
+            refused calls at (:func:`~circuitry.analysis.adjust.measure_cost`).
     """
 
     recommended_threshold: int
@@ -152,6 +156,8 @@ class Recommendation:
     replayed_seconds: float = 0.0
     censored: bool = False
     locked_probes: int = 0
+    probes: int = 0
+    refused_healthy: float | None = None
 
     @property
     def improvement(self) -> float | None:
@@ -213,6 +219,8 @@ class Recommendation:
             improvement=self.improvement,
             censored=self.censored,
             locked_probes=self.locked_probes,
+            probes=self.probes,
+            refused_healthy=self.refused_healthy,
         )
         for name, cost in (("current_cost_per_hour", self.current_cost),
                            ("expected_cost_per_hour", self.expected_cost)):
@@ -366,6 +374,7 @@ def recommend(
             f"{kind} pattern at confidence {result.confidence:.2f} is below the floor {confidence_floor:.2f}"
         )
     what = f"{kind} pattern" if kind else "censored window"
+    probes, refused_healthy = 0, None
     if series is None:
         if calls is None:
             return unchanged(f"{what}, but no history to replay")
@@ -383,6 +392,7 @@ def recommend(
             return unchanged(f"censored window (the breaker refused calls {ev.refused_share or 0.0:.0%} of it), "
                              "but the replayed history does not show the service recovering between failures")
         horizon = fill_alternating(horizon, transitions, *spells)
+        probes, refused_healthy = cz.probes, cz.probe_success_share
         what = (
             f"the breaker refused calls {ev.refused_share or 0.0:.0%} of the window, yet {cz.probe_successes} of "
             f"{cz.probes} probes succeeded and the circuit then let calls through for a median "
@@ -540,6 +550,8 @@ def recommend(
         replayed_seconds=horizon.span,
         censored=censored,
         locked_probes=locked,
+        probes=probes,
+        refused_healthy=refused_healthy,
     )
 
 

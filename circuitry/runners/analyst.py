@@ -335,9 +335,12 @@ class Analyst:
         d = decide(current, analysis.recommendation, now=now, history=history, recent=recent, policy=p)
         if d.action == "hold":
             return d
-        before = measure_cost(_rollups(self.store.read, name, now - p.evaluation, now))
+        # A change made on censored advice is judged with refused calls priced at the healthy share the
+        # probes saw, before and after alike (see measure_cost).
+        healthy = d.evidence.get("refused_healthy") if d.action == "adjust" else None
+        before = measure_cost(_rollups(self.store.read, name, now - p.evaluation, now), healthy)
         data = {"action": d.action, "reason": d.reason, "before": _plain_settings(current),
-                "after": _plain_settings(d.settings), "evidence": d.evidence,
+                "after": _plain_settings(d.settings), "evidence": d.evidence, "refused_healthy": healthy,
                 "cost_before": {"seconds": before.seconds, "calls": before.calls, "cost": before.cost}}
         self.records.event(name, ADJUSTMENT_EVENT, data, now, message=d.reason[:500])
         self._followed[name] = now
@@ -368,9 +371,12 @@ class Analyst:
             except (TypeError, KeyError, ValueError):  # not measured, or a row not of ours
                 cost_before = None
             at = float(r["ts"])
-            cost_after = (measure_cost(_rollups(self.store.read, name, at + 60.0, now)) if d["action"] == "adjust"
-                          else None)
-            out.append(Adjustment(at, d["action"], before, after, cost_before, cost_after))
+            healthy = d.get("refused_healthy")
+            if not isinstance(healthy, int | float) or isinstance(healthy, bool) or not 0.0 <= healthy <= 1.0:
+                healthy = None  # not censored advice, or a row not of ours
+            cost_after = (measure_cost(_rollups(self.store.read, name, at + 60.0, now), healthy)
+                          if d["action"] == "adjust" else None)
+            out.append(Adjustment(at, d["action"], before, after, cost_before, cost_after, healthy))
         return out
 
     def _recent(self, name: str, now: float, current: Settings, until: float) -> list[Recommendation]:
