@@ -131,6 +131,38 @@ def test_a_rolled_back_change_is_not_retried_soon() -> None:
     assert decide(CURRENT, r, now=3000.0 + 6001.0, history=[change, rollback], recent=[r], policy=p).action == "adjust"
 
 
+def test_probes_locked_in_phase_get_jitter_first_and_alone() -> None:
+    locked = replace(rec(threshold=3, timeout=30.0), locked_probes=4)
+    d = decide(CURRENT, locked, now=10_000.0, recent=[locked])
+    assert d.action == "adjust" and d.settings == Settings(5, 60.0, jitter=0.2)  # nothing else moves
+    assert "jitter 0 -> 0.2" in d.reason and d.evidence == {"locked_probes": 4, "jitter": 0.2}
+    # One analysis is not enough: the usual advice goes its usual way meanwhile.
+    unconfirmed = decide(CURRENT, locked, now=10_000.0, recent=[rec(threshold=3, timeout=30.0)])
+    assert unconfirmed.action == "adjust" and unconfirmed.settings.jitter == 0.0
+    # No advice beside the lock (the window cannot tell a lock from an outage): jitter all the same.
+    quiet = replace(rec(has=False), locked_probes=3)
+    assert decide(CURRENT, quiet, now=10_000.0, recent=[quiet]).settings.jitter == 0.2
+    # Within the cooldown of a change: wait. Already jittered, or the policy says 0: the usual rules.
+    earlier = Adjustment(9_000.0, "adjust", Settings(6, 60.0), CURRENT)
+    assert decide(CURRENT, locked, now=10_000.0, history=[earlier], recent=[locked]).action == "hold"
+    jittered = Settings(5, 60.0, jitter=0.1)
+    d = decide(jittered, locked, now=10_000.0, recent=[locked])
+    assert d.action == "adjust" and (d.settings.threshold, d.settings.timeout, d.settings.jitter) == (3, 30.0, 0.1)
+    off = decide(CURRENT, quiet, now=10_000.0, recent=[quiet], policy=AdjustPolicy(jitter=0.0))
+    assert off.action == "hold"
+
+
+def test_a_change_of_jitter_alone_is_not_rolled_back() -> None:
+    # A breaker that never saw the service healthy, against one that does: the coarse measure calls the
+    # healthy calls the second refuses a loss. Jitter keeps the mean open period, so it is not judged.
+    before, worse = MeasuredCost(1800.0, 10_000, 100.0), MeasuredCost(1800.0, 10_000, 900.0)
+    change = Adjustment(1000.0, "adjust", CURRENT, Settings(5, 60.0, jitter=0.2), before, worse)
+    d = decide(Settings(5, 60.0, jitter=0.2), rec(has=False), now=1000.0 + 1800.0, history=[change])
+    assert d.action == "hold"
+    other = replace(change, after=Settings(3, 60.0, jitter=0.2))
+    assert decide(other.after, rec(has=False), now=2800.0, history=[other]).action == "rollback"
+
+
 def test_measure_cost_counts_calls_into_failing_minutes_and_refusals_in_healthy_ones() -> None:
     minutes = [
         MinuteRollup(0, 600, 594, 6),  # healthy, nothing refused: no cost
@@ -178,7 +210,7 @@ def test_censored_advice_rests_on_the_probes_not_on_a_label() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [{"min_failures": -1}, {"confirmations": 0}, {"min_confidence": 2.0}, {"cooldown": -1.0}, {"max_step": 1.0},
-     {"bounds": (5, 3, 10.0, 60.0)}, {"rollback_margin": 1.5}, {"min_probes": -1}],
+     {"bounds": (5, 3, 10.0, 60.0)}, {"rollback_margin": 1.5}, {"min_probes": -1}, {"jitter": 1.5}],
 )
 def test_policy_validates(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):

@@ -18,7 +18,8 @@ import pytest
 from circuitry import CircuitOpenError, CircuitState, DatabaseCircuitBreaker, Registry, circuit
 from circuitry.analysis.adjust import measure_cost
 from circuitry.analysis.history import MinuteRollup
-from circuitry.runners.analyst import Analyst
+from circuitry.analysis.replay import Settings
+from circuitry.runners.analyst import Analyst, _plain_settings, _reconfigure, _settings, settings_of
 from circuitry.store import SQLiteStore
 from circuitry.testing import FakeClock
 
@@ -253,6 +254,17 @@ def test_a_change_made_on_censored_advice_is_judged_with_the_healthy_share_it_re
     # The minutes after it (the current one may hold nothing yet): 40 failures + 0.4 * 500 refused each.
     assert censored.cost == pytest.approx(measure_cost(after, 0.4).cost) == pytest.approx(8 * 240.0)
     assert coarse.cost == pytest.approx(measure_cost(after).cost) == odd.cost == pytest.approx(8 * 500.0)
+
+
+def test_an_adjustment_carries_jitter_to_the_breaker_and_to_every_process(make: Any) -> None:
+    reg, _ = make()
+    b = reg.get("locked", failure_threshold=5, recovery_timeout=60)
+    assert settings_of(b) == Settings(5, 60.0)
+    jittered = Settings(5, 60.0, jitter=0.2)
+    assert _reconfigure(b, jittered) and b.policy.jitter == 0.2 and settings_of(b) == jittered
+    assert _settings(json.loads(json.dumps(_plain_settings(jittered)))) == jittered  # as the event row keeps it
+    assert _settings({"threshold": 5, "timeout": 60.0}) == Settings(5, 60.0)  # a row from before jitter
+    assert _reconfigure(b, Settings(5, 60.0)) and b.policy.jitter == 0.0
 
 
 def test_opening_and_closing_raise_alerts_delivered_to_the_callback(make: Any, clock: FakeClock) -> None:

@@ -282,6 +282,11 @@ def test_settings_validate() -> None:
     with pytest.raises(ConfigurationError):
         Settings(5, 60.0, backoff=2.0, max_timeout=30.0)
     assert Settings(5, 60.0, backoff=2.0).cap == 600.0 and Settings(5, 60.0).cap == 60.0
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(ConfigurationError, match="jitter"):
+            Settings(5, 60.0, jitter=bad)  # type: ignore[arg-type]
+    # as the breaker's recovery_cap: jitter may lengthen an open period, up to ten times it
+    assert Settings(5, 60.0, jitter=0.2).cap == 600.0
 
 
 def test_an_empty_series_is_fine() -> None:

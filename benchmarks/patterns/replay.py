@@ -100,6 +100,7 @@ class Breaker:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.rng = random.Random(0)  # draws only with jitter: runs without it are as they were
         self.open = False
         self.run = 0
         self.until = -math.inf
@@ -109,7 +110,10 @@ class Breaker:
 
     def period(self) -> float:
         s = self.settings
-        return min(s.cap, s.timeout * s.backoff**self.reopens)
+        d = s.timeout * s.backoff**self.reopens
+        if s.jitter:  # as the breaker does: the random part, then the cap
+            d *= 1.0 + s.jitter * (2.0 * self.rng.random() - 1.0)
+        return min(s.cap, d)
 
     def feed(self, t: float, failed: bool, tally: Tally, failing: bool,
              admitted: list[tuple[float, bool]]) -> None:

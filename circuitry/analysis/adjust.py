@@ -20,6 +20,14 @@ The rules, with their :class:`AdjustPolicy` tunables:
   threshold within one, an open period within 25 %) are not made.
 * **Bounded steps** -- one change moves the threshold and the open period at most ``max_step`` times (up
   or down), within ``bounds``.
+* **Phase lock** -- when the last probes failed one fixed open period apart
+  (:attr:`~circuitry.analysis.recommend.Recommendation.locked_probes`) in ``confirmations`` analyses in a
+  row and the breaker has no jitter, the change is ``jitter`` (to ``AdjustPolicy.jitter``) and nothing
+  else. A fixed period can keep every probe in the failing phase of a periodic failure, and then the
+  history shows nothing but an outage; in a real outage jitter costs nothing, since the mean open period
+  stays. It is not judged for a rollback either: the measured cost would compare a breaker that never
+  saw the service healthy with one that does, and the coarse measure calls the healthy calls it then
+  refuses a loss.
 * **Rollback** -- once a change has been in force for ``evaluation`` seconds with at least
   ``min_measured_calls`` calls, its measured cost per call is compared with the cost per call before it;
   worse by more than ``rollback_margin`` and the previous settings come back (a rolled-back change is not
@@ -35,9 +43,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from circuitry.analysis.censored import LOCKED_PROBES
 from circuitry.analysis.history import MinuteRollup
 from circuitry.analysis.recommend import Recommendation
 from circuitry.analysis.replay import Settings
@@ -64,6 +73,7 @@ class AdjustPolicy:
         min_measured_calls: Calls needed, before and after, to judge a change.
         rollback_margin: A change whose measured cost per call is this share worse is rolled back.
         min_probes: Probes a censored window must hold for its advice to be acted on.
+        jitter: The breaker's ``jitter`` once its probes are found locked in phase (``0``: never set).
     """
 
     min_failures: int = 20
@@ -77,13 +87,14 @@ class AdjustPolicy:
     min_measured_calls: int = 500
     rollback_margin: float = 0.1
     min_probes: int = 10
+    jitter: float = 0.2
 
     def __post_init__(self) -> None:
         for name in ("min_failures", "confirmations", "min_measured_calls", "min_probes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "confirmations" else 0):
                 raise ConfigurationError(f"{name} must be a non-negative int (confirmations >= 1), got {v!r}")
-        for name in ("min_confidence", "min_gain", "rollback_margin"):
+        for name in ("min_confidence", "min_gain", "rollback_margin", "jitter"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
                 raise ConfigurationError(f"{name} must be within [0, 1], got {v!r}")
@@ -245,8 +256,9 @@ def decide(
     """
     p = policy or AdjustPolicy()
     last = history[-1] if history else None
-    # 1. Judge the last change once it has been in force long enough.
-    if last is not None and last.kind == "adjust" and now - last.at >= p.evaluation:
+    # 1. Judge the last change once it has been in force long enough (not one of jitter alone).
+    jitter_only = last is not None and replace(last.after, jitter=last.before.jitter) == last.before
+    if last is not None and last.kind == "adjust" and not jitter_only and now - last.at >= p.evaluation:
         before, after = last.cost_before, last.cost_after
         if (before is not None and after is not None and before.calls >= p.min_measured_calls
                 and after.calls >= p.min_measured_calls and after.per_call > before.per_call * (1.0 + p.rollback_margin)
@@ -262,6 +274,21 @@ def decide(
         return Decision("hold", current, reason, evidence)
 
     rec = recommendation
+    earlier = list(recent)[len(recent) - (p.confirmations - 1):] if p.confirmations > 1 else []
+    confirmed = len(earlier) == p.confirmations - 1
+    # 2. Probes locked in phase: jitter first, alone (the history cannot show the rest until they move).
+    if (p.jitter > 0.0 and current.jitter == 0.0 and rec.locked_probes >= LOCKED_PROBES and confirmed
+            and all(r.locked_probes >= LOCKED_PROBES for r in earlier)):
+        if last is not None and now - last.at < p.cooldown:
+            return holding(f"last change {now - last.at:.0f} s ago (wait {p.cooldown:.0f} s)", since_last=now - last.at)
+        return Decision(
+            "adjust",
+            replace(current, jitter=p.jitter),
+            f"the last {rec.locked_probes} probes failed, one fixed open period apart, in {p.confirmations} analyses "
+            f"in a row: jitter 0 -> {p.jitter:g}, so the probes stop landing in one phase of a periodic failure (the "
+            "mean open period stays)",
+            {"locked_probes": rec.locked_probes, "jitter": p.jitter},
+        )
     if not rec.has_recommendations:
         return holding(f"nothing recommended: {rec.rationale}")
     censored = rec.censored and rec.refused_healthy is not None
@@ -279,12 +306,10 @@ def decide(
         return holding(f"replayed saving {gain:.0%} below {p.min_gain:.0%}", improvement=gain)
     target = _target(rec)
     way = _direction(current, target)
-    earlier = list(recent)[len(recent) - (p.confirmations - 1):] if p.confirmations > 1 else []
-    agree = len(earlier) == p.confirmations - 1 and all(
-        r.has_recommendations and _direction(current, _target(r)) == way for r in earlier)
+    agree = confirmed and all(r.has_recommendations and _direction(current, _target(r)) == way for r in earlier)
     if not agree:
         return holding(f"waiting for {p.confirmations} analyses in a row to advise the same change", direction=way)
-    # 2. Hysteresis in time: wait after a change, longer before undoing its direction, and never retry a
+    # 3. Hysteresis in time: wait after a change, longer before undoing its direction, and never retry a
     #    change that was rolled back recently.
     if last is not None:
         wait = p.cooldown
@@ -297,7 +322,7 @@ def decide(
         if h.kind == "rollback" and now - h.at < 10.0 * p.cooldown and _direction(current, target) == _direction(
                 h.after, h.before):
             return holding("the same change was rolled back recently", rolled_back_at=h.at)
-    # 3. One bounded step towards the target, within the bounds, outside the dead band.
+    # 4. One bounded step towards the target, within the bounds, outside the dead band.
     k_lo, k_hi, t_lo, t_hi = p.bounds
     k = max(target.threshold, math.ceil(current.threshold / p.max_step))
     k = min(k, math.floor(current.threshold * p.max_step), k_hi)
@@ -308,7 +333,7 @@ def decide(
             target.backoff == current.backoff:
         return holding("the advised change is inside the dead band", threshold=k, timeout=t)
     cap = min(t_hi, max(t, t * 10.0)) if target.backoff > 1.0 else None
-    new = Settings(k, t, target.backoff, cap)
+    new = Settings(k, t, target.backoff, cap, current.jitter)
     if new == current:
         return holding("already there")
     c, e = rec.current_cost, rec.expected_cost

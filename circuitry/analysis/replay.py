@@ -56,7 +56,9 @@ class Settings:
         threshold: Consecutive failures that open the circuit (>= 1).
         timeout: Seconds open before a probe (> 0).
         backoff: Multiplier of the open period after each failed probe (``1.0``: fixed).
-        max_timeout: Cap on the grown open period (default ``10 * timeout`` with backoff).
+        max_timeout: Cap on the grown open period (default ``10 * timeout`` with backoff or jitter).
+        jitter: Random part of each open period, as the breaker's ``jitter`` (``0 <= x <= 1``). The
+            replay prices no difference: it draws every open period at random (+-50 %) whatever it is.
 
     .. versionadded:: 0.1.0
     """
@@ -65,6 +67,7 @@ class Settings:
     timeout: float
     backoff: float = 1.0
     max_timeout: float | None = None
+    jitter: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or self.threshold < 1:
@@ -78,13 +81,16 @@ class Settings:
         if self.max_timeout is not None and not (math.isfinite(self.max_timeout) and
                                                  self.max_timeout >= self.timeout):
             raise ConfigurationError(f"max_timeout must be >= timeout, got {self.max_timeout!r}")
+        j = self.jitter
+        if isinstance(j, bool) or not isinstance(j, int | float) or not 0.0 <= j <= 1.0:
+            raise ConfigurationError(f"jitter must be within [0, 1], got {j!r}")
 
     @property
     def cap(self) -> float:
-        """The longest open period."""
+        """The longest open period (as the breaker's ``recovery_cap``)."""
         if self.max_timeout is not None:
             return self.max_timeout
-        return self.timeout * 10.0 if self.backoff > 1.0 else self.timeout
+        return self.timeout * 10.0 if self.backoff > 1.0 or self.jitter > 0.0 else self.timeout
 
 
 @dataclass(frozen=True, slots=True)

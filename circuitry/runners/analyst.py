@@ -76,16 +76,16 @@ def analyse_stored(read: ReadModel, name: str, *, now: float, window: float, set
 
 
 def settings_of(breaker: CircuitBreaker) -> Settings:
-    """The replay's view of ``breaker``'s policy (threshold, open period, backoff and its cap)."""
+    """The replay's view of ``breaker``'s policy (threshold, open period, backoff and its cap, jitter)."""
     p = breaker.policy
     return Settings(p.failure_threshold, float(p.recovery_timeout), float(p.backoff_factor),
-                    None if p.max_recovery_timeout is None else float(p.max_recovery_timeout))
+                    None if p.max_recovery_timeout is None else float(p.max_recovery_timeout), float(p.jitter))
 
 
 def _reconfigure(breaker: CircuitBreaker, s: Settings) -> bool:
     p = breaker.policy
     changes: dict[str, Any] = {"failure_threshold": s.threshold, "recovery_timeout": float(s.timeout),
-                               "backoff_factor": float(s.backoff)}
+                               "backoff_factor": float(s.backoff), "jitter": float(s.jitter)}
     if s.max_timeout is not None:
         changes["max_recovery_timeout"] = float(max(s.max_timeout, s.timeout))
     elif p.max_recovery_timeout is not None and p.max_recovery_timeout < s.timeout:
@@ -111,13 +111,15 @@ def apply(breaker: CircuitBreaker, rec: Recommendation) -> bool:
 def _settings(d: Any) -> Settings | None:
     try:
         return Settings(int(d["threshold"]), float(d["timeout"]), float(d.get("backoff", 1.0)),
-                        None if d.get("max_timeout") is None else float(d["max_timeout"]))
+                        None if d.get("max_timeout") is None else float(d["max_timeout"]),
+                        float(d.get("jitter", 0.0)))  # rows from before jitter was recorded: none
     except Exception:  # a row not of ours, or damaged: not an adjustment
         return None
 
 
 def _plain_settings(s: Settings) -> dict[str, Any]:
-    return {"threshold": s.threshold, "timeout": s.timeout, "backoff": s.backoff, "max_timeout": s.max_timeout}
+    return {"threshold": s.threshold, "timeout": s.timeout, "backoff": s.backoff, "max_timeout": s.max_timeout,
+            "jitter": s.jitter}
 
 
 def _recommendation_of(d: Any, current: Settings) -> Recommendation | None:
@@ -128,7 +130,8 @@ def _recommendation_of(d: Any, current: Settings) -> Recommendation | None:
         return Recommendation(int(d["recommended_threshold"]), float(d["recommended_timeout"]),
                               d.get("backoff_multiplier"), float(d.get("confidence") or 0.0), d.get("primary_pattern"),
                               str(d.get("rationale", "")), bool(d["has_recommendations"]), current.threshold,
-                              current.timeout, int(d.get("failures") or 0), d.get("max_timeout"))
+                              current.timeout, int(d.get("failures") or 0), d.get("max_timeout"),
+                              locked_probes=int(d.get("locked_probes") or 0))
     except Exception:
         return None
 
