@@ -18,8 +18,9 @@ import pytest
 from circuitry import CircuitOpenError, CircuitState, DatabaseCircuitBreaker, Registry, circuit
 from circuitry.analysis.adjust import measure_cost
 from circuitry.analysis.history import MinuteRollup
+from circuitry.analysis.recommend import Recommendation
 from circuitry.analysis.replay import Settings
-from circuitry.runners.analyst import Analyst, _plain_settings, _reconfigure, _settings, settings_of
+from circuitry.runners.analyst import Analyst, _plain_settings, _reconfigure, _settings, apply, settings_of
 from circuitry.store import SQLiteStore
 from circuitry.testing import FakeClock
 
@@ -263,8 +264,14 @@ def test_an_adjustment_carries_jitter_to_the_breaker_and_to_every_process(make: 
     jittered = Settings(5, 60.0, jitter=0.2)
     assert _reconfigure(b, jittered) and b.policy.jitter == 0.2 and settings_of(b) == jittered
     assert _settings(json.loads(json.dumps(_plain_settings(jittered)))) == jittered  # as the event row keeps it
-    assert _settings({"threshold": 5, "timeout": 60.0}) == Settings(5, 60.0)  # a row from before jitter
+    # A row from before adjustments recorded jitter did not change it: a follower keeps its own.
+    assert _settings({"threshold": 5, "timeout": 60.0}) == Settings(5, 60.0)
+    assert _settings({"threshold": 5, "timeout": 60.0}, 0.3) == Settings(5, 60.0, jitter=0.3)
     assert _reconfigure(b, Settings(5, 60.0)) and b.policy.jitter == 0.0
+    # Applying advice explicitly keeps the jitter the application configured.
+    mine = reg.get("mine", failure_threshold=5, recovery_timeout=60, jitter=0.3)
+    advice = Recommendation(3, 20.0, None, 0.9, "burst", "test", True, 5, 60.0, 40)
+    assert apply(mine, advice) and (mine.policy.failure_threshold, mine.policy.jitter) == (3, 0.3)
 
 
 def test_opening_and_closing_raise_alerts_delivered_to_the_callback(make: Any, clock: FakeClock) -> None:

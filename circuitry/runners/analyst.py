@@ -105,14 +105,17 @@ def apply(breaker: CircuitBreaker, rec: Recommendation) -> bool:
     current = settings_of(breaker)
     return _reconfigure(breaker, Settings(rec.recommended_threshold, float(rec.recommended_timeout),
                                           current.backoff if backoff is None else backoff,
-                                          rec.max_timeout if backoff is not None else current.max_timeout))
+                                          rec.max_timeout if backoff is not None else current.max_timeout,
+                                          current.jitter))
 
 
-def _settings(d: Any) -> Settings | None:
+def _settings(d: Any, jitter: float = 0.0) -> Settings | None:
+    """The settings an ``adjustment`` row keeps; ``jitter`` where the row has none (rows written before
+    adjustments recorded it: they did not change it)."""
     try:
         return Settings(int(d["threshold"]), float(d["timeout"]), float(d.get("backoff", 1.0)),
                         None if d.get("max_timeout") is None else float(d["max_timeout"]),
-                        float(d.get("jitter", 0.0)))  # rows from before jitter was recorded: none
+                        float(d.get("jitter", jitter)))
     except Exception:  # a row not of ours, or damaged: not an adjustment
         return None
 
@@ -404,9 +407,10 @@ class Analyst:
         if not rows:
             return
         last = rows[-1]
-        after = _settings(last["data"].get("after"))
+        current = settings_of(breaker)
+        after = _settings(last["data"].get("after"), current.jitter)
         self._followed[name] = float(last["ts"])
-        if after is not None and after != settings_of(breaker):
+        if after is not None and after != current:
             _reconfigure(breaker, after)
 
     def _persist(self, alerts: Sequence[Alert]) -> None:
