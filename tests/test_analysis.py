@@ -20,7 +20,7 @@ from circuitry.analysis.adjust import measure_cost
 from circuitry.analysis.history import MinuteRollup
 from circuitry.analysis.recommend import Recommendation
 from circuitry.analysis.replay import Settings
-from circuitry.runners.analyst import Analyst, _plain_settings, _reconfigure, _settings, apply, settings_of
+from circuitry.runners.analyst import Analyst, _plain_settings, _reconfigure, _rollups, _settings, apply, settings_of
 from circuitry.store import SQLiteStore
 from circuitry.testing import FakeClock
 
@@ -240,8 +240,8 @@ def test_a_change_made_on_censored_advice_is_judged_with_the_healthy_share_it_re
     with sqlite3.connect(tmp_path / "a.db") as conn:
         conn.executemany(
             "INSERT INTO circuit_breaker_metrics (service_name, minute, bucket_start, calls, successes, failures, "
-            "rejections) VALUES ('blips', ?, '', ?, ?, ?, ?)",
-            [(m.minute, m.calls, m.successes, m.failures, m.rejections) for m in after])
+            "rejections) VALUES ('blips', ?, '', ?, ?, ?, ?)",  # the table's calls: every call, refused too
+            [(m.minute, m.calls + m.rejections, m.successes, m.failures, m.rejections) for m in after])
         conn.executemany(
             "INSERT INTO circuit_breaker_events (service_name, event_type, to_state, ts, additional_data) "
             "VALUES ('blips', 'adjustment', 'closed', ?, ?)",
@@ -255,6 +255,26 @@ def test_a_change_made_on_censored_advice_is_judged_with_the_healthy_share_it_re
     # The minutes after it (the current one may hold nothing yet): 40 failures + 0.4 * 500 refused each.
     assert censored.cost == pytest.approx(measure_cost(after, 0.4).cost) == pytest.approx(8 * 240.0)
     assert coarse.cost == pytest.approx(measure_cost(after).cost) == odd.cost == pytest.approx(8 * 500.0)
+
+
+def test_the_analysis_reads_decided_calls_from_the_rollups(make: Any, clock: FakeClock) -> None:
+    # The table's calls is every call; read as decided calls, a minute the open breaker refused 50 calls
+    # of looked like 51 decided calls with one failure: a healthy minute, never a failing one.
+    reg, store = make()
+    b = reg.get("svc", failure_threshold=1, recovery_timeout=600)
+    b.record_failure(b.admit(), Boom())
+    refused = 0
+    for _ in range(50):
+        with contextlib.suppress(CircuitOpenError):
+            b.admit()
+            raise AssertionError("the open breaker let a call through")
+        refused += 1
+    assert store.flush()
+    rows = store.query("SELECT calls, rejections FROM circuit_breaker_metrics WHERE service_name = 'svc'")
+    assert [(r["calls"], r["rejections"]) for r in rows] == [(51, 50)]
+    now = clock.time()
+    (m,) = _rollups(store.read, "svc", now - 600, now + 60)
+    assert (m.calls, m.successes, m.failures, m.rejections) == (1, 0, 1, refused)
 
 
 def test_an_adjustment_carries_jitter_to_the_breaker_and_to_every_process(make: Any) -> None:

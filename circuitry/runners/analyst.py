@@ -49,10 +49,14 @@ ADJUSTMENT_EVENT = "adjustment"
 
 
 def _rollups(read: ReadModel, name: str, since: float, until: float) -> list[MinuteRollup]:
-    return [MinuteRollup(int(m["minute"]), int(m["calls"] or 0), int(m["successes"] or 0),
-                         min(int(m["failures"] or 0), int(m["calls"] or 0)), int(m["rejections"] or 0),
-                         int(m["ignored"] or 0), int(m["cancelled"] or 0))
-            for m in read.metrics(name, since, until)]
+    """The per-minute rollups as the analysis reads them. The table's ``calls`` is every call (refused,
+    ignored and cancelled ones too); a rollup's ``calls`` is the decided ones: successes and failures."""
+    out = []
+    for m in read.metrics(name, since, until):
+        successes, failures = int(m["successes"] or 0), int(m["failures"] or 0)
+        out.append(MinuteRollup(int(m["minute"]), successes + failures, successes, failures,
+                                int(m["rejections"] or 0), int(m["ignored"] or 0), int(m["cancelled"] or 0)))
+    return out
 
 
 def analyse_stored(read: ReadModel, name: str, *, now: float, window: float, settings: Settings,
