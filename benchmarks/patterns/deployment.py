@@ -132,7 +132,8 @@ def worker(db: str, scenario: str, anchor: float, speed: float, minutes: float, 
             time.sleep(pace)
     policy = registry.get("region").policy
     store.close(timeout=5.0)
-    return {"counts": dict(counts), "threshold": policy.failure_threshold, "timeout": policy.recovery_timeout}
+    return {"counts": dict(counts), "threshold": policy.failure_threshold, "timeout": policy.recovery_timeout,
+            "jitter": policy.jitter}
 
 
 def run(scenario: str, *, auto: bool, speed: float, minutes: float,
@@ -169,7 +170,7 @@ def run(scenario: str, *, auto: bool, speed: float, minutes: float,
     return {"scenario": scenario, "auto": auto, "counts": total, "labels": labels, "advice": advice,
             "locked": locked,
             "adjustments": [(round(a[0] - anchor), a[1]) for a in adjustments],
-            "final": sorted({(r["threshold"], r["timeout"]) for r in results}), "analysts": analysts,
+            "final": sorted({(r["threshold"], r["timeout"], r["jitter"]) for r in results}), "analysts": analysts,
             "patterns": len(patterns)}
 
 
@@ -204,7 +205,8 @@ def main() -> None:
               f"{', '.join(f'{k} x{v}' for k, v in r['advice'].most_common(3)) or 'none'} | "
               f"{c['served']}/{calls} ({100.0 * c['served'] / max(calls, 1):.1f} %) | "
               f"{c['let_through_while_failing']} | {c['refused_while_healthy']} | "
-              f"{', '.join(f'{k}/{t:g}s' for k, t in r['final'])} | {len(r['adjustments'])} |")
+              f"{', '.join(f'{k}/{t:g}s' + (f' jitter {j:g}' if j else '') for k, t, j in r['final'])} | "
+              f"{len(r['adjustments'])} |")
     for r in rows:
         for at, message in r["adjustments"]:
             print(f"- {r['scenario']} (auto): at {at} s: {message}")
