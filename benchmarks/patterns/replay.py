@@ -345,11 +345,10 @@ class Auto:
         self.recent = [*self.recent[-4:], rec]
         if d.action == "hold":
             return current
-        # a change on censored advice is judged pricing refusals at the healthy share the probes saw
-        healthy = d.evidence.get("refused_healthy") if d.action == "adjust" else None
-        before = measure_cost((m for m in minutes if now - policy.evaluation <= m.minute * 60.0 < now), healthy)
+        before = measure_cost((m for m in minutes if now - policy.evaluation <= m.minute * 60.0 < now),
+                              d.refused_healthy)
         self.changes.append(Adjustment(now, "rollback" if d.action == "rollback" else "adjust", current, d.settings,
-                                       cost_before=before, refused_healthy=healthy))
+                                       cost_before=before, refused_healthy=d.refused_healthy))
         return d.settings
 
 

@@ -171,6 +171,13 @@ class Decision:
     reason: str
     evidence: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def refused_healthy(self) -> float | None:
+        """For a change made on censored advice, the healthy share its costs before and after are measured
+        with (:func:`measure_cost`; record it as :attr:`Adjustment.refused_healthy`); else ``None``."""
+        h = self.evidence.get("refused_healthy") if self.action == "adjust" else None
+        return float(h) if isinstance(h, int | float) and not isinstance(h, bool) else None
+
 
 def measure_cost(minutes: Iterable[MinuteRollup], refused_healthy: float | None = None) -> MeasuredCost:
     """Estimate the explicit cost of a stretch from its per-minute rollups.
@@ -273,15 +280,18 @@ def decide(
     def holding(reason: str, **evidence: Any) -> Decision:
         return Decision("hold", current, reason, evidence)
 
+    def too_soon(wait: float) -> Decision | None:
+        if last is not None and now - last.at < wait:
+            return holding(f"last change {now - last.at:.0f} s ago (wait {wait:.0f} s)", since_last=now - last.at)
+        return None
+
     rec = recommendation
     earlier = list(recent)[len(recent) - (p.confirmations - 1):] if p.confirmations > 1 else []
     confirmed = len(earlier) == p.confirmations - 1
     # 2. Probes locked in phase: jitter first, alone (the history cannot show the rest until they move).
     if (p.jitter > 0.0 and current.jitter == 0.0 and rec.locked_probes >= LOCKED_PROBES and confirmed
             and all(r.locked_probes >= LOCKED_PROBES for r in earlier)):
-        if last is not None and now - last.at < p.cooldown:
-            return holding(f"last change {now - last.at:.0f} s ago (wait {p.cooldown:.0f} s)", since_last=now - last.at)
-        return Decision(
+        return too_soon(p.cooldown) or Decision(
             "adjust",
             replace(current, jitter=p.jitter),
             f"the last {rec.locked_probes} probes failed, one fixed open period apart, in {p.confirmations} analyses "
@@ -311,13 +321,11 @@ def decide(
         return holding(f"waiting for {p.confirmations} analyses in a row to advise the same change", direction=way)
     # 3. Hysteresis in time: wait after a change, longer before undoing its direction, and never retry a
     #    change that was rolled back recently.
-    if last is not None:
-        wait = p.cooldown
-        if last.kind == "adjust" and any(a * b < 0 for a, b in zip(way, _direction(last.before, last.after),
-                                                                   strict=True)):
-            wait *= 2.0
-        if now - last.at < wait:
-            return holding(f"last change {now - last.at:.0f} s ago (wait {wait:.0f} s)", since_last=now - last.at)
+    reverses = last is not None and last.kind == "adjust" and any(
+        a * b < 0 for a, b in zip(way, _direction(last.before, last.after), strict=True))
+    waiting = too_soon(2.0 * p.cooldown if reverses else p.cooldown)
+    if waiting is not None:
+        return waiting
     for h in history:
         if h.kind == "rollback" and now - h.at < 10.0 * p.cooldown and _direction(current, target) == _direction(
                 h.after, h.before):

@@ -347,7 +347,7 @@ class Analyst:
             return d
         # A change made on censored advice is judged with refused calls priced at the healthy share the
         # probes saw, before and after alike (see measure_cost).
-        healthy = d.evidence.get("refused_healthy") if d.action == "adjust" else None
+        healthy = d.refused_healthy
         before = measure_cost(_rollups(self.store.read, name, now - p.evaluation, now), healthy)
         data = {"action": d.action, "reason": d.reason, "before": _plain_settings(current),
                 "after": _plain_settings(d.settings), "evidence": d.evidence, "refused_healthy": healthy,
