@@ -39,7 +39,7 @@ from circuitry.events import Dispatcher, Event, EventKind, either, never
 from circuitry.exceptions import CircuitOpenError, ConfigurationError
 
 __all__ = ["BreakerStats", "CircuitBreaker", "Counts", "Permit", "SharedState", "StoreLink", "call_through",
-           "not_started", "validate_name"]
+           "is_async_callable", "not_started", "validate_name"]
 
 CLOSED: Final = CircuitState.CLOSED
 OPEN: Final = CircuitState.OPEN
@@ -500,7 +500,11 @@ class CircuitBreaker(Gate):
                     return
             self.record_success(token, duration)
         elif isinstance(exc, Exception):
-            if self._judge(self._classify, exc):
+            if isinstance(exc, CircuitOpenError) and exc.name == self.name:
+                # this circuit refused a call made inside its own (a protected function calling itself
+                # while it held the probe): no word from the service, so no failure of it
+                self.record_ignored(token)
+            elif self._judge(self._classify, exc):
                 self.record_failure(token, exc, duration)
             else:
                 self.record_ignored(token)
@@ -792,8 +796,10 @@ class CircuitBreaker(Gate):
                 d = cap
             else:
                 d *= p.backoff_factor ** self._reopens
-        if p.jitter:
-            d *= 1.0 + p.jitter * (2.0 * self._rng.random() - 1.0)
+        if p.jitter:  # +-jitter around d, the part above the cap cut off: periods at the cap still spread
+            d = min(d, cap)
+            lo = d * (1.0 - p.jitter)
+            d = lo + (min(d * (1.0 + p.jitter), cap) - lo) * self._rng.random()
         return min(max(d, 0.0), cap, MAX_DURATION)
 
     def _probe_done(self, permit: Permit, ok: bool, exc: BaseException | None, hint: float | None,
@@ -920,17 +926,25 @@ def _report(event: str, circuit: str, err: Exception) -> None:
 
 
 def call_through(b: CircuitBreaker, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                 fallback: Callable[..., Any] | None = None) -> Any:
+                 fallback: Callable[..., Any] | None = None, is_async: bool | None = None) -> Any:
     """Call ``fn(*args, **kwargs)`` through ``b``: for a plain function the result; for a coroutine
     function (or any callable returning an awaitable) an awaitable whose outcome is recorded when it
     completes — never counted a success merely because the coroutine object was created. A refusal
-    calls ``fallback(rejection, *args, **kwargs)`` when one is given."""
+    calls ``fallback(rejection, *args, **kwargs)`` when one is given.
+
+    ``is_async``: ``False`` for a plain function (its result is returned as it is, an awaitable
+    included -- what the decorator without a fallback returns); ``True`` for an async callable (a
+    plain fallback's value comes back as an awaitable, so that the caller's ``await`` holds on a
+    refusal too); ``None``: found out from ``fn`` on a refusal and from the result otherwise."""
     try:
         token = b.enter()
     except CircuitOpenError as rejection:
         if fallback is None:
             raise
-        return fallback(rejection, *args, **kwargs)
+        answer = fallback(rejection, *args, **kwargs)
+        if is_async is None:
+            is_async = is_async_callable(fn)
+        return _ready(answer) if is_async and not inspect.isawaitable(answer) else answer
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
@@ -939,10 +953,20 @@ def call_through(b: CircuitBreaker, fn: Callable[..., Any], args: tuple[Any, ...
         else:
             b.exit(token, exc)
         raise
-    if type(result) not in _PLAIN and inspect.isawaitable(result):
+    if is_async is not False and type(result) not in _PLAIN and inspect.isawaitable(result):
         return _finish_async(b, token, result)
     b.exit(token, None, result)
     return result
+
+
+def is_async_callable(fn: object) -> bool:
+    """Whether calling ``fn`` makes a coroutine: an ``async def`` (or a partial of one), or an object
+    whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(fn) or (callable(fn) and inspect.iscoroutinefunction(type(fn).__call__))
+
+
+async def _ready(value: Any) -> Any:
+    return value
 
 
 # inspect.isawaitable costs ~150 ns on a plain value; the type check answers most results at once

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 import wrapt
 
 from circuitry._accel import SPEEDUPS, WithBase, protect
-from circuitry._core import CircuitBreaker, call_through, not_started, validate_name
+from circuitry._core import CircuitBreaker, call_through, is_async_callable, not_started, validate_name
 from circuitry._policy import Policy
 from circuitry._registry import DEFAULT, Registry
 from circuitry.exceptions import CircuitOpenError, ConfigurationError
@@ -82,6 +82,11 @@ def circuit(name: str, *, registry: Registry | None = None, fallback: Callable[.
     if key is not None:
         face = _cache.get(key)
         if face is not None:
+            if face._policy is not None:  # the registry in force now may hold the name with another policy
+                current = face._current_registry()
+                held = current.breakers.get(name)
+                if held is None or held.policy is not face._policy:
+                    current.declare(name, face._policy)
             return face
     face = Circuit(name, registry=registry, fallback=fallback, policy=Policy.from_kwargs(policy) if policy else None)
     if key is not None:
@@ -205,8 +210,16 @@ class Circuit(WithBase):
         if inspect.iscoroutinefunction(fn):
             wrapper: Any = self._wrap_async(fn)
         elif inspect.isasyncgenfunction(fn):
+            if fallback is not None and (inspect.iscoroutinefunction(fallback)
+                                         or inspect.isgeneratorfunction(fallback)):
+                raise ConfigurationError(f"fallback {fallback!r} must be an async generator, as {fn!r} is "
+                                         "(its items are yielded instead, with `async for`)")
             wrapper = self._wrap_async_gen(fn)
         elif inspect.isgeneratorfunction(fn):
+            if fallback is not None and (inspect.iscoroutinefunction(fallback)
+                                         or inspect.isasyncgenfunction(fallback)):
+                raise ConfigurationError(f"fallback {fallback!r} must be a generator or return an iterable, as "
+                                         f"{fn!r} is a generator (its items are yielded instead, with `yield from`)")
             wrapper = self._wrap_gen(fn)
         elif inspect.isfunction(fn) or inspect.ismethod(fn):
             if fallback is not None and inspect.iscoroutinefunction(fallback):
@@ -231,7 +244,7 @@ class Circuit(WithBase):
             lookup = self._breaker_now
 
             def with_fallback(*args: Any, **kwargs: Any) -> Any:
-                return call_through(lookup(), fn, args, kwargs, fallback)
+                return call_through(lookup(), fn, args, kwargs, fallback, False)
 
             return with_fallback
 
@@ -348,10 +361,11 @@ class Circuit(WithBase):
 
     def _wrap_object(self, fn: Callable[..., Any]) -> _ObjectProxy:
         lookup, fallback = self._breaker_now, self._fallback
+        is_async = is_async_callable(fn) or None  # (a plain __call__ may still return an awaitable)
 
         def through(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
-            return call_through(lookup(), wrapped, args, kwargs, fallback)
+            return call_through(lookup(), wrapped, args, kwargs, fallback, is_async)
 
         proxy = _ObjectProxy(fn, through)
         proxy._self_circuit = self  # (wrapt keeps `_self_` names on the proxy, not the object)

@@ -21,6 +21,7 @@ breaker internals alive however many rejections a program handles.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "CircuitBreakerError",
@@ -59,6 +60,9 @@ class CircuitNotFoundError(KeyError):
         self.name = name
         self.known = known
         self._declared = [n for n in declared if n not in known]
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (process pools): the arguments, not KeyError's
+        return (type(self), (self.name, self.known, self._declared))
 
     def __str__(self) -> str:
         import difflib

@@ -28,7 +28,7 @@ from circuitry import (
 from circuitry._core import _BadResultError, _short_repr, describe
 from circuitry._window import TimeWindow
 from circuitry.events import Dispatcher
-from circuitry.testing import CapturedEvents, FakeClock
+from circuitry.testing import CapturedEvents, FakeClock, isolated_registry
 
 from .conftest import Boom, Other
 
@@ -637,6 +637,18 @@ def test_backoff_from_a_one_second_timeout_and_the_cap_after_jitter(clock: FakeC
     assert capped.next_open_period() == 40.0
 
 
+def test_jitter_spreads_the_periods_at_the_cap(clock: FakeClock) -> None:
+    # At the cap the +jitter half was cut to the cap itself: half the periods of a long outage were the
+    # same 40.0 s, so processes that opened together kept probing together.
+    capped = CircuitBreaker("c", clock=clock, rng=random.Random(3), recovery_timeout=10, backoff_factor=2,
+                            jitter=0.2, max_recovery_timeout=40)
+    capped.adopt(CircuitState.HALF_OPEN, reopens=10)
+    periods = [capped.next_open_period() for _ in range(400)]
+    assert 32.0 <= min(periods) < 32.5 and 39.5 < max(periods) <= 40.0
+    assert sum(p == 40.0 for p in periods) == 0
+    assert sum(p < 36.0 for p in periods) == pytest.approx(200, abs=40)  # uniform over 32-40 s
+
+
 def test_a_retry_after_hint_below_a_second_is_kept(clock: FakeClock) -> None:
     b, _ = make(clock, failure_threshold=1, recovery_timeout=10, retry_after=lambda e: 0.25)
     b.exit(b.enter(), Boom())
@@ -830,6 +842,128 @@ def test_call_defers_only_awaitables(registry: Registry) -> None:
     box = Box()
     assert circuit("svc").call(lambda: box) is box
     assert registry["svc"].counts().successes == 1
+
+
+async def test_a_plain_function_with_a_fallback_returns_what_it_returns(registry: Registry) -> None:
+    # With a fallback, the wrapper turned any awaitable result into a coroutine of its own: a Task lost
+    # cancel() and add_done_callback(), and a task nobody awaited held a half-open probe for good.
+    async def send(msg: str) -> str:
+        return msg
+
+    @circuit("svc", failure_threshold=1, fallback=lambda rejection, msg: None)
+    def publish(msg: str) -> asyncio.Task[str]:
+        return asyncio.get_running_loop().create_task(send(msg))
+
+    task = publish("x")
+    assert isinstance(task, asyncio.Task)
+    assert await task == "x"
+    assert registry["svc"].counts().successes == 1
+
+    @circuit("svc2", fallback=lambda rejection, msg: None)
+    def forgot(msg: str) -> Any:
+        return send(msg)  # a coroutine from a plain def: warned about and not counted, fallback or not
+
+    with pytest.warns(RuntimeWarning, match="returned a coroutine without awaiting it"):
+        coro = forgot("y")
+    coro.close()
+    assert registry["svc2"].counts().ignored == 1
+
+
+async def test_an_async_callable_gets_an_awaitable_from_a_plain_fallback(registry: Registry) -> None:
+    async def fetch(city: str) -> str:
+        return "live"
+
+    class Client:
+        async def __call__(self, city: str) -> str:
+            return "live"
+
+    weather = circuit("weather", fallback=lambda rejection, city: "cached")
+    client = weather(Client())
+    assert (await weather.call(fetch, "Lisbon"), await client("Lisbon")) == ("live", "live")
+    weather.breaker.force_open()
+    assert (await weather.call(fetch, "Lisbon"), await client("Lisbon")) == ("cached", "cached")
+    assert weather.call(lambda city: "plain", "Lisbon") == "cached"  # a plain callable's is plain
+
+
+def test_generator_fallbacks_of_the_wrong_kind_are_refused_at_decoration(registry: Registry) -> None:
+    async def coro_fb(rejection: CircuitOpenError) -> None:
+        pass
+
+    async def agen_fb(rejection: CircuitOpenError) -> AsyncIterator[int]:
+        yield 1
+
+    def gen_fb(rejection: CircuitOpenError) -> Iterator[int]:
+        yield 1
+
+    def gen() -> Iterator[int]:
+        yield 1
+
+    async def agen() -> AsyncIterator[int]:
+        yield 1
+
+    for fb in (coro_fb, agen_fb):
+        with pytest.raises(ConfigurationError, match="must be a generator or return an iterable"):
+            circuit("svc", fallback=fb)(gen)
+    for fb in (coro_fb, gen_fb):
+        with pytest.raises(ConfigurationError, match="must be an async generator"):
+            circuit("svc", fallback=fb)(agen)
+    circuit("svc", fallback=lambda rejection: [1, 2])(gen)  # any iterable will do for a generator
+
+
+def test_a_cached_circuit_still_checks_the_registry_in_force(registry: Registry) -> None:
+    from circuitry import RegistryConflictError
+    from circuitry.testing import isolated_registry
+
+    with isolated_registry():
+        circuit("svc-cached", failure_threshold=2)  # cached with this policy
+    with isolated_registry() as other:
+        other.get("svc-cached", failure_threshold=9)
+        with pytest.raises(RegistryConflictError):
+            circuit("svc-cached", failure_threshold=2)
+    with isolated_registry():
+        assert circuit("svc-cached", failure_threshold=2) is circuit("svc-cached", failure_threshold=2)
+
+
+def test_circuit_not_found_pickles(registry: Registry) -> None:
+    import pickle
+
+    from circuitry import CircuitNotFoundError
+
+    err = CircuitNotFoundError("paymnt", ["payment"], ["payments_v2"])
+    back = pickle.loads(pickle.dumps(err))
+    assert (type(back), back.name, back.known, str(back)) == (CircuitNotFoundError, "paymnt", ["payment"], str(err))
+
+
+def test_a_refusal_of_a_nested_call_does_not_fail_the_probe(registry: Registry, clock: FakeClock) -> None:
+    # A protected function that calls itself: the inner call is refused while the outer one holds the
+    # only probe, and its CircuitOpenError failed the probe -- the circuit reopened on a service that
+    # answered, its open periods growing with backoff, for good.
+    @circuit("svc", failure_threshold=1, recovery_timeout=10, backoff_factor=2)
+    def walk(depth: int) -> int:
+        return 0 if depth == 0 else 1 + walk(depth - 1)
+
+    with pytest.raises(Boom):
+        with circuit("svc"):
+            raise Boom()
+    clock.advance(10)
+    with pytest.raises(CircuitOpenError):
+        walk(2)
+    b = registry["svc"]
+    assert (b.state, b.stats().probes_in_flight, b.counts().failures) == (CircuitState.HALF_OPEN, 0, 1)
+    # with as many probes as the nesting is deep, the nested calls are probes too, and close it
+    with isolated_registry(clock=clock) as deep:
+        nested = circuit("deep", failure_threshold=1, recovery_timeout=10, half_open_max_calls=3)
+
+        @nested
+        def down(depth: int) -> int:
+            return 0 if depth == 0 else 1 + down(depth - 1)
+
+        with pytest.raises(Boom):
+            with nested:
+                raise Boom()
+        clock.advance(10)
+        assert down(2) == 2
+        assert deep["deep"].state is CircuitState.CLOSED
 
 
 def test_fallback_check_messages_show_the_signature_needed(registry: Registry) -> None:
