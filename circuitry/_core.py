@@ -35,7 +35,7 @@ from circuitry._fastpath import count_value, not_started
 from circuitry._policy import MAX_DURATION, Policy
 from circuitry._state import CircuitState
 from circuitry._window import CountWindow, TimeWindow
-from circuitry.events import Dispatcher, Event, EventKind, either, never
+from circuitry.events import Dispatcher, Event, EventKind, either, never, report_error
 from circuitry.exceptions import CircuitOpenError, ConfigurationError
 
 __all__ = ["BreakerStats", "CircuitBreaker", "Counts", "Permit", "SharedState", "StoreLink", "call_through",
@@ -515,7 +515,7 @@ class CircuitBreaker(Gate):
         try:
             return bool(predicate(value))
         except Exception as err:  # a broken predicate must not replace the caller's outcome: a failure
-            _report("circuitry.classifier_failed", self.name, err)
+            report_error("circuitry.classifier_failed", self.name, err)
             return True
 
     def _unawaited(self, token: Token) -> None:
@@ -777,7 +777,7 @@ class CircuitBreaker(Gate):
         try:
             value = fn(exc)
         except Exception as err:
-            _report("circuitry.retry_after_failed", self.name, err)
+            report_error("circuitry.retry_after_failed", self.name, err)
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
@@ -910,16 +910,6 @@ def describe(exc: BaseException | None) -> tuple[str | None, str | None]:
     if len(msg) > _MESSAGE_LIMIT:
         msg = msg[: _MESSAGE_LIMIT - 3] + "..."
     return name, msg
-
-
-def _report(event: str, circuit: str, err: Exception) -> None:
-    try:
-        import structlog
-
-        structlog.get_logger("circuitry").error(event, circuit=circuit, error_type=type(err).__qualname__,
-                                                error_message=str(err)[:_MESSAGE_LIMIT])
-    except Exception:  # pragma: no cover
-        pass
 
 
 # -- the one general driver (``breaker.call(fn)`` and ``circuit(...).call(fn)``) ------------------------

@@ -105,6 +105,31 @@ def test_structlog_imported_but_not_configured_prints_nothing() -> None:
     assert (proc.stdout, proc.stderr) == ("", "")
 
 
+BROKEN_FUNCTIONS = """
+    from circuitry import circuit
+
+    @circuit("x", on=lambda e: 1 / 0, retry_after=lambda e: {}["no header"], failure_threshold=1)
+    def f():
+        raise ValueError
+
+    try:
+        f()
+    except ValueError:
+        pass
+"""
+
+
+def test_a_classifier_or_retry_after_that_raises_writes_nothing_unconfigured() -> None:
+    # _report() called structlog's logger directly, whose defaults print to stdout
+    proc = run_script(BROKEN_FUNCTIONS)
+    assert (proc.stdout, proc.stderr) == ("", "")
+    shown = run_script("import logging\nlogging.basicConfig()\n" + textwrap.dedent(BROKEN_FUNCTIONS))
+    assert shown.stdout == ""
+    assert [line.split(" ")[0] for line in shown.stderr.splitlines()] == [
+        "ERROR:circuitry:circuitry.classifier_failed", "ERROR:circuitry:circuitry.retry_after_failed",
+        "WARNING:circuitry:circuitry.circuit_opened"]
+
+
 def test_importing_circuitry_imports_no_logging_or_metrics_backend() -> None:
     proc = run_script(TRIP + """
     import sys
