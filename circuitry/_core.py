@@ -24,6 +24,7 @@ import sys
 import threading
 import unicodedata
 import warnings
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,8 +39,8 @@ from circuitry._window import CountWindow, TimeWindow
 from circuitry.events import Dispatcher, Event, EventKind, either, never, report_error
 from circuitry.exceptions import CircuitOpenError, ConfigurationError
 
-__all__ = ["BreakerStats", "CircuitBreaker", "Counts", "Permit", "SharedState", "StoreLink", "call_through",
-           "is_async_callable", "not_started", "validate_name"]
+__all__ = ["LATENCY_BUCKETS", "BreakerStats", "CircuitBreaker", "Counts", "Permit", "SharedState", "StoreLink",
+           "call_through", "is_async_callable", "not_started", "validate_name"]
 
 CLOSED: Final = CircuitState.CLOSED
 OPEN: Final = CircuitState.OPEN
@@ -48,6 +49,8 @@ FORCED_OPEN: Final = CircuitState.FORCED_OPEN
 DISABLED: Final = CircuitState.DISABLED
 
 _MESSAGE_LIMIT: Final = 500
+#: Upper bounds (seconds) of the call-latency histogram's buckets (Prometheus client's defaults).
+LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 MAX_NAME_LENGTH: Final = 200
 
 
@@ -237,6 +240,7 @@ class CircuitBreaker(Gate):
         "_classify",
         "_dispatch",
         "_enforce",
+        "_lat_hist",
         "_lat_max",
         "_lat_n",
         "_lat_sum",
@@ -285,6 +289,7 @@ class CircuitBreaker(Gate):
         self._reopens = 0
         self._reason = "initial"
         self._lat_n, self._lat_sum, self._lat_max = 0, 0.0, 0.0  # timed calls, for latency rollups
+        self._lat_hist = [0] * (len(LATENCY_BUCKETS) + 1), [0.0]  # per bucket (+Inf last), and the sum
         self._probes: dict[int, float] = {}
         self._probe_seq = 0
         self._probe_ok = 0
@@ -610,6 +615,21 @@ class CircuitBreaker(Gate):
             self._lat_sum += duration
             if duration > self._lat_max:
                 self._lat_max = duration
+            counts, total = self._lat_hist
+            counts[bisect_left(LATENCY_BUCKETS, duration)] += 1
+            total[0] += duration
+
+    def latency_histogram(self) -> tuple[tuple[int, ...], float]:
+        """The timed calls' durations since the breaker was made: calls per bucket of
+        :data:`LATENCY_BUCKETS` (upper bounds in seconds, inclusive; one more bucket, last, for longer
+        calls) and their total in seconds. All zero unless the policy times calls
+        (``measure_latency`` or ``slow_call_duration``).
+
+        .. versionadded:: 0.1.0
+        """
+        with self._lock:
+            counts, total = self._lat_hist
+            return tuple(counts), total[0]
 
     def take_latency(self) -> tuple[int, float, float]:
         """``(timed calls, total seconds, longest seconds)`` since the last call (the store's rollups)."""

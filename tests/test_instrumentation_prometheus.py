@@ -175,6 +175,22 @@ def test_a_second_source_plugs_into_the_same_collector(reg: Registry) -> None:
     collector.close()
 
 
+def test_a_timed_circuit_has_its_call_latency_histogram(reg: Registry, prom: CollectorRegistry,
+                                                        clock: FakeClock) -> None:
+    # The family was documented and always empty: the registry's source gave no latency.
+    b = reg.get("timed_svc", measure_latency=True, on=Boom)
+    for seconds, exc in ((0.003, None), (0.2, None), (0.2, Boom()), (30.0, None)):
+        token = b.enter()
+        clock.advance(seconds)
+        b.exit(token, exc)
+    reg.get("plain_svc").exit(reg.get("plain_svc").enter())
+    assert value(prom, "circuitry_call_duration_seconds_count", circuit="timed_svc") == 4
+    assert value(prom, "circuitry_call_duration_seconds_sum", circuit="timed_svc") == pytest.approx(30.403)
+    for le, n in (("0.005", 1), ("0.1", 1), ("0.25", 3), ("10.0", 3), ("+Inf", 4)):
+        assert value(prom, "circuitry_call_duration_seconds_bucket", circuit="timed_svc", le=le) == n
+    assert value(prom, "circuitry_call_duration_seconds_count", circuit="plain_svc") is None  # not timed
+
+
 def test_registering_reads_nothing_and_a_second_install_is_refused(reg: Registry) -> None:
     cr = CollectorRegistry()
     reads: list[int] = []

@@ -25,7 +25,9 @@ to_state,reason}``                                          ``remote``/``restore
 ``circuitry_last_opened_timestamp_seconds``       gauge     when the circuit last opened (absent if closed)
 ``circuitry_retry_after_seconds``                 gauge     seconds until it may admit a call
 ``circuitry_probes_in_flight``                    gauge     half-open probes running now
-``circuitry_call_duration_seconds``               histogram latency of timed calls, when the source has it
+``circuitry_call_duration_seconds``               histogram latency of timed calls (``measure_latency=True``
+                                                            or ``slow_call_duration``); this process's
+                                                            only: not with ``shared=True``
 ================================================  ========  ===================================================
 
 **Several worker processes** (gunicorn, uvicorn ``--workers``): a scrape reaches whichever worker

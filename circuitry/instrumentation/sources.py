@@ -21,8 +21,10 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
+from circuitry._core import LATENCY_BUCKETS
 from circuitry._state import CircuitState
 from circuitry.events import Event, EventKind
 
@@ -226,13 +228,16 @@ class RegistrySource:
         out = []
         for breaker in self.registry:
             s = breaker.stats()
+            latency = None
+            if breaker.policy.timed:
+                counts, total = breaker.latency_histogram()
+                cumulative = list(accumulate(counts))
+                latency = LatencySample(cumulative[-1], total,
+                                        tuple(zip((*LATENCY_BUCKETS, math.inf), cumulative, strict=True)))
             out.append(CircuitSample(
                 s.name, s.state, s.successes, s.failures, s.ignored, s.rejected, s.cancelled,
                 would_reject=s.would_reject, opened_at=s.opened_at, retry_after=s.retry_after,
-                probes_in_flight=s.probes_in_flight,
-                # No latency yet: CircuitBreaker.take_latency() is the store's and resets on read; a
-                # histogram needs cumulative buckets from the core.
-            ))
+                probes_in_flight=s.probes_in_flight, latency=latency))
         return out
 
     def transitions(self) -> list[TransitionSample]:
