@@ -7,12 +7,17 @@ argument, instead of being coerced (``threshold or DEFAULT`` turns a deliberate 
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
 from circuitry._checks import check_int, check_number
 from circuitry.exceptions import ConfigurationError
+
+# (Python >= 3.11; on 3.10 nothing is a group)
+_GROUPS: Final[tuple[type[BaseException], ...]] = tuple(
+    t for t in (getattr(builtins, "BaseExceptionGroup", None),) if t is not None)
 
 __all__ = ["MAX_DURATION", "Policy", "check_int", "check_number"]
 
@@ -194,7 +199,9 @@ class Policy:
             types = on
 
             def matches(exc: BaseException) -> bool:
-                return isinstance(exc, types)
+                # an exception group (a TaskGroup's) matches if any exception in it does
+                return isinstance(exc, types) or (
+                    isinstance(exc, _GROUPS) and exc.subgroup(types) is not None)  # type: ignore[attr-defined]
 
             return matches
         return on

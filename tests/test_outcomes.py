@@ -4,6 +4,7 @@ and the sliding windows the rate rules read."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 
@@ -346,3 +347,23 @@ def test_no_result_sentinels_differ_from_every_value() -> None:
 
     assert repr(_accel.NO_RESULT) == repr(PY_NO_RESULT) == "NO_RESULT"
     assert _accel.NO_RESULT is not None
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception groups are Python 3.11+")
+async def test_an_exception_group_is_a_failure_when_on_matches_an_exception_in_it(registry: Registry) -> None:
+    # An asyncio.TaskGroup raises a group: with on=ConnectionError it was ignored, however many of the
+    # group's calls to the service failed.
+    @circuit("svc", failure_threshold=1, on=ConnectionError)
+    async def fan_out(fail: type[Exception]) -> None:
+        async def one() -> None:
+            raise fail("down")
+
+        async with asyncio.TaskGroup() as tg:  # type: ignore[attr-defined,unused-ignore]
+            tg.create_task(one())
+
+    with pytest.raises(BaseExceptionGroup):  # type: ignore[name-defined,unused-ignore]  # noqa: F821
+        await fan_out(ValueError)
+    assert (registry["svc"].state, registry["svc"].counts().ignored) == (CircuitState.CLOSED, 1)
+    with pytest.raises(BaseExceptionGroup):  # type: ignore[name-defined,unused-ignore]  # noqa: F821
+        await fan_out(ConnectionError)
+    assert registry["svc"].state is CircuitState.OPEN
