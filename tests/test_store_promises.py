@@ -96,6 +96,38 @@ def test_several_processes_tripping_together_write_one_opening(make: Any, db: Pa
     assert sum(store.health().superseded for _, store in pairs) == 3  # the others' own openings, counted
 
 
+def test_a_breaker_that_trips_while_its_writer_opens_the_row_writes_one_opening(
+        make: Any, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failures of two processes reach the threshold together in the writer's transaction, and this
+    process's breaker counts its own last failure meanwhile and opens itself: one ``closed -> open`` row.
+    (The breaker's own opening was written on top, next cycle, as a second row, ``open -> open``.)"""
+    (reg_a, store_a), (reg_b, store_b) = make(), make()
+    a = reg_a.get("svc", failure_threshold=5, recovery_timeout=60)
+    b = reg_b.get("svc", failure_threshold=5, recovery_timeout=60)
+    assert store_a.flush() and store_b.flush()
+    fail(b)
+    assert store_b.flush()  # the shared count: 1
+    fail(a, 4)  # this breaker: 4 of 5; the sum crosses in a's next cycle
+    real = CircuitBreaker.next_open_period
+
+    def trip_meanwhile(self: CircuitBreaker) -> float:
+        if self is a and a.state is CircuitState.CLOSED:
+            fail(a)  # the fifth: the breaker opens itself while its writer opens the shared row
+        return real(self)
+
+    monkeypatch.setattr(CircuitBreaker, "next_open_period", trip_meanwhile)
+    store_a.flush(1)  # (the trip, made from the writer's own thread here, does not wake it: no clean cycle)
+    assert a.state is CircuitState.OPEN
+    assert store_a.flush() and store_b.flush()
+    assert eventually(lambda: b.state is CircuitState.OPEN)
+    opened = rows(db, "SELECT from_state, json_extract(additional_data, '$.reason') FROM circuit_breaker_events "
+                      "WHERE event_type = 'state_change' AND to_state = 'open'")
+    assert opened == [("closed", "shared_failures")]
+    (state, version), = rows(db, "SELECT current_state, version FROM circuit_breaker_states")
+    assert state == "open"
+    assert store_a.health().superseded == 1  # the breaker's own opening, counted
+
+
 def test_transitions_made_while_the_store_could_not_write_are_each_written_in_order(make: Any, db: Path,
                                                                                   clock: FakeClock) -> None:
     """Several local transitions between two writes (a fault episode, or a fast clock) are not dropped:

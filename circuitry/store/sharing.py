@@ -362,6 +362,15 @@ class Sharing:
             self.learn(row)
             if not self.adopt(link, row, "shared_failures", expect=link.synced_gen):
                 link.version, link.row_state = version, "open"
+                snap = b.snapshot()
+                mine = [e for e in link.pending if e.generation <= snap.generation]
+                if snap.state is CircuitState.OPEN and mine and all(
+                        e.from_state is CircuitState.CLOSED and e.to_state is CircuitState.OPEN for e in mine):
+                    # The breaker counted its own last failure meanwhile and opened itself: the same
+                    # opening, written just now. Written again next cycle it would be a second row
+                    # ("open -> open"); it keeps its own open period (the row's, give or take jitter).
+                    self._superseded(len(_drain(link, snap.generation)))
+                    link.synced_gen = snap.generation
             self.on_transition(Event(EventKind.TRANSITION, link.name, now, b.generation, CircuitState.OPEN,
                                      CircuitState.CLOSED, "shared_failures",
                                      error_message=f"{total} failures across processes", open_for=open_for))
