@@ -123,8 +123,7 @@ def test_a_breaker_that_trips_while_its_writer_opens_the_row_writes_one_opening(
     opened = rows(db, "SELECT from_state, json_extract(additional_data, '$.reason') FROM circuit_breaker_events "
                       "WHERE event_type = 'state_change' AND to_state = 'open'")
     assert opened == [("closed", "shared_failures")]
-    (state, version), = rows(db, "SELECT current_state, version FROM circuit_breaker_states")
-    assert state == "open"
+    assert rows(db, "SELECT current_state FROM circuit_breaker_states") == [("open",)]
     assert store_a.health().superseded == 1  # the breaker's own opening, counted
 
 
