@@ -293,6 +293,22 @@ def test_hosts_starting_together_migrate_once(pg_url: str) -> None:
     assert versions[-1] == LATEST_VERSION and len(versions) == len(set(versions))
 
 
+def test_migrating_makes_a_dropped_table_again(pg_url: str) -> None:
+    """A table dropped while ``circuitry_schema`` still records the latest version: migrating found
+    nothing to do, and the store failed on it (``old_schema``) until the table was made by hand."""
+    import psycopg
+
+    from circuitry.store.postgres.schema import MIGRATIONS, migrate
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert migrate(conn) == [m.version for m in MIGRATIONS]
+        conn.execute("DROP TABLE circuit_breaker_alerts")
+        assert migrate(conn) == []
+        assert conn.execute("SELECT count(*) FROM circuit_breaker_alerts").fetchone() == (0,)
+        assert [r[0] for r in conn.execute("SELECT version FROM circuitry_schema ORDER BY version")] == [
+            m.version for m in MIGRATIONS]
+
+
 def test_a_store_used_before_fork_works_in_parent_and_child(pg_url: str) -> None:
     """A child forked while the listener waits for notifications does not end the parent's session, and
     both keep writing and seeing each other's transitions."""

@@ -224,6 +224,57 @@ def test_circuit_tables_of_an_older_shape_are_upgraded_and_written(make: Any, db
     assert len(upgraded) == 1 and "circuit_breaker_events.ts" in upgraded[0]["added"]
 
 
+@pytest.mark.parametrize("dropped", ["circuit%", "circuit_breaker_%"])
+def test_circuit_tables_dropped_under_a_running_store_are_made_again(db: Path, dropped: str) -> None:
+    """A schema tool that drops the tables it does not know, while the application runs: every circuit
+    table, or all but ``circuitry_schema`` (which still records the latest version). The store stayed
+    failed (``old_schema``) until a restart, its backlog growing; it reconnects, and connecting makes
+    the tables again. (The system clock: the store retries after a backoff.)"""
+    store = SQLiteStore(db, poll_interval=0.01, analysis_interval=3600.0)
+    try:
+        _dropped_and_made_again(store, db, dropped)
+    finally:
+        store.close()
+
+
+def _dropped_and_made_again(store: SQLiteStore, db: Path, dropped: str) -> None:
+    b = Registry(hooks=[], store=store).get("svc", failure_threshold=1000)
+    b.record_success(b.admit())
+    assert store.flush()
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ?",
+                                     (dropped,)).fetchall():
+            conn.execute(f"DROP TABLE {table}")
+    finally:
+        conn.close()
+    with capture_logs() as logs:
+        fail(b, 3)
+        assert store.flush(10)
+    assert store.health().healthy
+    assert [e["fault"] for e in logs if e["event"] == "circuitry.store_fault"] == ["old_schema"]
+    assert rows(db, "SELECT count(*) FROM circuit_breaker_events WHERE event_type = 'failure'") == [(3,)]
+    conn = sqlite3.connect(db)
+    try:
+        assert applied_versions(conn) == {m.version for m in MIGRATIONS}
+    finally:
+        conn.close()
+
+
+def test_migrating_makes_a_dropped_table_again(db: Path) -> None:
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        assert migrate(conn) == [m.version for m in MIGRATIONS]
+        conn.execute("DROP TABLE circuit_breaker_alerts")
+        logged: list[tuple[str, list[str]]] = []
+        assert migrate(conn, log=lambda event, tables: logged.append((event, tables))) == []
+        assert logged == [("circuitry.schema_repaired", ["circuit_breaker_alerts"])]
+        assert conn.execute("SELECT count(*) FROM circuit_breaker_alerts").fetchone() == (0,)
+        assert migrate(conn) == []  # nothing more to do
+    finally:
+        conn.close()
+
+
 def test_the_sql_file_alone_does_not_record_a_version_it_could_not_apply(db: Path) -> None:
     """``sqlite3 db < migrations/008_….sql`` on tables of an older shape cannot add the columns; it must
     not record version 8 (then `circuitry migrate` would say "up to date"); the CLI upgrades it."""

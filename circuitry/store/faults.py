@@ -22,8 +22,10 @@ from circuitry.store.sharing import row_tuple
 __all__ = ["Faults", "StoreHealth"]
 
 # Faults after which the connection is reopened: a read-only file may be writable again, a replaced one
-# is new, a damaged one was set aside, a full disk may have room after the WAL is truncated.
-_REOPEN = frozenset({"deleted", "io_error", "read_only", "corrupt", "not_a_database", "unavailable", "disk_full"})
+# is new, a damaged one was set aside, a full disk may have room after the WAL is truncated, and tables
+# dropped under a running store are made again (connecting migrates).
+_REOPEN = frozenset({"deleted", "io_error", "read_only", "corrupt", "not_a_database", "unavailable", "disk_full",
+                     "old_schema"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,8 @@ def _discover() -> tuple[Migration, ...]:
 
 MIGRATIONS: Final = _discover()
 LATEST_VERSION: Final = MIGRATIONS[-1].version if MIGRATIONS else 0
+#: The tables the migrations create.
+TABLES: Final = frozenset(t for m in MIGRATIONS for t in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", m.sql))
 
 
 def applied_versions(conn: psycopg.Connection[tuple[object, ...]]) -> set[int]:
@@ -55,6 +57,11 @@ def applied_versions(conn: psycopg.Connection[tuple[object, ...]]) -> set[int]:
     if not got or not got[0]:
         return set()
     return {int(str(row[0])) for row in conn.execute("SELECT version FROM circuitry_schema")}
+
+
+def _missing_tables(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
+    return [t for t in sorted(TABLES) if not (conn.execute("SELECT to_regclass(%s) IS NOT NULL", (t,)).fetchone()
+                                              or (False,))[0]]
 
 
 def _refuse_newer(applied: set[int]) -> None:
@@ -73,20 +80,23 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> list[int]:
     """
     applied = applied_versions(conn)
     _refuse_newer(applied)
-    if LATEST_VERSION in applied and all(m.version in applied for m in MIGRATIONS):
+    # Tables dropped since they were made: every migration runs again (they are idempotent).
+    gone = bool(applied) and bool(_missing_tables(conn))
+    if LATEST_VERSION in applied and all(m.version in applied for m in MIGRATIONS) and not gone:
         return []
     done = []
     for migration in MIGRATIONS:
-        if migration.version in applied:
+        if migration.version in applied and not gone:
             continue
         with conn.transaction():
             conn.execute(f"SELECT pg_advisory_xact_lock({LOCK_KEY})")
             applied = applied_versions(conn)  # another host may have applied it while we waited
             _refuse_newer(applied)
-            if migration.version in applied:
+            if migration.version in applied and not _missing_tables(conn):
                 continue
             conn.execute(migration.sql.encode())  # no parameters: the file's statements, as psql runs them
-            done.append(migration.version)
+            if migration.version not in applied:
+                done.append(migration.version)
     missing = {m.version for m in MIGRATIONS} - applied_versions(conn)
     if missing:
         raise SchemaVersionError(f"migration(s) {sorted(missing)} could not be applied to this database")

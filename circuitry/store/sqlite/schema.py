@@ -44,6 +44,8 @@ def _discover() -> tuple[Migration, ...]:
 
 MIGRATIONS = _discover()
 LATEST_VERSION = MIGRATIONS[-1].version if MIGRATIONS else 0
+#: The tables the migrations create.
+TABLES = frozenset(t for m in MIGRATIONS for t in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", m.sql))
 
 # Columns circuitry added to tables that may exist in an older shape: (type for ADD COLUMN, backfill).
 # SQLite's ADD COLUMN cannot add a NOT NULL column without a default, nor a primary key: the shapes
@@ -138,14 +140,21 @@ def migrate(conn: sqlite3.Connection, log: Callable[[str, list[str]], None] | No
         raise SchemaVersionError(
             f"this database has circuitry schema version {newest}, newer than the {LATEST_VERSION} this "
             "circuitry understands: upgrade circuitry to use it")
-    if newest == LATEST_VERSION:
+    # Tables dropped since they were made (a tool that removes tables it does not know): every
+    # migration runs again -- they are idempotent -- and makes them anew, empty.
+    have = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    gone = sorted(TABLES - have) if applied else []
+    if newest == LATEST_VERSION and not gone:
         return []
     upgrade_columns(conn, log)
     done = []
     for migration in MIGRATIONS:
-        if migration.version not in applied:
+        if migration.version not in applied or gone:
             conn.executescript(migration.sql)
-            done.append(migration.version)
+            if migration.version not in applied:
+                done.append(migration.version)
+    if gone and log is not None:
+        log("circuitry.schema_repaired", gone)
     missing = {m.version for m in MIGRATIONS} - applied_versions(conn)
     if missing:  # a file ran but did not record itself: its guard found the tables in a shape it cannot use
         raise SchemaVersionError(f"migration(s) {sorted(missing)} could not be applied to this database")
