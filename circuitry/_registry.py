@@ -38,11 +38,22 @@ class Registry:
         store: Where breakers persist: a :class:`~circuitry.store.Store`, or a path or URL to open
             one at (:func:`circuitry.store.open_store`).
 
+    Raises:
+        ConfigurationError: An argument is invalid (a clock without ``monotonic()`` and ``time()``, an
+            rng without ``random()``, hooks that are not a list of callables); the message names it.
+
     .. versionadded:: 0.1.0
     """
 
     def __init__(self, *, clock: Clock | None = None, hooks: Iterable[Hook] | None = None,
                  rng: random.Random | None = None, store: Store | str | os.PathLike[str] | None = None) -> None:
+        if clock is not None and not (callable(getattr(clock, "monotonic", None))
+                                      and callable(getattr(clock, "time", None))):
+            raise ConfigurationError(f"clock must have monotonic() and time() methods, got {clock!r}")
+        if rng is not None and not callable(getattr(rng, "random", None)):
+            raise ConfigurationError(f"rng must have a random() method (a random.Random), got {rng!r}")
+        if hooks is not None and (not isinstance(hooks, Iterable) or isinstance(hooks, str | bytes)):
+            raise ConfigurationError(f"hooks must be a list of hooks, got {hooks!r}")
         self.clock = SYSTEM_CLOCK if clock is None else clock
         self.dispatcher = Dispatcher((LoggingHook(),) if hooks is None else hooks)
         self._rng = rng
@@ -394,18 +405,25 @@ def configure(*, db: str | os.PathLike[str] | None, **store_options: Any) -> Reg
 
     .. versionadded:: 0.1.0
     """
+    if db is not None and (not isinstance(db, str | os.PathLike) or not isinstance(os.fspath(db), str)):
+        raise ConfigurationError(f"db must be a file path, a database URL, ':memory:' or None, got {db!r}")
+    if db is not None and not os.fspath(db).strip():
+        raise ConfigurationError(f"db must name a database, got {db!r} (None keeps breakers in memory)")
+    new = None
+    if db is not None and os.fspath(db) != ":memory:":
+        from circuitry.store import open_store
+
+        new = open_store(db, **store_options)  # invalid options fail here, before the current store is closed
+    elif store_options:
+        raise ConfigurationError(f"store options given without a database: {sorted(store_options)}")
     registry = DEFAULT.registry
     registry._store_factory = None
     old = registry._store
     if old is not None:
         registry.detach(old)
         old.close()
-    if db is not None and os.fspath(db) != ":memory:":
-        from circuitry.store import open_store
-
-        registry.attach(open_store(db, **store_options))
-    elif store_options:
-        raise ConfigurationError(f"store options given without a database: {sorted(store_options)}")
+    if new is not None:
+        registry.attach(new)
     return registry
 
 

@@ -11,47 +11,202 @@ from __future__ import annotations
 import inspect
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from circuitry._core import CircuitBreaker
-from circuitry._registry import Registry, default_registry
+from circuitry._policy import Policy
+from circuitry._registry import Registry, _conflict_message, default_registry
 from circuitry._state import CircuitState
-from circuitry.exceptions import ConfigurationError, StoreError
+from circuitry.exceptions import ConfigurationError, RegistryConflictError, StoreError
 
 __all__ = ["DatabaseCircuitBreaker", "MultiServiceDatabaseCircuitBreaker"]
 
+#: ``db_path=":memory:"``: breakers kept in this process's memory only (as with ``CIRCUITRY_DB=:memory:``).
+MEMORY = ":memory:"
+
 _registries: dict[str, Registry] = {}
 _registries_lock = threading.Lock()
+_UNSET: Any = object()
+
+
+def _registry_key(db_path: str | os.PathLike[str]) -> str:
+    """What ``db_path`` names: :data:`MEMORY`, a database URL, or the absolute path of a file (which
+    need not exist yet); a ConfigurationError naming ``db_path`` for anything else."""
+    text = os.fspath(db_path) if isinstance(db_path, str | os.PathLike) else None
+    if not isinstance(text, str):
+        raise ConfigurationError(f"db_path must be a file path, ':memory:' or None, got {db_path!r}")
+    if text.startswith("sqlite:///"):
+        text = text[len("sqlite:///"):]
+    elif "://" in text:
+        return text  # a server's URL: open_store says whether it can open it
+    if text == MEMORY:
+        return MEMORY
+    if not text.strip():
+        raise ConfigurationError(f"db_path must name a file, got {db_path!r}")
+    path = os.path.abspath(text)
+    if os.path.isdir(path):
+        raise ConfigurationError(f"db_path must be a database file, but {path} is a directory")
+    return path
 
 
 def registry_for(db_path: str | os.PathLike[str] | None) -> Registry:
-    """One registry (and store) per database file in a process; ``None``: the default registry."""
+    """One registry (and store) per database file in a process; ``None``: the default registry;
+    ``":memory:"``: one registry without a store (breakers in this process's memory only).
+
+    Raises:
+        ConfigurationError: ``db_path`` is not a path, is empty, or is a directory.
+    """
     if db_path is None:
         return default_registry()
-    key = os.path.abspath(os.fspath(db_path))
+    key = _registry_key(db_path)
     with _registries_lock:
         registry = _registries.get(key)
         if registry is None:
-            registry = _registries[key] = Registry(store=key)
-            registry.prepare_store()  # the tables exist at once: the application may query them with its own SQL
+            if key == MEMORY:
+                registry = _registries[key] = Registry()
+            else:
+                registry = Registry(store=key)
+                registry.prepare_store()  # the tables exist at once: the application may query them with its own SQL
+                _registries[key] = registry
         return registry
+
+
+def _policy(failure_threshold: Any = 5, recovery_timeout: Any = 60, expected_exception: Any = _UNSET,
+            **policy: Any) -> Policy:
+    """The policy of a breaker of the database API (its defaults: 5 failures, 60 seconds); ``on=`` and
+    ``expected_exception=`` are one setting, given once."""
+    kwargs = {"failure_threshold": failure_threshold, "recovery_timeout": recovery_timeout, **policy}
+    if expected_exception is not _UNSET:
+        kwargs["expected_exception"] = expected_exception  # with on= too: from_kwargs says "not both"
+    return Policy.from_kwargs(kwargs)
+
+
+def _check_alert_arguments(enable_alerts: object, alert_callback: object) -> None:
+    if not isinstance(enable_alerts, bool):
+        raise ConfigurationError(f"enable_alerts must be a bool, got {enable_alerts!r}")
+    if alert_callback is not None and not callable(alert_callback):
+        raise ConfigurationError(f"alert_callback must be callable, got {alert_callback!r}")
+
+
+# -- alerts, per handle ------------------------------------------------------------------------------
+#
+# Every handle of a service in a process is the same breaker, so the store raises a service's alerts
+# once; what belongs to a handle is whether *its* callback receives them. Each distinct callback of a
+# service is registered with the store once, through a _Gate (one delivery per alert per callback,
+# however many handles name it); a gate whose handles are all gone is emptied and reused for the
+# next callback, so a handle built per request leaks nothing. The service's alerts are raised while
+# some live handle enables them, or none disables them.
+
+
+class _Gate:
+    """One alert callback slot of a service in a store: calls the callback live handles gave it, or
+    nothing while free."""
+
+    __slots__ = ("callback", "users")
+
+    def __init__(self) -> None:
+        self.callback: Callable[[dict[str, Any]], Any] | None = None
+        self.users = 0
+
+    def __call__(self, alert: dict[str, Any]) -> Any:
+        callback = self.callback
+        return None if callback is None else callback(alert)
+
+
+class _ServiceAlerts:
+    __slots__ = ("disabled", "enabled", "gates")
+
+    def __init__(self) -> None:
+        self.enabled = 0  # live handles with enable_alerts=True
+        self.disabled = 0  # ... and with enable_alerts=False
+        self.gates: list[_Gate] = []
+
+    @property
+    def raised(self) -> bool:
+        return self.enabled > 0 or self.disabled == 0
+
+
+_alerts: weakref.WeakKeyDictionary[Registry, dict[str, _ServiceAlerts]] = weakref.WeakKeyDictionary()
+_alerts_lock = threading.RLock()  # re-entered by a handle's finalizer run by a collection inside _join_alerts
+
+
+def _same(a: object, b: object) -> bool:
+    try:
+        return a is b or bool(a == b)  # == : two bound methods of one object are one callback
+    except Exception:
+        return False
+
+
+def _join_alerts(handle: DatabaseCircuitBreaker, registry: Registry, service: str, enabled: bool,
+                 callback: Callable[[dict[str, Any]], Any] | None) -> None:
+    with _alerts_lock:
+        sa = _alerts.setdefault(registry, {}).setdefault(service, _ServiceAlerts())
+        gate: _Gate | None = None
+        new = False
+        if enabled and callback is not None:
+            gate = next((g for g in sa.gates if g.users and _same(g.callback, callback)), None)
+            if gate is None:
+                gate = next((g for g in sa.gates if not g.users), None)
+                if gate is None:
+                    gate, new = _Gate(), True
+            gate.users += 1
+            gate.callback = callback
+        if enabled:
+            sa.enabled += 1
+        else:
+            sa.disabled += 1
+        registry.set_alerts_enabled(service, sa.raised)
+        if new and gate is not None and registry.on_alert(gate, service=service):
+            sa.gates.append(gate)
+        finalizer = weakref.finalize(handle, _leave_alerts, weakref.ref(registry), service, enabled, gate)
+        finalizer.atexit = False
+
+
+def _leave_alerts(registry_ref: weakref.ref[Registry], service: str, enabled: bool, gate: _Gate | None) -> None:
+    registry = registry_ref()
+    with _alerts_lock:
+        if gate is not None:
+            gate.users -= 1
+            if not gate.users:
+                gate.callback = None
+        sa = None if registry is None else _alerts.get(registry, {}).get(service)
+        if registry is None or sa is None:
+            return
+        if enabled:
+            sa.enabled -= 1
+        else:
+            sa.disabled -= 1
+        registry.set_alerts_enabled(service, sa.raised)
 
 
 class DatabaseCircuitBreaker:
     """A persistent breaker for one service, with the database API (``await breaker.call(fn, *args)``).
 
+    Handles made for one service and database in a process (by this class, or by
+    :class:`MultiServiceDatabaseCircuitBreaker`) are one breaker: its state, counts and alerts are shared.
+
     Args:
-        db_path: The SQLite file (default: where the process-wide registry persists — see
-            :func:`circuitry.configure`).
+        db_path: The SQLite file (or ``sqlite:///path``); ``":memory:"`` keeps the breakers in this
+            process's memory only, as ``CIRCUITRY_DB=:memory:`` does (default: where the process-wide
+            registry persists — see :func:`circuitry.configure`).
         service_name: The breaker's name.
         failure_threshold: Consecutive failures that open the circuit.
         recovery_timeout: Seconds open before a probe is let through.
-        enable_alerts: Raise alerts (rows of ``circuit_breaker_alerts``) for this service.
+        enable_alerts: This handle's setting: whether ``alert_callback`` receives the service's alerts.
+            The alerts (rows of ``circuit_breaker_alerts``) are raised while some handle of the service
+            in this process enables them, or none disables them.
         alert_callback: Called with each alert's dict (sync or async); it can neither block nor
-            break a protected call.
-        expected_exception: What counts as a failure (a type, a tuple or a predicate).
+            break a protected call. A callback given to several handles of a service gets each alert once.
+        expected_exception: What counts as a failure (a type, a tuple or a predicate); ``on=`` is the
+            same setting (give one of them).
+        registry: The registry whose breaker this is (instead of ``db_path``).
         **policy: Any other :class:`~circuitry.Policy` field.
+
+    Raises:
+        ConfigurationError: An argument is invalid (the message names it); nothing is opened then.
+        RegistryConflictError: The service exists already with another policy.
 
     .. versionadded:: 0.1.0
     """
@@ -59,24 +214,32 @@ class DatabaseCircuitBreaker:
     def __init__(self, db_path: str | os.PathLike[str] | None = None, service_name: str | None = None,
                  failure_threshold: int = 5, recovery_timeout: float = 60, enable_alerts: bool = True,
                  alert_callback: Callable[[dict[str, Any]], Any] | None = None,
-                 expected_exception: Any = Exception, *, registry: Registry | None = None,
+                 expected_exception: Any = _UNSET, *, registry: Registry | None = None,
                  **policy: Any) -> None:
         if service_name is None:
             raise ConfigurationError("service_name is required")
-        if not isinstance(enable_alerts, bool):
-            raise ConfigurationError(f"enable_alerts must be a bool, got {enable_alerts!r}")
-        if alert_callback is not None and not callable(alert_callback):
-            raise ConfigurationError(f"alert_callback must be callable, got {alert_callback!r}")
+        _check_alert_arguments(enable_alerts, alert_callback)
+        if registry is not None:
+            if not isinstance(registry, Registry):
+                raise ConfigurationError(f"registry must be a Registry, got {registry!r}")
+            if db_path is not None:
+                raise ConfigurationError("give db_path= or registry=, not both")
+        settings = _policy(failure_threshold, recovery_timeout, expected_exception, **policy)
         self.registry = registry if registry is not None else registry_for(db_path)
         self.service_name = service_name
-        self.breaker: CircuitBreaker = self.registry.get(
-            service_name, failure_threshold=failure_threshold, recovery_timeout=recovery_timeout,
-            on=expected_exception, **policy)
-        self.enable_alerts = enable_alerts
-        self.alert_callback = alert_callback
-        self.registry.set_alerts_enabled(service_name, enable_alerts)
-        if alert_callback is not None and enable_alerts:
-            self.registry.on_alert(alert_callback, service=service_name)
+        self.breaker: CircuitBreaker = self.registry.get(service_name, settings)
+        self._enable_alerts = enable_alerts
+        self._alert_callback = alert_callback
+        _join_alerts(self, self.registry, service_name, enable_alerts, alert_callback)
+
+    @property
+    def enable_alerts(self) -> bool:
+        """Whether this handle's ``alert_callback`` receives the service's alerts (set at construction)."""
+        return self._enable_alerts
+
+    @property
+    def alert_callback(self) -> Callable[[dict[str, Any]], Any] | None:
+        return self._alert_callback
 
     def __repr__(self) -> str:
         return f"<DatabaseCircuitBreaker {self.service_name!r} {self.breaker.state.value}>"
@@ -115,8 +278,9 @@ class DatabaseCircuitBreaker:
             return stats
         try:
             status = self.registry.status(self.service_name)
-        except StoreError as exc:
+        except StoreError as exc:  # the counts of this process, as without a store
             stats["store_error"] = str(exc)
+            stats["last_hour_metrics"]["success_rate"] = stats["success_rate"]
             return stats
         if status is not None:
             h = status["last_hour"]
@@ -155,16 +319,26 @@ class MultiServiceDatabaseCircuitBreaker:
     """Breakers for many services over one database, with the database API.
 
     Args:
-        db_path: The SQLite file (default: where the process-wide registry persists).
-        enable_alerts: Raise alerts for the services.
-        alert_callback: Receives every alert dict (sync or async).
+        db_path: The SQLite file (or ``sqlite:///path``, or ``":memory:"``; default: where the
+            process-wide registry persists).
+        enable_alerts: Whether ``alert_callback`` receives the services' alerts (see
+            :class:`DatabaseCircuitBreaker`).
+        alert_callback: Receives every alert dict of the services it made breakers for (sync or async).
         **defaults: Policy defaults for the breakers it creates (``failure_threshold=``, ...).
+
+    Raises:
+        ConfigurationError: An argument is invalid (the message names it), at construction.
 
     .. versionadded:: 0.1.0
     """
 
     def __init__(self, db_path: str | os.PathLike[str] | None = None, enable_alerts: bool = True,
                  alert_callback: Callable[[dict[str, Any]], Any] | None = None, **defaults: Any) -> None:
+        _check_alert_arguments(enable_alerts, alert_callback)
+        if "service_name" in defaults:
+            raise ConfigurationError("service_name is given to get_breaker(), not to "
+                                     "MultiServiceDatabaseCircuitBreaker()")
+        _policy(**defaults)  # the defaults are checked now, not at the first get_breaker()
         self.db_path = db_path
         self.registry = registry_for(db_path)
         self.enable_alerts = enable_alerts
@@ -174,13 +348,21 @@ class MultiServiceDatabaseCircuitBreaker:
         self._lock = threading.Lock()
 
     async def get_breaker(self, service_name: str, **policy: Any) -> DatabaseCircuitBreaker:
-        """The breaker of ``service_name``, created on first use with the manager's defaults."""
+        """The breaker of ``service_name``, created on first use with the manager's defaults (and
+        ``policy``).
+
+        Raises:
+            RegistryConflictError: ``policy`` given for a service whose breaker has another policy.
+        """
+        wanted = _policy(**{**self.defaults, **policy}) if policy else None
         with self._lock:
             breaker = self._breakers.get(service_name)
             if breaker is None:
                 breaker = self._breakers[service_name] = DatabaseCircuitBreaker(
                     service_name=service_name, enable_alerts=self.enable_alerts,
                     alert_callback=self.alert_callback, registry=self.registry, **{**self.defaults, **policy})
+            elif wanted is not None and wanted != breaker.breaker.policy:
+                raise RegistryConflictError(_conflict_message(service_name, breaker.breaker.policy, wanted))
             return breaker
 
     async def call(self, service_name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

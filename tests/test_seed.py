@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,7 @@ from circuitry import (
     ConfigurationError,
     DatabaseCircuitBreaker,
     MultiServiceDatabaseCircuitBreaker,
+    RegistryConflictError,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -220,3 +225,64 @@ def test_seed_columns_exist(tmp_path: Path) -> None:
 def test_service_name_is_required() -> None:
     with pytest.raises(ConfigurationError, match="service_name"):
         DatabaseCircuitBreaker()
+
+
+def test_the_migration_runner_adds_the_tables_to_an_existing_database(tmp_path: Path) -> None:
+    """`python scripts/run_migrations.py` (the seed's "migration runner"), run on an application's database."""
+    db = tmp_path / "pipeline.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE cards (id INTEGER PRIMARY KEY, front TEXT)")
+        conn.execute("INSERT INTO cards (front) VALUES ('hola')")
+    env = {k: v for k, v in os.environ.items() if k != "CIRCUITRY_DB"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "run_migrations.py"), *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    first = run("pipeline.db")
+    assert first.returncode == 0, first.stderr
+    assert "applied migration(s) 8" in first.stdout
+    with sqlite3.connect(db) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert conn.execute("SELECT front FROM cards").fetchall() == [("hola",)]
+    assert {"circuit_breaker_states", "circuit_breaker_events", "circuit_breaker_failure_patterns",
+            "circuit_breaker_metrics", "circuit_breaker_alerts"} <= tables
+    again = run("--db", str(db), "--json")  # idempotent
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["applied"] == []
+    default = run()  # no argument: where the breakers of the examples without db_path persist
+    assert default.returncode == 0, default.stderr
+    assert (tmp_path / "circuitry.db").exists()
+    env["CIRCUITRY_DB"] = ":memory:"
+    memory = run()
+    assert memory.returncode == 2 and "no database to migrate" in memory.stderr
+
+
+async def test_db_path_memory_keeps_the_breakers_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As ``CIRCUITRY_DB=:memory:`` does: no file named ':memory:' in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    breaker = DatabaseCircuitBreaker(db_path=":memory:", service_name="in_memory", failure_threshold=2)
+
+    async def bad() -> None:
+        raise TimeoutError
+
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            await breaker.call(bad)
+    assert breaker.registry.store is None
+    assert breaker.get_stats()["state"] == "open"
+    assert DatabaseCircuitBreaker(db_path=":memory:", service_name="in_memory",
+                                  failure_threshold=2).breaker is breaker.breaker
+    manager = MultiServiceDatabaseCircuitBreaker(db_path=":memory:")
+    assert (await manager.get_breaker("in_memory", failure_threshold=2)).breaker is breaker.breaker
+    assert os.listdir(tmp_path) == []
+
+
+async def test_get_breaker_with_another_policy_is_a_conflict(tmp_path: Path) -> None:
+    manager = MultiServiceDatabaseCircuitBreaker(db_path=str(tmp_path / "pipeline.db"))
+    breaker = await manager.get_breaker("other", failure_threshold=3)
+    assert await manager.get_breaker("other", failure_threshold=3) is breaker
+    assert await manager.get_breaker("other") is breaker
+    with pytest.raises(RegistryConflictError, match="failure_threshold: 3 -> 4"):
+        await manager.get_breaker("other", failure_threshold=4)
+    assert breaker.breaker.policy.failure_threshold == 3

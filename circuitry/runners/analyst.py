@@ -23,7 +23,7 @@ from typing import Any
 from circuitry._core import CircuitBreaker
 from circuitry._state import CircuitState
 from circuitry.analysis.adjust import Adjustment, AdjustPolicy, Decision, MeasuredCost, decide, measure_cost
-from circuitry.analysis.alerts import Alert, AlertEngine, AlertPolicy
+from circuitry.analysis.alerts import Alert, AlertEngine
 from circuitry.analysis.engine import Analysis, analyse
 from circuitry.analysis.history import MinuteRollup
 from circuitry.analysis.predict import DEFAULT_HORIZON
@@ -153,8 +153,7 @@ class Analyst:
         self.interval = store.analysis_interval
         self.window = store.analysis_window
         self.auto_apply = store.auto_apply
-        policy = store.alert_policy
-        self.engine = AlertEngine(policy if isinstance(policy, AlertPolicy) or policy is None else None)
+        self.engine = AlertEngine(store.alert_policy)  # an AlertPolicy or None: the store checked it
         self.records = Records(store.backend, store.process, timeout=store.busy_timeout)
         self._callbacks: list[tuple[CallbackDeliverer, str | None]] = []
         self._transitions: deque[Event] = deque(maxlen=100_000)

@@ -21,12 +21,14 @@ How it works (each part in its module):
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import itertools
 import os
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from circuitry._checks import check_int, check_number
@@ -45,16 +47,37 @@ from circuitry.store.sharing import Sharing
 from circuitry.store.writer import Writer
 
 if TYPE_CHECKING:
+    from circuitry.analysis.alerts import AlertPolicy
     from circuitry.events import Event
     from circuitry.store.readmodel import ReadModel
 
-__all__ = ["Runner", "SharedStore", "StoreHealth"]
+__all__ = ["Runner", "SharedStore", "StoreHealth", "check_clock", "check_options"]
 
 _STORE_SEQ = itertools.count(1)
 
 
 def _process_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def check_clock(clock: object) -> Clock:
+    """``clock`` (``None``: the system's), or a ConfigurationError naming ``clock``."""
+    if clock is None:
+        return SYSTEM_CLOCK
+    if not (callable(getattr(clock, "monotonic", None)) and callable(getattr(clock, "time", None))):
+        raise ConfigurationError(f"clock must have monotonic() and time() methods, got {clock!r}")
+    return clock  # type: ignore[return-value]
+
+
+def check_options(owner: str, options: Mapping[str, Any]) -> None:
+    """Raise a ConfigurationError naming the first of ``options`` that is no setting of the engine, as
+    an argument of ``owner`` (the store class the application called)."""
+    known = [p for p in inspect.signature(SharedStore.__init__).parameters if p not in ("self", "backend")]
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; its settings are: {', '.join(known)}"
+            raise ConfigurationError(f"{owner}() got an unknown argument {name!r}{hint}")
 
 
 class SharedStore:
@@ -93,8 +116,8 @@ class SharedStore:
                  poll_interval: float = 0.025, metrics_interval: float = 1.0, queue_size: int = 200_000,
                  busy_timeout: float = 5.0, clock: Clock | None = None, failure_rows_per_second: int = 100,
                  second_retention: float | None = None, exit_timeout: float = 0.5,
-                 analysis_interval: float = 60.0, analysis_window: float = 900.0, alert_policy: Any = None,
-                 auto_apply: bool = False) -> None:
+                 analysis_interval: float = 60.0, analysis_window: float = 900.0,
+                 alert_policy: AlertPolicy | None = None, auto_apply: bool = False) -> None:
         self.retention = check_number("retention", retention, lo=1.0, hi=10 * 365 * 86400.0, lo_open=False)
         self.poll_interval = check_number("poll_interval", poll_interval, lo=0.001, hi=60.0, lo_open=False)
         self.metrics_interval = check_number("metrics_interval", metrics_interval, lo=0.01, hi=3600.0,
@@ -114,9 +137,14 @@ class SharedStore:
         if not isinstance(auto_apply, bool):
             raise ConfigurationError(f"auto_apply must be a bool, got {auto_apply!r}")
         self.auto_apply = auto_apply
-        self.alert_policy = alert_policy
+        from circuitry.analysis.alerts import AlertPolicy
+
+        if alert_policy is not None and not isinstance(alert_policy, AlertPolicy):
+            raise ConfigurationError(f"alert_policy must be an AlertPolicy or None, got {alert_policy!r} "
+                                     "(build one: AlertPolicy(high_failure_rate=0.2, ...))")
+        self.alert_policy: AlertPolicy | None = alert_policy
         self.backend = backend
-        self._time: Callable[[], float] = (SYSTEM_CLOCK if clock is None else clock).time
+        self._time: Callable[[], float] = check_clock(clock).time
         self.runners: list[Runner] = []
         self.alert_callbacks: list[tuple[Callable[[dict[str, Any]], Any], str | None, float]] = []
         self.muted: set[str] = set()

@@ -261,7 +261,9 @@ class PostgresStore(SharedStore):
         if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
             raise ConfigurationError(f"url must be a postgresql:// URL, got {mask_url(str(url))!r}")
         from circuitry._checks import check_number
+        from circuitry.store.engine import check_options
 
+        check_options(type(self).__name__, options)
         statement_timeout = check_number("statement_timeout", statement_timeout, lo=0.01, hi=3600.0, lo_open=False)
         connect_timeout = check_number("connect_timeout", connect_timeout, lo=0.1, hi=600.0, lo_open=False)
         self.backend: PostgresBackend = PostgresBackend(url, statement_timeout=statement_timeout,

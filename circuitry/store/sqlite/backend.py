@@ -30,7 +30,7 @@ from circuitry._clock import SYSTEM_CLOCK, Clock
 from circuitry.exceptions import ConfigurationError, SchemaVersionError
 from circuitry.instrumentation.logging import log as _log
 from circuitry.store.backend import Connection, Fault, NoDatabaseError, Role
-from circuitry.store.engine import SharedStore
+from circuitry.store.engine import SharedStore, check_clock, check_options
 from circuitry.store.sharing import STATE_COLUMNS
 from circuitry.store.sqlite.schema import migrate
 
@@ -252,8 +252,9 @@ class SQLiteStore(SharedStore):
     host. Nothing is opened until the first breaker is adopted.
 
     Args:
-        path: The database file (created if missing; the circuit tables are added to an existing
-            application database, whose own tables circuitry never touches).
+        path: The database file, or ``sqlite:///path`` (created if missing; the circuit tables are added
+            to an existing application database, whose own tables circuitry never touches — though it
+            puts the file in WAL journal mode: see docs/reference/store.md).
         **options: The engine's settings (:class:`~circuitry.store.engine.SharedStore`): ``retention``,
             ``poll_interval``, ``busy_timeout``, ``clock``, ``analysis_interval``, ...
 
@@ -261,11 +262,22 @@ class SQLiteStore(SharedStore):
     """
 
     def __init__(self, path: str | os.PathLike[str], **options: Any) -> None:
-        if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+        text = os.fspath(path) if isinstance(path, str | os.PathLike) else None
+        if not isinstance(text, str) or not text.strip():
             raise ConfigurationError(f"path must be a file path, got {path!r}")
-        if os.fspath(path) == ":memory:":
-            raise ConfigurationError("path must be a file: an in-memory database cannot be shared")
-        self.backend: SQLiteBackend = SQLiteBackend(path, clock=options.get("clock"))
+        if text.startswith("sqlite:///"):  # as open_store() and the command line's --db take it
+            text = text[len("sqlite:///"):]
+        elif "://" in text:
+            raise ConfigurationError(f"path must be a file path or a sqlite:/// URL, got {text.split('://')[0]}://… "
+                                     "(open_store() opens a postgresql:// URL)")
+        if text == ":memory:":
+            raise ConfigurationError("path must be a file: an in-memory database cannot be shared (a registry "
+                                     "without a store keeps breakers in memory)")
+        if not text.strip() or os.path.isdir(text):
+            raise ConfigurationError(f"path must be a database file, got {path!r}"
+                                     + (" (a directory)" if text.strip() else ""))
+        check_options(type(self).__name__, options)
+        self.backend: SQLiteBackend = SQLiteBackend(text, clock=check_clock(options.get("clock")))
         super().__init__(self.backend, **options)
 
     @property
