@@ -275,6 +275,8 @@ class CircuitBreaker(Gate):
         clock = SYSTEM_CLOCK if clock is None else clock
         if not (callable(getattr(clock, "monotonic", None)) and callable(getattr(clock, "time", None))):
             raise ConfigurationError(f"clock must have monotonic() and time() methods, got {clock!r}")
+        if rng is not None and not callable(getattr(rng, "random", None)):
+            raise ConfigurationError(f"rng must have a random() method (a random.Random), got {rng!r}")
         super().__init__(name, clock.monotonic, CircuitOpenError)
         self.clock = clock
         self._wall: Callable[[], float] = clock.time

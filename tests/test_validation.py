@@ -240,3 +240,16 @@ def test_sqlite_store_takes_a_sqlite_url(tmp_path: Path, monkeypatch: pytest.Mon
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == []  # no "sqlite:" directory
     with pytest.raises(ConfigurationError, match="path"):
         SQLiteStore("postgresql://u@localhost/db")
+
+
+def test_a_breaker_checks_its_rng_and_open_store_its_target() -> None:
+    from circuitry import CircuitBreaker
+    from circuitry.store import open_reader, open_store
+
+    with pytest.raises(ConfigurationError, match="rng must have a random"):
+        CircuitBreaker("svc", rng=5)  # type: ignore[arg-type]
+    for target in (5, "", "  "):
+        with pytest.raises(ConfigurationError, match="target must be a file path or a database URL"):
+            open_store(target)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="target must be a file path or a database URL"):
+            open_reader(target)  # type: ignore[arg-type]

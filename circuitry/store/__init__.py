@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from circuitry.exceptions import ConfigurationError
 from circuitry.store.base import Store
 
 if TYPE_CHECKING:
@@ -40,6 +41,14 @@ def _postgres() -> Any:
     return backend
 
 
+def _target(target: object) -> str:
+    """``target`` as text, or a ConfigurationError naming it."""
+    text = os.fspath(target) if isinstance(target, str | os.PathLike) else None
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigurationError(f"target must be a file path or a database URL, got {target!r}")
+    return text
+
+
 def _sqlite_path(target: str) -> str | None:
     if target.startswith("sqlite:///"):
         return target[len("sqlite:///"):]
@@ -58,9 +67,7 @@ def open_store(target: str | os.PathLike[str], **options: Any) -> SharedStore:
 
     .. versionadded:: 0.1.0
     """
-    from circuitry.exceptions import ConfigurationError
-
-    text = os.fspath(target)
+    text = _target(target)
     if _is_postgres(text):
         store: SharedStore = _postgres().PostgresStore(text, **options)
         return store
@@ -76,10 +83,9 @@ def open_store(target: str | os.PathLike[str], **options: Any) -> SharedStore:
 def open_reader(target: str | os.PathLike[str]) -> ReadModel:
     """A read model over the database at ``target`` (read-only; starts no thread) — what the command
     line and dashboards read."""
-    from circuitry.exceptions import ConfigurationError
     from circuitry.store.readmodel import ReadModel
 
-    text = os.fspath(target)
+    text = _target(target)
     if _is_postgres(text):
         return ReadModel(_postgres().PostgresBackend(text))
     path = _sqlite_path(text)

@@ -124,7 +124,7 @@ class SQLiteBackend:
             if new:
                 raw.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             migrate(raw, log=lambda event, added: _log("warning", event, location=self.location, added=added,
-                                                       note="circuit tables of an older shape were upgraded"))
+                                                       note=_SCHEMA_NOTES.get(event, "")))
         except BaseException:
             raw.close()
             raise
@@ -245,6 +245,10 @@ class SQLiteBackend:
 
     def abandon(self, conns: Iterator[Connection]) -> None:
         _ABANDONED.extend(conns)
+
+
+_SCHEMA_NOTES = {"circuitry.schema_upgraded": "circuit tables of an older shape were upgraded",
+                 "circuitry.schema_repaired": "circuit tables that had been dropped were made again, empty"}
 
 
 class SQLiteStore(SharedStore):
