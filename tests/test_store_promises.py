@@ -261,6 +261,52 @@ def _dropped_and_made_again(store: SQLiteStore, db: Path, dropped: str) -> None:
         conn.close()
 
 
+def test_a_read_only_folder_keeps_a_stored_open_circuit_open() -> None:
+    """A previous run left a circuit open for ten minutes; the database's folder is now read-only to
+    the process (a read-only mount, a deploy directory). Reading a WAL database needs a -shm file made
+    in its folder, so the process could read nothing, and its breaker started closed: calls went to a
+    service the database records as down."""
+    import os
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="circuitry-ro-"))
+    try:
+        base.chmod(0o755)
+        folder = base / "deploy"
+        folder.mkdir()
+        db = folder / "app.db"
+        store = SQLiteStore(db)
+        b = Registry(hooks=[], store=store).get("svc", failure_threshold=1, recovery_timeout=600)
+        fail(b)
+        assert store.flush()
+        store.close()
+        conn = sqlite3.connect(db)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()  # the last connection: SQLite removes the -wal and -shm files
+        assert not (folder / "app.db-wal").exists()
+        db.chmod(0o644)
+        script = (f"from circuitry import Registry\nfrom circuitry.store import SQLiteStore\n"
+                  f"store = SQLiteStore({str(db)!r})\n"
+                  "b = Registry(hooks=[], store=store).get('svc', failure_threshold=1, recovery_timeout=600)\n"
+                  "print(b.state.value)\nstore.close(timeout=0.5)\n")
+        command = [sys.executable, "-c", script]
+        if os.geteuid() == 0:  # root writes anywhere: read as nobody, in a folder root owns
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                pytest.skip("running as root without setpriv (util-linux): cannot read as another user")
+            command = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        else:
+            folder.chmod(0o555)
+        got = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=base,
+                             env={**os.environ, "CIRCUITRY_DB": ":memory:"})
+        assert got.returncode == 0, got.stderr
+        assert got.stdout.split() == ["open"]
+    finally:
+        (base / "deploy").chmod(0o755) if (base / "deploy").exists() else None
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_migrating_makes_a_dropped_table_again(db: Path) -> None:
     conn = sqlite3.connect(db, isolation_level=None)
     try:

@@ -104,12 +104,30 @@ class SQLiteBackend:
         self.location = str(self.path)
         self._time = (SYSTEM_CLOCK if clock is None else clock).time
 
+    def _frozen(self) -> bool:
+        """Whether the database cannot change: its folder takes no new file, and it has no write-ahead
+        log with content (a -wal file no -shm file can index would be read past)."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return not os.access(self.path.parent, os.W_OK) and (not wal.exists() or wal.stat().st_size == 0)
+
     def connect(self, role: Role, *, timeout: float) -> _Conn:
         if role == "reader":
             if not self.path.exists():
                 raise NoDatabaseError(f"no database at {self.path}")
             raw = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=timeout, isolation_level=None,
                                   check_same_thread=False)
+            try:
+                raw.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            except sqlite3.OperationalError:
+                raw.close()
+                if not self._frozen():
+                    raise
+                # A folder this process cannot write to (a read-only mount or deploy directory): reading
+                # a WAL database needs its -shm file made there, so a plain read fails. No process can
+                # write to such a file either (writing needs the -wal and -shm files too), so it is read
+                # as it stands -- an open circuit it records stays open in a new process.
+                raw = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, timeout=timeout,
+                                      isolation_level=None, check_same_thread=False)
             raw.execute("PRAGMA query_only = ON")
             raw.set_authorizer(_deny_outside_reads)
             return _Conn(raw, self._time, None)
