@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from circuitry import Registry
-from circuitry.store import SQLiteStore
+from circuitry.store import SQLiteStore, open_reader
 from circuitry.store.sqlite.schema import LATEST_VERSION
 from circuitry.tools.cli import main
 
@@ -134,3 +134,31 @@ def test_demo_runs_and_writes_a_database(tmp_path: Path) -> None:
         assert failures.fetchone()[0] > 0
         assert conn.execute("SELECT current_state FROM circuit_breaker_states").fetchone()[0] in ("closed", "open",
                                                                                                  "half_open")
+
+
+def test_demo_replaces_only_a_database_an_earlier_demo_made(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from circuitry.tools import demo
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    app = tmp_path / "app.db"
+    with sqlite3.connect(app) as conn:
+        conn.execute("CREATE TABLE cards (id INTEGER PRIMARY KEY)")
+    stored = tmp_path / "circuitry.db"  # an application's circuits: circuit tables only, but not the demo's
+    SQLiteStore(stored).prepare()
+    for path in (notes, app, stored, tmp_path):
+        before = path.read_bytes() if path.is_file() else None
+        assert run("demo", "--db", str(path))[0] == 2, path
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("nothing was changed" in err or "is a directory" in err), err
+        assert (path.read_bytes() if path.is_file() else None) == before
+    own = str(tmp_path / "demo.db")
+    for _ in range(2):  # an earlier demo's database is replaced by a fresh one
+        assert demo.check_demo_db(own) is None
+        store = demo._fresh_store(own)
+        b = Registry(hooks=[], store=store).get("inventory_api")
+        b.record_success(b.admit())
+        assert store.flush()
+        store.close()
+        assert open_reader(own).names() == ["inventory_api"]

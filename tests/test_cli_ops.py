@@ -186,6 +186,42 @@ def test_webhooks_lists_dead_deliveries_and_retries_them(db: Path) -> None:
     assert run("webhooks", "retry", "--db", str(db))[0] == 2  # says what to give
 
 
+def test_webhooks_retry_uses_the_options_given_before_or_after_it(db: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from circuitry.store.sqlite.backend import SQLiteBackend
+
+    monkeypatch.chdir(tmp_path)  # the default database, were --db dropped, is not this one
+    monkeypatch.delenv("CIRCUITRY_DB", raising=False)
+    outbox = Outbox(SQLiteBackend(db), "test")
+    d = str(db)
+    for i, argv in enumerate((["webhooks", "--db", d, "retry", "--dead"], ["webhooks", "--dead", "retry", "--db", d],
+                              ["webhooks", "--db", d, "--dead", "--endpoint", "ops", "retry"],
+                              ["webhooks", "retry", "--dead", "--db", d])):
+        outbox.enqueue([("ops", {"id": 100 + i, "service_name": "payments", "alert_type": "circuit_opened"})])
+        (delivery,) = outbox.claim(["ops"], lease=60, limit=1)
+        outbox.failed(delivery, status=500, error="HTTP 500", retry_in=None)
+        code, out = run(*argv)
+        assert (code, out) == (0, "requeued 1 delivery(ies): a running sender sends them at once\n"), argv
+        outbox.delivered(outbox.claim(["ops"], lease=60, limit=1)[0], 200)
+    outbox.close()
+
+
+def test_status_lists_every_match_past_a_thousand_circuits(tmp_path: Path) -> None:
+    from .dashboard_env import many
+
+    db = str(many(tmp_path / "many.db", n=1200))
+    with sqlite3.connect(db) as conn:
+        (closed,) = conn.execute("SELECT count(*) FROM circuit_breaker_states WHERE current_state = ?",
+                                 ("closed",)).fetchone()
+    code, out = run("status", "--db", db, "--state", "closed", "--json")
+    names = [s["service_name"] for s in json.loads(out)]
+    assert code == 0 and closed > 1000 and len(names) == len(set(names)) == closed and names == sorted(names)
+    code, out = run("status", "--db", db, "--search", "svc-", "--limit", "1100", "--json")
+    assert code == 0 and len(json.loads(out)) == 1100
+    code, out = run("status", "--db", db, "--search", "svc-", "--attention", "--limit", "1100", "--json")
+    assert code == 0 and len({s["service_name"] for s in json.loads(out)}) == 1100
+
+
 def test_no_design_jargon_in_help(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["--help"], *([c, "--help"] for c in ("status", "watch", "alerts", "ack", "patterns", "recommend",
                                                         "reset", "open", "close", "export", "webhooks", "migrate",

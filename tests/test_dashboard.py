@@ -5,10 +5,13 @@ choose among fixed options, ten thousand circuits are paged and searchable, it m
 
 from __future__ import annotations
 
+import io
 import re
+import socket
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +21,7 @@ pytest.importorskip("uvicorn")
 from circuitry import Registry
 from circuitry.exceptions import ConfigurationError
 from circuitry.store import SQLiteStore, open_reader
-from circuitry.tools.dashboard import create_app
+from circuitry.tools.dashboard import TOKEN_ENV, create_app, serve
 
 from .conftest import eventually
 from .dashboard_env import HOSTILE, TOKEN, get, many, populated, serving
@@ -147,6 +150,67 @@ def test_actions_need_a_session_and_its_form_token(tmp_path: Path) -> None:
                                              {"Authorization": f"Bearer {TOKEN}"})
         assert status == 400 and "no circuit named" in text
         assert s.post("/logout", {})[0] == 303
+
+
+def test_an_id_too_large_for_the_database_is_a_bad_request(db: Path) -> None:
+    with serving(create_app(str(db), token=TOKEN)) as base:
+        for ident in ("9" * 30, "0", "-1"):
+            status, text, _ = Session(base).post("/action", {"action": "ack", "id": ident},
+                                                 {"Authorization": f"Bearer {TOKEN}"})
+            assert status == 400 and "id must be a number" in text, ident
+
+
+def test_a_page_title_names_circuitry_once(db: Path) -> None:
+    with serving(create_app(str(db))) as base:
+        assert "<title>payments · circuitry</title>" in get(base + "/circuit?name=payments")[1]
+        assert "<title>Services · circuitry</title>" in get(base + "/")[1]
+
+
+def _serve_captured(monkeypatch: pytest.MonkeyPatch, db: str, **options: Any) -> tuple[int, str, list[Any]]:
+    """``serve()`` up to the point of serving: the exit code, what it printed, and the app it would serve."""
+    import uvicorn
+
+    apps: list[Any] = []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = io.StringIO()
+    with monkeypatch.context() as patch:
+        patch.setattr(uvicorn.Server, "run", lambda self, *args, **kwargs: apps.append(self.config.app))
+        code = serve(db, port=port, out=out, **options)
+    return code, out.getvalue(), apps
+
+
+def test_a_token_in_the_environment_does_not_turn_actions_on(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    code, printed, apps = _serve_captured(monkeypatch, str(db))
+    assert code == 0 and "read-only" in printed and len(apps) == 1
+    with serving(apps[0]) as base:
+        status, _, _ = Session(base).post("/action", {"action": "open", "name": "search-1"},
+                                          {"Authorization": f"Bearer {TOKEN}"})
+        assert status == 403
+    assert open_reader(db).circuit("search-1")["state"] == "closed"  # type: ignore[index]
+    code, printed, _ = _serve_captured(monkeypatch, str(db), actions=True)  # asked for: the token unlocks them
+    assert code == 0 and "actions need the token" in printed and TOKEN not in printed
+
+
+def test_the_startup_line_never_shows_a_database_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("psycopg")
+    code, printed, _ = _serve_captured(monkeypatch, "postgresql://ops:hunter2@127.0.0.1:1/x")
+    assert code == 0 and "postgresql://ops@127.0.0.1:1/x" in printed and "hunter2" not in printed
+
+
+def test_a_taken_port_is_an_error_before_any_address_is_printed(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from circuitry.tools.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        out = io.StringIO()
+        code = main(["dashboard", "--db", str(db), "--port", str(taken.getsockname()[1])], out=out)
+    err = capsys.readouterr().err
+    assert code == 2 and "http://" not in out.getvalue()
+    assert err.count("\n") == 1 and "cannot listen on 127.0.0.1 port" in err
 
 
 def test_guessing_the_token_is_slowed_down(db: Path) -> None:

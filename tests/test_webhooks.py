@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -263,6 +264,32 @@ def test_severity_and_service_filters(backend: SQLiteBackend, clock: FakeClock, 
             pass
         assert [json.loads(b)["alert"]["id"] for b in rx.bodies()] == [2]
         s.close()
+
+
+def test_a_pagerduty_webhook_resolves_the_incidents_it_triggers_whatever_its_severity_filter(
+        backend: SQLiteBackend, clock: FakeClock, tmp_path: Path) -> None:
+    opened, other = alert(1), dict(alert(3), alert_type="threshold_recommendation", severity="info")
+    closed = dict(alert(2), alert_type="circuit_closed", severity="info")
+    with Receiver() as rx:
+        pd = webhooks.pagerduty("ROUTINGKEY")
+        s = sender(backend, clock, hook(rx.url, format=pd, min_severity="error"),
+                   hook(rx.url, format=pd, min_severity="critical", name="critical-only"))
+        s.alerts_stored([opened, closed, other])
+        while s.run_once():
+            pass
+        sent = [(json.loads(b)["event_action"], json.loads(b)["dedup_key"]) for b in rx.bodies()]
+        assert sorted(sent) == [("resolve", "circuitry:payments:circuit_opened"),
+                                ("trigger", "circuitry:payments:circuit_opened")]  # critical-only: neither
+        s.close()
+    # the catch-up sweep enqueues a resolve the analyst's thread did not
+    with sqlite3.connect(tmp_path / "app.db") as conn:
+        conn.execute("INSERT INTO circuit_breaker_alerts (service_name, alert_type, severity, message, acknowledged, "
+                     "ts) VALUES ('search', 'circuit_closed', 'info', 'closed', FALSE, ?)", (clock.time(),))
+    s = sender(backend, clock, hook("https://pd.example/v2/enqueue", format=webhooks.pagerduty("K"), name="pd",
+                                    min_severity="error"), catch_up=600.0)
+    assert s.sweep(clock.time()) == 1
+    assert [r["service_name"] for r in outbox_rows(tmp_path / "app.db") if r["endpoint"] == "pd"] == ["search"]
+    s.close()
 
 
 def test_urls_and_secrets_are_never_logged_nor_stored(backend: SQLiteBackend, clock: FakeClock, tmp_path: Path,

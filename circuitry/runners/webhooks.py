@@ -57,6 +57,7 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from circuitry._meta import version
+from circuitry.analysis.alerts import SEVERITY_OF
 from circuitry.exceptions import ConfigurationError
 from circuitry.instrumentation.logging import isoformat, log
 from circuitry.store.outbox import Delivery, Outbox
@@ -159,7 +160,12 @@ _PD_SEVERITY: Final = {"critical": "critical", "error": "error", "warning": "war
 def pagerduty(routing_key: str, *, source: str = "circuitry") -> Formatter:
     """A formatter for PagerDuty's Events API v2 (``https://events.pagerduty.com/v2/enqueue``):
     ``trigger`` events deduplicated by the alert's key; a ``circuit_closed`` alert *resolves* the
-    circuit's open incident. The routing key is put in the body when it is sent, never stored."""
+    circuit's open incident. The routing key is put in the body when it is sent, never stored.
+
+    An endpoint with this format sends the resolve of every incident it can have triggered: a
+    ``circuit_closed`` alert (severity ``info``) passes its ``min_severity`` whenever the
+    ``circuit_opened`` alert (``error``) would, so ``min_severity="error"`` still closes the incidents
+    it opens (see :meth:`Webhook.wants`)."""
     if not isinstance(routing_key, str) or not routing_key:
         raise ConfigurationError("routing_key must be a non-empty string")
 
@@ -181,7 +187,18 @@ def pagerduty(routing_key: str, *, source: str = "circuitry") -> Formatter:
         return body
 
     fmt.__name__ = "pagerduty"
+    fmt.resolves = _PD_RESOLVES  # type: ignore[attr-defined]
     return fmt
+
+
+#: PagerDuty: the alert types that resolve an incident, and the alert type that triggered it.
+_PD_RESOLVES: Final[Mapping[str, str]] = {"circuit_closed": "circuit_opened"}
+
+
+def _resolves(fmt: str | Formatter) -> Mapping[str, str]:
+    """What a format's alerts resolve (``{resolving alert type: triggering alert type}``): PagerDuty's."""
+    found = getattr(fmt, "resolves", None)
+    return found if isinstance(found, Mapping) else {}
 
 
 _FORMATS: Final[Mapping[str, Formatter]] = {"json": json_payload, "slack": slack_payload}
@@ -201,7 +218,9 @@ class Webhook:
             URL). Processes sharing a store must give one endpoint the same name.
         format: ``"json"`` (:func:`json_payload`), ``"slack"`` (:func:`slack_payload`) or a callable
             ``(alert, delivery_id) -> JSON-able body`` such as :func:`pagerduty`.
-        min_severity: The least severe alert sent (``"info"``: all of them).
+        min_severity: The least severe alert sent (``"info"``: all of them). An alert that resolves an
+            incident (a ``circuit_closed`` alert, with :func:`pagerduty`) is sent whenever the alert
+            that triggers the incident would be, whatever its own severity.
         services: Only alerts of these circuits (default: all).
         timeout: Seconds an attempt may take to connect, and to wait for each read.
         max_attempts: Attempts before the delivery is dead.
@@ -259,8 +278,15 @@ class Webhook:
         return _SEVERITIES[_SEVERITIES.index(self.min_severity):]
 
     def wants(self, alert: Mapping[str, Any]) -> bool:
-        return alert.get("severity") in self.severities and (
-            self.services is None or alert.get("service_name") in self.services)
+        """Whether ``alert`` is sent here: its circuit is one of ``services``, and its severity is at least
+        ``min_severity`` — or it resolves an incident whose trigger would be sent here (PagerDuty's
+        ``circuit_closed``: a triggered incident is resolved whatever the filter)."""
+        if self.services is not None and alert.get("service_name") not in self.services:
+            return False
+        if alert.get("severity") in self.severities:
+            return True
+        trigger = _resolves(self.format).get(str(alert.get("alert_type")))
+        return trigger is not None and SEVERITY_OF.get(trigger) in self.severities  # type: ignore[call-overload]
 
     def body(self, alert: Mapping[str, Any], delivery_id: str) -> bytes:
         fmt = _FORMATS[self.format] if isinstance(self.format, str) else self.format
@@ -494,8 +520,13 @@ class WebhookSender:
         """Enqueue alerts of the last ``catch_up`` seconds that have no row for an endpoint."""
         added = 0
         for hook in self.webhooks.values():
+            services = None if hook.services is None else sorted(hook.services)
             missing = self.outbox.missing(hook.key, since=now - self.catch_up, severities=hook.severities,
-                                          services=None if hook.services is None else sorted(hook.services))
+                                          services=services)
+            below = [s for s in _SEVERITIES if s not in hook.severities]
+            if below and _resolves(hook.format):  # resolves of lower severity than the filter (see wants())
+                missing += [a for a in self.outbox.missing(hook.key, since=now - self.catch_up, severities=below,
+                                                           services=services) if hook.wants(a)]
             if missing:
                 added += self.outbox.enqueue([(hook.key, a) for a in missing])
         if added:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from circuitry.exceptions import StoreError
+from circuitry.exceptions import SchemaVersionError, StoreError
 from circuitry.store.backend import Backend, Connection, NoDatabaseError
 
 __all__ = ["Reader"]
@@ -113,18 +113,84 @@ class Reader:
         except NoDatabaseError:
             return []  # nothing written yet: nothing to read
         except StoreError as exc:
-            if isinstance(exc.__cause__, Exception) and self.backend.classify(exc.__cause__) == "old_schema":
-                return []  # no circuit tables yet (nothing written yet): nothing to read
-            raise
+            if not self._missing(exc):
+                raise
+            version = self.schema_version()
+            if version is None or version < self._latest():
+                return []  # no circuit tables yet, or an older circuitry's: nothing of this kind to read
+            try:  # every table should be there now: read again (the first read may have met a migration)
+                with self._reading() as conn:
+                    return conn.execute(sql, params)
+            except StoreError as again:
+                if not self._missing(again):
+                    raise
+                # one was dropped, or damaged, since
+                raise StoreError(f"{self.backend.location} has circuitry schema version {version} but a circuit "
+                                 f"table is missing or damaged ({again.__cause__}); `circuitry migrate` recreates "
+                                 "missing tables") from again
 
-    def ready(self) -> bool:
-        """Whether the database holds circuitry's tables."""
+    def _missing(self, exc: StoreError) -> bool:
+        """Whether ``exc`` says a table or column is not there."""
+        return isinstance(exc.__cause__, Exception) and self.backend.classify(exc.__cause__) == "old_schema"
+
+    def _latest(self) -> int:
+        """The newest schema version this circuitry knows for the backend."""
+        if self.backend.kind == "postgresql":
+            from circuitry.store.postgres import schema as pg_schema
+
+            return int(pg_schema.LATEST_VERSION)
+        from circuitry.store.sqlite import schema
+
+        return int(schema.LATEST_VERSION)
+
+    def schema_version(self) -> int | None:
+        """The newest circuitry schema version the database records; ``None`` if it has no circuit tables
+        (or does not exist yet).
+
+        Raises:
+            StoreError: The database cannot be reached or read.
+        """
         try:
             with self._reading() as conn:
-                conn.execute("SELECT count(*) FROM circuitry_schema")
-            return True
-        except StoreError:
-            return False
+                rows = conn.execute("SELECT max(version) FROM circuitry_schema")
+        except NoDatabaseError:
+            return None
+        except StoreError as exc:
+            if self._missing(exc):
+                return None
+            raise
+        return None if not rows or rows[0][0] is None else int(rows[0][0])
+
+    def ready(self) -> bool:
+        """Whether the database holds circuitry's tables (``False``: it does not exist, or holds none yet).
+
+        Raises:
+            StoreError: The database cannot be reached or read (an unreachable server, a damaged file):
+                not the same as holding no tables.
+        """
+        try:
+            return self.schema_version() is not None
+        except StoreError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, Exception) and self.backend.classify(cause) == "unavailable":
+                verb = "connect to" if self.backend.kind == "postgresql" else "open"
+                raise StoreError(f"cannot {verb} {self.backend.location}: {cause}") from cause
+            raise
+
+    def check(self) -> None:
+        """Raise if the database is not one this circuitry can read as written.
+
+        Raises:
+            SchemaVersionError: A newer circuitry wrote it (its schema version is newer than any this
+                circuitry knows).
+            StoreError: It cannot be reached or read.
+        """
+        version = self.schema_version()
+        latest = self._latest()
+        if version is not None and version > latest:
+            raise SchemaVersionError(
+                f"{self.backend.location} has circuitry schema version {version}, newer than the {latest} this "
+                "circuitry understands: upgrade circuitry to read it")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """One read-only SQL statement (``?`` placeholders); rows as dicts."""

@@ -266,6 +266,10 @@ class ReadModel(Reader):
         """Acknowledge one alert by id, or every open alert of a service; the keys acknowledged."""
         if (alert_id is None) == (service is None):
             raise ConfigurationError("give alert_id or service (one of them)")
+        if alert_id is not None:
+            from circuitry._checks import check_int
+
+            check_int("alert_id", alert_id, -(2**63), 2**63 - 1)  # what an id column holds
         from circuitry.store.sharing import iso
 
         column, value = ("id", alert_id) if alert_id is not None else ("service_name", service)

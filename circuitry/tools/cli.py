@@ -18,6 +18,7 @@ import asyncio
 import csv
 import difflib
 import json
+import math
 import os
 import re
 import sqlite3
@@ -25,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from circuitry._meta import version
 from circuitry._registry import default_db_path
@@ -44,6 +45,9 @@ class UsageError(Exception):
     """A mistake in what was asked (exit code 2, message on stderr)."""
 
 
+#: Exit code when stdout is closed early (``circuitry export events | head -1``): a Unix tool's 128 + SIGPIPE.
+_CLOSED_STDOUT = 141
+
 
 def _emit_json(data: Any, out: TextIO) -> None:
     out.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
@@ -55,14 +59,35 @@ def _exists(target: str) -> bool:
 
 
 def _reader(args: argparse.Namespace) -> ReadModel:
+    """The database's read model; a :class:`StoreError` if there is none, it cannot be reached, or it holds
+    no circuit tables, a :class:`SchemaVersionError` if a newer circuitry wrote it."""
     from circuitry.store import open_reader
 
-    if not _exists(args.db):
-        raise StoreError(f"no database at {args.db}")
     reader = open_reader(args.db)
+    where = reader.backend.location  # a URL without its password
+    if not _exists(args.db):
+        raise StoreError(f"no database at {where}")
     if not reader.ready():
-        raise StoreError(f"{args.db} holds no circuit tables (is it the right file? `circuitry migrate` adds them)")
+        raise StoreError(f"{where} holds no circuit tables (is it the right file? `circuitry migrate` adds them)")
+    reader.check()
     return reader
+
+
+def _masker(db: str) -> Callable[[str], str]:
+    """What hides the password of ``db`` (a PostgreSQL URL) in a message, in every form it may take."""
+    if "://" not in db or db.startswith("sqlite:"):
+        return lambda text: text
+    try:
+        from circuitry.store.postgres.connection import Secrets
+    except ImportError:  # no psycopg: nothing connected, so no driver message can hold it; the URL may
+        from urllib.parse import urlsplit
+
+        try:
+            password = urlsplit(db).password
+        except ValueError:
+            password = None
+        return (lambda text: text) if not password else (lambda text: text.replace(password, "***"))
+    return Secrets(db).mask
 
 
 def known(reader: ReadModel, name: str) -> str:
@@ -108,13 +133,24 @@ _STATUS_COLUMNS = [("service", "SERVICE"), ("state", "STATE"), ("fail_rate", "FA
                    ("pattern", "PATTERN"), ("alerts", "ALERTS"), ("changed", "LAST CHANGE")]
 
 
+_PAGE_OF_CIRCUITS = 1000  # what one ReadModel.page() gives at most
+
+
 def _select(reader: ReadModel, args: argparse.Namespace, now: float) -> list[dict[str, Any]]:
     if args.service:
         return reader.status([known(reader, n) for n in args.service], now=now)
     if args.search or args.state or args.limit:
-        got = reader.page(search=args.search, states=args.state, sort="attention" if args.attention else "name",
-                          limit=args.limit or 1000, now=now)
-        return list(got["rows"])
+        # every match (or the first --limit), a page at a time: a page holds at most 1000 circuits
+        sort = "attention" if args.attention else "name"
+        rows: list[dict[str, Any]] = []
+        while args.limit is None or len(rows) < args.limit:
+            want = _PAGE_OF_CIRCUITS if args.limit is None else min(_PAGE_OF_CIRCUITS, args.limit - len(rows))
+            got = reader.page(search=args.search, states=args.state, sort=sort, offset=len(rows), limit=want,
+                              now=now)
+            rows += got["rows"]
+            if not got["rows"] or len(rows) >= got["total"]:
+                break
+        return rows
     rows = reader.status(now=now)
     if args.attention:
         rank = {"open": 0, "forced_open": 0, "half_open": 1, "disabled": 2}
@@ -151,12 +187,12 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
                     out.write("\x1b[H\x1b[2J")
                 counts = reader.state_counts()
                 summary = ", ".join(f"{counts[s]} {s}" for s in _STATES if counts.get(s))
-                out.write(f"circuitry watch  {args.db}  {when(now)} UTC  ({summary or 'no circuits'}; "
+                out.write(f"circuitry watch  {reader.backend.location}  {when(now)} UTC  ({summary or 'no circuits'}; "
                           f"every {args.interval:g}s, Ctrl-C to stop)\n\n")
                 table([_status_row(s, now) for s in rows], _STATUS_COLUMNS, out)
             out.flush()
             n += 1
-            if args.count and n >= args.count:
+            if args.count is not None and n >= args.count:
                 return 0
             time.sleep(args.interval)
     except KeyboardInterrupt:
@@ -270,6 +306,8 @@ def cmd_control(args: argparse.Namespace, out: TextIO) -> int:
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_MAX_AGO = 10_000 * 365.25 * 86400.0
+_MAX_EPOCH = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last time an ISO 8601 date can say
 
 
 def parse_time(text: str, now: float) -> float:
@@ -278,11 +316,19 @@ def parse_time(text: str, now: float) -> float:
     text = text.strip()
     m = _DURATION.match(text)
     if m:
-        return now - float(m.group(1)) * _UNITS[m.group(2)]
+        ago = float(m.group(1)) * _UNITS[m.group(2)]
+        if ago > _MAX_AGO:
+            raise UsageError(f"{text!r} is further back than 10,000 years")
+        return now - ago
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(value) or abs(value) > _MAX_EPOCH:
+            raise UsageError(f"cannot read {text!r} as a time: epoch seconds must be a finite number of at most "
+                             f"{_MAX_EPOCH:.0f}")
+        return value
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -419,47 +465,63 @@ def cmd_webhooks(args: argparse.Namespace, out: TextIO) -> int:
 # -- migrating, the demo, the dashboard ----------------------------------------------------------------
 
 def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
-    from circuitry.store.sqlite.schema import LATEST_VERSION, MIGRATIONS, applied_versions, migrate
+    from circuitry.store.sqlite.schema import LATEST_VERSION, MIGRATIONS, TABLES, applied_versions, migrate
 
     path = args.db[len("sqlite:///"):] if args.db.startswith("sqlite:///") else args.db
     if "://" in path:  # a server (PostgreSQL): the store migrates it when it connects
         from circuitry.store import open_store
 
         store = open_store(args.db)
+        backend = store.backend
         try:
-            prepared = store.prepare()
+            backend.connect("writer", timeout=5.0).close()  # the writer's connection migrates first
+        except Exception as exc:
+            if backend.classify(exc) is None:
+                raise
+            raise StoreError(f"could not migrate {backend.location}: {exc}") from None  # masked by the backend
         finally:
             store.close()
-        if not prepared:
-            raise StoreError(f"could not migrate {store.backend.location} (the reason is in the log)")
-        out.write(f"{store.backend.location}: up to date\n")
+        out.write(f"{backend.location}: up to date\n")
         return 0
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        pending = len({m.version for m in MIGRATIONS} - applied_versions(conn))
+        applied = applied_versions(conn)
+        pending = len({m.version for m in MIGRATIONS} - applied)
+        gone = sorted(TABLES - _tables(conn)) if applied else []  # dropped since: migrate() makes them again
         show = args.progress if args.progress is not None else sys.stderr.isatty()
         progress = Progress(pending, "migrating", sys.stderr, enabled=pending > 0 and show)
         done = migrate(conn)
         progress.advance(len(done))
         progress.finish()
+        recreated = [t for t in gone if t in _tables(conn)]
         versions = sorted(applied_versions(conn))
     finally:
         conn.close()
     if args.json:
-        _emit_json({"database": args.db, "applied": done, "version": max(versions)}, out)
-    elif done:
+        _emit_json({"database": args.db, "applied": done, "recreated": recreated, "version": max(versions)}, out)
+        return 0
+    if recreated:
+        out.write(f"{args.db}: recreated missing table(s) {', '.join(recreated)} (empty)\n")
+    if done:
         out.write(f"{args.db}: applied migration(s) {', '.join(map(str, done))}; schema version {LATEST_VERSION}\n")
-    else:
+    elif not recreated:
         out.write(f"{args.db}: up to date (schema version {max(versions)})\n")
     return 0
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     import io
 
-    from circuitry.tools.demo import run_demo
+    from circuitry.tools.demo import check_demo_db, run_demo
 
+    problem = check_demo_db(args.db)
+    if problem:
+        raise UsageError(problem)
     text = io.StringIO() if args.json else out
     summary = asyncio.run(run_demo(out=text, seed=args.random_seed, db=args.db))
     if args.json:
@@ -470,6 +532,8 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_dashboard(args: argparse.Namespace, out: TextIO) -> int:
     from circuitry.tools.dashboard import serve
 
+    if args.token_file and not args.actions:
+        raise UsageError("--token-file needs --actions (without it the dashboard is read-only)")
     if not args.allow_empty:
         _reader(args)  # a clear error now rather than an empty page
     return serve(args.db, host=args.host, port=args.port, token_file=args.token_file, actions=args.actions,
@@ -478,25 +542,85 @@ def cmd_dashboard(args: argparse.Namespace, out: TextIO) -> int:
 
 # -- the parser ----------------------------------------------------------------------------------------
 
+class _ArgumentsError(UsageError):
+    """A mistake in the arguments, found while parsing them (reported by :func:`main` as one line)."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(f"{message} (see `{prog} --help`)")
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line on stderr (exit code 2), as the commands' are."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ArgumentsError(self.prog, message)
+
+
+_MAX_ID = 2**63 - 1  # the largest integer a database column holds
+_MAX_COUNT = 1_000_000_000
+_MAX_WINDOW = 3600.0  # the per-second counts `recommend` reads are kept for an hour
+
+
+def _whole(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number in ``[lo, hi]``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be a whole number from {lo} to {hi}, got {text[:40]}")
+        return value
+
+    return parse
+
+
+def _seconds(hi: float, *, zero: bool = False, why: str = "") -> Callable[[str], float]:
+    """An argparse ``type``: a finite number of seconds in ``(0, hi]`` (``[0, hi]`` with ``zero``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text[:40]!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero) or value > hi:
+            low = "from 0" if zero else "more than 0 and"
+            raise argparse.ArgumentTypeError(f"must be a number of seconds {low} at most {hi:g}{why}, got {text[:40]}")
+        return value
+
+    return parse
+
+
+def _time_text(text: str) -> str:
+    """An argparse ``type``: a time ``parse_time`` reads (kept as text: ``1h`` is an hour before the command runs)."""
+    try:
+        parse_time(text, time.time())
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
+    from circuitry._policy import MAX_DURATION
+
     default_db = default_db_path() or "circuitry.db"
-    database = argparse.ArgumentParser(add_help=False)
+    database = _Parser(add_help=False)
     database.add_argument("--db", default=default_db, metavar="PATH_OR_URL",
                           help="the database (default: $CIRCUITRY_DB, else %(default)s)")
-    common = argparse.ArgumentParser(add_help=False, parents=[database])
+    common = _Parser(add_help=False, parents=[database])
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print JSON on stdout instead of text")
-    progress = argparse.ArgumentParser(add_help=False)
+    progress = _Parser(add_help=False)
     progress.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                           help="show a progress bar on stderr (default: when stderr is a terminal)")
 
-    parser = argparse.ArgumentParser(prog="circuitry", description="Circuit breakers that remember: look at "
+    parser = _Parser(prog="circuitry", description="Circuit breakers that remember: look at "
                                      "circuits, their alerts and history; act on them; serve the dashboard.")
     parser.add_argument("--version", action="version", version=f"circuitry {version()}")
     parser.add_argument("--json", action="store_true", help="print JSON on stdout instead of text")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help: str, *parents: argparse.ArgumentParser, base: argparse.ArgumentParser = common,
+    def add(name: str, help: str, *parents: _Parser, base: _Parser = common,
             ) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, parents=[base, *parents])
 
@@ -504,39 +628,44 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--service", action="append", metavar="NAME", help="only this circuit (repeatable)")
         p.add_argument("--search", metavar="TEXT", help="only circuits whose name contains TEXT")
         p.add_argument("--state", action="append", choices=_STATES, help="only circuits in this state (repeatable)")
-        p.add_argument("--limit", type=int, metavar="N", help="at most N circuits")
+        p.add_argument("--limit", type=_whole(1, _MAX_COUNT), metavar="N", help="at most N circuits")
 
     status = add("status", "every circuit: state, the last hour, pattern, alerts")
     selection(status)
     status.add_argument("--attention", action="store_true", help="refusing circuits first")
     watch = add("watch", "status, refreshed until Ctrl-C (most urgent first)")
     selection(watch)
-    watch.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="default: %(default)s")
-    watch.add_argument("--count", type=int, default=0, metavar="N", help="stop after N refreshes")
+    watch.add_argument("--interval", type=_seconds(86400.0), default=2.0, metavar="SECONDS",
+                       help="default: %(default)s")
+    watch.add_argument("--count", type=_whole(1, _MAX_COUNT), metavar="N", help="stop after N refreshes")
     alerts = add("alerts", "alerts, newest first (unacknowledged unless --all)")
     alerts.add_argument("--service", metavar="NAME")
     alerts.add_argument("--all", action="store_true", help="include acknowledged alerts")
-    alerts.add_argument("--limit", type=int, default=50)
+    alerts.add_argument("--limit", type=_whole(1, _MAX_COUNT), default=50)
     ack = add("ack", "acknowledge an alert, or every alert of a circuit")
     group = ack.add_mutually_exclusive_group(required=True)
-    group.add_argument("--id", type=int)
+    group.add_argument("--id", type=_whole(1, _MAX_ID))
     group.add_argument("--service", metavar="NAME")
     patterns = add("patterns", "detected failure patterns, newest first")
     patterns.add_argument("--service", metavar="NAME")
-    patterns.add_argument("--limit", type=int, default=20)
+    patterns.add_argument("--limit", type=_whole(1, _MAX_COUNT), default=20)
     rec = add("recommend", "classify a circuit's recent history and recommend settings")
     rec.add_argument("--service", required=True, metavar="NAME")
-    rec.add_argument("--window", type=float, default=900.0, help="seconds of history (default: %(default)s)")
-    rec.add_argument("--threshold", type=int, help="current failure threshold (default: the stored one)")
-    rec.add_argument("--timeout", type=float, help="current recovery timeout (default: the stored one)")
+    rec.add_argument("--window", type=_seconds(_MAX_WINDOW, why=" (per-second counts are kept for an hour)"),
+                     default=900.0, help="seconds of history (default: %(default)s)")
+    rec.add_argument("--threshold", type=_whole(1, _MAX_COUNT), help="current failure threshold (default: the "
+                     "stored one)")
+    rec.add_argument("--timeout", type=_seconds(MAX_DURATION), help="current recovery timeout (default: the "
+                     "stored one)")
     for action, text in (("reset", "close a circuit and start counting afresh (every process adopts it)"),
                          ("open", "force a circuit open: refuse every call until reset"),
                          ("close", "force a circuit closed: let every call through, never trip, until reset")):
         add(action, text).add_argument("service", metavar="NAME")
     export = add("export", "write events, per-minute metrics or alerts of a period as CSV or JSON", progress)
     export.add_argument("what", choices=sorted(_EXPORT_COLUMNS), help="what to export")
-    export.add_argument("--since", default="1h", help="1h, 30m, 2d, epoch seconds or ISO 8601 (default: 1h)")
-    export.add_argument("--until", help="the end (default: now)")
+    export.add_argument("--since", type=_time_text, default="1h",
+                        help="1h, 30m, 2d, epoch seconds or ISO 8601 (default: 1h)")
+    export.add_argument("--until", type=_time_text, help="the end (default: now)")
     export.add_argument("--service", metavar="NAME", help="one circuit (default: all)")
     export.add_argument("--format", choices=("csv", "json", "ndjson"), default="csv")
     export.add_argument("--output", "-o", metavar="FILE", help="write to FILE (default: stdout)")
@@ -544,12 +673,19 @@ def _parser() -> argparse.ArgumentParser:
     hooks.add_argument("--state", choices=("pending", "delivered", "dead"))
     hooks.add_argument("--dead", action="store_true", help="dead deliveries only (or, with retry: all of them)")
     hooks.add_argument("--endpoint", metavar="NAME")
-    hooks.add_argument("--limit", type=int, default=50)
+    hooks.add_argument("--limit", type=_whole(1, _MAX_COUNT), default=50)
     hooks_sub = hooks.add_subparsers(dest="webhooks_command", metavar="retry")
-    retry = hooks_sub.add_parser("retry", help="send dead deliveries again", parents=[common])
-    retry.add_argument("--id", type=int, action="append", help="a delivery's ID (repeatable)")
-    retry.add_argument("--dead", action="store_true", help="every dead delivery")
-    retry.add_argument("--endpoint", metavar="NAME")
+    # `retry`'s options may come before it (`webhooks --db X --dead retry`) or after: no defaults of its
+    # own, which argparse would write over the ones given before it
+    again = _Parser(add_help=False)
+    again.add_argument("--db", default=argparse.SUPPRESS, metavar="PATH_OR_URL",
+                       help="the database (default: $CIRCUITRY_DB, else circuitry.db)")
+    again.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="print JSON on stdout instead of text")
+    retry = hooks_sub.add_parser("retry", help="send dead deliveries again", parents=[again])
+    retry.add_argument("--id", type=_whole(1, _MAX_ID), action="append", help="a delivery's ID (repeatable)")
+    retry.add_argument("--dead", action="store_true", default=argparse.SUPPRESS, help="every dead delivery")
+    retry.add_argument("--endpoint", metavar="NAME", default=argparse.SUPPRESS)
     add("migrate", "create or upgrade the circuit tables (a SQLite file, or a PostgreSQL URL)", progress)
     demo = sub.add_parser("demo", help="run a flaky service behind a breaker and watch it work",
                           description="run a flaky service behind a breaker and watch it work")
@@ -560,8 +696,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="print the summary as JSON instead of the narration")
     dash = add("dashboard", "serve the dashboard (http://127.0.0.1:8050 by default)", base=database)  # no --json
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
-    dash.add_argument("--port", type=int, default=8050)
-    dash.add_argument("--refresh", type=float, default=2.0, metavar="SECONDS", help="live update period")
+    dash.add_argument("--port", type=_whole(1, 65535), default=8050)
+    dash.add_argument("--refresh", type=_seconds(3600.0, zero=True), default=2.0, metavar="SECONDS",
+                      help="live update period")
     dash.add_argument("--actions", action="store_true",
                       help="allow acknowledging and resetting/opening/closing circuits, with a token (read from "
                            "--token-file or $CIRCUITRY_DASHBOARD_TOKEN, else made up and printed once)")
@@ -579,15 +716,38 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    """Run the command line; returns the exit code (0 done, 1 nothing to do, 2 an error)."""
+    """Run the command line; returns the exit code (0 done, 1 nothing to do, 2 an error, 141 stdout closed
+    before the output was written)."""
     out = sys.stdout if out is None else out
-    args = _parser().parse_args(argv)
-    args.json = bool(getattr(args, "json", False))
     try:
-        return _COMMANDS[args.command](args, out)
-    except UsageError as exc:
-        sys.stderr.write(f"circuitry {args.command}: {exc}\n")
+        args = _parser().parse_args(argv)
+    except _ArgumentsError as exc:
+        sys.stderr.write(f"{exc.prog}: {exc}\n")
         return 2
-    except (StoreError, SchemaVersionError, ConfigurationError, sqlite3.Error, OSError) as exc:
-        sys.stderr.write(f"circuitry {args.command}: {exc}\n")
+    args.json = bool(getattr(args, "json", False))
+    mask = _masker(args.db)
+    try:
+        code = _COMMANDS[args.command](args, out)
+        out.flush()
+        return code
+    except BrokenPipeError:  # `| head`: the reader has what it wanted; say nothing, as Unix tools do
+        _quiet(out)
+        return _CLOSED_STDOUT
+    except (UsageError, StoreError, SchemaVersionError, ConfigurationError, sqlite3.Error, OSError) as exc:
+        text = " ".join(mask(str(exc)).split())  # one line, whatever the driver's message was
+        sys.stderr.write(f"circuitry {args.command}: {text}\n")
         return 2
+
+
+def _quiet(out: TextIO) -> None:
+    """After a broken pipe on stdout: point it at /dev/null, so that flushing it at exit cannot fail again
+    (the Python documentation's advice for SIGPIPE)."""
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a StringIO in tests)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)

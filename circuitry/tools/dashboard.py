@@ -66,6 +66,7 @@ _CSP: Final = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src
 _HEADERS: Final = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff",
                    "Referrer-Policy": "same-origin", "Cache-Control": "no-store", "X-Frame-Options": "DENY"}
 _ACTIONS: Final = ("ack", "ack_service", "reset", "open", "close", "retry", "retry_dead")
+_MAX_ID: Final = 2**63 - 1  # the largest id a database column holds
 
 
 def _require() -> None:
@@ -148,7 +149,7 @@ def create_app(source: str | os.PathLike[str] | ReadModel | SharedStore, *, toke
         page_size: Circuits per page.
         allowed_hosts: Host names the app answers to (others get 400): ``circuitry dashboard`` passes
             the loopback names. ``None``: any (mounted in an application that decides).
-        title: The page title's first part.
+        title: What each page's title ends with (``"payments · circuitry"``).
 
     .. versionadded:: 0.1.0
     """
@@ -357,7 +358,11 @@ class _Views:
     def health(self, request: Request) -> Response:
         from starlette.responses import PlainTextResponse
 
-        return PlainTextResponse("ok" if self.reader.ready() else "no circuit tables", headers=_HEADERS)
+        try:
+            ready = self.reader.ready()
+        except StoreError as exc:
+            return PlainTextResponse(f"the database could not be read: {exc}", status_code=503, headers=_HEADERS)
+        return PlainTextResponse("ok" if ready else "no circuit tables", headers=_HEADERS)
 
     # -- actions ---------------------------------------------------------------------------------------
 
@@ -426,6 +431,8 @@ class _Views:
             ident = int(raw_id) if isinstance(raw_id, str) and raw_id else None
         except ValueError:
             return self._json({"error": "id must be a number"}, 400)
+        if ident is not None and not 1 <= ident <= _MAX_ID:
+            return self._json({"error": f"id must be a number from 1 to {_MAX_ID}"}, 400)
         name = name if isinstance(name, str) and name else None
         try:
             result = await run_in_threadpool(self._do, str(action), name, ident)
@@ -489,8 +496,16 @@ def _quote(text: str) -> str:
 
 def serve(db: str, *, host: str = "127.0.0.1", port: int = 8050, token_file: str | None = None,
           actions: bool = False, refresh: float = 2.0, out: TextIO | None = None) -> int:
-    """Run the dashboard with uvicorn until interrupted (``circuitry dashboard``). Returns an exit code."""
+    """Run the dashboard with uvicorn until interrupted (``circuitry dashboard``). Returns an exit code
+    (2: it could not start — the port is taken, say — with the reason on stderr).
+
+    Read-only unless ``actions``: only then is a token read (``token_file``, else ``$CIRCUITRY_DASHBOARD_TOKEN``,
+    else one is made up and printed once). Its address is printed once it listens.
+    """
+    import socket
     import sys
+
+    from circuitry.store import open_reader
 
     out = sys.stdout if out is None else out
     try:
@@ -500,22 +515,39 @@ def serve(db: str, *, host: str = "127.0.0.1", port: int = 8050, token_file: str
                          "pip install 'circuitry-breaker[dashboard]'\n")
         return 2
     token = None
-    if token_file:
-        with open(token_file, encoding="utf-8") as f:
-            token = f.read().strip()
-    elif os.environ.get(TOKEN_ENV):
-        token = os.environ[TOKEN_ENV].strip()
-    elif actions:
-        token = secrets.token_urlsafe(24)
-        out.write(f"actions token (unlocks acknowledging and resetting; shown once): {token}\n")
+    made_up = False
+    if actions:  # a token in the environment alone unlocks nothing: actions are asked for, or off
+        if token_file:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        elif os.environ.get(TOKEN_ENV):
+            token = os.environ[TOKEN_ENV].strip()
+        else:
+            token, made_up = secrets.token_urlsafe(24), True
     loopback = host in ("127.0.0.1", "localhost", "::1")
     hosts = ["127.0.0.1", "localhost", "[::1]", "::1"] if loopback else None
-    app = create_app(db, token=token, refresh=refresh, allowed_hosts=hosts)
-    shown = f"[{host}]" if ":" in host else host
-    out.write(f"circuitry dashboard for {db} on http://{shown}:{port}/ "
-              f"({'actions need the token' if token else 'read-only'}; Ctrl-C to stop)\n")
-    if not loopback:
-        out.write("note: reachable from other machines; put it behind TLS and authentication you trust\n")
-    out.flush()
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    reader = open_reader(db)
+    app = create_app(reader, token=token, refresh=refresh, allowed_hosts=hosts)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        sys.stderr.write(f"circuitry dashboard: cannot listen on {host} port {port}: {exc.strerror or exc}\n")
+        return 2
+    try:
+        if made_up:
+            out.write(f"actions token (unlocks acknowledging and resetting; shown once): {token}\n")
+        shown = f"[{host}]" if ":" in host else host
+        out.write(f"circuitry dashboard for {reader.backend.location} on http://{shown}:{port}/ "
+                  f"({'actions need the token' if token else 'read-only'}; Ctrl-C to stop)\n")
+        if not loopback:
+            out.write("note: reachable from other machines; put it behind TLS and authentication you trust\n")
+        out.flush()
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0

@@ -3,6 +3,11 @@
 The service goes through phases — healthy, an outage, a recovery — and a client calls it in a loop
 through ``@circuit``. Each line is an event from the breaker's hooks; the summary at the end comes from
 the breaker's counters.
+
+The demo starts on a fresh file each run, and the only file it ever replaces is one an earlier demo
+made: a file it creates is marked (``PRAGMA user_version``), and anything else at the path — an
+application's database, circuitry's own database, a text file — is left alone and refused
+(:func:`check_demo_db`).
 """
 
 from __future__ import annotations
@@ -11,17 +16,21 @@ import asyncio
 import contextlib
 import os
 import random
+import sqlite3
 import sys
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Final, TextIO
 
 from circuitry._faces import circuit
 from circuitry._registry import Registry
 from circuitry.events import Event, EventKind
-from circuitry.exceptions import CircuitOpenError
+from circuitry.exceptions import CircuitOpenError, ConfigurationError
 
 if TYPE_CHECKING:
     from circuitry.store import SQLiteStore
+
+#: ``PRAGMA user_version`` of a database the demo made ("demo"): the only kind of file it replaces.
+DEMO_MARK: Final = 0x64656D6F
 
 PHASES = (("healthy", 0.02, 1.5), ("outage", 0.95, 2.0), ("recovering", 0.30, 1.0), ("healthy", 0.02, 1.5))
 
@@ -51,18 +60,76 @@ class FlakyService:
         return f"item-{item}"
 
 
-def _fresh_store(db: str) -> SQLiteStore:
-    """A store on a fresh file: the demo's numbers are about this run."""
-    from circuitry.store import SQLiteStore
+def _demo_made(db: str) -> bool:
+    """Whether ``db`` is a database an earlier demo made: circuitry's mark, the demo's mark, and nothing
+    but circuit tables in it."""
+    from circuitry.store.sqlite.backend import APPLICATION_ID
 
-    for suffix in ("", "-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(db + suffix)
+    try:
+        with open(db, "rb") as f:
+            header = f.read(100)
+    except OSError:
+        return False
+    if (len(header) < 100 or not header.startswith(b"SQLite format 3\x00")
+            or int.from_bytes(header[60:64], "big") != DEMO_MARK
+            or int.from_bytes(header[68:72], "big") != APPLICATION_ID):
+        return False
+    try:
+        raw = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
+        try:
+            names = [r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        finally:
+            raw.close()
+    except sqlite3.Error:
+        return False
+    return all(n.startswith(("circuit_breaker_", "circuitry_", "sqlite_")) for n in names)
+
+
+def check_demo_db(db: str) -> str | None:
+    """Why the demo must not use ``db`` (something other than an earlier demo's database is there), or
+    ``None``: nothing is there, or an earlier demo's database, which the demo replaces."""
+    leftovers = [db + suffix for suffix in ("-wal", "-shm") if os.path.lexists(db + suffix)]
+    if not os.path.lexists(db):
+        if leftovers:
+            return (f"{leftovers[0]} is there without its database {db}; nothing was changed — give --db "
+                    "another path")
+        return None
+    if os.path.isdir(db):
+        return f"{db} is a directory; give --db a file path"
+    if not os.path.isfile(db) or os.path.islink(db) or not _demo_made(db):
+        return (f"{db} exists and is not a database made by an earlier demo; nothing was changed — give --db "
+                "a new path (the demo replaces only its own database)")
+    return None
+
+
+def _fresh_store(db: str) -> SQLiteStore:
+    """A store on a fresh file, marked as the demo's: the demo's numbers are about this run.
+
+    Raises:
+        ConfigurationError: Something other than an earlier demo's database is at ``db``.
+    """
+    from circuitry.store import SQLiteStore
+    from circuitry.store.sqlite.backend import APPLICATION_ID
+
+    problem = check_demo_db(db)
+    if problem:
+        raise ConfigurationError(problem)
+    if os.path.lexists(db):  # an earlier demo's: replaced
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(db + suffix)
+    raw = sqlite3.connect(db, isolation_level=None)
+    try:
+        raw.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        raw.execute(f"PRAGMA user_version = {DEMO_MARK}")
+    finally:
+        raw.close()
     return SQLiteStore(db, analysis_interval=3600, analysis_window=60)
 
 
 async def run_demo(out: TextIO = sys.stdout, seed: int = 7, db: str | None = "circuitry-demo.db") -> dict[str, int]:
-    """Run the demo; with ``db``, the breaker persists there (state, history, patterns, alerts)."""
+    """Run the demo; with ``db``, the breaker persists there (state, history, patterns, alerts): a fresh
+    file, replacing only an earlier demo's (see :func:`check_demo_db`)."""
     rng = random.Random(seed)
     start = time.monotonic()
     service = FlakyService(rng, start)

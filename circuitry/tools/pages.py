@@ -97,7 +97,7 @@ def layout(page: Page, title: str, body: str, *, live: str, active: str) -> str:
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{e(title)} · circuitry</title>"
+        f"<title>{e(title)}</title>"
         f'<link rel="stylesheet" href="{page.url("/static/dashboard.css")}">'
         f'<script src="{page.url("/static/dashboard.js")}" defer></script></head>'
         f'<body data-refresh="{page.refresh:g}"><header><strong>circuitry</strong><nav>{nav}</nav>'

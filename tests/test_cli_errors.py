@@ -1,0 +1,141 @@
+"""The command line's errors: every number checked when parsed, a server's password never printed, an
+unreachable server, a dropped table and a newer schema each said as they are (and `migrate` recreating a
+dropped table), a closed stdout ending a command quietly. Each error is one line, exit code 2."""
+
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from circuitry import Registry
+from circuitry.store import SQLiteStore
+from circuitry.tools.cli import main
+
+from .conftest import eventually
+
+UNREACHABLE = "postgresql://ops:hunter2@127.0.0.1:1/x"  # port 1: refused at once
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(argv), out=out)
+    return code, out.getvalue()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "app.db"
+    store = SQLiteStore(path, poll_interval=0.01, analysis_interval=3600)
+    reg = Registry(hooks=[], store=store)
+    b = reg.get("payments", failure_threshold=2, recovery_timeout=60)
+    for _ in range(2):
+        b.record_failure(b.admit(), TimeoutError("slow"))
+    assert eventually(lambda: bool(store.alerts("payments")))
+    store.close()
+    return path
+
+
+def one_line(err: str) -> str:
+    assert err.count("\n") == 1 and err.endswith("\n") and "Traceback" not in err, err
+    return err
+
+
+BAD_NUMBERS = [
+    (["status", "--limit", "-5"], "--limit"), (["status", "--limit", "0"], "--limit"),
+    (["status", "--limit", "99999999999999999999999"], "--limit"), (["watch", "--limit", "ten"], "--limit"),
+    (["alerts", "--limit", "-1"], "--limit"), (["patterns", "--limit", "0"], "--limit"),
+    (["webhooks", "--limit", "-1"], "--limit"),
+    (["watch", "--count", "0"], "--count"), (["watch", "--count", "-1"], "--count"),
+    (["watch", "--interval", "-1"], "--interval"), (["watch", "--interval", "nan"], "--interval"),
+    (["watch", "--interval", "inf"], "--interval"),
+    (["recommend", "--service", "payments", "--window", "nan"], "--window"),
+    (["recommend", "--service", "payments", "--window", "inf"], "--window"),
+    (["recommend", "--service", "payments", "--window", "1e12"], "--window"),
+    (["recommend", "--service", "payments", "--window", "0"], "--window"),
+    (["recommend", "--service", "payments", "--threshold", "0"], "--threshold"),
+    (["recommend", "--service", "payments", "--timeout", "nan"], "--timeout"),
+    (["ack", "--id", "99999999999999999999999"], "--id"), (["ack", "--id", "-3"], "--id"),
+    (["webhooks", "retry", "--id", "99999999999999999999999"], "--id"),
+    (["dashboard", "--port", "99999"], "--port"), (["dashboard", "--port", "0"], "--port"),
+    (["dashboard", "--refresh", "nan"], "--refresh"),
+    (["export", "events", "--since", "nan"], "--since"), (["export", "events", "--until", "inf"], "--until"),
+    (["export", "events", "--since", "1e400"], "--since"),
+]
+
+
+@pytest.mark.parametrize(("argv", "option"), BAD_NUMBERS, ids=[" ".join(a) for a, _ in BAD_NUMBERS])
+def test_numbers_are_checked_when_the_arguments_are_read(argv: list[str], option: str, db: Path,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import circuitry.tools.cli as cli
+
+    def no_waiting(seconds: float) -> None:  # `watch` must stop at once, not refresh until interrupted
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.time, "sleep", no_waiting)
+    code, out = run(*argv, "--db", str(db))
+    err = one_line(capsys.readouterr().err)
+    assert code == 2 and out == "", argv
+    assert err.startswith(f"circuitry {argv[0]}") and f"argument {option}" in err, err
+
+
+READING = [["status"], ["alerts"], ["patterns"], ["webhooks"], ["export", "events"], ["watch", "--count", "1"],
+           ["recommend", "--service", "payments"], ["ack", "--id", "1"], ["reset", "payments"]]
+
+
+def test_an_unreachable_server_is_said_so_and_its_password_never_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("psycopg")
+    for argv in READING:
+        code, out = run(*argv, "--db", UNREACHABLE)
+        err = one_line(capsys.readouterr().err)
+        assert code == 2 and "hunter2" not in err + out, argv
+        assert "cannot connect to postgresql://ops@127.0.0.1:1/x" in err and "no circuit tables" not in err, err
+
+
+def test_migrate_on_a_server_says_why_it_failed(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("psycopg")
+    code, _ = run("migrate", "--db", UNREACHABLE)
+    err = one_line(capsys.readouterr().err)
+    assert code == 2 and "hunter2" not in err and "in the log" not in err
+    assert "could not migrate postgresql://ops@127.0.0.1:1/x: " in err and "refused" in err.lower(), err
+
+
+def test_a_dropped_table_is_an_error_and_migrate_recreates_it(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE circuit_breaker_alerts")
+    for argv in (["alerts"], ["status"]):
+        assert run(*argv, "--db", str(db))[0] == 2, argv
+        err = one_line(capsys.readouterr().err)
+        assert "no such table: circuit_breaker_alerts" in err and "circuitry migrate" in err, err
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE circuit_breaker_states")
+    code, out = run("migrate", "--db", str(db))
+    assert code == 0 and "recreated missing table(s) circuit_breaker_alerts, circuit_breaker_states" in out, out
+    assert run("alerts", "--db", str(db)) == (0, "(none)\n")
+    assert run("migrate", "--db", str(db))[1].endswith("up to date (schema version 10)\n")
+
+
+def test_a_newer_schema_is_refused_by_reading_commands(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO circuitry_schema (version, name) VALUES (99, 'future')")
+    for argv in (["status"], ["alerts"], ["export", "events"], ["webhooks"]):
+        assert run(*argv, "--db", str(db))[0] == 2, argv
+        err = one_line(capsys.readouterr().err)
+        assert "schema version 99, newer than the 10 this circuitry understands" in err, err
+
+
+def test_a_closed_stdout_ends_the_command_quietly(db: Path) -> None:
+    read, write = os.pipe()
+    os.close(read)  # `| head -1` already gone: every write fails
+    try:
+        proc = subprocess.run([sys.executable, "-m", "circuitry", "export", "events", "--db", str(db)], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, "")
