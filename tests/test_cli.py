@@ -134,6 +134,10 @@ def test_demo_runs_and_writes_a_database(tmp_path: Path) -> None:
         assert failures.fetchone()[0] > 0
         assert conn.execute("SELECT current_state FROM circuit_breaker_states").fetchone()[0] in ("closed", "open",
                                                                                                  "half_open")
+    # the demo's 0.4 s open period was stored as 0, and recommend refused it ("timeout must be positive")
+    proc = subprocess.run([sys.executable, "-m", "circuitry", "recommend", "--db", "demo.db", "--service",
+                           "inventory_api"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_demo_replaces_only_a_database_an_earlier_demo_made(tmp_path: Path,

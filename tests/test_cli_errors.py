@@ -15,6 +15,7 @@ import pytest
 
 from circuitry import Registry
 from circuitry.store import SQLiteStore
+from circuitry.store.sqlite.schema import LATEST_VERSION
 from circuitry.tools.cli import main
 
 from .conftest import eventually
@@ -118,7 +119,7 @@ def test_a_dropped_table_is_an_error_and_migrate_recreates_it(db: Path, capsys: 
     code, out = run("migrate", "--db", str(db))
     assert code == 0 and "recreated missing table(s) circuit_breaker_alerts, circuit_breaker_states" in out, out
     assert run("alerts", "--db", str(db)) == (0, "(none)\n")
-    assert run("migrate", "--db", str(db))[1].endswith("up to date (schema version 10)\n")
+    assert run("migrate", "--db", str(db))[1].endswith(f"up to date (schema version {LATEST_VERSION})\n")
 
 
 def test_a_newer_schema_is_refused_by_reading_commands(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -127,7 +128,7 @@ def test_a_newer_schema_is_refused_by_reading_commands(db: Path, capsys: pytest.
     for argv in (["status"], ["alerts"], ["export", "events"], ["webhooks"]):
         assert run(*argv, "--db", str(db))[0] == 2, argv
         err = one_line(capsys.readouterr().err)
-        assert "schema version 99, newer than the 10 this circuitry understands" in err, err
+        assert f"schema version 99, newer than the {LATEST_VERSION} this circuitry understands" in err, err
 
 
 def test_a_closed_stdout_ends_the_command_quietly(db: Path) -> None:

@@ -231,6 +231,17 @@ def test_failures_and_transitions_become_event_rows(target: Target) -> None:
     assert [tuple(r) for r in state] == [("open", 2, 60, True)]
 
 
+def test_an_open_period_with_a_fraction_of_a_second_is_stored_as_it_is(target: Target) -> None:
+    # It was rounded to whole seconds (a column of integers): recovery_timeout=0.4 read back as 0, and
+    # `circuitry recommend` on the demo's database failed on it.
+    reg, store = target.make()
+    reg.get("quick", recovery_timeout=0.4)
+    reg.get("slow", recovery_timeout=2.5)
+    assert store.flush()
+    got = target.rows("SELECT service_name, recovery_timeout FROM circuit_breaker_states ORDER BY service_name")
+    assert [(name, float(t)) for name, t in got] == [("quick", 0.4), ("slow", 2.5)]
+
+
 def test_a_failure_message_the_database_cannot_store_never_stops_the_queue(target: Target) -> None:
     """Messages with a NUL or a lone surrogate: each row is stored (made storable) or refused and
     counted, never written twice, and the rows around it are written."""

@@ -95,7 +95,7 @@ class Records:
                 "failure_count, error_rate, suggested_threshold, suggested_timeout, confidence_score, evidence, "
                 "created_at, ts, process) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (service, pattern, int(window), failures, error_rate, threshold,
-                 None if timeout is None else round(timeout), confidence, json.dumps(evidence, default=str),
+                 None if timeout is None else round(timeout, 3), confidence, json.dumps(evidence, default=str),
                  iso(now), now, self.process))
 
     def event(self, service: str, event_type: str, data: dict[str, Any], now: float,

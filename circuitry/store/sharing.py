@@ -245,7 +245,7 @@ class Sharing:
         self.before_write(conn, link)
         with conn.transaction():
             got = conn.execute(_INSERT, (link.name, state, snap.consecutive_failures, p.failure_threshold,
-                                         round(p.recovery_timeout), iso(now), snap.opened_at, until,
+                                         p.recovery_timeout, iso(now), snap.opened_at, until,
                                          snap.open_for, snap.reopens, self.process, now,
                                          None if link.last_failure is None else iso(link.last_failure)))
             if not got:
@@ -275,7 +275,7 @@ class Sharing:
             self.before_write(conn, link)  # (see _insert)
             with conn.transaction():
                 got = conn.execute(_CAS, (
-                    state, snap.consecutive_failures, p.failure_threshold, round(p.recovery_timeout),
+                    state, snap.consecutive_failures, p.failure_threshold, p.recovery_timeout,
                     iso(now), snap.opened_at, until, snap.open_for, snap.reopens, self.process, now,
                     None if link.last_failure is None else iso(link.last_failure), link.name, link.version))
                 if got:
