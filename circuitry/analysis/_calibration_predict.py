@@ -10,5 +10,5 @@ from __future__ import annotations
 
 from typing import Final
 
-PREDICT_OPEN: Final[tuple[float, ...]] = (-1.7957, 0.3709, 1.0181, -0.2806, 2.0615)
+PREDICT_OPEN: Final[tuple[float, ...]] = (-0.5637, 0.5110, 0.2840, -0.4029, 0.9951)
 PREDICT_INTERVAL: Final = 2.20

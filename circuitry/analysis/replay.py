@@ -12,8 +12,9 @@ after each failed probe, up to a cap), then let one probe through -- over a
 A failing service is one to keep calls away from, whether a given call would have succeeded or not; a
 healthy one (even at 30 % failures) is one to keep calling.
 
-Inside a second the order of calls is unknown (the store keeps counts), so the replay treats a second's
-calls as independent with that second's failure share -- runs of failures inside a second follow from it
+Inside a second the order of calls is unknown (the store keeps counts), so the replay places a second's
+failures among its calls in a random order -- exactly as many as were counted, where they are few (or
+the successes are); at higher counts it treats the calls as independent at the second's failure share
 -- and carries the run of failures across seconds. It averages a few seeded runs, with open periods
 varied by +-50 % between them: where a probe lands relative to the end of an outage is luck.
 
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 _RUNS: Final = 6  # seeded replay runs averaged
+_EXACT: Final = 64  # a second with at most this many failures (or successes) is replayed with its counts exactly
 _IMPUTE_LOOKBACK: Final = 60.0  # seconds of traffic before an opening that estimate the refused traffic
 
 
@@ -224,10 +226,55 @@ class _Sim:
         self.run = min(k - 1, rest, _geometric_run(1.0 - u, p, k - 1))
         return 0
 
+    def _closed_exact(self, n: int, x: int, t0: float, width: float) -> int:
+        """:meth:`_closed` for ``x`` failures among ``n`` calls exactly, in an order drawn at random
+        (what the store knows of a second: its counts). Drawn by the positions of the fewer of the two
+        kinds, so it costs ``min(x, n - x)``."""
+        k = self.k
+        if x <= n - x:
+            fails = sorted(self.rng.sample(range(n), x))
+            # maximal runs of consecutive failing positions, as (first position, length)
+            runs: list[tuple[int, int]] = []
+            for pos in fails:
+                if runs and runs[-1][0] + runs[-1][1] == pos:
+                    runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+                else:
+                    runs.append((pos, 1))
+        else:
+            oks = sorted(self.rng.sample(range(n), n - x))
+            runs = []
+            prev = -1
+            for pos in (*oks, n):
+                if pos - prev > 1:
+                    runs.append((prev + 1, pos - prev - 1))
+                prev = pos
+        carried = self.run
+        for first, length in runs:
+            before = carried if first == 0 else 0  # only a run from the first call continues the last second's
+            if before + length >= k:
+                used = first + k - before  # calls up to and including the k-th failure in a row
+                self.admitted += used
+                self._trip(t0 + width * (used - 0.5) / n)
+                return n - used
+        last = runs[-1] if runs else None
+        if last is not None and last[0] + last[1] == n:
+            self.run = (carried if last[0] == 0 else 0) + last[1]
+        else:
+            self.run = 0
+        self.admitted += n
+        return 0
+
     def second(self, t0: float, width: float, n: int, x: int) -> None:
-        """Replay one bucket of ``n`` calls, ``x`` failing, starting at ``t0``."""
+        """Replay one bucket of ``n`` calls, ``x`` failing, starting at ``t0``.
+
+        With few failures or few successes in it (at most :data:`_EXACT` of the fewer kind) the
+        second's calls are placed in a random order with exactly its counts: drawn as independent
+        calls at its failure share instead, a second with one failure in five makes runs of two and
+        more as often as the share allows, and a breaker at low traffic trips on failures that never
+        came in a row. With more of both, the share is drawn from (as exact, for such counts)."""
         p = x / n
         total = n
+        exact = x if min(x, n - x) <= _EXACT else -1  # the failures left among n calls, while known
         while n > 0:
             if self.state == 1:
                 if self.open_until >= t0 + width:
@@ -240,14 +287,19 @@ class _Sim:
                 at = t0 + width * (total - n + 0.5) / total
                 n -= 1
                 self.admitted += 1
-                if self.rng.random() < p:  # the probe failed: open again, longer with backoff
+                failed = self.rng.random() < p
+                if exact >= 0:  # the failures left among the calls after the probe, as many as the share
+                    exact = min(n, int(p * n + self.rng.random()))
+                if failed:  # the probe failed: open again, longer with backoff
                     self.reopen_timeout = min(self.cap, self.reopen_timeout * self.settings.backoff)
                     self.open_until = at + self.reopen_timeout * self._jitter()
                     continue
                 self.state = 0
                 self.run = 0
                 self.reopen_timeout = self.timeout
-            n = self._closed(n, p, t0, width)
+            if n <= 0:
+                return
+            n = self._closed_exact(n, exact, t0, width) if exact >= 0 else self._closed(n, p, t0, width)
 
 
 def failing_buckets(series: Series, min_calls: int = 20) -> list[bool]:
