@@ -242,6 +242,28 @@ def test_an_open_period_with_a_fraction_of_a_second_is_stored_as_it_is(target: T
     assert [(name, float(t)) for name, t in got] == [("quick", 0.4), ("slow", 2.5)]
 
 
+def test_a_deleted_state_row_is_written_again_with_the_next_transition(target: Target) -> None:
+    """Someone deletes the circuit's row while the processes run. The next transition found the row gone,
+    meant to insert it "next cycle" -- and no cycle came for that circuit: the trip, and another
+    process's force_open(), were never written, and health() said all was well."""
+    reg_a, store_a = target.make()
+    reg_b, store_b = target.make()
+    a = reg_a.get("svc", failure_threshold=2, recovery_timeout=600)
+    b = reg_b.get("svc", failure_threshold=2, recovery_timeout=600)
+    assert store_a.flush() and store_b.flush()
+    target.rows("DELETE FROM circuit_breaker_states")
+    fail(a, 2)
+    assert store_a.flush()
+    assert [tuple(r) for r in target.rows("SELECT current_state FROM circuit_breaker_states")] == [("open",)]
+    assert eventually(lambda: store_b.flush(0.2) and b.state is CircuitState.OPEN)
+    b.reset()
+    assert store_b.flush()
+    assert eventually(lambda: store_a.flush(0.2) and a.state is CircuitState.CLOSED)
+    moves = target.rows("SELECT from_state, to_state FROM circuit_breaker_events WHERE event_type = 'state_change' "
+                        "ORDER BY id")
+    assert [tuple(m) for m in moves] == [("closed", "open"), ("open", "closed")]
+
+
 def test_a_failure_message_the_database_cannot_store_never_stops_the_queue(target: Target) -> None:
     """Messages with a NUL or a lone surrogate: each row is stored (made storable) or refused and
     counted, never written twice, and the rows around it are written."""

@@ -55,7 +55,8 @@ _CAS: Final = (
 _INSERT: Final = (
     "INSERT INTO circuit_breaker_states (service_name, current_state, failure_count, failure_threshold, "
     "recovery_timeout, state_changed_at, version, opened_at, open_until, open_for, reopen_count, updated_by, "
-    f"updated_at, last_failure_time, change_seq) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, {NEXT_SEQ}) "
+    "updated_at, last_failure_time, change_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    f"CASE WHEN {NEXT_SEQ} > ? THEN {NEXT_SEQ} ELSE ? END) "
     "ON CONFLICT (service_name) DO NOTHING RETURNING version, change_seq")
 _MANUAL: Final = frozenset({CircuitState.FORCED_OPEN.value, CircuitState.DISABLED.value})
 _PROBE_OUTCOMES: Final = frozenset({"probe_succeeded", "probe_failed"})
@@ -243,11 +244,17 @@ class Sharing:
         # the evidence written with it: sampled after the snapshot, never before (that would count a
         # failure in between twice).
         self.before_write(conn, link)
+        # A row made again (deleted under running processes, or its table made again) continues the
+        # version and change numbers seen, or the others' polls would take it for an old one.
+        seen = self.known.get(link.name)
+        version = 1 if seen is None else seen[2] + 1
+        seq = max((r[7] or 0 for r in self.known.values()), default=0) + 1
         with conn.transaction():
             got = conn.execute(_INSERT, (link.name, state, snap.consecutive_failures, p.failure_threshold,
-                                         p.recovery_timeout, iso(now), snap.opened_at, until,
+                                         p.recovery_timeout, iso(now), version, snap.opened_at, until,
                                          snap.open_for, snap.reopens, self.process, now,
-                                         None if link.last_failure is None else iso(link.last_failure)))
+                                         None if link.last_failure is None else iso(link.last_failure),
+                                         seq, seq))
             if not got:
                 return False
             # It moved before the row existed: say how.
@@ -297,8 +304,9 @@ class Sharing:
                 for event in written:
                     self.on_transition(event)
                 return
-            if row is None:
-                link.version = -1  # the row is gone: the next cycle inserts it
+            if row is None:  # the row is gone (deleted, or its table made again): insert it now -- no
+                link.version = -1  # later cycle may come for this link, and the transition would be lost
+                self.sync(conn, link, now)
                 return
             # An operator's change not written yet goes on top (a reset() of a circuit already closed changed
             # nothing to write: it does not undo what another process did since).
