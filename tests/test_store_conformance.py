@@ -152,17 +152,19 @@ class _SQLiteInjected:
                 return conn
 
             backend.connect = connect
-            if store.writer.conn is not None:
-                store.writer.conn.raw.execute(self._pragma(store.writer.conn.raw))
+            with store.writer.io:  # (the writer's own lock: it may be closing that connection right now)
+                if store.writer.conn is not None:
+                    store.writer.conn.raw.execute(self._pragma(store.writer.conn.raw))
 
     def __exit__(self, *exc: object) -> None:
         self.on = False
         for backend, real in self.real:
             backend.connect = real
         for store in self.stores:
-            if store.writer.conn is not None:
-                store.writer.conn.raw.execute("PRAGMA query_only = OFF")
-                store.writer.conn.raw.execute("PRAGMA max_page_count = 1073741823")
+            with store.writer.io:
+                if store.writer.conn is not None:
+                    store.writer.conn.raw.execute("PRAGMA query_only = OFF")
+                    store.writer.conn.raw.execute("PRAGMA max_page_count = 1073741823")
 
 
 @pytest.fixture
@@ -733,6 +735,44 @@ def assert_caught_up(target: Target, n: int, name: str = "faulty") -> None:
     got = target.rows("SELECT sum(occurrences) FROM circuit_breaker_events WHERE service_name = ? "
                       "AND event_type = 'failure'", (name,))
     assert int(got[0][0]) == fails
+
+
+def test_a_process_that_lost_the_race_after_a_fault_writes_no_backlog_later(target: Target) -> None:
+    """Two processes go through one outage from memory while the database refuses writes. After it, one
+    writes the history; the other finds the same state stored and adopts it -- and kept its own copy of
+    that history queued, written with its next transition: the outage recorded twice."""
+    reg_a, store_a = target.make()
+    reg_b, store_b = target.make()
+    a = reg_a.get("svc", failure_threshold=1, recovery_timeout=1)
+    b = reg_b.get("svc", failure_threshold=1, recovery_timeout=1)
+    assert store_a.flush() and store_b.flush()
+    with target.refusing("read_only"):
+        for br in (a, b):
+            fail(br)  # closed -> open, each from memory
+        target.lease_time_passes(1.5)
+        for br in (a, b):  # the probe succeeds: closed again (decided from memory during the fault)
+            assert eventually(lambda br=br: _probe_succeeds(br))
+        assert (a.state, b.state) == (CircuitState.CLOSED, CircuitState.CLOSED)
+        assert eventually(lambda: store_a.health().fault is not None and store_b.health().fault is not None)
+    assert store_a.flush(15)
+    assert store_b.flush(15)
+    history = "SELECT count(*) FROM circuit_breaker_events WHERE event_type = 'state_change'"
+    (before,), = target.rows(history)
+    fail(b)  # a new outage
+    assert store_b.flush()
+    assert target.rows(history) == [(before + 1,)]
+    opened = target.rows("SELECT count(*) FROM circuit_breaker_events WHERE event_type = 'state_change' AND "
+                         "from_state = 'closed' AND to_state = 'open'")
+    assert opened == [(2,)]
+
+
+def _probe_succeeds(b: Any) -> bool:
+    try:
+        permit = b.admit()
+    except CircuitOpenError:
+        return False
+    b.record_success(permit)
+    return True
 
 
 def fault_warnings(logs: list[dict[str, Any]], kind: str) -> int:

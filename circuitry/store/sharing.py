@@ -146,7 +146,9 @@ class Sharing:
         if gen != before:
             counts = link.counts
             link.evidence = (counts.successes, counts.failures)  # evidence counts within a generation
-            link.pending.clear()
+        # The stored state stands for every local transition up to now, a state equal to the breaker's
+        # included (another process wrote the same outage first): none of them is written later.
+        _drain(link, gen)
         link.synced_gen = gen
         link.version = version
         link.row_state = state

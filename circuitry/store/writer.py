@@ -97,10 +97,11 @@ class Writer:
             thread.join(max(0.1, timeout))
 
     def drop_conn(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(Exception):
-                self.conn.close()
-        self.conn = None
+        with self.io:  # never under a step another thread is taking on it
+            if self.conn is not None:
+                with contextlib.suppress(Exception):
+                    self.conn.close()
+            self.conn = None
 
     @contextlib.contextmanager
     def db(self) -> Iterator[Connection]:
