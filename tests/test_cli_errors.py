@@ -4,7 +4,6 @@ dropped table), a closed stdout ending a command quietly. Each error is one line
 
 from __future__ import annotations
 
-import io
 import os
 import sqlite3
 import subprocess
@@ -13,33 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from circuitry import Registry
-from circuitry.store import SQLiteStore
 from circuitry.store.sqlite.schema import LATEST_VERSION
-from circuitry.tools.cli import main
 
-from .conftest import eventually
+from .test_cli import run
+from .test_cli_ops import populated_db
 
 UNREACHABLE = "postgresql://ops:hunter2@127.0.0.1:1/x"  # port 1: refused at once
 
 
-def run(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    code = main(list(argv), out=out)
-    return code, out.getvalue()
-
-
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
-    path = tmp_path / "app.db"
-    store = SQLiteStore(path, poll_interval=0.01, analysis_interval=3600)
-    reg = Registry(hooks=[], store=store)
-    b = reg.get("payments", failure_threshold=2, recovery_timeout=60)
-    for _ in range(2):
-        b.record_failure(b.admit(), TimeoutError("slow"))
-    assert eventually(lambda: bool(store.alerts("payments")))
-    store.close()
-    return path
+    return populated_db(tmp_path)
 
 
 def one_line(err: str) -> str:

@@ -33,6 +33,11 @@ LONG = ("the upstream payment gateway answered 503 Service Unavailable for every
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
+    return populated_db(tmp_path)
+
+
+def populated_db(tmp_path: Path) -> Path:
+    """A database with an opened circuit, a healthy one, and alerts (one with a long message)."""
     path = tmp_path / "app.db"
     store = SQLiteStore(path, poll_interval=0.01, analysis_interval=3600)
     reg = Registry(hooks=[], store=store)
