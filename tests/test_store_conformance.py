@@ -14,6 +14,7 @@ both.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import sqlite3
 import threading
@@ -764,6 +765,41 @@ def test_a_process_that_lost_the_race_after_a_fault_writes_no_backlog_later(targ
     opened = target.rows("SELECT count(*) FROM circuit_breaker_events WHERE event_type = 'state_change' AND "
                          "from_state = 'closed' AND to_state = 'open'")
     assert opened == [(2,)]
+
+
+def test_a_trip_from_memory_never_undoes_what_was_stored_since(target: Target) -> None:
+    """A process that cannot reach the database yet (a partition, a server down as it starts) trips
+    from memory; meanwhile another trips the same circuit and an operator resets it. When the first
+    reaches the database, its old "open" was written over the reset (a second opening row, every process
+    open again for ten minutes). The row moved after its trip: the row stands."""
+    reg_a, store_a = target.make()
+    a = reg_a.get("svc", failure_threshold=2, recovery_timeout=600)
+    assert store_a.flush()
+    reg_b, store_b = target.make()
+    real = store_b.backend.connect
+    blocked = [True]
+
+    def connect(role: Any, *, timeout: float) -> Any:
+        if blocked[0]:
+            raise OSError(errno.EACCES, "the database cannot be reached yet")
+        return real(role, timeout=timeout)
+
+    store_b.backend.connect = connect  # type: ignore[method-assign]
+    b = reg_b.get("svc", failure_threshold=2, recovery_timeout=600)
+    fail(b, 2)  # b opens from memory
+    target.clock.advance(1)
+    fail(a, 2)
+    assert store_a.flush()
+    target.clock.advance(1)
+    a.reset()  # the operator, after a's opening
+    assert store_a.flush()
+    blocked[0] = False
+    assert eventually(lambda: store_b.flush(0.5) and b.state is CircuitState.CLOSED)
+    assert a.state is CircuitState.CLOSED
+    assert [tuple(r) for r in target.rows("SELECT current_state FROM circuit_breaker_states")] == [("closed",)]
+    moves = target.rows("SELECT from_state, to_state FROM circuit_breaker_events WHERE event_type = 'state_change' "
+                        "ORDER BY id")
+    assert [tuple(m) for m in moves] == [("closed", "open"), ("open", "closed")]
 
 
 def _probe_succeeds(b: Any) -> bool:

@@ -241,14 +241,14 @@ def _dropped_and_made_again(store: SQLiteStore, db: Path, dropped: str) -> None:
     b = Registry(hooks=[], store=store).get("svc", failure_threshold=1000)
     b.record_success(b.admit())
     assert store.flush()
-    conn = sqlite3.connect(db, isolation_level=None)
-    try:
-        for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ?",
-                                     (dropped,)).fetchall():
-            conn.execute(f"DROP TABLE {table}")
-    finally:
-        conn.close()
-    with capture_logs() as logs:
+    with capture_logs() as logs:  # (from before the drop: the writer's next poll may see it first)
+        conn = sqlite3.connect(db, isolation_level=None)
+        try:
+            for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ?",
+                                         (dropped,)).fetchall():
+                conn.execute(f"DROP TABLE {table}")
+        finally:
+            conn.close()
         fail(b, 3)
         assert store.flush(10)
     assert store.health().healthy

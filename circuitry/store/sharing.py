@@ -174,11 +174,23 @@ class Sharing:
                 self.adopt(link, row, "restored", expect=link.adopt_gen)
                 return
             # The breaker moved before its row could be read (the store was failing): its state goes in,
-            # unless an operator's state is stored (an operator's decision outranks a guess from memory).
+            # unless an operator's state is stored (an operator's decision outranks a guess from memory),
+            # or the row changed after this breaker's first transition not written -- another process
+            # wrote what happened since (the same outage's opening, an operator's reset), and a state
+            # from memory written over it would undo that.
             link.version, link.row_state = row[2], row[1]
             if row[1] in _MANUAL and b.snapshot().reason != "manual":
                 self.adopt(link, row, "restored", expect=None)
                 return
+            first = link.pending[0].at if link.pending else None
+            if first is not None:
+                got = conn.execute("SELECT updated_at FROM circuit_breaker_states WHERE service_name = ?",
+                                   (link.name,))
+                if got and got[0][0] is not None and float(got[0][0]) > first:
+                    dropped = len(link.pending)
+                    if self.adopt(link, row, "restored", expect=None):
+                        self._superseded(dropped)
+                    return
         snap = b.snapshot()
         if snap.generation == link.synced_gen:
             if snap.state is CircuitState.CLOSED:
