@@ -356,10 +356,16 @@ def test_the_command_line_reads_and_migrates_a_postgresql_database(pg_url: str) 
     """`circuitry migrate` and `circuitry status` take a PostgreSQL URL as they take a file."""
     import io
 
+    from circuitry.store.postgres.schema import LATEST_VERSION, MIGRATIONS
     from circuitry.tools.cli import main
 
     out = io.StringIO()
+    assert main(["migrate", "--db", pg_url], out=out) == 0  # a new database: it said "up to date"
+    applied = ", ".join(str(m.version) for m in MIGRATIONS)
+    assert out.getvalue().endswith(f": applied migration(s) {applied}; schema version {LATEST_VERSION}\n")
+    assert "password" not in out.getvalue()
+    out = io.StringIO()
     assert main(["migrate", "--db", pg_url], out=out) == 0
-    assert "up to date" in out.getvalue() and "password" not in out.getvalue()
+    assert out.getvalue().endswith(f": up to date (schema version {LATEST_VERSION})\n")
     out = io.StringIO()
     assert main(["status", "--db", pg_url, "--json"], out=out) == 0

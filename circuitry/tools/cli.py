@@ -464,6 +464,16 @@ def cmd_webhooks(args: argparse.Namespace, out: TextIO) -> int:
 
 # -- migrating, the demo, the dashboard ----------------------------------------------------------------
 
+def _pg_versions(url: str) -> set[int]:
+    """The schema versions a PostgreSQL database records (empty: none yet)."""
+    import psycopg
+
+    from circuitry.store.postgres.schema import applied_versions
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        return applied_versions(conn)
+
+
 def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
     from circuitry.store.sqlite.schema import LATEST_VERSION, MIGRATIONS, TABLES, applied_versions, migrate
 
@@ -474,14 +484,24 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
         store = open_store(args.db)
         backend = store.backend
         try:
+            before = _pg_versions(args.db)
             backend.connect("writer", timeout=5.0).close()  # the writer's connection migrates first
+            after = _pg_versions(args.db)
         except Exception as exc:
             if backend.classify(exc) is None:
                 raise
             raise StoreError(f"could not migrate {backend.location}: {exc}") from None  # masked by the backend
         finally:
             store.close()
-        out.write(f"{backend.location}: up to date\n")
+        applied_now = sorted(after - before)
+        if args.json:
+            _emit_json({"database": backend.location, "applied": applied_now, "recreated": [],
+                        "version": max(after, default=0)}, out)
+        elif applied_now:
+            out.write(f"{backend.location}: applied migration(s) {', '.join(map(str, applied_now))}; "
+                      f"schema version {max(after)}\n")
+        else:
+            out.write(f"{backend.location}: up to date (schema version {max(after, default=0)})\n")
         return 0
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None)
