@@ -121,6 +121,42 @@ def test_a_change_that_made_things_worse_is_rolled_back() -> None:
     assert decide(current, rec(has=False), now=3000.0, history=[close]).action == "hold"
 
 
+def test_a_change_after_a_stretch_that_cost_nothing_is_judged_against_a_floor() -> None:
+    # Nothing went wrong in the 30 minutes before the change: any cost at all after it was "more than 10 %
+    # worse" than zero, so one minute of an outage the breaker opened on (20 calls let through of 9000)
+    # undid it. Below one call in a hundred a change stays; above it, it is rolled back as before.
+    healthy = MeasuredCost(1800.0, 9000, 0.0)
+    one_bad_minute = Adjustment(1000.0, "adjust", CURRENT, Settings(3, 30.0), healthy, MeasuredCost(1800.0, 9000, 20.0))
+    d = decide(Settings(3, 30.0), rec(has=False), now=1000.0 + 1800.0, history=[one_bad_minute])
+    assert d.action == "hold"
+    worse = replace(one_bad_minute, cost_after=MeasuredCost(1800.0, 9000, 300.0))  # a whole minute let through
+    d = decide(Settings(3, 30.0), rec(has=False), now=1000.0 + 1800.0, history=[worse])
+    assert d.action == "rollback" and "above 0.01" in d.reason
+    strict = AdjustPolicy(rollback_floor=0.0)  # the floor is a tunable: 0 judges on the margin alone
+    assert decide(Settings(3, 30.0), rec(has=False), now=2800.0, history=[one_bad_minute],
+                  policy=strict).action == "rollback"
+
+
+def test_settings_outside_the_bounds_move_towards_them_a_bounded_step_at_a_time() -> None:
+    # Configured at 50 failures and an hour open, far outside the bounds (1-20, 5-600 s): one step moved
+    # them to 20 / 600 s at once (2.5x and 6x); now each change is at most a factor two, towards the target.
+    r = rec(threshold=10, timeout=300.0)
+    current = Settings(50, 3600.0)
+    steps = []
+    for k in range(4):
+        d = decide(current, r, now=10_000.0 * (k + 1), recent=[r])
+        assert d.action == "adjust"
+        assert current.threshold / 2 <= d.settings.threshold <= current.threshold
+        assert current.timeout / 2 <= d.settings.timeout <= current.timeout
+        steps.append((d.settings.threshold, d.settings.timeout))
+        current = d.settings
+    assert steps == [(25, 1800.0), (13, 900.0), (10, 450.0), (10, 300.0)]
+    # With backoff the cap is never below the open period, even while it is above the bounds.
+    d = decide(Settings(5, 3600.0), rec(threshold=5, timeout=300.0, backoff=2.0), now=1.0,
+               recent=[rec(threshold=5, timeout=300.0, backoff=2.0)])
+    assert d.settings.timeout == 1800.0 and d.settings.max_timeout == 1800.0
+
+
 def test_a_rolled_back_change_is_not_retried_soon() -> None:
     change = Adjustment(1000.0, "adjust", Settings(5, 60.0), Settings(3, 30.0))
     rollback = Adjustment(3000.0, "rollback", Settings(3, 30.0), Settings(5, 60.0))
@@ -210,7 +246,8 @@ def test_censored_advice_rests_on_the_probes_not_on_a_label() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [{"min_failures": -1}, {"confirmations": 0}, {"min_confidence": 2.0}, {"cooldown": -1.0}, {"max_step": 1.0},
-     {"bounds": (5, 3, 10.0, 60.0)}, {"rollback_margin": 1.5}, {"min_probes": -1}, {"jitter": 1.5}],
+     {"bounds": (5, 3, 10.0, 60.0)}, {"rollback_margin": 1.5}, {"min_probes": -1}, {"jitter": 1.5},
+     {"rollback_floor": -0.1}],
 )
 def test_policy_validates(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):

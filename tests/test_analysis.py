@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from circuitry import CircuitOpenError, CircuitState, DatabaseCircuitBreaker, Registry, circuit
-from circuitry.analysis.adjust import measure_cost
+from circuitry.analysis.adjust import AdjustPolicy, decide, measure_cost
 from circuitry.analysis.history import MinuteRollup
 from circuitry.analysis.recommend import Recommendation
 from circuitry.analysis.replay import Settings
@@ -255,6 +255,39 @@ def test_a_change_made_on_censored_advice_is_judged_with_the_healthy_share_it_re
     # The minutes after it (the current one may hold nothing yet): 40 failures + 0.4 * 500 refused each.
     assert censored.cost == pytest.approx(measure_cost(after, 0.4).cost) == pytest.approx(8 * 240.0)
     assert coarse.cost == pytest.approx(measure_cost(after).cost) == odd.cost == pytest.approx(8 * 500.0)
+
+
+def test_a_change_is_judged_on_the_evaluation_stretch_after_it_not_on_an_outage_hours_later(
+        make: Any, tmp_path: Path) -> None:
+    # A change kept after its 30 minutes was rolled back four hours later: the cost after it was measured
+    # from the change to now, so a 40-minute outage it had nothing to do with counted against it.
+    reg, store = make(auto_apply=True, analysis_interval=60.0)
+    reg.get("svc", failure_threshold=8, recovery_timeout=30)
+    assert store.flush()
+    first = int(NOW) // 60 - 240  # the change, four hours ago, on a minute boundary
+    at = first * 60.0
+    evaluation = AdjustPolicy().evaluation
+    healthy = [MinuteRollup(m, 300, 297, 3) for m in range(first, first + 200)]
+    outage = [MinuteRollup(m, 20, 1, 19, rejections=280) for m in range(first + 200, first + 240)]
+    change = {"action": "adjust", "reason": "test", "before": {"threshold": 5, "timeout": 60.0},
+              "after": {"threshold": 8, "timeout": 30.0}, "evidence": {}, "refused_healthy": None,
+              "cost_before": {"seconds": 1800.0, "calls": 9000, "cost": 0.0}}
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.executemany(
+            "INSERT INTO circuit_breaker_metrics (service_name, minute, bucket_start, calls, successes, failures, "
+            "rejections) VALUES ('svc', ?, '', ?, ?, ?, ?)",
+            [(m.minute, m.calls + m.rejections, m.successes, m.failures, m.rejections) for m in healthy + outage])
+        conn.execute("INSERT INTO circuit_breaker_events (service_name, event_type, to_state, ts, additional_data) "
+                     "VALUES ('svc', 'adjustment', 'closed', ?, ?)", (at, json.dumps(change)))
+    analyst = Analyst.attach(store)
+    nothing = Recommendation(8, 30.0, None, 0.9, "steady", "n/a", False, 8, 30.0, 50)
+    nows = (at + evaluation, at + evaluation + 600.0, NOW)  # analyses after it, the last in the outage
+    judged = [analyst._adjustments("svc", now) for now in nows]
+    verdicts = [decide(Settings(8, 30.0), nothing, now=now, history=got).action
+                for now, got in zip(nows, judged, strict=True)]
+    assert verdicts == ["hold"] * 3  # kept at its evaluation, and never re-judged after
+    # Every analysis after it measures the same stretch: its 30 minutes, no more.
+    assert [got.cost_after for (got,) in judged] == [measure_cost(healthy[:30])] * 3
 
 
 def test_the_analysis_reads_decided_calls_from_the_rollups(make: Any, clock: FakeClock) -> None:

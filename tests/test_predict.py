@@ -186,6 +186,48 @@ def test_analyse_without_prediction_and_with_bad_arguments() -> None:
         analyse(s, now=900.0, window=0, current_threshold=5, current_timeout=60.0)
 
 
+def test_analyse_refuses_malformed_inputs_naming_them() -> None:
+    s = series_of(7, 0.05)
+    base = {"now": 900.0, "current_threshold": 5, "current_timeout": 60.0}
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"transitions": [("a", "b")]}, "transitions must hold Transition"),
+        ({"transitions": [Transition(800.0, "closed", "banana")]}, "to_state must be one of"),
+        ({"transitions": [Transition(800.0, "shut", "open")]}, "from_state must be one of"),
+        ({"transitions": [Transition(math.nan, "closed", "open")]}, "transitions: ts"),
+        ({"history": [1, 2]}, "history must hold MinuteRollup"),
+        ({"confidence_floor": "0.5"}, "confidence_floor"),
+        ({"now": 1_700_000_000 * 10**9}, "now must be in seconds.*nanoseconds"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(ConfigurationError, match=match):
+            analyse(s, **{**base, **kwargs})  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="series must be a Series"):
+        analyse([(1, 2, 3)], **base)  # type: ignore[arg-type]
+
+
+def test_the_prediction_reads_a_bounded_past_whatever_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An hour of data and a window of 10**6 s: the prediction built a row for every second of the window,
+    # empty ones included (10**7 s took 7 s, 10**8 ran out of memory). It reads the last four hours now.
+    import circuitry.analysis.predict as predict_module
+
+    sizes: list[int] = []
+    rows = predict_module._rows
+
+    def counting(source: Series) -> list[tuple[int, int]]:
+        out = rows(source)
+        sizes.append(len(out))
+        return out
+
+    monkeypatch.setattr(predict_module, "_rows", counting)
+    hour = series_of(8, 0.05, end=3600.0)
+    a = analyse(hour, now=3600.0, window=1e6, current_threshold=5, current_timeout=60.0)
+    assert a.prediction is not None and a.pattern.evidence.calls == hour.total_calls
+    assert sizes and max(sizes) <= 4 * 3600
+    sizes.clear()
+    analyse(hour, now=3600.0, current_threshold=5, current_timeout=60.0)  # the usual window: as before
+    assert max(sizes) == 3600
+
+
 def test_the_calibration_sees_the_trip_history_and_whether_the_breaker_is_open() -> None:
     s = series_of(5, 0.01)
     quiet = open_features(0.1, s, [], 300.0)

@@ -469,3 +469,15 @@ def test_failed_probes_after_a_probe_that_let_failures_through_at_once_are_no_ph
     rising = replace(classify_series(series, transitions=trans), type="escalating", confidence=0.9)
     plain = recommend(rising, current_threshold=5, current_timeout=60, series=series, transitions=trans)
     assert plain.locked_probes == 0 and "jitter" not in plain.rationale
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"confidence_floor": "0.5"}, "confidence_floor"), ({"confidence_floor": math.nan}, "confidence_floor"),
+     ({"history": [1, 2]}, "history must hold MinuteRollup"), ({"history": [(0, 10, 9, 1)]}, "history")],
+)
+def test_malformed_floor_and_history_raise_configuration_error_naming_them(kwargs: dict[str, object],
+                                                                          match: str) -> None:
+    # A string floor gave a TypeError from a comparison, a history of ints an AttributeError deep inside.
+    with pytest.raises(ConfigurationError, match=match):
+        recommend(result("steady"), current_threshold=5, current_timeout=60, **kwargs)  # type: ignore[arg-type]

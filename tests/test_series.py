@@ -57,6 +57,37 @@ def test_malformed_calls_are_refused(call: object, match: str) -> None:
         bucketize([(0.0, False), call])  # type: ignore[list-item]
 
 
+@pytest.mark.parametrize(
+    ("scale", "unit"), [(1000, "milliseconds"), (10**6, "microseconds"), (10**9, "nanoseconds")],
+)
+def test_timestamps_in_another_unit_are_refused_and_the_unit_named(scale: int, unit: str) -> None:
+    # Milliseconds turned a steady stream into "intermittent" over a window of 899,901 s, nanoseconds
+    # (time.time_ns()) lost 8,999 calls of 9,000. Anything beyond the year 10000 is not epoch seconds.
+    calls = [(1_700_000_000 * scale + i * scale // 10, i % 30 == 0) for i in range(9000)]
+    with pytest.raises(ConfigurationError, match=f"timestamp must be in seconds.*looks like {unit}"):
+        bucketize(calls)
+    with pytest.raises(ConfigurationError, match=f"looks like {unit}"):
+        bucketize([(c[0] / scale, c[1]) for c in calls], start=1_700_000_000.0 * scale)
+    with pytest.raises(ConfigurationError, match=f"looks like {unit}"):
+        Series.from_rows([(1_700_000_000 * scale, 1, 0)], start=0.0, end=1e9)
+
+
+def test_timestamps_floats_cannot_tell_apart_are_refused_not_dropped() -> None:
+    # From 2**53 on, t + 1 == t: the calls of a whole second vanished from the series.
+    for calls in ([(2.0**53 + i, i % 3 == 0) for i in range(300)], [(1e300, True), (1e300, False)],
+                  [(-1e13, True)]):
+        with pytest.raises(ConfigurationError, match="must be in seconds"):
+            bucketize(calls)
+    year_9999 = 253_402_300_799.0
+    assert bucketize([(year_9999, True), (-year_9999, False)]).total_calls == 2
+
+
+@pytest.mark.parametrize("call", [(1.0, True, "extra"), [1.0, False, 3], (1.0, True, "a", "b")])
+def test_a_call_with_more_than_a_timestamp_and_a_flag_is_refused(call: object) -> None:
+    with pytest.raises(ConfigurationError, match="pair"):
+        bucketize([(0.0, False), call] * 10)  # type: ignore[list-item]
+
+
 def test_from_rows_adds_up_rows_of_one_second_and_clips_to_the_window() -> None:
     rows = [(100, 5, 1), (99, 3, 0), (100, 2, 2), (50, 9, 9), (200, 1, 1)]
     s = Series.from_rows(rows, start=90.0, end=150.0)

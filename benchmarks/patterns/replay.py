@@ -337,9 +337,10 @@ class Auto:
 
     def __call__(self, current: Settings, rec: Recommendation, now: float, minutes: list[MinuteRollup]) -> Settings:
         policy = AdjustPolicy()
-        if self.changes:  # fill in the measured cost since the last change
-            last = self.changes[-1]
-            after = measure_cost((m for m in minutes if last.at <= m.minute * 60.0 < now), last.refused_healthy)
+        if self.changes:  # the measured cost of the last change: over the evaluation stretch after it, as
+            last = self.changes[-1]  # the analyst measures it (a fixed stretch: judged once)
+            end = min(now, last.at + policy.evaluation)
+            after = measure_cost((m for m in minutes if last.at <= m.minute * 60.0 < end), last.refused_healthy)
             self.changes[-1] = replace(last, cost_after=after)
         d = decide(current, rec, now=now, history=self.changes, recent=self.recent, policy=policy)
         self.recent = [*self.recent[-4:], rec]

@@ -19,7 +19,8 @@ The rules, with their :class:`AdjustPolicy` tunables:
   direction of the previous change waits twice as long; changes too small to matter (the dead band: a
   threshold within one, an open period within 25 %) are not made.
 * **Bounded steps** -- one change moves the threshold and the open period at most ``max_step`` times (up
-  or down), within ``bounds``.
+  or down), within ``bounds``. Settings outside the bounds (a breaker configured so) are brought towards
+  them by at most ``max_step`` a change too, not in one jump.
 * **Phase lock** -- when the last probes failed one fixed open period apart
   (:attr:`~circuitry.analysis.recommend.Recommendation.locked_probes`) in ``confirmations`` analyses in a
   row and the breaker has no jitter, the change is ``jitter`` (to ``AdjustPolicy.jitter``) and nothing
@@ -28,13 +29,20 @@ The rules, with their :class:`AdjustPolicy` tunables:
   stays. It is not judged for a rollback either: the measured cost would compare a breaker that never
   saw the service healthy with one that does, and the coarse measure calls the healthy calls it then
   refuses a loss.
-* **Rollback** -- once a change has been in force for ``evaluation`` seconds with at least
-  ``min_measured_calls`` calls, its measured cost per call is compared with the cost per call before it;
-  worse by more than ``rollback_margin`` and the previous settings come back (a rolled-back change is not
-  retried for ``10 * cooldown``). A change made on censored advice is measured with refused calls priced
-  at the share of the probes that found the service healthy, before and after alike (see
-  :func:`measure_cost`): the usual measure takes a minute whose probes failed for an outage, so refusing
-  a service that keeps coming back looks free, and a change that serves it would be rolled back.
+* **Rollback** -- once a change has been in force for ``evaluation`` seconds, its measured cost per call
+  over those ``evaluation`` seconds (:attr:`Adjustment.cost_after`; the runner measures that stretch and
+  no other) is compared with the cost per call before it: with at least ``min_measured_calls`` calls in
+  each, worse by more than ``rollback_margin`` and above ``rollback_floor`` per call, the previous
+  settings come back (a rolled-back change is not retried for ``10 * cooldown``). The stretch is fixed,
+  so the change is judged once: every later analysis reads the same stretch and comes to the same
+  verdict, and an outage hours later, which the change has nothing to do with, cannot undo it. A change
+  kept then (or with too few calls to judge) is settled. The floor makes a stretch before that cost
+  nothing comparable: any cost at all would be "more than 10 % worse" than zero, and one minute of an
+  outage the breaker opened on would undo a good change. A change made on censored advice is measured
+  with refused calls priced at the share of the probes that found the service healthy, before and after
+  alike (see :func:`measure_cost`): the usual measure takes a minute whose probes failed for an outage,
+  so refusing a service that keeps coming back looks free, and a change that serves it would be rolled
+  back.
 
 .. versionadded:: 0.1.0
 """
@@ -71,7 +79,9 @@ class AdjustPolicy:
         bounds: ``(min threshold, max threshold, min timeout, max timeout)``.
         evaluation: Seconds a change stays in force before it is judged.
         min_measured_calls: Calls needed, before and after, to judge a change.
-        rollback_margin: A change whose measured cost per call is this share worse is rolled back.
+        rollback_margin: A change whose measured cost per call is this share worse is rolled back ...
+        rollback_floor: ... if that cost is also above this much per call (one call in a hundred): below
+            it a change is never rolled back, whatever the cost before (``0`` included).
         min_probes: Probes a censored window must hold for its advice to be acted on.
         jitter: The breaker's ``jitter`` once its probes are found locked in phase (``0``: never set).
     """
@@ -88,13 +98,14 @@ class AdjustPolicy:
     rollback_margin: float = 0.1
     min_probes: int = 10
     jitter: float = 0.2
+    rollback_floor: float = 0.01
 
     def __post_init__(self) -> None:
         for name in ("min_failures", "confirmations", "min_measured_calls", "min_probes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "confirmations" else 0):
                 raise ConfigurationError(f"{name} must be a non-negative int (confirmations >= 1), got {v!r}")
-        for name in ("min_confidence", "min_gain", "rollback_margin", "jitter"):
+        for name in ("min_confidence", "min_gain", "rollback_margin", "jitter", "rollback_floor"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
                 raise ConfigurationError(f"{name} must be within [0, 1], got {v!r}")
@@ -140,7 +151,8 @@ class Adjustment:
         before: The settings before it.
         after: The settings it applied.
         cost_before: The measured cost over a stretch before it (``None``: not measured).
-        cost_after: The measured cost since it (``None``: not yet measured).
+        cost_after: The measured cost over the :attr:`AdjustPolicy.evaluation` seconds after it, and no
+            later (``None``: not yet measured). A fixed stretch: the change is judged on it once.
         refused_healthy: For a change made on censored advice, the healthy share both costs price refused
             calls at (:func:`measure_cost`; the decision's ``evidence["refused_healthy"]``); ``None``: the
             coarse measure.
@@ -263,16 +275,19 @@ def decide(
     """
     p = policy or AdjustPolicy()
     last = history[-1] if history else None
-    # 1. Judge the last change once it has been in force long enough (not one of jitter alone).
+    # 1. Judge the last change once it has been in force long enough (not one of jitter alone), on the
+    #    evaluation seconds after it: a fixed stretch, so every analysis after it reaches the same verdict.
     jitter_only = last is not None and replace(last.after, jitter=last.before.jitter) == last.before
     if last is not None and last.kind == "adjust" and not jitter_only and now - last.at >= p.evaluation:
         before, after = last.cost_before, last.cost_after
         if (before is not None and after is not None and before.calls >= p.min_measured_calls
-                and after.calls >= p.min_measured_calls and after.per_call > before.per_call * (1.0 + p.rollback_margin)
+                and after.calls >= p.min_measured_calls
+                and after.per_call > max(before.per_call * (1.0 + p.rollback_margin), p.rollback_floor)
                 and after.per_call - before.per_call > 1e-9):
             return Decision("rollback", last.before,
                             f"the change at {last.at:.0f} made things worse: {after.per_call:.4f} instead of "
-                            f"{before.per_call:.4f} per call (limit +{p.rollback_margin:.0%}); back to the settings "
+                            f"{before.per_call:.4f} per call over the {p.evaluation:.0f} s after it (limit "
+                            f"+{p.rollback_margin:.0%}, and above {p.rollback_floor:g}); back to the settings "
                             "before it",
                             {"change_at": last.at, "cost_per_call_before": before.per_call,
                              "cost_per_call_after": after.per_call, "calls_before": before.calls,
@@ -330,17 +345,17 @@ def decide(
         if h.kind == "rollback" and now - h.at < 10.0 * p.cooldown and _direction(current, target) == _direction(
                 h.after, h.before):
             return holding("the same change was rolled back recently", rolled_back_at=h.at)
-    # 4. One bounded step towards the target, within the bounds, outside the dead band.
+    # 4. One bounded step towards the target brought within the bounds, outside the dead band. The step
+    #    limit comes last: settings outside the bounds move towards them by at most max_step a change.
     k_lo, k_hi, t_lo, t_hi = p.bounds
-    k = max(target.threshold, math.ceil(current.threshold / p.max_step))
-    k = min(k, math.floor(current.threshold * p.max_step), k_hi)
-    k = max(k, k_lo)
-    t = min(max(target.timeout, current.timeout / p.max_step), current.timeout * p.max_step)
-    t = round(min(max(t, t_lo), t_hi), 1)
+    k = min(max(target.threshold, k_lo), k_hi)
+    k = min(max(k, math.ceil(current.threshold / p.max_step)), max(1, math.floor(current.threshold * p.max_step)))
+    t = min(max(target.timeout, t_lo), t_hi)
+    t = round(min(max(t, current.timeout / p.max_step), current.timeout * p.max_step), 1)
     if abs(k - current.threshold) <= 1 and abs(math.log(t / current.timeout)) < math.log(1.25) and \
             target.backoff == current.backoff:
         return holding("the advised change is inside the dead band", threshold=k, timeout=t)
-    cap = min(t_hi, max(t, t * 10.0)) if target.backoff > 1.0 else None
+    cap = max(t, min(t_hi, t * 10.0)) if target.backoff > 1.0 else None
     new = Settings(k, t, target.backoff, cap, current.jitter)
     if new == current:
         return holding("already there")

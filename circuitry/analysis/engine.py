@@ -15,18 +15,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from circuitry._state import CircuitState
 from circuitry.analysis.history import MinuteRollup
 from circuitry.analysis.patterns import PatternResult, classify_series
 from circuitry.analysis.predict import DEFAULT_HORIZON, Prediction, predict
 from circuitry.analysis.recommend import Recommendation, recommend
 from circuitry.analysis.replay import Settings, Transition
-from circuitry.analysis.series import Series
+from circuitry.analysis.series import Series, check_seconds
 from circuitry.exceptions import ConfigurationError
 
 __all__ = ["DEFAULT_WINDOW", "Analysis", "analyse"]
 
 #: Seconds of history classified by default (the analyst's window).
 DEFAULT_WINDOW: Final = 900.0
+_STATES: Final = frozenset(s.value for s in CircuitState)
+
+
+def _check_transitions(transitions: Sequence[Transition]) -> None:
+    """Raise unless every transition is a :class:`Transition` at finite epoch seconds between known states."""
+    for tr in transitions:
+        if not isinstance(tr, Transition):
+            raise ConfigurationError(f"transitions must hold Transition objects, got {tr!r}")
+        if isinstance(tr.ts, bool) or not isinstance(tr.ts, int | float) or not math.isfinite(tr.ts):
+            raise ConfigurationError(f"transitions: ts must be a finite number of epoch seconds, got {tr!r}")
+        check_seconds("transitions: ts", tr.ts)
+        for name in ("from_state", "to_state"):
+            if getattr(tr, name) not in _STATES:
+                raise ConfigurationError(f"transitions: {name} must be one of {sorted(_STATES)}, got {tr!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +120,20 @@ def analyse(
         The analysis.
 
     Raises:
-        ConfigurationError: An argument is invalid.
+        ConfigurationError: An argument is invalid (``now`` beyond the year 10000 is not epoch seconds; a
+            transition that is not a :class:`~circuitry.analysis.replay.Transition` between the breaker's
+            states; a history entry that is not a :class:`~circuitry.analysis.history.MinuteRollup`); the
+            message names it.
     """
     if isinstance(now, bool) or not isinstance(now, int | float) or not math.isfinite(now):
         raise ConfigurationError(f"now must be a finite number of epoch seconds, got {now!r}")
+    check_seconds("now", now)
     if isinstance(window, bool) or not isinstance(window, int | float) or not math.isfinite(window) or window <= 0:
         raise ConfigurationError(f"window must be a positive number of seconds, got {window!r}")
+    if not isinstance(series, Series):
+        raise ConfigurationError(f"series must be a Series (bucketize() or Series.from_rows()), got "
+                                 f"{type(series).__name__}")
+    _check_transitions(transitions)
     start = now - window
     recent = series.window(start, now)
     recent_transitions = [tr for tr in transitions if start <= tr.ts <= now]

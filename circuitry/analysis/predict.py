@@ -5,12 +5,13 @@ breaker's settings and its transitions, and returns a :class:`Prediction`:
 
 * ``open_probability`` -- the probability that the circuit trips (closed -> open) within ``horizon``
   seconds. Its raw form is a simulation: the breaker, in its current state, replayed over futures drawn
-  from the past (blocks of 30 s resampled from all the per-second counts given, recent ones more often -- from
-  after the change point if the failure rate is escalating; for a breaker closed now, from the seconds
-  it let calls through, the stretches it refused taken out), in batches until enough futures trip and
-  enough do not. A logistic calibration maps that raw probability, the trips of the last 40 minutes
-  (per 5-minute slot: recent ones weighted most, and all alike) and whether the breaker is open now to a calibrated
-  one; the constants are fitted by ``benchmarks/patterns/predict_bench.py``, never by hand.
+  from the past (blocks of 30 s resampled from the per-second counts given, at most the last four hours
+  of them, recent ones more often -- from after the change point if the failure rate is escalating; for a
+  breaker closed now, from the seconds it let calls through, the stretches it refused taken out), in
+  batches until enough futures trip and enough do not. A logistic calibration maps that raw probability,
+  the trips of the last 40 minutes (per 5-minute slot: recent ones weighted most, and all alike) and
+  whether the breaker is open now to a calibrated one; the constants are fitted by
+  ``benchmarks/patterns/predict_bench.py``, never by hand.
 * ``failure_rate`` -- the expected failure share of the calls in the next ``horizon`` seconds, with an
   interval meant to hold it ``coverage`` of the time, from the same resampled futures, widened by a
   fitted factor.
@@ -47,6 +48,10 @@ _SLOTS: Final = 8  # the trip history: 5-minute slots before the end (40 minutes
 _SLOT_WEIGHT: Final = 0.5  # ... averaged with this weight (an EWMA, newest slot weighted most)
 _RECENT: Final = 300.0  # the "recent" failure share: the last five minutes (and its futures' recency)
 _TRIP_RECENT: Final = 900.0  # the trip futures' recency: blocks weighted exp(-age / 15 min) (chosen on dev)
+#: The past the futures are drawn from, at most: 16 trip recencies (4 hours). An older block weighs under
+#: exp(-16) ~ 1e-7 of the newest and is all but never drawn, and the rows are one per bucket of the past,
+#: empty ones included: without this bound the work grew with the window asked for, not with the data.
+_PAST: Final = 16 * _TRIP_RECENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +191,8 @@ def predict(
     Args:
         series: The per-second counts: all the store keeps (the analyst gives an hour), not only the
             analysis window -- older blocks are drawn less often, and a longer past estimates how often
-            bursts come better.
+            bursts come better. Only its last four hours are read: an older block would all but never
+            be drawn, and the work is one row per second of the past read.
         settings: The breaker's settings in force.
         transitions: Its state changes (to know whether it is open now, and its recent trips).
         pattern: The window's classification; an escalation resamples only the stretch after its change
@@ -207,6 +213,10 @@ def predict(
         raise ConfigurationError(f"horizon must be a positive number of seconds, got {horizon!r}")
     if isinstance(coverage, bool) or not isinstance(coverage, int | float) or not 0.0 < coverage < 1.0:
         raise ConfigurationError(f"coverage must be within (0, 1), got {coverage!r}")
+    # Only the last _PAST seconds: older blocks are all but never drawn, and a window of days or years
+    # would otherwise cost a row per second of it.
+    if series.span > _PAST:
+        series = series.window(series.end - _PAST, series.end)
     # Trips: futures drawn from the window with what the open breaker refused filled in (it would be
     # called again). The failure share: from the calls let through only -- a breaker decides on calls
     # already made, so they are a fair sample of a service whose calls fail independently, while the

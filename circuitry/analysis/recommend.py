@@ -323,8 +323,12 @@ def recommend(
     current_backoff = _check_number("current_backoff", current_backoff, 1.0, lo_open=False)
     failed_weight = _check_number("failed_weight", failed_weight, 0.0, lo_open=False)
     refused_weight = _check_number("refused_weight", refused_weight, 0.0, lo_open=False)
-    if isinstance(confidence_floor, bool) or not 0.0 <= confidence_floor <= 1.0:
-        raise ConfigurationError(f"confidence_floor must be within [0, 1], got {confidence_floor!r}")
+    if (isinstance(confidence_floor, bool) or not isinstance(confidence_floor, int | float)
+            or not 0.0 <= confidence_floor <= 1.0):
+        raise ConfigurationError(f"confidence_floor must be a number within [0, 1], got {confidence_floor!r}")
+    bad_minute = next((m for m in history if not isinstance(m, MinuteRollup)), None)
+    if bad_minute is not None:
+        raise ConfigurationError(f"history must hold MinuteRollup objects, got {bad_minute!r}")
     ev = result.evidence
     kind = result.type
     censored = kind is None and ev.censored

@@ -24,10 +24,33 @@ from typing import Final, cast
 
 from circuitry.exceptions import ConfigurationError
 
-__all__ = ["Series", "bucketize"]
+__all__ = ["MAX_SECONDS", "Series", "bucketize"]
 
+#: The largest timestamp magnitude taken for epoch seconds: 1 January 10000 (about 2.5e11 s). Anything
+#: larger is another unit -- milliseconds (``time.time() * 1000``, about 1.7e12 today), microseconds or
+#: nanoseconds (``time.time_ns()``, about 1.7e18) -- and read as seconds it would give a window a
+#: thousand times too long, or seconds that floats cannot tell apart (beyond 2**53 ~ 9e15).
+MAX_SECONDS: Final = 253_402_300_800.0
 _CHUNK: Final = 65_536  # calls read at a time: bounded memory for a stream of millions of calls
 _BOOL: Final = frozenset({bool})
+
+
+def _unit_hint(v: float) -> str:
+    """What unit a timestamp too large for epoch seconds is probably in."""
+    for unit, scale, text in (("milliseconds", 1e3, "1000"), ("microseconds", 1e6, "10**6"),
+                              ("nanoseconds", 1e9, "10**9")):
+        if abs(v) / scale <= MAX_SECONDS:
+            return f"; it looks like {unit} (divide by {text})"
+    return ""
+
+
+def check_seconds(name: str, v: float) -> None:
+    """Raise if ``v`` (a finite number) cannot be epoch seconds: beyond :data:`MAX_SECONDS` either way."""
+    if not -MAX_SECONDS <= v <= MAX_SECONDS:
+        raise ConfigurationError(
+            f"{name} must be in seconds (at most {MAX_SECONDS:.3g} in magnitude, the year 10000), got "
+            f"{v!r}{_unit_hint(v)}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +92,8 @@ class Series:
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise ConfigurationError(f"{name} must be a finite number of seconds, got {v!r}")
             object.__setattr__(self, name, float(v))
+        check_seconds("start", self.start)
+        check_seconds("end", self.end)
         if self.width <= 0.0:
             raise ConfigurationError(f"width must be positive, got {self.width!r}")
         if self.end < self.start:
@@ -90,6 +115,11 @@ class Series:
         if min(self.failures) < 0 or any(f > c for f, c in zip(self.failures, self.calls, strict=True)):
             raise ConfigurationError("failures must be between 0 and the bucket's calls")
         w = self.width
+        if abs(self.index[0]) * w > MAX_SECONDS or abs(self.index[-1]) * w > MAX_SECONDS:
+            raise ConfigurationError(
+                f"bucket indices from {self.index[0]!r} to {self.index[-1]!r} at width {w!r} s are not epoch "
+                f"seconds (beyond the year 10000){_unit_hint(max(abs(self.index[0]), abs(self.index[-1])) * w)}"
+            )
         if self.index[0] * w + w <= self.start or self.index[-1] * w > self.end:
             raise ConfigurationError(
                 f"buckets from {self.index[0] * w!r} to {self.index[-1] * w + w!r} s fall outside the window "
@@ -117,7 +147,8 @@ class Series:
             The series.
 
         Raises:
-            ConfigurationError: A row is malformed, or the window is invalid.
+            ConfigurationError: A row is malformed, a bucket lies beyond the year 10000 (an index in
+                milliseconds or nanoseconds, not seconds), or the window is invalid.
         """
         calls: Counter[int] = Counter()
         fails: Counter[int] = Counter()
@@ -140,6 +171,9 @@ class Series:
         w = float(width)
         if not (math.isfinite(w) and w > 0.0):
             raise ConfigurationError(f"width must be a positive number of seconds, got {width!r}")
+        if calls:  # a bucket beyond the year 10000 is another unit, not a row outside the window
+            far = max(abs(min(calls)), abs(max(calls)))
+            check_seconds(f"a row's bucket index times the width ({far!r} x {w:g} s)", far * w)
         keep = sorted(i for i, c in calls.items() if c > 0 and (i + 1) * w > start and i * w <= end)
         return cls(start, end, w, tuple(keep), tuple(calls[i] for i in keep), tuple(fails[i] for i in keep))
 
@@ -196,7 +230,8 @@ def _check_flags(flags: list[object]) -> None:
 
 
 def _check_times(raw: list[object]) -> list[float]:
-    """The timestamps, checked to be finite numbers (one C-level sum; a scan only on failure)."""
+    """The timestamps, checked to be finite numbers of epoch seconds (one C-level sum, min and max; a scan
+    only on failure)."""
     ts = cast("list[float]", raw)
     try:
         total = sum(ts)
@@ -205,6 +240,8 @@ def _check_times(raw: list[object]) -> list[float]:
     if not math.isfinite(total) or _BOOL & set(map(type, raw)):
         bad = next(t for t in raw if type(t) is bool or not isinstance(t, int | float) or not math.isfinite(t))
         raise ConfigurationError(f"a call's timestamp must be a finite number, got {bad!r}")
+    check_seconds("a call's timestamp", min(ts))
+    check_seconds("a call's timestamp", max(ts))
     return ts
 
 
@@ -230,8 +267,10 @@ def bucketize(
         The series over ``[start, end)``.
 
     Raises:
-        ConfigurationError: A flag is not a bool, a timestamp is not a finite number, a call falls outside
-            a given window (``start <= t <= end``), or the window is invalid.
+        ConfigurationError: A call is not a ``(timestamp, failed)`` pair, a flag is not a bool, a timestamp
+            is not a finite number of epoch seconds (beyond :data:`MAX_SECONDS`, the year 10000, it is
+            milliseconds or nanoseconds: the message says which it looks like), a call falls outside a
+            given window (``start <= t <= end``), or the window is invalid.
 
     .. versionadded:: 0.1.0
     """
@@ -247,11 +286,14 @@ def bucketize(
         if not chunk:
             break
         try:
+            pairs = set(map(len, chunk)) == {2}
             ts: list[object] = list(map(itemgetter(0), chunk))
             flags: list[object] = list(map(itemgetter(1), chunk))
-        except (TypeError, IndexError):
+        except (TypeError, IndexError, KeyError):
+            pairs = False
+        if not pairs:
             bad = next(c for c in chunk if not (isinstance(c, tuple | list) and len(c) == 2))
-            raise ConfigurationError(f"a call must be a (timestamp, failed) pair, got {bad!r}") from None
+            raise ConfigurationError(f"a call must be a (timestamp, failed) pair, got {bad!r}")
         _check_flags(flags)
         times = _check_times(ts)
         idx = list(map(math.floor, times)) if w == 1.0 else [math.floor(t / w) for t in times]
@@ -268,6 +310,7 @@ def bucketize(
     for name, v in (("start", s), ("end", e)):
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise ConfigurationError(f"{name} must be a finite number of seconds, got {v!r}")
+        check_seconds(name, v)
     if e < s:
         raise ConfigurationError(f"end ({e!r}) is before start ({s!r})")
     if counts and (lo_t < s or hi_t > e):

@@ -383,7 +383,10 @@ class Analyst:
             healthy = d.get("refused_healthy")
             if not isinstance(healthy, int | float) or isinstance(healthy, bool) or not 0.0 <= healthy <= 1.0:
                 healthy = None  # not censored advice, or a row not of ours
-            cost_after = (measure_cost(_rollups(self.store.read, name, at + 60.0, now), healthy)
+            # The evaluation seconds after it and no later (the whole minutes in them, from the first that
+            # starts at or after it): a fixed stretch, so the change is judged once, whatever comes after.
+            cost_after = (measure_cost(_rollups(self.store.read, name, at + (-at) % 60.0,
+                                                min(now, at + p.evaluation) - 60.0), healthy)
                           if d["action"] == "adjust" else None)
             out.append(Adjustment(at, d["action"], before, after, cost_before, cost_after, healthy))
         return out
