@@ -7,10 +7,28 @@ being coerced (``threshold or DEFAULT`` turns a deliberate 0 into 5).
 from __future__ import annotations
 
 import math
+from typing import Any
 
+from circuitry._clock import SYSTEM_CLOCK, Clock
 from circuitry.exceptions import ConfigurationError
 
-__all__ = ["check_int", "check_number"]
+__all__ = ["check_clock", "check_int", "check_number", "check_rng"]
+
+
+def check_clock(clock: object) -> Clock:
+    """``clock`` (``None``: the system's), or a ConfigurationError naming ``clock``."""
+    if clock is None:
+        return SYSTEM_CLOCK
+    if not (callable(getattr(clock, "monotonic", None)) and callable(getattr(clock, "time", None))):
+        raise ConfigurationError(f"clock must have monotonic() and time() methods, got {clock!r}")
+    return clock  # type: ignore[return-value]
+
+
+def check_rng(rng: Any) -> Any:
+    """``rng`` (``None`` stays ``None``), or a ConfigurationError naming ``rng``: it needs ``random()``."""
+    if rng is not None and not callable(getattr(rng, "random", None)):
+        raise ConfigurationError(f"rng must have a random() method (a random.Random), got {rng!r}")
+    return rng
 
 
 def check_int(name: str, value: object, lo: int, hi: int) -> int:

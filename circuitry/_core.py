@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, Protocol
 
 from circuitry._accel import NO_RESULT, Gate
-from circuitry._clock import SYSTEM_CLOCK, Clock
+from circuitry._checks import check_clock, check_rng
+from circuitry._clock import Clock
 from circuitry._fastpath import count_value, not_started
 from circuitry._policy import MAX_DURATION, Policy
 from circuitry._state import CircuitState
@@ -240,10 +241,11 @@ class CircuitBreaker(Gate):
         "_classify",
         "_dispatch",
         "_enforce",
-        "_lat_hist",
+        "_lat_buckets",
         "_lat_max",
         "_lat_n",
         "_lat_sum",
+        "_lat_total",
         "_link",
         "_lock",
         "_n_shadow",
@@ -272,11 +274,8 @@ class CircuitBreaker(Gate):
             raise ConfigurationError("give a Policy or keyword arguments, not both")
         elif not isinstance(policy, Policy):
             raise ConfigurationError(f"policy must be a Policy, got {policy!r}")
-        clock = SYSTEM_CLOCK if clock is None else clock
-        if not (callable(getattr(clock, "monotonic", None)) and callable(getattr(clock, "time", None))):
-            raise ConfigurationError(f"clock must have monotonic() and time() methods, got {clock!r}")
-        if rng is not None and not callable(getattr(rng, "random", None)):
-            raise ConfigurationError(f"rng must have a random() method (a random.Random), got {rng!r}")
+        clock = check_clock(clock)
+        rng = check_rng(rng)
         super().__init__(name, clock.monotonic, CircuitOpenError)
         self.clock = clock
         self._wall: Callable[[], float] = clock.time
@@ -291,7 +290,8 @@ class CircuitBreaker(Gate):
         self._reopens = 0
         self._reason = "initial"
         self._lat_n, self._lat_sum, self._lat_max = 0, 0.0, 0.0  # timed calls, for latency rollups
-        self._lat_hist = [0] * (len(LATENCY_BUCKETS) + 1), [0.0]  # per bucket (+Inf last), and the sum
+        self._lat_buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # timed calls per bucket since made (+Inf last)
+        self._lat_total = 0.0  # ... and their seconds (_lat_n and _lat_sum restart at each take_latency())
         self._probes: dict[int, float] = {}
         self._probe_seq = 0
         self._probe_ok = 0
@@ -617,9 +617,8 @@ class CircuitBreaker(Gate):
             self._lat_sum += duration
             if duration > self._lat_max:
                 self._lat_max = duration
-            counts, total = self._lat_hist
-            counts[bisect_left(LATENCY_BUCKETS, duration)] += 1
-            total[0] += duration
+            self._lat_buckets[bisect_left(LATENCY_BUCKETS, duration)] += 1
+            self._lat_total += duration
 
     def latency_histogram(self) -> tuple[tuple[int, ...], float]:
         """The timed calls' durations since the breaker was made: calls per bucket of
@@ -630,8 +629,7 @@ class CircuitBreaker(Gate):
         .. versionadded:: 0.1.0
         """
         with self._lock:
-            counts, total = self._lat_hist
-            return tuple(counts), total[0]
+            return tuple(self._lat_buckets), self._lat_total
 
     def take_latency(self) -> tuple[int, float, float]:
         """``(timed calls, total seconds, longest seconds)`` since the last call (the store's rollups)."""

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from circuitry._checks import check_clock, check_rng
 from circuitry._clock import SYSTEM_CLOCK, Clock
 from circuitry._core import CircuitBreaker, validate_name
 from circuitry._policy import Policy
@@ -47,11 +48,8 @@ class Registry:
 
     def __init__(self, *, clock: Clock | None = None, hooks: Iterable[Hook] | None = None,
                  rng: random.Random | None = None, store: Store | str | os.PathLike[str] | None = None) -> None:
-        if clock is not None and not (callable(getattr(clock, "monotonic", None))
-                                      and callable(getattr(clock, "time", None))):
-            raise ConfigurationError(f"clock must have monotonic() and time() methods, got {clock!r}")
-        if rng is not None and not callable(getattr(rng, "random", None)):
-            raise ConfigurationError(f"rng must have a random() method (a random.Random), got {rng!r}")
+        check_clock(clock)
+        check_rng(rng)
         if hooks is not None and (not isinstance(hooks, Iterable) or isinstance(hooks, str | bytes)):
             raise ConfigurationError(f"hooks must be a list of hooks, got {hooks!r}")
         self.clock = SYSTEM_CLOCK if clock is None else clock

@@ -37,10 +37,12 @@ def _registry_key(db_path: str | os.PathLike[str]) -> str:
     text = os.fspath(db_path) if isinstance(db_path, str | os.PathLike) else None
     if not isinstance(text, str):
         raise ConfigurationError(f"db_path must be a file path, ':memory:' or None, got {db_path!r}")
-    if text.startswith("sqlite:///"):
-        text = text[len("sqlite:///"):]
-    elif "://" in text:
+    from circuitry.store import sqlite_path
+
+    path = sqlite_path(text)
+    if path is None:
         return text  # a server's URL: open_store says whether it can open it
+    text = path
     if text == MEMORY:
         return MEMORY
     if not text.strip():

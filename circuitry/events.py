@@ -263,25 +263,25 @@ def _listener(hooks: Sequence[Hook]) -> Callable[[], bool] | None:
     return any_listening
 
 
-def report_error(event_name: str, circuit: str, exc: Exception) -> None:
-    """Log that a user's function given to a breaker (a classifier, ``retry_after``) raised: through the
-    application's logging configuration, nowhere without one (never on stdout); never raises."""
+def report_error(what: str, circuit: str, exc: Exception, /, **context: Any) -> None:
+    """Log that a user's function given to a breaker (a hook, a classifier, ``retry_after``) raised, with
+    ``context`` first: through the application's logging configuration, nowhere without one (never on
+    stdout); never raises."""
     from circuitry.instrumentation.logging import log  # lazily: that module imports this one
 
     try:
-        log("error", event_name, circuit=circuit, error_type=type(exc).__qualname__, error_message=str(exc)[:500])
+        log("error", what, **context, circuit=circuit, error_type=type(exc).__qualname__,
+            error_message=str(exc)[:500])
     except Exception:  # an exception whose message raises too: nothing left to tell
         pass
 
 
 def _report_hook_error(hook: object, event: Event, exc: Exception) -> None:
-    from circuitry.instrumentation.logging import log  # lazily: that module imports this one
-
     try:
-        log("error", "circuitry.hook_failed", hook=repr(hook), event_name=event.name, circuit=event.circuit,
-            error_type=type(exc).__qualname__, error_message=str(exc)[:500])
-    except Exception:  # a hook whose repr or message raises too: nothing left to tell
-        pass
+        shown = repr(hook)
+    except Exception:  # a hook whose repr raises too: nothing left to tell
+        return
+    report_error("circuitry.hook_failed", event.circuit, exc, hook=shown, event_name=event.name)
 
 
 def __getattr__(name: str) -> Any:

@@ -230,8 +230,8 @@ def _check_flags(flags: list[object]) -> None:
 
 
 def _check_times(raw: list[object]) -> list[float]:
-    """The timestamps, checked to be finite numbers of epoch seconds (one C-level sum, min and max; a scan
-    only on failure)."""
+    """The timestamps, checked to be finite numbers (one C-level sum; a scan only on failure). Their range
+    is checked by the caller, which needs their minimum and maximum anyway."""
     ts = cast("list[float]", raw)
     try:
         total = sum(ts)
@@ -240,8 +240,6 @@ def _check_times(raw: list[object]) -> list[float]:
     if not math.isfinite(total) or _BOOL & set(map(type, raw)):
         bad = next(t for t in raw if type(t) is bool or not isinstance(t, int | float) or not math.isfinite(t))
         raise ConfigurationError(f"a call's timestamp must be a finite number, got {bad!r}")
-    check_seconds("a call's timestamp", min(ts))
-    check_seconds("a call's timestamp", max(ts))
     return ts
 
 
@@ -286,9 +284,10 @@ def bucketize(
         if not chunk:
             break
         try:
-            pairs = set(map(len, chunk)) == {2}
             ts: list[object] = list(map(itemgetter(0), chunk))
             flags: list[object] = list(map(itemgetter(1), chunk))
+            # every call has two items or more (itemgetter(1) held), so a total of 2 per call is exactly 2 each
+            pairs = sum(map(len, chunk)) == 2 * len(chunk)
         except (TypeError, IndexError, KeyError):
             pairs = False
         if not pairs:
@@ -296,9 +295,12 @@ def bucketize(
             raise ConfigurationError(f"a call must be a (timestamp, failed) pair, got {bad!r}")
         _check_flags(flags)
         times = _check_times(ts)
+        t_lo, t_hi = min(times), max(times)
+        check_seconds("a call's timestamp", t_lo)
+        check_seconds("a call's timestamp", t_hi)
         idx = list(map(math.floor, times)) if w == 1.0 else [math.floor(t / w) for t in times]
-        lo_t = min(lo_t, min(times))
-        hi_t = max(hi_t, max(times))
+        lo_t = min(lo_t, t_lo)
+        hi_t = max(hi_t, t_hi)
         counts.update(idx)
         fails.update(compress(idx, cast("list[bool]", flags)))
     if counts:

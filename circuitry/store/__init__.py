@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from circuitry.store.sqlite.backend import SQLiteStore
 
 __all__ = ["PostgresStore", "ReadModel", "SQLiteStore", "SharedStore", "Store", "StoreHealth", "open_reader",
-           "open_store"]
+           "open_store", "sqlite_path"]
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -49,7 +49,8 @@ def _target(target: object) -> str:
     return text
 
 
-def _sqlite_path(target: str) -> str | None:
+def sqlite_path(target: str) -> str | None:
+    """The file a SQLite target names (a path, or ``sqlite:///path``), or ``None`` for another URL."""
     if target.startswith("sqlite:///"):
         return target[len("sqlite:///"):]
     if "://" in target:
@@ -71,7 +72,7 @@ def open_store(target: str | os.PathLike[str], **options: Any) -> SharedStore:
     if _is_postgres(text):
         store: SharedStore = _postgres().PostgresStore(text, **options)
         return store
-    path = _sqlite_path(text)
+    path = sqlite_path(text)
     if path is None:
         raise ConfigurationError(f"unsupported database URL {text.split('://')[0]}://… (use a SQLite path or a "
                                  "postgresql:// URL)")
@@ -88,7 +89,7 @@ def open_reader(target: str | os.PathLike[str]) -> ReadModel:
     text = _target(target)
     if _is_postgres(text):
         return ReadModel(_postgres().PostgresBackend(text))
-    path = _sqlite_path(text)
+    path = sqlite_path(text)
     if path is None:
         raise ConfigurationError(f"unsupported database URL {text.split('://')[0]}://… (use a SQLite path or a "
                                  "postgresql:// URL)")

@@ -31,8 +31,8 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from circuitry._checks import check_int, check_number
-from circuitry._clock import SYSTEM_CLOCK, Clock
+from circuitry._checks import check_clock, check_int, check_number
+from circuitry._clock import Clock
 from circuitry._core import CircuitBreaker
 from circuitry.exceptions import ConfigurationError
 from circuitry.instrumentation.logging import log
@@ -51,22 +51,13 @@ if TYPE_CHECKING:
     from circuitry.events import Event
     from circuitry.store.readmodel import ReadModel
 
-__all__ = ["Runner", "SharedStore", "StoreHealth", "check_clock", "check_options"]
+__all__ = ["Runner", "SharedStore", "StoreHealth", "check_options"]
 
 _STORE_SEQ = itertools.count(1)
 
 
 def _process_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def check_clock(clock: object) -> Clock:
-    """``clock`` (``None``: the system's), or a ConfigurationError naming ``clock``."""
-    if clock is None:
-        return SYSTEM_CLOCK
-    if not (callable(getattr(clock, "monotonic", None)) and callable(getattr(clock, "time", None))):
-        raise ConfigurationError(f"clock must have monotonic() and time() methods, got {clock!r}")
-    return clock  # type: ignore[return-value]
 
 
 def check_options(owner: str, options: Mapping[str, Any]) -> None:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 from circuitry._meta import version
 from circuitry._registry import default_db_path
 from circuitry.exceptions import ConfigurationError, SchemaVersionError, StoreError
+from circuitry.store import sqlite_path
 from circuitry.tools.terminal import Progress, ago, table, when
 
 if TYPE_CHECKING:
@@ -54,8 +55,8 @@ def _emit_json(data: Any, out: TextIO) -> None:
 
 
 def _exists(target: str) -> bool:
-    return ("://" in target and not target.startswith("sqlite:///")) or os.path.exists(
-        target[len("sqlite:///"):] if target.startswith("sqlite:///") else target)
+    path = sqlite_path(target)
+    return path is None or os.path.exists(path)  # (a server's URL: the connection says)
 
 
 def _reader(args: argparse.Namespace) -> ReadModel:
@@ -475,10 +476,10 @@ def _pg_versions(url: str) -> set[int]:
 
 
 def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
-    from circuitry.store.sqlite.schema import LATEST_VERSION, MIGRATIONS, TABLES, applied_versions, migrate
+    from circuitry.store.sqlite.schema import LATEST_VERSION, MIGRATIONS, TABLES, applied_versions, migrate, table_names
 
-    path = args.db[len("sqlite:///"):] if args.db.startswith("sqlite:///") else args.db
-    if "://" in path:  # a server (PostgreSQL): the store migrates it when it connects
+    path = sqlite_path(args.db)
+    if path is None:  # a server (PostgreSQL): the store migrates it when it connects
         from circuitry.store import open_store
 
         store = open_store(args.db)
@@ -508,13 +509,13 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
     try:
         applied = applied_versions(conn)
         pending = len({m.version for m in MIGRATIONS} - applied)
-        gone = sorted(TABLES - _tables(conn)) if applied else []  # dropped since: migrate() makes them again
+        gone = sorted(TABLES - table_names(conn)) if applied else []  # dropped since: migrate() makes them again
         show = args.progress if args.progress is not None else sys.stderr.isatty()
         progress = Progress(pending, "migrating", sys.stderr, enabled=pending > 0 and show)
         done = migrate(conn)
         progress.advance(len(done))
         progress.finish()
-        recreated = [t for t in gone if t in _tables(conn)]
+        recreated = [t for t in gone if t in table_names(conn)]
         versions = sorted(applied_versions(conn))
     finally:
         conn.close()
@@ -528,10 +529,6 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
     elif not recreated:
         out.write(f"{args.db}: up to date (schema version {max(versions)})\n")
     return 0
-
-
-def _tables(conn: sqlite3.Connection) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:

@@ -61,28 +61,16 @@ class FlakyService:
 
 
 def _demo_made(db: str) -> bool:
-    """Whether ``db`` is a database an earlier demo made: circuitry's mark, the demo's mark, and nothing
-    but circuit tables in it."""
-    from circuitry.store.sqlite.backend import APPLICATION_ID
+    """Whether ``db`` is a database an earlier demo made: one the store would set aside as its own
+    (circuitry's mark, circuit tables only) that also carries the demo's mark."""
+    from circuitry.store.sqlite.backend import SQLiteBackend
 
     try:
         with open(db, "rb") as f:
-            header = f.read(100)
+            header = f.read(64)
     except OSError:
         return False
-    if (len(header) < 100 or not header.startswith(b"SQLite format 3\x00")
-            or int.from_bytes(header[60:64], "big") != DEMO_MARK
-            or int.from_bytes(header[68:72], "big") != APPLICATION_ID):
-        return False
-    try:
-        raw = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
-        try:
-            names = [r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        finally:
-            raw.close()
-    except sqlite3.Error:
-        return False
-    return all(n.startswith(("circuit_breaker_", "circuitry_", "sqlite_")) for n in names)
+    return int.from_bytes(header[60:64], "big") == DEMO_MARK and SQLiteBackend(db).only_ours()[0]
 
 
 def check_demo_db(db: str) -> str | None:

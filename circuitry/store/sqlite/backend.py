@@ -26,23 +26,19 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from circuitry._checks import check_clock
 from circuitry._clock import SYSTEM_CLOCK, Clock
 from circuitry.exceptions import ConfigurationError, SchemaVersionError
 from circuitry.instrumentation.logging import log as _log
 from circuitry.store.backend import Connection, Fault, NoDatabaseError, Role
-from circuitry.store.engine import SharedStore, check_clock, check_options
+from circuitry.store.engine import SharedStore, check_options
 from circuitry.store.sharing import STATE_COLUMNS
-from circuitry.store.sqlite.schema import migrate
+from circuitry.store.sqlite.schema import TABLES, migrate, table_names
 
 __all__ = ["APPLICATION_ID", "SQLiteBackend", "SQLiteStore"]
 
 #: ``PRAGMA application_id`` of files circuitry creates ("circ").
 APPLICATION_ID: Final = 0x63697263
-_OURS: Final = frozenset({"circuitry_schema", "circuit_breaker_states", "circuit_breaker_events",
-                          "circuit_breaker_failure_patterns", "circuit_breaker_metrics", "circuit_breaker_alerts",
-                          "circuit_breaker_probe_leases", "circuit_breaker_seconds", "circuit_breaker_metrics_10m",
-                          "circuitry_analysis_leases",
-                          "circuitry_webhook_outbox"})
 # Kept referenced forever in a forked child: their finalizers must never run there.
 _ABANDONED: list[Any] = []
 
@@ -210,7 +206,7 @@ class SQLiteBackend:
 
     def _damaged(self, fault: Fault) -> dict[str, Any]:
         """Set the file aside only if circuitry created it and it holds nothing but circuitry's tables."""
-        ours, why = self._only_ours()
+        ours, why = self.only_ours()
         if not ours:
             what = "is not a SQLite database" if fault == "not_a_database" else "has damaged circuitry tables"
             return {"disable": f"{self.path} {what} ({why}); nothing was moved or changed — restore it, or "
@@ -226,7 +222,9 @@ class SQLiteBackend:
                 "note": f"the file was created by circuitry and held only circuit tables: it was moved to {aside} "
                         "and a new one is created; protected calls continue from memory meanwhile"}
 
-    def _only_ours(self) -> tuple[bool, str]:
+    def only_ours(self) -> tuple[bool, str]:
+        """Whether the file is circuitry's own -- created by it (its ``application_id``) and holding
+        circuit tables only -- and why not."""
         try:
             with open(self.path, "rb") as f:
                 header = f.read(100)
@@ -239,12 +237,12 @@ class SQLiteBackend:
         try:
             raw = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=0.5)
             try:
-                names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                names = table_names(raw)
             finally:
                 raw.close()
         except sqlite3.Error as err:
             return False, f"its table list is unreadable: {err}"
-        foreign = sorted(n for n in names - _OURS if not n.startswith("sqlite_"))
+        foreign = sorted(n for n in names - TABLES if not n.startswith("sqlite_"))
         if foreign:
             return False, f"it also holds other tables: {', '.join(foreign[:5])}"
         return True, "created by circuitry, circuit tables only"
@@ -287,15 +285,17 @@ class SQLiteStore(SharedStore):
         text = os.fspath(path) if isinstance(path, str | os.PathLike) else None
         if not isinstance(text, str) or not text.strip():
             raise ConfigurationError(f"path must be a file path, got {path!r}")
-        if text.startswith("sqlite:///"):  # as open_store() and the command line's --db take it
-            text = text[len("sqlite:///"):]
-        elif "://" in text:
+        from circuitry.store import sqlite_path
+
+        path_text = sqlite_path(text)  # as open_store() and the command line's --db take it
+        if path_text is None:
             raise ConfigurationError(f"path must be a file path or a sqlite:/// URL, got {text.split('://')[0]}://… "
                                      "(open_store() opens a postgresql:// URL)")
+        text = path_text
         if text == ":memory:":
             raise ConfigurationError("path must be a file: an in-memory database cannot be shared (a registry "
                                      "without a store keeps breakers in memory)")
-        if not text.strip() or os.path.isdir(text):
+        if not text.strip() or os.path.isdir(text):  # (sqlite:/// with nothing after it, or a directory)
             raise ConfigurationError(f"path must be a database file, got {path!r}"
                                      + (" (a directory)" if text.strip() else ""))
         check_options(type(self).__name__, options)

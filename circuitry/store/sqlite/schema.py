@@ -17,7 +17,7 @@ from pathlib import Path
 
 from circuitry.exceptions import SchemaVersionError
 
-__all__ = ["LATEST_VERSION", "MIGRATIONS", "Migration", "applied_versions", "migrate", "upgrade_columns"]
+__all__ = ["LATEST_VERSION", "MIGRATIONS", "Migration", "applied_versions", "migrate", "table_names", "upgrade_columns"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
 
@@ -120,6 +120,11 @@ def upgrade_columns(conn: sqlite3.Connection, log: Callable[[str, list[str]], No
     return added
 
 
+def table_names(conn: sqlite3.Connection) -> set[str]:
+    """The tables in the database (its own and circuitry's)."""
+    return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
 def applied_versions(conn: sqlite3.Connection) -> set[int]:
     exists = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'circuitry_schema'").fetchone()
@@ -142,8 +147,7 @@ def migrate(conn: sqlite3.Connection, log: Callable[[str, list[str]], None] | No
             "circuitry understands: upgrade circuitry to use it")
     # Tables dropped since they were made (a tool that removes tables it does not know): every
     # migration runs again -- they are idempotent -- and makes them anew, empty.
-    have = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    gone = sorted(TABLES - have) if applied else []
+    gone = sorted(TABLES - table_names(conn)) if applied else []
     if newest == LATEST_VERSION and not gone:
         return []
     upgrade_columns(conn, log)
