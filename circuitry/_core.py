@@ -827,18 +827,20 @@ class CircuitBreaker(Gate):
         if permit.probe is None:
             return
         lease = self._probes.pop(permit.probe, None)
-        if permit.lease and self._link is not None:
-            self._link.probe_done(permit.lease)
         now = self._now()
         if lease is None or lease <= now or permit.generation != self._gen or self._state is not HALF_OPEN:
-            return  # stale: the lease expired or the circuit moved on
-        if ok:
+            pass  # stale: the lease expired or the circuit moved on
+        elif ok:
             self._probe_ok += 1
             if self._probe_ok >= self._policy.success_threshold:
                 self._to(CLOSED, "probe_succeeded", now, events)
         else:
             self._reopens += 1
             self._to(OPEN, "probe_failed", now, events, exc, hint)
+        if permit.lease and self._link is not None:
+            # After the transition: the store keeps the lease until the transition it caused is written
+            # (the shared row says half_open until then), so no other process probes in between.
+            self._link.probe_done(permit.lease)
 
     def _release_probe(self, permit: Permit) -> None:
         if permit.probe is None:

@@ -421,6 +421,45 @@ def test_a_dead_probes_lease_does_not_outlive_a_wall_clock_step_back(make: Any, 
     assert b.admit().probe is not None
 
 
+def test_a_failed_probe_keeps_its_lease_until_the_reopening_is_written(
+        make: Any, clock: FakeClock, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer cycle lands between a failed probe and the write of its re-opening (the cycle took its
+    circuits to write just before the probe ended): it must not give the lease back yet. The row still
+    says half_open, so another process would take a lease and probe at once, and the re-opening, written
+    next, would then delete that lease while its probe ran, letting a third probe in beside it (two probes
+    in flight with ``half_open_max_calls=1``: seen with eight processes on a busy machine)."""
+    (reg_a, store_a), (reg_b, store_b) = make(), make()
+    a = reg_a.get("svc", failure_threshold=1, recovery_timeout=5, probe_timeout=30)
+    b = reg_b.get("svc", failure_threshold=1, recovery_timeout=5, probe_timeout=30)
+    fail(a)
+    assert eventually(lambda: b.state is CircuitState.OPEN)
+    clock.advance(5)
+    assert store_a.flush()
+    probe = a.admit()
+    assert probe.lease > 0
+    assert store_a.flush() and store_b.flush()
+
+    # Every cycle of a's writer now finds the circuit already taken for writing (it comes again next cycle).
+    monkeypatch.setattr(store_a.sharing, "sync", lambda conn, link, now: store_a._dirty.append(link))
+    a.record_failure(probe, Boom("still down"))
+    assert a.state is CircuitState.OPEN
+    assert store_a.flush()
+    assert rows(db, "SELECT current_state FROM circuit_breaker_states") == [("half_open",)]
+    assert rows(db, "SELECT count(*) FROM circuit_breaker_probe_leases WHERE kind = 'held'") == [(1,)]
+    for _ in range(2):  # b wants a probe; its writer finds the lease held
+        with pytest.raises(CircuitOpenError):
+            b.admit()
+        assert store_b.flush()
+    with pytest.raises(CircuitOpenError):
+        b.admit()
+
+    monkeypatch.undo()
+    assert store_a.flush()
+    assert rows(db, "SELECT current_state FROM circuit_breaker_states") == [("open",)]
+    assert rows(db, "SELECT count(*) FROM circuit_breaker_probe_leases WHERE kind = 'held'") == [(0,)]
+    assert eventually(lambda: b.state is CircuitState.OPEN)
+
+
 # -- 11. nothing on the caller's thread ----------------------------------------------------------------
 
 

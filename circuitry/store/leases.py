@@ -48,12 +48,15 @@ class Leases:
              memory: AbstractContextManager[object]) -> bool:
         """Give back ``link``'s finished leases and take one if it is due; False once the circuit is
         neither open nor half-open (nothing more to tend)."""
-        done = take_done(link)
+        b = link.breaker
+        # A probe that ended its episode keeps its lease until that transition is written: the shared row
+        # says half_open until then, and another process would take a lease and probe at once. (The
+        # breaker counts the transition before it hands the lease back, and this cycle's sync comes first.)
+        done = take_done(link) if b.generation == link.synced_gen else []
         if done:
             with db() as conn:
                 self.release(conn, done)
             link.last_attempt = 0.0  # a lease just came free: a waiting caller may have it at once
-        b = link.breaker
         snap = b.snapshot()
         if snap.state is not CircuitState.OPEN and snap.state is not CircuitState.HALF_OPEN:
             return bool(link.grants or link.done)
