@@ -400,6 +400,13 @@ def test_a_cancelled_probe_frees_the_circuit_at_once(make: Any, clock: FakeClock
     assert b.state is CircuitState.CLOSED
 
 
+def _holder(*pairs: tuple[CircuitBreaker, SQLiteStore]) -> list[tuple[CircuitBreaker, SQLiteStore]]:
+    """The (breaker, store) pairs, the one whose writer took the probe lease as the open period ended first
+    (which one does is a race between the writers)."""
+    assert eventually(lambda: any(b.linked.grants for b, _ in pairs))  # type: ignore[union-attr]
+    return sorted(pairs, key=lambda pair: not pair[0].linked.grants)  # type: ignore[union-attr]
+
+
 def test_a_dead_probes_lease_does_not_outlive_a_wall_clock_step_back(make: Any, clock: FakeClock) -> None:
     """The wall clock steps back an hour while a dead process holds a lease: the lease, dated in the
     future now, counts as expired (it does not keep the circuit refusing for an hour)."""
@@ -409,16 +416,16 @@ def test_a_dead_probes_lease_does_not_outlive_a_wall_clock_step_back(make: Any, 
     fail(a)
     assert eventually(lambda: b.state is CircuitState.OPEN)
     clock.advance(5)
-    assert store_a.flush()
-    a.admit()  # a's probe; then a "dies": its lease is never given back
-    store_a.writer.stop(2)
+    (dead, dead_store), (live, live_store) = _holder((a, store_a), (b, store_b))
+    dead.admit()  # its probe; then its process "dies": the lease is never given back
+    dead_store.writer.stop(2)
     clock.set_wall(clock.time() - 3600)
     clock.advance(1)
     with pytest.raises(CircuitOpenError):
-        b.admit()  # b's wish for a lease
-    assert store_b.flush()
-    assert eventually(lambda: bool(b.linked.grants))  # type: ignore[union-attr]
-    assert b.admit().probe is not None
+        live.admit()  # the live process's wish for a lease
+    assert live_store.flush()
+    assert eventually(lambda: bool(live.linked.grants))  # type: ignore[union-attr]
+    assert live.admit().probe is not None
 
 
 def test_a_failed_probe_keeps_its_lease_until_the_reopening_is_written(
@@ -434,30 +441,31 @@ def test_a_failed_probe_keeps_its_lease_until_the_reopening_is_written(
     fail(a)
     assert eventually(lambda: b.state is CircuitState.OPEN)
     clock.advance(5)
-    assert store_a.flush()
-    probe = a.admit()
+    (prober, prober_store), (other, other_store) = _holder((a, store_a), (b, store_b))
+    probe = prober.admit()
     assert probe.lease > 0
-    assert store_a.flush() and store_b.flush()
+    assert prober_store.flush() and other_store.flush()
 
-    # Every cycle of a's writer now finds the circuit already taken for writing (it comes again next cycle).
-    monkeypatch.setattr(store_a.sharing, "sync", lambda conn, link, now: store_a._dirty.append(link))
-    a.record_failure(probe, Boom("still down"))
-    assert a.state is CircuitState.OPEN
-    assert store_a.flush()
+    # Every cycle of the prober's writer now finds the circuit already taken for writing (it comes again
+    # next cycle).
+    monkeypatch.setattr(prober_store.sharing, "sync", lambda conn, link, now: prober_store._dirty.append(link))
+    prober.record_failure(probe, Boom("still down"))
+    assert prober.state is CircuitState.OPEN
+    assert prober_store.flush()
     assert rows(db, "SELECT current_state FROM circuit_breaker_states") == [("half_open",)]
     assert rows(db, "SELECT count(*) FROM circuit_breaker_probe_leases WHERE kind = 'held'") == [(1,)]
-    for _ in range(2):  # b wants a probe; its writer finds the lease held
+    for _ in range(2):  # the other wants a probe; its writer finds the lease held
         with pytest.raises(CircuitOpenError):
-            b.admit()
-        assert store_b.flush()
+            other.admit()
+        assert other_store.flush()
     with pytest.raises(CircuitOpenError):
-        b.admit()
+        other.admit()
 
     monkeypatch.undo()
-    assert store_a.flush()
+    assert prober_store.flush()
     assert rows(db, "SELECT current_state FROM circuit_breaker_states") == [("open",)]
     assert rows(db, "SELECT count(*) FROM circuit_breaker_probe_leases WHERE kind = 'held'") == [(0,)]
-    assert eventually(lambda: b.state is CircuitState.OPEN)
+    assert eventually(lambda: other.state is CircuitState.OPEN)
 
 
 # -- 11. nothing on the caller's thread ----------------------------------------------------------------
