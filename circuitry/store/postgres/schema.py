@@ -8,12 +8,11 @@ transaction makes them apply it one after the other (the second finds it recorde
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from circuitry.exceptions import SchemaVersionError
+from circuitry.store.migration_files import Migration, created_tables, discover
 
 if TYPE_CHECKING:
     import psycopg
@@ -25,30 +24,10 @@ MIGRATIONS_DIR: Final = Path(__file__).resolve().parent.parent.parent / "migrati
 LOCK_KEY: Final = 0x63697263
 
 
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    name: str
-    path: Path
-
-    @property
-    def sql(self) -> str:
-        return self.path.read_text(encoding="utf-8")
-
-
-def _discover() -> tuple[Migration, ...]:
-    found = []
-    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
-        m = re.fullmatch(r"(\d+)_(\w+)\.sql", path.name)
-        if m:
-            found.append(Migration(int(m.group(1)), m.group(2), path))
-    return tuple(sorted(found, key=lambda m: m.version))
-
-
-MIGRATIONS: Final = _discover()
+MIGRATIONS: Final = discover(MIGRATIONS_DIR)
 LATEST_VERSION: Final = MIGRATIONS[-1].version if MIGRATIONS else 0
 #: The tables the migrations create.
-TABLES: Final = frozenset(t for m in MIGRATIONS for t in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", m.sql))
+TABLES: Final = created_tables(MIGRATIONS)
 
 
 def applied_versions(conn: psycopg.Connection[tuple[object, ...]]) -> set[int]:

@@ -9,43 +9,22 @@ there, so ``sqlite3 db < migrations/008_….sql`` on such a database leaves the 
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from circuitry.exceptions import SchemaVersionError
+from circuitry.store.migration_files import Migration, created_tables, discover
 
 __all__ = ["LATEST_VERSION", "MIGRATIONS", "Migration", "applied_versions", "migrate", "table_names", "upgrade_columns"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
 
 
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    name: str
-    path: Path
-
-    @property
-    def sql(self) -> str:
-        return self.path.read_text(encoding="utf-8")
-
-
-def _discover() -> tuple[Migration, ...]:
-    found = []
-    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
-        m = re.fullmatch(r"(\d+)_(\w+)\.sql", path.name)
-        if m:
-            found.append(Migration(int(m.group(1)), m.group(2), path))
-    return tuple(sorted(found, key=lambda m: m.version))
-
-
-MIGRATIONS = _discover()
+MIGRATIONS = discover(MIGRATIONS_DIR)
 LATEST_VERSION = MIGRATIONS[-1].version if MIGRATIONS else 0
 #: The tables the migrations create.
-TABLES = frozenset(t for m in MIGRATIONS for t in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", m.sql))
+TABLES = created_tables(MIGRATIONS)
 
 # Columns circuitry added to tables that may exist in an older shape: (type for ADD COLUMN, backfill).
 # SQLite's ADD COLUMN cannot add a NOT NULL column without a default, nor a primary key: the shapes
