@@ -368,6 +368,32 @@ def default_db_path() -> str | None:
     return value
 
 
+#: A store target that keeps breakers in this process's memory only (as ``CIRCUITRY_DB=:memory:`` does).
+MEMORY = ":memory:"
+
+
+def store_identity(target: str | os.PathLike[str], argument: str = "target") -> str:
+    """What a store target names, the same for every spelling of it: :data:`MEMORY`, a server's URL, or the
+    absolute path of a SQLite file (which need not exist yet). A ConfigurationError naming ``argument``
+    when it is not a path, is empty, or is a directory."""
+    text = os.fspath(target) if isinstance(target, str | os.PathLike) else None
+    if not isinstance(text, str):
+        raise ConfigurationError(f"{argument} must be a file path, ':memory:' or None, got {target!r}")
+    from circuitry.store import sqlite_path
+
+    path = sqlite_path(text)
+    if path is None:
+        return text  # a server's URL: open_store says whether it can open it
+    if path == MEMORY:
+        return MEMORY
+    if not path.strip():
+        raise ConfigurationError(f"{argument} must name a file, got {target!r}")
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        raise ConfigurationError(f"{argument} must be a database file, but {path} is a directory")
+    return path
+
+
 def _open_default_store() -> Store | None:
     path = default_db_path()
     if path is None:

@@ -17,40 +17,15 @@ from typing import Any
 
 from circuitry._core import CircuitBreaker
 from circuitry._policy import Policy
-from circuitry._registry import Registry, _conflict_message, default_registry
+from circuitry._registry import MEMORY, Registry, _conflict_message, default_registry, store_identity
 from circuitry._state import CircuitState
 from circuitry.exceptions import ConfigurationError, RegistryConflictError, StoreError
 
 __all__ = ["DatabaseCircuitBreaker", "MultiServiceDatabaseCircuitBreaker"]
 
-#: ``db_path=":memory:"``: breakers kept in this process's memory only (as with ``CIRCUITRY_DB=:memory:``).
-MEMORY = ":memory:"
-
 _registries: dict[str, Registry] = {}
 _registries_lock = threading.Lock()
 _UNSET: Any = object()
-
-
-def _registry_key(db_path: str | os.PathLike[str]) -> str:
-    """What ``db_path`` names: :data:`MEMORY`, a database URL, or the absolute path of a file (which
-    need not exist yet); a ConfigurationError naming ``db_path`` for anything else."""
-    text = os.fspath(db_path) if isinstance(db_path, str | os.PathLike) else None
-    if not isinstance(text, str):
-        raise ConfigurationError(f"db_path must be a file path, ':memory:' or None, got {db_path!r}")
-    from circuitry.store import sqlite_path
-
-    path = sqlite_path(text)
-    if path is None:
-        return text  # a server's URL: open_store says whether it can open it
-    text = path
-    if text == MEMORY:
-        return MEMORY
-    if not text.strip():
-        raise ConfigurationError(f"db_path must name a file, got {db_path!r}")
-    path = os.path.abspath(text)
-    if os.path.isdir(path):
-        raise ConfigurationError(f"db_path must be a database file, but {path} is a directory")
-    return path
 
 
 def registry_for(db_path: str | os.PathLike[str] | None) -> Registry:
@@ -62,7 +37,7 @@ def registry_for(db_path: str | os.PathLike[str] | None) -> Registry:
     """
     if db_path is None:
         return default_registry()
-    key = _registry_key(db_path)
+    key = store_identity(db_path, "db_path")
     with _registries_lock:
         registry = _registries.get(key)
         if registry is None:
