@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from circuitry.analysis.adjust import Adjustment, AdjustPolicy, MeasuredCost, decide, measure_cost
+from circuitry.analysis.adjust import Adjustment, AdjustPolicy, MeasuredCost, decide, measure_cost, refused_stretches
 from circuitry.analysis.history import MinuteRollup
 from circuitry.analysis.recommend import Recommendation
-from circuitry.analysis.replay import Cost, Settings
+from circuitry.analysis.replay import Cost, Settings, Transition
 from circuitry.exceptions import ConfigurationError
 
 CURRENT = Settings(5, 60.0)
@@ -252,3 +252,56 @@ def test_censored_advice_rests_on_the_probes_not_on_a_label() -> None:
 def test_policy_validates(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):
         AdjustPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def _periodic_outage(threshold: int, open_for: float, cycles: int = 6) -> tuple[list[MinuteRollup], list[Transition]]:
+    """A service at 5 calls/s that fails for the first 30 s of every 5 minutes, each outage starting as a
+    minute starts, behind a breaker of ``threshold`` failures and a fixed ``open_for`` open period: the
+    trip at ``threshold / 5`` s, one probe as the period ends, which succeeds (the outage is over)."""
+    minutes: list[MinuteRollup] = []
+    transitions: list[Transition] = []
+    for c in range(cycles):
+        t0 = c * 300.0
+        trip = t0 + threshold / 5
+        until = trip + open_for
+        transitions += [Transition(trip, "closed", "open"), Transition(until, "open", "half_open"),
+                        Transition(until, "half_open", "closed")]
+        for k in range(5):
+            lo, hi = t0 + 60 * k, t0 + 60 * (k + 1)
+            refused = round(5 * max(0.0, min(hi, until) - max(lo, trip)))
+            failures = threshold if k == 0 else 0
+            calls = 300 - refused - (round(5 * (trip - lo)) - threshold if k == 0 else 0)
+            minutes.append(MinuteRollup(int(lo // 60), calls, calls - failures, failures, refused))
+    return minutes, transitions
+
+
+def test_the_measured_cost_prices_refused_calls_by_the_probe_that_ended_them() -> None:
+    """A 30 s outage every 5 minutes: a 30 s open period refuses far fewer healthy calls than a 60 s one.
+    Per minute alone the verdict was the other way round: the minute holding the trip and its whole 60 s
+    open period counted as failing, so its refused calls looked free, while the 30 s period's minute was
+    healthy and its refusals all counted -- and ``auto_apply`` rolled the good change back."""
+    long_m, long_t = _periodic_outage(5, 60.0)
+    short_m, short_t = _periodic_outage(3, 30.0)
+    long_cost, short_cost = measure_cost(long_m, transitions=long_t), measure_cost(short_m, transitions=short_t)
+    # each 60 s period refused 300 calls, half of them guessed healthy (the probe succeeded: the service came
+    # back somewhere in it); each 30 s period 150, half of that; plus the 5 failures of the trip's minute
+    assert long_cost.cost == pytest.approx(6 * (5 + 150.0))
+    assert short_cost.cost == pytest.approx(6 * 75.0)
+    coarse_long, coarse_short = measure_cost(long_m), measure_cost(short_m)
+    assert coarse_short.per_call > coarse_long.per_call  # the coarse measure's inverted verdict
+    change = Adjustment(1800.0, "adjust", Settings(5, 60.0), Settings(3, 30.0), long_cost, short_cost)
+    assert decide(Settings(3, 30.0), rec(has=False), now=3600.0, history=[change]).action == "hold"
+    coarse = replace(change, cost_before=coarse_long, cost_after=coarse_short)
+    assert decide(Settings(3, 30.0), rec(has=False), now=3600.0, history=[coarse]).action == "rollback"
+
+
+def test_refused_calls_of_a_stretch_whose_probe_failed_were_not_healthy() -> None:
+    trip = [Transition(0.0, "closed", "open"), Transition(60.0, "open", "half_open"),
+            Transition(60.0, "half_open", "open"), Transition(120.0, "open", "half_open"),
+            Transition(120.0, "half_open", "closed")]
+    assert refused_stretches(trip, 0.0, 180.0) == [(0.0, 60.0, 0.0), (60.0, 120.0, 0.5)]
+    minutes = [MinuteRollup(0, 5, 0, 5, 295), MinuteRollup(1, 1, 0, 1, 299), MinuteRollup(2, 300, 300, 0, 0)]
+    assert measure_cost(minutes, transitions=trip).cost == pytest.approx(5 + 1 + 0.5 * 299)
+    forced = [Transition(0.0, "closed", "forced_open"), Transition(120.0, "forced_open", "closed")]
+    assert measure_cost(minutes, transitions=forced).cost == pytest.approx(5 + 1)  # the operator's, not the settings'
+    assert refused_stretches([Transition(100.0, "closed", "open")], 0.0, 180.0) == [(100.0, 180.0, 0.5)]

@@ -272,8 +272,8 @@ def run_fixed(svc: Service, settings: Settings) -> Tally:
     return tally
 
 
-def run_advised(svc: Service, seed: int, decide: Callable[[Settings, Recommendation, float, list[MinuteRollup]],
-                                                          Settings] | None = None) -> Tally:
+def run_advised(svc: Service, seed: int, decide: Callable[[Settings, Recommendation, float, list[MinuteRollup],
+                                                           list[Transition]], Settings] | None = None) -> Tally:
     """The analyst's loop: every 15 minutes, classify the last 900 s as stored and follow the advice."""
     tally = Tally()
     settings = DEFAULTS
@@ -315,7 +315,7 @@ def run_advised(svc: Service, seed: int, decide: Callable[[Settings, Recommendat
         new = settings
         if decide is not None:
             rollups = [MinuteRollup(m, c, c - f, f, b.rejected.get(m, 0)) for m, (c, f) in per_minute.items()]
-            new = decide(settings, rec, now, rollups)
+            new = decide(settings, rec, now, rollups, trans)
         elif rec.has_recommendations:
             new = Settings(rec.recommended_threshold, rec.recommended_timeout, rec.backoff_multiplier or 1.0,
                            rec.max_timeout)
@@ -335,19 +335,21 @@ class Auto:
         self.changes: list[Adjustment] = []
         self.recent: list[Recommendation] = []
 
-    def __call__(self, current: Settings, rec: Recommendation, now: float, minutes: list[MinuteRollup]) -> Settings:
+    def __call__(self, current: Settings, rec: Recommendation, now: float, minutes: list[MinuteRollup],
+                 transitions: list[Transition]) -> Settings:
         policy = AdjustPolicy()
         if self.changes:  # the measured cost of the last change: over the evaluation stretch after it, as
             last = self.changes[-1]  # the analyst measures it (a fixed stretch: judged once)
             end = min(now, last.at + policy.evaluation)
-            after = measure_cost((m for m in minutes if last.at <= m.minute * 60.0 < end), last.refused_healthy)
+            after = measure_cost((m for m in minutes if last.at <= m.minute * 60.0 < end), last.refused_healthy,
+                                 transitions=transitions)
             self.changes[-1] = replace(last, cost_after=after)
         d = decide(current, rec, now=now, history=self.changes, recent=self.recent, policy=policy)
         self.recent = [*self.recent[-4:], rec]
         if d.action == "hold":
             return current
         before = measure_cost((m for m in minutes if now - policy.evaluation <= m.minute * 60.0 < now),
-                              d.refused_healthy)
+                              d.refused_healthy, transitions=transitions)
         self.changes.append(Adjustment(now, "rollback" if d.action == "rollback" else "adjust", current, d.settings,
                                        cost_before=before, refused_healthy=d.refused_healthy))
         return d.settings

@@ -4,7 +4,7 @@ whether to hold the breaker's settings, adjust them one bounded step, or roll th
 Pure: :func:`decide` does no I/O and reads no clock. The runner that calls it owns the rest: it writes each
 change to the events table with the decision's ``reason`` and ``evidence``, makes one decision per circuit
 across processes (a lease), and fills in the measured cost before and after each change
-(:func:`measure_cost` over the store's per-minute rollups).
+(:func:`measure_cost` over the store's per-minute rollups and the breaker's transitions).
 
 The rules, with their :class:`AdjustPolicy` tunables:
 
@@ -57,10 +57,10 @@ from typing import Any, Literal
 from circuitry.analysis.censored import LOCKED_PROBES
 from circuitry.analysis.history import MinuteRollup
 from circuitry.analysis.recommend import Recommendation
-from circuitry.analysis.replay import Settings
+from circuitry.analysis.replay import Settings, Transition
 from circuitry.exceptions import ConfigurationError
 
-__all__ = ["AdjustPolicy", "Adjustment", "Decision", "MeasuredCost", "decide", "measure_cost"]
+__all__ = ["AdjustPolicy", "Adjustment", "Decision", "MeasuredCost", "decide", "measure_cost", "refused_stretches"]
 
 Action = Literal["hold", "adjust", "rollback"]
 
@@ -191,13 +191,52 @@ class Decision:
         return float(h) if isinstance(h, int | float) and not isinstance(h, bool) else None
 
 
-def measure_cost(minutes: Iterable[MinuteRollup], refused_healthy: float | None = None) -> MeasuredCost:
+def refused_stretches(transitions: Sequence[Transition], start: float, end: float) -> list[tuple[float, float, float]]:
+    """``(from, to, healthy share)`` for each stretch of ``[start, end]`` in which the breaker refused calls.
+
+    The service was failing when the stretch began (the breaker opened on it) and the probe that ended it
+    says how it was at the end: a probe that succeeded means it recovered somewhere in the stretch -- half
+    of it is the guess, for want of knowing where; a probe that failed means it was failing throughout (no
+    healthy call refused). A stretch still running at ``end``, or ended by an operator, is an even guess
+    too; one the operator forced open is not the settings' doing and costs nothing.
+    """
+    ordered = sorted(transitions, key=lambda tr: tr.ts)
+    out: list[tuple[float, float, float]] = []
+    opened: float | None = None
+    forced = False
+    for i, tr in enumerate(ordered):
+        if tr.to_state in ("open", "forced_open"):
+            if opened is None:
+                opened, forced = tr.ts, tr.to_state == "forced_open"
+            continue
+        if opened is None:
+            continue
+        share = 0.5
+        if forced:
+            share = 0.0
+        elif tr.to_state == "half_open":
+            outcome = next((t.to_state for t in ordered[i + 1:] if t.to_state != "half_open"), None)
+            share = 0.0 if outcome == "open" else 0.5
+        out.append((opened, tr.ts, share))
+        opened = None
+    if opened is not None:
+        out.append((opened, end, 0.0 if forced else 0.5))
+    return [(max(a, start), min(b, end), h) for a, b, h in out if b > start and a < end]
+
+
+def measure_cost(minutes: Iterable[MinuteRollup], refused_healthy: float | None = None, *,
+                 transitions: Sequence[Transition] | None = None) -> MeasuredCost:
     """Estimate the explicit cost of a stretch from its per-minute rollups.
 
-    A minute in which half or more of the decided calls failed (or which refused more than it decided, and
-    whose probes failed) counts as failing: its decided calls were let through to a failing service. In
-    the other minutes, the refused calls were healthy calls refused. Coarse -- a minute is one state --
-    but the same for the stretches before and after a change, which is what the comparison needs.
+    A minute in which half or more of the decided calls failed counts as failing: its decided calls were
+    let through to a failing service. The refused calls are priced by the breaker's ``transitions``
+    where they are given: spread over the minute's refusing seconds, each stretch's share of them at its
+    healthy share (:func:`refused_stretches`: half of a stretch that ended with a successful probe, none of
+    one that ended with a failed probe). Without transitions -- coarse, a minute is one state -- the refused
+    calls of a minute that is not failing were healthy calls refused, and those of a failing one (or of one
+    that refused more than it decided, and whose probes failed) were not. The coarse measure misreads a
+    minute that holds both a trip and its whole open period: refusing a service for a minute after it
+    recovered looks free there, and a change that shortens the open period looks like a loss.
 
     With ``refused_healthy`` (for a change made on censored advice) a minute costs its failed calls, and
     its refused calls at the share of them that were healthy: ``refused_healthy`` in a minute that refused
@@ -209,31 +248,54 @@ def measure_cost(minutes: Iterable[MinuteRollup], refused_healthy: float | None 
     Args:
         minutes: The stretch's rollups.
         refused_healthy: Share of the refused calls taken to be healthy where the minute cannot tell, in
-            ``[0, 1]``; ``None``: the coarse measure above.
+            ``[0, 1]``; ``None``: as above.
+        transitions: The breaker's state changes over the stretch (and from an open period before it);
+            ``None``: the coarse measure.
 
     Returns:
         The measured cost.
 
     Raises:
         ConfigurationError: ``refused_healthy`` is outside ``[0, 1]``.
+
+    .. versionchanged:: 0.1.0
+        ``transitions``.
     """
     h = refused_healthy
     if h is not None and (isinstance(h, bool) or not isinstance(h, int | float) or not 0.0 <= h <= 1.0):
         raise ConfigurationError(f"refused_healthy must be within [0, 1], got {refused_healthy!r}")
+    rows = sorted(minutes, key=lambda m: m.minute)
+    stretches = (refused_stretches(transitions, rows[0].minute * 60.0, (rows[-1].minute + 1) * 60.0)
+                 if transitions is not None and rows and refused_healthy is None else [])
     calls = 0
     cost = 0.0
-    first = last = None
-    for m in minutes:
-        first = m.minute if first is None else min(first, m.minute)
-        last = m.minute if last is None else max(last, m.minute)
+    k = 0
+    for m in rows:
         calls += m.calls + m.rejections
         if refused_healthy is not None:
             healthy = refused_healthy if m.rejections > m.calls else m.successes / m.calls if m.calls else 0.0
             cost += m.failures + healthy * m.rejections
             continue
         failing = 2 * m.failures >= m.calls if m.calls else m.rejections > 0
-        cost += m.calls if failing else m.rejections
-    seconds = 60.0 * (last - first + 1) if first is not None and last is not None else 0.0
+        cost += m.calls if failing else 0
+        if not m.rejections:
+            continue
+        lo, hi = m.minute * 60.0, m.minute * 60.0 + 60.0
+        while k < len(stretches) and stretches[k][1] <= lo:
+            k += 1
+        refusing = weighted = 0.0
+        for a, b, share in stretches[k:]:
+            if a >= hi:
+                break
+            overlap = min(b, hi) - max(a, lo)
+            if overlap > 0:
+                refusing += overlap
+                weighted += overlap * share
+        if refusing > 0:
+            cost += m.rejections * weighted / refusing
+        elif not failing:  # no transition explains these refusals (none given, or not recorded)
+            cost += m.rejections
+    seconds = 60.0 * (rows[-1].minute - rows[0].minute + 1) if rows else 0.0
     return MeasuredCost(seconds, calls, cost)
 
 

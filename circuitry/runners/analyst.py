@@ -59,6 +59,13 @@ def _rollups(read: ReadModel, name: str, since: float, until: float) -> list[Min
     return out
 
 
+def _transitions(read: ReadModel, name: str, since: float, until: float) -> list[Transition]:
+    """The breaker's state changes as the analysis reads them."""
+    return [Transition(float(r["ts"]), r["from_state"] or "closed", r["to_state"] or "closed",
+                       str(json_object(r["additional_data"]).get("reason") or ""))
+            for r in read.transitions(name, since, until)]
+
+
 def analyse_stored(read: ReadModel, name: str, *, now: float, window: float, settings: Settings,
                    replay: float = 3600.0, horizon: float | None = DEFAULT_HORIZON) -> Analysis:
     """Analyse circuit ``name`` from what the store holds: the per-second counts of the last ``replay``
@@ -70,9 +77,7 @@ def analyse_stored(read: ReadModel, name: str, *, now: float, window: float, set
     """
     since = now - max(window, replay)
     series = Series.from_rows(read.series(name, since, now), start=since, end=now)
-    transitions = [Transition(float(r["ts"]), r["from_state"] or "closed", r["to_state"] or "closed",
-                              str(json_object(r["additional_data"]).get("reason") or ""))
-                   for r in read.transitions(name, since - 3600.0, now)]
+    transitions = _transitions(read, name, since - 3600.0, now)
     history = _rollups(read, name, now - ROLLUP_SPAN, now)
     return analyse(series, now=now, current_threshold=settings.threshold, current_timeout=settings.timeout,
                    current_backoff=settings.backoff, current_max_timeout=settings.max_timeout, window=window,
@@ -347,7 +352,7 @@ class Analyst:
         # A change made on censored advice is judged with refused calls priced at the healthy share the
         # probes saw, before and after alike (see measure_cost).
         healthy = d.refused_healthy
-        before = measure_cost(_rollups(self.store.read, name, now - p.evaluation, now), healthy)
+        before = self._measure(name, now - p.evaluation, now, healthy)
         data = {"action": d.action, "reason": d.reason, "before": _plain_settings(current),
                 "after": _plain_settings(d.settings), "evidence": d.evidence, "refused_healthy": healthy,
                 "cost_before": {"seconds": before.seconds, "calls": before.calls, "cost": before.cost}}
@@ -357,6 +362,13 @@ class Analyst:
         _log("warning" if d.action == "rollback" else "info", "circuitry.adjusted", circuit=name,
              action=d.action, reason=d.reason)
         return d
+
+    def _measure(self, name: str, since: float, until: float, healthy: float | None) -> MeasuredCost:
+        """:func:`~circuitry.analysis.adjust.measure_cost` of a stretch, its refused calls priced by the
+        transitions (from an hour before it: an open period that began earlier)."""
+        read = self.store.read
+        return measure_cost(_rollups(read, name, since, until), healthy,
+                            transitions=_transitions(read, name, since - 3600.0, until + 60.0))
 
     def _rows_of(self, name: str, since: float, now: float) -> list[dict[str, Any]]:
         rows = self.store.read.events(name, since, now, event_type=ADJUSTMENT_EVENT, limit=1000)
@@ -385,8 +397,7 @@ class Analyst:
                 healthy = None  # not censored advice, or a row not of ours
             # The evaluation seconds after it and no later (the whole minutes in them, from the first that
             # starts at or after it): a fixed stretch, so the change is judged once, whatever comes after.
-            cost_after = (measure_cost(_rollups(self.store.read, name, at + (-at) % 60.0,
-                                                min(now, at + p.evaluation) - 60.0), healthy)
+            cost_after = (self._measure(name, at + (-at) % 60.0, min(now, at + p.evaluation) - 60.0, healthy)
                           if d["action"] == "adjust" else None)
             out.append(Adjustment(at, d["action"], before, after, cost_before, cost_after, healthy))
         return out
