@@ -802,6 +802,62 @@ def test_a_trip_from_memory_never_undoes_what_was_stored_since(target: Target) -
     assert [tuple(m) for m in moves] == [("closed", "open"), ("open", "closed")]
 
 
+def test_a_process_starting_during_an_outage_takes_the_stored_opening(target: Target) -> None:
+    """A process starts while the circuit is open and cannot read its row yet (PostgreSQL never reads on a
+    caller's thread; a SQLite file may be locked): it runs closed, and its callers trip it from memory.
+    That trip is the stored outage seen late: the stored opening stands (its open period is not started
+    again), and no ``open -> open`` row is made up."""
+    reg_a, store_a = target.make()
+    a = reg_a.get("svc", failure_threshold=2, recovery_timeout=600)
+    fail(a, 2)
+    assert store_a.flush()
+    (opened_at, open_until), = target.rows("SELECT opened_at, open_until FROM circuit_breaker_states")
+    target.clock.advance(5)
+    reg_b, store_b = target.make()
+    real = store_b.backend.connect
+    blocked = [True]
+
+    def connect(role: Any, *, timeout: float) -> Any:
+        if blocked[0]:
+            raise OSError(errno.EACCES, "the database cannot be reached yet")
+        return real(role, timeout=timeout)
+
+    store_b.backend.connect = connect  # type: ignore[method-assign]
+    b = reg_b.get("svc", failure_threshold=2, recovery_timeout=600)
+    assert b.state is CircuitState.CLOSED  # nothing read yet
+    fail(b, 2)  # its callers trip it from memory
+    blocked[0] = False
+    assert eventually(lambda: store_b.flush(0.5))
+    assert [tuple(r) for r in target.rows("SELECT current_state, opened_at, open_until FROM "
+                                          "circuit_breaker_states")] == [("open", opened_at, open_until)]
+    moves = target.rows("SELECT from_state, to_state FROM circuit_breaker_events WHERE event_type = 'state_change' "
+                        "ORDER BY id")
+    assert [tuple(m) for m in moves] == [("closed", "open")]
+    assert b.state is CircuitState.OPEN
+    assert b.stats().opened_at == a.stats().opened_at
+
+
+def test_a_process_starting_during_an_outage_refuses_from_its_first_call(target: Target) -> None:
+    """A new process's first breaker waits a moment, once, for the store's first read when it cannot read
+    its row at once (PostgreSQL: always): the stored opening is in force before its first call, so no call
+    reaches the failing service. With ``startup_wait=0`` it runs closed until its writer has read."""
+    reg_a, store_a = target.make()
+    a = reg_a.get("svc", failure_threshold=2, recovery_timeout=600)
+    fail(a, 2)
+    assert store_a.flush()
+    reg_b, _ = target.make()
+    b = reg_b.get("svc", failure_threshold=2, recovery_timeout=600)
+    assert b.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError):
+        b.admit()
+    assert b.stats().opened_at == a.stats().opened_at
+    if target.kind == "postgresql":  # (a SQLite file not locked is read at once, wait or not)
+        reg_c, store_c = target.make(startup_wait=0)
+        c = reg_c.get("svc", failure_threshold=2, recovery_timeout=600)
+        assert c.state is CircuitState.CLOSED  # not read yet
+        assert store_c.flush() and c.state is CircuitState.OPEN
+
+
 def _probe_succeeds(b: Any) -> bool:
     try:
         permit = b.admit()

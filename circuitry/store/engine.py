@@ -85,6 +85,10 @@ class SharedStore:
         metrics_interval: Seconds between writes of the per-second and per-minute counts.
         queue_size: Event rows that may wait to be written; beyond it rows are dropped and counted.
         busy_timeout: Seconds a lock may last before it is reported as a fault.
+        startup_wait: Seconds the first breaker of a process may wait, once, for the store's first read
+            of the stored states when it cannot read its own at once (PostgreSQL always; SQLite while the
+            file is locked), so that a process starting during an outage keeps the circuit open; 0 never
+            waits (the breakers then take the stored states a writer cycle later, running closed meanwhile).
         clock: The wall clock of timestamps (inject the registry's fake clock in tests).
         failure_rows_per_second: Failure rows written one by one per circuit and second; the rest of
             a second's failures go into one row carrying their number (``occurrences``).
@@ -108,12 +112,14 @@ class SharedStore:
                  busy_timeout: float = 5.0, clock: Clock | None = None, failure_rows_per_second: int = 100,
                  second_retention: float | None = None, exit_timeout: float = 0.5,
                  analysis_interval: float = 60.0, analysis_window: float = 900.0,
-                 alert_policy: AlertPolicy | None = None, auto_apply: bool = False) -> None:
+                 alert_policy: AlertPolicy | None = None, auto_apply: bool = False,
+                 startup_wait: float = 0.5) -> None:
         self.retention = check_number("retention", retention, lo=1.0, hi=10 * 365 * 86400.0, lo_open=False)
         self.poll_interval = check_number("poll_interval", poll_interval, lo=0.001, hi=60.0, lo_open=False)
         self.metrics_interval = check_number("metrics_interval", metrics_interval, lo=0.01, hi=3600.0,
                                              lo_open=False)
         self.busy_timeout = check_number("busy_timeout", busy_timeout, lo=0.0, hi=600.0, lo_open=False)
+        self.startup_wait = check_number("startup_wait", startup_wait, lo=0.0, hi=60.0, lo_open=False)
         self.exit_timeout = check_number("exit_timeout", exit_timeout, lo=0.0, hi=60.0, lo_open=False)
         self.analysis_interval = check_number("analysis_interval", analysis_interval, lo=0.01, hi=86400.0,
                                               lo_open=False)
@@ -155,6 +161,7 @@ class SharedStore:
         self.faults = Faults(self.backend, busy_timeout=self.busy_timeout, retry=self.poll_interval,
                              memory=self._memory_mode, record=self.rows.put, process=self.process, clock=self._time)
         self.writer = Writer(self)
+        self._startup_waited = False
         self._superseded = 0
         self.sharing = Sharing(self.process, self._shared_transition, self._count_superseded)
         self.sharing.before_write = self.writer.failures_first
@@ -186,7 +193,16 @@ class SharedStore:
         link.memory = self.faults.fault is not None
         known = self.sharing.known.get(breaker.name)
         if known is None and not self.writer.warm:  # before the writer's first read: one read that never waits
-            known = self.read.state_now(breaker.name)
+            read, known = self.read.state_now(breaker.name)
+            if not read and self.startup_wait > 0.0 and not self._startup_waited:
+                # It could not be read at once (a server is a round trip away; a SQLite file may be locked).
+                # Once per store, wait a moment for the writer's first read of every row: a process that
+                # starts during an outage must not send its callers to the failing service meanwhile.
+                self._startup_waited = True
+                self._ensure_thread()
+                self.writer.wake.set()
+                self.writer.first_read.wait(self.startup_wait)
+                known = self.sharing.known.get(breaker.name)
         if known is not None:
             self.sharing.adopt(link, known, "restored", expect=link.adopt_gen)
         with self._lock:

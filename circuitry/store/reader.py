@@ -66,25 +66,25 @@ class Reader:
         self._quick_lock = threading.Lock()
         return conns
 
-    def state_now(self, name: str) -> tuple[Any, ...] | None:
-        """``name``'s stored state row if it can be read at once — no waiting for a lock or for another
-        reader, no schema change — else ``None`` (a breaker then takes its state a writer cycle later)."""
+    def state_now(self, name: str) -> tuple[bool, tuple[Any, ...] | None]:
+        """Whether ``name``'s stored state could be read at once — no waiting for a lock, for another
+        reader or for a server, no schema change — and its row (``None``: none stored, or not read)."""
         from circuitry.store.sharing import STATE_COLUMNS
 
         if not self._quick_lock.acquire(blocking=False):
-            return None
+            return False, None
         try:
             if self._quick is None:
                 self._quick = self.backend.connect("reader", timeout=0.0)
             got = self._quick.execute(f"SELECT {STATE_COLUMNS} FROM circuit_breaker_states WHERE service_name = ?",
                                       (name,))
-            return got[0] if got else None
+            return True, got[0] if got else None
         except Exception:
             if self._quick is not None:
                 with contextlib.suppress(Exception):
                     self._quick.close()
                 self._quick = None
-            return None
+            return False, None
         finally:
             self._quick_lock.release()
 

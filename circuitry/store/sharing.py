@@ -182,11 +182,17 @@ class Sharing:
             if row[1] in _MANUAL and b.snapshot().reason != "manual":
                 self.adopt(link, row, "restored", expect=None)
                 return
-            first = link.pending[0].at if link.pending else None
+            first = link.pending[0] if link.pending else None
             if first is not None:
                 got = conn.execute("SELECT updated_at FROM circuit_breaker_states WHERE service_name = ?",
                                    (link.name,))
-                if got and got[0][0] is not None and float(got[0][0]) > first:
+                # Or the breaker tripped, from closed, while the stored outage was in force: the same outage,
+                # seen late by a process that started during it -- its opening stands (written over, its
+                # open period would start again with every process that starts, and the history would
+                # gain an "open -> open" for each).
+                late = first.from_state is CircuitState.CLOSED and (
+                    row[1] == "half_open" or (row[1] == "open" and row[4] is not None and float(row[4]) > first.at))
+                if late or (got and got[0][0] is not None and float(got[0][0]) > first.at):
                     dropped = len(link.pending)
                     if self.adopt(link, row, "restored", expect=None):
                         self._superseded(dropped)

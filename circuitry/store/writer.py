@@ -43,6 +43,7 @@ class Writer:
         self.wake = threading.Event()
         self.conn: Connection | None = None
         self.warm = False  # every row has been read once: adoption needs no read of its own
+        self.first_read = threading.Event()  # set after the first cycle, whether it could read or not
         self._done = threading.Condition(threading.Lock())
         self._cycles = self._clean = 0
         self._thread: threading.Thread | None = None
@@ -81,6 +82,7 @@ class Writer:
             self._flush_asked = True
             target = self._cycles + 2  # a cycle that *started* after this call
             while True:
+                self._flush_asked = True  # every cycle until a clean one is final: what a cycle adds is written
                 self.wake.set()
                 if self._clean >= target or (self._cycles >= target and self.store.faults.disabled):
                     return self._clean >= target
@@ -137,6 +139,7 @@ class Writer:
                         self.drop_conn()
                     if actions.get("resync"):
                         self.resync_all()
+            self.first_read.set()
             with self._done:
                 self._cycles += 1
                 if clean:
