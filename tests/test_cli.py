@@ -157,6 +157,11 @@ def test_demo_replaces_only_a_database_an_earlier_demo_made(tmp_path: Path,
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and ("nothing was changed" in err or "is a directory" in err), err
         assert (path.read_bytes() if path.is_file() else None) == before
+    for url in ("postgresql://user:secret@db.internal/app", f"sqlite:///{tmp_path / 'x.db'}"):  # a path, not a URL
+        assert run("demo", "--db", url)[0] == 2
+        err = capsys.readouterr().err
+        assert "give --db a file path, not a URL" in err and "secret" not in err, err
+    assert not (tmp_path / "x.db").exists()
     own = str(tmp_path / "demo.db")
     for _ in range(2):  # an earlier demo's database is replaced by a fresh one
         assert demo.check_demo_db(own) is None

@@ -76,6 +76,9 @@ def _demo_made(db: str) -> bool:
 def check_demo_db(db: str) -> str | None:
     """Why the demo must not use ``db`` (something other than an earlier demo's database is there), or
     ``None``: nothing is there, or an earlier demo's database, which the demo replaces."""
+    if "://" in db:
+        return (f"the demo keeps its database in a SQLite file of its own: give --db a file path, not a URL "
+                f"({db.split('://')[0]}://…)")
     leftovers = [db + suffix for suffix in ("-wal", "-shm") if os.path.lexists(db + suffix)]
     if not os.path.lexists(db):
         if leftovers:
