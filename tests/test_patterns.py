@@ -424,3 +424,26 @@ def test_confidence_is_a_probability_on_random_bernoulli_streams(seed: int, p: f
     r = classify([(i * 0.5, rng.random() < p) for i in range(400)])
     assert 0.0 <= r.confidence <= 1.0
     assert (r.type is None) == (r.confidence == 0.0) or r.type is not None
+
+
+def test_a_window_too_short_to_hold_time_structure_abstains() -> None:
+    """Every call of a few seconds looks alike: it said "steady, 1.00" of 20 calls in one second and of a
+    window of no length. Under a minute, no label."""
+    now = 1_700_000_000.0
+    assert classify([(now + 0.001 * i, i % 2 == 0) for i in range(40)]).type is None
+    assert classify([(now, True)] * 20, window_start=now, window_end=now).type is None
+    assert classify([(now + i, True) for i in range(30)]).type is None  # 30 s
+    assert classify([(now + i, True) for i in range(100)]).type == "steady"  # every call failing, 100 s
+
+
+def test_timestamps_of_other_number_types_and_calls_that_are_not_iterable() -> None:
+    from decimal import Decimal
+    from fractions import Fraction
+
+    calls = [(1_700_000_000.0 + i, i % 3 == 0) for i in range(600)]
+    plain = classify(calls)
+    assert classify([(Decimal(repr(t)), f) for t, f in calls]) == plain
+    assert classify([(Fraction(t), f) for t, f in calls]) == plain
+    for bad in (None, 5):
+        with pytest.raises(ConfigurationError, match="calls must be an iterable"):
+            classify(bad)  # type: ignore[arg-type]

@@ -22,7 +22,8 @@ The labels, as this module defines them (the tests are in :mod:`circuitry.analys
 ``intermittent``
     Neither clustered nor rising, rarer than one failure a minute and on at most 5 % of calls.
 ``None``
-    Abstain: fewer than :data:`MIN_FAILURES` failures -- or a censored window: the breaker refused calls
+    Abstain: fewer than :data:`MIN_FAILURES` failures, or a window shorter than :data:`MIN_SPAN` (no time
+    structure to read: whether failures cluster is judged against the minutes around them) -- or a censored window: the breaker refused calls
     for most of it while its probes kept finding the service healthy again
     (:attr:`circuitry.analysis.censored.Censoring.alternating`), so the calls it let through are not a
     sample of the service. ``evidence.censored`` is then true, with what the probes saw.
@@ -56,6 +57,7 @@ from circuitry.analysis.series import Series, bucketize
 
 __all__ = [
     "MIN_FAILURES",
+    "MIN_SPAN",
     "PATTERN_TYPES",
     "Calibration",
     "PatternEvidence",
@@ -76,6 +78,10 @@ Calibration = Mapping[str, tuple[float, float, float]]
 
 #: Fewer failures than this and the classifier abstains (returns ``type=None``).
 MIN_FAILURES: Final = 10
+#: A window shorter than this (seconds) and the classifier abstains: a burst or a rise is told from the
+#: minutes around it, and every call of a few seconds looks alike (it said "steady, 1.00" of 20 calls in one
+#: second, and of a window of no length at all).
+MIN_SPAN: Final = 60.0
 
 # Decision thresholds: significance levels and effect sizes with a meaning, not fitted constants.
 _BURST_LOG10_P: Final = -3.0  # clustering: both nulls rejected at 1e-3 (Bonferroni over the scales)
@@ -310,7 +316,7 @@ def classify_series(series: Series, *, transitions: Sequence[Transition] = (),
                             probe_successes=probe_successes)
     if cens is not None and cens.alternating:
         return PatternResult(None, 0.0, replace(basic, censored=True))
-    if k < MIN_FAILURES:
+    if k < MIN_FAILURES or not span >= MIN_SPAN:
         return PatternResult(None, 0.0, basic)
 
     w = series.width

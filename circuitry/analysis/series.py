@@ -240,6 +240,8 @@ def _check_times(raw: list[object]) -> list[float]:
     if not math.isfinite(total) or _BOOL & set(map(type, raw)):
         bad = next(t for t in raw if type(t) is bool or not isinstance(t, int | float) or not math.isfinite(t))
         raise ConfigurationError(f"a call's timestamp must be a finite number, got {bad!r}")
+    if type(total) is not float and type(total) is not int:  # Decimal, Fraction, numpy scalars: as floats
+        ts = [float(t) for t in ts]
     return ts
 
 
@@ -278,7 +280,10 @@ def bucketize(
     counts: Counter[int] = Counter()
     fails: Counter[int] = Counter()
     lo_t, hi_t = math.inf, -math.inf
-    it = iter(calls)
+    try:
+        it = iter(calls)
+    except TypeError:
+        raise ConfigurationError(f"calls must be an iterable of (timestamp, failed) pairs, got {calls!r}") from None
     while True:
         chunk = list(islice(it, _CHUNK))
         if not chunk:
