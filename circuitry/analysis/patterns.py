@@ -23,10 +23,10 @@ The labels, as this module defines them (the tests are in :mod:`circuitry.analys
     Neither clustered nor rising, rarer than one failure a minute and on at most 5 % of calls.
 ``None``
     Abstain: fewer than :data:`MIN_FAILURES` failures, or a window shorter than :data:`MIN_SPAN` (no time
-    structure to read: whether failures cluster is judged against the minutes around them) -- or a censored window: the breaker refused calls
-    for most of it while its probes kept finding the service healthy again
-    (:attr:`circuitry.analysis.censored.Censoring.alternating`), so the calls it let through are not a
-    sample of the service. ``evidence.censored`` is then true, with what the probes saw.
+    structure to read: whether failures cluster is judged against the minutes around them) -- or a
+    censored window: the breaker refused calls for most of it while its probes kept finding the service
+    healthy again (:attr:`circuitry.analysis.censored.Censoring.alternating`), so the calls it let through
+    are not a sample of the service. ``evidence.censored`` is then true, with what the probes saw.
 
 The confidence is a calibrated probability that the label is right: a logistic function of the decision
 margin and the number of failures, fitted per label by ``benchmarks/patterns/calibrate.py`` on labelled
