@@ -481,4 +481,3 @@ def test_malformed_floor_and_history_raise_configuration_error_naming_them(kwarg
     # A string floor gave a TypeError from a comparison, a history of ints an AttributeError deep inside.
     with pytest.raises(ConfigurationError, match=match):
         recommend(result("steady"), current_threshold=5, current_timeout=60, **kwargs)  # type: ignore[arg-type]
-
