@@ -309,6 +309,27 @@ def test_migrating_makes_a_dropped_table_again(pg_url: str) -> None:
             m.version for m in MIGRATIONS]
 
 
+def test_a_database_upgraded_from_version_8_shows_the_last_hour_at_once(pg_url: str) -> None:
+    """Version 9's ten-minute rollups (what the status of every circuit reads) are added up from the
+    per-minute rows on upgrade, once: a rerun after a dropped table counts nothing twice."""
+    import psycopg
+
+    from circuitry.store.postgres.schema import MIGRATIONS, migrate
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(MIGRATIONS[0].sql)
+        minute = int(time.time() // 60)
+        for k in range(3):
+            conn.execute("INSERT INTO circuit_breaker_metrics (service_name, minute, bucket_start, calls, successes, "
+                         "failures) VALUES ('legacy', %s, now(), 10, 7, 3)", (minute - k,))
+        assert migrate(conn) == [m.version for m in MIGRATIONS[1:]]
+        totals = "SELECT sum(calls), sum(successes), sum(failures) FROM circuit_breaker_metrics_10m"
+        assert conn.execute(totals).fetchone() == (30, 21, 9)
+        conn.execute("DROP TABLE circuitry_analysis_leases")
+        assert migrate(conn) == []
+        assert conn.execute(totals).fetchone() == (30, 21, 9)
+
+
 def test_a_store_used_before_fork_works_in_parent_and_child(pg_url: str) -> None:
     """A child forked while the listener waits for notifications does not end the parent's session, and
     both keep writing and seeing each other's transitions."""

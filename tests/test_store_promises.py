@@ -667,3 +667,24 @@ def test_query_is_read_only_and_cannot_create_files(make: Any, db: Path, tmp_pat
     with pytest.raises(StoreError):
         store.query("PRAGMA journal_mode = DELETE")
     assert store.query("SELECT count(*) AS n FROM circuit_breaker_states") == [{"n": 1}]
+
+
+def test_a_database_upgraded_from_version_8_shows_the_last_hour_at_once(db: Path) -> None:
+    """Version 9 added ten-minute rollups, which the status of every circuit reads; a database upgraded from
+    version 8 had none until new calls came, so `circuitry status` showed no calls for up to an hour while
+    `status --service` (per-minute rows) showed them. The upgrade adds up what the minutes hold."""
+    conn = sqlite3.connect(db)
+    conn.executescript(MIGRATIONS[0].path.read_text())
+    minute = int(time.time() // 60)
+    conn.executemany("INSERT INTO circuit_breaker_metrics (service_name, minute, bucket_start, calls, successes, "
+                     "failures) VALUES ('legacy', ?, '2026-01-01T00:00:00', 10, 7, 3)", [(minute - k,) for k in range(3)])
+    conn.commit()
+    assert applied_versions(conn) == {8}
+    migrate(conn)
+    got = conn.execute("SELECT sum(calls), sum(successes), sum(failures) FROM circuit_breaker_metrics_10m").fetchone()
+    assert got == (30, 21, 9)
+    conn.execute("DROP TABLE circuitry_analysis_leases")
+    migrate(conn)  # a table gone: the migrations run again, and count nothing twice
+    assert conn.execute("SELECT sum(calls) FROM circuit_breaker_metrics_10m").fetchone() == (30,)
+    assert "circuitry_analysis_leases" in {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()

@@ -45,4 +45,13 @@ CREATE TABLE IF NOT EXISTS circuitry_analysis_leases (
 CREATE INDEX IF NOT EXISTS circuit_breaker_events_transitions
     ON circuit_breaker_events (ts) WHERE event_type = 'state_change';
 
+-- A database upgraded from version 8 holds per-minute counts and no ten-minute ones yet: add them up, so that
+-- the status of every circuit shows the last hour at once, not an hour later. Only buckets not there yet
+-- (this file may run again on a database whose table was dropped: nothing is counted twice).
+INSERT OR IGNORE INTO circuit_breaker_metrics_10m (service_name, bucket, calls, successes, failures, ignored, rejections,
+                                         cancelled, latency_count, latency_sum_ms, latency_max_ms)
+SELECT service_name, minute / 10, sum(calls), sum(successes), sum(failures), sum(ignored), sum(rejections),
+       sum(cancelled), sum(latency_count), sum(latency_sum_ms), max(latency_max_ms)
+FROM circuit_breaker_metrics GROUP BY service_name, minute / 10;
+
 INSERT OR IGNORE INTO circuitry_schema (version, name) VALUES (9, 'second_rollups_and_analysis_leases');
