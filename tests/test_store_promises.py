@@ -677,7 +677,8 @@ def test_a_database_upgraded_from_version_8_shows_the_last_hour_at_once(db: Path
     conn.executescript(MIGRATIONS[0].path.read_text())
     minute = int(time.time() // 60)
     conn.executemany("INSERT INTO circuit_breaker_metrics (service_name, minute, bucket_start, calls, successes, "
-                     "failures) VALUES ('legacy', ?, '2026-01-01T00:00:00', 10, 7, 3)", [(minute - k,) for k in range(3)])
+                     "failures) VALUES ('legacy', ?, '2026-01-01T00:00:00', 10, 7, 3)",
+                     [(minute - k,) for k in range(3)])
     conn.commit()
     assert applied_versions(conn) == {8}
     migrate(conn)
