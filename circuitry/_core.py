@@ -24,6 +24,7 @@ import sys
 import threading
 import unicodedata
 import warnings
+import weakref
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -283,6 +284,8 @@ class CircuitBreaker(Gate):
         self._dispatch.watch(self)
         self._rng = rng if rng is not None else _JITTER_RNG
         self._lock = threading.Lock()
+        with _LIVE_LOCK:
+            _LIVE.add(self)
         self._n_shadow = itertools.count()
         self._state = CLOSED
         self._enforce = True
@@ -993,3 +996,31 @@ async def _finish_async(b: CircuitBreaker, token: Token, awaitable: Awaitable[An
         raise
     b.exit(token, None, result)
     return result
+
+
+# -- fork() ----------------------------------------------------------------------------------------------
+# A thread that holds a breaker's lock as another thread forks leaves the child a lock nobody will ever
+# release: the child's first call to that breaker would hang. So the lock of every live breaker is taken
+# before the fork (each is held only for a few in-memory steps, never around I/O or another breaker's
+# lock) and released on both sides after it: the child starts with every breaker unlocked and consistent.
+# The registry's fork handler calls these (after taking the registries' own locks, which are held around
+# the making of a breaker: see circuitry._registry).
+
+_LIVE: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+_HELD: list[CircuitBreaker] = []
+
+
+def hold_breakers() -> None:
+    _LIVE_LOCK.acquire()
+    held = list(_LIVE)
+    for b in held:
+        b._lock.acquire()
+    _HELD[:] = held
+
+
+def release_breakers() -> None:
+    for b in _HELD:
+        b._lock.release()
+    _HELD.clear()
+    _LIVE_LOCK.release()

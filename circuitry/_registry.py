@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import random
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from circuitry._checks import check_clock, check_rng
 from circuitry._clock import SYSTEM_CLOCK, Clock
-from circuitry._core import CircuitBreaker, validate_name
+from circuitry._core import CircuitBreaker, hold_breakers, release_breakers, validate_name
 from circuitry._policy import Policy
 from circuitry.events import Dispatcher, Hook
 from circuitry.exceptions import CircuitNotFoundError, ConfigurationError, RegistryConflictError
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
     from circuitry.store.engine import SharedStore
 
 __all__ = ["Registry", "configure", "default_db_path", "default_registry", "set_default_registry"]
+
+
+#: Every live registry (for the fork handler at the end of this module) and the lock around that set.
+_REGISTRIES: weakref.WeakSet[Registry] = weakref.WeakSet()
+_REGISTRIES_LOCK = threading.Lock()
+_HELD: list[Registry] = []
 
 
 class Registry:
@@ -56,6 +63,8 @@ class Registry:
         self.dispatcher = Dispatcher((LoggingHook(),) if hooks is None else hooks)
         self._rng = rng
         self._lock = threading.Lock()
+        with _REGISTRIES_LOCK:
+            _REGISTRIES.add(self)
         # The faces read this dict directly on every call: it must only ever be mutated in place.
         self.breakers: dict[str, CircuitBreaker] = {}
         self._declared: dict[str, Policy] = {}  # policies of decorated names not called yet
@@ -460,3 +469,30 @@ def set_default_registry(registry: Registry) -> Registry:
     DEFAULT.registry = registry
     DEFAULT.breakers = registry.breakers
     return previous
+
+
+# -- fork() ----------------------------------------------------------------------------------------------
+# A registry's lock is held while a breaker is made (and its store adopts it, which may wait a moment for
+# the store's first read): a fork in that moment left the child a lock nobody would release, and the child's
+# first call to that circuit hung. Before a fork every registry's lock is taken, then every breaker's
+# (circuitry._core.hold_breakers), in the order the code takes them; both sides release them after it.
+
+def _before_fork() -> None:
+    _REGISTRIES_LOCK.acquire()
+    held = list(_REGISTRIES)
+    for registry in held:
+        registry._lock.acquire()
+    _HELD[:] = held
+    hold_breakers()
+
+
+def _after_fork() -> None:
+    release_breakers()
+    for registry in _HELD:
+        registry._lock.release()
+    _HELD.clear()
+    _REGISTRIES_LOCK.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)

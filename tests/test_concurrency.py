@@ -261,3 +261,60 @@ def test_half_open_never_exceeds_its_permits_under_threads(registry: Registry, c
         t.join()
     assert 1 <= peak <= probes
     assert b.stats().probes_in_flight == 0
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="os.fork() is POSIX only")
+@pytest.mark.parametrize("with_store", [False, True])
+def test_a_child_forked_while_threads_hold_a_breaker_lock_can_call_it(tmp_path: Any, with_store: bool) -> None:
+    """Four threads keep a breaker changing state while the main thread forks: a thread holding the
+    breaker's lock at the fork left the child a lock nobody would release, and the child's first call
+    hung -- every child of 20 with a store attached (its before-fork wait let the threads pile up on the
+    lock), 1 in 20 without; so did a fork while a thread held the registry's lock, making the breaker.
+    Each child here makes 100 calls and must exit on its own."""
+    import os
+    import signal
+
+    from circuitry.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "fork.db", poll_interval=0.01) if with_store else None
+    reg = Registry(hooks=[], store=store)
+    calls = iter(range(10**9))
+
+    @circuit("payments", registry=reg, failure_threshold=2, recovery_timeout=0.01, on=ConnectionError)
+    def pay() -> None:
+        if next(calls) % 3:
+            raise ConnectionError("down")
+
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                pay()
+            except (ConnectionError, CircuitOpenError):
+                pass
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    hung = 0
+    try:
+        for _ in range(8):
+            pid = os.fork()
+            if pid == 0:  # the child: 100 calls, then leave without running the parent's cleanup
+                signal.alarm(20)
+                for _ in range(100):
+                    try:
+                        pay()
+                    except (ConnectionError, CircuitOpenError):
+                        pass
+                os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            hung += os.WIFSIGNALED(status)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+        if store is not None:
+            store.close()
+    assert hung == 0
