@@ -767,6 +767,20 @@ def test_a_process_that_lost_the_race_after_a_fault_writes_no_backlog_later(targ
     assert opened == [(2,)]
 
 
+def _unreachable(store: Any) -> list[bool]:
+    """Make ``store``'s database unreachable until the returned flag is set to False."""
+    real = store.backend.connect
+    blocked = [True]
+
+    def connect(role: Any, *, timeout: float) -> Any:
+        if blocked[0]:
+            raise OSError(errno.EACCES, "the database cannot be reached yet")
+        return real(role, timeout=timeout)
+
+    store.backend.connect = connect
+    return blocked
+
+
 def test_a_trip_from_memory_never_undoes_what_was_stored_since(target: Target) -> None:
     """A process that cannot reach the database yet (a partition, a server down as it starts) trips
     from memory; meanwhile another trips the same circuit and an operator resets it. When the first
@@ -776,15 +790,7 @@ def test_a_trip_from_memory_never_undoes_what_was_stored_since(target: Target) -
     a = reg_a.get("svc", failure_threshold=2, recovery_timeout=600)
     assert store_a.flush()
     reg_b, store_b = target.make()
-    real = store_b.backend.connect
-    blocked = [True]
-
-    def connect(role: Any, *, timeout: float) -> Any:
-        if blocked[0]:
-            raise OSError(errno.EACCES, "the database cannot be reached yet")
-        return real(role, timeout=timeout)
-
-    store_b.backend.connect = connect  # type: ignore[method-assign]
+    blocked = _unreachable(store_b)
     b = reg_b.get("svc", failure_threshold=2, recovery_timeout=600)
     fail(b, 2)  # b opens from memory
     target.clock.advance(1)
@@ -814,15 +820,7 @@ def test_a_process_starting_during_an_outage_takes_the_stored_opening(target: Ta
     (opened_at, open_until), = target.rows("SELECT opened_at, open_until FROM circuit_breaker_states")
     target.clock.advance(5)
     reg_b, store_b = target.make()
-    real = store_b.backend.connect
-    blocked = [True]
-
-    def connect(role: Any, *, timeout: float) -> Any:
-        if blocked[0]:
-            raise OSError(errno.EACCES, "the database cannot be reached yet")
-        return real(role, timeout=timeout)
-
-    store_b.backend.connect = connect  # type: ignore[method-assign]
+    blocked = _unreachable(store_b)
     b = reg_b.get("svc", failure_threshold=2, recovery_timeout=600)
     assert b.state is CircuitState.CLOSED  # nothing read yet
     fail(b, 2)  # its callers trip it from memory

@@ -400,9 +400,17 @@ def test_a_cancelled_probe_frees_the_circuit_at_once(make: Any, clock: FakeClock
     assert b.state is CircuitState.CLOSED
 
 
-def _holder(*pairs: tuple[CircuitBreaker, SQLiteStore]) -> list[tuple[CircuitBreaker, SQLiteStore]]:
-    """The (breaker, store) pairs, the one whose writer took the probe lease as the open period ended first
-    (which one does is a race between the writers)."""
+def _half_open_in_two(make: Any, clock: FakeClock) -> list[tuple[CircuitBreaker, SQLiteStore]]:
+    """Two processes' breakers of one circuit (one probe, 5 s open period, 30 s probe timeout), tripped and
+    at the end of their open period: the (breaker, store) pairs, the one whose writer took the probe lease
+    first (which one does is a race between the writers)."""
+    pairs = []
+    for _ in range(2):
+        reg, store = make()
+        pairs.append((reg.get("svc", failure_threshold=1, recovery_timeout=5, probe_timeout=30), store))
+    fail(pairs[0][0])
+    assert eventually(lambda: pairs[1][0].state is CircuitState.OPEN)
+    clock.advance(5)
     assert eventually(lambda: any(b.linked.grants for b, _ in pairs))  # type: ignore[union-attr]
     return sorted(pairs, key=lambda pair: not pair[0].linked.grants)  # type: ignore[union-attr]
 
@@ -410,13 +418,7 @@ def _holder(*pairs: tuple[CircuitBreaker, SQLiteStore]) -> list[tuple[CircuitBre
 def test_a_dead_probes_lease_does_not_outlive_a_wall_clock_step_back(make: Any, clock: FakeClock) -> None:
     """The wall clock steps back an hour while a dead process holds a lease: the lease, dated in the
     future now, counts as expired (it does not keep the circuit refusing for an hour)."""
-    (reg_a, store_a), (reg_b, store_b) = make(), make()
-    a = reg_a.get("svc", failure_threshold=1, recovery_timeout=5, probe_timeout=30)
-    b = reg_b.get("svc", failure_threshold=1, recovery_timeout=5, probe_timeout=30)
-    fail(a)
-    assert eventually(lambda: b.state is CircuitState.OPEN)
-    clock.advance(5)
-    (dead, dead_store), (live, live_store) = _holder((a, store_a), (b, store_b))
+    (dead, dead_store), (live, live_store) = _half_open_in_two(make, clock)
     dead.admit()  # its probe; then its process "dies": the lease is never given back
     dead_store.writer.stop(2)
     clock.set_wall(clock.time() - 3600)
@@ -435,13 +437,7 @@ def test_a_failed_probe_keeps_its_lease_until_the_reopening_is_written(
     says half_open, so another process would take a lease and probe at once, and the re-opening, written
     next, would then delete that lease while its probe ran, letting a third probe in beside it (two probes
     in flight with ``half_open_max_calls=1``: seen with eight processes on a busy machine)."""
-    (reg_a, store_a), (reg_b, store_b) = make(), make()
-    a = reg_a.get("svc", failure_threshold=1, recovery_timeout=5, probe_timeout=30)
-    b = reg_b.get("svc", failure_threshold=1, recovery_timeout=5, probe_timeout=30)
-    fail(a)
-    assert eventually(lambda: b.state is CircuitState.OPEN)
-    clock.advance(5)
-    (prober, prober_store), (other, other_store) = _holder((a, store_a), (b, store_b))
+    (prober, prober_store), (other, other_store) = _half_open_in_two(make, clock)
     probe = prober.admit()
     assert probe.lease > 0
     assert prober_store.flush() and other_store.flush()
