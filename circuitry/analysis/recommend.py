@@ -424,22 +424,10 @@ def recommend(
     healthy_now = baseline_cost(current, rate, p_bg).total(failed_weight, refused_weight)
     limit = healthy_now * (1.0 + _BASELINE_TOLERANCE) + 1.0
 
-    # A window that ends inside an incident never shows its end, which is where a long open period costs:
-    # price the incident going on as long again, then recovering (see _ongoing).
-    ongoing = _ongoing(horizon)
-    # "Steady" failures at half the calls or more at the end of the window: the service is failing, not
-    # noisy -- and a rise the breaker's refusals hid reads so (it refused most calls, and the calls it let
-    # through were the probes and the runs of failures after them). A past that failed less is no guide to
-    # the next minutes: the advice must hold, as for an escalation, if the service goes on failing (a higher
-    # threshold may, with a longer open period: fewer trips).
-    failing_steady = kind in ("steady", "intermittent") and ongoing is not None
-
     # An escalation is getting worse: the advice must also hold if the service fails outright next -- at
     # the failing share after the rise, or at 90 % -- and must not tolerate more failures in a row.
     escalating = kind == "escalating"
-    # (For failing "steady" failures: at 90 %, or at the share of the incident going on.)
-    level_now = ongoing[1] if failing_steady and ongoing is not None else ev.rate_after
-    fail_levels = sorted({_FAILING, min(0.95, max(0.5, level_now or 0.0))})
+    fail_levels = sorted({_FAILING, min(0.95, max(0.5, ev.rate_after or 0.0))})
 
     def failing_cost(s: Settings, p: float) -> float:
         return baseline_cost(s, rate, p, horizon.span).total(failed_weight, refused_weight)
@@ -450,14 +438,13 @@ def recommend(
     # that shows an incident ending (at least a minute before the end of the replay) says what that costs.
     seen_end = any(2 * e.failures >= e.calls and e.end <= horizon.end - 60.0 for e in find_episodes(horizon).episodes)
 
-
     def harmless(s: Settings) -> bool:
         if baseline_cost(s, rate, p_bg).total(failed_weight, refused_weight) > limit:
             return False
         if not seen_end and (s.timeout > current.timeout or s.backoff > current.backoff):
             return False
-        if escalating or failing_steady:
-            if escalating and s.threshold > current.threshold:
+        if escalating:
+            if s.threshold > current.threshold:
                 return False
             return all(failing_cost(s, p) <= failing_now[p] * (1.0 + _BASELINE_TOLERANCE) + 1.0 for p in fail_levels)
         return True
@@ -483,6 +470,9 @@ def recommend(
         return during + refused_weight * rate * residual
 
     cache: dict[Settings, Cost] = {}
+    # A window that ends inside an incident never shows its end, which is where a long open period costs:
+    # price the incident going on as long again, then recovering (see _ongoing).
+    ongoing = _ongoing(horizon)
 
     flags = failing_buckets(horizon)
 
