@@ -1003,8 +1003,8 @@ async def _finish_async(b: CircuitBreaker, token: Token, awaitable: Awaitable[An
 # release: the child's first call to that breaker would hang. So the lock of every live breaker is taken
 # before the fork (each is held only for a few in-memory steps, never around I/O or another breaker's
 # lock) and released on both sides after it: the child starts with every breaker unlocked and consistent.
-# The registry's fork handler calls these (after taking the registries' own locks, which are held around
-# the making of a breaker: see circuitry._registry).
+# The registry's fork handler calls these (and makes the registries' own locks anew in the child: see
+# circuitry._registry).
 
 _LIVE: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 _LIVE_LOCK = threading.Lock()

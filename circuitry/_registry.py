@@ -33,7 +33,6 @@ __all__ = ["Registry", "configure", "default_db_path", "default_registry", "set_
 #: Every live registry (for the fork handler at the end of this module) and the lock around that set.
 _REGISTRIES: weakref.WeakSet[Registry] = weakref.WeakSet()
 _REGISTRIES_LOCK = threading.Lock()
-_HELD: list[Registry] = []
 
 
 class Registry:
@@ -472,27 +471,30 @@ def set_default_registry(registry: Registry) -> Registry:
 
 
 # -- fork() ----------------------------------------------------------------------------------------------
-# A registry's lock is held while a breaker is made (and its store adopts it, which may wait a moment for
-# the store's first read): a fork in that moment left the child a lock nobody would release, and the child's
-# first call to that circuit hung. Before a fork every registry's lock is taken, then every breaker's
-# (circuitry._core.hold_breakers), in the order the code takes them; both sides release them after it.
+# A registry's lock is held while a breaker is made, and while its store adopts it (which may run transition
+# hooks, and wait a moment for the store's first read): a fork in that moment left the child a lock nobody
+# would release, and the child's first call to that circuit hung. It cannot be taken before the fork as the
+# breakers' locks are (circuitry._core.hold_breakers): a hook run under it may wait for the store's lock,
+# which the store's own fork handler holds by then. So the child makes every registry's lock anew (the
+# breakers dict is only changed in place, a step at a time: a breaker half made there is made again).
+
 
 def _before_fork() -> None:
-    _REGISTRIES_LOCK.acquire()
-    held = list(_REGISTRIES)
-    for registry in held:
-        registry._lock.acquire()
-    _HELD[:] = held
     hold_breakers()
 
 
-def _after_fork() -> None:
+def _after_fork_in_parent() -> None:
     release_breakers()
-    for registry in _HELD:
-        registry._lock.release()
-    _HELD.clear()
-    _REGISTRIES_LOCK.release()
+
+
+def _after_fork_in_child() -> None:
+    global _REGISTRIES_LOCK
+    release_breakers()
+    _REGISTRIES_LOCK = threading.Lock()
+    for registry in list(_REGISTRIES):
+        registry._lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)

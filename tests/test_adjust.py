@@ -305,3 +305,9 @@ def test_refused_calls_of_a_stretch_whose_probe_failed_were_not_healthy() -> Non
     forced = [Transition(0.0, "closed", "forced_open"), Transition(120.0, "forced_open", "closed")]
     assert measure_cost(minutes, transitions=forced).cost == pytest.approx(5 + 1)  # the operator's, not the settings'
     assert refused_stretches([Transition(100.0, "closed", "open")], 0.0, 180.0) == [(100.0, 180.0, 0.5)]
+
+
+def test_an_open_period_the_operator_forced_open_costs_nothing_from_then_on() -> None:
+    took_over = [Transition(0.0, "closed", "open"), Transition(10.0, "open", "forced_open"),
+                 Transition(170.0, "forced_open", "closed")]
+    assert refused_stretches(took_over, 0.0, 180.0) == [(0.0, 10.0, 0.5), (10.0, 170.0, 0.0)]

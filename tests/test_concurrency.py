@@ -318,3 +318,48 @@ def test_a_child_forked_while_threads_hold_a_breaker_lock_can_call_it(tmp_path: 
         if store is not None:
             store.close()
     assert hung == 0
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="os.fork() is POSIX only")
+def test_a_fork_while_a_hook_runs_under_the_registry_lock_does_not_deadlock(tmp_path: Any) -> None:
+    """A breaker made in one thread adopts its stored state, and its transition hook runs under the registry's
+    lock; the hook then asks the store (which needs the store's lock). A fork meanwhile: the store's fork
+    handler held the store's lock and the registry's waited for the registry's -- each waited for the
+    other, for good. Run in a child interpreter, so a deadlock fails the test instead of hanging it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, threading
+        from circuitry import Registry
+        from circuitry.store import open_store
+        db = {str(tmp_path / "fork.db")!r}
+        first = open_store(db, poll_interval=0.01)
+        b = Registry(hooks=[], store=first).get("svc", failure_threshold=1, recovery_timeout=600)
+        b.record_failure(b.admit(), ConnectionError())
+        assert first.flush()
+        first.close()
+        entered, go = threading.Event(), threading.Event()
+
+        def hook(event):
+            if event.reason == "restored":
+                entered.set()
+                go.wait(5)  # let go just as the fork starts
+                reg.status("svc")  # the store's lock
+        store = open_store(db, poll_interval=0.01)
+        reg = Registry(hooks=[hook], store=store)
+        reg.get("other")
+        maker = threading.Thread(target=lambda: reg.get("svc"), daemon=True)
+        maker.start()
+        assert entered.wait(10)
+        threading.Timer(0.2, go.set).start()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        maker.join(10)
+        print("done", maker.is_alive())
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split() == ["done", "False"], proc.stderr[-2000:]

@@ -795,3 +795,30 @@ def test_rollups_held_during_a_long_outage_are_bounded_and_lose_no_count() -> No
     for name in ("a", "b"):
         total, _ = r.unwritten(name, 0)
         assert total[:5] == [540, 180, 0, 360, 0]
+
+
+def test_flush_while_the_database_is_unreachable_keeps_the_retry_backoff(tmp_path: Path) -> None:
+    """``flush()`` asks for final cycles until one is clean -- but not while the database fails: asking on
+    every cycle skipped the fault's backoff, and one flush made tens of thousands of connection attempts."""
+    import errno
+
+    store = SQLiteStore(tmp_path / "down.db", poll_interval=0.01)
+    attempts = [0]
+    real = store.backend.connect
+
+    def connect(role: Any, *, timeout: float) -> Any:
+        if role == "writer":
+            attempts[0] += 1
+            raise OSError(errno.EACCES, "the database cannot be reached")
+        return real(role, timeout=timeout)
+
+    store.backend.connect = connect  # type: ignore[method-assign]
+    try:
+        Registry(hooks=[], store=store).get("svc")
+        assert eventually(lambda: store.health().fault is not None)
+        before = attempts[0]
+        assert not store.flush(1.0)
+        assert attempts[0] - before < 100  # the backoff's few; the loop made ~18,000 a second
+    finally:
+        store.backend.connect = real  # type: ignore[method-assign]
+        store.close(1.0)

@@ -835,6 +835,24 @@ def test_a_process_starting_during_an_outage_takes_the_stored_opening(target: Ta
     assert b.stats().opened_at == a.stats().opened_at
 
 
+@pytest.mark.parametrize("decision", ["force_open", "force_closed"])
+def test_an_operators_decision_made_before_the_row_was_read_goes_on_top(target: Target, decision: str) -> None:
+    """The same late start, but an operator decides in that process before its row can be read: that is
+    not the stored outage seen late -- the operator's state is written over the stored opening."""
+    reg_a, store_a = target.make()
+    fail(reg_a.get("svc", failure_threshold=2, recovery_timeout=600), 2)
+    assert store_a.flush()
+    reg_b, store_b = target.make()
+    blocked = _unreachable(store_b)
+    b = reg_b.get("svc", failure_threshold=2, recovery_timeout=600)
+    getattr(b, decision)()
+    blocked[0] = False
+    assert eventually(lambda: store_b.flush(0.5))
+    expected = "forced_open" if decision == "force_open" else "disabled"
+    assert b.state.value == expected
+    assert [tuple(r) for r in target.rows("SELECT current_state FROM circuit_breaker_states")] == [(expected,)]
+
+
 def test_a_process_starting_during_an_outage_refuses_from_its_first_call(target: Target) -> None:
     """A new process's first breaker waits a moment, once, for the store's first read when it cannot read
     its row at once (PostgreSQL: always): the stored opening is in force before its first call, so no call

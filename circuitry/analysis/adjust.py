@@ -206,8 +206,12 @@ def refused_stretches(transitions: Sequence[Transition], start: float, end: floa
     forced = False
     for i, tr in enumerate(ordered):
         if tr.to_state in ("open", "forced_open"):
+            now_forced = tr.to_state == "forced_open"
+            if opened is not None and now_forced != forced:  # the operator took over, or gave back
+                out.append((opened, tr.ts, 0.0 if forced else 0.5))
+                opened = None
             if opened is None:
-                opened, forced = tr.ts, tr.to_state == "forced_open"
+                opened, forced = tr.ts, now_forced
             continue
         if opened is None:
             continue

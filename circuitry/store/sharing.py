@@ -190,8 +190,11 @@ class Sharing:
                 # seen late by a process that started during it -- its opening stands (written over, its
                 # open period would start again with every process that starts, and the history would
                 # gain an "open -> open" for each).
-                late = first.from_state is CircuitState.CLOSED and (
-                    row[1] == "half_open" or (row[1] == "open" and row[4] is not None and float(row[4]) > first.at))
+                # (Not an operator's change: that goes on top.)
+                late = (first.from_state is CircuitState.CLOSED and first.to_state is CircuitState.OPEN
+                        and not any(e.reason == "manual" for e in link.pending)
+                        and (row[1] == "half_open"
+                             or (row[1] == "open" and row[4] is not None and float(row[4]) > first.at)))
                 if late or (got and got[0][0] is not None and float(got[0][0]) > first.at):
                     dropped = len(link.pending)
                     if self.adopt(link, row, "restored", expect=None):

@@ -82,7 +82,8 @@ class Writer:
             self._flush_asked = True
             target = self._cycles + 2  # a cycle that *started* after this call
             while True:
-                self._flush_asked = True  # every cycle until a clean one is final: what a cycle adds is written
+                if self.store.faults.fault is None:  # every cycle until a clean one is final (not while the
+                    self._flush_asked = True        # database fails: its retries keep their backoff)
                 self.wake.set()
                 if self._clean >= target or (self._cycles >= target and self.store.faults.disabled):
                     return self._clean >= target
