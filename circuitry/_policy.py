@@ -228,6 +228,7 @@ class Policy:
                 raise ConfigurationError("give on= or expected_exception=, not both")
             kwargs = dict(kwargs)
             kwargs["on"] = kwargs.pop("expected_exception")
+            _exception_filter("expected_exception", kwargs["on"])  # an error names the argument given
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:

@@ -271,7 +271,7 @@ class Registry:
         last hour — every circuit in the database, not only this process's — most urgent first; ``None``
         without a store. Raises :class:`~circuitry.StoreError` if the database cannot be read."""
         store = self._sharing()
-        return None if store is None else store.read.needs_attention(states=store.unwritten_states())
+        return None if store is None else store.needs_attention()
 
     def recommendation(self, name: str) -> Recommendation | None:
         """Classify circuit ``name``'s recent history now and recommend settings (nothing is written);

@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from circuitry._core import CircuitBreaker
+from circuitry._core import CircuitBreaker, validate_name
 from circuitry._policy import Policy
 from circuitry._registry import MEMORY, Registry, _conflict_message, default_registry, store_identity
 from circuitry._state import CircuitState
@@ -90,6 +90,9 @@ class _Gate:
     def __call__(self, alert: dict[str, Any]) -> Any:
         callback = self.callback
         return None if callback is None else callback(alert)
+
+    def __repr__(self) -> str:  # what a log of a failed delivery names: the application's callback
+        return repr(self.callback)
 
 
 class _ServiceAlerts:
@@ -195,6 +198,13 @@ class DatabaseCircuitBreaker:
                  **policy: Any) -> None:
         if service_name is None:
             raise ConfigurationError("service_name is required")
+        if not isinstance(service_name, str):
+            raise ConfigurationError(f"service_name must be a str, got {service_name!r} "
+                                     f"({type(service_name).__name__})")
+        try:
+            validate_name(service_name)
+        except ConfigurationError as exc:  # the same rules ("name must ..."), under this API's argument
+            raise ConfigurationError(f"service_{exc}") from None
         _check_alert_arguments(enable_alerts, alert_callback)
         if registry is not None:
             if not isinstance(registry, Registry):
@@ -228,6 +238,8 @@ class DatabaseCircuitBreaker:
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call ``fn(*args, **kwargs)`` (sync or async) through the breaker; raises
         :class:`~circuitry.CircuitBreakerError` when the circuit refuses it."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
         result = self.breaker.call(fn, *args, **kwargs)
         if inspect.isawaitable(result):
             result = await result
@@ -239,7 +251,8 @@ class DatabaseCircuitBreaker:
 
     def get_stats(self) -> dict[str, Any]:
         """Statistics: this process's counters, and the last hour as the database holds it (every
-        process's calls, with this process's not yet written added in) — without waiting on the store."""
+        process's calls, with this process's not yet written added in) — without waiting on the store.
+        ``success_rate`` is this process's, or the last hour's while this process has decided no call."""
         s = self.breaker.stats()
         decided = s.successes + s.failures
         stats: dict[str, Any] = {
@@ -261,6 +274,8 @@ class DatabaseCircuitBreaker:
             return stats
         if status is not None:
             h = status["last_hour"]
+            if not decided:  # nothing decided in this process yet (a restart): the circuit's last hour
+                stats["success_rate"] = h["success_rate"]
             stats["last_hour_metrics"] = {key: h[key] for key in (
                 "total_calls", "success_rate", "circuit_open_duration", "rejections", "avg_latency_ms",
                 "max_latency_ms") if key in h}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import random
 import sqlite3
 import subprocess
@@ -171,3 +172,19 @@ def test_demo_replaces_only_a_database_an_earlier_demo_made(tmp_path: Path,
         assert store.flush()
         store.close()
         assert open_reader(own).names() == ["inventory_api"]
+
+
+def test_status_says_now_when_the_open_period_is_over(populated: Path) -> None:
+    """The stored state stays open until the next call probes; the table says the probe is due, not
+    "0.0s" (nor a negative wait)."""
+    code, out = run("status", "--db", str(populated), "--service", "payments")
+    assert code == 0 and out.splitlines()[2].split()[6].endswith("s")  # RETRY IN: about 60 s
+    with sqlite3.connect(populated) as conn:
+        conn.execute("UPDATE circuit_breaker_states SET open_until = open_until - 3600 "
+                     "WHERE service_name = 'payments'")
+    code, out = run("status", "--db", str(populated), "--service", "payments")
+    assert code == 0
+    row = out.splitlines()[2].split()
+    assert row[:2] == ["payments", "open"] and row[6] == "now"
+    code, out = run("status", "--db", str(populated), "--service", "payments", "--json")
+    assert json.loads(out)[0]["retry_after"] == 0.0

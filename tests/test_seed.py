@@ -8,10 +8,12 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from circuitry import (
     CircuitBreakerError,
@@ -286,3 +288,68 @@ async def test_get_breaker_with_another_policy_is_a_conflict(tmp_path: Path) -> 
     with pytest.raises(RegistryConflictError, match="failure_threshold: 3 -> 4"):
         await manager.get_breaker("other", failure_threshold=4)
     assert breaker.breaker.policy.failure_threshold == 3
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"expected_exception": "RateLimitError"}, "^expected_exception must be an exception type"),
+    ({"service_name": 123}, r"^service_name must be a str, got 123 \(int\)"),
+    ({"service_name": ""}, "^service_name must be 1 to 200 characters"),
+    ({"service_name": "a\nb"}, "^service_name must not contain control"),
+])
+def test_errors_name_the_argument_the_database_api_was_given(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        DatabaseCircuitBreaker(**{"db_path": ":memory:", "service_name": "named", **kwargs})
+
+
+async def test_calling_something_not_callable_names_fn() -> None:
+    breaker = DatabaseCircuitBreaker(db_path=":memory:", service_name="not_callable")
+    with pytest.raises(TypeError, match=r"^fn must be callable, got None"):
+        await breaker.call(None)  # type: ignore[arg-type]
+    assert breaker.breaker.stats().ignored == 0  # refused before the breaker saw it
+
+
+def test_after_a_restart_the_success_rate_is_the_last_hours(tmp_path: Path) -> None:
+    """A new process that has decided no call yet reports the circuit's last hour, not a made-up 100 %."""
+    db = tmp_path / "restart.db"
+    script = (
+        "import asyncio\n"
+        "from circuitry import DatabaseCircuitBreaker\n"
+        f"b = DatabaseCircuitBreaker(db_path={str(db)!r}, service_name='r', failure_threshold=2)\n"
+        "async def bad():\n"
+        "    raise TimeoutError\n"
+        "async def main():\n"
+        "    for _ in range(2):\n"
+        "        try:\n"
+        "            await b.call(bad)\n"
+        "        except TimeoutError:\n"
+        "            pass\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    stats = DatabaseCircuitBreaker(db_path=str(db), service_name="r", failure_threshold=2).get_stats()
+    assert stats["state"] == "open"
+    assert stats["last_hour_metrics"]["success_rate"] == 0.0
+    assert stats["success_rate"] == 0.0
+
+
+def test_a_failing_alert_callback_is_named_in_the_log(tmp_path: Path) -> None:
+    def my_alert_handler(alert: dict[str, Any]) -> None:
+        raise RuntimeError("handler bug")
+
+    async def bad() -> None:
+        raise TimeoutError
+
+    breaker = DatabaseCircuitBreaker(db_path=str(tmp_path / "a.db"), service_name="logged", failure_threshold=1,
+                                     alert_callback=my_alert_handler)
+
+    def failed() -> list[Any]:
+        return [e for e in logs if e["event"] == "circuitry.alert_callback_failed"]
+
+    with capture_logs() as logs:
+        with pytest.raises(TimeoutError):
+            asyncio.run(breaker.call(bad))  # opens the circuit: a circuit_opened alert, delivered on a thread
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not failed():
+            time.sleep(0.01)
+    assert failed() and "my_alert_handler" in failed()[0]["callback"], logs

@@ -822,3 +822,29 @@ def test_flush_while_the_database_is_unreachable_keeps_the_retry_backoff(tmp_pat
     finally:
         store.backend.connect = real  # type: ignore[method-assign]
         store.close(1.0)
+
+
+def test_what_needs_attention_counts_the_calls_not_written_yet(make: Any, db: Path, clock: FakeClock) -> None:
+    """As status() does: a failing circuit shows in needs_attention() at once, not after the writer's next
+    rollup (the clock stands still here, so no rollup is written until flush)."""
+    reg, store = make()
+
+    @circuit("flaky", registry=reg, failure_threshold=10**6)
+    def call(fail: bool) -> None:
+        if fail:
+            raise ValueError("down")
+
+    call(False)
+    assert store.flush()
+    assert reg.needs_attention() == []
+    for _ in range(25):
+        with pytest.raises(ValueError):
+            call(True)
+    status = reg.status("flaky")
+    assert status is not None and status["last_hour"]["success_rate"] == 3.8
+    attention = reg.needs_attention()
+    assert attention is not None
+    assert [(a["service_name"], a["success_rate"]) for a in attention] == [("flaky", 3.8)]
+    assert attention[0]["reasons"] == ["success rate 3.8% in the last hour"]
+    assert store.flush()
+    assert reg.needs_attention() == attention  # the same once written: nothing counted twice

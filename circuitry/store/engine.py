@@ -29,7 +29,7 @@ import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from circuitry._checks import check_clock, check_int, check_number
 from circuitry._clock import Clock
@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from circuitry.store.readmodel import ReadModel
 
 __all__ = ["Runner", "SharedStore", "StoreHealth", "check_options"]
+
+_R = TypeVar("_R")
 
 _STORE_SEQ = itertools.count(1)
 
@@ -414,38 +416,62 @@ class SharedStore:
             self._read = ReadModel(self.backend, clock=self._time, busy_timeout=self.busy_timeout)
         return self._read
 
-    def circuit(self, name: str) -> dict[str, Any] | None:
-        """The read model's :meth:`~circuitry.store.readmodel.ReadModel.circuit`, with what this process
-        counted but has not written yet added in: exact, and without waiting on the writer."""
+    def _unwritten(self, names: Sequence[str], since: int) -> tuple[dict[str, list[float]], int]:
+        """The counts of ``names`` this process holds or has in flight, not yet in the database, and the
+        commit number they go with (a read is consistent with them while no commit has come since)."""
+        held: dict[str, list[float]] = {}
+        with self.mem:
+            first = self.rollups.committed
+            seq = first
+            for name in names:
+                counts, seq_now = self.rollups.unwritten(name, since)
+                if seq_now != first:  # a commit between two circuits' counts: no commit number fits both
+                    seq = -1
+                link = self._links.get(name)
+                if link is not None:
+                    now_counts = link.breaker.counts()
+                    for i in range(5):
+                        counts[i] += now_counts[i] - link.counts[i]
+                held[name] = counts
+        return held, seq
+
+    def _read_with_unwritten(self, names: Sequence[str], read: Callable[[float, dict[str, list[float]]], _R]
+                             ) -> tuple[_R, dict[str, list[float]]]:
+        """``read(now, held)`` from the database with this process's unwritten counts of ``names``, retried
+        (up to five times) until no commit fell between taking the counts and the read, so they add up."""
         now = self._time()
         since = int((now - 3600.0) // 60)
         for _ in range(5):
-            with self.mem:
-                held, seq = self.rollups.unwritten(name, since)
-                link = self._links.get(name)
-                if link is not None:
-                    counts = link.breaker.counts()
-                    for i in range(5):
-                        held[i] += counts[i] - link.counts[i]
-            status = self.read.circuit(name, now=now)
-            if self.rollups.committed == seq:  # no commit in between: the database read and ``held`` add up
+            held, seq = self._unwritten(names, since)
+            got = read(now, held)
+            if self.rollups.committed == seq:
                 break
+        return got, held
+
+    def circuit(self, name: str) -> dict[str, Any] | None:
+        """The read model's :meth:`~circuitry.store.readmodel.ReadModel.circuit`, with what this process
+        counted but has not written yet added in: exact, and without waiting on the writer."""
+        status, held = self._read_with_unwritten([name], lambda now, _: self.read.circuit(name, now=now))
         if status is None:
+            link = self._links.get(name)
             if link is None:
                 return None
             snap = link.breaker.snapshot()
             status = {"service_name": name, "state": snap.state.value, "pattern": None, "unacknowledged_alerts": 0,
                       "last_hour": {"total_calls": 0, "successes": 0, "failures": 0, "rejections": 0,
                                     "circuit_open_duration": 0, "avg_latency_ms": None, "max_latency_ms": None}}
-        h = status["last_hour"]
-        h["successes"] += int(held[0])
-        h["failures"] += int(held[1])
-        h["rejections"] += int(held[3])
-        h["total_calls"] += int(sum(held[:5]))
-        decided = h["successes"] + h["failures"]
-        h["success_rate"] = round(100.0 * h["successes"] / decided, 1) if decided else 100.0
-        h["failure_rate"] = round(h["failures"] / decided, 4) if decided else 0.0
+        from circuitry.store.readmodel import add_unwritten
+
+        add_unwritten(status["last_hour"], held[name])
         return status
+
+    def needs_attention(self) -> list[dict[str, Any]]:
+        """The read model's :meth:`~circuitry.store.readmodel.ReadModel.needs_attention`, with this
+        process's unwritten state changes and counts added in (as :meth:`circuit` does)."""
+        states = self.unwritten_states()
+        got, _ = self._read_with_unwritten(list(self._links), lambda now, held: self.read.needs_attention(
+            now=now, states=states, held=held))
+        return got
 
     def unwritten_states(self) -> dict[str, str]:
         """This process's circuits whose state changed since the store last wrote or read their row."""

@@ -16,13 +16,25 @@ from typing import Any, Final
 from circuitry.exceptions import ConfigurationError, StoreError
 from circuitry.store.reader import Reader
 
-__all__ = ["SEVERITY_RANK", "ReadModel", "open_seconds"]
+__all__ = ["SEVERITY_RANK", "ReadModel", "add_unwritten", "open_seconds"]
 
 SEVERITY_RANK: Final = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 _REFUSING: Final = ("open", "forced_open")
 # status() of at most this many named circuits reads the minute rollups (exactly the last hour); more (or
 # all) read the ten-minute rollups: "the last hour" is then the last 60 to 70 minutes (``window_seconds``).
 _EXACT_UP_TO: Final = 200
+
+
+def add_unwritten(hour: dict[str, Any], held: Sequence[float]) -> None:
+    """Add counts not written yet (successes, failures, ignored, rejections, cancelled: a rollup's
+    first five) to a status's ``last_hour``, and recompute its rates."""
+    hour["successes"] += int(held[0])
+    hour["failures"] += int(held[1])
+    hour["rejections"] += int(held[3])
+    hour["total_calls"] += int(sum(held[:5]))
+    decided = hour["successes"] + hour["failures"]
+    hour["success_rate"] = round(100.0 * hour["successes"] / decided, 1) if decided else 100.0
+    hour["failure_rate"] = round(hour["failures"] / decided, 4) if decided else 0.0
 
 
 def open_seconds(transitions: Sequence[tuple[float, str | None, str]], since: float, now: float,
@@ -163,14 +175,17 @@ class ReadModel(Reader):
     def names(self) -> list[str]:
         return [r[0] for r in self._rows("SELECT service_name FROM circuit_breaker_states ORDER BY service_name")]
 
-    def needs_attention(self, *, now: float | None = None,
-                        states: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    def needs_attention(self, *, now: float | None = None, states: dict[str, str] | None = None,
+                        held: dict[str, list[float]] | None = None) -> list[dict[str, Any]]:
         """Circuits that are not closed, have unacknowledged warning-or-worse alerts, or failed more than
         half their decided calls in the last hour (at least 20): most urgent first — refusing circuits,
-        then half-open, then the rest, each by worst alert."""
+        then half-open, then the rest, each by worst alert. ``held``: counts not written yet, per circuit
+        (:func:`add_unwritten`)."""
         out = []
         for s in self.status(now=now, states=states):
             state, h = s["state"], s["last_hour"]
+            if held and s["service_name"] in held:
+                add_unwritten(h, held[s["service_name"]])
             worst = s["worst_alert"]
             reasons = []
             if state != "closed":

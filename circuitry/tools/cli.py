@@ -32,7 +32,7 @@ from circuitry._meta import version
 from circuitry._registry import default_db_path
 from circuitry.exceptions import ConfigurationError, SchemaVersionError, StoreError
 from circuitry.store import sqlite_path
-from circuitry.tools.terminal import Progress, ago, table, when
+from circuitry.tools.terminal import Progress, ago, retry_text, table, when
 
 if TYPE_CHECKING:
     from circuitry.store.readmodel import ReadModel
@@ -117,7 +117,7 @@ def _status_row(s: dict[str, Any], now: float) -> dict[str, Any]:
         "service": s["service_name"], "state": s["state"],
         "fail_rate": f"{100 * h['failure_rate']:.1f}%" if decided else "-", "calls": h["total_calls"],
         "refused": h["rejections"], "open_s": h["circuit_open_duration"],
-        "retry_in": None if s["retry_after"] is None else f"{s['retry_after']:.1f}s",
+        "retry_in": retry_text(s["retry_after"], "s"),
         "pattern": f"{pat['type']} ({pat['confidence']:.2f})" if pat and pat.get("type") else None,
         "alerts": s["unacknowledged_alerts"] or None,
         "changed": ago(s["last_transition"]["ts"], now) if s.get("last_transition") else when_text(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from circuitry.store.records import printable
+from circuitry.tools.terminal import retry_text
 
 __all__ = ["Page", "alerts_section", "circuit_live", "e", "layout", "q", "services_live", "webhooks_live"]
 
@@ -243,7 +244,7 @@ def circuit_live(page: Page, s: Mapping[str, Any], *, svg: str, window: str, win
              ("Failure rate (1 h)", e(f"{100 * h['failure_rate']:.1f}%" if decided else NONE)),
              ("Calls (1 h)", e(h["total_calls"])), ("Refused (1 h)", e(h["rejections"])),
              ("Open (1 h)", e(f"{h['circuit_open_duration']} s")),
-             ("Retry in", e(NONE if s.get("retry_after") is None else f"{s['retry_after']:.1f} s")),
+             ("Retry in", e(retry_text(s.get("retry_after"), " s") or NONE)),
              ("Threshold / timeout", e(f"{s.get('failure_threshold')} failures / {s.get('recovery_timeout')} s")),
              ("Recommendation", _recommendation(s)),
              ("Last written by", e(s.get("updated_by") or NONE))]

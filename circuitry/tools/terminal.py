@@ -48,6 +48,14 @@ def ago(ts: float | None, now: float) -> str:
     return f"{int(s)}s ago"
 
 
+def retry_text(retry_after: float | None, unit: str) -> str | None:
+    """When an open circuit probes: in so many seconds, or "now" once its open period is over (the next
+    call, in any process, is the probe; the stored state stays ``open`` until then)."""
+    if retry_after is None:
+        return None
+    return "now" if retry_after <= 0.0 else f"{retry_after:.1f}{unit}"
+
+
 def cell(value: Any) -> str:
     """A value as table text: ``-`` for none, short floats, everything else in full and printable."""
     if value is None:
