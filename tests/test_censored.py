@@ -232,3 +232,19 @@ def test_recommend_on_a_censored_result_without_recovery_in_the_replayed_history
     rec = recommend(censored_result, current_threshold=5, current_timeout=60.0, series=window,
                     transitions=[])
     assert not rec.has_recommendations and "does not show the service recovering" in rec.rationale
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_regression_a_rise_the_refusals_hide_gets_no_advice_that_lets_more_through(seed: int) -> None:
+    # 1 % -> 90 % failures over an hour behind the defaults: the breaker refuses most calls in the last
+    # minutes, and what it let through reads "steady" at about 75 %. Settings that paid in the calmer
+    # first half of the hour (a higher threshold, a shorter open period) sent 1.3-3 times as many calls to
+    # the failing service in the next hour; advice must hold on the analysed window itself.
+    defaults = Settings(5, 60.0)
+    run = Run(lambda t: min(0.9, 0.01 + 0.89 * (t - START) / 3600.0), defaults, seed=seed, minutes=60.0, rate=30.0)
+    _, rec = run.analyse(defaults)
+    advised = Settings(rec.recommended_threshold, rec.recommended_timeout, rec.backoff_multiplier or 1.0,
+                       rec.max_timeout)
+    before = Run(lambda t: 0.9, defaults, seed=100 + seed, minutes=60.0, rate=30.0)
+    after = Run(lambda t: 0.9, advised, seed=100 + seed, minutes=60.0, rate=30.0)
+    assert after.let + after.refused <= before.let + before.refused, (rec.rationale, advised)

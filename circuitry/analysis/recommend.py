@@ -63,7 +63,7 @@ from circuitry.analysis.replay import (
     baseline_cost,
     failing_buckets,
     impute,
-    replay_halves,
+    replay_parts,
 )
 from circuitry.analysis.series import Series, bucketize
 from circuitry.exceptions import ConfigurationError
@@ -476,13 +476,21 @@ def recommend(
 
     flags = failing_buckets(horizon)
 
-    halves: dict[Settings, tuple[float, float]] = {}
+    # The stretches advice must hold on by themselves: each half of the replayed history and, when the
+    # history is longer, the analysed window -- the present, which a longer past must not outvote (a rise
+    # over an hour, read from its last minutes, is "steady" at 75 % failures: settings that suited the
+    # calmer first half would send three times as many calls to the failing service now).
+    mid = (horizon.start + horizon.end) / 2.0
+    parts = [(horizon.start, mid), (mid, horizon.end)]
+    if ev.window_seconds and horizon.end - ev.window_seconds > horizon.start + 0.25 * horizon.span:
+        parts.append((horizon.end - ev.window_seconds, horizon.end))
+    part_costs: dict[Settings, tuple[float, ...]] = {}
 
     def cache_total(s: Settings) -> float:
         if s not in cache:
-            whole, first, second = replay_halves(horizon, s, failing=flags)
+            whole, each = replay_parts(horizon, s, parts, failing=flags)
             cache[s] = whole
-            halves[s] = (first.total(failed_weight, refused_weight), second.total(failed_weight, refused_weight))
+            part_costs[s] = tuple(c.total(failed_weight, refused_weight) for c in each)
         return cache[s].total(failed_weight, refused_weight)
 
     def price(s: Settings) -> float:
@@ -519,9 +527,9 @@ def recommend(
             c = price(cand)
             if c < search_cost - 1e-9:
                 search, search_cost = cand, c
-            # ... and it must hold in each half of the window on its own: advice that wins on one event
-            # and loses on the rest is fitted to that event.
-            steady_win = all(h <= h0 + 1e-9 for h, h0 in zip(halves[cand], halves[current], strict=True))
+            # ... and it must hold in each half of the window on its own (advice that wins on one event
+            # and loses on the rest is fitted to that event), and in the analysed window (see parts).
+            steady_win = all(h <= h0 + 1e-9 for h, h0 in zip(part_costs[cand], part_costs[current], strict=True))
             if c < best_cost - 1e-9 and cache_total(cand) <= bar and steady_win:
                 best, best_cost = cand, c
     cur_cost = cache[current]

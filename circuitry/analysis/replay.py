@@ -42,7 +42,7 @@ from circuitry.exceptions import ConfigurationError
 
 __all__ = [
     "Cost", "Settings", "Transition", "baseline_cost", "failing_buckets", "impute", "refusing", "replay",
-    "replay_halves",
+    "replay_halves", "replay_parts",
 ]
 
 _RUNS: Final = 6  # seeded replay runs averaged
@@ -366,30 +366,60 @@ def replay_halves(series: Series, settings: Settings, *, failing: Sequence[bool]
 
     .. versionadded:: 0.1.0
     """
+    mid = (series.start + series.end) / 2.0
+    whole, (first, second) = replay_parts(series, settings, ((series.start, mid), (mid, series.end)),
+                                          failing=failing, runs=runs, seed=seed)
+    return whole, first, second
+
+
+def replay_parts(series: Series, settings: Settings, parts: Sequence[tuple[float, float]], *,
+                 failing: Sequence[bool] | None = None, runs: int = _RUNS, seed: int = 0
+                 ) -> tuple[Cost, list[Cost]]:
+    """Like :func:`replay`, and the same runs' cost within each of ``parts``.
+
+    Args:
+        series: As for :func:`replay`.
+        settings: The settings to price.
+        parts: ``(from, to)`` stretches of the window; a bucket counts in each stretch its start falls in
+            (``from <= t < to``), so stretches may overlap.
+        failing: As for :func:`replay`.
+        runs: As for :func:`replay`.
+        seed: As for :func:`replay`.
+
+    Returns:
+        The whole window's cost and one cost per part (its calls estimated from the window's by time).
+
+    .. versionadded:: 0.1.0
+    """
     w = series.width
     flags = failing_buckets(series) if failing is None else failing
-    mid = (series.start + series.end) / 2.0
-    let = [0.0, 0.0]
-    refused = [0.0, 0.0]
-    trips = 0.0
+    member = [tuple(k for k, (a, b) in enumerate(parts) if a <= i * w < b) for i in series.index]
+    let = [0.0] * len(parts)
+    refused = [0.0] * len(parts)
+    let_all = refused_all = trips = 0.0
     for r in range(runs):
         sim = _Sim(settings, seed * 1000 + r)
-        for i, n, x, bad in zip(series.index, series.calls, series.failures, flags, strict=True):
+        for i, n, x, bad, into in zip(series.index, series.calls, series.failures, flags, member, strict=True):
             a0, r0 = sim.admitted, sim.refused
             sim.second(i * w, w, n, x)
-            h = 0 if i * w < mid else 1
             if bad:
-                let[h] += sim.admitted - a0
+                d = sim.admitted - a0
+                let_all += d
+                for k in into:
+                    let[k] += d
             else:
-                refused[h] += sim.refused - r0
+                d = sim.refused - r0
+                refused_all += d
+                for k in into:
+                    refused[k] += d
         trips += sim.trips
-    half = series.span / 2.0
     calls = float(series.total_calls)
-    return (
-        Cost(series.span, calls, (let[0] + let[1]) / runs, (refused[0] + refused[1]) / runs, trips / runs),
-        Cost(half, calls / 2.0, let[0] / runs, refused[0] / runs, 0.0),
-        Cost(half, calls / 2.0, let[1] / runs, refused[1] / runs, 0.0),
-    )
+    span = series.span
+    out = []
+    for k, (a, b) in enumerate(parts):
+        length = max(0.0, min(b, series.end) - max(a, series.start))
+        out.append(Cost(length, calls * length / span if span > 0 else 0.0, let[k] / runs, refused[k] / runs, 0.0))
+    return Cost(span, calls, let_all / runs, refused_all / runs, trips / runs), out
 
 
 def refusing(transitions: Sequence[Transition], start: float, end: float) -> list[tuple[float, float]]:
