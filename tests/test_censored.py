@@ -16,7 +16,7 @@ from dataclasses import replace
 import pytest
 
 from circuitry.analysis.adjust import Adjustment, AdjustPolicy, decide, measure_cost
-from circuitry.analysis.censored import CENSORED_SHARE, censoring, fill_alternating
+from circuitry.analysis.censored import CENSORED_SHARE, Censoring, censoring, fill_alternating
 from circuitry.analysis.engine import analyse
 from circuitry.analysis.history import MinuteRollup
 from circuitry.analysis.patterns import PatternResult, classify_series
@@ -248,3 +248,43 @@ def test_regression_a_rise_the_refusals_hide_gets_no_advice_that_lets_more_throu
     before = Run(lambda t: 0.9, defaults, seed=100 + seed, minutes=60.0, rate=30.0)
     after = Run(lambda t: 0.9, advised, seed=100 + seed, minutes=60.0, rate=30.0)
     assert after.let + after.refused <= before.let + before.refused, (rec.rationale, advised)
+
+
+def _short_outages_then_a_long_one(seed: int) -> tuple[Prob, float]:
+    """15-45 s outages (97 % failing) every 5 minutes or so, then one of 30-50 minutes starting at ``at``."""
+    rng = random.Random(seed)
+    spans: list[tuple[float, float]] = []
+    at = rng.uniform(3700.0, 5000.0)
+    t = rng.expovariate(1 / 300)
+    while t < at:
+        d = rng.uniform(15.0, 45.0)
+        spans.append((t, min(at, t + d)))
+        t += d + rng.expovariate(1 / 300)
+    spans.append((at, at + rng.uniform(1800.0, 3000.0)))
+    return (lambda t: 0.97 if any(a <= t - START < b for a, b in spans) else 0.01), at
+
+
+@pytest.mark.parametrize("seed", [0, 1, 4, 6, 7, 8])
+def test_regression_a_long_outage_after_short_ones_is_not_read_as_fast_alternation(seed: int) -> None:
+    # An outside review: eight minutes into a long outage, the breaker had refused most of the hour, its
+    # probes had found the service back after each short outage, and the censored reading said the service
+    # "alternates faster than the breaker looks" -- failing spells of 10 minutes and more, against a 60 s
+    # open period. Its advice (a 5 s open period, no backoff) probed every 5 s through the rest of the outage.
+    prob, at = _short_outages_then_a_long_one(seed)
+    defaults = Settings(5, 60.0)
+    run = Run(prob, defaults, seed=seed, minutes=(at + 500.0) / 60.0, rate=10.0)
+    pattern, rec = run.analyse(defaults)
+    assert pattern.type is None and rec.censored  # the window is censored: the reading applies
+    assert not rec.has_recommendations
+    assert "longer than the open period (60 s): the breaker sees them" in rec.rationale
+
+
+def test_a_median_healthy_stretch_of_nothing_is_no_recovery() -> None:
+    # A partial degradation (30-60 % of calls failing): probes succeed half the time, and after most of
+    # them the failures come back at once. Pooled over all stretches, a few clean seconds had passed the
+    # test, and the reading said "alternating, healthy about 1.0 s", with advice (threshold 10, 15 s) that
+    # tripled the cost of the next hour in an outside review.
+    seen = Censoring(refused_share=0.8, probes=32, probe_successes=19, recoveries=12, healthy_seconds=0.0,
+                     clean_calls=40, clean_failures=2)
+    assert not seen.recovering and not seen.alternating and seen.spells() is None
+    assert replace(seen, healthy_seconds=2.0).alternating

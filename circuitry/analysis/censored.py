@@ -83,9 +83,12 @@ class Censoring:
     @property
     def recovering(self) -> bool:
         """A probe found the service healthy and the failures came back later, and the calls let through in
-        between were healthy ones."""
+        between were healthy ones -- in the typical closed stretch, not only pooled over all of them: where
+        failures came back at once after most successful probes (a median healthy time of 0 s), those
+        probes were luck at a high failure share, not recoveries."""
         return (self.recoveries >= _MIN_RECOVERIES and self.clean_calls >= _MIN_CLEAN_CALLS
-                and self.clean_failures < CLEAN_SHARE * self.clean_calls)
+                and self.clean_failures < CLEAN_SHARE * self.clean_calls
+                and self.healthy_seconds is not None and self.healthy_seconds > 0.0)
 
     @property
     def failing_through(self) -> bool:

@@ -395,6 +395,12 @@ def recommend(
         if spells is None:
             return unchanged(f"censored window (the breaker refused calls {ev.refused_share or 0.0:.0%} of it), "
                              "but the replayed history does not show the service recovering between failures")
+        if spells[0] >= current_timeout:
+            # The reading says the failures come and go faster than the breaker looks; spells longer than
+            # its open period it does see (a long outage after short ones): nothing to correct.
+            return unchanged(f"censored window (the breaker refused calls {ev.refused_share or 0.0:.0%} of it), "
+                             f"but the failing spells the probes imply (about {spells[0]:.0f} s) are longer than the "
+                             f"open period ({_fmt_seconds(current_timeout)} s): the breaker sees them")
         horizon = fill_alternating(horizon, transitions, *spells)
         probes, refused_healthy = cz.probes, cz.probe_success_share
         what = (
