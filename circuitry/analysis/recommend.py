@@ -101,6 +101,9 @@ _INCIDENT_SECONDS: Final = 300.0  # ... and their length
 _DEGRADED: Final = 0.25  # the failure share of the degraded stretches priced into every replay
 _ESCALATION_MIN_GAIN: Final = 0.3  # an escalation's advice must save this share
 _ESCALATION_MIN_SHARE: Final = 0.1  # replay after the change point only if it covers this share
+_RISE_P: Final = 0.05  # steady failures rising at the label's significance (too little to be labelled) ...
+_RISE_Z: Final = 2.326  # ... or per call alone at this z (0.01, one-sided) get the escalation's rules,
+_RISE_RATIO: Final = 1.3  # ... when the failure share per call rose by this factor over the window
 _CONFIRM: Final = 60.0  # a close with less than this many seconds of window after it is not yet a recovery
 
 
@@ -433,6 +436,14 @@ def recommend(
     # An escalation is getting worse: the advice must also hold if the service fails outright next -- at
     # the failing share after the rise, or at 90 % -- and must not tolerate more failures in a row.
     escalating = kind == "escalating"
+    # Failures read as steady may still be rising, too slightly or too hidden for the label: by a third or
+    # more over the window (less than the label's doubling), and significantly -- per call and per second,
+    # as for the label, or per call alone at 0.01 (one-sided), as 30 % -> 70 % is behind a breaker that
+    # refused most of the window, where the per-second test sees little (the breaker trips as fast in
+    # every closed stretch). The same two rules hold for them. (Not for bursts: there the trend test reads
+    # where the episodes fell.)
+    rising = escalating or (kind in ("steady", "intermittent") and (ev.trend_rate_ratio or 0.0) >= _RISE_RATIO and (
+        (ev.trend_p_value is not None and ev.trend_p_value < _RISE_P) or (ev.trend_z or 0.0) >= _RISE_Z))
     fail_levels = sorted({_FAILING, min(0.95, max(0.5, ev.rate_after or 0.0))})
 
     def failing_cost(s: Settings, p: float) -> float:
@@ -449,7 +460,7 @@ def recommend(
             return False
         if not seen_end and (s.timeout > current.timeout or s.backoff > current.backoff):
             return False
-        if escalating:
+        if rising:
             if s.threshold > current.threshold:
                 return False
             return all(failing_cost(s, p) <= failing_now[p] * (1.0 + _BASELINE_TOLERANCE) + 1.0 for p in fail_levels)
