@@ -20,6 +20,8 @@ The pattern decides what is replayed and how the advice reads, not the advice it
     minutes: only the window after the change point is replayed.
 ``burst``, ``steady``, ``intermittent``
     The whole window is replayed; the rationale names the episodes or the failure share behind it.
+    Steady or intermittent failures that still rise (by a third or more, significantly) get the
+    escalation's rules: no higher threshold, and no more cost if the service fails outright next.
 ``None`` (abstain) or a confidence below ``confidence_floor``
     Nothing is recommended: too few failures to learn from -- unless the window is *censored*
     (:mod:`circuitry.analysis.censored`): the breaker refused calls for most of it while its probes kept
