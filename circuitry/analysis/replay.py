@@ -22,7 +22,7 @@ What the breaker in force refused is not in the series: its open periods are hol
 them from the transitions, as documented there, so that settings with a shorter open period are not
 credited with serving calls nobody saw.
 
-(Under 600 lines: the breaker simulation (exact and drawn seconds), the imputation of refused seconds and the
+(Over 500 lines: the breaker simulation (exact and drawn seconds), the imputation of refused seconds and the
 closed-form costs price the same settings and must agree, so they stay in one module.)
 
 .. versionadded:: 0.1.0

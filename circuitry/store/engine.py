@@ -416,33 +416,25 @@ class SharedStore:
             self._read = ReadModel(self.backend, clock=self._time, busy_timeout=self.busy_timeout)
         return self._read
 
-    def _unwritten(self, names: Sequence[str], since: int) -> tuple[dict[str, list[float]], int]:
-        """The counts of ``names`` this process holds or has in flight, not yet in the database, and the
-        commit number they go with (a read is consistent with them while no commit has come since)."""
-        held: dict[str, list[float]] = {}
-        with self.mem:
-            first = self.rollups.committed
-            seq = first
-            for name in names:
-                counts, seq_now = self.rollups.unwritten(name, since)
-                if seq_now != first:  # a commit between two circuits' counts: no commit number fits both
-                    seq = -1
-                link = self._links.get(name)
-                if link is not None:
-                    now_counts = link.breaker.counts()
-                    for i in range(5):
-                        counts[i] += now_counts[i] - link.counts[i]
-                held[name] = counts
-        return held, seq
-
     def _read_with_unwritten(self, names: Sequence[str], read: Callable[[float, dict[str, list[float]]], _R]
                              ) -> tuple[_R, dict[str, list[float]]]:
-        """``read(now, held)`` from the database with this process's unwritten counts of ``names``, retried
-        (up to five times) until no commit fell between taking the counts and the read, so they add up."""
+        """``read(now, held)`` from the database, ``held`` being what this process counted of ``names`` but
+        has not written yet; retried (up to five times) until no commit came between taking the counts and
+        the end of the read, so that the two add up exactly."""
         now = self._time()
         since = int((now - 3600.0) // 60)
         for _ in range(5):
-            held, seq = self._unwritten(names, since)
+            held: dict[str, list[float]] = {}
+            with self.mem:
+                seq = self.rollups.committed
+                for name in names:
+                    counts, _ = self.rollups.unwritten(name, since)
+                    link = self._links.get(name)
+                    if link is not None:
+                        now_counts = link.breaker.counts()
+                        for i in range(5):
+                            counts[i] += now_counts[i] - link.counts[i]
+                    held[name] = counts
             got = read(now, held)
             if self.rollups.committed == seq:
                 break
