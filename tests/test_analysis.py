@@ -389,6 +389,40 @@ def test_acknowledge_by_id_and_by_service(make: Any, clock: FakeClock) -> None:
     assert seed.get_stats()["unacknowledged_alerts"] == 0
 
 
+def test_an_alert_acknowledged_elsewhere_does_not_silence_its_repeats(make: Any, clock: FakeClock,
+                                                                       tmp_path: Path) -> None:
+    """An operator acknowledges the opening from the CLI (another process: this one's engine does not
+    hear of it), then the circuit opens again within the deduplication window: the repeats are a new
+    alert, stored unacknowledged with their count and handed to the callback -- they were counted into
+    the acknowledged row's in-memory copy and lost."""
+    reg, store = make()
+    got: list[dict[str, Any]] = []
+    store.add_alert_callback(got.append)
+    b = reg.get("svc", failure_threshold=1, recovery_timeout=5)
+    b.record_failure(b.admit(), Boom())
+    assert eventually(lambda: [a["alert_type"] for a in got] == ["circuit_opened"])
+    with contextlib.closing(sqlite3.connect(tmp_path / "a.db")) as conn, conn:
+        conn.execute("UPDATE circuit_breaker_alerts SET acknowledged = TRUE")  # what `circuitry ack` writes
+    for _ in range(3):
+        clock.advance(5)
+        assert store.flush()
+        b.record_success(b.admit())  # closes
+        assert store.flush()
+        b.record_failure(b.admit(), Boom())  # and opens again
+        assert store.flush()
+
+    def opened() -> list[dict[str, Any]]:
+        return [r for r in store.alerts("svc") if r["alert_type"] == "circuit_opened"]
+
+    assert eventually(lambda: sum(r["occurrences"] for r in opened()) >= 3)
+    Analyst.attach(store).run_once(clock.time())
+    assert [r["occurrences"] for r in opened()] == [3]
+    assert opened()[0]["id"] != got[0]["id"]
+    assert eventually(lambda: [a["alert_type"] for a in got if a["alert_type"] == "circuit_opened"]
+                      == ["circuit_opened", "circuit_opened"])
+    assert any(a["id"] == opened()[0]["id"] and a["count"] >= 1 for a in got)
+
+
 def test_a_flapping_circuit_does_not_flood(make: Any, clock: FakeClock) -> None:
     reg, store = make()
     got: list[dict[str, Any]] = []

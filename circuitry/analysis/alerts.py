@@ -161,6 +161,8 @@ class Aggregate:
         last_seen: ``now`` of the latest occurrence.
         last_details: The details the latest occurrence would have carried (e.g. the current number of
             openings for ``flapping``).
+        first_seen: ``now`` of the first of the ``added`` occurrences (``None``: not known). Where the
+            stored alert was acknowledged meanwhile, the repeats become a new alert from this time.
 
     .. versionadded:: 0.1.0
     """
@@ -169,6 +171,7 @@ class Aggregate:
     added: int
     last_seen: float
     last_details: dict[str, Any]
+    first_seen: float | None = None
 
 
 # -- policy -------------------------------------------------------------------------------------------
@@ -244,12 +247,13 @@ def _plain(value: Any) -> Any:
 class _Live:
     """The latest alert of one key, with repeats counted into it."""
 
-    __slots__ = ("alert", "count", "last_details", "last_seen", "undrained")
+    __slots__ = ("alert", "count", "first_undrained", "last_details", "last_seen", "undrained")
 
     def __init__(self, alert: Alert) -> None:
         self.alert = alert
         self.count = 1
         self.undrained = 0
+        self.first_undrained = alert.created_at
         self.last_seen = alert.created_at
         self.last_details = alert.details
 
@@ -535,7 +539,7 @@ class AlertEngine:
             self._pending.clear()
             out = [
                 Aggregate(alert=dataclasses.replace(lv.alert, count=lv.count), added=lv.undrained,
-                          last_seen=lv.last_seen, last_details=lv.last_details)
+                          last_seen=lv.last_seen, last_details=lv.last_details, first_seen=lv.first_undrained)
                 for lv in lives
             ]
             for lv in lives:
@@ -599,6 +603,8 @@ class AlertEngine:
         live = svc.live.get(alert_type)
         if live is not None and live.alert.key == key and now - live.alert.created_at < self._policy.dedup_window:
             live.count += 1
+            if not live.undrained:
+                live.first_undrained = now
             live.undrained += 1
             live.last_seen = max(live.last_seen, now)
             live.last_details = details

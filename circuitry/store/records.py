@@ -7,6 +7,7 @@ Runs on the caller's connection (the analyst's own thread and connection): never
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 from collections.abc import Iterator, Sequence
@@ -109,7 +110,10 @@ class Records:
                dedup_window: float) -> list[dict[str, Any]]:
         """Store new alerts and count repeats into existing ones; returns the alerts stored as new rows
         (as dicts with their ``id``). An unacknowledged alert with the same key inside the window —
-        raised by any process — absorbs the occurrence (``occurrences`` goes up) instead of a new row."""
+        raised by any process — absorbs the occurrence (``occurrences`` goes up) instead of a new row.
+        Repeats of an alert acknowledged meanwhile (from any process: the CLI, the dashboard) become a
+        new alert, stored and returned like one: an acknowledgement answers what was seen, not what
+        comes after it."""
         fresh: list[dict[str, Any]] = []
         if not alerts and not aggregates:
             return fresh
@@ -117,7 +121,8 @@ class Records:
             # Deduplication reads, then writes: the circuits' rows are locked first so that processes raising
             # the same alert take turns (SQLite's transaction holds the write lock already; on PostgreSQL
             # this row lock is what keeps two hosts from both inserting it).
-            for service in sorted({alert.service_name for alert in alerts}):
+            services = {alert.service_name for alert in alerts} | {agg.alert.service_name for agg in aggregates}
+            for service in sorted(services):
                 conn.execute("UPDATE circuit_breaker_states SET version = version WHERE service_name = ?", (service,))
             for alert in alerts:
                 row = conn.execute(
@@ -127,21 +132,31 @@ class Records:
                     conn.execute("UPDATE circuit_breaker_alerts SET occurrences = occurrences + 1, last_seen_at = ? "
                                  "WHERE id = ?", (iso(alert.created_at), row[0][0]))
                     continue
-                message = printable(alert.message)
-                got = conn.execute(
-                    "INSERT INTO circuit_breaker_alerts (service_name, alert_type, severity, message, details, "
-                    "acknowledged, created_at, occurrences, last_seen_at, alert_key, ts) VALUES "
-                    "(?, ?, ?, ?, ?, FALSE, ?, 1, ?, ?, ?) RETURNING id",
-                    (alert.service_name, alert.alert_type, alert.severity, message,
-                     json.dumps(alert.details, default=str), iso(alert.created_at), iso(alert.created_at), alert.key,
-                     alert.created_at))
-                data = alert.as_dict()
-                data["message"] = message
-                data["id"] = got[0][0]
-                fresh.append(data)
+                fresh.append(_insert_alert(conn, alert, 1, alert.created_at))
             for agg in aggregates:
-                conn.execute(
+                row = conn.execute(
                     "UPDATE circuit_breaker_alerts SET occurrences = occurrences + ?, last_seen_at = ? WHERE id = "
                     "(SELECT id FROM circuit_breaker_alerts WHERE alert_key = ? AND acknowledged = FALSE "
-                    "ORDER BY id DESC LIMIT 1)", (agg.added, iso(agg.last_seen), agg.alert.key))
+                    "ORDER BY id DESC LIMIT 1) RETURNING id", (agg.added, iso(agg.last_seen), agg.alert.key))
+                if not row:  # acknowledged (or pruned) since: the repeats are news
+                    first = agg.last_seen if agg.first_seen is None else agg.first_seen
+                    repeat = dataclasses.replace(agg.alert, details=agg.last_details, created_at=first,
+                                                 count=agg.added)
+                    fresh.append(_insert_alert(conn, repeat, agg.added, agg.last_seen))
         return fresh
+
+
+def _insert_alert(conn: Connection, alert: Alert, occurrences: int, last_seen: float) -> dict[str, Any]:
+    """Insert ``alert`` as a new row; returns it as a dict with its ``id`` (what callbacks are handed)."""
+    message = printable(alert.message)
+    got = conn.execute(
+        "INSERT INTO circuit_breaker_alerts (service_name, alert_type, severity, message, details, "
+        "acknowledged, created_at, occurrences, last_seen_at, alert_key, ts) VALUES "
+        "(?, ?, ?, ?, ?, FALSE, ?, ?, ?, ?, ?) RETURNING id",
+        (alert.service_name, alert.alert_type, alert.severity, message,
+         json.dumps(alert.details, default=str), iso(alert.created_at), occurrences, iso(last_seen), alert.key,
+         alert.created_at))
+    data = alert.as_dict()
+    data["message"] = message
+    data["id"] = got[0][0]
+    return data
