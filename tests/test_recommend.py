@@ -481,3 +481,28 @@ def test_malformed_floor_and_history_raise_configuration_error_naming_them(kwarg
     # A string floor gave a TypeError from a comparison, a history of ints an AttributeError deep inside.
     with pytest.raises(ConfigurationError, match=match):
         recommend(result("steady"), current_threshold=5, current_timeout=60, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_stretch_an_operator_forced_open_is_no_burst(seed: int) -> None:
+    """An operator forces a healthy circuit open for 4 s: its refusals are nobody's settings' doing and
+    say nothing of the service. Filled in as failing, as an opening's refusals are, they read as a burst
+    that a lower threshold and a shorter open period would have caught: the advice was 10 -> 5, 10 s ->
+    5 s, "healthy calls refused 1094 -> 481 per hour", for a service failing 2 % of calls at random."""
+    forced = (300.0, 304.0)
+    every = stream(seed, lambda _t: 0.02, rate=30.0)
+    calls = [c for c in every if not forced[0] <= c[0] < forced[1]]
+    series = bucketize(calls, start=0.0, end=900.0)
+    refused = len(every) - len(calls)
+    history = []
+    for m in range(15):
+        mine = [f for t, f in calls if m * 60 <= t < (m + 1) * 60]
+        history.append(MinuteRollup(m, len(mine), len(mine) - sum(mine), sum(mine), refused if m == 5 else 0))
+    trans = [Transition(forced[0], "closed", "forced_open"), Transition(forced[1], "forced_open", "closed")]
+    rec = recommend(classify_series(series, transitions=trans), current_threshold=10, current_timeout=10,
+                    series=series, transitions=trans, history=history)
+    plain = recommend(classify_series(series), current_threshold=10, current_timeout=10, series=series,
+                      history=history)
+    assert not plain.has_recommendations
+    assert not rec.has_recommendations, rec.rationale
+    assert rec.current_cost is not None and rec.current_cost.healthy_refused == 0
