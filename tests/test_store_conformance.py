@@ -632,6 +632,33 @@ def test_retention_prunes_old_events_and_caps_their_number(target: Target, clock
     assert oldest >= start + 7200 - 1
 
 
+def test_the_event_cap_drops_failures_before_transitions(target: Target, clock: FakeClock) -> None:
+    """A flood of failures beyond ``max_events`` pushes out older failures, not the day's transitions:
+    the shared metrics count those (circuitry_transitions_total went down), and the analysis reads
+    the open periods from them."""
+    reg, store = target.make(max_events=1000)
+    b = reg.get("svc", failure_threshold=1, recovery_timeout=1)
+    fail(b)  # opens
+    clock.advance(1)
+    assert store.flush()  # the probe's lease is taken as the open period ends
+    b.record_success(b.admit())  # half-open, closed
+    assert store.flush()
+    count_transitions = "SELECT count(*) FROM circuit_breaker_events WHERE event_type = 'state_change'"
+    transitions = target.rows(count_transitions)[0][0]
+    assert transitions >= 2
+    flood = reg.get("flood", failure_threshold=10**6)
+    for i in range(1500):  # a second apart: failures of one second may share a row
+        fail(flood)
+        clock.advance(1)
+        if i % 100 == 99:
+            assert store.flush()
+    store.writer._last_prune = 0.0
+    assert store.flush()
+    ((kept_failures,),) = target.rows("SELECT count(*) FROM circuit_breaker_events WHERE event_type = 'failure'")
+    assert 900 <= kept_failures <= 1000
+    assert target.rows(count_transitions)[0][0] == transitions
+
+
 # -- the read model -------------------------------------------------------------------------------------
 
 

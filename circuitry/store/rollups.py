@@ -186,10 +186,14 @@ def merge(bucket: list[float], delta: Sequence[float]) -> None:
     bucket[7] = max(bucket[7], delta[7])
 
 
+#: Events other than failures are dropped by count only beyond this many times ``max_events``.
+_OTHER_EVENTS: Final = 10
+
+
 def prune(conn: Connection, now: float, *, retention: float, second_retention: float, max_events: int) -> None:
     """Drop history older than its retention: events, patterns and alerts after ``retention``;
     per-minute rows after ``max(retention, 90 days)``; per-second rows after ``second_retention``;
-    expired leases; then the oldest events beyond ``max_events``."""
+    expired leases; then the oldest failure rows beyond ``max_events`` (other events beyond ten times it)."""
     # every circuit that writes events has a state row; the store's own rows go under "circuitry"
     services = [r[0] for r in conn.execute("SELECT service_name FROM circuit_breaker_states")] + ["circuitry"]
     cutoff = now - retention
@@ -210,7 +214,14 @@ def prune(conn: Connection, now: float, *, retention: float, second_retention: f
         got = conn.execute("SELECT max(id) - min(id) + 1, max(id) FROM circuit_breaker_events")
         count, top = got[0] if got else (None, None)
         if count is not None and count > max_events:
-            conn.execute("DELETE FROM circuit_breaker_events WHERE id <= ?", (top - max_events,))
+            # The bound drops failure rows, the bulk, first. Transitions and the rest are rare, and what the
+            # state history, the analysis and the shared metrics count (circuitry_transitions_total went
+            # down when a flood of failures pushed the day's transitions out): they go by count only
+            # beyond ten times the bound.
+            conn.execute("DELETE FROM circuit_breaker_events WHERE id <= ? AND event_type = 'failure'",
+                         (top - max_events,))
+            if count > _OTHER_EVENTS * max_events:
+                conn.execute("DELETE FROM circuit_breaker_events WHERE id <= ?", (top - _OTHER_EVENTS * max_events,))
 
 
 #: Samples without a call before a circuit counts as quiet (sampled every few seconds, not every cycle).
