@@ -87,7 +87,15 @@ def test_alerts_and_ack(populated: Path) -> None:
     assert (code, out) == (0, "acknowledged 1 alert(s)\n")
     assert run("alerts", "--db", str(populated))[1] == "(none)\n"
     assert "circuit_opened" in run("alerts", "--db", str(populated), "--all")[1]
-    assert run("ack", "--db", str(populated), "--service", "payments")[0] == 1  # nothing left to ack
+    assert run("ack", "--db", str(populated), "--service", "payments") == (
+        1, "acknowledged 0 alert(s): payments has no unacknowledged alert\n")  # nothing left to ack
+    # acknowledging twice, or an id that is not there, are different mistakes and read differently
+    assert run("ack", "--db", str(populated), "--id", alert_id) == (
+        1, f"acknowledged 0 alert(s): alert {alert_id} was acknowledged already\n")
+    assert run("ack", "--db", str(populated), "--id", "99999") == (
+        1, "acknowledged 0 alert(s): no alert has id 99999\n")
+    code, out = run("ack", "--db", str(populated), "--id", "99999", "--json")
+    assert code == 1 and json.loads(out) == {"acknowledged": 0, "keys": [], "why": "no alert has id 99999"}
 
 
 def test_patterns_and_recommend(tmp_path: Path) -> None:

@@ -123,3 +123,22 @@ def test_a_closed_stdout_ends_the_command_quietly(db: Path) -> None:
     finally:
         os.close(write)
     assert (proc.returncode, proc.stderr) == (141, "")
+
+
+def test_tables_of_an_older_shape_are_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A database with the original design's circuit tables (its SQL, no circuitry schema record) was
+    said to hold "no circuit tables" -- false, and the way out (`migrate`) looked like it would start
+    afresh. The message says what is there and that migrating keeps the rows."""
+    from .test_store_promises import _OLD_SHAPE
+
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as conn:
+        conn.executescript(_OLD_SHAPE)
+    for argv in (["status"], ["alerts"]):
+        code, out = run(*argv, "--db", str(old))
+        err = one_line(capsys.readouterr().err)
+        assert code == 2 and out == "", argv
+        assert "older shape" in err and "circuitry migrate" in err and "no circuit tables" not in err, err
+    assert run("migrate", "--db", str(old))[0] == 0
+    code, out = run("status", "--db", str(old))
+    assert code == 0 and "legacy" in out

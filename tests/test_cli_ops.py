@@ -155,6 +155,10 @@ def test_export_events_and_metrics_of_a_period(db: Path, tmp_path: Path) -> None
     code, out = run("export", "alerts", "--db", str(db), "--format", "ndjson")
     assert code == 0 and all(json.loads(line)["service_name"] for line in out.splitlines())
     assert run("export", "events", "--db", str(db), "--since", "yesterday-ish")[0] == 2
+    # --json is --format json: with another format the command cannot do both, so it says so
+    assert run("export", "alerts", "--db", str(db), "--json", "--format", "csv")[0] == 2
+    assert run("export", "alerts", "--db", str(db), "--json", "--format", "json") == run(
+        "export", "alerts", "--db", str(db), "--json")
 
 
 def test_export_pages_through_many_events(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -239,6 +243,7 @@ def test_no_design_jargon_in_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_the_dashboard_command_serves_loopback_with_a_printed_token(db: Path) -> None:
     import os
+    import signal
     import socket
     import subprocess
     import sys
@@ -270,9 +275,13 @@ def test_the_dashboard_command_serves_loopback_with_a_printed_token(db: Path) ->
 
         assert eventually(lambda: status() == 200, timeout=60)
         assert status("rebound.example") == 400
+        proc.send_signal(signal.SIGINT)  # "Ctrl-C to stop": a clean stop, not a traceback
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "Traceback" not in err, err
     finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.communicate(timeout=30)
 
 
 def test_long_work_shows_progress_on_a_terminal_only(db: Path, tmp_path: Path,

@@ -161,6 +161,26 @@ class Reader:
             raise
         return None if not rows or rows[0][0] is None else int(rows[0][0])
 
+    def older_shape(self) -> bool:
+        """Whether the database holds the original design's circuit tables without circuitry's schema
+        record (made by the design's SQL, or by another tool): ``circuitry migrate`` upgrades them.
+
+        Raises:
+            StoreError: The database cannot be reached or read.
+        """
+        if self.schema_version() is not None:
+            return False
+        try:
+            with self._reading() as conn:
+                conn.execute("SELECT 1 FROM circuit_breaker_states LIMIT 1")
+        except NoDatabaseError:
+            return False
+        except StoreError as exc:
+            if self._missing(exc):
+                return False
+            raise
+        return True
+
     def ready(self) -> bool:
         """Whether the database holds circuitry's tables (``False``: it does not exist, or holds none yet).
 

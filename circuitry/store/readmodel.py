@@ -277,6 +277,16 @@ class ReadModel(Reader):
             a["acknowledged"] = bool(a["acknowledged"])
         return out
 
+    def alert(self, alert_id: int) -> dict[str, Any] | None:
+        """One alert row by id, acknowledged or not; ``None`` if there is none."""
+        rows = self._rows(f"SELECT {', '.join(self._ALERT_COLS)} FROM circuit_breaker_alerts WHERE id = ?",
+                          (alert_id,))
+        if not rows:
+            return None
+        out = dict(zip(self._ALERT_COLS, rows[0], strict=True))
+        out["acknowledged"] = bool(out["acknowledged"])
+        return out
+
     def acknowledge(self, *, alert_id: int | None = None, service: str | None = None) -> list[str]:
         """Acknowledge one alert by id, or every open alert of a service; the keys acknowledged."""
         if (alert_id is None) == (service is None):

@@ -69,6 +69,9 @@ def _reader(args: argparse.Namespace) -> ReadModel:
     if not _exists(args.db):
         raise StoreError(f"no database at {where}")
     if not reader.ready():
+        if reader.older_shape():
+            raise StoreError(f"{where} holds circuit tables of an older shape, without circuitry's schema record: "
+                             "`circuitry migrate` upgrades them in place, keeping their rows")
         raise StoreError(f"{where} holds no circuit tables (is it the right file? `circuitry migrate` adds them)")
     reader.check()
     return reader
@@ -217,10 +220,17 @@ def cmd_ack(args: argparse.Namespace, out: TextIO) -> int:
     reader = _reader(args)
     service = known(reader, args.service) if args.service else None
     keys = reader.acknowledge(alert_id=args.id, service=service)
+    why = None  # when nothing was acknowledged: an id that is not there reads differently from one done before
+    if not keys:
+        if args.id is not None:
+            row = reader.alert(args.id)
+            why = f"no alert has id {args.id}" if row is None else f"alert {args.id} was acknowledged already"
+        else:
+            why = f"{service} has no unacknowledged alert"
     if args.json:
-        _emit_json({"acknowledged": len(keys), "keys": keys}, out)
+        _emit_json({"acknowledged": len(keys), "keys": keys, **({"why": why} if why else {})}, out)
     else:
-        out.write(f"acknowledged {len(keys)} alert(s)\n")
+        out.write(f"acknowledged {len(keys)} alert(s)" + (f": {why}" if why else "") + "\n")
     return 0 if keys else 1
 
 
@@ -382,7 +392,9 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError("--until is before --since")
     name = known(reader, args.service) if args.service else None
     show = args.progress if args.progress is not None else sys.stderr.isatty()
-    fmt = "json" if args.json else args.format
+    if args.json and args.format not in (None, "json"):
+        raise UsageError(f"--json and --format {args.format} ask for different output: give one of them")
+    fmt = "json" if args.json else args.format or "csv"
     if args.what == "metrics":
         names = [name] if name else reader.names()
         progress = Progress(len(names), "exporting metrics", sys.stderr, enabled=show)
@@ -553,8 +565,11 @@ def cmd_dashboard(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError("--token-file needs --actions (without it the dashboard is read-only)")
     if not args.allow_empty:
         _reader(args)  # a clear error now rather than an empty page
-    return serve(args.db, host=args.host, port=args.port, token_file=args.token_file, actions=args.actions,
-                 refresh=args.refresh, out=out)
+    try:
+        return serve(args.db, host=args.host, port=args.port, token_file=args.token_file, actions=args.actions,
+                     refresh=args.refresh, out=out)
+    except KeyboardInterrupt:  # "Ctrl-C to stop": uvicorn shuts down, then raises the signal again
+        return 0
 
 
 # -- the parser ----------------------------------------------------------------------------------------
@@ -684,7 +699,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="1h, 30m, 2d, epoch seconds or ISO 8601 (default: 1h)")
     export.add_argument("--until", type=_time_text, help="the end (default: now)")
     export.add_argument("--service", metavar="NAME", help="one circuit (default: all)")
-    export.add_argument("--format", choices=("csv", "json", "ndjson"), default="csv")
+    export.add_argument("--format", choices=("csv", "json", "ndjson"), default=None, help="csv (the default), json "
+                        "or ndjson")
     export.add_argument("--output", "-o", metavar="FILE", help="write to FILE (default: stdout)")
     hooks = add("webhooks", "webhook deliveries of alerts: pending, delivered, dead")
     hooks.add_argument("--state", choices=("pending", "delivered", "dead"))
@@ -733,8 +749,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    """Run the command line; returns the exit code (0 done, 1 nothing to do, 2 an error, 141 stdout closed
-    before the output was written)."""
+    """Run the command line; returns the exit code (0 done, 1 nothing to do, 2 an error, 130 interrupted,
+    141 stdout closed before the output was written)."""
     out = sys.stdout if out is None else out
     try:
         args = _parser().parse_args(argv)
@@ -750,6 +766,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except BrokenPipeError:  # `| head`: the reader has what it wanted; say nothing, as Unix tools do
         _quiet(out)
         return _CLOSED_STDOUT
+    except KeyboardInterrupt:  # Ctrl-C in a long command: the shell's code for SIGINT, no traceback
+        return 130
     except (UsageError, StoreError, SchemaVersionError, ConfigurationError, sqlite3.Error, OSError) as exc:
         text = " ".join(mask(str(exc)).split())  # one line, whatever the driver's message was
         sys.stderr.write(f"circuitry {args.command}: {text}\n")
