@@ -20,7 +20,7 @@ from circuitry._core import CircuitBreaker, hold_breakers, release_breakers, val
 from circuitry._policy import Policy
 from circuitry.events import Dispatcher, Hook
 from circuitry.exceptions import CircuitNotFoundError, ConfigurationError, RegistryConflictError
-from circuitry.instrumentation.logging import LoggingHook
+from circuitry.instrumentation.logging import LoggingHook, log
 
 if TYPE_CHECKING:
     from circuitry.analysis.recommend import Recommendation
@@ -110,7 +110,7 @@ class Registry:
                                              dispatcher=self.dispatcher, rng=self._rng)
                     store = self._store if self._store_factory is None else self._open_pending_store()
                     if store is not None:
-                        store.adopt(breaker)
+                        _adopt(store, breaker)
                     self.breakers[name] = breaker
                     return breaker
         if policy is not None and policy != breaker.policy:
@@ -226,7 +226,7 @@ class Registry:
             existing = list(self.breakers.values())
         _start_runners(store)
         for breaker in existing:
-            store.adopt(breaker)
+            _adopt(store, breaker)
 
     @property
     def store(self) -> Store | None:
@@ -471,6 +471,16 @@ def set_default_registry(registry: Registry) -> Registry:
 
 
 # -- fork() ----------------------------------------------------------------------------------------------
+
+def _adopt(store: Store, breaker: CircuitBreaker) -> None:
+    """``store.adopt(breaker)`` on the caller's thread, where nothing a store reads (a stored row written
+    by hand, a bug) may raise into the call that made the breaker: it runs from memory, and it is said."""
+    try:
+        store.adopt(breaker)
+    except Exception as exc:
+        log("error", "circuitry.store_bug", circuit=breaker.name, error_type=type(exc).__qualname__,
+            error_message=str(exc)[:500], note="the circuit runs from memory in this process")
+
 # A registry's lock is held while a breaker is made, and while its store adopts it (which may run transition
 # hooks, and wait a moment for the store's first read): a fork in that moment left the child a lock nobody
 # would release, and the child's first call to that circuit hung. It cannot be taken before the fork as the

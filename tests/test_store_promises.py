@@ -361,6 +361,63 @@ def test_a_row_the_database_refuses_never_wedges_the_store(make: Any, db: Path) 
     assert rows(db, "SELECT current_state FROM circuit_breaker_states WHERE service_name = 'later'") == [("open",)]
 
 
+GARBAGE = {  # what a hand-written UPDATE may leave in a state row: SQLite keeps text in a number's column
+    "open_until": "open_until = 'x', current_state = 'open'",
+    "version": "version = 'v'",
+    "opened_at": "opened_at = 'garbage', current_state = 'open'",
+    "failure_count": "failure_count = 'many'",
+    "every number": "version = 'v', opened_at = 'bad', open_until = 'x', open_for = 'long', reopen_count = 'r', "
+                    "failure_count = 'f', current_state = 'open'",
+}
+
+
+@pytest.mark.parametrize("damage", list(GARBAGE))
+def test_a_state_row_holding_text_for_numbers_is_repaired_and_raises_into_no_call(make: Any, db: Path,
+                                                                                  damage: str) -> None:
+    """Text where a number belongs in a circuit's stored row: every protected call of a process starting
+    on it raised TypeError (adopting ``open_until - now``), and in a running process every writer cycle
+    failed, so no circuit's counts were written again. The values are read as unknown and the next
+    write replaces them -- or, if the version is damaged (no compare-and-set can match it), the row is
+    repaired, with a version every process adopts, and that is said; counts and transitions go on being
+    written."""
+    reg, store = make()
+    b = reg.get("svc", failure_threshold=2, recovery_timeout=5)
+    other = reg.get("other", failure_threshold=10**6)
+    b.record_success(b.admit())
+    assert store.flush()
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"UPDATE circuit_breaker_states SET {GARBAGE[damage]}, change_seq = change_seq + 100 "
+                     "WHERE service_name = 'svc'")
+    conn.close()
+    with capture_logs() as logs:
+        reg2, store2 = make()  # a process starting on the damaged row
+        b2 = reg2.get("svc", failure_threshold=2, recovery_timeout=5)
+        assert store2.flush() and store.flush()
+        for breaker in (b, b2):  # both processes: calls are decided, and nothing but a refusal is raised
+            try:
+                breaker.record_success(breaker.admit())
+            except CircuitOpenError:
+                pass
+        fail(other, 3)
+        assert store.flush() and store2.flush()
+    ((version, kind),) = rows(db, "SELECT version, typeof(version) FROM circuit_breaker_states "
+                                  "WHERE service_name = 'svc'")
+    assert kind == "integer"
+    if "version = 'v'" in GARBAGE[damage]:  # no compare-and-set can match it: repaired, and said so
+        assert sum(1 for e in logs if e["event"] == "circuitry.store_row_repaired") >= 1
+    assert not any(e["event"] == "circuitry.store_bug" for e in logs), logs
+    assert store.health().fault is None and store2.health().fault is None
+    assert rows(db, "SELECT sum(failures) FROM circuit_breaker_metrics WHERE service_name = 'other'") == [(3,)]
+    fail(b2, 2)  # and the circuit is shared again: the second process opens it for the first
+    assert store2.flush()
+    assert eventually(lambda: store.flush() and b.state is CircuitState.OPEN)
+    assert rows(db, "SELECT current_state FROM circuit_breaker_states WHERE service_name = 'svc'") == [("open",)]
+    assert version >= 1
+    assert rows(db, "SELECT count(*) FROM circuit_breaker_states WHERE service_name = 'svc' AND ("
+                    "typeof(open_until) = 'text' OR typeof(opened_at) = 'text' OR typeof(failure_count) = 'text' "
+                    "OR typeof(open_for) = 'text' OR typeof(reopen_count) = 'text')") == [(0,)]
+
+
 def test_a_name_no_database_can_store_is_not_persisted_and_stops_nothing(make: Any, db: Path,
                                                                          clock: FakeClock) -> None:
     reg, store = make()

@@ -27,7 +27,7 @@ from circuitry._state import CircuitState
 from circuitry.events import Event, EventKind
 from circuitry.store.backend import Connection
 from circuitry.store.link import Link
-from circuitry.store.sharing import INSERT_EVENT, NEXT_SEQ, STATE_COLUMNS, Sharing, iso, row_tuple
+from circuitry.store.sharing import INSERT_EVENT, NEXT_SEQ, STATE_COLUMNS, Sharing, clean_row, iso, row_tuple
 
 __all__ = ["Leases"]
 
@@ -98,7 +98,7 @@ class Leases:
             if not got:
                 link.version = -1
                 return "moved"
-            row = seen = got[0]  # ``seen``: the row as it was before this transaction changed it
+            row = seen = clean_row(got[0])[0]  # ``seen``: the row as it was before this transaction changed it
             self.sharing.learn(row)
             state, open_until = row[1], row[4]
             outcome = "granted"
@@ -114,7 +114,7 @@ class Leases:
                         f"state_changed_at = ?, updated_by = ?, updated_at = ?, change_seq = {NEXT_SEQ} "
                         f"WHERE service_name = ? RETURNING {STATE_COLUMNS}",
                         (iso(max(now, open_until or now)), self.process, now, name))
-                    row = moved[0]
+                    row = clean_row(moved[0])[0]
                     self.sharing.learn(row)
                     conn.execute(INSERT_EVENT, row_tuple(name, "state_change", "open", "half_open", None, None,
                                                          {"reason": "recovery_timeout"}, max(now, open_until or now),

@@ -69,7 +69,7 @@ class Reader:
     def state_now(self, name: str) -> tuple[bool, tuple[Any, ...] | None]:
         """Whether ``name``'s stored state could be read at once — no waiting for a lock, for another
         reader or for a server, no schema change — and its row (``None``: none stored, or not read)."""
-        from circuitry.store.sharing import STATE_COLUMNS
+        from circuitry.store.sharing import STATE_COLUMNS, clean_row
 
         if not self._quick_lock.acquire(blocking=False):
             return False, None
@@ -78,7 +78,7 @@ class Reader:
                 self._quick = self.backend.connect("reader", timeout=0.0)
             got = self._quick.execute(f"SELECT {STATE_COLUMNS} FROM circuit_breaker_states WHERE service_name = ?",
                                       (name,))
-            return True, got[0] if got else None
+            return True, clean_row(got[0])[0] if got else None
         except Exception:
             if self._quick is not None:
                 with contextlib.suppress(Exception):

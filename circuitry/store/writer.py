@@ -24,6 +24,7 @@ from circuitry.store.backend import Connection
 from circuitry.store.leases import take_done
 from circuitry.store.link import Link
 from circuitry.store.rollups import prune, sample
+from circuitry.store.sharing import clean_row
 
 if TYPE_CHECKING:
     from circuitry.store.engine import SharedStore
@@ -319,7 +320,8 @@ class Writer:
             return
         self.warm = True
         links = s._links
-        for row in rows:
+        for raw in rows:
+            row = clean_row(raw)[0]  # (a row with unusable values is repaired when its circuit selects it)
             self._since = max(self._since, row[7] or 0)
             s.sharing.learn(row)
             link = links.get(row[0])
