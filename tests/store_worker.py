@@ -428,14 +428,19 @@ def _pool_task(name: str) -> int:
 
 def multiprocessing_fork(args: dict[str, Any]) -> None:
     """``multiprocessing`` with the fork start method: Process children and a Pool (closed and joined)
-    count through the store the parent configured; children leave by os._exit."""
+    count through the store the parent configured -- or, with ``parent_uses_store`` false, through the
+    store each child opens itself from ``CIRCUITRY_DB`` (the parent never made one); children leave by
+    os._exit."""
     import multiprocessing
 
     import circuitry
 
-    circuitry.configure(db=args["db"])
-    reg = circuitry.default_registry()
-    reg.get("mp-parent").record_success(reg.get("mp-parent").admit())  # the store is in use before the fork
+    if args.get("parent_uses_store", True):
+        circuitry.configure(db=args["db"])
+        reg = circuitry.default_registry()
+        reg.get("mp-parent").record_success(reg.get("mp-parent").admit())  # the store is in use before the fork
+    else:
+        os.environ["CIRCUITRY_DB"] = args["db"]
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_mp_work, args=(args["db"], args["calls"], "mp-process"))
              for _ in range(args["children"])]

@@ -445,11 +445,16 @@ def test_a_process_that_never_closes_exits_with_its_rows_written(spawn: Any, db:
 
 # -- 8. fork() ----
 
-def test_multiprocessing_fork_children_and_pools_keep_their_counts(spawn: Any, db: Path) -> None:
+@pytest.mark.parametrize("parent_uses_store", [True, False], ids=["store-made-before-fork", "store-made-in-child"])
+def test_multiprocessing_fork_children_and_pools_keep_their_counts(spawn: Any, db: Path,
+                                                                   parent_uses_store: bool) -> None:
     """Children started by multiprocessing (fork) leave by os._exit; their counts are written by the
     multiprocessing exit path. Four Process children of 1,000 successes and 1 failure, and a Pool of
-    20,000 tasks (closed and joined): every call is in the database."""
-    w = spawn("multiprocessing_fork", db=str(db), children=4, calls=1000, workers=4, tasks=20_000)
+    20,000 tasks (closed and joined): every call is in the database. Also when the parent never made a
+    store and each child opens its own (from ``CIRCUITRY_DB``): the exit flush was registered only for
+    stores carried across the fork, so those children wrote nothing at all."""
+    w = spawn("multiprocessing_fork", db=str(db), children=4, calls=1000, workers=4, tasks=20_000,
+              parent_uses_store=parent_uses_store)
     r = w.expect("exitcodes", timeout=120)
     assert w.wait(30) == 0, w.stderr_tail()
     assert r["exitcodes"] == [0] * 4 and r["pool_done"] == 20_000

@@ -50,8 +50,13 @@ _finalizer_registered = False
 
 
 def track(store: SharedStore) -> None:
-    """Flush ``store`` at exit and carry it across ``fork()``."""
+    """Flush ``store`` at exit and carry it across ``fork()``. A store made inside a ``multiprocessing``
+    child gets the child's exit flush too: a forked child leaves by ``os._exit`` (no ``atexit``), and
+    the flush registered after ``fork()`` covers only the stores carried across it."""
     _STORES.add(store)
+    mp = sys.modules.get("multiprocessing")
+    if mp is not None and mp.parent_process() is not None:
+        _finalize_in_child()
 
 
 def untrack(store: SharedStore) -> None:
