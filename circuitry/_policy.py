@@ -8,6 +8,7 @@ argument, instead of being coerced (``threshold or DEFAULT`` turns a deliberate 
 from __future__ import annotations
 
 import builtins
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Final
@@ -30,10 +31,30 @@ _MAX_PROBES: Final = 10_000
 ExceptionFilter = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
 
-def _optional_callable(name: str, value: object) -> Callable[..., Any] | None:
+def _optional_callable(name: str, value: object, takes: str = "") -> Callable[..., Any] | None:
     if value is not None and not callable(value):
         raise ConfigurationError(f"{name} must be callable or None, got {value!r}")
+    if value is not None and takes:
+        _one_argument(name, value, takes)
     return value
+
+
+def _one_argument(name: str, fn: Callable[..., Any], takes: str) -> None:
+    """``fn`` must accept being called with one positional argument, as circuitry calls it: a function of
+    another shape (circuitbreaker's ``(thrown_type, exc)`` predicate) raised at every call, and an ``on``
+    predicate that raises counts the call as a failure, so each such call counted, silently."""
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or a C callable without one: nothing to check
+        return
+    try:
+        sig.bind(None)
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"{name} is called with one argument, {takes}, but {getattr(fn, '__qualname__', fn)!r}{sig} "
+            f"cannot take it ({exc})") from None
 
 
 def _exception_filter(name: str, value: object) -> ExceptionFilter:
@@ -45,6 +66,7 @@ def _exception_filter(name: str, value: object) -> ExceptionFilter:
             raise ConfigurationError(f"{name} must not be an empty tuple")
         types = value
     elif callable(value):
+        _one_argument(name, value, "the exception")
         return value
     else:
         raise ConfigurationError(
@@ -59,6 +81,36 @@ def _exception_filter(name: str, value: object) -> ExceptionFilter:
                 "cancellation and interpreter exits are never counted"
             )
     return value
+
+
+def same_value(a: object, b: object) -> bool:
+    """Equal, or both functions made from the same code, defaults and captured values (see
+    :meth:`Policy.same_as`)."""
+    if a is b:
+        return True
+    if not (isinstance(a, types.FunctionType) and isinstance(b, types.FunctionType)):
+        try:
+            return bool(a == b)
+        except Exception:
+            return False
+    if (a.__code__ is not b.__code__ or a.__globals__ is not b.__globals__ or a.__defaults__ != b.__defaults__
+            or a.__kwdefaults__ != b.__kwdefaults__):
+        return False
+    for x, y in zip(a.__closure__ or (), b.__closure__ or (), strict=True):
+        try:
+            if not same_value(x.cell_contents, y.cell_contents):
+                return False
+        except ValueError:  # an empty cell (a name not yet bound): alike only if both are
+            return _empty(x) and _empty(y)
+    return True
+
+
+def _empty(cell: types.CellType) -> bool:
+    try:
+        _ = cell.cell_contents
+    except ValueError:
+        return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +203,8 @@ class Policy:
                 f"minimum_calls ({self.minimum_calls}) must not exceed window_size ({self.window_size})"
             )
         s(self, "on", _exception_filter("on", self.on))
-        _optional_callable("result_is_failure", self.result_is_failure)
-        _optional_callable("retry_after", self.retry_after)
+        _optional_callable("result_is_failure", self.result_is_failure, "the result")
+        _optional_callable("retry_after", self.retry_after, "the exception")
         s(self, "backoff_factor", check_number("backoff_factor", self.backoff_factor, lo=1.0, hi=1000.0,
                                           lo_open=False))
         if self.max_recovery_timeout is not None:
@@ -205,6 +257,16 @@ class Policy:
 
             return matches
         return on
+
+    def same_as(self, other: Policy) -> bool:
+        """Whether ``other`` decides as this policy does: every field equal, where two functions made from
+        the same code, with the same defaults and the same captured values, count as equal. So
+        ``with circuit("billing", on=lambda e: ...)`` may be written inline and run again: each run makes
+        a new function object, and comparing them as objects refused the second run as "another
+        policy"."""
+        if self == other:
+            return True
+        return all(same_value(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))
 
     def as_dict(self) -> dict[str, Any]:
         """The policy as plain data (callables by their qualified name), for display and storage."""

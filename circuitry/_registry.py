@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from circuitry._checks import check_clock, check_rng
 from circuitry._clock import SYSTEM_CLOCK, Clock
 from circuitry._core import CircuitBreaker, hold_breakers, release_breakers, validate_name
-from circuitry._policy import Policy
+from circuitry._policy import Policy, same_value
 from circuitry.events import Dispatcher, Hook
 from circuitry.exceptions import CircuitNotFoundError, ConfigurationError, RegistryConflictError
 from circuitry.instrumentation.logging import LoggingHook, log
@@ -101,7 +101,7 @@ class Registry:
                 breaker = self.breakers.get(name)
                 if breaker is None:
                     declared = self._declared.get(name)
-                    if policy is not None and declared is not None and policy != declared:
+                    if policy is not None and declared is not None and not policy.same_as(declared):
                         if name not in self._inherited:
                             raise RegistryConflictError(_conflict_message(name, declared, policy))
                         declared = None  # a declaration of the registry replaced: this one's own wins
@@ -113,7 +113,7 @@ class Registry:
                         _adopt(store, breaker)
                     self.breakers[name] = breaker
                     return breaker
-        if policy is not None and policy != breaker.policy:
+        if policy is not None and not policy.same_as(breaker.policy):
             raise RegistryConflictError(_conflict_message(name, breaker.policy, policy))
         return breaker
 
@@ -125,7 +125,7 @@ class Registry:
         with self._lock:
             current = self.breakers.get(name)
             known = current.policy if current is not None else self._declared.get(name)
-            if known is not None and known != policy and (current is not None or name not in self._inherited):
+            if known is not None and not known.same_as(policy) and (current is not None or name not in self._inherited):
                 raise RegistryConflictError(_conflict_message(name, known, policy))
             if current is None:
                 self._declared[name] = policy
@@ -336,8 +336,12 @@ def _start_runners(store: Store) -> None:
 
 def _conflict_message(name: str, old: Policy, new: Policy) -> str:
     a, b = old.as_dict(), new.as_dict()
-    diffs = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k])
-    return (f"circuit {name!r} is already registered with another policy ({diffs}); "
+    diffs = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]
+    # Functions of the same name that differ in what they captured (or are different functions of one
+    # name): say so, rather than an empty list of differences.
+    diffs += [f"{k}: another function {a[k]!r} (it captured other values, or is defined elsewhere)"
+              for k in a if a[k] == b[k] and not same_value(getattr(old, k), getattr(new, k))]
+    return (f"circuit {name!r} is already registered with another policy ({', '.join(diffs)}); "
             "use Registry.reconfigure() to change it")
 
 

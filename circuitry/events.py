@@ -112,7 +112,7 @@ class Hook(Protocol):
     """Anything callable with an :class:`Event`. Optionally has ``kinds``: the kinds it wants, and
     ``listening``: a callable, true while it wants refusal and failure events (see the module docstring)."""
 
-    def __call__(self, event: Event) -> None: ...
+    def __call__(self, event: Event, /) -> None: ...  # positional: a function's parameter may have any name
 
 
 class ContextListening(NamedTuple):
@@ -148,8 +148,14 @@ _ALL_KINDS = frozenset(EventKind)
 
 
 def hook_kinds(hook: Hook) -> frozenset[EventKind]:
+    """The kinds ``hook`` wants: its ``kinds`` (:class:`EventKind` members or their values, such as
+    ``"transition"``), or every kind. ``ValueError`` for anything else."""
     kinds = getattr(hook, "kinds", None)
-    return _ALL_KINDS if kinds is None else frozenset(kinds)
+    if kinds is None:
+        return _ALL_KINDS
+    if isinstance(kinds, str | EventKind):  # one kind, not a collection of them ("transition" is no set)
+        kinds = (kinds,)
+    return frozenset(k if isinstance(k, EventKind) else EventKind(k) for k in kinds)
 
 
 class Dispatcher:
@@ -180,9 +186,9 @@ class Dispatcher:
         """Deliver events to ``hook`` from now on.
 
         Raises:
-            ConfigurationError: ``hook`` is not callable, or is an ``async def`` (hooks run
+            ConfigurationError: ``hook`` is not callable, is an ``async def`` (hooks run
                 synchronously, in the thread of the call that caused the event: a coroutine would
-                never be awaited).
+                never be awaited), or has ``kinds`` that are not event kinds.
         """
         from circuitry.exceptions import ConfigurationError
 
@@ -193,6 +199,12 @@ class Dispatcher:
                 f"hook {hook!r} is an async def: hooks are called synchronously, in the thread of the call "
                 "that caused the event, and a coroutine would never be awaited. Use a plain function "
                 "(to reach an event loop, hand the event over with loop.call_soon_threadsafe)")
+        try:
+            hook_kinds(hook)
+        except (TypeError, ValueError):
+            raise ConfigurationError(
+                f"hook {hook!r} has kinds={getattr(hook, 'kinds', None)!r}: give EventKind members or their values "
+                f"({', '.join(repr(k.value) for k in EventKind)})") from None
         with self._lock:
             self._set((*self._hooks, hook))
 

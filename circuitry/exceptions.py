@@ -70,12 +70,16 @@ class CircuitNotFoundError(KeyError):
         text = f"no circuit named {self.name!r} in this registry"
         if not isinstance(self.name, str):
             return text
+        if self.name in self._declared:  # decorated, never called: that is the whole story
+            return (f"{text} yet: {self.name!r} is declared (decorated) but not yet called, and circuits are "
+                    "created on their first call; `name in registry` says whether it exists")
         close = difflib.get_close_matches(self.name, [*self.known, *self._declared], n=3, cutoff=0.6)
         if close:
             text += "; did you mean " + " or ".join(repr(c) for c in close) + "?"
         if self.known:
             shown = ", ".join(repr(n) for n in self.known[:20])
-            text += f" Known: {shown}" + (f" and {len(self.known) - 20} more" if len(self.known) > 20 else "")
+            text += ("." if not close else "") + f" Known: {shown}" + (
+                f" and {len(self.known) - 20} more" if len(self.known) > 20 else "")
         if self._declared:
             text += (". Circuits are created on their first call: declared but not yet called: "
                      + ", ".join(repr(n) for n in self._declared[:20]))

@@ -71,6 +71,23 @@ def test_unknown_argument_is_named() -> None:
         Policy.from_kwargs({"failure_treshold": 3})
 
 
+def is_server_error(thrown_type: type, exc: BaseException) -> bool:  # circuitbreaker's predicate shape
+    return getattr(exc, "status", 500) >= 500
+
+
+@pytest.mark.parametrize("argument", ["on", "expected_exception", "retry_after", "result_is_failure"])
+def test_a_callable_that_cannot_take_one_argument_is_refused_at_construction(argument: str) -> None:
+    """circuitbreaker's two-argument predicate, passed as ``expected_exception=``, raised at every call
+    (logged, where logging was set up), and a predicate that raises counts the call: three 404s opened
+    the circuit that circuitbreaker kept closed."""
+    with isolated_registry():
+        with pytest.raises(ConfigurationError, match=rf"^{argument} is called with one argument.*'is_server_error'"):
+            circuit("svc", **{argument: is_server_error})
+        with pytest.raises(ConfigurationError, match=r"^(on|retry_after|result_is_failure) is called"):
+            Policy(**{"on" if argument == "expected_exception" else argument: is_server_error})
+        circuit("svc", **{argument: lambda value, *rest: False})  # one argument is all it needs
+
+
 def test_expected_exception_alias_and_exclusive_with_on() -> None:
     assert Policy.from_kwargs({"expected_exception": KeyError}).on is KeyError
     with pytest.raises(ConfigurationError, match="expected_exception"):

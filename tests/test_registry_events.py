@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
@@ -10,6 +11,7 @@ from circuitry import (
     CircuitBreakerError,
     CircuitOpenError,
     CircuitState,
+    ConfigurationError,
     Event,
     EventKind,
     Registry,
@@ -37,6 +39,29 @@ def test_a_conflicting_policy_is_an_error_not_an_overwrite(registry: Registry) -
     with pytest.raises(RegistryConflictError):
         circuit("svc", failure_threshold=7)
     assert registry["svc"] is a and a.policy.failure_threshold == 3
+
+
+def test_a_predicate_written_inline_is_the_same_policy_each_time(registry: Registry) -> None:
+    """``with circuit("billing", on=lambda e: ...)`` makes a new function on every run: compared as objects,
+    the second run was "another policy" with an empty list of differences. The same code with the same
+    captured values is the same policy; other captured values are a conflict that names the argument."""
+
+    class HTTPError(Exception):
+        def __init__(self, status: int) -> None:
+            self.status = status
+
+    def billing(limit: int) -> Any:
+        return circuit("billing", registry=registry, failure_threshold=2,
+                       on=lambda e: not (isinstance(e, HTTPError) and e.status < limit))
+
+    for _ in range(3):
+        with billing(500):
+            pass
+    with pytest.raises(HTTPError), billing(500):
+        raise HTTPError(404)  # not counted: the first run's predicate is the one in force, and it is alike
+    assert registry["billing"].stats().failures == 0
+    with pytest.raises(RegistryConflictError, match=r"\(on: another function '.*<lambda>'"):
+        billing(400)
 
 
 def test_registry_conflict_error_is_a_configuration_error() -> None:
@@ -202,6 +227,33 @@ def test_hook_kinds_filter_what_is_built(registry: Registry) -> None:
     b.record_failure(b.admit(), Boom())
     assert only.names() == ["circuitry.circuit_opened"]
     assert registry.dispatcher.failure == ()
+
+
+@pytest.mark.parametrize("kinds", [{"transition"}, "transition", [EventKind.TRANSITION]])
+def test_hook_kinds_may_be_given_by_value(registry: Registry, kinds: Any) -> None:
+    """``kinds = {"transition"}`` (the values, as strings) wanted transitions and got nothing, silently."""
+    seen: list[str] = []
+
+    def on_event(evt: Event) -> None:  # any parameter name
+        seen.append(evt.kind.value)
+
+    on_event.kinds = kinds  # type: ignore[attr-defined]
+    registry.add_hook(on_event)
+    b = registry.get("svc", failure_threshold=1)
+    b.record_failure(b.admit(), Boom())
+    assert seen == ["transition"]
+
+
+@pytest.mark.parametrize("kinds", [{"transitions"}, {"open"}, 3])
+def test_hook_kinds_that_are_no_event_kinds_are_refused(registry: Registry, kinds: Any) -> None:
+    def on_event(evt: Event) -> None:
+        pass
+
+    on_event.kinds = kinds  # type: ignore[attr-defined]
+    with pytest.raises(ConfigurationError, match=r"kinds=.*'transition', 'rejection', 'failure'"):
+        registry.add_hook(on_event)
+    with pytest.raises(ConfigurationError, match="kinds="):
+        Registry(hooks=[on_event])
 
 
 def test_exactly_one_event_per_transition(registry: Registry, clock: FakeClock, events: CapturedEvents) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from circuitry import CircuitBreaker, circuit
+from circuitry import CircuitBreaker, Event, Registry, circuit
 
 if TYPE_CHECKING:
     from typing_extensions import assert_type
@@ -39,3 +39,13 @@ async def use_async() -> bytes:
     data = await fetch("x")
     assert_type(data, bytes)
     return data
+
+
+def on_event(evt: Event) -> None:  # a hook's parameter may have any name
+    del evt
+
+
+def hooks() -> Registry:
+    registry = Registry(hooks=[on_event])
+    registry.add_hook(on_event)
+    return registry
