@@ -83,6 +83,38 @@ def _exception_filter(name: str, value: object) -> ExceptionFilter:
     return value
 
 
+#: Other circuit breakers' argument names, and what circuitry calls them (docs/how-to/migrate.md).
+_PEER_NAMES: Final = {
+    "fail_max": "failure_threshold= (pybreaker's and aiobreaker's fail_max)",
+    "threshold": "failure_threshold= (purgatory's threshold)",
+    "default_threshold": "failure_threshold= (purgatory's default_threshold)",
+    "reset_timeout": "recovery_timeout= in seconds (pybreaker's reset_timeout)",
+    "timeout_duration": "recovery_timeout= in seconds (aiobreaker's timeout_duration, a timedelta there)",
+    "ttl": "recovery_timeout= in seconds (purgatory's ttl)",
+    "default_ttl": "recovery_timeout= in seconds (purgatory's default_ttl)",
+    "exclude": "on= a predicate false for the excluded errors, e.g. on=lambda e: not isinstance(e, NotFound) "
+               "(an excluded error is ignored: it neither counts nor resets the count)",
+    "fallback_function": "fallback= on circuit(...), which is called with the rejection first, then the "
+                         "call's arguments (circuitbreaker's fallback_function)",
+    "listeners": "hooks: Registry(hooks=[...]) or registry.add_hook(fn), called with each Event (pybreaker's "
+                 "listeners)",
+    "state_storage": "a store shared by processes: circuitry.configure(db='breakers.db') (pybreaker's "
+                     "state_storage)",
+    "expected_exceptions": "on= (or expected_exception=) with an exception type, a tuple of them, or a predicate",
+}
+
+
+def _hint(name: str, known: set[str]) -> str:
+    """What to write instead of an unknown argument: circuitry's name for another library's, or the
+    closest known name."""
+    import difflib
+
+    if name in _PEER_NAMES:
+        return f"{name}: use {_PEER_NAMES[name]}"
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    return f"{name}: did you mean {close[0]}?" if close else ""
+
+
 def same_value(a: object, b: object) -> bool:
     """Equal, or both functions made from the same code, defaults and captured values (see
     :meth:`Policy.same_as`)."""
@@ -294,5 +326,6 @@ class Policy:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
-            raise ConfigurationError(f"unknown policy argument(s): {', '.join(unknown)}")
+            raise ConfigurationError(f"unknown policy argument(s): {', '.join(unknown)}"
+                                     + "".join(f"; {_hint(name, known)}" for name in unknown if _hint(name, known)))
         return cls(**kwargs)

@@ -67,8 +67,18 @@ def test_max_recovery_timeout_below_recovery_timeout() -> None:
 
 
 def test_unknown_argument_is_named() -> None:
-    with pytest.raises(ConfigurationError, match="failure_treshold"):
+    with pytest.raises(ConfigurationError, match="failure_treshold: did you mean failure_threshold"):
         Policy.from_kwargs({"failure_treshold": 3})
+    with pytest.raises(ConfigurationError, match=r"^unknown policy argument\(s\): wibble$"):
+        Policy.from_kwargs({"wibble": 3})
+
+
+@pytest.mark.parametrize(("peer", "ours"), [("fail_max", "failure_threshold="), ("reset_timeout", "recovery_timeout="),
+                                            ("ttl", "recovery_timeout="), ("exclude", "on="),
+                                            ("fallback_function", "fallback="), ("listeners", "hooks")])
+def test_another_librarys_argument_is_answered_with_circuitrys_name(peer: str, ours: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"{peer}: use {ours}"):
+        circuit("svc", **{peer: 3})
 
 
 def is_server_error(thrown_type: type, exc: BaseException) -> bool:  # circuitbreaker's predicate shape
