@@ -261,6 +261,52 @@ def _dropped_and_made_again(store: SQLiteStore, db: Path, dropped: str) -> None:
         conn.close()
 
 
+@pytest.mark.parametrize(("table", "column"), [("circuit_breaker_events", "occurrences"),
+                                               ("circuit_breaker_states", "reopen_count")])
+def test_a_column_dropped_under_a_running_store_is_made_again(db: Path, table: str, column: str) -> None:
+    """``ALTER TABLE ... DROP COLUMN`` by hand while the application runs: every write to the table
+    failed, reported as an ``io_error`` and retried for good (the per-minute counts of every circuit
+    stopped with it). The fault is the schema's, and reconnecting adds the column back. (The system
+    clock: the store retries after a backoff.)"""
+    store = SQLiteStore(db, poll_interval=0.01, analysis_interval=3600.0)
+    try:
+        b = Registry(hooks=[], store=store).get("svc", failure_threshold=2, recovery_timeout=3600)
+        b.record_success(b.admit())
+        assert store.flush()
+        with capture_logs() as logs:
+            conn = sqlite3.connect(db, isolation_level=None)
+            try:
+                conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+            finally:
+                conn.close()
+            fail(b, 2)  # a failure row and a transition: writes to both tables
+            assert store.flush(10)
+        assert store.health().healthy
+        assert [e["fault"] for e in logs if e["event"] == "circuitry.store_fault"] in ([], ["old_schema"])
+        assert any(e["event"] == "circuitry.schema_upgraded" and f"{table}.{column}" in e["added"] for e in logs)
+        assert rows(db, "SELECT count(*) FROM circuit_breaker_events WHERE event_type = 'failure'") == [(2,)]
+        assert rows(db, "SELECT current_state FROM circuit_breaker_states WHERE service_name = 'svc'") == [("open",)]
+    finally:
+        store.close()
+
+
+def test_a_bug_in_the_writer_is_logged_once_an_episode(make: Any, db: Path) -> None:
+    """An exception that is no database error (a bug) was logged at error level on every retry, nine
+    in three seconds; once is enough: it is said again only after a cycle goes through."""
+    reg, store = make()
+    b = reg.get("svc", failure_threshold=10**6)
+    b.record_success(b.admit())
+    assert store.flush()
+    with capture_logs() as logs, mock.patch.object(store.backend, "changed_states",
+                                                   side_effect=RuntimeError("a bug")) as broken:
+        fail(b)
+        assert not store.flush(1.5)
+        assert broken.call_count >= 3  # retried, with backoff
+    assert sum(1 for e in logs if e["event"] == "circuitry.store_bug") == 1
+    assert store.flush(10) and store.health().healthy  # and it writes again once the bug is gone
+    assert rows(db, "SELECT sum(failures) FROM circuit_breaker_metrics") == [(1,)]
+
+
 def test_a_read_only_folder_keeps_a_stored_open_circuit_open() -> None:
     """A previous run left a circuit open for ten minutes; the database's folder is now read-only to
     the process (a read-only mount, a deploy directory). Reading a WAL database needs a -shm file made

@@ -92,6 +92,7 @@ class Faults:
         self._locked_since: float | None = None
         self._backoff = 0.0
         self._next_io = 0.0
+        self._bugs: set[str] = set()  # the bugs said in this episode (each once: every retry met it again)
 
     def due(self) -> bool:
         """Whether the writer may try the database now (backoff over)."""
@@ -100,6 +101,7 @@ class Faults:
     def ok(self) -> None:
         """A cycle's I/O went through."""
         self._locked_since = None
+        self._bugs.clear()
         if self.fault is not None:
             with self._lock:
                 kind, since = self.fault, self._since
@@ -113,10 +115,13 @@ class Faults:
         """Classify and handle an error of the writer's I/O; returns what the engine must do:
         ``reopen`` (drop the connection), ``resync`` (the file is new: rewrite every circuit)."""
         kind = self.backend.classify(exc)
-        if kind is None:  # not a database error: a bug; report it as one and keep going
+        if kind is None:  # not a database error: a bug; report it as one (once an episode) and keep going
             kind = "io_error"
-            log("error", "circuitry.store_bug", location=self.backend.location, error_type=type(exc).__qualname__,
-                error_message=str(exc)[:500])
+            said = f"{type(exc).__qualname__}: {str(exc)[:500]}"
+            if said not in self._bugs:
+                self._bugs.add(said)
+                log("error", "circuitry.store_bug", location=self.backend.location,
+                    error_type=type(exc).__qualname__, error_message=str(exc)[:500])
         if kind == "locked":
             first = self._locked_since
             if first is None:

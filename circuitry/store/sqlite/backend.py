@@ -188,7 +188,7 @@ class SQLiteBackend:
             return "corrupt"
         if "unable to open" in text:
             return "unavailable"
-        if "no such column" in text or "no such table" in text:
+        if "no such column" in text or "no such table" in text or "has no column named" in text:
             return "old_schema"
         return "io_error"
 

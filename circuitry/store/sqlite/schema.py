@@ -128,6 +128,13 @@ def migrate(conn: sqlite3.Connection, log: Callable[[str, list[str]], None] | No
     # migration runs again -- they are idempotent -- and makes them anew, empty.
     gone = sorted(TABLES - table_names(conn)) if applied else []
     if newest == LATEST_VERSION and not gone:
+        # A column dropped since (``ALTER TABLE ... DROP COLUMN`` by hand, under a running store): every
+        # write to its table failed until a restart. Checked on every connection -- a reconnection after
+        # a fault included -- at a PRAGMA per table.
+        if all(set(columns) <= _columns(conn, table) or not _columns(conn, table)
+               for table, columns in _ADDED_COLUMNS.items()):
+            return []
+        upgrade_columns(conn, log)
         return []
     upgrade_columns(conn, log)
     done = []
