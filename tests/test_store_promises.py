@@ -353,6 +353,64 @@ def test_a_read_only_folder_keeps_a_stored_open_circuit_open() -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def test_writes_resume_when_a_database_read_only_at_start_is_made_writable() -> None:
+    """The application starts while its database file is read-only to it (a deploy with the wrong
+    owner), and the operator fixes the permissions. Writes never resumed: a connection of another
+    thread, opened read-only meanwhile, kept SQLite's shared WAL index read-only for the writer's
+    reconnection; at exit the rows were "lost". Now the read-only fault closes those connections too."""
+    import os
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="circuitry-ro-start-"))
+    try:
+        db = base / "app.db"
+        store = SQLiteStore(db)
+        b = Registry(hooks=[], store=store).get("svc", failure_threshold=1, recovery_timeout=600)
+        b.record_success(b.admit())
+        assert store.flush()
+        store.close()
+        keep = sqlite3.connect(db)  # another process has it open: its -wal and -shm files stay, read-only too
+        keep.execute("SELECT count(*) FROM circuit_breaker_states").fetchall()
+        assert (base / "app.db-shm").exists()
+        go = base / "writable"
+        script = (
+            "import pathlib, sys, time\nfrom circuitry import Registry\nfrom circuitry.store import SQLiteStore\n"
+            f"store = SQLiteStore({str(db)!r}, poll_interval=0.01)\n"
+            "reg = Registry(hooks=[], store=store)\n"
+            "b = reg.get('svc', failure_threshold=1, recovery_timeout=600)\n"
+            "b.record_failure(b.admit(), ConnectionError('down'))\n"
+            "assert not store.flush(1.0) and store.health().fault == 'read_only', store.health()\n"
+            "store.read.state_now('svc')  # a reader's connection, opened while the file is read-only\n"
+            "print('read-only', flush=True)\n"
+            f"while not pathlib.Path({str(go)!r}).exists():\n    time.sleep(0.05)\n"
+            "print(store.flush(20), store.health().fault, flush=True)\nstore.close(timeout=1)\n")
+        command = [sys.executable, "-c", script]
+        if os.geteuid() == 0:  # root writes anywhere: run as nobody, on a file nobody owns
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                pytest.skip("running as root without setpriv (util-linux): cannot run as another user")
+            command = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+            for path in (base, *base.iterdir()):
+                os.chown(path, 65534, 65534)
+        for path in base.iterdir():
+            path.chmod(0o444)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=base,
+                                env={**os.environ, "CIRCUITRY_DB": ":memory:"})
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "read-only", proc.stderr.read() if proc.stderr else ""
+        for path in base.iterdir():
+            path.chmod(0o644)
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert out.split() == ["True", "None"], err
+        assert rows(db, "SELECT current_state FROM circuit_breaker_states WHERE service_name = 'svc'") == [("open",)]
+        keep.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_migrating_makes_a_dropped_table_again(db: Path) -> None:
     conn = sqlite3.connect(db, isolation_level=None)
     try:

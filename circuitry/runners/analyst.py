@@ -221,6 +221,9 @@ class Analyst:
     def release(self) -> None:
         self.records.release()
 
+    def drop_idle(self) -> None:
+        self.records.drop_idle()
+
     def after_fork(self) -> None:
         self.records.inherited()
         self._thread = None

@@ -469,6 +469,9 @@ class WebhookSender:
     def release(self) -> None:
         self.outbox.release()
 
+    def drop_idle(self) -> None:
+        self.outbox.drop_idle()
+
     def after_fork(self) -> None:
         self.outbox.inherited()
         self._thread = None

@@ -130,7 +130,7 @@ class Faults:
                 self._next_io = time.monotonic() + self.retry
                 return {}  # contention, not a fault yet
         extra = self.backend.remedy(kind, exc)
-        actions: dict[str, Any] = {"reopen": kind in _REOPEN}
+        actions: dict[str, Any] = {"reopen": kind in _REOPEN, "reopen_all": kind == "read_only"}
         if "set_aside" in extra:
             self.set_aside.append(str(extra["set_aside"]))
             actions["resync"] = True

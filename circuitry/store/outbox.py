@@ -141,6 +141,18 @@ class Outbox:
                     self._conn.close()
                 self._conn = None
 
+    def drop_idle(self) -> None:
+        """Close the connection unless it is in use (it reopens on its next use): see
+        the writer's ``_drop_idle_elsewhere``."""
+        if self.lock.acquire(blocking=False):
+            try:
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):
+                        self._conn.close()
+                    self._conn = None
+            finally:
+                self.lock.release()
+
     def hold(self) -> None:
         """Before ``fork()``: wait for the statement in flight, close the connection, keep it closed."""
         self.lock.acquire()

@@ -58,6 +58,21 @@ class Reader:
         self._quick_lock.release()
         self._lock.release()
 
+    def drop_idle(self) -> None:
+        """Close the connections not in use (they reopen on their next use): see
+        the writer's ``_drop_idle_elsewhere``."""
+        for lock, names in ((self._lock, ("_conn", "_wconn")), (self._quick_lock, ("_quick",))):
+            if lock.acquire(blocking=False):
+                try:
+                    for name in names:
+                        conn = getattr(self, name)
+                        if conn is not None:
+                            with contextlib.suppress(Exception):
+                                conn.close()
+                            setattr(self, name, None)
+                finally:
+                    lock.release()
+
     def inherited(self) -> list[Connection]:
         """(After ``fork()``, in the child.) The connections to abandon; the model starts afresh."""
         conns = [c for c in (self._conn, self._wconn, self._quick) if c is not None]

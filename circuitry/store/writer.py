@@ -139,6 +139,8 @@ class Writer:
                     actions = s.faults.error(exc)
                     if actions.get("reopen"):
                         self.drop_conn()
+                    if actions.get("reopen_all"):
+                        self._drop_idle_elsewhere()
                     if actions.get("resync"):
                         self.resync_all()
             self.first_read.set()
@@ -152,6 +154,17 @@ class Writer:
                     self._release_all()
                     self.drop_conn()
                 return
+
+    def _drop_idle_elsewhere(self) -> None:
+        """Close the connections of the store's other threads that are not in use (the read model's, the
+        runners'; they reopen on their next use). SQLite shares a file's WAL index among a process's
+        connections: one opened while the file was read-only kept it read-only for the writer
+        reconnecting after the file was made writable, and writes never resumed."""
+        s = self.store
+        if s._read is not None:
+            s._read.drop_idle()
+        for runner in s.runners:
+            runner.drop_idle()
 
     def _idle(self, now: float, final: bool) -> bool:
         """Whether this cycle has nothing to write (no transition, no row, no count, no lease to tend,
