@@ -115,9 +115,9 @@ def _hint(name: str, known: set[str]) -> str:
     return f"{name}: did you mean {close[0]}?" if close else ""
 
 
-def same_value(a: object, b: object) -> bool:
+def same_value(a: object, b: object, _seen: set[tuple[int, int]] | None = None) -> bool:
     """Equal, or both functions made from the same code, defaults and captured values (see
-    :meth:`Policy.same_as`)."""
+    :meth:`Policy.same_as`). Never raises: a comparison that does is "not the same"."""
     if a is b:
         return True
     if not (isinstance(a, types.FunctionType) and isinstance(b, types.FunctionType)):
@@ -125,15 +125,22 @@ def same_value(a: object, b: object) -> bool:
             return bool(a == b)
         except Exception:
             return False
-    if (a.__code__ is not b.__code__ or a.__globals__ is not b.__globals__ or a.__defaults__ != b.__defaults__
-            or a.__kwdefaults__ != b.__kwdefaults__):
+    seen = set() if _seen is None else _seen
+    if (id(a), id(b)) in seen:  # a function that captures itself (a recursive predicate): met again
+        return True
+    seen.add((id(a), id(b)))
+    if a.__code__ is not b.__code__ or a.__globals__ is not b.__globals__:
+        return False
+    if not (same_value(a.__defaults__, b.__defaults__) and same_value(a.__kwdefaults__, b.__kwdefaults__)):
         return False
     for x, y in zip(a.__closure__ or (), b.__closure__ or (), strict=True):
-        try:
-            if not same_value(x.cell_contents, y.cell_contents):
+        x_empty, y_empty = _empty(x), _empty(y)
+        if x_empty or y_empty:  # a name not yet bound: alike only if both are
+            if x_empty != y_empty:
                 return False
-        except ValueError:  # an empty cell (a name not yet bound): alike only if both are
-            return _empty(x) and _empty(y)
+            continue
+        if not same_value(x.cell_contents, y.cell_contents, seen):
+            return False
     return True
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -133,3 +134,44 @@ def test_valid_policy_round_trips_as_dict() -> None:
     assert d["failure_threshold"] == 3
     assert d["on"] == ["KeyError", "TimeoutError"]
     assert d["recovery_timeout"] == 1.0
+
+
+def test_comparing_predicates_never_raises_and_tells_captured_values_apart() -> None:
+    """``same_value`` runs in ``Registry.get``, on the caller's thread: a predicate that captures itself
+    (a recursive one) recursed without end, an unbound captured name made every later value compare
+    equal, and a default whose ``==`` raises escaped into the call."""
+    from circuitry._policy import same_value
+
+    def recursive(kind: type[BaseException]) -> Any:
+        def pred(e: BaseException) -> bool:
+            return pred(e.__cause__) if e.__cause__ is not None else isinstance(e, kind)
+        return pred
+
+    assert same_value(recursive(ConnectionError), recursive(ConnectionError))
+    assert not same_value(recursive(ConnectionError), recursive(TimeoutError))
+
+    def unbound_first(n: int) -> Any:
+        def pred(e: BaseException) -> bool:
+            return later is not None and n > 0  # ``later`` is bound only after pred is made
+        if n > 100:
+            later = 1
+        return pred
+
+    assert not same_value(unbound_first(1), unbound_first(2))
+    assert same_value(unbound_first(1), unbound_first(1))
+
+    class Unequal:
+        def __eq__(self, other: object) -> bool:
+            raise ValueError("ambiguous")
+
+        __hash__ = object.__hash__
+
+    def with_default(d: object) -> Any:
+        def pred(e: BaseException, default: object = d) -> bool:
+            return True
+        return pred
+
+    assert not same_value(with_default(Unequal()), with_default(Unequal()))
+    with isolated_registry():
+        circuit("svc", on=recursive(ConnectionError))
+        circuit("svc", on=recursive(ConnectionError))  # the same policy, written again

@@ -472,6 +472,9 @@ GARBAGE = {  # what a hand-written UPDATE may leave in a state row: SQLite keeps
     "failure_count": "failure_count = 'many'",
     "every number": "version = 'v', opened_at = 'bad', open_until = 'x', open_for = 'long', reopen_count = 'r', "
                     "failure_count = 'f', current_state = 'open'",
+    # text sorts above every number in SQLite: the next change_seq of every write became 1, below what the
+    # other processes had seen, and they stopped seeing any circuit's changes
+    "change_seq": "change_seq = 'x'",
 }
 
 
@@ -487,15 +490,19 @@ def test_a_state_row_holding_text_for_numbers_is_repaired_and_raises_into_no_cal
     reg, store = make()
     b = reg.get("svc", failure_threshold=2, recovery_timeout=5)
     other = reg.get("other", failure_threshold=10**6)
+    watched = reg.get("watched", failure_threshold=1, recovery_timeout=3600)
     b.record_success(b.admit())
     assert store.flush()
+    bump = "" if "change_seq" in GARBAGE[damage] else ", change_seq = change_seq + 100"
     with sqlite3.connect(db) as conn:
-        conn.execute(f"UPDATE circuit_breaker_states SET {GARBAGE[damage]}, change_seq = change_seq + 100 "
-                     "WHERE service_name = 'svc'")
+        conn.execute(f"UPDATE circuit_breaker_states SET {GARBAGE[damage]}{bump} WHERE service_name = 'svc'")
     conn.close()
     with capture_logs() as logs:
         reg2, store2 = make()  # a process starting on the damaged row
         b2 = reg2.get("svc", failure_threshold=2, recovery_timeout=5)
+        fail(reg2.get("watched", failure_threshold=1, recovery_timeout=3600))  # another circuit's change ...
+        assert store2.flush()
+        assert eventually(lambda: store.flush() and watched.state is CircuitState.OPEN)  # ... reaches the first
         assert store2.flush() and store.flush()
         for breaker in (b, b2):  # both processes: calls are decided, and nothing but a refusal is raised
             try:

@@ -124,7 +124,7 @@ def _closed_rows(source: Series, transitions: Sequence[Transition]) -> list[tupl
     w = source.width
     rows = _rows(source)
     refused: set[int] = set()
-    for a, b, _ in _open_periods(transitions, source.start, source.end):
+    for a, b, _ in _open_periods(transitions, source.start, source.end, forced=True):
         refused.update(range(int((a - source.start) // w) + 1, int((b - source.start) // w)))
     return [r for j, r in enumerate(rows) if j not in refused] if refused else rows
 

@@ -450,23 +450,24 @@ def refusing(transitions: Sequence[Transition], start: float, end: float) -> lis
     return [(max(a, start), min(b, end)) for a, b in out if b > start and a < end]
 
 
-def _open_periods(transitions: Sequence[Transition], start: float, end: float) -> list[tuple[float, float, bool]]:
+def _open_periods(transitions: Sequence[Transition], start: float, end: float, *,
+                  forced: bool = False) -> list[tuple[float, float, bool]]:
     """``(from, to, still_failing_at_end)`` for every stretch the breaker in force refused calls.
 
-    Stretches an operator forced open are left out: their refusals were no setting's doing, and nothing
-    sampled the service then, so they say nothing of it (filled in as failing, as an opening's are, a
-    4 s forced open of a healthy service read as a burst and drew advice). An opening the operator then
-    took over ends where the operator took over, still failing."""
+    Stretches an operator forced open are left out unless ``forced``: their refusals were no setting's
+    doing, and nothing sampled the service then, so they say nothing of it (filled in as failing, as an
+    opening's are, a 4 s forced open of a healthy service read as a burst and drew advice). An opening
+    the operator then took over ends where the operator took over, still failing."""
     out: list[tuple[float, float, bool]] = []
     ordered = sorted(transitions, key=lambda tr: tr.ts)
     opened: float | None = None
     for tr in ordered:
         to = tr.to_state
-        if to == "forced_open":
+        if to == "forced_open" and not forced:
             if opened is not None:
                 out.append((opened, tr.ts, True))
                 opened = None
-        elif to == "open":
+        elif to in ("open", "forced_open"):
             if opened is None:
                 opened = tr.ts
         elif to == "half_open":

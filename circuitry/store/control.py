@@ -17,7 +17,7 @@ from typing import Any, Final, Literal
 
 from circuitry.exceptions import ConfigurationError, StoreError
 from circuitry.store.backend import Backend
-from circuitry.store.sharing import INSERT_EVENT, STATE_COLUMNS, iso, row_tuple
+from circuitry.store.sharing import INSERT_EVENT, NEXT_SEQ, STATE_COLUMNS, iso, row_tuple
 
 __all__ = ["ACTIONS", "UnknownCircuitError", "actor", "set_state"]
 
@@ -26,7 +26,6 @@ Action = Literal["reset", "open", "close"]
 #: every call until reset (``forced_open``), ``close`` lets every call through and never trips
 #: (``disabled``) until reset.
 ACTIONS: Final[Mapping[str, str]] = {"reset": "closed", "open": "forced_open", "close": "disabled"}
-_NEXT_SEQ: Final = "(SELECT coalesce(max(change_seq), 0) + 1 FROM circuit_breaker_states)"
 
 
 class UnknownCircuitError(StoreError, LookupError):
@@ -80,7 +79,7 @@ def set_state(backend: Backend, name: str, action: str, *, by: str, timeout: flo
                 moved = conn.execute(
                     "UPDATE circuit_breaker_states SET current_state = ?, failure_count = 0, state_changed_at = ?, "
                     "version = version + 1, opened_at = ?, open_until = NULL, open_for = NULL, reopen_count = 0, "
-                    f"updated_by = ?, updated_at = ?, change_seq = {_NEXT_SEQ} "
+                    f"updated_by = ?, updated_at = ?, change_seq = {NEXT_SEQ} "
                     "WHERE service_name = ? AND version = ? RETURNING version",
                     (to, iso(now), opened_at, by, now, name, version))
                 if not moved:

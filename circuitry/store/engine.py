@@ -82,8 +82,8 @@ class SharedStore:
     Args:
         backend: The database.
         retention: Seconds of event, pattern and alert history to keep (default 7 days).
-        max_events: The most failure rows kept, whatever their age (the oldest go first); transitions
-            and other events, which are rare, are dropped by count only beyond ten times as many.
+        max_events: Event rows kept, whatever their age: beyond it the oldest failure rows go; a
+            transition or another rare event goes only once ten times as many newer events exist.
         poll_interval: Seconds between writer cycles: other processes' changes are seen within one.
         metrics_interval: Seconds between writes of the per-second and per-minute counts.
         queue_size: Event rows that may wait to be written; beyond it rows are dropped and counted.

@@ -118,7 +118,7 @@ class Faults:
         if kind is None:  # not a database error: a bug; report it as one (once an episode) and keep going
             kind = "io_error"
             said = f"{type(exc).__qualname__}: {str(exc)[:500]}"
-            if said not in self._bugs:
+            if said not in self._bugs and len(self._bugs) < 20:  # (bounded: messages that vary are said 20 times)
                 self._bugs.add(said)
                 log("error", "circuitry.store_bug", location=self.backend.location,
                     error_type=type(exc).__qualname__, error_message=str(exc)[:500])

@@ -146,10 +146,13 @@ class Records:
                     continue
                 fresh.append(_insert_alert(conn, alert, 1, alert.created_at))
             for agg in aggregates:
+                # (The outer "acknowledged = FALSE": on PostgreSQL an acknowledgement committed between the
+                # subquery and the update is seen by the update's re-check of the row, not by the subquery.)
                 row = conn.execute(
                     "UPDATE circuit_breaker_alerts SET occurrences = occurrences + ?, last_seen_at = ? WHERE id = "
                     "(SELECT id FROM circuit_breaker_alerts WHERE alert_key = ? AND acknowledged = FALSE "
-                    "ORDER BY id DESC LIMIT 1) RETURNING id", (agg.added, iso(agg.last_seen), agg.alert.key))
+                    "ORDER BY id DESC LIMIT 1) AND acknowledged = FALSE RETURNING id",
+                    (agg.added, iso(agg.last_seen), agg.alert.key))
                 if not row:  # acknowledged (or pruned) since: the repeats are news
                     first = agg.last_seen if agg.first_seen is None else agg.first_seen
                     repeat = dataclasses.replace(agg.alert, details=agg.last_details, created_at=first,

@@ -193,7 +193,8 @@ _OTHER_EVENTS: Final = 10
 def prune(conn: Connection, now: float, *, retention: float, second_retention: float, max_events: int) -> None:
     """Drop history older than its retention: events, patterns and alerts after ``retention``;
     per-minute rows after ``max(retention, 90 days)``; per-second rows after ``second_retention``;
-    expired leases; then the oldest failure rows beyond ``max_events`` (other events beyond ten times it)."""
+    expired leases; then the oldest failure rows beyond ``max_events`` events (other events once ten times
+    as many newer ones exist)."""
     # every circuit that writes events has a state row; the store's own rows go under "circuitry"
     services = [r[0] for r in conn.execute("SELECT service_name FROM circuit_breaker_states")] + ["circuitry"]
     cutoff = now - retention
@@ -216,8 +217,8 @@ def prune(conn: Connection, now: float, *, retention: float, second_retention: f
         if count is not None and count > max_events:
             # The bound drops failure rows, the bulk, first. Transitions and the rest are rare, and what the
             # state history, the analysis and the shared metrics count (circuitry_transitions_total went
-            # down when a flood of failures pushed the day's transitions out): they go by count only
-            # beyond ten times the bound.
+            # down when a flood of failures pushed the day's transitions out): they go only once ten times
+            # the bound of newer events exist (the count is the span of ids, as above).
             conn.execute("DELETE FROM circuit_breaker_events WHERE id <= ? AND event_type = 'failure'",
                          (top - max_events,))
             if count > _OTHER_EVENTS * max_events:

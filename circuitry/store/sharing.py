@@ -44,7 +44,11 @@ __all__ = ["INSERT_EVENT", "NEXT_SEQ", "STATE_COLUMNS", "Sharing", "clean_row", 
 STATE_COLUMNS: Final = ("service_name, current_state, version, opened_at, open_until, open_for, reopen_count, "
                         "change_seq, failure_count")
 _SELECT: Final = f"SELECT {STATE_COLUMNS} FROM circuit_breaker_states WHERE service_name = ?"
-NEXT_SEQ: Final = "(SELECT coalesce(max(change_seq), 0) + 1 FROM circuit_breaker_states)"
+#: The next ``change_seq``. (The bound leaves out a text value SQLite may hold after an UPDATE by hand: it
+#: orders text above every number, so max() was the text, "+ 1" made 1 of it, and every later write got
+#: a number below what the other processes had seen: they stopped seeing changes.)
+NEXT_SEQ: Final = ("(SELECT coalesce(max(change_seq), 0) + 1 FROM circuit_breaker_states "
+                   "WHERE change_seq < 9000000000000000000)")
 INSERT_EVENT: Final = (
     "INSERT INTO circuit_breaker_events (service_name, event_type, from_state, to_state, error_type, "
     "error_message, additional_data, created_at, ts, process, occurrences) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -65,6 +69,8 @@ _PROBE_OUTCOMES: Final = frozenset({"probe_succeeded", "probe_failed"})
 
 _iso_cache: list[Any] = [None, ""]
 
+#: How far above the table's ``change_seq`` a repaired row's goes (see ``Sharing.repair``).
+_REPAIR_JUMP: Final = 1_000_000
 #: The numbers of a state row (``STATE_COLUMNS`` positions): times and lengths, then counts.
 _TIMES: Final = ((3, "opened_at"), (4, "open_until"), (5, "open_for"))
 _COUNTS: Final = ((6, "reopen_count"), (7, "change_seq"), (8, "failure_count"))
@@ -156,24 +162,27 @@ class Sharing:
             return None
         row, bad = clean_row(got[0])
         if bad:
-            row = self._repair(conn, row, bad)
+            row = self.repair(conn, row, bad)
         self.learn(row)
         return row
 
-    def _repair(self, conn: Connection, row: tuple[Any, ...], bad: tuple[str, ...]) -> tuple[Any, ...]:
+    def repair(self, conn: Connection, row: tuple[Any, ...], bad: tuple[str, ...]) -> tuple[Any, ...]:
         """Write the unusable values of a circuit's row (see :func:`clean_row`) as what they were read as,
-        with a version newer than any the circuit had -- ``change_seq`` is counted over every write to the
-        table, so its next value exceeds every version -- so that every process adopts the repaired row.
-        Said once per repair: the row was written by something other than circuitry."""
+        and a ``change_seq`` (and, if it was damaged, a version) far above the table's: every process must
+        see the repaired row, and the damaged values may have been the newest (``change_seq`` is counted
+        over every write to the table, so it exceeds every version; the jump covers the numbers the
+        damage hid). Said once per repair: the row was written by something other than circuitry."""
         values = {"opened_at": row[3], "open_until": row[4], "open_for": row[5], "reopen_count": row[6],
                   "failure_count": row[8]}
         sets = [f"{column} = ?" for column in bad if column in values]
         params = [values[column] for column in bad if column in values]
+        ahead = f"{NEXT_SEQ} + {_REPAIR_JUMP}"
         if "version" in bad:
-            sets.append(f"version = {NEXT_SEQ}")
+            sets.append(f"version = {ahead}")
         if "current_state" in bad:
             sets.append("current_state = 'closed'")
-        got = conn.execute(f"UPDATE circuit_breaker_states SET {', '.join(sets)}, change_seq = {NEXT_SEQ} "
+        sets.append(f"change_seq = {ahead}")
+        got = conn.execute(f"UPDATE circuit_breaker_states SET {', '.join(sets)} "
                            f"WHERE service_name = ? RETURNING {STATE_COLUMNS}", (*params, row[0]))
         log("warning", "circuitry.store_row_repaired", circuit=row[0], columns=list(bad),
             note="the circuit's stored state held values circuitry cannot use (written by hand or by another "

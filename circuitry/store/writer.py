@@ -161,10 +161,13 @@ class Writer:
         connections: one opened while the file was read-only kept it read-only for the writer
         reconnecting after the file was made writable, and writes never resumed."""
         s = self.store
-        if s._read is not None:
-            s._read.drop_idle()
-        for runner in s.runners:
-            runner.drop_idle()
+        with contextlib.suppress(Exception):  # best effort: the writer's loop must go on whatever happens
+            if s._read is not None:
+                s._read.drop_idle()
+            for runner in s.runners:
+                drop = getattr(runner, "drop_idle", None)  # (a runner added by an application may lack it)
+                if drop is not None:
+                    drop()
 
     def _idle(self, now: float, final: bool) -> bool:
         """Whether this cycle has nothing to write (no transition, no row, no count, no lease to tend,
@@ -334,7 +337,9 @@ class Writer:
         self.warm = True
         links = s._links
         for raw in rows:
-            row = clean_row(raw)[0]  # (a row with unusable values is repaired when its circuit selects it)
+            row, bad = clean_row(raw)
+            if bad:  # values circuitry cannot use, written by hand: repaired, so every process reads it alike
+                row = s.sharing.repair(conn, row, bad)
             self._since = max(self._since, row[7] or 0)
             s.sharing.learn(row)
             link = links.get(row[0])
