@@ -26,15 +26,13 @@ The rules, in one place:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from circuitry.store.backend import Backend, Connection
+from circuitry.store.owned import OwnedConnection
 
 __all__ = ["COLUMNS", "STATES", "Delivery", "Outbox", "counts_sql", "list_sql"]
 
@@ -106,7 +104,7 @@ def alert_dict(row: Sequence[Any]) -> dict[str, Any]:
     return d
 
 
-class Outbox:
+class Outbox(OwnedConnection):
     """The outbox's reads and writes for one sender, on a connection of its own (opened on first use;
     one thread at a time — the sender's, and the analyst's when it enqueues).
 
@@ -115,61 +113,6 @@ class Outbox:
         process: This process's name (``host:pid``), written as ``claimed_by``.
         timeout: Seconds a statement may wait for a lock.
     """
-
-    def __init__(self, backend: Backend, process: str, *, timeout: float = 5.0) -> None:
-        self.backend = backend
-        self.process = process
-        self._timeout = timeout
-        self._conn: Connection | None = None
-        self.lock = threading.RLock()
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[Connection]:
-        with self.lock:
-            try:
-                if self._conn is None:
-                    self._conn = self.backend.connect("analyst", timeout=self._timeout)
-                yield self._conn
-            except Exception:
-                self.close()
-                raise
-
-    def close(self) -> None:
-        with self.lock:
-            if self._conn is not None:
-                with contextlib.suppress(Exception):
-                    self._conn.close()
-                self._conn = None
-
-    def drop_idle(self) -> None:
-        """Close the connection unless it is in use (it reopens on its next use): see
-        the writer's ``_drop_idle_elsewhere``."""
-        if self.lock.acquire(blocking=False):
-            try:
-                if self._conn is not None:
-                    with contextlib.suppress(Exception):
-                        self._conn.close()
-                    self._conn = None
-            finally:
-                self.lock.release()
-
-    def hold(self) -> None:
-        """Before ``fork()``: wait for the statement in flight, close the connection, keep it closed."""
-        self.lock.acquire()
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
-
-    def release(self) -> None:
-        self.lock.release()
-
-    def inherited(self) -> list[Connection]:
-        """(After ``fork()``, in the child.) The connection to abandon; the outbox starts afresh."""
-        conns = [self._conn] if self._conn is not None else []
-        self._conn = None
-        self.lock = threading.RLock()
-        return conns
 
     def now(self) -> float:
         with self.connection() as conn:

@@ -6,15 +6,14 @@ Runs on the caller's connection (the analyst's own thread and connection): never
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from circuitry.analysis.alerts import Aggregate, Alert
-from circuitry.store.backend import Backend, Connection
+from circuitry.store.backend import Connection
+from circuitry.store.owned import OwnedConnection
 from circuitry.store.sharing import INSERT_EVENT, iso, row_tuple
 
 __all__ = ["Records", "printable"]
@@ -30,62 +29,8 @@ def printable(text: str) -> str:
     return text.translate(_CONTROL)
 
 
-class Records:
+class Records(OwnedConnection):
     """The analyst's writes, on one connection of its own (opened on first use; one thread at a time)."""
-
-    def __init__(self, backend: Backend, process: str, *, timeout: float) -> None:
-        self.backend = backend
-        self.process = process
-        self._timeout = timeout
-        self._conn: Connection | None = None
-        self.lock = threading.RLock()  # held while the connection is in use
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[Connection]:
-        with self.lock:
-            try:
-                if self._conn is None:
-                    self._conn = self.backend.connect("analyst", timeout=self._timeout)
-                yield self._conn
-            except Exception:
-                self.close()
-                raise
-
-    def close(self) -> None:
-        with self.lock:
-            if self._conn is not None:
-                with contextlib.suppress(Exception):
-                    self._conn.close()
-                self._conn = None
-
-    def drop_idle(self) -> None:
-        """Close the connection unless it is in use (it reopens on its next use): see
-        the writer's ``_drop_idle_elsewhere``."""
-        if self.lock.acquire(blocking=False):
-            try:
-                if self._conn is not None:
-                    with contextlib.suppress(Exception):
-                        self._conn.close()
-                    self._conn = None
-            finally:
-                self.lock.release()
-
-    def hold(self) -> None:
-        """Before ``fork()``: wait for the write in flight, close the connection, keep it closed."""
-        self.lock.acquire()
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
-
-    def release(self) -> None:
-        self.lock.release()
-
-    def inherited(self) -> list[Connection]:
-        conns = [self._conn] if self._conn is not None else []
-        self._conn = None
-        self.lock = threading.RLock()
-        return conns
 
     def claim(self, service: str, kind: str, period: int, now: float) -> bool:
         """Take period ``period`` of ``service``'s ``kind`` of analysis for this process; False if another
