@@ -307,6 +307,20 @@ def test_a_bug_in_the_writer_is_logged_once_an_episode(make: Any, db: Path) -> N
     assert rows(db, "SELECT sum(failures) FROM circuit_breaker_metrics") == [(1,)]
 
 
+def as_nobody(command: list[str]) -> list[str]:
+    """``command`` as another user than root (root writes anywhere; a read-only file is read-only only to
+    others), through setpriv; as it is for any other user."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return command
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv (util-linux): cannot run as another user")
+    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+
+
 def test_a_read_only_folder_keeps_a_stored_open_circuit_open() -> None:
     """A previous run left a circuit open for ten minutes; the database's folder is now read-only to
     the process (a read-only mount, a deploy directory). Reading a WAL database needs a -shm file made
@@ -336,13 +350,8 @@ def test_a_read_only_folder_keeps_a_stored_open_circuit_open() -> None:
                   f"store = SQLiteStore({str(db)!r})\n"
                   "b = Registry(hooks=[], store=store).get('svc', failure_threshold=1, recovery_timeout=600)\n"
                   "print(b.state.value)\nstore.close(timeout=0.5)\n")
-        command = [sys.executable, "-c", script]
-        if os.geteuid() == 0:  # root writes anywhere: read as nobody, in a folder root owns
-            setpriv = shutil.which("setpriv")
-            if setpriv is None:
-                pytest.skip("running as root without setpriv (util-linux): cannot read as another user")
-            command = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-        else:
+        command = as_nobody([sys.executable, "-c", script])
+        if os.geteuid() != 0:  # (root writes anywhere: it reads as nobody, in a folder root owns)
             folder.chmod(0o555)
         got = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=base,
                              env={**os.environ, "CIRCUITRY_DB": ":memory:"})
@@ -385,12 +394,8 @@ def test_writes_resume_when_a_database_read_only_at_start_is_made_writable() -> 
             "print('read-only', flush=True)\n"
             f"while not pathlib.Path({str(go)!r}).exists():\n    time.sleep(0.05)\n"
             "print(store.flush(20), store.health().fault, flush=True)\nstore.close(timeout=1)\n")
-        command = [sys.executable, "-c", script]
-        if os.geteuid() == 0:  # root writes anywhere: run as nobody, on a file nobody owns
-            setpriv = shutil.which("setpriv")
-            if setpriv is None:
-                pytest.skip("running as root without setpriv (util-linux): cannot run as another user")
-            command = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        command = as_nobody([sys.executable, "-c", script])
+        if os.geteuid() == 0:  # root writes anywhere: it runs as nobody, on a file nobody owns
             for path in (base, *base.iterdir()):
                 os.chown(path, 65534, 65534)
         for path in base.iterdir():
