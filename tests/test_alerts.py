@@ -234,6 +234,9 @@ def test_hundred_flaps_are_aggregated_not_flooded() -> None:
     assert flapping.alert.details["openings"] == 3  # as created...
     assert flapping.last_details["openings"] >= 64  # ...and as last seen (bounded, marked "at least")
     assert flapping.last_details["at_least"] is True
+    # the latest message too (a repeat stored as a new alert, after an acknowledgement, carries it)
+    assert flapping.last_message is not None and flapping.last_message != flapping.alert.message
+    assert str(flapping.last_details["openings"]) in flapping.last_message
     assert engine.pending_aggregates() == []  # drained
 
 

@@ -163,6 +163,7 @@ class Aggregate:
             openings for ``flapping``).
         first_seen: ``now`` of the first of the ``added`` occurrences (``None``: not known). Where the
             stored alert was acknowledged meanwhile, the repeats become a new alert from this time.
+        last_message: The message the latest occurrence would have carried (``None``: the alert's).
 
     .. versionadded:: 0.1.0
     """
@@ -172,6 +173,7 @@ class Aggregate:
     last_seen: float
     last_details: dict[str, Any]
     first_seen: float | None = None
+    last_message: str | None = None
 
 
 # -- policy -------------------------------------------------------------------------------------------
@@ -247,7 +249,7 @@ def _plain(value: Any) -> Any:
 class _Live:
     """The latest alert of one key, with repeats counted into it."""
 
-    __slots__ = ("alert", "count", "first_undrained", "last_details", "last_seen", "undrained")
+    __slots__ = ("alert", "count", "first_undrained", "last_details", "last_message", "last_seen", "undrained")
 
     def __init__(self, alert: Alert) -> None:
         self.alert = alert
@@ -256,6 +258,7 @@ class _Live:
         self.first_undrained = alert.created_at
         self.last_seen = alert.created_at
         self.last_details = alert.details
+        self.last_message = alert.message
 
 
 class _Service:
@@ -539,7 +542,8 @@ class AlertEngine:
             self._pending.clear()
             out = [
                 Aggregate(alert=dataclasses.replace(lv.alert, count=lv.count), added=lv.undrained,
-                          last_seen=lv.last_seen, last_details=lv.last_details, first_seen=lv.first_undrained)
+                          last_seen=lv.last_seen, last_details=lv.last_details, first_seen=lv.first_undrained,
+                          last_message=lv.last_message)
                 for lv in lives
             ]
             for lv in lives:
@@ -608,6 +612,7 @@ class AlertEngine:
             live.undrained += 1
             live.last_seen = max(live.last_seen, now)
             live.last_details = details
+            live.last_message = message
             self._pending[id(live)] = live
             return
         alert = Alert(service_name=name, alert_type=alert_type, severity=SEVERITY_OF[alert_type],

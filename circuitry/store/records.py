@@ -101,7 +101,7 @@ class Records(OwnedConnection):
                 if not row:  # acknowledged (or pruned) since: the repeats are news
                     first = agg.last_seen if agg.first_seen is None else agg.first_seen
                     repeat = dataclasses.replace(agg.alert, details=agg.last_details, created_at=first,
-                                                 count=agg.added)
+                                                 count=agg.added, message=agg.last_message or agg.alert.message)
                     fresh.append(_insert_alert(conn, repeat, agg.added, agg.last_seen))
         return fresh
 
