@@ -176,10 +176,11 @@ class Circuit(WithBase):
 
     # -- call ---------------------------------------------------------------------------------------
 
-    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call ``fn(*args, **kwargs)`` through the breaker; for an ``async`` callable, returns the
-        awaitable to ``await``."""
-        return call_through(self.breaker, fn, args, kwargs, self._fallback)
+        awaitable to ``await``. Typed as ``fn`` is: the arguments are checked, the result keeps its type."""
+        result: R = call_through(self.breaker, fn, args, kwargs, self._fallback)
+        return result
 
     # -- decorator ----------------------------------------------------------------------------------
 

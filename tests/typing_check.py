@@ -49,3 +49,18 @@ def hooks() -> Registry:
     registry = Registry(hooks=[on_event])
     registry.add_hook(on_event)
     return registry
+
+
+def plain(a: int, b: str = "") -> float:
+    return float(a)
+
+
+async def fetch_plain(url: str) -> bytes:
+    return url.encode()
+
+
+async def through_call() -> None:
+    value = circuit("typed_call").call(plain, 1, b="x")
+    assert_type(value, float)
+    data = await circuit("typed_call_async").call(fetch_plain, "u")
+    assert_type(data, bytes)
