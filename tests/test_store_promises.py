@@ -307,6 +307,88 @@ def test_a_bug_in_the_writer_is_logged_once_an_episode(make: Any, db: Path) -> N
     assert rows(db, "SELECT sum(failures) FROM circuit_breaker_metrics") == [(1,)]
 
 
+def test_a_process_started_while_its_database_is_down_probes_from_memory(make: Any, db: Path,
+                                                                         clock: FakeClock) -> None:
+    """The database cannot be read when the process starts (a server down; here, no database at the path):
+    the fault is reported during the start-up wait, before the first breaker's link was listed, so it
+    never heard of it -- and once open, the circuit refused every call until the database came back,
+    waiting for a probe lease no writer could take."""
+    db.write_bytes(b"not a database\n" * 100)
+    reg, store = make(startup_wait=2.0)
+    b = reg.get("svc", failure_threshold=1, recovery_timeout=1)
+    assert store.health().fault == "not_a_database"
+    fail(b)
+    assert b.state is CircuitState.OPEN
+    clock.advance(1)
+    b.record_success(b.admit())  # the probe, decided from memory
+    assert b.state is CircuitState.CLOSED
+
+
+class _Stuck:
+    """A database that takes the connection and never answers (a frozen server): the writer's poll blocks
+    until ``go`` is set."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.go = threading.Event()
+        self.entered = threading.Event()
+        real = store.backend.changed_states
+
+        def stuck(conn: Any, since: int) -> Any:
+            self.entered.set()
+            self.go.wait(30)
+            return real(conn, since)
+
+        self.patch = mock.patch.object(store.backend, "changed_states", side_effect=stuck)
+
+
+def test_a_database_that_stops_answering_lets_probes_be_decided_from_memory(make: Any, db: Path,
+                                                                            clock: FakeClock) -> None:
+    """No error, no timeout: the writer waits on a server that never answers, so no fault is reported,
+    and a circuit that opened refused every call for as long (its probe waited for a lease). A step
+    that has lasted past busy_timeout is a stall: probes are decided from memory, and the stall is
+    said when the step ends."""
+    reg, store = make(busy_timeout=0.2)
+    b = reg.get("svc", failure_threshold=1, recovery_timeout=1)
+    b.record_success(b.admit())
+    assert store.flush()
+    stuck = _Stuck(store)
+    with capture_logs() as logs, stuck.patch:
+        assert stuck.entered.wait(10)  # the writer is in the database, and stays
+        fail(b)
+        clock.advance(1)
+
+        def probed() -> bool:
+            try:
+                b.record_success(b.admit())
+            except CircuitOpenError:
+                return False
+            return True
+
+        assert eventually(probed)  # once the step has lasted busy_timeout (0.2 s), from memory
+        assert b.state is CircuitState.CLOSED
+        stuck.go.set()
+        assert store.flush(10)
+    assert any(e["event"] == "circuitry.store_stalled" and e["seconds"] > 0.2 for e in logs)
+
+
+def test_calls_a_stuck_database_never_took_are_said_to_be_lost(make: Any, clock: FakeClock) -> None:
+    """Closing while the writer waits on a database that does not answer: the calls counted since its
+    last write were lost without a word (the warning counted only queued event rows: none)."""
+    reg, store = make()
+    b = reg.get("svc", failure_threshold=10**6)
+    b.record_success(b.admit())
+    assert store.flush()
+    stuck = _Stuck(store)
+    with capture_logs() as logs, stuck.patch:
+        assert stuck.entered.wait(10)
+        for _ in range(100):
+            b.record_success(b.admit())
+        store.close(timeout=0.2)
+        stuck.go.set()
+    (lost,) = [e for e in logs if e["event"] == "circuitry.store_unflushed"]
+    assert lost["calls"] == 100 and lost["rows"] == 0
+
+
 def as_nobody(command: list[str]) -> list[str]:
     """``command`` as another user than root (root writes anywhere; a read-only file is read-only only to
     others), through setpriv; as it is for any other user."""

@@ -192,8 +192,7 @@ class SharedStore:
                 note="the name cannot be encoded as UTF-8, so it cannot be stored; the circuit is not persisted")
             return
         link = Link(breaker, log_size=max(64, 4 * self.failure_rows_per_second), clock=self._time,
-                    wake=self._wake_for, retry_hint=max(self.poll_interval, 0.01))
-        link.memory = self.faults.fault is not None
+                    wake=self._wake_for, retry_hint=max(self.poll_interval, 0.01), stalled=self.writer.stalled)
         known = self.sharing.known.get(breaker.name)
         if known is None and not self.writer.warm:  # before the writer's first read: one read that never waits
             read, known = self.read.state_now(breaker.name)
@@ -211,6 +210,9 @@ class SharedStore:
         with self._lock:
             old = self._links.get(breaker.name)
             self._links[breaker.name] = link
+            # (once listed: a fault reported meanwhile -- in the start-up wait -- is seen, a later one reaches
+            # it through _memory_mode; read before, a process started with its database down never probed)
+            link.memory = self.faults.fault is not None
         if old is not None and old.breaker is not breaker and old.breaker.linked is old:
             old.breaker.link(None)
         breaker.link(link)
@@ -298,11 +300,11 @@ class SharedStore:
         if self._read is not None:
             self._read.close()
         untrack(self)
-        left = self.health().queued
-        if left:
-            log("warning", "circuitry.store_unflushed", location=self.backend.location, rows=left, when=when,
-                note=f"not written within {timeout:g} s of {'interpreter exit' if when == 'exit' else 'close()'}; "
-                     "they are lost (the counts already written stay)")
+        left, calls = self.health().queued, self.writer.unwritten_calls()  # (calls: counted, not written)
+        if left or calls:
+            what = "interpreter exit" if when == "exit" else "close()"
+            log("warning", "circuitry.store_unflushed", location=self.backend.location, rows=left, calls=calls,
+                when=when, note=f"not written within {timeout:g} s of {what}; they are lost (what was written stays)")
 
     def __enter__(self) -> SharedStore:
         return self
@@ -359,7 +361,6 @@ class SharedStore:
     def _memory_mode(self, on: bool) -> None:
         for link in list(self._links.values()):
             link.memory = on
-
     # -- fork -----------------------------------------------------------------------------------------
 
     def _before_fork(self) -> None:

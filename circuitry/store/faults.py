@@ -141,6 +141,14 @@ class Faults:
         self._next_io = time.monotonic() + self._backoff
         return actions
 
+    def stalled(self, seconds: float) -> None:
+        """An I/O step took ``seconds`` (the writer, as it ends): past ``busy_timeout``, breakers decided
+        their probes from memory meanwhile; said, once per step, when it ends (it may never end)."""
+        if seconds > self.busy_timeout:
+            log("warning", "circuitry.store_stalled", location=self.backend.location, seconds=round(seconds, 3),
+                note=f"one step of the database's I/O took longer than busy_timeout ({self.busy_timeout:g} s): "
+                     "probes were decided from memory meanwhile")
+
     def report(self, kind: Fault | str, exc: BaseException, **extra: Any) -> None:
         """One structured warning per fault episode (the kind changing starts a new one)."""
         with self._lock:

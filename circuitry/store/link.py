@@ -27,6 +27,7 @@ class Link:
 
     __slots__ = (
         "_clock",
+        "_stalled",
         "_wake",
         "adopt_gen",
         "breaker",
@@ -57,7 +58,8 @@ class Link:
     )
 
     def __init__(self, breaker: CircuitBreaker, *, log_size: int, clock: Callable[[], float],
-                 wake: Callable[[Link], None], retry_hint: float) -> None:
+                 wake: Callable[[Link], None], retry_hint: float,
+                 stalled: Callable[[], bool] = lambda: False) -> None:
         self.breaker = breaker
         self.name = breaker.name
         self._clock = clock
@@ -88,6 +90,7 @@ class Link:
         self.last_attempt = 0.0  # when the writer last tried to take a lease
         self.pregrant_episode: tuple[int, float | None] | None = None  # the open episode pre-granted for
         self.memory = False  # the store cannot coordinate now: probes are decided from memory
+        self._stalled = stalled  # ... nor while its I/O is stuck (no fault can be reported then)
         self.retry_hint = retry_hint
 
     def __repr__(self) -> str:
@@ -96,7 +99,7 @@ class Link:
     # -- what the breaker calls (protected call's thread) ---------------------------------------------
 
     def take_probe(self) -> int | None:
-        if self.memory:
+        if self.memory or self._stalled():
             return 0
         grants = self.grants
         while grants:

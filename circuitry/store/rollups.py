@@ -86,6 +86,11 @@ class Rollups:
         with self._lock:
             self._add(name, now, delta, circuits)
 
+    def pending_calls(self) -> int:
+        """Calls held or in flight, every circuit (successes, failures, ignored, refused, cancelled)."""
+        with self._lock:
+            return int(sum(sum(d[:5]) for source in (self.minutes, self._inflight) for d in source.values()))
+
     def unwritten(self, name: str, since_minute: int) -> tuple[list[float], int]:
         """``name``'s counts held or in flight from ``since_minute`` on (summed like a minute bucket), and
         the commit number they go with (see :meth:`write`)."""

@@ -41,6 +41,10 @@ class Writer:
     def __init__(self, store: SharedStore) -> None:
         self.store = store
         self.io = threading.RLock()
+        #: When the I/O step in progress began (``time.monotonic()``), or ``None``: a step that has lasted
+        #: past ``busy_timeout`` is a stall (a server that takes the connection and never answers), and
+        #: breakers then decide their probes from memory, as during a reported fault.
+        self.io_since: float | None = None
         self.wake = threading.Event()
         self.conn: Connection | None = None
         self.warm = False  # every row has been read once: adoption needs no read of its own
@@ -107,11 +111,32 @@ class Writer:
                     self.conn.close()
             self.conn = None
 
+    def unwritten_calls(self) -> int:
+        """Calls the breakers counted that are not written: filed and waiting, or not yet sampled."""
+        total = self.store.rollups.pending_calls()
+        for link in list(self.store._links.values()):
+            now, then = link.breaker.counts(), link.counts
+            total += sum(now) - sum(then)
+        return total
+
+    def stalled(self) -> bool:
+        """Whether the I/O step in progress has lasted past ``busy_timeout`` (see ``io_since``)."""
+        since = self.io_since
+        return since is not None and time.monotonic() - since > self.store.busy_timeout
+
     @contextlib.contextmanager
     def db(self) -> Iterator[Connection]:
         """The connection for one step (a transaction or two), with ``io`` held."""
         with self.io:
-            yield self._connection()
+            outer = self.io_since is None
+            if outer:
+                self.io_since = time.monotonic()
+            try:
+                yield self._connection()
+            finally:
+                if outer:
+                    since, self.io_since = self.io_since, None
+                    self.store.faults.stalled(time.monotonic() - (since or 0.0))
 
     # -- the thread ---------------------------------------------------------------------------------
 
