@@ -87,7 +87,8 @@ class SharedStore:
         poll_interval: Seconds between writer cycles: other processes' changes are seen within one.
         metrics_interval: Seconds between writes of the per-second and per-minute counts.
         queue_size: Event rows that may wait to be written; beyond it rows are dropped and counted.
-        busy_timeout: Seconds a lock may last before it is reported as a fault.
+        busy_timeout: Seconds a lock may last before it is reported as a fault (and a step of I/O
+            before probes are decided from memory: a database that stops answering).
         startup_wait: Seconds the first breaker of a process may wait, once, for the store's first read
             of the stored states when it cannot read its own at once (PostgreSQL always; SQLite while the
             file is locked), so that a process starting during an outage keeps the circuit open; 0 never
@@ -210,9 +211,7 @@ class SharedStore:
         with self._lock:
             old = self._links.get(breaker.name)
             self._links[breaker.name] = link
-            # (once listed: a fault reported meanwhile -- in the start-up wait -- is seen, a later one reaches
-            # it through _memory_mode; read before, a process started with its database down never probed)
-            link.memory = self.faults.fault is not None
+            link.memory = self.faults.fault is not None  # once listed (a fault in the start-up wait is seen)
         if old is not None and old.breaker is not breaker and old.breaker.linked is old:
             old.breaker.link(None)
         breaker.link(link)
