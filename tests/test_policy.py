@@ -175,3 +175,11 @@ def test_comparing_predicates_never_raises_and_tells_captured_values_apart() -> 
     with isolated_registry():
         circuit("svc", on=recursive(ConnectionError))
         circuit("svc", on=recursive(ConnectionError))  # the same policy, written again
+
+
+def test_a_policy_alike_in_its_predicate_but_not_elsewhere_is_another_policy() -> None:
+    def make(threshold: int) -> Policy:
+        return Policy(failure_threshold=threshold, on=lambda e: isinstance(e, OSError))
+
+    assert make(3).same_as(make(3))
+    assert not make(3).same_as(make(4))
