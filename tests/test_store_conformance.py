@@ -659,6 +659,24 @@ def test_the_event_cap_drops_failures_before_transitions(target: Target, clock: 
     assert target.rows(count_transitions)[0][0] == transitions
 
 
+def test_the_outbox_sends_one_circuits_deliveries_in_order(target: Target) -> None:
+    """The ordering rule of the webhook outbox (a correlated subquery in the claim) on every backend."""
+    from circuitry.store.outbox import Outbox
+
+    _, store = target.make()
+    box = Outbox(store.backend, "host-a:1")
+    alerts = [{"id": i, "service_name": svc, "alert_type": "circuit_opened", "severity": "error", "message": "m",
+               "details": {}, "created_at": 1_700_000_000.0 + i, "key": f"{svc}:circuit_opened"}
+              for i, svc in ((1, "payments"), (2, "payments"), (3, "orders"))]
+    box.enqueue([("pd", a) for a in alerts])
+    first = box.claim(["pd"], lease=60.0, limit=10)
+    assert sorted(d.alert["id"] for d in first) == [1, 3]  # payments' second waits for its first
+    (one,) = [d for d in first if d.alert["id"] == 1]
+    assert box.delivered(one, 200)
+    assert [d.alert["id"] for d in box.claim(["pd"], lease=60.0, limit=10)] == [2]
+    box.close()
+
+
 # -- the read model -------------------------------------------------------------------------------------
 
 

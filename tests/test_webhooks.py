@@ -96,6 +96,18 @@ def test_webhook_configuration_is_validated_and_urls_are_not_in_the_repr() -> No
                 {"url": "https://x", "secret": ""}):
         with pytest.raises(ConfigurationError):
             Webhook(**bad)  # type: ignore[arg-type]
+    # each of these was accepted, and every delivery to it retried until dead (minutes, with the defaults)
+    for url in ("http:///hooks", "http:/localhost:8000/h", "http://local host/h", "http://x:99999/h",
+                "http://x:0/h"):
+        with pytest.raises(ConfigurationError, match="url"):
+            Webhook(url)
+    # services="svc_a" was the set of its letters, and routed nothing; an empty filter routed nothing either
+    for services in ("svc_a", [], [123]):
+        with pytest.raises(ConfigurationError, match="services"):
+            Webhook("https://x", services=services)  # type: ignore[arg-type]
+    assert Webhook("https://x:8443/h", services=["svc_a"]).services == frozenset({"svc_a"})
+    with pytest.raises(ConfigurationError, match="headers"):
+        Webhook("https://x", headers=["Authorization"])  # type: ignore[arg-type]
 
 
 # -- delivering ---------------------------------------------------------------------------------------
@@ -217,7 +229,7 @@ def test_a_4xx_is_dead_at_once_but_429_waits_for_retry_after(backend: SQLiteBack
 
 def test_claims_are_exclusive_until_the_lease_expires(backend: SQLiteBackend, clock: FakeClock) -> None:
     a, b = Outbox(backend, "host-a:1"), Outbox(backend, "host-b:2")
-    a.enqueue([("ops", alert(1)), ("ops", alert(2))])
+    a.enqueue([("ops", alert(1)), ("ops", alert(2, service="orders"))])  # two circuits: sent side by side
     assert a.enqueue([("ops", alert(1))]) == 0  # once per alert and endpoint
     got_a = a.claim(["ops"], lease=60.0, limit=1)
     got_b = b.claim(["ops"], lease=600.0, limit=10)
@@ -229,6 +241,27 @@ def test_claims_are_exclusive_until_the_lease_expires(backend: SQLiteBackend, cl
     assert not a.delivered(got_a[0], 200)  # a's late answer changes nothing: b holds it now
     assert b.delivered(taken, 200)
     assert not b.delivered(taken, 200)
+
+
+def test_one_circuits_deliveries_to_one_endpoint_go_in_order(backend: SQLiteBackend, clock: FakeClock) -> None:
+    """A PagerDuty trigger answered 500, and the resolve queued after it went out before the trigger's
+    retry: the incident stayed open for a circuit that had closed. A circuit's later delivery to an
+    endpoint waits while an earlier one is pending (sent, or due again); other circuits and endpoints
+    do not wait."""
+    box = Outbox(backend, "host-a:1")
+    trigger, resolve = alert(1), {**alert(2), "alert_type": "circuit_closed", "severity": "info"}
+    box.enqueue([("pd", trigger), ("pd", resolve), ("pd", alert(3, service="orders")), ("ops", alert(2))])
+    first = box.claim(["pd", "ops"], lease=60.0, limit=10)
+    assert sorted((d.endpoint, d.alert["id"]) for d in first) == [("ops", 2), ("pd", 1), ("pd", 3)]
+    (trig,) = [d for d in first if d.endpoint == "pd" and d.alert["id"] == 1]
+    assert box.failed(trig, status=500, error="HTTP 500", retry_in=5.0)
+    assert box.claim(["pd"], lease=60.0, limit=10) == []  # the resolve waits for its trigger's retry
+    clock.advance(5)
+    (again,) = box.claim(["pd"], lease=60.0, limit=10)
+    assert again.alert["id"] == 1 and again.attempts == 2
+    assert box.delivered(again, 202)
+    (then,) = box.claim(["pd"], lease=60.0, limit=10)  # now the resolve
+    assert then.alert["alert_type"] == "circuit_closed"
 
 
 def test_a_restarted_sender_delivers_what_was_queued_and_catches_up_alerts_never_queued(

@@ -246,9 +246,16 @@ class Webhook:
     def __post_init__(self) -> None:
         from circuitry._checks import check_int, check_number
 
-        scheme = urllib.parse.urlsplit(self.url).scheme if isinstance(self.url, str) else ""
-        if scheme not in ("http", "https"):
+        parts = urllib.parse.urlsplit(self.url) if isinstance(self.url, str) else None
+        if parts is None or parts.scheme not in ("http", "https"):
             raise ConfigurationError("url must be an http:// or https:// URL")
+        try:  # a URL that cannot reach a host fails now, not as a dead delivery minutes later
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigurationError(f"url has a bad port: {exc} ({self.url!r})") from None
+        host = parts.hostname or ""
+        if not host or any(c.isspace() for c in host) or port == 0:
+            raise ConfigurationError(f"url must name a host (and a port in 1-65535), got {self.url!r}")
         if self.secret is not None and not (isinstance(self.secret, str | bytes) and self.secret):
             raise ConfigurationError("secret must be a non-empty str or bytes, or None")
         if self.name is None:
@@ -262,7 +269,17 @@ class Webhook:
         if self.min_severity not in _SEVERITIES:
             raise ConfigurationError(f"min_severity must be one of {', '.join(_SEVERITIES)}, got {self.min_severity!r}")
         if self.services is not None:
-            object.__setattr__(self, "services", frozenset(self.services))
+            if isinstance(self.services, str | bytes):  # "svc_a" would be a set of its letters
+                raise ConfigurationError(f"services must be a collection of circuit names, e.g. "
+                                         f"[{self.services!r}], got the string {self.services!r}")
+            names = frozenset(self.services)
+            if not names or not all(isinstance(n, str) and n for n in names):
+                raise ConfigurationError(f"services must be non-empty circuit names (None: every circuit), "
+                                         f"got {self.services!r}")
+            object.__setattr__(self, "services", names)
+        if not isinstance(self.headers, Mapping) or not all(
+                isinstance(k, str) and k and isinstance(v, str) for k, v in self.headers.items()):
+            raise ConfigurationError("headers must be a mapping of header names to str values")
         check_number("timeout", self.timeout, lo=0.0, hi=3600.0)
         check_int("max_attempts", self.max_attempts, 1, 1000)
         check_number("backoff", self.backoff, lo=0.0, hi=86400.0)

@@ -49,8 +49,14 @@ _INSERT: Final = (
     "INSERT INTO circuitry_webhook_outbox (delivery_id, endpoint, alert_id, service_name, payload, state, attempts, "
     "next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?) "
     "ON CONFLICT (alert_id, endpoint) DO NOTHING RETURNING id")
+#: A row to send now. One circuit's deliveries to one endpoint go in order: a row waits while an earlier one
+#: of its circuit and endpoint is pending (being sent, or due again after a failure) -- sent in parallel,
+#: a PagerDuty resolve overtook the retry of its trigger, and the incident stayed open for good.
 _DUE: Final = ("state = 'pending' AND next_attempt_at <= ? AND (claimed_until IS NULL OR claimed_until < ?) "
-               "AND endpoint IN ({endpoints})")
+               "AND endpoint IN ({endpoints}) AND NOT EXISTS (SELECT 1 FROM circuitry_webhook_outbox AS earlier "
+               "WHERE earlier.endpoint = circuitry_webhook_outbox.endpoint AND earlier.service_name = "
+               "circuitry_webhook_outbox.service_name AND earlier.state = 'pending' AND earlier.id < "
+               "circuitry_webhook_outbox.id)")
 
 
 def list_sql(*, state: str | None = None, endpoint: str | None = None, service: str | None = None,
