@@ -423,6 +423,33 @@ def test_an_alert_acknowledged_elsewhere_does_not_silence_its_repeats(make: Any,
     assert any(a["id"] == opened()[0]["id"] and a["count"] >= 1 for a in got)
 
 
+def test_the_failure_rate_rule_counts_each_second_once(make: Any, clock: FakeClock) -> None:
+    """With an analysis interval shorter than the rule's window, every run read the whole last minute
+    and added it again: 10 calls with 5 failures became "50% of 20 calls failed" on the second run
+    (below min_calls_for_rate, 20, there is no rule). 30 such calls are a real high failure rate."""
+    reg, store = make(analysis_interval=1.0)
+    few, many = reg.get("few", failure_threshold=10**6), reg.get("many", failure_threshold=10**6)
+    for b, n in ((few, 10), (many, 30)):
+        for i in range(n):
+            if i % 2:
+                b.record_failure(b.admit(), Boom())
+            else:
+                b.record_success(b.admit())
+    assert store.flush()
+    analyst = Analyst.attach(store)
+    for _ in range(8):
+        clock.advance(1)
+        assert store.flush()
+        analyst.run_once(clock.time())
+
+    def rate_alerts(name: str) -> list[dict[str, Any]]:
+        return [a for a in store.alerts(name, include_acknowledged=True) if a["alert_type"] == "high_failure_rate"]
+
+    assert rate_alerts("few") == []
+    (alert,) = rate_alerts("many")
+    assert "of 30 calls" in alert["message"], alert["message"]
+
+
 def test_a_flapping_circuit_does_not_flood(make: Any, clock: FakeClock) -> None:
     reg, store = make()
     got: list[dict[str, Any]] = []

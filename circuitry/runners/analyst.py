@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final
 
 from circuitry._core import CircuitBreaker
 from circuitry._state import CircuitState
@@ -148,6 +148,9 @@ def _recommendation_of(d: Any, current: Settings) -> Recommendation | None:
         return None
 
 
+#: Seconds behind now the failure-rate rule reads: the per-second counts are written once a second.
+_WRITE_LAG: Final = 2
+
 class Analyst:
     """Periodic analysis and alerting for one store (see the module docstring). Made by
     :meth:`attach` when the store is attached to a registry; its thread starts with the store's writer.
@@ -169,6 +172,7 @@ class Analyst:
         self._failing = False
         self.runs = 0
         self.latest: dict[str, Analysis] = {}
+        self._counted: dict[str, int] = {}  # per circuit: the seconds before this one are in the rate rule
         self.adjust_policy = AdjustPolicy()
         self._followed: dict[str, float] = {}
 
@@ -320,10 +324,17 @@ class Analyst:
             if self.auto_apply and kind == "periodic":
                 self.adjust(link.breaker, analysis, now)
             if name not in muted and kind == "periodic":
-                last = self.store.read.series(name, now - 60.0, now)
-                calls_1m, fails_1m = sum(r[1] for r in last), sum(r[2] for r in last)
-                if calls_1m:
-                    alerts.extend(self.engine.observe_counts(name, calls_1m, fails_1m, now))
+                # The seconds since the last count (at most the rule's window), each once: read whole,
+                # an analysis interval shorter than the window counted the same seconds again and again
+                # ("50 % of 20 calls" of 10). Two seconds behind now: later ones may not be written yet.
+                until = int(now) - _WRITE_LAG
+                since = max(self._counted.get(name, 0), until - int(self.engine.policy.rate_window))
+                if until > since:
+                    rows = self.store.read.series(name, since, until - 1)
+                    self._counted[name] = until
+                    calls, fails = sum(r[1] for r in rows), sum(r[2] for r in rows)
+                    if calls:
+                        alerts.extend(self.engine.observe_counts(name, calls, fails, now))
         if kind == "periodic":
             alerts.extend(a for a in self.engine.tick(now) if a.service_name not in muted)
         self._persist(alerts)
