@@ -389,6 +389,19 @@ def test_calls_a_stuck_database_never_took_are_said_to_be_lost(make: Any, clock:
     assert lost["calls"] == 100 and lost["rows"] == 0
 
 
+def test_a_new_circuit_is_sampled_every_cycle_from_its_first_call(make: Any) -> None:
+    """A circuit started "cold" -- its counts sampled every five seconds -- unless a sample happened to
+    see it counting. A uvicorn worker that served 200 calls and was stopped 2 s later (its SIGTERM skips
+    the exit flush) had written none of them; they were written 7.5 s after the calls, instead of 2.5 s
+    now. A circuit is made by its first call: it is hot from the start, until it goes quiet."""
+    reg, store = make()
+    reg.get("svc", failure_threshold=10**6)
+    link = store.links()[0]
+    assert link.hot
+    assert store.flush()
+    assert link in store.writer._hot
+
+
 def as_nobody(command: list[str]) -> list[str]:
     """``command`` as another user than root (root writes anywhere; a read-only file is read-only only to
     others), through setpriv; as it is for any other user."""

@@ -68,7 +68,9 @@ class Link:
         self.failure_log: deque[BaseException] | None = deque(maxlen=log_size)
         self.counts: Counts = breaker.counts()  # the counts last sampled
         self.evidence = (self.counts.successes, self.counts.failures)  # what was shared of them
-        self.hot = False  # sampled every cycle (it had calls lately), else every few seconds
+        # Sampled every cycle (it had calls lately), else every few seconds. A new circuit is hot: it is made
+        # by its first call (it started cold, and its first five seconds of counts waited for a cold sample).
+        self.hot = True
         self.quiet = 0  # samples in a row without a call
         self.budget = (0, 0)  # (second, failure rows written in it)
         self.recorded = self.counts.failures  # failures that have their event row (or are counted in one)

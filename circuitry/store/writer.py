@@ -284,6 +284,7 @@ class Writer:
         while s._dirty:
             with contextlib.suppress(IndexError):
                 dirty.add(s._dirty.popleft())
+        self._hot.update(link for link in dirty if link.hot)  # (a new circuit: sampled from its first cycle)
         try:
             self._cycle_io(now, final, dirty)
         except BaseException:
