@@ -368,7 +368,7 @@ def test_a_database_that_stops_answering_lets_probes_be_decided_from_memory(make
         assert b.state is CircuitState.CLOSED
         stuck.go.set()
         assert store.flush(10)
-    assert any(e["event"] == "circuitry.store_stalled" and e["seconds"] > 0.2 for e in logs)
+    assert any(e["event"] == "circuitry.store_stalled" and e["seconds"] >= 0.2 for e in logs)  # (rounded)
 
 
 def test_calls_a_stuck_database_never_took_are_said_to_be_lost(make: Any, clock: FakeClock) -> None:
