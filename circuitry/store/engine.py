@@ -301,9 +301,8 @@ class SharedStore:
         untrack(self)
         left, calls = self.health().queued, self.writer.unwritten_calls()  # (calls: counted, not written)
         if left or calls:
-            what = "interpreter exit" if when == "exit" else "close()"
             log("warning", "circuitry.store_unflushed", location=self.backend.location, rows=left, calls=calls,
-                when=when, note=f"not written within {timeout:g} s of {what}; they are lost (what was written stays)")
+                when=when, note=f"not written in {timeout:g} s of {'exit' if when == 'exit' else 'close()'}: lost")
 
     def __enter__(self) -> SharedStore:
         return self
@@ -360,6 +359,7 @@ class SharedStore:
     def _memory_mode(self, on: bool) -> None:
         for link in list(self._links.values()):
             link.memory = on
+
     # -- fork -----------------------------------------------------------------------------------------
 
     def _before_fork(self) -> None:
