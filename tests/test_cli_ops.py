@@ -107,6 +107,21 @@ def test_reset_open_close_reach_a_running_process(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_reset_from_the_command_line_raises_the_closing_alert(db: Path) -> None:
+    """The opening raised ``circuit_opened`` (a PagerDuty trigger); the reset from the command line raised
+    nothing -- alerts are raised by the process that writes a transition, and the CLI runs no analyst --
+    so the incident was never resolved. The reset stores its ``circuit_closed`` now, once."""
+    assert [a["alert_type"] for a in open_reader(db).alerts("payments")] == ["circuit_opened"]
+    code, out = run("reset", "payments", "--db", str(db))
+    assert code == 0 and "open -> closed" in out
+    alerts = open_reader(db).alerts("payments", include_acknowledged=True)
+    assert sorted(a["alert_type"] for a in alerts) == ["circuit_closed", "circuit_opened"]
+    (closed,) = [a for a in alerts if a["alert_type"] == "circuit_closed"]
+    assert closed["severity"] == "info" and "manual" in closed["message"]
+    run("open", "payments", "--db", str(db))  # a forced open is deliberate: no alert, as in a process
+    assert len(open_reader(db).alerts("payments", include_acknowledged=True)) == 2
+
+
 def test_unknown_names_are_answered_with_known_ones(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["open", "paymnts"], ["status", "--service", "paymnts"], ["alerts", "--service", "paymnts"],
                  ["ack", "--service", "paymnts"], ["export", "events", "--service", "paymnts"],

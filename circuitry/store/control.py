@@ -87,6 +87,7 @@ def set_state(backend: Backend, name: str, action: str, *, by: str, timeout: flo
                 conn.execute("DELETE FROM circuit_breaker_probe_leases WHERE service_name = ?", (name,))
                 data = {"reason": "manual", "action": action, "by": by}
                 conn.execute(INSERT_EVENT, row_tuple(name, "state_change", frm, to, None, None, data, now, by))
+            _alert(backend, name, frm, to, now, by, timeout)
             return {"service_name": name, "from_state": frm, "to_state": to, "version": moved[0][0],
                     "changed": frm != to, "by": by, "at": now}
         raise StoreError(f"circuit {name!r} kept changing; {action} was not applied (try again)")
@@ -99,3 +100,32 @@ def set_state(backend: Backend, name: str, action: str, *, by: str, timeout: flo
     finally:
         conn.close()
 
+
+def _alert(backend: Backend, name: str, frm: str, to: str, now: float, by: str, timeout: float) -> None:
+    """The alerts of the transition just written (a reset of an open circuit: ``circuit_closed``). The
+    process that writes a transition raises its alerts, and this one runs no analyst: a reset from the
+    command line or the dashboard raised nothing, so a PagerDuty incident its opening triggered was
+    never resolved. Stored with the default alert policy and the store's deduplication; a running
+    webhook sender's sweep delivers them. A failure here is said, not raised: the state is written."""
+    from circuitry._state import CircuitState
+    from circuitry.analysis.alerts import AlertEngine
+    from circuitry.events import Event, EventKind
+    from circuitry.instrumentation.logging import log
+    from circuitry.store.records import Records
+
+    try:
+        event = Event(EventKind.TRANSITION, name, now, 0, CircuitState(to), CircuitState(frm), "manual")
+    except ValueError:  # a state this circuitry does not know
+        return
+    engine = AlertEngine()
+    alerts = engine.observe(event, now)
+    if not alerts:
+        return
+    records = Records(backend, by, timeout=timeout)
+    try:
+        records.alerts(alerts, [], engine.policy.dedup_window)
+    except Exception as exc:
+        log("warning", "circuitry.alert_not_stored", circuit=name, error_type=type(exc).__qualname__,
+            error_message=str(exc)[:500])
+    finally:
+        records.close()
