@@ -496,6 +496,35 @@ def test_two_processes_raise_one_alert_between_them(make: Any, clock: FakeClock)
     assert a.state is b.state is CircuitState.OPEN
 
 
+def test_flapping_counts_the_trips_of_every_process(make: Any, clock: FakeClock) -> None:
+    """Two processes trip one circuit in turn, four times in four seconds: each process's alert engine
+    heard of the two trips it wrote, so neither raised ``flapping`` (three trips in ten minutes). The
+    periodic analysis counts the trips in the shared history."""
+    (reg_a, store_a), (reg_b, store_b) = make(), make()
+    a = reg_a.get("svc", failure_threshold=1, recovery_timeout=600)
+    b = reg_b.get("svc", failure_threshold=1, recovery_timeout=600)
+    assert store_a.flush() and store_b.flush()
+    for i in range(4):
+        (mine, store), (theirs, other) = ((a, store_a), (b, store_b)) if i % 2 == 0 else ((b, store_b), (a, store_a))
+        mine.record_failure(mine.admit(), Boom())  # a trip, written by this process
+        assert store.flush()
+        assert eventually(lambda t=theirs, o=other: o.flush() and t.state is CircuitState.OPEN)
+        mine.reset()
+        assert store.flush()
+        assert eventually(lambda t=theirs, o=other: o.flush() and t.state is CircuitState.CLOSED)
+        clock.advance(1)
+    history = store_a.read.transitions("svc", 0, clock.time() + 1)
+    assert sum(1 for t in history if (t["from_state"], t["to_state"]) == ("closed", "open")) == 4
+
+    def flapping() -> list[dict[str, Any]]:
+        return [r for r in store_a.alerts("svc") if r["alert_type"] == "flapping"]
+
+    assert eventually(lambda: len(store_a.alerts("svc", include_acknowledged=True)) >= 2)  # the openings'
+    assert flapping() == []  # each process's engine saw two trips
+    Analyst.attach(store_a).run_once(clock.time())  # the periodic analysis reads the shared history
+    assert len(flapping()) == 1 and "opened 4 times" in flapping()[0]["message"]
+
+
 def test_the_seeds_alert_handler_gets_the_seeds_keys(tmp_path: Path) -> None:
     received: list[dict[str, Any]] = []
 

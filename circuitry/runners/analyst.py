@@ -323,6 +323,11 @@ class Analyst:
                                                          state=link.breaker.state))
             if self.auto_apply and kind == "periodic":
                 self.adjust(link.breaker, analysis, now)
+            if name not in muted and kind == "periodic":  # flapping, from every process's trips
+                window = self.engine.policy.flapping_window
+                trips = [float(t["ts"]) for t in self.store.read.transitions(name, now - window, now)
+                         if t["from_state"] in ("closed", None) and t["to_state"] == "open"]
+                alerts.extend(self.engine.observe_openings(name, trips, now))
             if name not in muted and kind == "periodic":
                 # The seconds since the last count (at most the rule's window), each once: read whole,
                 # an analysis interval shorter than the window counted the same seconds again and again
