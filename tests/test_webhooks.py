@@ -412,6 +412,19 @@ def test_alerts_the_analyst_stores_are_posted_from_the_senders_thread(tmp_path: 
         assert sender_._thread is not None and not sender_._thread.is_alive()  # stopped with the store
 
 
+def test_a_process_that_only_sends_delivers_what_others_stored(tmp_path: Path, backend: SQLiteBackend) -> None:
+    """A sender process with no breaker of its own: its sender started with the store's writer, which a
+    store starts for its first breaker, so it sent nothing (one pending row stayed pending)."""
+    Outbox(backend, "host-a:1").enqueue([("ops", alert(1))])
+    with Receiver() as rx:
+        store = SQLiteStore(backend.path, poll_interval=0.01, analysis_interval=3600)
+        try:
+            webhooks.install([hook(rx.url)], store=store, poll_interval=0.05, catch_up=0.0)
+            assert eventually(lambda: len(rx.received) == 1)
+        finally:
+            store.close()
+
+
 def test_install_needs_a_store() -> None:
     with pytest.raises(ConfigurationError, match="need a store"):
         webhooks.install([hook("https://example.invalid/")], registry=Registry(hooks=[]))

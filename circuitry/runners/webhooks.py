@@ -629,8 +629,9 @@ def install(webhooks: Sequence[Webhook], *, registry: Registry | None = None, st
     """Send the alerts of ``store`` (default: the store of ``registry``, default the process-wide
     registry) to ``webhooks``; returns the sender (``options``: :class:`WebhookSender`'s).
 
-    The sender runs beside the store as its analyst does: it starts with the store's writer, stops with
-    :meth:`~circuitry.store.engine.SharedStore.close`, and is restarted in a forked child.
+    The sender runs beside the store as its analyst does: it starts now, stops with
+    :meth:`~circuitry.store.engine.SharedStore.close`, and is restarted in a forked child. (It started
+    with the store's writer, so a process that only sends -- no breaker of its own -- sent nothing.)
 
     Raises:
         ConfigurationError: There is no store (a registry kept in memory has no alerts to send).
@@ -647,5 +648,6 @@ def install(webhooks: Sequence[Webhook], *, registry: Registry | None = None, st
             raise ConfigurationError("webhooks need a store: configure a database (circuitry.configure(db=...))")
         store = found
     sender = WebhookSender(store, webhooks, **options)
-    store.add_runner(sender)  # started now if the store's writer runs, else with it
+    store.add_runner(sender)
+    sender.start()  # (idempotent: the store's writer starts its runners too)
     return sender
