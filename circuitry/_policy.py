@@ -317,6 +317,15 @@ class Policy:
         return (all(getattr(self, name) == getattr(other, name) for name in _PLAIN_FIELDS)
                 and all(same_value(getattr(self, name), getattr(other, name)) for name in _CALLABLE_FIELDS))
 
+    def differences(self, other: Policy) -> list[str]:
+        """What ``other`` sets otherwise, one ``"name: old -> new"`` per field (for a conflict's message).
+        Functions of the same name that differ in what they captured, or are different functions of one
+        name, are said to be another function, rather than left out of an empty list."""
+        a, b = self.as_dict(), other.as_dict()
+        return [f"{k}: {a[k]!r} -> {b[k]!r}" if a[k] != b[k] else
+                f"{k}: another function {a[k]!r} (it captured other values, or is defined elsewhere)"
+                for k in a if a[k] != b[k] or not same_value(getattr(self, k), getattr(other, k))]
+
     def as_dict(self) -> dict[str, Any]:
         """The policy as plain data (callables by their qualified name), for display and storage."""
         out: dict[str, Any] = {}

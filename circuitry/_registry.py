@@ -3,6 +3,9 @@
 A process has a default registry (what ``circuit("name")`` uses) and may build explicit
 :class:`Registry` objects. Getting a name creates its breaker once; asking again with a *different*
 policy is a :class:`~circuitry.RegistryConflictError`, never a silent overwrite.
+
+(A little over 500 lines: the registry and the process-wide default one -- its store, ``configure()``,
+its life across ``fork()`` -- share one lock and one way of making breakers.)
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from circuitry._checks import check_clock, check_rng
 from circuitry._clock import SYSTEM_CLOCK, Clock
 from circuitry._core import CircuitBreaker, hold_breakers, release_breakers, validate_name
-from circuitry._policy import Policy, same_value
+from circuitry._policy import Policy
 from circuitry.events import Dispatcher, Hook
 from circuitry.exceptions import CircuitNotFoundError, ConfigurationError, RegistryConflictError
 from circuitry.instrumentation.logging import LoggingHook, log
@@ -335,13 +338,7 @@ def _start_runners(store: Store) -> None:
 
 
 def _conflict_message(name: str, old: Policy, new: Policy) -> str:
-    a, b = old.as_dict(), new.as_dict()
-    diffs = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]
-    # Functions of the same name that differ in what they captured (or are different functions of one
-    # name): say so, rather than an empty list of differences.
-    diffs += [f"{k}: another function {a[k]!r} (it captured other values, or is defined elsewhere)"
-              for k in a if a[k] == b[k] and not same_value(getattr(old, k), getattr(new, k))]
-    return (f"circuit {name!r} is already registered with another policy ({', '.join(diffs)}); "
+    return (f"circuit {name!r} is already registered with another policy ({', '.join(old.differences(new))}); "
             "use Registry.reconfigure() to change it")
 
 

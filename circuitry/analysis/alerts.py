@@ -366,6 +366,34 @@ class AlertEngine:
                 self._raise(out, svc, name, "circuit_closed", f"Circuit '{name}' closed{cause}", details, now)
         return out
 
+    def observe_openings(self, service: str, times: Sequence[float], now: float) -> list[Alert]:
+        """Apply the flapping rule to the circuit's trips (closed -> open) as the shared history holds
+        them, every process's: an engine hears of the trips its own process writes, so a circuit tripped
+        by two processes in turn, four times in six seconds, was flapping in neither.
+
+        Args:
+            service: The circuit's name.
+            times: When it tripped (epoch seconds), from the history; the ones in the window count.
+            now: The current time (epoch seconds).
+
+        Returns:
+            The new alerts: ``flapping``, when the history holds more trips in the window than this engine
+            counted and they reach ``policy.flapping_opens``.
+        """
+        now = _check_now(now)
+        p = self._policy
+        recent = sorted(float(t) for t in times if 0.0 <= now - float(t) < p.flapping_window)
+        out: list[Alert] = []
+        with self._lock:
+            svc = self._service(service)
+            while svc.openings and now - svc.openings[0] >= p.flapping_window:
+                svc.openings.popleft()
+            if len(recent) > len(svc.openings):
+                svc.openings.clear()
+                svc.openings.extend(recent)  # (bounded: the deque keeps the newest)
+                self._flapping_rule(out, svc, service, now)
+        return out
+
     def observe_counts(self, service: str, calls: int, failures: int, now: float) -> list[Alert]:
         """Add one period's call and failure counts and apply the failure-rate rule.
 
@@ -587,34 +615,6 @@ class AlertEngine:
         elif touch:
             self._services.move_to_end(name)
         return svc
-
-    def observe_openings(self, service: str, times: Sequence[float], now: float) -> list[Alert]:
-        """Apply the flapping rule to the circuit's trips (closed -> open) as the shared history holds
-        them, every process's: an engine hears of the trips its own process writes, so a circuit tripped
-        by two processes in turn, four times in six seconds, was flapping in neither.
-
-        Args:
-            service: The circuit's name.
-            times: When it tripped (epoch seconds), from the history; the ones in the window count.
-            now: The current time (epoch seconds).
-
-        Returns:
-            The new alerts: ``flapping``, when the history holds more trips in the window than this engine
-            counted and they reach ``policy.flapping_opens``.
-        """
-        now = _check_now(now)
-        p = self._policy
-        recent = sorted(float(t) for t in times if 0.0 <= now - float(t) < p.flapping_window)
-        out: list[Alert] = []
-        with self._lock:
-            svc = self._service(service)
-            while svc.openings and now - svc.openings[0] >= p.flapping_window:
-                svc.openings.popleft()
-            if len(recent) > len(svc.openings):
-                svc.openings.clear()
-                svc.openings.extend(recent)  # (bounded: the deque keeps the newest)
-                self._flapping_rule(out, svc, service, now)
-        return out
 
     def _flapping(self, out: list[Alert], svc: _Service, name: str, now: float) -> None:
         svc.openings.append(now)

@@ -328,7 +328,6 @@ class Analyst:
                 trips = [float(t["ts"]) for t in self.store.read.transitions(name, now - window, now)
                          if t["from_state"] in ("closed", None) and t["to_state"] == "open"]
                 alerts.extend(self.engine.observe_openings(name, trips, now))
-            if name not in muted and kind == "periodic":
                 # The seconds since the last count (at most the rule's window), each once: read whole,
                 # an analysis interval shorter than the window counted the same seconds again and again
                 # ("50 % of 20 calls" of 10). Two seconds behind now: later ones may not be written yet.

@@ -27,7 +27,8 @@ from circuitry._state import CircuitState
 from circuitry.events import Event, EventKind
 from circuitry.store.backend import Connection
 from circuitry.store.link import Link
-from circuitry.store.sharing import INSERT_EVENT, NEXT_SEQ, STATE_COLUMNS, Sharing, clean_row, iso, row_tuple
+from circuitry.store.sharing import INSERT_EVENT, NEXT_SEQ, STATE_COLUMNS, Sharing, iso, row_tuple
+from circuitry.store.state_rows import clean_row
 
 __all__ = ["Leases"]
 

@@ -84,7 +84,7 @@ class Reader:
     def state_now(self, name: str) -> tuple[bool, tuple[Any, ...] | None]:
         """Whether ``name``'s stored state could be read at once — no waiting for a lock, for another
         reader or for a server, no schema change — and its row (``None``: none stored, or not read)."""
-        from circuitry.store.sharing import STATE_COLUMNS, clean_row
+        from circuitry.store.state_rows import STATE_COLUMNS, clean_row
 
         if not self._quick_lock.acquire(blocking=False):
             return False, None

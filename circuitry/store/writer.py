@@ -24,7 +24,7 @@ from circuitry.store.backend import Connection
 from circuitry.store.leases import take_done
 from circuitry.store.link import Link
 from circuitry.store.rollups import prune, sample
-from circuitry.store.sharing import clean_row
+from circuitry.store.state_rows import clean_row, repair_row
 
 if TYPE_CHECKING:
     from circuitry.store.engine import SharedStore
@@ -365,7 +365,7 @@ class Writer:
         for raw in rows:
             row, bad = clean_row(raw)
             if bad:  # values circuitry cannot use, written by hand: repaired, so every process reads it alike
-                row = s.sharing.repair(conn, row, bad)
+                row = repair_row(conn, row, bad)
             self._since = max(self._since, row[7] or 0)
             s.sharing.learn(row)
             link = links.get(row[0])
