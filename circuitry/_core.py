@@ -829,11 +829,11 @@ class CircuitBreaker(Gate):
                     events: list[Event]) -> None:
         if permit.probe is None:
             return
-        lease = self._probes.pop(permit.probe, None)
+        self._probes.pop(permit.probe, None)
         now = self._now()
-        if lease is None or lease <= now or permit.generation != self._gen or self._state is not HALF_OPEN:
-            pass  # stale: the lease expired or the circuit moved on
-        elif ok:
+        if permit.generation != self._gen or self._state is not HALF_OPEN:
+            pass  # stale: the circuit moved on (a reset, or another probe decided)
+        elif ok:  # (also a probe that outlived its permit: a slow service's answer still decides)
             self._probe_ok += 1
             if self._probe_ok >= self._policy.success_threshold:
                 self._to(CLOSED, "probe_succeeded", now, events)

@@ -130,10 +130,31 @@ def test_probe_lease_expires_when_a_probe_never_reports(clock: FakeClock) -> Non
         b.admit()
     clock.advance(2)
     p = b.admit()  # the lost probe's permit was reclaimed
-    b.record_failure(lost, Boom())  # the lost probe reporting late changes nothing
-    assert b.state is CircuitState.HALF_OPEN
     b.record_success(p)
     assert b.state is CircuitState.CLOSED
+    b.record_failure(lost, Boom())  # the lost probe, reporting after another probe decided: stale
+    assert b.state is CircuitState.CLOSED
+
+
+def test_a_probe_that_outlives_its_permit_still_decides(clock: FakeClock) -> None:
+    """A slow service answers after probe_timeout: its answer closes the circuit (it was thrown away, and
+    a service slower than the timeout kept its circuit half-open for ever, a new probe every period)."""
+    b, _ = make(clock, failure_threshold=1, recovery_timeout=5, probe_timeout=2)
+    fail(b)
+    clock.advance(5)
+    slow = b.admit()
+    clock.advance(3)
+    b.record_success(slow)
+    assert b.state is CircuitState.CLOSED
+    fail(b)
+    clock.advance(5)
+    first = b.admit()
+    clock.advance(3)
+    second = b.admit()  # the first's permit ran out: another probe
+    b.record_failure(first, Boom())  # the first reports late, and fails: open again
+    assert b.state is CircuitState.OPEN
+    b.record_success(second)  # stale: the circuit moved on
+    assert b.state is CircuitState.OPEN
 
 
 def test_cancelled_and_ignored_probes_release_their_permit(clock: FakeClock) -> None:

@@ -562,15 +562,21 @@ def test_transitions_name_their_reasons_and_the_probes_exception(clock: FakeCloc
                                                                clock.time() - 0.5, clock.time(), clock.time()]
 
 
-def test_a_probe_finishing_as_its_lease_ends_is_stale(clock: FakeClock) -> None:
+def test_a_probe_finishing_as_its_lease_ends_still_decides(clock: FakeClock) -> None:
     b, _ = make(clock, failure_threshold=1, recovery_timeout=5, probe_timeout=2)
     b.exit(b.enter(), Boom())
     clock.advance(5)
     late = b.enter()
     clock.advance(2)  # exactly the lease: it has run out
     b.exit(late, None)
-    assert b.state is CircuitState.HALF_OPEN
-    b.exit(b.enter(), None)  # the permit was free again
+    assert b.state is CircuitState.CLOSED
+
+
+def test_a_tiny_probe_timeout_lets_an_instant_probe_decide(clock: FakeClock) -> None:
+    b, _ = make(clock, failure_threshold=1, recovery_timeout=1e-14)
+    b.exit(b.enter(), Boom())
+    clock.advance(1e-14)
+    b.exit(b.enter(), None)
     assert b.state is CircuitState.CLOSED
 
 

@@ -498,6 +498,25 @@ def test_a_cancelled_probe_frees_its_lease_at_once(target: Target, clock: FakeCl
     assert eventually(lambda: holder.state is CircuitState.CLOSED)
 
 
+def test_a_grant_no_caller_takes_stays_ready(target: Target, clock: FakeClock) -> None:
+    """Nobody calls as the open period ends, nor for several times the lease's length after: the writer
+    renews the grant it took, and the first caller probes at once (it was refused once: the grant had
+    lapsed, and a new lease was only asked for by that refusal)."""
+    reg, store = target.make()
+    b = reg.get("svc", failure_threshold=1, recovery_timeout=1)  # a lease lives probe_timeout = 1 s
+    fail(b)
+    clock.advance(1)
+    assert eventually(lambda: bool(b.linked.grants))
+    ((lease,),) = target.rows("SELECT lease_id FROM circuit_breaker_probe_leases WHERE kind = 'held'")
+    for _ in range(8):  # four seconds without a call
+        target.lease_time_passes(0.5)
+        assert store.flush()
+    probe = b.admit()  # no CircuitOpenError
+    assert probe.lease == lease  # the same row, renewed
+    b.record_success(probe)
+    assert b.state is CircuitState.CLOSED
+
+
 # -- the analyst's shared writes ----------------------------------------------------------------------------
 
 

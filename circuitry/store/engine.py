@@ -231,8 +231,8 @@ class SharedStore:
         with self.mem:
             self.writer.sample(link, self._time())  # its last counts and failure rows
             self.writer.forget(link)
-            for lease, _ in list(link.grants):
-                link.done.append(lease)
+            for grant in list(link.grants):
+                link.done.append(grant.lease)
         self._dirty.append(link)  # its leases are released by the next cycle
         self.writer.wake.set()
 

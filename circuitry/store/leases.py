@@ -9,7 +9,8 @@ in all the processes (and hosts) sharing its row, decided by the database, never
 * The writer takes a lease as the open period ends (``lead`` seconds before, so the grant is ready when
   it does) and hands it to the breaker's link; a caller that finds no grant is refused and its wish is
   noted (a ``wanted`` row when every lease is held elsewhere). A process holding an unused grant gives
-  it back when another process wants one. A probe that finishes, is cancelled or outlives its lease
+  it back when another process wants one, and renews one no caller takes (halfway to its expiry), so
+  the first caller after a quiet spell probes at once. A probe that finishes, is cancelled or outlives its lease
   gives its lease back at once, so a cancelled probe never blocks the circuit.
 * The first lease of an episode writes ``open → half_open`` in the same transaction.
 * While the store is in a fault episode, probes are decided from memory: the bound needs the database.
@@ -26,7 +27,7 @@ from typing import Final
 from circuitry._state import CircuitState
 from circuitry.events import Event, EventKind
 from circuitry.store.backend import Connection
-from circuitry.store.link import Link
+from circuitry.store.link import Grant, Link
 from circuitry.store.sharing import INSERT_EVENT, NEXT_SEQ, STATE_COLUMNS, Sharing, iso, row_tuple
 from circuitry.store.state_rows import clean_row
 
@@ -61,6 +62,9 @@ class Leases:
         snap = b.snapshot()
         if snap.state is not CircuitState.OPEN and snap.state is not CircuitState.HALF_OPEN:
             return bool(link.grants or link.done)
+        if link.grants and not link.memory:
+            with db() as conn:
+                self.renew(conn, link)
         if link.memory or b.metrics_only or link.grants or link.version < 0:
             return True
         wanted = now - link.wanted_at < _DEMAND_FOR
@@ -158,8 +162,24 @@ class Leases:
         ttl = p.effective_probe_timeout
         link.grant_life = min(ttl / 2.0, 1.0)
         # The grant's expiry on the store's clock (the breaker checks it before handing it out).
-        link.grants.append((int(lease), link._clock() + ttl))
+        link.grants.append(Grant(int(lease), link._clock() + ttl))
         return outcome
+
+    def renew(self, conn: Connection, link: Link) -> None:
+        """Extend ``link``'s grants that no probe took, once they are halfway between their lease's length
+        and the point where a caller would refuse them: a circuit nobody calls as its open period ends
+        keeps a grant ready (it lapsed, and the first caller after a quiet spell was refused once). A
+        grant whose row is gone is left to lapse. Every ``probe_timeout / 2`` or so per quiet circuit,
+        a statement of its own: quiet half-open circuits are few."""
+        ttl = link.breaker.policy.effective_probe_timeout
+        soon = link._clock() + (ttl + link.grant_life) / 2.0
+        for grant in list(link.grants):
+            if grant.expires > soon:
+                continue
+            kept = conn.execute("UPDATE circuit_breaker_probe_leases SET expires_at = ? WHERE lease_id = ? AND "
+                                "holder = ? AND kind = 'held' RETURNING lease_id",
+                                (conn.now() + ttl, grant.lease, self.holder))
+            grant.expires = link._clock() + ttl if kept else 0.0
 
     def release(self, conn: Connection, leases: Sequence[int]) -> None:
         if leases:
@@ -175,10 +195,9 @@ class Leases:
         given: list[int] = []
         while others > len(given):
             try:
-                lease, _ = link.grants.popleft()
+                given.append(link.grants.popleft().lease)
             except IndexError:
                 break
-            given.append(lease)
         return given
 
 

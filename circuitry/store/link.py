@@ -19,7 +19,18 @@ from circuitry._core import CircuitBreaker, Counts
 if TYPE_CHECKING:
     from circuitry.events import Event
 
-__all__ = ["Link"]
+__all__ = ["Grant", "Link"]
+
+
+class Grant:
+    """A probe lease this process holds and no probe has taken yet: its row's id, and when it expires on
+    the store's clock (the writer renews a grant nobody takes, see :meth:`Leases.tend`)."""
+
+    __slots__ = ("expires", "lease")
+
+    def __init__(self, lease: int, expires: float) -> None:
+        self.lease = lease
+        self.expires = expires
 
 
 class Link:
@@ -85,7 +96,7 @@ class Link:
         self.pending: deque[Event] = deque(maxlen=64)  # local transitions not written yet
         self.pending_dropped = 0  # the oldest of them, pushed out of ``pending`` (written as a count)
         # Probe leases: rows of circuit_breaker_probe_leases this process holds.
-        self.grants: deque[tuple[int, float]] = deque()  # (lease id, expires at) not given to a probe yet
+        self.grants: deque[Grant] = deque()  # leases not given to a probe yet
         self.grant_life = 0.0  # a grant this close to its expiry is given back, not handed out
         self.done: deque[int] = deque()  # leases whose probe finished: rows to delete
         self.wanted_at = 0.0  # when a caller was last refused for want of a lease
@@ -106,12 +117,12 @@ class Link:
         grants = self.grants
         while grants:
             try:
-                lease, expires = grants.popleft()
+                grant = grants.popleft()
             except IndexError:
                 break
-            if expires - self._clock() > self.grant_life:
-                return lease
-            self.done.append(lease)  # too close to its expiry for a probe: give it back
+            if grant.expires - self._clock() > self.grant_life:
+                return grant.lease
+            self.done.append(grant.lease)  # too close to its expiry for a probe: give it back
         self.wanted_at = self._clock()
         self._wake(self)
         return None

@@ -310,7 +310,7 @@ class Writer:
                 s._watch.add(link)
             else:  # forgotten: only its leases remain to give back
                 with self.db() as conn:
-                    s.leases.release(conn, take_done(link) + [lease for lease, _ in link.grants])
+                    s.leases.release(conn, take_done(link) + [grant.lease for grant in link.grants])
                 link.grants.clear()
         for link in list(s._watch):
             if not s.leases.tend(self.db, link, now, s.mem):
@@ -335,7 +335,7 @@ class Writer:
             return
         held = []
         for link in self.store.links():
-            held += take_done(link) + [lease for lease, _ in link.grants]
+            held += take_done(link) + [grant.lease for grant in link.grants]
             link.grants.clear()
         with contextlib.suppress(Exception):
             self.store.leases.release(self.conn, held)
