@@ -16,6 +16,7 @@ below changes state under ``_lock``, and splitting them would spread one invaria
 
 from __future__ import annotations
 
+import builtins
 import inspect
 import itertools
 import math
@@ -51,6 +52,7 @@ FORCED_OPEN: Final = CircuitState.FORCED_OPEN
 DISABLED: Final = CircuitState.DISABLED
 
 _MESSAGE_LIMIT: Final = 500
+_GROUP: Final[type[BaseException] | None] = getattr(builtins, "BaseExceptionGroup", None)  # (Python 3.11+)
 #: Upper bounds (seconds) of the call-latency histogram's buckets (Prometheus client's defaults).
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 MAX_NAME_LENGTH: Final = 200
@@ -499,27 +501,44 @@ class CircuitBreaker(Gate):
         """The outcome rule, for every case the gate does not settle itself (see :meth:`exit`)."""
         started = None if type(token) is int else token.started  # type: ignore[union-attr]
         duration = None if started is None else self._now() - started
-        if exc is None:
-            if result is not NO_RESULT:
-                if inspect.iscoroutine(result):
-                    self._unawaited(token)
-                    return
-                predicate = self._policy.result_is_failure
-                if predicate is not None and self._judge(predicate, result):
-                    self.record_failure(token, _BadResultError(result), duration)
-                    return
-            self.record_success(token, duration)
-        elif isinstance(exc, Exception):
-            if isinstance(exc, CircuitOpenError) and exc.name == self.name:
-                # this circuit refused a call made inside its own (a protected function calling itself
-                # while it held the probe): no word from the service, so no failure of it
-                self.record_ignored(token)
-            elif self._judge(self._classify, exc):
-                self.record_failure(token, exc, duration)
+        try:
+            if exc is None:
+                if result is not NO_RESULT:
+                    if inspect.iscoroutine(result):
+                        self._unawaited(token)
+                        return
+                    predicate = self._policy.result_is_failure
+                    failed = predicate is not None and self._judge(predicate, result)
+                    if failed:
+                        self.record_failure(token, _BadResultError(result), duration)
+                        return
+                verdict = "success"
+            elif isinstance(exc, Exception):
+                # this circuit refused a call made inside its own (a protected function calling itself while
+                # it held the probe; or its tasks, in a TaskGroup): no word from the service, no failure of it
+                own = self._own_refusal(exc)
+                verdict = "ignored" if own or not self._judge(self._classify, exc) else "failure"
             else:
-                self.record_ignored(token)
+                verdict = "cancelled"
+        except BaseException:  # a predicate interrupted (KeyboardInterrupt): the call is given back, uncounted
+            self.release(token)
+            raise
+        if verdict == "success":
+            self.record_success(token, duration)
+        elif verdict == "failure":
+            self.record_failure(token, exc, duration)
+        elif verdict == "ignored":
+            self.record_ignored(token)
         else:
             self.release(token)
+
+    def _own_refusal(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is this circuit's own refusal, or a group of nothing else."""
+        if isinstance(exc, CircuitOpenError):
+            return exc.name == self.name
+        if _GROUP is not None and isinstance(exc, _GROUP):
+            return all(self._own_refusal(e) for e in getattr(exc, "exceptions", ()))
+        return False
 
     def _judge(self, predicate: Callable[[Any], object], value: object) -> bool:
         try:
@@ -951,6 +970,13 @@ def call_through(b: CircuitBreaker, fn: Callable[..., Any], args: tuple[Any, ...
     included -- what the decorator without a fallback returns); ``True`` for an async callable (a
     plain fallback's value comes back as an awaitable, so that the caller's ``await`` holds on a
     refusal too); ``None``: found out from ``fn`` on a refusal and from the result otherwise."""
+    if is_async is None:  # an async callable is admitted in its coroutine; for anything else, see the result
+        try:
+            is_async = True if fn.__code__.co_flags & _CO_ASYNC else None
+        except AttributeError:
+            is_async = is_async_callable(fn) or None
+    if is_async:
+        return _call_async(b, fn, args, kwargs, fallback)
     try:
         token = b.enter()
     except CircuitOpenError as rejection:
@@ -986,6 +1012,42 @@ async def _ready(value: Any) -> Any:
 
 # inspect.isawaitable costs ~150 ns on a plain value; the type check answers most results at once
 _PLAIN: Final = frozenset({type(None), bool, int, float, str, bytes, list, tuple, dict, set})
+
+
+_CO_ASYNC: Final = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE
+
+
+async def _call_async(b: CircuitBreaker, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                      fallback: Callable[..., Any] | None) -> Any:
+    """An async callable's call, all of it inside the coroutine the caller awaits: admitted when that
+    coroutine starts, so one cancelled before its first step (``task.cancel()``, a failing ``TaskGroup``,
+    ``wait_for(..., 0)``) took no permit -- with the permit taken as ``call()`` was called, a cancelled
+    probe kept the circuit half-open until ``probe_timeout``, and the call was never counted."""
+    try:
+        token = b.enter()
+    except CircuitOpenError as rejection:
+        if fallback is None:
+            raise
+        answer = fallback(rejection, *args, **kwargs)
+        return (await answer) if inspect.isawaitable(answer) else answer
+    try:
+        call = fn(*args, **kwargs)
+    except BaseException as exc:
+        if not_started(exc):
+            b.record_ignored(token)
+        else:
+            b.exit(token, exc)
+        raise
+    if not inspect.isawaitable(call):  # (it said it was async, and returned a value)
+        b.exit(token, None, call)
+        return call
+    try:
+        result = await call
+    except BaseException as exc:
+        b.exit(token, exc)
+        raise
+    b.exit(token, None, result)
+    return result
 
 
 async def _finish_async(b: CircuitBreaker, token: Token, awaitable: Awaitable[Any]) -> Any:

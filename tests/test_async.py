@@ -55,6 +55,35 @@ async def test_a_coroutine_is_not_counted_a_success_when_created(registry: Regis
     assert b.state is CircuitState.OPEN
 
 
+@pytest.mark.parametrize("how", ["task.cancel", "wait_for", "never awaited"])
+async def test_a_call_cancelled_before_it_starts_takes_no_probe(registry: Registry, clock: FakeClock,
+                                                               how: str) -> None:
+    """``circuit(...).call(async_fn)`` admits the call when its coroutine starts: cancelled before its first
+    step, it took no permit (it held the probe until probe_timeout, 30 s here, and was never counted)."""
+    c = circuit("svc", failure_threshold=1, recovery_timeout=30)
+
+    async def fetch() -> str:
+        await asyncio.sleep(0)
+        return "ok"
+
+    with pytest.raises(Boom):
+        c.breaker.call(lambda: (_ for _ in ()).throw(Boom()))
+    clock.advance(30)
+    if how == "task.cancel":
+        task = asyncio.ensure_future(c.call(fetch))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    elif how == "wait_for":
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(c.call(fetch), 0)
+    else:
+        c.call(fetch).close()
+    assert c.breaker.stats().probes_in_flight == 0
+    assert await c.call(fetch) == "ok"  # the next caller is the probe
+    assert c.breaker.state is CircuitState.CLOSED
+
+
 async def test_cancellation_is_not_counted_and_releases_the_probe(registry: Registry, clock: FakeClock) -> None:
     started = asyncio.Event()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -1009,3 +1010,37 @@ def test_a_plain_wrapper_passes_keyword_arguments(registry: Registry) -> None:
 
     assert add(1, b=2) == 3
     assert registry["svc"].counts().successes == 1
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception groups are Python 3.11+")
+def test_a_probe_whose_tasks_were_refused_by_its_own_circuit_is_no_failure(clock: FakeClock) -> None:
+    """A probe whose TaskGroup called the same circuit: the group holds only its own refusals, as a direct
+    nested call would raise one (it was counted a failure and opened the circuit again)."""
+    b, _ = make(clock, failure_threshold=1, recovery_timeout=5)
+    b.exit(b.enter(), Boom())
+    clock.advance(5)
+    probe = b.enter()
+    with pytest.raises(CircuitOpenError) as refused:
+        b.enter()
+    group = BaseExceptionGroup("unhandled errors in a TaskGroup", [refused.value])  # noqa: F821
+    b.exit(probe, group)
+    assert b.state is CircuitState.HALF_OPEN
+    assert b.stats().failures == 1
+    b.exit(b.enter(), BaseExceptionGroup("g", [refused.value, Boom()]))  # noqa: F821
+    assert b.state is CircuitState.OPEN  # a group with anything else in it is the probe's outcome
+
+
+def test_a_predicate_interrupted_gives_the_probe_back(clock: FakeClock) -> None:
+    """KeyboardInterrupt inside ``result_is_failure``: the call is uncounted and its probe given back (the
+    probe was kept until probe_timeout)."""
+
+    def judge(result: object) -> bool:
+        raise KeyboardInterrupt
+
+    b, _ = make(clock, failure_threshold=1, recovery_timeout=5, result_is_failure=judge)
+    b.exit(b.enter(), Boom())
+    clock.advance(5)
+    with pytest.raises(KeyboardInterrupt):
+        b.exit(b.enter(), None, "answer")
+    assert b.stats().probes_in_flight == 0
+    b.enter()  # the next caller probes
