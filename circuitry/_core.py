@@ -39,7 +39,16 @@ from circuitry._fastpath import count_value, not_started
 from circuitry._policy import MAX_DURATION, Policy
 from circuitry._state import CircuitState
 from circuitry._window import CountWindow, TimeWindow
-from circuitry.events import Dispatcher, Event, EventKind, either, never, report_error
+from circuitry.events import (
+    Dispatcher,
+    Event,
+    EventKind,
+    either,
+    hold_dispatchers,
+    never,
+    release_dispatchers,
+    report_error,
+)
 from circuitry.exceptions import CircuitOpenError, ConfigurationError
 
 __all__ = ["LATENCY_BUCKETS", "BreakerStats", "CircuitBreaker", "Counts", "Permit", "SharedState", "StoreLink",
@@ -1073,7 +1082,16 @@ _LIVE_LOCK = threading.Lock()
 _HELD: list[CircuitBreaker] = []
 
 
+# The dispatchers' locks come first (a thread changing hooks holds one while it takes each breaker's lock:
+# taken after the breakers', a fork in that moment left the child a dispatcher lock nobody releases, and
+# its next add_hook hung). In the child, no probe is in flight: the threads that made them were not
+# copied (a child forked while a probe ran was refused until probe_timeout), and the jitter generator is
+# seeded afresh (every forked worker drew the same open periods: processes that opened together probed
+# together).
+
+
 def hold_breakers() -> None:
+    hold_dispatchers()
     _LIVE_LOCK.acquire()
     held = list(_LIVE)
     for b in held:
@@ -1081,8 +1099,13 @@ def hold_breakers() -> None:
     _HELD[:] = held
 
 
-def release_breakers() -> None:
+def release_breakers(child: bool = False) -> None:
     for b in _HELD:
+        if child:
+            b._probes.clear()
         b._lock.release()
     _HELD.clear()
     _LIVE_LOCK.release()
+    release_dispatchers()
+    if child:
+        _JITTER_RNG.seed()

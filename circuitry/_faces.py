@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import threading
 from collections.abc import AsyncGenerator, Callable, Generator
 from types import TracebackType
@@ -48,6 +49,9 @@ T = TypeVar("T")
 _CACHE_LIMIT = 4096
 _cache: dict[tuple[Any, ...], Circuit] = {}
 _cache_lock = threading.Lock()
+if hasattr(os, "register_at_fork"):  # held for a few dict steps: a fork then left the child a lock never released
+    os.register_at_fork(before=_cache_lock.acquire, after_in_parent=_cache_lock.release,
+                        after_in_child=_cache_lock.release)
 
 
 def circuit(name: str, *, registry: Registry | None = None, fallback: Callable[..., Any] | None = None,

@@ -500,7 +500,7 @@ def _after_fork_in_parent() -> None:
 
 def _after_fork_in_child() -> None:
     global _REGISTRIES_LOCK
-    release_breakers()
+    release_breakers(child=True)
     _REGISTRIES_LOCK = threading.Lock()
     for registry in list(_REGISTRIES):
         registry._lock = threading.Lock()

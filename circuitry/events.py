@@ -158,14 +158,37 @@ def hook_kinds(hook: Hook) -> frozenset[EventKind]:
     return frozenset(k if isinstance(k, EventKind) else EventKind(k) for k in kinds)
 
 
+_DISPATCHERS: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
+_DISPATCHERS_LOCK = threading.Lock()
+_HELD: list[Dispatcher] = []
+
+
+def hold_dispatchers() -> None:
+    """(Before ``fork()``, see :func:`circuitry._core.hold_breakers`.) Take every dispatcher's lock."""
+    _DISPATCHERS_LOCK.acquire()
+    held = list(_DISPATCHERS)
+    for d in held:
+        d._lock.acquire()
+    _HELD[:] = held
+
+
+def release_dispatchers() -> None:
+    for d in _HELD:
+        d._lock.release()
+    _HELD.clear()
+    _DISPATCHERS_LOCK.release()
+
+
 class Dispatcher:
     """Hooks of one registry, pre-sorted by kind so that asking "does anyone listen?" is one load."""
 
-    __slots__ = ("_hooks", "_lock", "_watchers", "failure", "listen_failure", "listen_rejection", "rejection",
-                 "transition")
+    __slots__ = ("__weakref__", "_hooks", "_lock", "_watchers", "failure", "listen_failure", "listen_rejection",
+                 "rejection", "transition")
 
     def __init__(self, hooks: Iterable[Hook] = ()) -> None:
         self._lock = threading.Lock()
+        with _DISPATCHERS_LOCK:
+            _DISPATCHERS.add(self)
         self._watchers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._hooks: tuple[Hook, ...] = ()
         self.transition: tuple[Hook, ...] = ()

@@ -363,3 +363,87 @@ def test_a_fork_while_a_hook_runs_under_the_registry_lock_does_not_deadlock(tmp_
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.split() == ["done", "False"], proc.stderr[-2000:]
+
+
+def _in_child(work: Any) -> tuple[bool, str]:
+    """Run ``work()`` in a forked child: (whether it exited by itself within 10 s, what it returned)."""
+    import os
+    import signal
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        signal.alarm(10)
+        try:
+            os.write(write, str(work()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        said = f.read()
+    _, status = os.waitpid(pid, 0)
+    return not os.WIFSIGNALED(status), said
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="os.fork() is POSIX only")
+def test_a_child_forked_while_hooks_change_can_add_hooks() -> None:
+    """A thread adds and removes hooks (and makes circuits) while the main thread forks: a thread holding the
+    dispatcher's lock at the fork left the child a lock nobody releases, and the child's next add_hook hung
+    (20 children of 20)."""
+    reg = Registry(hooks=[])
+    for i in range(50):
+        reg.get(f"svc{i}")
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            def hook(event: Any) -> None:
+                pass
+            reg.add_hook(hook)
+            reg.remove_hook(hook)
+            circuit(f"made{i % 5000}", registry=reg, failure_threshold=3)
+            i += 1
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    try:
+        results = [_in_child(lambda: (reg.add_hook(print), circuit("new", registry=reg, failure_threshold=4)))
+                   for _ in range(10)]
+    finally:
+        stop.set()
+        thread.join(5)
+    assert [exited for exited, _ in results] == [True] * 10
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="os.fork() is POSIX only")
+def test_a_child_forked_during_a_probe_may_probe() -> None:
+    """The thread probing in the parent is not copied into the child: the child's probe permit is free (it was
+    held until probe_timeout, a minute here, and the child refused every call)."""
+    clock = FakeClock()
+    b = Registry(hooks=[], clock=clock).get("svc", failure_threshold=1, recovery_timeout=60)
+    b.record_failure(b.admit(), Boom())
+    clock.advance(60)
+    probe = b.admit()  # another thread's probe, in flight as the process forks
+
+    def child() -> str:
+        b.record_success(b.admit())
+        return b.state.value
+
+    assert _in_child(child) == (True, "closed")
+    assert b.stats().probes_in_flight == 1  # the parent's probe is the parent's
+    b.record_success(probe)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="os.fork() is POSIX only")
+def test_forked_workers_draw_their_own_jitter() -> None:
+    """Workers forked from one parent opened for the same jittered periods (one generator, copied): processes
+    that opened together probed together, which jitter is there to prevent."""
+
+    def open_period() -> float:
+        b = Registry(hooks=[], clock=FakeClock()).get("svc", failure_threshold=1, recovery_timeout=100, jitter=0.5)
+        b.record_failure(b.admit(), Boom())
+        return b.stats().retry_after
+
+    periods = {_in_child(open_period)[1] for _ in range(4)}
+    assert len(periods) == 4, periods
