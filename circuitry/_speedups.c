@@ -276,7 +276,8 @@ gate_exit_impl(Gate *self, PyObject *token, PyObject *exc, PyObject *result)
                 return -1;
             }
             Py_ssize_t t = token_gen(token);
-            if (match && t >= 0 && t == self->gen && !gate_listening(self)) {  /* gen read after isinstance */
+            /* the generation is read last: isinstance and the listening check may run Python code (a reset()) */
+            if (match && t >= 0 && !gate_listening(self) && t == self->gen) {
                 self->fail++;
                 long long n = ++self->consec;
                 PyObject *append = self->flog_append;

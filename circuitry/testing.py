@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -46,9 +47,9 @@ class FakeClock:
         return self._wall
 
     def advance(self, seconds: float) -> None:
-        """Move both clocks forward by ``seconds`` (which must not be negative)."""
-        if seconds < 0:
-            raise ValueError(f"seconds must not be negative, got {seconds!r}")
+        """Move both clocks forward by ``seconds`` (a finite number, not negative)."""
+        if not (isinstance(seconds, int | float) and math.isfinite(seconds)) or seconds < 0:
+            raise ValueError(f"seconds must be a finite number, not negative, got {seconds!r}")
         with self._lock:
             self._mono += seconds
             self._wall += seconds

@@ -527,6 +527,27 @@ def test_a_hook_that_does_not_listen_now_keeps_the_inline_paths_and_gets_nothing
     assert (s.failures, s.rejected) == (3, 3)  # every call counted, events or not
 
 
+def test_a_failure_whose_listening_check_saw_a_reset_is_stale() -> None:
+    """The listening check runs Python code, and another thread may reset the breaker meanwhile: a failure
+    of the old generation must not be counted in the new one (the gate read the generation before the
+    check, and one failure after a reset then opened a threshold-2 circuit; 31 runs of 3,000 in a race)."""
+
+    class Resetting(_Gated):
+        def listening(self) -> bool:
+            b.reset()  # (as another thread would, while this check ran)
+            return False
+
+    reg = Registry(clock=FakeClock(), hooks=[])
+    reg.add_hook(Resetting())
+    b = reg.get("reset-in-check", failure_threshold=2, recovery_timeout=60)
+    assert b._fail_types != ()  # the inline path, which asks the hook
+    token = b.enter()
+    b.exit(token, Boom())
+    assert b.consecutive_failures == 0
+    b.exit(b.enter(), Boom())
+    assert b.state is CircuitState.CLOSED
+
+
 def test_a_listening_check_that_raises_delivers_the_events() -> None:
     reg = Registry(clock=FakeClock(), hooks=[])
     hook = _Gated()

@@ -253,3 +253,14 @@ def test_a_breaker_checks_its_rng_and_open_store_its_target() -> None:
             open_store(target)  # type: ignore[arg-type]
         with pytest.raises(ConfigurationError, match="target must be a file path or a database URL"):
             open_reader(target)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seconds", [-1, float("nan"), float("inf"), "1"])
+def test_the_fake_clock_moves_by_finite_amounts_only(seconds: object) -> None:
+    """``advance(inf)`` was taken: the breaker then stayed half-open after a successful probe."""
+    from circuitry.testing import FakeClock
+
+    clock = FakeClock()
+    with pytest.raises(ValueError, match="seconds must be a finite number"):
+        clock.advance(seconds)  # type: ignore[arg-type]
+    assert clock.monotonic() == FakeClock().monotonic()
