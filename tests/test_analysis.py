@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -189,6 +190,35 @@ def test_thin_history_recommends_nothing(make: Any) -> None:
     assert store.flush()
     rec = breaker.get_recommendations()
     assert rec["has_recommendations"] is False and rec["recommended_threshold"] == rec["current_threshold"]
+
+
+def test_a_circuit_younger_than_a_minute_gets_no_label(make: Any, clock: FakeClock) -> None:
+    """Three seconds of calls, thirty failures among them, read over the analyst's 60 s window: the seconds
+    before the circuit's first call are no history of it. They counted as such, and a few seconds of a
+    new circuit were labelled (intermittent at 0.38, steady at 1.00, burst at 0.99 on different runs)."""
+    reg, store = make(analysis_window=60)
+    b = reg.get("young", failure_threshold=10**6)
+    for second in range(3):
+        for i in range(40):
+            if second == 2 or i % 10 == 0:
+                b.record_failure(b.admit(), Boom())
+            else:
+                b.record_success(b.admit())
+        assert store.flush()
+        clock.advance(1)
+    analysis = Analyst.attach(store).analyse(b)
+    assert analysis.pattern.evidence.failures == 48 and analysis.pattern.type is None
+    assert 3 <= analysis.window_end - analysis.window_start < 4  # from the first call's second
+    rationale = analysis.recommendation.rationale
+    assert re.search(r"too little history to classify \([34] s of the 60 a label needs\)", rationale)
+    clock.advance(60)  # a minute later, with calls all along: a label
+    for second in range(60):
+        b.record_success(b.admit())
+        if second % 5 == 0:
+            b.record_failure(b.admit(), Boom())
+        assert store.flush()
+        clock.advance(1)
+    assert Analyst.attach(store).analyse(b).pattern.type is not None
 
 
 def test_auto_apply_is_off_by_default(make: Any, tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ from circuitry.analysis.history import (
     incident_share,
 )
 from circuitry.analysis.history import normal_failure_rate as _normal_rate
-from circuitry.analysis.patterns import PatternResult, PatternType
+from circuitry.analysis.patterns import MIN_FAILURES, MIN_SPAN, PatternResult, PatternType
 from circuitry.analysis.replay import (
     Cost,
     Settings,
@@ -377,6 +377,9 @@ def recommend(
         )
 
     if kind is None and not censored:
+        if ev.failures >= MIN_FAILURES and ev.window_seconds < MIN_SPAN:
+            return unchanged(f"too little history to classify ({ev.window_seconds:.0f} s of the {MIN_SPAN:.0f} a "
+                             "label needs)")
         return unchanged(f"too few failures to classify ({ev.failures})")
     if not censored and result.confidence < confidence_floor:
         return unchanged(

@@ -69,14 +69,18 @@ def _transitions(read: ReadModel, name: str, since: float, until: float) -> list
 def analyse_stored(read: ReadModel, name: str, *, now: float, window: float, settings: Settings,
                    replay: float = 3600.0, horizon: float | None = DEFAULT_HORIZON) -> Analysis:
     """Analyse circuit ``name`` from what the store holds: the per-second counts of the last ``replay``
-    seconds (the label reads the last ``window`` of them; the recommendation replays all), the breaker's
+    seconds (the label reads the last ``window`` of them -- fewer if the first stored call is more recent:
+    seconds before a circuit's first call are no history of it; the recommendation replays all), the breaker's
     transitions over them, and a day of per-minute rollups; ``settings`` are the ones in force.
 
     This is the one path from stored history to :func:`circuitry.analysis.analyse` -- the analyst, the
     explicit ``get_recommendations()`` and ``circuitry recommend`` all take it.
     """
     since = now - max(window, replay)
-    series = Series.from_rows(read.series(name, since, now), start=since, end=now)
+    rows = read.series(name, since, now)
+    series = Series.from_rows(rows, start=since, end=now)
+    if rows:  # a circuit younger than the window: its history starts at its first call, not before
+        window = max(1.0, min(window, now - rows[0][0]))  # (a label needs a minute of it: MIN_SPAN)
     transitions = _transitions(read, name, since - 3600.0, now)
     history = _rollups(read, name, now - ROLLUP_SPAN, now)
     return analyse(series, now=now, current_threshold=settings.threshold, current_timeout=settings.timeout,
