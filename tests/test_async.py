@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 from typing import Any
 
@@ -82,6 +83,39 @@ async def test_a_call_cancelled_before_it_starts_takes_no_probe(registry: Regist
     assert c.breaker.stats().probes_in_flight == 0
     assert await c.call(fetch) == "ok"  # the next caller is the probe
     assert c.breaker.state is CircuitState.CLOSED
+
+
+async def test_an_async_generator_abandoned_inside_async_with_gives_its_probe_back(registry: Registry,
+                                                                                   clock: FakeClock) -> None:
+    """An async generator holds ``async with circuit(...)`` across its ``yield`` and its consumer breaks out:
+    asyncio closes the generator in a task of its own, in a copy of the consumer's context. The C face
+    found no entry there: it raised into the loop's exception handler, and the probe stayed taken until
+    probe_timeout (the next caller refused)."""
+    errors: list[object] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx.get("exception")))
+    face = circuit("db", failure_threshold=1, recovery_timeout=30)
+    with pytest.raises(Boom):
+        async with face:
+            raise Boom()
+    clock.advance(30)
+
+    async def rows() -> Any:
+        async with face:  # the probe
+            for i in range(10):
+                await asyncio.sleep(0)
+                yield i
+
+    async for _ in rows():
+        break
+    for _ in range(5):
+        gc.collect()
+        await asyncio.sleep(0)  # asyncio's finaliser task runs aclose()
+    assert errors == []
+    assert face.breaker.stats().probes_in_flight == 0 and face.breaker.stats().cancelled == 1
+    async with face:  # the next caller probes
+        pass
+    assert face.breaker.state is CircuitState.CLOSED
+    assert getattr(face, "_open_entries", 0) == 0
 
 
 async def test_cancellation_is_not_counted_and_releases_the_probe(registry: Registry, clock: FakeClock) -> None:
