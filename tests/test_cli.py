@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from circuitry import Registry
 from circuitry.store import SQLiteStore, open_reader
 from circuitry.store.sqlite.schema import LATEST_VERSION
+from circuitry.testing import FakeClock
 from circuitry.tools.cli import main
 
 
@@ -138,6 +140,9 @@ def test_demo_runs_and_writes_a_database(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "circuitry.circuit_opened" in proc.stdout and "refused fast by the open circuit" in proc.stdout
+    # twenty minutes of service time, fast-forwarded: enough history for a label (not "none (too little data)")
+    assert re.search(r"failure pattern of the twenty minutes: (burst|steady|intermittent|escalating) "
+                     r"\(confidence", proc.stdout), proc.stdout[-800:]
     with sqlite3.connect(tmp_path / "demo.db") as conn:
         failures = conn.execute("SELECT count(*) FROM circuit_breaker_events WHERE event_type = 'failure'")
         assert failures.fetchone()[0] > 0
@@ -174,8 +179,9 @@ def test_demo_replaces_only_a_database_an_earlier_demo_made(tmp_path: Path,
     own = str(tmp_path / "demo.db")
     for _ in range(2):  # an earlier demo's database is replaced by a fresh one
         assert demo.check_demo_db(own) is None
-        store = demo._fresh_store(own)
-        b = Registry(hooks=[], store=store).get("inventory_api")
+        clock = FakeClock()
+        store = demo._fresh_store(own, clock)
+        b = Registry(hooks=[], store=store, clock=clock).get("inventory_api")
         b.record_success(b.admit())
         assert store.flush()
         store.close()

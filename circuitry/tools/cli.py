@@ -14,7 +14,6 @@ them; the drawing is in :mod:`circuitry.tools.terminal`.)
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import difflib
 import json
@@ -552,7 +551,7 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     if problem:
         raise UsageError(problem)
     text = io.StringIO() if args.json else out
-    summary = asyncio.run(run_demo(out=text, seed=args.random_seed, db=args.db))
+    summary = run_demo(out=text, seed=args.random_seed, db=args.db)
     if args.json:
         _emit_json(summary, out)
     return 0
