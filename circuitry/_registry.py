@@ -2,7 +2,9 @@
 
 A process has a default registry (what ``circuit("name")`` uses) and may build explicit
 :class:`Registry` objects. Getting a name creates its breaker once; asking again with a *different*
-policy is a :class:`~circuitry.RegistryConflictError`, never a silent overwrite.
+policy is a :class:`~circuitry.RegistryConflictError`, never a silent overwrite. A lookup that gives no
+policy means "that circuit, whatever its policy": if it made the breaker, the first policy given for
+the name sets it.
 
 (A little over 500 lines: the registry and the process-wide default one -- its store, ``configure()``,
 its life across ``fork()`` -- share one lock and one way of making breakers.)
@@ -71,6 +73,7 @@ class Registry:
         self.breakers: dict[str, CircuitBreaker] = {}
         self._declared: dict[str, Policy] = {}  # policies of decorated names not called yet
         self._inherited: set[str] = set()  # declared by the registry this one replaced as the default
+        self._unset: set[str] = set()  # breakers made by a lookup without a policy: the first one given sets it
         self._store: Store | None = None
         # A store to open when the first breaker is made (the default registry's): importing
         # circuitry, or decorating a function, opens nothing.
@@ -90,8 +93,9 @@ class Registry:
         :class:`~circuitry.CircuitNotFoundError` naming the known circuits, or ``name in registry``.
 
         With no policy, an existing breaker is returned whatever its policy (a new one gets the policy
-        its decorators declared, else the defaults). With a policy that differs from the existing
-        breaker's, raises :class:`~circuitry.RegistryConflictError`.
+        its decorators declared, else the defaults -- until a policy is given for the name: the first
+        one given is then the breaker's, its state and statistics kept). With a policy that differs
+        from one given before, raises :class:`~circuitry.RegistryConflictError`.
         """
         if policy is not None and policy_kwargs:
             raise ConfigurationError("give a Policy or keyword arguments, not both")
@@ -109,6 +113,8 @@ class Registry:
                             raise RegistryConflictError(_conflict_message(name, declared, policy))
                         declared = None  # a declaration of the registry replaced: this one's own wins
                     self._inherited.discard(name)
+                    if policy is None and declared is None:
+                        self._unset.add(name)
                     breaker = CircuitBreaker(name, policy or declared or Policy(), clock=self.clock,
                                              dispatcher=self.dispatcher, rng=self._rng)
                     store = self._store if self._store_factory is None else self._open_pending_store()
@@ -116,23 +122,38 @@ class Registry:
                         _adopt(store, breaker)
                     self.breakers[name] = breaker
                     return breaker
-        if policy is not None and not policy.same_as(breaker.policy):
-            raise RegistryConflictError(_conflict_message(name, breaker.policy, policy))
+        if policy is not None and policy is not breaker.policy:
+            with self._lock:
+                self._settle(name, breaker, policy)
         return breaker
 
     def declare(self, name: str, policy: Policy) -> None:
         """Record the policy ``name`` will be created with, without creating it (no I/O: decorating a
         function at import time must not open a database). A different policy already declared or in
-        use is a :class:`~circuitry.RegistryConflictError`."""
+        use is a :class:`~circuitry.RegistryConflictError` (unless the breaker was made by a lookup that
+        gave none: then this policy becomes its policy)."""
         validate_name(name)
         with self._lock:
             current = self.breakers.get(name)
-            known = current.policy if current is not None else self._declared.get(name)
-            if known is not None and not known.same_as(policy) and (current is not None or name not in self._inherited):
+            if current is not None:
+                self._settle(name, current, policy)
+                return
+            known = self._declared.get(name)
+            if known is not None and not known.same_as(policy) and name not in self._inherited:
                 raise RegistryConflictError(_conflict_message(name, known, policy))
-            if current is None:
-                self._declared[name] = policy
-                self._inherited.discard(name)
+            self._declared[name] = policy
+            self._inherited.discard(name)
+
+    def _settle(self, name: str, breaker: CircuitBreaker, policy: Policy) -> None:
+        """(Lock held.) ``policy`` is given for the existing ``breaker``: the first policy given for a
+        breaker a lookup made without one becomes its policy (its state and statistics kept); another
+        policy than the one given before is a conflict."""
+        if name in self._unset:
+            self._unset.discard(name)
+            if not policy.same_as(breaker.policy):
+                breaker.reconfigure(policy)
+        elif not policy.same_as(breaker.policy):
+            raise RegistryConflictError(_conflict_message(name, breaker.policy, policy))
 
     def _inherit(self, declared: dict[str, Policy]) -> None:
         """Take the declarations of decorated circuits from the previous default registry, as defaults a
@@ -150,6 +171,8 @@ class Registry:
         with self._lock:
             self._declared.pop(name, None)
         breaker = self.get(name)
+        with self._lock:
+            self._unset.discard(name)
         breaker.reconfigure(policy)
         return breaker
 
@@ -183,6 +206,7 @@ class Registry:
         with self._lock:
             breaker = self.breakers.pop(name, None)
             self._declared.pop(name, None)
+            self._unset.discard(name)
             store = self._store
         if breaker is not None and store is not None:
             store.forget(breaker)
@@ -193,6 +217,7 @@ class Registry:
             dropped = list(self.breakers.values())
             self.breakers.clear()
             self._declared.clear()
+            self._unset.clear()
             store = self._store
         if store is not None:
             for breaker in dropped:

@@ -64,6 +64,55 @@ def test_a_predicate_written_inline_is_the_same_policy_each_time(registry: Regis
         billing(400)
 
 
+def test_a_lookup_without_a_policy_leaves_the_policy_to_the_first_one_given(registry: Registry) -> None:
+    """``circuit("pay").breaker`` (a health endpoint imported first) made the breaker with the defaults,
+    and the decorator declared later was refused: RegistryConflictError (failure_threshold: 5 -> 3), so
+    whether an application started depended on its import order. A lookup without a policy means "the
+    circuit of that name"; the first policy given sets it, on the same breaker, its state kept."""
+    looked_up = circuit("pay").breaker
+    looked_up.force_open()
+
+    @circuit("pay", failure_threshold=3)
+    def charge() -> int:
+        return 1
+
+    assert charge.circuit.breaker is looked_up and looked_up.policy.failure_threshold == 3
+    assert looked_up.state is CircuitState.FORCED_OPEN
+    with pytest.raises(CircuitOpenError):
+        charge()
+    assert looked_up.stats().rejected == 1
+    with pytest.raises(RegistryConflictError, match="failure_threshold: 3 -> 4"):
+        circuit("pay", failure_threshold=4)  # a policy was given: another one is a conflict
+    assert circuit("pay").breaker is looked_up and looked_up.policy.failure_threshold == 3
+
+    plain = registry.get("plain")
+    assert registry.get("plain", failure_threshold=2) is plain and plain.policy.failure_threshold == 2
+    with pytest.raises(RegistryConflictError, match="failure_threshold: 2 -> 5"):
+        registry.get("plain", failure_threshold=5)
+    registry.get("given", failure_threshold=5)  # the defaults, given: they are its policy now
+    with pytest.raises(RegistryConflictError, match="failure_threshold: 5 -> 3"):
+        registry.get("given", failure_threshold=3)
+
+
+def test_the_failover_test_runs_first_in_a_fresh_process(registry: Registry) -> None:
+    """docs/how-to/failover.md's test opens circuits by hand before the code under test names their
+    policy: run first, it raised RegistryConflictError."""
+    import asyncio
+
+    async def fetch() -> str:
+        for region in ("us-east", "eu-central"):
+            try:
+                async with circuit(f"fo_{region}", failure_threshold=3, on=ConnectionError):
+                    return region
+            except CircuitOpenError:
+                continue
+        raise RuntimeError("no region")
+
+    circuit("fo_us-east").breaker.force_open()
+    assert asyncio.run(fetch()) == "eu-central"
+    assert registry["fo_us-east"].policy.on is ConnectionError
+
+
 def test_registry_conflict_error_is_a_configuration_error() -> None:
     assert issubclass(RegistryConflictError, ValueError)
     assert issubclass(CircuitOpenError, CircuitBreakerError)
