@@ -6,8 +6,9 @@ policy is a :class:`~circuitry.RegistryConflictError`, never a silent overwrite.
 policy means "that circuit, whatever its policy": if it made the breaker, the first policy given for
 the name sets it.
 
-(A little over 500 lines: the registry and the process-wide default one -- its store, ``configure()``,
-its life across ``fork()`` -- share one lock and one way of making breakers.)
+(About 500 lines: the registry and the process-wide default one -- its store, ``configure()``, its life
+across ``fork()`` -- share one lock and one way of making breakers. Where the default store is, and
+opening it, are in :mod:`circuitry._defaultdb`.)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from circuitry._checks import check_clock, check_rng
 from circuitry._clock import SYSTEM_CLOCK, Clock
 from circuitry._core import CircuitBreaker, hold_breakers, release_breakers, validate_name
+from circuitry._defaultdb import default_db_path, open_default_store
 from circuitry._policy import Policy
 from circuitry.events import Dispatcher, Hook
 from circuitry.exceptions import CircuitNotFoundError, ConfigurationError, RegistryConflictError
@@ -385,61 +387,9 @@ class _DefaultRef:
         self.isolated = 0
 
 
-#: The environment variable naming the default registry's database (``:memory:`` or ``none``: no store).
-DB_ENV = "CIRCUITRY_DB"
-#: The default registry's database when the variable is unset, relative to the working directory at
-#: first use (so every worker of one application, started in one directory, shares it).
-DEFAULT_DB = "circuitry.db"
-
-
-def default_db_path() -> str | None:
-    """Where the default registry persists: ``$CIRCUITRY_DB``, else ``./circuitry.db``; ``None`` for none."""
-    value = os.environ.get(DB_ENV)
-    if value is None:
-        return DEFAULT_DB
-    if value.strip().lower() in ("", ":memory:", "memory", "none", "off"):
-        return None
-    return value
-
-
-#: A store target that keeps breakers in this process's memory only (as ``CIRCUITRY_DB=:memory:`` does).
-MEMORY = ":memory:"
-
-
-def store_identity(target: str | os.PathLike[str], argument: str = "target") -> str:
-    """What a store target names, the same for every spelling of it: :data:`MEMORY`, a server's URL, or the
-    absolute path of a SQLite file (which need not exist yet). A ConfigurationError naming ``argument``
-    when it is not a path, is empty, or is a directory."""
-    text = os.fspath(target) if isinstance(target, str | os.PathLike) else None
-    if not isinstance(text, str):
-        raise ConfigurationError(f"{argument} must be a file path, ':memory:' or None, got {target!r}")
-    from circuitry.store import sqlite_path
-
-    path = sqlite_path(text)
-    if path is None:
-        return text  # a server's URL: open_store says whether it can open it
-    if path == MEMORY:
-        return MEMORY
-    if not path.strip():
-        raise ConfigurationError(f"{argument} must name a file, got {target!r}")
-    path = os.path.abspath(path)
-    if os.path.isdir(path):
-        raise ConfigurationError(f"{argument} must be a database file, but {path} is a directory")
-    return path
-
-
-def _open_default_store() -> Store | None:
-    path = default_db_path()
-    if path is None:
-        return None
-    from circuitry.store import open_store
-
-    return open_store(path)
-
-
 def _default_registry() -> Registry:
     registry = Registry()
-    registry._store_factory = _open_default_store  # read $CIRCUITRY_DB and open on first use
+    registry._store_factory = open_default_store  # read $CIRCUITRY_DB and open on first use
     return registry
 
 

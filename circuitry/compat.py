@@ -16,8 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from circuitry._core import CircuitBreaker, validate_name
+from circuitry._defaultdb import MEMORY, store_identity
 from circuitry._policy import Policy
-from circuitry._registry import MEMORY, Registry, _conflict_message, default_registry, store_identity
+from circuitry._registry import Registry, _conflict_message, default_registry
 from circuitry._state import CircuitState
 from circuitry.exceptions import ConfigurationError, RegistryConflictError, StoreError
 

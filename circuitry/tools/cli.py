@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
+from circuitry._defaultdb import default_db_path
 from circuitry._meta import version
-from circuitry._registry import default_db_path
 from circuitry.exceptions import ConfigurationError, SchemaVersionError, StoreError
 from circuitry.store import sqlite_path
 from circuitry.tools.terminal import Progress, ago, retry_text, table, when
