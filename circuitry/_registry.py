@@ -149,13 +149,14 @@ class Registry:
     def _settle(self, name: str, breaker: CircuitBreaker, policy: Policy) -> None:
         """(Lock held.) ``policy`` is given for the existing ``breaker``: the first policy given for a
         breaker a lookup made without one becomes its policy (its state and statistics kept); another
-        policy than the one given before is a conflict."""
-        if name in self._unset:
-            self._unset.discard(name)
-            if not policy.same_as(breaker.policy):
-                breaker.reconfigure(policy)
-        elif not policy.same_as(breaker.policy):
+        policy than the one given before is a conflict. The same policy, with a reloaded module's classes
+        (``importlib.reload``), becomes the breaker's too: else the breaker would go on testing
+        exceptions against the old classes, and count none of the new ones."""
+        if name not in self._unset and not policy.same_as(breaker.policy):
             raise RegistryConflictError(_conflict_message(name, breaker.policy, policy))
+        self._unset.discard(name)
+        if not policy.same_as(breaker.policy, by_name=False):
+            breaker.reconfigure(policy)
 
     def _inherit(self, declared: dict[str, Policy]) -> None:
         """Take the declarations of decorated circuits from the previous default registry, as defaults a

@@ -113,6 +113,99 @@ def test_the_failover_test_runs_first_in_a_fresh_process(registry: Registry) -> 
     assert registry["fo_us-east"].policy.on is ConnectionError
 
 
+def _module(folder: Any, name: str, source: str) -> Any:
+    import importlib
+    import sys
+    import textwrap
+
+    (folder / f"{name}.py").write_text(textwrap.dedent(source))
+    sys.modules.pop(name, None)
+    return importlib.import_module(name)
+
+
+def test_a_reloaded_module_declares_its_circuits_again_and_its_classes_count(
+        registry: Registry, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """importlib.reload() of unchanged code raised RegistryConflictError ("on: another function
+    'PaymentError'"): the reloaded module's class is a new object. A class of the same module and name is
+    the same setting -- and the breaker must then test exceptions against the new class, or the reloaded
+    module's failures would never count."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = _module(tmp_path, "circuitry_reload_pay", """
+        from circuitry import circuit
+
+        class PaymentError(Exception):
+            pass
+
+        @circuit("reload_pay", failure_threshold=2, on=PaymentError)
+        def charge(fail: bool) -> str:
+            if fail:
+                raise PaymentError("declined")
+            return "charged"
+    """)
+    assert mod.charge(False) == "charged"
+    breaker = registry["reload_pay"]
+    old_class = mod.PaymentError
+    mod = importlib.reload(mod)
+    assert mod.PaymentError is not old_class
+    assert mod.charge.circuit.breaker is breaker and breaker.policy.on is mod.PaymentError
+    for _ in range(2):
+        with pytest.raises(mod.PaymentError):
+            mod.charge(True)
+    assert breaker.stats().failures == 2 and breaker.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError):
+        mod.charge(False)
+
+
+def test_a_reloaded_module_with_inline_predicates_is_the_same_policy(
+        registry: Registry, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload compiles the module again: its lambdas have new code objects, equal to the old ones, and
+    comparing code objects by identity made the unchanged module "another policy". A changed module is
+    still a conflict."""
+    import importlib
+    import textwrap
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = """
+        from circuitry import circuit
+
+        @circuit("reload_pred", on=lambda exc: isinstance(exc, ConnectionError),
+                 failure_threshold=THRESHOLD,
+                 result_is_failure=lambda r: r is None)
+        def call() -> int:
+            return 1
+    """
+    mod = _module(tmp_path, "circuitry_reload_pred", source.replace("THRESHOLD", "2"))
+    assert mod.call() == 1
+    mod = importlib.reload(mod)
+    assert mod.call() == 1 and registry["reload_pred"].policy.failure_threshold == 2
+    (tmp_path / "circuitry_reload_pred.py").write_text(
+        textwrap.dedent(source).replace("THRESHOLD", "30").replace("r is None", "r is None or r == 0"))
+    with pytest.raises(RegistryConflictError, match="failure_threshold: 2 -> 30, result_is_failure: another function"):
+        importlib.reload(mod)
+
+
+def test_a_conflict_between_classes_of_one_name_says_class() -> None:
+    """Two classes of one name were called "another function 'PaymentError'"."""
+    from circuitry import Policy
+
+    def local_class() -> type[Exception]:
+        class PaymentError(Exception):
+            pass
+        return PaymentError
+
+    one, two = local_class(), local_class()  # a class made inside a function is a new class each run
+    assert not Policy(on=one).same_as(Policy(on=two))
+    assert Policy(on=(one,)).differences(Policy(on=(two,))) == [
+        f"on: another class ['{__name__}.{one.__qualname__}'] of the same name (a class defined inside a "
+        "function is a new class on every run of it: define it once, at module level)"]
+    other = type("PaymentError", (Exception,), {"__module__": "billing.errors", "__qualname__": "PaymentError"})
+    mine = type("PaymentError", (Exception,), {"__module__": "shop.errors", "__qualname__": "PaymentError"})
+    assert Policy(on=mine).differences(Policy(on=other)) == [
+        "on: another class, 'shop.errors.PaymentError' -> 'billing.errors.PaymentError'"]
+
+
 def test_registry_conflict_error_is_a_configuration_error() -> None:
     assert issubclass(RegistryConflictError, ValueError)
     assert issubclass(CircuitOpenError, CircuitBreakerError)
