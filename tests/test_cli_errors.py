@@ -105,6 +105,17 @@ def test_a_dropped_table_is_an_error_and_migrate_recreates_it(db: Path, capsys: 
     assert run("migrate", "--db", str(db))[1].endswith(f"up to date (schema version {LATEST_VERSION})\n")
 
 
+def test_a_directory_given_as_the_database_is_said_to_be_one(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`status --db <a directory>` said "disk I/O error"; `migrate` said "unable to open database file"
+    with no path."""
+    assert run("status", "--db", str(tmp_path))[0] == 2
+    assert one_line(capsys.readouterr().err) == f"circuitry status: {tmp_path} is a directory, not a database file\n"
+    assert run("migrate", "--db", str(tmp_path))[0] == 2
+    assert one_line(capsys.readouterr().err) == (f"circuitry migrate: unable to open database file {tmp_path}: "
+                                                 "it is a directory\n")
+
+
 def test_a_newer_schema_is_refused_by_reading_commands(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with sqlite3.connect(db) as conn:
         conn.execute("INSERT INTO circuitry_schema (version, name) VALUES (99, 'future')")

@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from circuitry._defaultdb import default_db_path
@@ -516,10 +517,18 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
         else:
             out.write(f"{backend.location}: up to date (schema version {max(after, default=0)})\n")
         return 0
+    from circuitry.store.sqlite.backend import cannot_open
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = None
     try:
+        conn = sqlite3.connect(path, isolation_level=None)
         applied = applied_versions(conn)
+    except sqlite3.Error as exc:  # SQLite says "unable to open database file": say which, and why
+        if conn is not None:
+            conn.close()
+        raise cannot_open(Path(path).absolute(), exc) from None
+    try:
         pending = len({m.version for m in MIGRATIONS} - applied)
         gone = sorted(TABLES - table_names(conn)) if applied else []  # dropped since: migrate() makes them again
         show = args.progress if args.progress is not None else sys.stderr.isatty()
