@@ -58,9 +58,24 @@ def store_identity(target: str | os.PathLike[str], argument: str = "target") -> 
 
 
 def open_default_store() -> Store | None:
+    """The default registry's store, opened when its first breaker is made -- or ``None``, and an error
+    logged (``circuitry.default_store_failed``, naming ``CIRCUITRY_DB`` and the reason), when the database
+    cannot be used: the problem is said once, at the same point of every run, and never raised into a
+    protected call (which would fail once, and be followed by calls that silently persist nothing)."""
     path = default_db_path()
     if path is None:
         return None
     from circuitry.store import open_store
 
-    return open_store(path)
+    source = DB_ENV if os.environ.get(DB_ENV) is not None else f"the default (./{DEFAULT_DB}: {DB_ENV} is unset)"
+    try:
+        store_identity(path, DB_ENV)  # (a directory: said as CIRCUITRY_DB's)
+        return open_store(path)
+    except Exception as exc:
+        from circuitry.instrumentation.logging import log
+
+        log("error", "circuitry.default_store_failed", database=path, source=source,
+            error_type=type(exc).__qualname__, reason=str(exc)[:500],
+            note="circuits of this process are kept in memory only: nothing is stored or shared with other "
+                 f"processes; set {DB_ENV} to a database file (or :memory:) and restart")
+        return None

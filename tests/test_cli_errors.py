@@ -116,6 +116,16 @@ def test_a_directory_given_as_the_database_is_said_to_be_one(tmp_path: Path,
                                                  "it is a directory\n")
 
 
+def test_an_error_about_the_database_circuitry_db_names_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --db the commands read $CIRCUITRY_DB; a bad one ("disk I/O error") did not say where the
+    path came from."""
+    monkeypatch.setenv("CIRCUITRY_DB", str(tmp_path))
+    assert run("status")[0] == 2
+    assert one_line(capsys.readouterr().err) == (f"circuitry status: {tmp_path} is a directory, not a database file "
+                                                 "(--db not given: the database is $CIRCUITRY_DB)\n")
+
+
 def test_a_newer_schema_is_refused_by_reading_commands(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with sqlite3.connect(db) as conn:
         conn.execute("INSERT INTO circuitry_schema (version, name) VALUES (99, 'future')")

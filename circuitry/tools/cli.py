@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from circuitry._defaultdb import default_db_path
+from circuitry._defaultdb import DB_ENV, DEFAULT_DB, default_db_path
 from circuitry._meta import version
 from circuitry.exceptions import ConfigurationError, SchemaVersionError, StoreError
 from circuitry.store import sqlite_path
@@ -641,10 +641,17 @@ def _time_text(text: str) -> str:
     return text
 
 
+class _FromEnvironment(str):
+    """``--db`` not given: the database ``$CIRCUITRY_DB`` names (an error then says where the path came from)."""
+
+    __slots__ = ()
+
+
 def _parser() -> argparse.ArgumentParser:
     from circuitry._policy import MAX_DURATION
 
-    default_db = default_db_path() or "circuitry.db"
+    default_db = default_db_path()
+    default_db = _FromEnvironment(default_db) if default_db and os.environ.get(DB_ENV) else default_db or DEFAULT_DB
     database = _Parser(add_help=False)
     database.add_argument("--db", default=default_db, metavar="PATH_OR_URL",
                           help="the database (default: $CIRCUITRY_DB, else %(default)s)")
@@ -779,6 +786,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return 130
     except (UsageError, StoreError, SchemaVersionError, ConfigurationError, sqlite3.Error, OSError) as exc:
         text = " ".join(mask(str(exc)).split())  # one line, whatever the driver's message was
+        if isinstance(args.db, _FromEnvironment) and not isinstance(exc, UsageError):
+            text += f" (--db not given: the database is ${DB_ENV})"
         sys.stderr.write(f"circuitry {args.command}: {text}\n")
         return 2
 
