@@ -489,7 +489,14 @@ def _pg_versions(url: str) -> set[int]:
 
 
 def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
-    from circuitry.store.sqlite.schema import LATEST_VERSION, MIGRATIONS, TABLES, applied_versions, migrate, table_names
+    from circuitry.store.sqlite.schema import (
+        LATEST_VERSION,
+        MIGRATIONS,
+        applied_versions,
+        dropped_tables,
+        migrate,
+        table_names,
+    )
 
     path = sqlite_path(args.db)
     if path is None:  # a server (PostgreSQL): the store migrates it when it connects
@@ -530,23 +537,29 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
         raise cannot_open(Path(path).absolute(), exc) from None
     try:
         pending = len({m.version for m in MIGRATIONS} - applied)
-        gone = sorted(TABLES - table_names(conn)) if applied else []  # dropped since: migrate() makes them again
+        gone = dropped_tables(conn, applied)  # dropped since: migrate() makes them again
+        had = table_names(conn)
         show = args.progress if args.progress is not None else sys.stderr.isatty()
         progress = Progress(pending, "migrating", sys.stderr, enabled=pending > 0 and show)
         done = migrate(conn)
         progress.advance(len(done))
         progress.finish()
         recreated = [t for t in gone if t in table_names(conn)]
+        created = sorted(table_names(conn) - had - set(recreated))  # by migrations applied now
         versions = sorted(applied_versions(conn))
     finally:
         conn.close()
     if args.json:
-        _emit_json({"database": args.db, "applied": done, "recreated": recreated, "version": max(versions)}, out)
+        _emit_json({"database": args.db, "applied": done, "created": created, "recreated": recreated,
+                    "version": max(versions)}, out)
         return 0
     if recreated:
         out.write(f"{args.db}: recreated missing table(s) {', '.join(recreated)} (empty)\n")
     if done:
-        out.write(f"{args.db}: applied migration(s) {', '.join(map(str, done))}; schema version {LATEST_VERSION}\n")
+        # (an upgrade names the tables it adds; a new database gets them all)
+        new = f", which created table(s) {', '.join(created)}" if applied and created else ""
+        out.write(f"{args.db}: applied migration(s) {', '.join(map(str, done))}{new}; schema version "
+                  f"{LATEST_VERSION}\n")
     elif not recreated:
         out.write(f"{args.db}: up to date (schema version {max(versions)})\n")
     return 0
