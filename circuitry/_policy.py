@@ -27,6 +27,8 @@ MAX_DURATION: Final = 365.0 * 24 * 3600
 _MAX_COUNT: Final = 1_000_000_000
 _MAX_WINDOW: Final = 1_000_000
 _MAX_PROBES: Final = 10_000
+_MINIMUM_CALLS_DEFAULT: Final = 10
+_SLOW_RATE_DEFAULT: Final = 1.0
 
 ExceptionFilter = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
@@ -198,9 +200,11 @@ class Policy:
             reaches this (``0 < x <= 1``), once ``minimum_calls`` are in the window.
         window_size: Count-based sliding window (the last N calls) for the rate rules.
         window_duration: Time-based sliding window in seconds, instead of ``window_size``.
-        minimum_calls: Calls the window must hold before a rate rule can open the circuit.
+        minimum_calls: Calls the window must hold before a rate rule can open the circuit (only with
+            a rate rule).
         slow_call_duration: Optional rule: calls slower than this many seconds are *slow*.
-        slow_call_rate_threshold: Open when the slow fraction over the window reaches this.
+        slow_call_rate_threshold: Open when the slow fraction over the window reaches this (only with
+            ``slow_call_duration``).
         on: What counts as a failure: an exception type, a tuple of types, or a predicate
             ``(exc) -> bool``. Other exceptions pass through as *ignored*. Alias: ``expected_exception``.
         result_is_failure: Optional predicate ``(result) -> bool`` marking bad return values as failures.
@@ -223,9 +227,9 @@ class Policy:
     failure_rate_threshold: float | None = None
     window_size: int | None = None
     window_duration: float | None = None
-    minimum_calls: int = 10
+    minimum_calls: int = 10  # (_MINIMUM_CALLS_DEFAULT)
     slow_call_duration: float | None = None
-    slow_call_rate_threshold: float = 1.0
+    slow_call_rate_threshold: float = 1.0  # (_SLOW_RATE_DEFAULT)
     on: ExceptionFilter = Exception
     result_is_failure: Callable[[Any], bool] | None = None
     backoff_factor: float = 1.0
@@ -268,6 +272,17 @@ class Policy:
                 "or slow_call_duration"
             )
         s(self, "minimum_calls", check_int("minimum_calls", self.minimum_calls, 1, _MAX_WINDOW))
+        # Settings of a rule without the rule do nothing: refused, as a window without a rule is (a
+        # setting equal to its default cannot be told from no setting, and changes nothing either).
+        if self.slow_call_duration is None and self.slow_call_rate_threshold != _SLOW_RATE_DEFAULT:
+            raise ConfigurationError(
+                "slow_call_rate_threshold needs the slow-call rule: set slow_call_duration (the seconds "
+                "above which a call is slow)"
+            )
+        if not rules and self.minimum_calls != _MINIMUM_CALLS_DEFAULT:
+            raise ConfigurationError(
+                "minimum_calls needs a rate rule: set failure_rate_threshold or slow_call_duration"
+            )
         if self.window_size is not None and self.minimum_calls > self.window_size:
             raise ConfigurationError(
                 f"minimum_calls ({self.minimum_calls}) must not exceed window_size ({self.window_size})"
