@@ -402,11 +402,15 @@ def default_registry() -> Registry:
     return DEFAULT.registry
 
 
-def configure(*, db: str | os.PathLike[str] | None, **store_options: Any) -> Registry:
+#: ``configure()`` without ``db=`` (a mistyped ``dbb=`` lands in the store options): said with a hint.
+_REQUIRED: Any = object()
+
+
+def configure(*, db: str | os.PathLike[str] | None = _REQUIRED, **store_options: Any) -> Registry:
     """Set where the process-wide registry persists, and return it.
 
     Args:
-        db: A SQLite file path, or ``None`` (or ``":memory:"``) to keep breakers in memory only.
+        db: Required: a SQLite file path, or ``None`` (or ``":memory:"``) to keep breakers in memory only.
         **store_options: Options of :class:`~circuitry.store.SQLiteStore` (``retention=``, ...).
 
     The previous store is flushed and closed; existing breakers are adopted by the new one (and take
@@ -414,6 +418,13 @@ def configure(*, db: str | os.PathLike[str] | None, **store_options: Any) -> Reg
 
     .. versionadded:: 0.1.0
     """
+    if db is _REQUIRED:
+        import difflib
+
+        meant = [n for n in store_options if n in ("db_path", "path", "database", "url", "file", "store")
+                 or difflib.get_close_matches(n.lower(), ["db"], n=1, cutoff=0.75)]
+        raise ConfigurationError("configure() needs db= (a SQLite file path, a database URL, ':memory:' or None)"
+                                 + "".join(f"; {n}: did you mean db?" for n in meant))
     if db is not None and (not isinstance(db, str | os.PathLike) or not isinstance(os.fspath(db), str)):
         raise ConfigurationError(f"db must be a file path, a database URL, ':memory:' or None, got {db!r}")
     if db is not None and not os.fspath(db).strip():
