@@ -27,6 +27,8 @@ MAX_DURATION: Final = 365.0 * 24 * 3600
 _MAX_COUNT: Final = 1_000_000_000
 _MAX_WINDOW: Final = 1_000_000
 _MAX_PROBES: Final = 10_000
+_MINIMUM_CALLS_DEFAULT: Final = 10
+_SLOW_RATE_DEFAULT: Final = 1.0
 
 ExceptionFilter = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
@@ -122,11 +124,17 @@ def _hint(name: str, known: set[str]) -> str:
     return f"{name}: did you mean {close[0]}?" if close else ""
 
 
-def same_value(a: object, b: object, _seen: set[tuple[int, int]] | None = None) -> bool:
-    """Equal, or both functions made from the same code, defaults and captured values (see
-    :meth:`Policy.same_as`). Never raises: a comparison that does is "not the same"."""
+def same_value(a: object, b: object, _seen: set[tuple[int, int]] | None = None, *, by_name: bool = True) -> bool:
+    """Equal; or both functions of one module made from equal code, with the same defaults and captured
+    values; or (``by_name``) both classes of one module and qualified name, as a module and its
+    reloaded self define them (see :meth:`Policy.same_as`). Never raises: a comparison that does is "not
+    the same"."""
     if a is b:
         return True
+    if isinstance(a, tuple) and isinstance(b, tuple):  # (``on=`` as a tuple of classes)
+        return len(a) == len(b) and all(same_value(x, y, _seen, by_name=by_name) for x, y in zip(a, b, strict=True))
+    if isinstance(a, type) and isinstance(b, type):
+        return by_name and _same_class(a, b)
     if not (isinstance(a, types.FunctionType) and isinstance(b, types.FunctionType)):
         try:
             return bool(a == b)
@@ -136,9 +144,12 @@ def same_value(a: object, b: object, _seen: set[tuple[int, int]] | None = None) 
     if (id(a), id(b)) in seen:  # a function that captures itself (a recursive predicate): met again
         return True
     seen.add((id(a), id(b)))
-    if a.__code__ is not b.__code__ or a.__globals__ is not b.__globals__:
+    # Equal code, not only the same code object: importlib.reload() compiles the module again, and the
+    # reloaded module's functions (an inline lambda too) have new, equal code, in the same module dict.
+    if a.__globals__ is not b.__globals__ or (a.__code__ is not b.__code__ and not _equal(a.__code__, b.__code__)):
         return False
-    if not (same_value(a.__defaults__, b.__defaults__) and same_value(a.__kwdefaults__, b.__kwdefaults__)):
+    if not (same_value(a.__defaults__, b.__defaults__, seen, by_name=by_name)
+            and same_value(a.__kwdefaults__, b.__kwdefaults__, seen, by_name=by_name)):
         return False
     for x, y in zip(a.__closure__ or (), b.__closure__ or (), strict=True):
         x_empty, y_empty = _empty(x), _empty(y)
@@ -146,9 +157,24 @@ def same_value(a: object, b: object, _seen: set[tuple[int, int]] | None = None) 
             if x_empty != y_empty:
                 return False
             continue
-        if not same_value(x.cell_contents, y.cell_contents, seen):
+        if not same_value(x.cell_contents, y.cell_contents, seen, by_name=by_name):
             return False
     return True
+
+
+def _equal(a: types.CodeType, b: types.CodeType) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # (a constant whose comparison raises)
+        return False
+
+
+def _same_class(a: type, b: type) -> bool:
+    """Whether ``b`` is ``a`` defined again: one module, one qualified name -- what importlib.reload()
+    makes. A class defined inside a function (``<locals>`` in its name) is a new class on every run of
+    the function, not a reload: two of them stay two classes."""
+    return (a.__module__ == b.__module__ and a.__qualname__ == b.__qualname__
+            and "<locals>" not in a.__qualname__)
 
 
 def _empty(cell: types.CellType) -> bool:
@@ -174,9 +200,11 @@ class Policy:
             reaches this (``0 < x <= 1``), once ``minimum_calls`` are in the window.
         window_size: Count-based sliding window (the last N calls) for the rate rules.
         window_duration: Time-based sliding window in seconds, instead of ``window_size``.
-        minimum_calls: Calls the window must hold before a rate rule can open the circuit.
+        minimum_calls: Calls the window must hold before a rate rule can open the circuit (only with
+            a rate rule).
         slow_call_duration: Optional rule: calls slower than this many seconds are *slow*.
-        slow_call_rate_threshold: Open when the slow fraction over the window reaches this.
+        slow_call_rate_threshold: Open when the slow fraction over the window reaches this (only with
+            ``slow_call_duration``).
         on: What counts as a failure: an exception type, a tuple of types, or a predicate
             ``(exc) -> bool``. Other exceptions pass through as *ignored*. Alias: ``expected_exception``.
         result_is_failure: Optional predicate ``(result) -> bool`` marking bad return values as failures.
@@ -199,9 +227,9 @@ class Policy:
     failure_rate_threshold: float | None = None
     window_size: int | None = None
     window_duration: float | None = None
-    minimum_calls: int = 10
+    minimum_calls: int = 10  # (_MINIMUM_CALLS_DEFAULT)
     slow_call_duration: float | None = None
-    slow_call_rate_threshold: float = 1.0
+    slow_call_rate_threshold: float = 1.0  # (_SLOW_RATE_DEFAULT)
     on: ExceptionFilter = Exception
     result_is_failure: Callable[[Any], bool] | None = None
     backoff_factor: float = 1.0
@@ -244,6 +272,17 @@ class Policy:
                 "or slow_call_duration"
             )
         s(self, "minimum_calls", check_int("minimum_calls", self.minimum_calls, 1, _MAX_WINDOW))
+        # Settings of a rule without the rule do nothing: refused, as a window without a rule is (a
+        # setting equal to its default cannot be told from no setting, and changes nothing either).
+        if self.slow_call_duration is None and self.slow_call_rate_threshold != _SLOW_RATE_DEFAULT:
+            raise ConfigurationError(
+                "slow_call_rate_threshold needs the slow-call rule: set slow_call_duration (the seconds "
+                "above which a call is slow)"
+            )
+        if not rules and self.minimum_calls != _MINIMUM_CALLS_DEFAULT:
+            raise ConfigurationError(
+                "minimum_calls needs a rate rule: set failure_rate_threshold or slow_call_duration"
+            )
         if self.window_size is not None and self.minimum_calls > self.window_size:
             raise ConfigurationError(
                 f"minimum_calls ({self.minimum_calls}) must not exceed window_size ({self.window_size})"
@@ -304,26 +343,34 @@ class Policy:
             return matches
         return on
 
-    def same_as(self, other: Policy) -> bool:
+    def same_as(self, other: Policy, *, by_name: bool = True) -> bool:
         """Whether ``other`` decides as this policy does: every field equal, where two functions made from
-        the same code, with the same defaults and the same captured values, count as equal. So
-        ``with circuit("billing", on=lambda e: ...)`` may be written inline and run again: each run makes
-        a new function object, and comparing them as objects refused the second run as "another
-        policy"."""
+        equal code in one module, with the same defaults and the same captured values, count as equal,
+        and so do two classes of one module and qualified name. So ``with circuit("billing", on=lambda
+        e: ...)`` may be written inline and run again (each run makes a new function object, and
+        comparing them as objects refused the second run as "another policy"), and a module reloaded
+        with ``importlib.reload()`` may declare its circuits again (its classes and functions are new
+        objects, made from the same source).
+
+        With ``by_name=False``, classes are the same only if they are one object: a policy that is the
+        same as a breaker's but not so is a reloaded module's, whose classes the breaker must use from
+        then on (an exception of the new ``PaymentError`` is no instance of the old one).
+        """
         if self == other:
             return True
         if type(other) is not type(self):
             return False
         return (all(getattr(self, name) == getattr(other, name) for name in _PLAIN_FIELDS)
-                and all(same_value(getattr(self, name), getattr(other, name)) for name in _CALLABLE_FIELDS))
+                and all(same_value(getattr(self, name), getattr(other, name), by_name=by_name)
+                        for name in _CALLABLE_FIELDS))
 
     def differences(self, other: Policy) -> list[str]:
         """What ``other`` sets otherwise, one ``"name: old -> new"`` per field (for a conflict's message).
         Functions of the same name that differ in what they captured, or are different functions of one
-        name, are said to be another function, rather than left out of an empty list."""
+        name, are said to be another function, and classes of one name another class, rather than left
+        out of an empty list."""
         a, b = self.as_dict(), other.as_dict()
-        return [f"{k}: {a[k]!r} -> {b[k]!r}" if a[k] != b[k] else
-                f"{k}: another function {a[k]!r} (it captured other values, or is defined elsewhere)"
+        return [f"{k}: {a[k]!r} -> {b[k]!r}" if a[k] != b[k] else _another(k, getattr(self, k), getattr(other, k))
                 for k in a if a[k] != b[k] or not same_value(getattr(self, k), getattr(other, k))]
 
     def as_dict(self) -> dict[str, Any]:
@@ -355,6 +402,25 @@ class Policy:
             raise ConfigurationError(f"unknown policy argument(s): {', '.join(unknown)}"
                                      + "".join(f"; {_hint(name, known)}" for name in unknown if _hint(name, known)))
         return cls(**kwargs)
+
+
+def _another(field: str, old: object, new: object) -> str:
+    """A conflict's line for a field whose old and new values have the same name."""
+    if isinstance(old, type | tuple) and isinstance(new, type | tuple):
+        before, after = _where(old), _where(new)
+        if before != after:
+            return f"{field}: another class, {before!r} -> {after!r}"
+        return (f"{field}: another class {before!r} of the same name (a class defined inside a function is a "
+                "new class on every run of it: define it once, at module level)")
+    return (f"{field}: another function {getattr(old, '__qualname__', repr(old))!r} (it captured other values, "
+            "or is defined elsewhere)")
+
+
+def _where(value: object) -> object:
+    """A class (or a tuple of them) by module and qualified name."""
+    if isinstance(value, tuple):
+        return [_where(v) for v in value]
+    return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', value)}"
 
 
 #: The policy's fields that may hold a function, and the others (see :meth:`Policy.same_as`).

@@ -2,10 +2,13 @@
 
 A process has a default registry (what ``circuit("name")`` uses) and may build explicit
 :class:`Registry` objects. Getting a name creates its breaker once; asking again with a *different*
-policy is a :class:`~circuitry.RegistryConflictError`, never a silent overwrite.
+policy is a :class:`~circuitry.RegistryConflictError`, never a silent overwrite. A lookup that gives no
+policy means "that circuit, whatever its policy": if it made the breaker, the first policy given for
+the name sets it.
 
-(A little over 500 lines: the registry and the process-wide default one -- its store, ``configure()``,
-its life across ``fork()`` -- share one lock and one way of making breakers.)
+(About 500 lines: the registry and the process-wide default one -- its store, ``configure()``, its life
+across ``fork()`` -- share one lock and one way of making breakers. Where the default store is, and
+opening it, are in :mod:`circuitry._defaultdb`.)
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from circuitry._checks import check_clock, check_rng
 from circuitry._clock import SYSTEM_CLOCK, Clock
 from circuitry._core import CircuitBreaker, hold_breakers, release_breakers, validate_name
+from circuitry._defaultdb import default_db_path, open_default_store
 from circuitry._policy import Policy
 from circuitry.events import Dispatcher, Hook
 from circuitry.exceptions import CircuitNotFoundError, ConfigurationError, RegistryConflictError
@@ -71,6 +75,7 @@ class Registry:
         self.breakers: dict[str, CircuitBreaker] = {}
         self._declared: dict[str, Policy] = {}  # policies of decorated names not called yet
         self._inherited: set[str] = set()  # declared by the registry this one replaced as the default
+        self._unset: set[str] = set()  # breakers made by a lookup without a policy: the first one given sets it
         self._store: Store | None = None
         # A store to open when the first breaker is made (the default registry's): importing
         # circuitry, or decorating a function, opens nothing.
@@ -90,8 +95,9 @@ class Registry:
         :class:`~circuitry.CircuitNotFoundError` naming the known circuits, or ``name in registry``.
 
         With no policy, an existing breaker is returned whatever its policy (a new one gets the policy
-        its decorators declared, else the defaults). With a policy that differs from the existing
-        breaker's, raises :class:`~circuitry.RegistryConflictError`.
+        its decorators declared, else the defaults -- until a policy is given for the name: the first
+        one given is then the breaker's, its state and statistics kept). With a policy that differs
+        from one given before, raises :class:`~circuitry.RegistryConflictError`.
         """
         if policy is not None and policy_kwargs:
             raise ConfigurationError("give a Policy or keyword arguments, not both")
@@ -109,6 +115,8 @@ class Registry:
                             raise RegistryConflictError(_conflict_message(name, declared, policy))
                         declared = None  # a declaration of the registry replaced: this one's own wins
                     self._inherited.discard(name)
+                    if policy is None and declared is None:
+                        self._unset.add(name)
                     breaker = CircuitBreaker(name, policy or declared or Policy(), clock=self.clock,
                                              dispatcher=self.dispatcher, rng=self._rng)
                     store = self._store if self._store_factory is None else self._open_pending_store()
@@ -116,23 +124,39 @@ class Registry:
                         _adopt(store, breaker)
                     self.breakers[name] = breaker
                     return breaker
-        if policy is not None and not policy.same_as(breaker.policy):
-            raise RegistryConflictError(_conflict_message(name, breaker.policy, policy))
+        if policy is not None and policy is not breaker.policy:
+            with self._lock:
+                self._settle(name, breaker, policy)
         return breaker
 
     def declare(self, name: str, policy: Policy) -> None:
         """Record the policy ``name`` will be created with, without creating it (no I/O: decorating a
         function at import time must not open a database). A different policy already declared or in
-        use is a :class:`~circuitry.RegistryConflictError`."""
+        use is a :class:`~circuitry.RegistryConflictError` (unless the breaker was made by a lookup that
+        gave none: then this policy becomes its policy)."""
         validate_name(name)
         with self._lock:
             current = self.breakers.get(name)
-            known = current.policy if current is not None else self._declared.get(name)
-            if known is not None and not known.same_as(policy) and (current is not None or name not in self._inherited):
+            if current is not None:
+                self._settle(name, current, policy)
+                return
+            known = self._declared.get(name)
+            if known is not None and not known.same_as(policy) and name not in self._inherited:
                 raise RegistryConflictError(_conflict_message(name, known, policy))
-            if current is None:
-                self._declared[name] = policy
-                self._inherited.discard(name)
+            self._declared[name] = policy
+            self._inherited.discard(name)
+
+    def _settle(self, name: str, breaker: CircuitBreaker, policy: Policy) -> None:
+        """(Lock held.) ``policy`` is given for the existing ``breaker``: the first policy given for a
+        breaker a lookup made without one becomes its policy (its state and statistics kept); another
+        policy than the one given before is a conflict. The same policy, with a reloaded module's classes
+        (``importlib.reload``), becomes the breaker's too: else the breaker would go on testing
+        exceptions against the old classes, and count none of the new ones."""
+        if name not in self._unset and not policy.same_as(breaker.policy):
+            raise RegistryConflictError(_conflict_message(name, breaker.policy, policy))
+        self._unset.discard(name)
+        if not policy.same_as(breaker.policy, by_name=False):
+            breaker.reconfigure(policy)
 
     def _inherit(self, declared: dict[str, Policy]) -> None:
         """Take the declarations of decorated circuits from the previous default registry, as defaults a
@@ -150,6 +174,8 @@ class Registry:
         with self._lock:
             self._declared.pop(name, None)
         breaker = self.get(name)
+        with self._lock:
+            self._unset.discard(name)
         breaker.reconfigure(policy)
         return breaker
 
@@ -183,6 +209,7 @@ class Registry:
         with self._lock:
             breaker = self.breakers.pop(name, None)
             self._declared.pop(name, None)
+            self._unset.discard(name)
             store = self._store
         if breaker is not None and store is not None:
             store.forget(breaker)
@@ -193,6 +220,7 @@ class Registry:
             dropped = list(self.breakers.values())
             self.breakers.clear()
             self._declared.clear()
+            self._unset.clear()
             store = self._store
         if store is not None:
             for breaker in dropped:
@@ -360,61 +388,9 @@ class _DefaultRef:
         self.isolated = 0
 
 
-#: The environment variable naming the default registry's database (``:memory:`` or ``none``: no store).
-DB_ENV = "CIRCUITRY_DB"
-#: The default registry's database when the variable is unset, relative to the working directory at
-#: first use (so every worker of one application, started in one directory, shares it).
-DEFAULT_DB = "circuitry.db"
-
-
-def default_db_path() -> str | None:
-    """Where the default registry persists: ``$CIRCUITRY_DB``, else ``./circuitry.db``; ``None`` for none."""
-    value = os.environ.get(DB_ENV)
-    if value is None:
-        return DEFAULT_DB
-    if value.strip().lower() in ("", ":memory:", "memory", "none", "off"):
-        return None
-    return value
-
-
-#: A store target that keeps breakers in this process's memory only (as ``CIRCUITRY_DB=:memory:`` does).
-MEMORY = ":memory:"
-
-
-def store_identity(target: str | os.PathLike[str], argument: str = "target") -> str:
-    """What a store target names, the same for every spelling of it: :data:`MEMORY`, a server's URL, or the
-    absolute path of a SQLite file (which need not exist yet). A ConfigurationError naming ``argument``
-    when it is not a path, is empty, or is a directory."""
-    text = os.fspath(target) if isinstance(target, str | os.PathLike) else None
-    if not isinstance(text, str):
-        raise ConfigurationError(f"{argument} must be a file path, ':memory:' or None, got {target!r}")
-    from circuitry.store import sqlite_path
-
-    path = sqlite_path(text)
-    if path is None:
-        return text  # a server's URL: open_store says whether it can open it
-    if path == MEMORY:
-        return MEMORY
-    if not path.strip():
-        raise ConfigurationError(f"{argument} must name a file, got {target!r}")
-    path = os.path.abspath(path)
-    if os.path.isdir(path):
-        raise ConfigurationError(f"{argument} must be a database file, but {path} is a directory")
-    return path
-
-
-def _open_default_store() -> Store | None:
-    path = default_db_path()
-    if path is None:
-        return None
-    from circuitry.store import open_store
-
-    return open_store(path)
-
-
 def _default_registry() -> Registry:
     registry = Registry()
-    registry._store_factory = _open_default_store  # read $CIRCUITRY_DB and open on first use
+    registry._store_factory = open_default_store  # read $CIRCUITRY_DB and open on first use
     return registry
 
 
@@ -426,11 +402,15 @@ def default_registry() -> Registry:
     return DEFAULT.registry
 
 
-def configure(*, db: str | os.PathLike[str] | None, **store_options: Any) -> Registry:
+#: ``configure()`` without ``db=`` (a mistyped ``dbb=`` lands in the store options): said with a hint.
+_REQUIRED: Any = object()
+
+
+def configure(*, db: str | os.PathLike[str] | None = _REQUIRED, **store_options: Any) -> Registry:
     """Set where the process-wide registry persists, and return it.
 
     Args:
-        db: A SQLite file path, or ``None`` (or ``":memory:"``) to keep breakers in memory only.
+        db: Required: a SQLite file path, or ``None`` (or ``":memory:"``) to keep breakers in memory only.
         **store_options: Options of :class:`~circuitry.store.SQLiteStore` (``retention=``, ...).
 
     The previous store is flushed and closed; existing breakers are adopted by the new one (and take
@@ -438,6 +418,13 @@ def configure(*, db: str | os.PathLike[str] | None, **store_options: Any) -> Reg
 
     .. versionadded:: 0.1.0
     """
+    if db is _REQUIRED:
+        import difflib
+
+        meant = [n for n in store_options if n in ("db_path", "path", "database", "url", "file", "store")
+                 or difflib.get_close_matches(n.lower(), ["db"], n=1, cutoff=0.75)]
+        raise ConfigurationError("configure() needs db= (a SQLite file path, a database URL, ':memory:' or None)"
+                                 + "".join(f"; {n}: did you mean db?" for n in meant))
     if db is not None and (not isinstance(db, str | os.PathLike) or not isinstance(os.fspath(db), str)):
         raise ConfigurationError(f"db must be a file path, a database URL, ':memory:' or None, got {db!r}")
     if db is not None and not os.fspath(db).strip():

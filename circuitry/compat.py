@@ -16,10 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 from circuitry._core import CircuitBreaker, validate_name
+from circuitry._defaultdb import MEMORY, store_identity
 from circuitry._policy import Policy
-from circuitry._registry import MEMORY, Registry, _conflict_message, default_registry, store_identity
+from circuitry._registry import Registry, default_registry
 from circuitry._state import CircuitState
-from circuitry.exceptions import ConfigurationError, RegistryConflictError, StoreError
+from circuitry.exceptions import ConfigurationError, StoreError
 
 __all__ = ["DatabaseCircuitBreaker", "MultiServiceDatabaseCircuitBreaker"]
 
@@ -353,8 +354,8 @@ class MultiServiceDatabaseCircuitBreaker:
                 breaker = self._breakers[service_name] = DatabaseCircuitBreaker(
                     service_name=service_name, enable_alerts=self.enable_alerts,
                     alert_callback=self.alert_callback, registry=self.registry, **{**self.defaults, **policy})
-            elif wanted is not None and wanted != breaker.breaker.policy:
-                raise RegistryConflictError(_conflict_message(service_name, breaker.breaker.policy, wanted))
+            elif wanted is not None and wanted is not breaker.breaker.policy:
+                self.registry.get(service_name, wanted)  # the registry's comparison: a conflict, or the same policy
             return breaker
 
     async def call(self, service_name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

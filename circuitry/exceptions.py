@@ -41,7 +41,9 @@ class ConfigurationError(ValueError):
 class RegistryConflictError(ConfigurationError):
     """A breaker name is already registered with a different policy.
 
-    Registries never overwrite by name: reconfigure explicitly with :meth:`Registry.reconfigure`.
+    Registries never overwrite by name: reconfigure explicitly with :meth:`Registry.reconfigure`. A
+    reference that gives no policy (``circuit("pay").breaker``) fixes none: the first policy given for
+    the name after it is the breaker's, and only a policy contradicting one given before is a conflict.
     """
 
 

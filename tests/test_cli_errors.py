@@ -105,6 +105,50 @@ def test_a_dropped_table_is_an_error_and_migrate_recreates_it(db: Path, capsys: 
     assert run("migrate", "--db", str(db))[1].endswith(f"up to date (schema version {LATEST_VERSION})\n")
 
 
+def test_a_directory_given_as_the_database_is_said_to_be_one(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`status --db <a directory>` said "disk I/O error"; `migrate` said "unable to open database file"
+    with no path."""
+    assert run("status", "--db", str(tmp_path))[0] == 2
+    assert one_line(capsys.readouterr().err) == f"circuitry status: {tmp_path} is a directory, not a database file\n"
+    assert run("migrate", "--db", str(tmp_path))[0] == 2
+    assert one_line(capsys.readouterr().err) == (f"circuitry migrate: unable to open database file {tmp_path}: "
+                                                 "it is a directory\n")
+
+
+def test_an_error_about_the_database_circuitry_db_names_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --db the commands read $CIRCUITRY_DB; a bad one ("disk I/O error") did not say where the
+    path came from."""
+    monkeypatch.setenv("CIRCUITRY_DB", str(tmp_path))
+    assert run("status")[0] == 2
+    assert one_line(capsys.readouterr().err) == (f"circuitry status: {tmp_path} is a directory, not a database file "
+                                                 "(--db not given: the database is $CIRCUITRY_DB)\n")
+
+
+def test_migrating_a_database_made_by_the_first_sql_file_creates_the_later_tables(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """After `sqlite3 db < migrations/008_….sql`, migrate said "recreated missing table(s)
+    circuit_breaker_metrics_10m, ..." for tables migrations 9-11 create, which never existed."""
+    from circuitry.store.sqlite.schema import MIGRATIONS, migrate
+
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(MIGRATIONS[0].sql)
+    later = ", ".join(str(m.version) for m in MIGRATIONS[1:])
+    assert run("migrate", "--db", str(db)) == (0, f"{db}: applied migration(s) {later}, which created table(s) "
+                                                  "circuit_breaker_metrics_10m, circuit_breaker_seconds, "
+                                                  "circuitry_analysis_leases, circuitry_webhook_outbox; schema "
+                                                  f"version {LATEST_VERSION}\n")
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.executescript(MIGRATIONS[0].sql)
+        logged: list[tuple[str, list[str]]] = []
+        assert migrate(conn, log=lambda event, tables: logged.append((event, tables))) == [
+            m.version for m in MIGRATIONS[1:]]
+        assert logged == []  # (the store's log said "circuit tables that had been dropped were made again")
+
+
 def test_a_newer_schema_is_refused_by_reading_commands(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with sqlite3.connect(db) as conn:
         conn.execute("INSERT INTO circuitry_schema (version, name) VALUES (99, 'future')")

@@ -272,6 +272,17 @@ def test_reference_documents_every_public_name() -> None:
     assert any(s.startswith("circuitry.runners.webhooks") for s in shown)
 
 
+def test_the_migration_guide_names_attributes_the_refusal_has() -> None:
+    """docs/how-to/migrate.md said CircuitOpenError carries the breaker's `.snapshot`: it has no such
+    attribute."""
+    from circuitry import CircuitOpenError
+
+    page = (DOCS / "how-to" / "migrate.md").read_text(encoding="utf-8")
+    row = next(line for line in page.splitlines() if line.startswith("| `CircuitBreakerError`"))
+    named = re.findall(r"`\.([a-z_]+)`", row)
+    assert named and all(hasattr(CircuitOpenError("svc", "open", None, 1.0), a) for a in named), named
+
+
 # -- the command line page -----------------------------------------------------------------------------------
 
 

@@ -99,6 +99,29 @@ def test_tripping_a_persisted_circuit_with_no_logging_configured_writes_nothing(
     assert (proc.stdout, proc.stderr) == ("", "")
 
 
+def test_a_database_circuitry_db_names_that_cannot_be_used_is_one_logged_error(tmp_path: Path) -> None:
+    """CIRCUITRY_DB=<a directory>: the first protected call raised ConfigurationError (not naming
+    CIRCUITRY_DB), the next ones succeeded, and nothing was stored, silently. Now no call sees it: one
+    error is logged, naming CIRCUITRY_DB and the reason, and every call runs from memory alike."""
+    proc = run_script("""
+        import logging
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+        from circuitry import circuit, default_registry
+
+        @circuit("e")
+        def f():
+            return "ok"
+
+        print([f() for _ in range(3)], default_registry().store)
+    """, CIRCUITRY_DB=str(tmp_path))
+    assert proc.stdout.split("\n")[0] == "['ok', 'ok', 'ok'] None"
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"ERROR circuitry.default_store_failed database={tmp_path} source=CIRCUITRY_DB "
+                           "error_type=ConfigurationError "
+                           f'reason="CIRCUITRY_DB must be a database file, but {tmp_path} is a directory" '
+                           'note="circuits of this process are kept in memory only'), line
+
+
 def test_structlog_imported_but_not_configured_prints_nothing() -> None:
     """structlog's defaults print to stdout: circuitry must not log through them."""
     proc = run_script("import structlog\n" + textwrap.dedent(TRIP))

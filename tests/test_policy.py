@@ -51,6 +51,21 @@ def test_window_size_absurd_and_minimum_calls_above_window() -> None:
         Policy(failure_rate_threshold=0.5, window_size=10, minimum_calls=20)
 
 
+def test_settings_of_a_rule_without_the_rule_are_errors() -> None:
+    """slow_call_rate_threshold=0.5 or minimum_calls=3 without a rule that reads them was accepted and
+    did nothing, while window_size alone was refused."""
+    with pytest.raises(ConfigurationError, match=r"^slow_call_rate_threshold needs the slow-call rule: set "
+                                                 "slow_call_duration"):
+        circuit("noop", slow_call_rate_threshold=0.5)
+    with pytest.raises(ConfigurationError, match=r"^slow_call_rate_threshold needs"):
+        Policy(failure_rate_threshold=0.5, slow_call_rate_threshold=0.5)  # a failure-rate rule reads no slowness
+    with pytest.raises(ConfigurationError, match=r"^minimum_calls needs a rate rule: set failure_rate_threshold "
+                                                 "or slow_call_duration"):
+        circuit("noop", minimum_calls=3)
+    assert Policy(failure_rate_threshold=0.5, minimum_calls=3).minimum_calls == 3
+    assert Policy(slow_call_duration=1.0, slow_call_rate_threshold=0.5, minimum_calls=3).slow_call_rate_threshold == 0.5
+
+
 def test_window_without_rule_and_both_windows_are_errors() -> None:
     with pytest.raises(ConfigurationError, match="window_size"):
         Policy(window_size=10)

@@ -265,6 +265,21 @@ def test_seed_dict_keeps_exactly_the_seed_keys_and_states_the_effect_in_numbers(
     assert full["expected_cost_per_hour"]["total"] < full["current_cost_per_hour"]["total"]
 
 
+def test_the_message_says_the_backoff_factor_it_recommends() -> None:
+    """A factor of 1.5 was said to be "doubling after each failed probe"."""
+    import dataclasses
+
+    rec = advise(stream(0, outage_prob([(100, 120), (400, 420), (700, 720)], outside=0.002)))
+    assert rec.has_recommendations
+
+    def message(factor: float | None) -> str:
+        return str(dataclasses.replace(rec, backoff_multiplier=factor).as_seed_dict()["message"])
+
+    assert "seconds, growing 1.5 times longer after each failed probe (" in message(1.5)
+    assert "seconds, doubling after each failed probe (" in message(2.0)
+    assert "after each failed probe" not in message(None)
+
+
 def test_seed_dict_without_recommendation() -> None:
     d = recommend(result("steady", 0.3), current_threshold=5, current_timeout=60).as_seed_dict()
     assert d["has_recommendations"] is False

@@ -64,6 +64,148 @@ def test_a_predicate_written_inline_is_the_same_policy_each_time(registry: Regis
         billing(400)
 
 
+def test_a_lookup_without_a_policy_leaves_the_policy_to_the_first_one_given(registry: Registry) -> None:
+    """``circuit("pay").breaker`` (a health endpoint imported first) made the breaker with the defaults,
+    and the decorator declared later was refused: RegistryConflictError (failure_threshold: 5 -> 3), so
+    whether an application started depended on its import order. A lookup without a policy means "the
+    circuit of that name"; the first policy given sets it, on the same breaker, its state kept."""
+    looked_up = circuit("pay").breaker
+    looked_up.force_open()
+
+    @circuit("pay", failure_threshold=3)
+    def charge() -> int:
+        return 1
+
+    assert charge.circuit.breaker is looked_up and looked_up.policy.failure_threshold == 3
+    assert looked_up.state is CircuitState.FORCED_OPEN
+    with pytest.raises(CircuitOpenError):
+        charge()
+    assert looked_up.stats().rejected == 1
+    with pytest.raises(RegistryConflictError, match="failure_threshold: 3 -> 4"):
+        circuit("pay", failure_threshold=4)  # a policy was given: another one is a conflict
+    assert circuit("pay").breaker is looked_up and looked_up.policy.failure_threshold == 3
+
+    plain = registry.get("plain")
+    assert registry.get("plain", failure_threshold=2) is plain and plain.policy.failure_threshold == 2
+    with pytest.raises(RegistryConflictError, match="failure_threshold: 2 -> 5"):
+        registry.get("plain", failure_threshold=5)
+    registry.get("given", failure_threshold=5)  # the defaults, given: they are its policy now
+    with pytest.raises(RegistryConflictError, match="failure_threshold: 5 -> 3"):
+        registry.get("given", failure_threshold=3)
+
+
+def test_the_failover_test_runs_first_in_a_fresh_process(registry: Registry) -> None:
+    """docs/how-to/failover.md's test opens circuits by hand before the code under test names their
+    policy: run first, it raised RegistryConflictError."""
+    import asyncio
+
+    async def fetch() -> str:
+        for region in ("us-east", "eu-central"):
+            try:
+                async with circuit(f"fo_{region}", failure_threshold=3, on=ConnectionError):
+                    return region
+            except CircuitOpenError:
+                continue
+        raise RuntimeError("no region")
+
+    circuit("fo_us-east").breaker.force_open()
+    assert asyncio.run(fetch()) == "eu-central"
+    assert registry["fo_us-east"].policy.on is ConnectionError
+
+
+def _module(folder: Any, name: str, source: str) -> Any:
+    import importlib
+    import sys
+    import textwrap
+
+    (folder / f"{name}.py").write_text(textwrap.dedent(source))
+    sys.modules.pop(name, None)
+    return importlib.import_module(name)
+
+
+def test_a_reloaded_module_declares_its_circuits_again_and_its_classes_count(
+        registry: Registry, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """importlib.reload() of unchanged code raised RegistryConflictError ("on: another function
+    'PaymentError'"): the reloaded module's class is a new object. A class of the same module and name is
+    the same setting -- and the breaker must then test exceptions against the new class, or the reloaded
+    module's failures would never count."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = _module(tmp_path, "circuitry_reload_pay", """
+        from circuitry import circuit
+
+        class PaymentError(Exception):
+            pass
+
+        @circuit("reload_pay", failure_threshold=2, on=PaymentError)
+        def charge(fail: bool) -> str:
+            if fail:
+                raise PaymentError("declined")
+            return "charged"
+    """)
+    assert mod.charge(False) == "charged"
+    breaker = registry["reload_pay"]
+    old_class = mod.PaymentError
+    mod = importlib.reload(mod)
+    assert mod.PaymentError is not old_class
+    assert mod.charge.circuit.breaker is breaker and breaker.policy.on is mod.PaymentError
+    for _ in range(2):
+        with pytest.raises(mod.PaymentError):
+            mod.charge(True)
+    assert breaker.stats().failures == 2 and breaker.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError):
+        mod.charge(False)
+
+
+def test_a_reloaded_module_with_inline_predicates_is_the_same_policy(
+        registry: Registry, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload compiles the module again: its lambdas have new code objects, equal to the old ones, and
+    comparing code objects by identity made the unchanged module "another policy". A changed module is
+    still a conflict."""
+    import importlib
+    import textwrap
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = """
+        from circuitry import circuit
+
+        @circuit("reload_pred", on=lambda exc: isinstance(exc, ConnectionError),
+                 failure_threshold=THRESHOLD,
+                 result_is_failure=lambda r: r is None)
+        def call() -> int:
+            return 1
+    """
+    mod = _module(tmp_path, "circuitry_reload_pred", source.replace("THRESHOLD", "2"))
+    assert mod.call() == 1
+    mod = importlib.reload(mod)
+    assert mod.call() == 1 and registry["reload_pred"].policy.failure_threshold == 2
+    (tmp_path / "circuitry_reload_pred.py").write_text(
+        textwrap.dedent(source).replace("THRESHOLD", "30").replace("r is None", "r is None or r == 0"))
+    with pytest.raises(RegistryConflictError, match="failure_threshold: 2 -> 30, result_is_failure: another function"):
+        importlib.reload(mod)
+
+
+def test_a_conflict_between_classes_of_one_name_says_class() -> None:
+    """Two classes of one name were called "another function 'PaymentError'"."""
+    from circuitry import Policy
+
+    def local_class() -> type[Exception]:
+        class PaymentError(Exception):
+            pass
+        return PaymentError
+
+    one, two = local_class(), local_class()  # a class made inside a function is a new class each run
+    assert not Policy(on=one).same_as(Policy(on=two))
+    assert Policy(on=(one,)).differences(Policy(on=(two,))) == [
+        f"on: another class ['{__name__}.{one.__qualname__}'] of the same name (a class defined inside a "
+        "function is a new class on every run of it: define it once, at module level)"]
+    other = type("PaymentError", (Exception,), {"__module__": "billing.errors", "__qualname__": "PaymentError"})
+    mine = type("PaymentError", (Exception,), {"__module__": "shop.errors", "__qualname__": "PaymentError"})
+    assert Policy(on=mine).differences(Policy(on=other)) == [
+        "on: another class, 'shop.errors.PaymentError' -> 'billing.errors.PaymentError'"]
+
+
 def test_registry_conflict_error_is_a_configuration_error() -> None:
     assert issubclass(RegistryConflictError, ValueError)
     assert issubclass(CircuitOpenError, CircuitBreakerError)

@@ -290,6 +290,21 @@ async def test_get_breaker_with_another_policy_is_a_conflict(tmp_path: Path) -> 
     assert breaker.breaker.policy.failure_threshold == 3
 
 
+async def test_get_breaker_with_an_inline_predicate_again_is_the_same_policy() -> None:
+    """get_breaker("svc", on=lambda e: ...) awaited twice raised RegistryConflictError "another policy ()"
+    -- with nothing in the list -- where circuit() and DatabaseCircuitBreaker accept it: the manager
+    compared policies as objects. It now compares them as the registry does."""
+    manager = MultiServiceDatabaseCircuitBreaker(db_path=":memory:")
+
+    def get(status: int) -> Any:
+        return manager.get_breaker("inline_svc", on=lambda e: isinstance(e, ConnectionError) or status > 0)
+
+    breaker = await get(1)
+    assert await get(1) is breaker
+    with pytest.raises(RegistryConflictError, match=r"\(on: another function '.*<lambda>'"):
+        await get(0)
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"expected_exception": "RateLimitError"}, "^expected_exception must be an exception type"),
     ({"service_name": 123}, r"^service_name must be a str, got 123 \(int\)"),

@@ -40,7 +40,7 @@ def target(pg_cluster: Any, clock: FakeClock) -> Iterator[Target]:
 
 
 def test_a_postgresql_url_switches_every_entry_point(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from circuitry._registry import _open_default_store
+    from circuitry._defaultdb import open_default_store as _open_default_store
     from circuitry.store.postgres import PostgresStore
 
     reg = Registry(hooks=[], store=pg_url)

@@ -511,6 +511,57 @@ def test_writes_resume_when_a_database_read_only_at_start_is_made_writable() -> 
         shutil.rmtree(base, ignore_errors=True)
 
 
+def test_a_store_says_which_file_it_cannot_open_and_why(tmp_path: Path) -> None:
+    """SQLite's "unable to open database file" names neither the file nor the reason: the store's fault
+    said only that. It now names the path and what the system says (here: it is a directory)."""
+    db = tmp_path / "app.db"
+    store = SQLiteStore(db)
+    db.mkdir()  # (after the store was made, which refuses a directory)
+    try:
+        with capture_logs() as logs:
+            Registry(hooks=[], store=store).get("svc")
+            assert not store.flush(0.5)
+        faults = [e for e in logs if e["event"] == "circuitry.store_fault"]
+        assert faults and faults[0]["error_message"] == f"unable to open database file {db}: it is a directory", faults
+        assert store.health().fault == "unavailable"
+    finally:
+        store.close(timeout=0.5)
+
+
+def test_a_place_the_process_cannot_write_is_named_with_the_reason() -> None:
+    """A database in a folder the process cannot write: the store's fault and `circuitry migrate` said
+    "unable to open database file", without the path or the reason."""
+    import os
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="circuitry-unwritable-"))  # (a folder every user can reach)
+    try:
+        base.chmod(0o755)
+        folder = base / "deploy"
+        folder.mkdir()
+        db = folder / "app.db"
+        script = ("import logging\nlogging.basicConfig(level=logging.WARNING)\n"
+                  "from circuitry import Registry\nfrom circuitry.store import SQLiteStore\n"
+                  f"store = SQLiteStore({str(db)!r})\nRegistry(hooks=[], store=store).get('svc')\n"
+                  "store.flush(0.5)\nprint(store.health().fault)\nstore.close(timeout=0.5)\n")
+        env = {**os.environ, "CIRCUITRY_DB": ":memory:"}
+        if os.geteuid() != 0:  # (root writes anywhere: it runs as nobody, in a folder root owns)
+            folder.chmod(0o555)
+        got = subprocess.run(as_nobody([sys.executable, "-c", script]), capture_output=True, text=True,
+                             timeout=120, cwd=base, env=env)
+        assert got.stdout.split() == ["read_only"], got.stderr
+        assert f'"unable to open database file {db}: Permission denied (cannot create it in {folder})"' in got.stderr
+        got = subprocess.run(as_nobody([sys.executable, "-m", "circuitry", "migrate", "--db", str(db)]),
+                             capture_output=True, text=True, timeout=120, cwd=base, env=env)
+        assert got.returncode == 2
+        assert got.stderr == (f"circuitry migrate: unable to open database file {db}: Permission denied "
+                              f"(cannot create it in {folder})\n")
+    finally:
+        (base / "deploy").chmod(0o755) if (base / "deploy").exists() else None
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_migrating_makes_a_dropped_table_again(db: Path) -> None:
     conn = sqlite3.connect(db, isolation_level=None)
     try:

@@ -104,6 +104,18 @@ def test_configure_refuses_a_db_that_is_no_path() -> None:
         configure(db="")
 
 
+def test_configure_without_db_says_which_argument_was_meant() -> None:
+    """configure(dbb="x.db") raised a bare TypeError ("missing 1 required keyword-only argument: 'db'"),
+    where a mistyped policy argument gets "did you mean"."""
+    with pytest.raises(ConfigurationError, match=r"^configure\(\) needs db= .*; dbb: did you mean db\?$"):
+        configure(dbb="x.db")
+    with pytest.raises(ConfigurationError, match=r"; db_path: did you mean db\?$"):
+        configure(db_path="x.db")  # (the database API's name)
+    with pytest.raises(ConfigurationError, match=r"^configure\(\) needs db= \(a SQLite file path, a database URL, "
+                                                 r"':memory:' or None\)$"):
+        configure()
+
+
 # -- the manager --------------------------------------------------------------------------------------------
 
 

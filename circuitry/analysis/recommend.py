@@ -192,7 +192,9 @@ class Recommendation:
             ``primary_pattern``; the message states the expected effect in numbers.
         """
         if self.has_recommendations:
-            backoff = ", doubling after each failed probe" if self.backoff_multiplier else ""
+            factor = self.backoff_multiplier
+            backoff = "" if not factor else (", doubling after each failed probe" if factor == 2 else
+                                             f", growing {factor:g} times longer after each failed probe")
             basis = f"{self.primary_pattern} pattern" if self.primary_pattern else "censored history"
             message = (
                 f"Based on {self.failures} recent failures ({basis}), consider "

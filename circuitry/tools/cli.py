@@ -25,10 +25,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
+from circuitry._defaultdb import DB_ENV, DEFAULT_DB, default_db_path
 from circuitry._meta import version
-from circuitry._registry import default_db_path
 from circuitry.exceptions import ConfigurationError, SchemaVersionError, StoreError
 from circuitry.store import sqlite_path
 from circuitry.tools.terminal import Progress, ago, retry_text, table, when
@@ -487,7 +488,14 @@ def _pg_versions(url: str) -> set[int]:
 
 
 def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
-    from circuitry.store.sqlite.schema import LATEST_VERSION, MIGRATIONS, TABLES, applied_versions, migrate, table_names
+    from circuitry.store.sqlite.schema import (
+        LATEST_VERSION,
+        MIGRATIONS,
+        applied_versions,
+        dropped_tables,
+        migrate,
+        table_names,
+    )
 
     path = sqlite_path(args.db)
     if path is None:  # a server (PostgreSQL): the store migrates it when it connects
@@ -515,28 +523,42 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
         else:
             out.write(f"{backend.location}: up to date (schema version {max(after, default=0)})\n")
         return 0
+    from circuitry.store.sqlite.backend import cannot_open
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = None
     try:
+        conn = sqlite3.connect(path, isolation_level=None)
         applied = applied_versions(conn)
+    except sqlite3.Error as exc:  # SQLite says "unable to open database file": say which, and why
+        if conn is not None:
+            conn.close()
+        raise cannot_open(Path(path).absolute(), exc) from None
+    try:
         pending = len({m.version for m in MIGRATIONS} - applied)
-        gone = sorted(TABLES - table_names(conn)) if applied else []  # dropped since: migrate() makes them again
+        gone = dropped_tables(conn, applied)  # dropped since: migrate() makes them again
+        had = table_names(conn)
         show = args.progress if args.progress is not None else sys.stderr.isatty()
         progress = Progress(pending, "migrating", sys.stderr, enabled=pending > 0 and show)
         done = migrate(conn)
         progress.advance(len(done))
         progress.finish()
         recreated = [t for t in gone if t in table_names(conn)]
+        created = sorted(table_names(conn) - had - set(recreated))  # by migrations applied now
         versions = sorted(applied_versions(conn))
     finally:
         conn.close()
     if args.json:
-        _emit_json({"database": args.db, "applied": done, "recreated": recreated, "version": max(versions)}, out)
+        _emit_json({"database": args.db, "applied": done, "created": created, "recreated": recreated,
+                    "version": max(versions)}, out)
         return 0
     if recreated:
         out.write(f"{args.db}: recreated missing table(s) {', '.join(recreated)} (empty)\n")
     if done:
-        out.write(f"{args.db}: applied migration(s) {', '.join(map(str, done))}; schema version {LATEST_VERSION}\n")
+        # (an upgrade names the tables it adds; a new database gets them all)
+        new = f", which created table(s) {', '.join(created)}" if applied and created else ""
+        out.write(f"{args.db}: applied migration(s) {', '.join(map(str, done))}{new}; schema version "
+                  f"{LATEST_VERSION}\n")
     elif not recreated:
         out.write(f"{args.db}: up to date (schema version {max(versions)})\n")
     return 0
@@ -631,10 +653,17 @@ def _time_text(text: str) -> str:
     return text
 
 
+class _FromEnvironment(str):
+    """``--db`` not given: the database ``$CIRCUITRY_DB`` names (an error then says where the path came from)."""
+
+    __slots__ = ()
+
+
 def _parser() -> argparse.ArgumentParser:
     from circuitry._policy import MAX_DURATION
 
-    default_db = default_db_path() or "circuitry.db"
+    default_db = default_db_path()
+    default_db = _FromEnvironment(default_db) if default_db and os.environ.get(DB_ENV) else default_db or DEFAULT_DB
     database = _Parser(add_help=False)
     database.add_argument("--db", default=default_db, metavar="PATH_OR_URL",
                           help="the database (default: $CIRCUITRY_DB, else %(default)s)")
@@ -769,6 +798,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return 130
     except (UsageError, StoreError, SchemaVersionError, ConfigurationError, sqlite3.Error, OSError) as exc:
         text = " ".join(mask(str(exc)).split())  # one line, whatever the driver's message was
+        if isinstance(args.db, _FromEnvironment) and not isinstance(exc, UsageError):
+            text += f" (--db not given: the database is ${DB_ENV})"
         sys.stderr.write(f"circuitry {args.command}: {text}\n")
         return 2
 

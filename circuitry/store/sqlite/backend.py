@@ -28,14 +28,14 @@ from typing import Any, Final
 
 from circuitry._checks import check_clock
 from circuitry._clock import SYSTEM_CLOCK, Clock
-from circuitry.exceptions import ConfigurationError, SchemaVersionError
+from circuitry.exceptions import ConfigurationError, SchemaVersionError, StoreError
 from circuitry.instrumentation.logging import log as _log
 from circuitry.store.backend import Connection, Fault, NoDatabaseError, Role
 from circuitry.store.engine import SharedStore, check_options
 from circuitry.store.sharing import STATE_COLUMNS
 from circuitry.store.sqlite.schema import TABLES, migrate, table_names
 
-__all__ = ["APPLICATION_ID", "SQLiteBackend", "SQLiteStore"]
+__all__ = ["APPLICATION_ID", "CannotOpenError", "SQLiteBackend", "SQLiteStore", "cannot_open"]
 
 #: ``PRAGMA application_id`` of files circuitry creates ("circ").
 APPLICATION_ID: Final = 0x63697263
@@ -80,6 +80,44 @@ class _Conn:
         self.raw.close()
 
 
+class CannotOpenError(sqlite3.OperationalError):
+    """SQLite's "unable to open database file" -- which names neither the file nor the reason -- with
+    both: the path, and what the operating system says (``errno`` is its code, when it gave one)."""
+
+    def __init__(self, path: Path, reason: str, code: int | None = None) -> None:
+        super().__init__(f"unable to open database file {path}: {reason}")
+        self.errno = code
+
+
+def cannot_open(path: Path, exc: sqlite3.Error, *, write: bool = True) -> sqlite3.Error:
+    """``exc`` (SQLite failing to open ``path``) as a :class:`CannotOpenError` saying why, as the operating
+    system tells it; ``exc`` itself when it is another error, or when no reason is found."""
+    if "unable to open" not in str(exc).lower():
+        return exc
+    folder = path.parent
+    if path.is_dir():
+        return CannotOpenError(path, "it is a directory", errno.EISDIR)
+    if not folder.exists():
+        return CannotOpenError(path, f"no such directory {folder}", errno.ENOENT)
+    if not folder.is_dir():
+        return CannotOpenError(path, f"{folder} is not a directory", errno.ENOTDIR)
+    try:
+        if path.exists():
+            os.close(os.open(path, os.O_RDWR if write else os.O_RDONLY))
+        elif write:  # (made and removed at once: SQLite would have made it)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644))
+            os.unlink(path)
+    except FileExistsError:  # another process made it meanwhile: no reason found
+        return exc
+    except OSError as err:
+        doing = "open it" if path.exists() else f"create it in {folder}"
+        return CannotOpenError(path, f"{err.strerror or err} (cannot {doing})", err.errno)
+    if write and not os.access(folder, os.W_OK | os.X_OK):
+        return CannotOpenError(path, f"permission denied: cannot create its -wal and -shm files in {folder}",
+                               errno.EACCES)
+    return exc
+
+
 def _deny_outside_reads(action: int, arg1: str | None, *_: Any) -> int:
     # query() is read-only: no ATTACH (it creates files), no pragma that writes, no writing statement.
     if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
@@ -110,14 +148,19 @@ class SQLiteBackend:
         if role == "reader":
             if not self.path.exists():
                 raise NoDatabaseError(f"no database at {self.path}")
-            raw = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=timeout, isolation_level=None,
-                                  check_same_thread=False)
+            if self.path.is_dir():
+                raise StoreError(f"{self.path} is a directory, not a database file")
+            try:
+                raw = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=timeout, isolation_level=None,
+                                      check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise cannot_open(self.path, exc, write=False) from exc
             try:
                 raw.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-            except sqlite3.OperationalError:
+            except sqlite3.OperationalError as exc:
                 raw.close()
                 if not self._frozen():
-                    raise
+                    raise cannot_open(self.path, exc, write=False) from exc
                 # A folder this process cannot write to (a read-only mount or deploy directory): reading
                 # a WAL database needs its -shm file made there, so a plain read fails. No process can
                 # write to such a file either (writing needs the -wal and -shm files too), so it is read
@@ -127,12 +170,18 @@ class SQLiteBackend:
             raw.execute("PRAGMA query_only = ON")
             raw.set_authorizer(_deny_outside_reads)
             return _Conn(raw, self._time, None)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # (documented: docs/reference/store.md)
         new = not self.path.exists() or self.path.stat().st_size == 0
-        raw = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        try:
+            raw = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise cannot_open(self.path, exc) from exc
         try:
             raw.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            raw.execute("PRAGMA journal_mode = WAL")
+            try:
+                raw.execute("PRAGMA journal_mode = WAL")  # (makes the -wal file: the folder must take it)
+            except sqlite3.OperationalError as exc:
+                raise cannot_open(self.path, exc) from exc
             raw.execute("PRAGMA synchronous = NORMAL")
             raw.execute("PRAGMA journal_size_limit = 67108864")
             if new:
@@ -167,6 +216,8 @@ class SQLiteBackend:
     def classify(self, exc: BaseException) -> Fault | None:
         if isinstance(exc, SchemaVersionError):
             return "newer_schema"
+        if isinstance(exc, CannotOpenError):  # (its message holds a path: words in it say nothing)
+            return "read_only" if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else "unavailable"
         if isinstance(exc, OSError):  # the file system, before SQLite got a say
             if exc.errno == errno.ENOSPC:
                 return "disk_full"

@@ -16,7 +16,8 @@ from pathlib import Path
 from circuitry.exceptions import SchemaVersionError
 from circuitry.store.migration_files import Migration, created_tables, discover
 
-__all__ = ["LATEST_VERSION", "MIGRATIONS", "Migration", "applied_versions", "migrate", "table_names", "upgrade_columns"]
+__all__ = ["LATEST_VERSION", "MIGRATIONS", "Migration", "applied_versions", "dropped_tables", "migrate", "table_names",
+           "upgrade_columns"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
 
@@ -25,6 +26,8 @@ MIGRATIONS = discover(MIGRATIONS_DIR)
 LATEST_VERSION = MIGRATIONS[-1].version if MIGRATIONS else 0
 #: The tables the migrations create.
 TABLES = created_tables(MIGRATIONS)
+#: ... and which migration creates each.
+_TABLES_OF = {m.version: created_tables((m,)) for m in MIGRATIONS}
 
 # Columns circuitry added to tables that may exist in an older shape: (type for ADD COLUMN, backfill).
 # SQLite's ADD COLUMN cannot add a NOT NULL column without a default, nor a primary key: the shapes
@@ -104,6 +107,14 @@ def table_names(conn: sqlite3.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
+def dropped_tables(conn: sqlite3.Connection, applied: set[int]) -> list[str]:
+    """The tables the ``applied`` migrations made that are not there any more (dropped since). A table
+    of a migration not applied yet is not one: it was never made (``sqlite3 db < migrations/008_….sql``
+    applies only the first)."""
+    made = frozenset().union(*(_TABLES_OF.get(v, frozenset()) for v in applied))
+    return sorted(made - table_names(conn))
+
+
 def applied_versions(conn: sqlite3.Connection) -> set[int]:
     exists = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'circuitry_schema'").fetchone()
@@ -126,7 +137,7 @@ def migrate(conn: sqlite3.Connection, log: Callable[[str, list[str]], None] | No
             "circuitry understands: upgrade circuitry to use it")
     # Tables dropped since they were made (a tool that removes tables it does not know): every
     # migration runs again -- they are idempotent -- and makes them anew, empty.
-    gone = sorted(TABLES - table_names(conn)) if applied else []
+    gone = dropped_tables(conn, applied)
     if newest == LATEST_VERSION and not gone:
         # A column dropped since (``ALTER TABLE ... DROP COLUMN`` by hand, under a running store): every
         # write to its table failed until a restart. Checked on every connection -- a reconnection after
