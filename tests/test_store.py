@@ -687,6 +687,33 @@ def test_fault_deleted_file_is_recreated_with_the_current_state(make: Any, db: P
     assert got[0][0] is not None and got[0][0] > 0
 
 
+def test_after_a_deletion_the_read_model_and_the_analyst_use_the_new_file(make: Any, db: Path,
+                                                                         clock: FakeClock) -> None:
+    """The writer recreates a deleted file; the read model's connection and the analyst's went on with the
+    deleted one: status() read alerts that were gone, and analyses wrote patterns nobody would see."""
+    from circuitry.store.records import Records
+
+    reg, store = make()
+    b = reg.get("svc", failure_threshold=1)
+    records = Records(store.backend, "host-a:1", timeout=5.0)
+    records.pattern("svc", pattern=None, window=900, failures=0, error_rate=0.0, threshold=None, timeout=None,
+                    confidence=0.0, evidence={}, now=clock.time())
+    b.record_failure(b.admit(), Boom())
+    assert eventually(lambda: store.alerts("svc") != [])  # read once through the read model's connection
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    reg.get("other").record_success(reg.get("other").admit())
+    assert store.flush(10)
+    assert rows(db, "SELECT count(*) FROM circuit_breaker_alerts") == [(0,)]  # the writer's new file
+    assert eventually(lambda: store.alerts("svc") == [])  # the read model reads it too
+    assert eventually(lambda: (records.pattern("svc", pattern="steady", window=900, failures=12, error_rate=0.1,
+                                               threshold=5, timeout=60.0, confidence=0.9, evidence={},
+                                               now=clock.time()),
+                               rows(db, "SELECT count(*) FROM circuit_breaker_failure_patterns"))[1] != [(0,)])
+    records.close()
+    store.close()
+
+
 def test_a_full_queue_drops_rows_counts_them_and_records_it(make: Any, db: Path) -> None:
     reg, store = make(queue_size=100, busy_timeout=0.05, failure_rows_per_second=10_000)
     reg.get("faulty", failure_threshold=10**6, on=Boom)

@@ -544,6 +544,24 @@ def _records(target: Target, n: int) -> list[Records]:
     return [Records(store.backend, f"host-{i}:1", timeout=5.0) for i in range(n)]
 
 
+def test_json_columns_hold_json_every_reader_takes(target: Target) -> None:
+    """A pattern's evidence with an infinite ratio was written ``Infinity`` (Python's JSON): SQLite's
+    json_extract then failed on the whole table ("malformed JSON"), and PostgreSQL's ``::json`` on the row.
+    A number that is not finite is written null."""
+    (records,) = _records(target, 1)
+    records.pattern("svc", pattern="burst", window=900, failures=12, error_rate=0.1, threshold=5, timeout=60.0,
+                    confidence=0.9, evidence={"time_rate_ratio": float("inf"), "rates": [1.5, float("nan")]},
+                    now=time.time())
+    records.close()
+    if target.kind == "sqlite":
+        sql = ("SELECT json_extract(evidence, '$.time_rate_ratio'), json_extract(evidence, '$.rates[0]'), "
+               "json_extract(evidence, '$.rates[1]') FROM circuit_breaker_failure_patterns")
+    else:
+        sql = ("SELECT evidence::json ->> 'time_rate_ratio', (evidence::json -> 'rates' ->> 0)::float, "
+               "evidence::json -> 'rates' ->> 1 FROM circuit_breaker_failure_patterns")
+    assert target.rows(sql) == [(None, 1.5, None)]
+
+
 def test_analysis_is_claimed_once_per_period(target: Target) -> None:
     """Six processes claim the same period at once: one wins; the next period is claimable again."""
     records = _records(target, 6)

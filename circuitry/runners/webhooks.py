@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import json
 import math
 import random
 import threading
@@ -61,6 +60,7 @@ from circuitry.analysis.alerts import SEVERITY_OF
 from circuitry.exceptions import ConfigurationError
 from circuitry.instrumentation.logging import isoformat, log
 from circuitry.store.outbox import Delivery, Outbox
+from circuitry.store.sharing import json_text
 
 if TYPE_CHECKING:
     from circuitry._registry import Registry
@@ -310,7 +310,7 @@ class Webhook:
         made = fmt(alert, delivery_id)
         if isinstance(made, bytes):
             return made
-        return json.dumps(made, default=str, separators=(",", ":"), ensure_ascii=False).encode()
+        return json_text(made, separators=(",", ":"), ensure_ascii=False).encode()
 
     def retry_in(self, attempts: int, rng: random.Random, hint: float | None = None) -> float:
         """Seconds before the next attempt after ``attempts`` attempts: exponential, jittered, capped;

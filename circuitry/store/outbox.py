@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from circuitry.store.owned import OwnedConnection
+from circuitry.store.sharing import json_text
 
 __all__ = ["COLUMNS", "STATES", "Delivery", "Outbox", "counts_sql", "list_sql"]
 
@@ -136,7 +137,7 @@ class Outbox(OwnedConnection):
             now = conn.now()
             for endpoint, alert in items:
                 got = conn.execute(_INSERT, (uuid.uuid4().hex, endpoint, alert.get("id"), alert.get("service_name"),
-                                             json.dumps(alert, default=str, sort_keys=True), now, now, now))
+                                             json_text(alert, sort_keys=True), now, now, now))
                 added += len(got)
         return added
 

@@ -6,11 +6,30 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 
 from circuitry.store.backend import Backend, Connection
 
-__all__ = ["OwnedConnection"]
+__all__ = ["FileWatch", "OwnedConnection"]
+
+
+class FileWatch:
+    """Whether a connection's file was deleted or replaced since it was opened -- looked at (a ``stat``) at
+    most once a second per connection. The writer looks at its own every quarter of a second and writes
+    everything again into the new file; a connection of the read model or of a runner that went on with
+    the deleted file read alerts that were gone and wrote patterns and alerts nobody would see."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._at: dict[str, float] = {}
+
+    def replaced(self, key: str, conn: Connection) -> bool:
+        now = time.monotonic()
+        if now - self._at.get(key, 0.0) < 1.0:
+            return False
+        self._at[key] = now
+        return self.backend.stale(conn) is not None
 
 
 class OwnedConnection:
@@ -27,12 +46,15 @@ class OwnedConnection:
         self.process = process
         self._timeout = timeout
         self._conn: Connection | None = None
+        self._watch = FileWatch(backend)
         self.lock = threading.RLock()  # held while the connection is in use
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Connection]:
         with self.lock:
             try:
+                if self._conn is not None and self._watch.replaced("conn", self._conn):
+                    self._drop()
                 if self._conn is None:
                     self._conn = self.backend.connect("analyst", timeout=self._timeout)
                 yield self._conn

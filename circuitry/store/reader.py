@@ -10,6 +10,7 @@ from typing import Any
 
 from circuitry.exceptions import SchemaVersionError, StoreError
 from circuitry.store.backend import Backend, Connection, NoDatabaseError
+from circuitry.store.owned import FileWatch
 
 __all__ = ["Reader"]
 
@@ -35,6 +36,7 @@ class Reader:
         self._wconn: Connection | None = None
         self._quick_lock = threading.Lock()
         self._quick: Connection | None = None
+        self._watch = FileWatch(backend)
 
     def close(self) -> None:
         with self._lock, self._quick_lock:
@@ -89,6 +91,7 @@ class Reader:
         if not self._quick_lock.acquire(blocking=False):
             return False, None
         try:
+            self._fresh("_quick")
             if self._quick is None:
                 self._quick = self.backend.connect("reader", timeout=0.0)
             got = self._quick.execute(f"SELECT {STATE_COLUMNS} FROM circuit_breaker_states WHERE service_name = ?",
@@ -107,6 +110,7 @@ class Reader:
     def _reading(self) -> Iterator[Connection]:
         with self._lock:
             try:
+                self._fresh("_conn")
                 if self._conn is None:
                     self._conn = self.backend.connect("reader", timeout=self._timeout)
                 yield self._conn
@@ -120,6 +124,15 @@ class Reader:
                         self._conn.close()
                     self._conn = None
                 raise StoreError(f"reading {self.backend.location} failed: {exc}") from exc
+
+    def _fresh(self, name: str) -> None:
+        """(The lock of connection ``name`` held.) Close it if its file was deleted or replaced: it reopens
+        on the file that is there now."""
+        conn = getattr(self, name)
+        if conn is not None and self._watch.replaced(name, conn):
+            with contextlib.suppress(Exception):
+                conn.close()
+            setattr(self, name, None)
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:

@@ -300,6 +300,7 @@ class ReadModel(Reader):
         column, value = ("id", alert_id) if alert_id is not None else ("service_name", service)
         with self._lock:
             try:
+                self._fresh("_wconn")
                 if self._wconn is None:
                     self._wconn = self.backend.connect("analyst", timeout=self._timeout)
                 with self._wconn.transaction():

@@ -7,14 +7,13 @@ Runs on the caller's connection (the analyst's own thread and connection): never
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from circuitry.analysis.alerts import Aggregate, Alert
 from circuitry.store.backend import Connection
 from circuitry.store.owned import OwnedConnection
-from circuitry.store.sharing import INSERT_EVENT, iso, row_tuple
+from circuitry.store.sharing import INSERT_EVENT, iso, json_text, row_tuple
 
 __all__ = ["Records", "printable"]
 
@@ -53,7 +52,7 @@ class Records(OwnedConnection):
                 "failure_count, error_rate, suggested_threshold, suggested_timeout, confidence_score, evidence, "
                 "created_at, ts, process) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (service, pattern, int(window), failures, error_rate, threshold,
-                 None if timeout is None else round(timeout, 3), confidence, json.dumps(evidence, default=str),
+                 None if timeout is None else round(timeout, 3), confidence, json_text(evidence),
                  iso(now), now, self.process))
 
     def event(self, service: str, event_type: str, data: dict[str, Any], now: float,
@@ -114,7 +113,7 @@ def _insert_alert(conn: Connection, alert: Alert, occurrences: int, last_seen: f
         "acknowledged, created_at, occurrences, last_seen_at, alert_key, ts) VALUES "
         "(?, ?, ?, ?, ?, FALSE, ?, ?, ?, ?, ?) RETURNING id",
         (alert.service_name, alert.alert_type, alert.severity, message,
-         json.dumps(alert.details, default=str), iso(alert.created_at), occurrences, iso(last_seen), alert.key,
+         json_text(alert.details), iso(alert.created_at), occurrences, iso(last_seen), alert.key,
          alert.created_at))
     data = alert.as_dict()
     data["message"] = message

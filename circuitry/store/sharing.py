@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -71,12 +72,30 @@ def iso(ts: float) -> str:
     return f"{_iso_cache[1]}{second % 60 + (ts - second):06.3f}"
 
 
+def json_text(data: Any, **options: Any) -> str:
+    """``data`` as JSON that every reader takes: a number that is not finite (an infinite ratio in a pattern's
+    evidence) is written ``null`` -- Python writes ``Infinity``, which SQLite's ``json_extract`` (for the
+    whole table), PostgreSQL's ``::json`` and other languages' parsers refuse. Anything else JSON has no
+    form for is written as its text."""
+    return json.dumps(_finite(data), default=str, allow_nan=False, **options)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def row_tuple(service: str, event_type: str, from_state: str | None, to_state: str | None, error_type: str | None,
               error_message: str | None, data: dict[str, Any] | None, ts: float, process: str,
               occurrences: int = 1) -> tuple[Any, ...]:
     """An ``INSERT_EVENT`` parameter tuple."""
     return (service, event_type, from_state, to_state, error_type, error_message,
-            None if data is None else json.dumps(data, default=str), iso(ts), ts, process, occurrences)
+            None if data is None else json_text(data), iso(ts), ts, process, occurrences)
 
 
 class Sharing:

@@ -169,7 +169,11 @@ class SQLiteBackend:
                                       isolation_level=None, check_same_thread=False)
             raw.execute("PRAGMA query_only = ON")
             raw.set_authorizer(_deny_outside_reads)
-            return _Conn(raw, self._time, None)
+            try:  # (the file it reads, so that a reader notices when it is deleted or replaced: see stale())
+                st = os.stat(self.path)
+            except OSError:
+                return _Conn(raw, self._time, None)
+            return _Conn(raw, self._time, (st.st_dev, st.st_ino))
         self.path.parent.mkdir(parents=True, exist_ok=True)  # (documented: docs/reference/store.md)
         new = not self.path.exists() or self.path.stat().st_size == 0
         try:
