@@ -89,7 +89,7 @@ def circuit(name: str, *, registry: Registry | None = None, fallback: Callable[.
             if face._policy is not None:  # the registry in force now may hold the name with another policy
                 current = face._current_registry()
                 held = current.breakers.get(name)
-                if held is None or held.policy is not face._policy:
+                if held is None or current.given_policy(name) is not face._policy:
                     current.declare(name, face._policy)
             return face
     face = Circuit(name, registry=registry, fallback=fallback, policy=Policy.from_kwargs(policy) if policy else None)

@@ -18,6 +18,7 @@ import random
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from circuitry._checks import check_clock, check_rng
@@ -75,7 +76,11 @@ class Registry:
         self.breakers: dict[str, CircuitBreaker] = {}
         self._declared: dict[str, Policy] = {}  # policies of decorated names not called yet
         self._inherited: set[str] = set()  # declared by the registry this one replaced as the default
-        self._unset: set[str] = set()  # breakers made by a lookup without a policy: the first one given sets it
+        # The policy the application gave for each breaker (by a call, a decorator or reconfigure()): what a
+        # policy given again is held against. The breaker's own may differ: automatic adjustment and
+        # apply_recommendation() change it, and a lookup giving the policy it was declared with is no
+        # conflict then. A breaker made by a lookup without a policy has none here: the first one given sets it.
+        self._given: dict[str, Policy] = {}
         self._store: Store | None = None
         # A store to open when the first breaker is made (the default registry's): importing
         # circuitry, or decorating a function, opens nothing.
@@ -115,19 +120,25 @@ class Registry:
                             raise RegistryConflictError(_conflict_message(name, declared, policy))
                         declared = None  # a declaration of the registry replaced: this one's own wins
                     self._inherited.discard(name)
-                    if policy is None and declared is None:
-                        self._unset.add(name)
-                    breaker = CircuitBreaker(name, policy or declared or Policy(), clock=self.clock,
+                    given = policy or declared
+                    if given is not None:
+                        self._given[name] = given
+                    breaker = CircuitBreaker(name, given or Policy(), clock=self.clock,
                                              dispatcher=self.dispatcher, rng=self._rng)
                     store = self._store if self._store_factory is None else self._open_pending_store()
                     if store is not None:
                         _adopt(store, breaker)
                     self.breakers[name] = breaker
                     return breaker
-        if policy is not None and policy is not breaker.policy:
+        if policy is not None and policy is not self._given.get(name):
             with self._lock:
                 self._settle(name, breaker, policy)
         return breaker
+
+    def given_policy(self, name: str) -> Policy | None:
+        """The policy the application gave for ``name`` (``None``: none yet). The breaker's own
+        (``registry[name].policy``) differs from it after an adjustment."""
+        return self._given.get(name)
 
     def declare(self, name: str, policy: Policy) -> None:
         """Record the policy ``name`` will be created with, without creating it (no I/O: decorating a
@@ -149,14 +160,20 @@ class Registry:
     def _settle(self, name: str, breaker: CircuitBreaker, policy: Policy) -> None:
         """(Lock held.) ``policy`` is given for the existing ``breaker``: the first policy given for a
         breaker a lookup made without one becomes its policy (its state and statistics kept); another
-        policy than the one given before is a conflict. The same policy, with a reloaded module's classes
-        (``importlib.reload``), becomes the breaker's too: else the breaker would go on testing
-        exceptions against the old classes, and count none of the new ones."""
-        if name not in self._unset and not policy.same_as(breaker.policy):
-            raise RegistryConflictError(_conflict_message(name, breaker.policy, policy))
-        self._unset.discard(name)
-        if not policy.same_as(breaker.policy, by_name=False):
+        policy than the one given before is a conflict -- held against what was given, not against the
+        breaker's own, which an adjustment may have changed. The same policy, with a reloaded module's
+        classes (``importlib.reload``), becomes the breaker's too, its adjusted settings kept: else the
+        breaker would go on testing exceptions against the old classes, and count none of the new ones."""
+        given = self._given.get(name)
+        if given is not None and not policy.same_as(given):
+            raise RegistryConflictError(_conflict_message(name, given, policy))
+        self._given[name] = policy
+        if given is None:
             breaker.reconfigure(policy)
+        elif not policy.same_as(given, by_name=False):
+            current = breaker.policy
+            breaker.reconfigure(policy if current is given else
+                                replace(policy, **{f: getattr(current, f) for f in _ADJUSTABLE}))
 
     def _inherit(self, declared: dict[str, Policy]) -> None:
         """Take the declarations of decorated circuits from the previous default registry, as defaults a
@@ -175,7 +192,7 @@ class Registry:
             self._declared.pop(name, None)
         breaker = self.get(name)
         with self._lock:
-            self._unset.discard(name)
+            self._given[name] = policy
         breaker.reconfigure(policy)
         return breaker
 
@@ -209,7 +226,7 @@ class Registry:
         with self._lock:
             breaker = self.breakers.pop(name, None)
             self._declared.pop(name, None)
-            self._unset.discard(name)
+            self._given.pop(name, None)
             store = self._store
         if breaker is not None and store is not None:
             store.forget(breaker)
@@ -220,7 +237,7 @@ class Registry:
             dropped = list(self.breakers.values())
             self.breakers.clear()
             self._declared.clear()
-            self._unset.clear()
+            self._given.clear()
             store = self._store
         if store is not None:
             for breaker in dropped:
@@ -363,6 +380,10 @@ def _start_runners(store: Store) -> None:
     from circuitry.runners import attach
 
     attach(store)
+
+
+#: The settings an adjustment changes (circuitry.runners.analyst): kept when a reload swaps the policy's classes.
+_ADJUSTABLE = ("failure_threshold", "recovery_timeout", "backoff_factor", "max_recovery_timeout", "jitter")
 
 
 def _conflict_message(name: str, old: Policy, new: Policy) -> str:

@@ -526,6 +526,45 @@ def test_two_processes_raise_one_alert_between_them(make: Any, clock: FakeClock)
     assert a.state is b.state is CircuitState.OPEN
 
 
+def test_open_too_long_reads_the_state_every_process_shares(make: Any, clock: FakeClock) -> None:
+    """Process B saw the circuit open and go half-open; process A's probe closed it. B's periodic check
+    then said "open for 4 seconds" (critical) from its own transitions: every open_too_long alert of a
+    review's 3-hour runs with four workers was false. A circuit that is open is still reported."""
+    from circuitry.analysis.alerts import AlertPolicy
+
+    policy = AlertPolicy(open_too_long=4)
+    (reg_a, store_a), (reg_b, store_b) = make(alert_policy=policy), make(alert_policy=policy)
+    analyst_a, analyst_b = Analyst.attach(store_a), Analyst.attach(store_b)
+    a = reg_a.get("svc", failure_threshold=1, recovery_timeout=2)
+    b = reg_b.get("svc", failure_threshold=1, recovery_timeout=2)
+    b.record_failure(b.admit(), Boom())  # B opens it
+    assert eventually(lambda: a.state is CircuitState.OPEN)
+    clock.advance(2)
+    assert store_a.flush() and store_b.flush()  # a lease for the probe, taken as the open period ends
+
+    def a_probes() -> bool:
+        try:
+            a.record_success(a.admit())
+            return True
+        except CircuitOpenError:
+            return False
+
+    assert eventually(a_probes)  # A's probe succeeds: closed
+    assert eventually(lambda: b.state is CircuitState.CLOSED)
+    clock.advance(5)
+
+    def open_too_long() -> list[dict[str, Any]]:
+        return [r for r in store_a.alerts("svc") if r["alert_type"] == "open_too_long"]
+
+    analyst_b.run_once()
+    assert store_b.flush() and open_too_long() == []
+    b.record_failure(b.admit(), Boom())  # open again, and for good
+    assert eventually(lambda: a.state is CircuitState.OPEN)
+    clock.advance(5)
+    analyst_a.run_once(clock.time() + 3600)  # (another period: the analysis lease of the first is taken)
+    assert eventually(lambda: len(open_too_long()) == 1)
+
+
 def test_flapping_counts_the_trips_of_every_process(make: Any, clock: FakeClock) -> None:
     """Two processes trip one circuit in turn, four times in four seconds: each process's alert engine
     heard of the two trips it wrote, so neither raised ``flapping`` (three trips in ten minutes). The

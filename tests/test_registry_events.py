@@ -94,6 +94,31 @@ def test_a_lookup_without_a_policy_leaves_the_policy_to_the_first_one_given(regi
         registry.get("given", failure_threshold=3)
 
 
+def test_an_adjusted_circuit_is_still_named_with_the_policy_the_code_gives(registry: Registry) -> None:
+    """Automatic adjustment (or apply_recommendation) changes a breaker's settings; the code goes on naming
+    the circuit with the policy it always gave. Every such call raised RegistryConflictError
+    (recovery_timeout: 15.0 -> 60.0): 145 lookups of 145 per worker in a review's run, and the README's
+    failover loop, which names its circuits per request."""
+    from dataclasses import replace
+
+    from circuitry.runners.analyst import _reconfigure, settings_of
+
+    b = registry.get("payments", failure_threshold=5, recovery_timeout=60, on=ConnectionError)
+    adjusted = replace(settings_of(b), threshold=6, timeout=15.0)
+    assert _reconfigure(b, adjusted)  # as the analyst adjusts it, and every process follows
+    for _ in range(3):
+        assert registry.get("payments", failure_threshold=5, recovery_timeout=60, on=ConnectionError) is b
+        with circuit("payments", failure_threshold=5, recovery_timeout=60, on=ConnectionError):
+            pass
+    assert (b.policy.failure_threshold, b.policy.recovery_timeout) == (6, 15.0)  # the adjustment stands
+    assert registry.given_policy("payments") is not None
+    assert registry.given_policy("payments").failure_threshold == 5  # type: ignore[union-attr]
+    with pytest.raises(RegistryConflictError, match="failure_threshold: 5 -> 7"):
+        registry.get("payments", failure_threshold=7, recovery_timeout=60, on=ConnectionError)
+    registry.reconfigure("payments", failure_threshold=7)  # the application's own change: given now
+    assert registry.get("payments", failure_threshold=7) is b and b.policy.failure_threshold == 7
+
+
 def test_the_failover_test_runs_first_in_a_fresh_process(registry: Registry) -> None:
     """docs/how-to/failover.md's test opens circuits by hand before the code under test names their
     policy: run first, it raised RegistryConflictError."""

@@ -344,11 +344,31 @@ class Analyst:
                     if calls:
                         alerts.extend(self.engine.observe_counts(name, calls, fails, now))
         if kind == "periodic":
-            alerts.extend(a for a in self.engine.tick(now) if a.service_name not in muted)
+            alerts.extend(a for a in self.engine.tick(now, self._open_since(now)) if a.service_name not in muted)
         self._persist(alerts)
         self.latest.update(results)
         self.runs += 1
         return results
+
+    def _open_since(self, now: float) -> dict[str, float]:
+        """When each circuit open now (in the shared state every process follows) opened after being
+        closed, from the shared history. From this process's own transitions, a circuit another process
+        had closed since was "open for 4 seconds": every open_too_long of a review's 3-hour runs with four
+        workers was false."""
+        out: dict[str, float] = {}
+        look = max(2.0 * self.engine.policy.open_too_long, 3600.0)
+        for link in self.store.links():
+            snap = link.breaker.snapshot()
+            if snap.state is not CircuitState.OPEN and snap.state is not CircuitState.HALF_OPEN:
+                continue
+            since: float | None = None
+            for t in self.store.read.transitions(link.name, now - look, now):
+                if t["to_state"] == "open" and t["from_state"] in ("closed", None):
+                    since = since if since is not None else float(t["ts"])
+                elif t["to_state"] in ("closed", "disabled", "forced_open"):
+                    since = None
+            out[link.name] = since if since is not None else (snap.opened_at or now - look)
+        return out
 
     def analyse(self, breaker: CircuitBreaker, now: float | None = None) -> Analysis:
         """Analyse ``breaker``'s history as the store holds it (no rows written)."""
