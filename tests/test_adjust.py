@@ -167,6 +167,20 @@ def test_a_rolled_back_change_is_not_retried_soon() -> None:
     assert decide(CURRENT, r, now=3000.0 + 6001.0, history=[change, rollback], recent=[r], policy=p).action == "adjust"
 
 
+def test_part_of_a_rolled_back_change_is_not_retried_soon_either() -> None:
+    """A rollback undid 5/30 s -> 4/15 s; thirty minutes later the open period alone went 30 -> 15 s again
+    (the check compared both settings' directions at once, so a partial repeat passed)."""
+    change = Adjustment(1000.0, "adjust", Settings(5, 30.0), Settings(4, 15.0))
+    rollback = Adjustment(3000.0, "rollback", Settings(4, 15.0), Settings(5, 30.0))
+    r = rec(threshold=5, timeout=15.0)
+    p = AdjustPolicy(cooldown=600.0)
+    d = decide(Settings(5, 30.0), r, now=3000.0 + 1800.0, history=[change, rollback], recent=[r], policy=p)
+    assert d.action == "hold" and "rolled back recently" in d.reason
+    other = rec(threshold=5, timeout=60.0)  # the other way: not what was undone
+    assert decide(Settings(5, 30.0), other, now=3000.0 + 1800.0, history=[change, rollback], recent=[other],
+                  policy=p).action == "adjust"
+
+
 def test_probes_locked_in_phase_get_jitter_first_and_alone() -> None:
     locked = replace(rec(threshold=3, timeout=30.0), locked_probes=4)
     d = decide(CURRENT, locked, now=10_000.0, recent=[locked])
@@ -247,7 +261,10 @@ def test_censored_advice_rests_on_the_probes_not_on_a_label() -> None:
     "kwargs",
     [{"min_failures": -1}, {"confirmations": 0}, {"min_confidence": 2.0}, {"cooldown": -1.0}, {"max_step": 1.0},
      {"bounds": (5, 3, 10.0, 60.0)}, {"rollback_margin": 1.5}, {"min_probes": -1}, {"jitter": 1.5},
-     {"rollback_floor": -0.1}],
+     {"rollback_floor": -0.1},
+     # a review gave these and they were taken: an infinite open period, a step of a billion, True for 1
+     {"bounds": (1, 20, 5.0, float("inf"))}, {"max_step": 1e9}, {"bounds": (True, 20, 5.0, 600.0)},
+     {"bounds": (1.5, 20, 5.0, 600.0)}, {"bounds": (1, 20)}],
 )
 def test_policy_validates(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):

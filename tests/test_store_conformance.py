@@ -578,6 +578,22 @@ def test_analysis_is_claimed_once_per_period(target: Target) -> None:
             r.close()
 
 
+def test_a_claim_from_the_future_is_taken_over_after_a_clock_step(target: Target) -> None:
+    """The clock stepped back an hour: the last claim's period lay in the future, and no process could
+    claim one for an hour (no labels, alerts or adjustments: 0 analyses in 60 periods in a review's run)."""
+    a, b = _records(target, 2)
+    try:
+        now = time.time()
+        assert a.claim("svc", "periodic", int(now // 60), now, 60.0)
+        back = now - 3600
+        assert b.claim("svc", "periodic", int(back // 60), back, 60.0)  # the step back: taken over
+        assert not a.claim("svc", "periodic", int(back // 60), back + 1, 60.0)  # once per period again
+        assert not b.claim("svc", "periodic", int(back // 60) - 1, back, 60.0)  # an older period: no
+    finally:
+        a.close()
+        b.close()
+
+
 def test_alerts_are_deduplicated_across_processes(target: Target) -> None:
     """Eight processes raise the same alert at the same moment: one row, eight occurrences."""
     records = _records(target, 8)

@@ -276,3 +276,16 @@ def test_the_fake_clock_moves_by_finite_amounts_only(seconds: object) -> None:
     with pytest.raises(ValueError, match="seconds must be a finite number"):
         clock.advance(seconds)  # type: ignore[arg-type]
     assert clock.monotonic() == FakeClock().monotonic()
+
+
+def test_auto_apply_takes_a_bool_or_an_adjust_policy(tmp_path: Path) -> None:
+    from circuitry.analysis.adjust import AdjustPolicy
+    from circuitry.runners.analyst import Analyst
+    from circuitry.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "a.db", auto_apply=AdjustPolicy(cooldown=3600.0))
+    analyst = Analyst.attach(store)
+    assert analyst.auto_apply and analyst.adjust_policy.cooldown == 3600.0
+    assert not Analyst.attach(SQLiteStore(tmp_path / "b.db")).auto_apply
+    with pytest.raises(ConfigurationError, match="auto_apply must be a bool or an AdjustPolicy"):
+        SQLiteStore(tmp_path / "c.db", auto_apply="yes")  # type: ignore[arg-type]

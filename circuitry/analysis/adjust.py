@@ -113,11 +113,20 @@ class AdjustPolicy:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
                 raise ConfigurationError(f"{name} must be a non-negative number of seconds, got {v!r}")
-        if isinstance(self.max_step, bool) or not isinstance(self.max_step, int | float) or not self.max_step > 1.0:
-            raise ConfigurationError(f"max_step must be > 1, got {self.max_step!r}")
-        k_lo, k_hi, t_lo, t_hi = self.bounds
-        if not (1 <= k_lo <= k_hi and 0 < t_lo <= t_hi):
-            raise ConfigurationError(f"bounds must be (min threshold, max threshold, min timeout, max timeout), got "
+        step = self.max_step
+        if isinstance(step, bool) or not isinstance(step, int | float) or not 1.0 < step <= 10:
+            raise ConfigurationError(f"max_step must be > 1 and at most 10 (a bounded step), got {self.max_step!r}")
+        try:
+            k_lo, k_hi, t_lo, t_hi = self.bounds
+            ok = (all(isinstance(k, int) and not isinstance(k, bool) for k in (k_lo, k_hi))
+                  and all(isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t)
+                          for t in (t_lo, t_hi))
+                  and 1 <= k_lo <= k_hi and 0 < t_lo <= t_hi)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigurationError(f"bounds must be (min threshold, max threshold, min timeout, max timeout): "
+                                     f"whole thresholds >= 1, timeouts in seconds, finite, min <= max; got "
                                      f"{self.bounds!r}")
 
 
@@ -407,9 +416,10 @@ def decide(
     waiting = too_soon(2.0 * p.cooldown if reverses else p.cooldown)
     if waiting is not None:
         return waiting
-    for h in history:
-        if h.kind == "rollback" and now - h.at < 10.0 * p.cooldown and _direction(current, target) == _direction(
-                h.after, h.before):
+    for h in history:  # (a rollback goes from ``before`` to ``after``: the change it undid went the other way)
+        undone = _direction(h.after, h.before)
+        if h.kind == "rollback" and now - h.at < 10.0 * p.cooldown and any(
+                u != 0 and u == w for u, w in zip(undone, way, strict=True)):
             return holding("the same change was rolled back recently", rolled_back_at=h.at)
     # 4. One bounded step towards the target brought within the bounds, outside the dead band. The step
     #    limit comes last: settings outside the bounds move towards them by at most max_step a change.

@@ -177,7 +177,7 @@ class Analyst:
         self.runs = 0
         self.latest: dict[str, Analysis] = {}
         self._counted: dict[str, int] = {}  # per circuit: the seconds before this one are in the rate rule
-        self.adjust_policy = AdjustPolicy()
+        self.adjust_policy: AdjustPolicy = store.adjust_policy
         self._followed: dict[str, float] = {}
 
     @classmethod
@@ -275,7 +275,7 @@ class Analyst:
         # A circuit that just opened is analysed at once (one process, at most every ON_OPEN_SPACING
         # seconds): the pattern behind an outage is most useful while it is happening.
         if opened:
-            self._run_once(now, only=opened, kind="opened", period=int(now // ON_OPEN_SPACING))
+            self._run_once(now, only=opened, kind="opened", period=int(now // ON_OPEN_SPACING), span=ON_OPEN_SPACING)
 
     def _observe_transitions(self) -> tuple[list[Alert], set[str]]:
         """The alerts on the transitions told so far (taken from the queue), and the circuits that opened."""
@@ -293,9 +293,10 @@ class Analyst:
     def run_once(self, now: float | None = None) -> dict[str, Analysis]:
         """Analyse every circuit of this process that no other process has analysed this period."""
         now = self.store._time() if now is None else now
-        return self._run_once(now, only=None, kind="periodic", period=int(now // self.interval))
+        return self._run_once(now, only=None, kind="periodic", period=int(now // self.interval), span=self.interval)
 
-    def _run_once(self, now: float, *, only: set[str] | None, kind: str, period: int) -> dict[str, Analysis]:
+    def _run_once(self, now: float, *, only: set[str] | None, kind: str, period: int,
+                  span: float) -> dict[str, Analysis]:
         results: dict[str, Analysis] = {}
         alerts: list[Alert] = []
         muted = self.store.muted
@@ -305,7 +306,7 @@ class Analyst:
                 continue
             if self.auto_apply:
                 self._follow(link.breaker, now)  # settings adjusted by any process, this one's included
-            if not self.records.claim(name, kind, period, now):
+            if not self.records.claim(name, kind, period, now, span):
                 continue  # another process analyses this circuit this period
             analysis = self.analyse(link.breaker, now)
             results[name] = analysis

@@ -17,6 +17,9 @@ How it works (each part in its module):
   (:mod:`~circuitry.store.faults`).
 * **fork() and exit** never wait on the database beyond the transaction in flight and ``exit_timeout``
   (:mod:`~circuitry.store.process`).
+
+(A little over 500 lines: the store's options, each checked and documented where it is given, are a
+good part of it; the parts that do the work are the modules named above.)
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from circuitry.store.sharing import Sharing
 from circuitry.store.writer import Writer
 
 if TYPE_CHECKING:
+    from circuitry.analysis.adjust import AdjustPolicy
     from circuitry.analysis.alerts import AlertPolicy
     from circuitry.events import Event
     from circuitry.store.readmodel import ReadModel
@@ -106,7 +110,8 @@ class SharedStore:
         auto_apply: Let the analyst adjust circuits' threshold, open period and backoff by itself, one
             bounded, confirmed step at a time towards its recommendations, rolling back a change that
             made the measured cost worse (:mod:`circuitry.analysis.adjust`); every change is an
-            ``adjustment`` row in ``circuit_breaker_events`` that every process follows.
+            ``adjustment`` row in ``circuit_breaker_events`` that every process follows. ``True`` for the
+            default rules, or an :class:`~circuitry.analysis.adjust.AdjustPolicy` for others.
 
     .. versionadded:: 0.1.0
     """
@@ -116,7 +121,7 @@ class SharedStore:
                  busy_timeout: float = 5.0, clock: Clock | None = None, failure_rows_per_second: int = 100,
                  second_retention: float | None = None, exit_timeout: float = 0.5,
                  analysis_interval: float = 60.0, analysis_window: float = 900.0,
-                 alert_policy: AlertPolicy | None = None, auto_apply: bool = False,
+                 alert_policy: AlertPolicy | None = None, auto_apply: bool | AdjustPolicy = False,
                  startup_wait: float = 0.5) -> None:
         self.retention = check_number("retention", retention, lo=1.0, hi=10 * 365 * 86400.0, lo_open=False)
         self.poll_interval = check_number("poll_interval", poll_interval, lo=0.001, hi=60.0, lo_open=False)
@@ -135,11 +140,13 @@ class SharedStore:
         self.max_events = check_int("max_events", max_events, 1000, 10**9)
         self.queue_size = check_int("queue_size", queue_size, 100, 10**9)
         self.failure_rows_per_second = check_int("failure_rows_per_second", failure_rows_per_second, 1, 10**6)
-        if not isinstance(auto_apply, bool):
-            raise ConfigurationError(f"auto_apply must be a bool, got {auto_apply!r}")
-        self.auto_apply = auto_apply
+        from circuitry.analysis.adjust import AdjustPolicy
         from circuitry.analysis.alerts import AlertPolicy
 
+        if not isinstance(auto_apply, bool | AdjustPolicy):
+            raise ConfigurationError(f"auto_apply must be a bool or an AdjustPolicy, got {auto_apply!r}")
+        self.auto_apply, self.adjust_policy = auto_apply is not False, (
+            auto_apply if isinstance(auto_apply, AdjustPolicy) else AdjustPolicy())
         if alert_policy is not None and not isinstance(alert_policy, AlertPolicy):
             raise ConfigurationError(f"alert_policy must be an AlertPolicy or None, got {alert_policy!r} "
                                      "(build one: AlertPolicy(high_failure_rate=0.2, ...))")

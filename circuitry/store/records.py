@@ -31,16 +31,18 @@ def printable(text: str) -> str:
 class Records(OwnedConnection):
     """The analyst's writes, on one connection of its own (opened on first use; one thread at a time)."""
 
-    def claim(self, service: str, kind: str, period: int, now: float) -> bool:
-        """Take period ``period`` of ``service``'s ``kind`` of analysis for this process; False if another
-        process took it first."""
+    def claim(self, service: str, kind: str, period: int, now: float, span: float = 60.0) -> bool:
+        """Take period ``period`` (``span`` seconds long) of ``service``'s ``kind`` of analysis for this
+        process; False if another process took it first. A claim dated more than a period in the future
+        (the clock stepped back) is taken over: it held off every analysis for as long as the step."""
         with self.connection() as conn, conn.transaction():
             got = conn.execute(
                 "INSERT INTO circuitry_analysis_leases (service_name, kind, period, holder, taken_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (service_name, kind) DO UPDATE SET period = excluded.period, "
                 "holder = excluded.holder, taken_at = excluded.taken_at "
-                "WHERE circuitry_analysis_leases.period < excluded.period RETURNING holder",
-                (service, kind, period, self.process, now))
+                "WHERE circuitry_analysis_leases.period < excluded.period OR circuitry_analysis_leases.taken_at > ? "
+                "RETURNING holder",
+                (service, kind, period, self.process, now, now + span))
         return bool(got)
 
     def pattern(self, service: str, *, pattern: str | None, window: float, failures: int, error_rate: float,
