@@ -565,6 +565,24 @@ def test_open_too_long_reads_the_state_every_process_shares(make: Any, clock: Fa
     assert eventually(lambda: len(open_too_long()) == 1)
 
 
+def test_processes_with_different_intervals_share_the_analyses(make: Any, clock: FakeClock) -> None:
+    """A worker analysing every 60 s beside one analysing every 30 s (a rolling change of settings): the
+    periods were numbered per interval, so the 60 s worker's numbers were always the smaller and it
+    analysed once in an hour. Periods are named by the second they start at now."""
+    (reg_a, store_a), (reg_b, store_b) = make(analysis_interval=60), make(analysis_interval=30)
+    reg_a.get("svc")
+    reg_b.get("svc")
+    assert store_a.flush() and store_b.flush()
+    a, b = Analyst.attach(store_a), Analyst.attach(store_b)
+    start = (clock.time() // 60 + 1) * 60
+    runs_a = runs_b = 0
+    for t in range(0, 3600, 30):
+        if t % 60 == 0:
+            runs_a += len(a.run_once(start + t))
+        runs_b += len(b.run_once(start + t))
+    assert runs_a == 60 and runs_b == 60  # one analysis per 30 s period between them
+
+
 def test_flapping_counts_the_trips_of_every_process(make: Any, clock: FakeClock) -> None:
     """Two processes trip one circuit in turn, four times in four seconds: each process's alert engine
     heard of the two trips it wrote, so neither raised ``flapping`` (three trips in ten minutes). The

@@ -32,9 +32,10 @@ class Records(OwnedConnection):
     """The analyst's writes, on one connection of its own (opened on first use; one thread at a time)."""
 
     def claim(self, service: str, kind: str, period: int, now: float, span: float = 60.0) -> bool:
-        """Take period ``period`` (``span`` seconds long) of ``service``'s ``kind`` of analysis for this
-        process; False if another process took it first. A claim dated more than a period in the future
-        (the clock stepped back) is taken over: it held off every analysis for as long as the step."""
+        """Take the period starting at second ``period`` (``span`` seconds long) of ``service``'s ``kind``
+        of analysis for this process; False if another process took it (or a later one) first. A claim
+        dated more than a period in the future (the clock stepped back) is taken over: it held off every
+        analysis for as long as the step."""
         with self.connection() as conn, conn.transaction():
             got = conn.execute(
                 "INSERT INTO circuitry_analysis_leases (service_name, kind, period, holder, taken_at) "
