@@ -712,6 +712,27 @@ def test_the_event_cap_drops_failures_before_transitions(target: Target, clock: 
     assert target.rows(count_transitions)[0][0] == transitions
 
 
+def test_pruning_keeps_each_circuits_latest_adjustment(target: Target, clock: FakeClock) -> None:
+    """The adjustment rows every process follows went with the retention (7 days): a worker started after
+    that ran the code's settings beside workers that ran the adjusted ones. Each circuit's latest stays."""
+    reg, store = target.make(retention=3600)
+    reg.get("svc")
+    reg.get("other")
+    assert store.flush()
+    records = Records(store.backend, "host-a:1", timeout=5.0)
+    t0 = clock.time()
+    for k, name in enumerate(["svc", "svc", "other"]):
+        records.event(name, "adjustment", {"action": "adjust", "after": {"threshold": 6 + k, "timeout": 30.0}},
+                      t0 + k, message=f"change {k}")
+    records.close()
+    clock.advance(7200)
+    store.writer._last_prune = 0.0
+    assert store.flush()
+    left = target.rows("SELECT service_name, error_message FROM circuit_breaker_events WHERE event_type = "
+                       "'adjustment' ORDER BY id")
+    assert left == [("svc", "change 1"), ("other", "change 2")]
+
+
 def test_the_outbox_sends_one_circuits_deliveries_in_order(target: Target) -> None:
     """The ordering rule of the webhook outbox (a correlated subquery in the claim) on every backend."""
     from circuitry.store.outbox import Outbox

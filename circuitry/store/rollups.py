@@ -195,6 +195,10 @@ def merge(bucket: list[float], delta: Sequence[float]) -> None:
 _OTHER_EVENTS: Final = 10
 
 
+_NOT_LATEST: Final = ("NOT (event_type = 'adjustment' AND id IN (SELECT max(id) FROM circuit_breaker_events "
+                      "WHERE event_type = 'adjustment' GROUP BY service_name))")
+
+
 def prune(conn: Connection, now: float, *, retention: float, second_retention: float, max_events: int) -> None:
     """Drop history older than its retention: events, patterns and alerts after ``retention``;
     per-minute rows after ``max(retention, 90 days)``; per-second rows after ``second_retention``;
@@ -204,7 +208,9 @@ def prune(conn: Connection, now: float, *, retention: float, second_retention: f
     services = [r[0] for r in conn.execute("SELECT service_name FROM circuit_breaker_states")] + ["circuitry"]
     cutoff = now - retention
     with conn.transaction():
-        conn.executemany("DELETE FROM circuit_breaker_events WHERE service_name = ? AND ts < ?",
+        # A circuit's latest adjustment stays, however old: it is the settings every process follows (a
+        # worker started after it was pruned ran the code's settings beside workers running the adjusted ones).
+        conn.executemany(f"DELETE FROM circuit_breaker_events WHERE service_name = ? AND ts < ? AND {_NOT_LATEST}",
                          [(name, cutoff) for name in services])
         conn.execute("DELETE FROM circuit_breaker_failure_patterns WHERE ts < ?", (cutoff,))
         conn.execute("DELETE FROM circuit_breaker_alerts WHERE ts < ?", (cutoff,))
@@ -227,7 +233,8 @@ def prune(conn: Connection, now: float, *, retention: float, second_retention: f
             conn.execute("DELETE FROM circuit_breaker_events WHERE id <= ? AND event_type = 'failure'",
                          (top - max_events,))
             if count > _OTHER_EVENTS * max_events:
-                conn.execute("DELETE FROM circuit_breaker_events WHERE id <= ?", (top - _OTHER_EVENTS * max_events,))
+                conn.execute(f"DELETE FROM circuit_breaker_events WHERE id <= ? AND {_NOT_LATEST}",
+                             (top - _OTHER_EVENTS * max_events,))
 
 
 #: Samples without a call before a circuit counts as quiet (sampled every few seconds, not every cycle).
