@@ -63,7 +63,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_every_command_speaks_json(db: Path, tmp_path: Path) -> None:
     d = str(db)
-    commands = [["status"], ["alerts"], ["alerts", "--all"], ["patterns"], ["webhooks"],
+    commands = [["status"], ["alerts"], ["alerts", "--all"], ["patterns"], ["adjustments"], ["webhooks"],
                 ["recommend", "--service", "payments"], ["watch", "--count", "1"], ["export", "events"],
                 ["migrate"], ["reset", "search"], ["open", "search"], ["close", "search"],
                 ["ack", "--service", "search"]]
@@ -76,6 +76,30 @@ def test_every_command_speaks_json(db: Path, tmp_path: Path) -> None:
     code, out = run("status", "--db", d, "--json")
     names = [s["service_name"] for s in json.loads(out)]
     assert names == ["payments", "search"]
+
+
+def test_adjustments_lists_the_changes_newest_first(db: Path) -> None:
+    """Operators could not see what automatic adjustment had changed without SQL."""
+    from circuitry.store.records import Records
+
+    store = SQLiteStore(db, analysis_interval=3600)
+    records = Records(store.backend, "host-a:1")
+    now = time.time()
+    for k, (action, before, after) in enumerate([("adjust", (5, 60.0), (6, 30.0)), ("rollback", (6, 30.0), (5, 60.0))]):
+        records.event("payments", "adjustment", {
+            "action": action, "before": {"threshold": before[0], "timeout": before[1], "backoff": 1.0, "jitter": 0.0},
+            "after": {"threshold": after[0], "timeout": after[1], "backoff": 1.5, "jitter": 0.2}},
+            now - 100 + k, message=f"{action} because")
+    records.close()
+    store.close()
+    code, out = run("adjustments", "--db", str(db))
+    lines = out.splitlines()
+    assert code == 0 and "rollback" in lines[2] and "6/30s -> 5/60s x1.5 ~0.2" in lines[2], out
+    assert "adjust " in lines[3] and "5/60s -> 6/30s x1.5 ~0.2" in lines[3] and "adjust because" in lines[3]
+    code, out = run("adjustments", "--db", str(db), "--service", "payments", "--json")
+    got = json.loads(out)
+    assert [r["action"] for r in got] == ["rollback", "adjust"] and got[1]["after"]["threshold"] == 6
+    assert run("adjustments", "--db", str(db), "--service", "search")[1].count("\n") <= 2  # none for it
 
 
 def test_demo_speaks_json(tmp_path: Path) -> None:

@@ -254,6 +254,42 @@ def cmd_patterns(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_adjustments(args: argparse.Namespace, out: TextIO) -> int:
+    """The changes of settings automatic adjustment made (``adjustment`` events), newest first."""
+    from circuitry.store.readmodel import json_object
+
+    now = time.time()
+    reader = _reader(args)
+    service = known(reader, args.service) if args.service else None
+    rows = reader.events(service, parse_time(args.since, now), now, event_type="adjustment")[::-1][:args.limit]
+    out_rows = []
+    for r in rows:
+        d = json_object(r["additional_data"])
+        before, after = d.get("before") or {}, d.get("after") or {}
+        out_rows.append({"created_at": r["created_at"], "service_name": r["service_name"],
+                         "action": d.get("action"), "before": before, "after": after,
+                         "settings": f"{_settings_text(before)} -> {_settings_text(after)}",
+                         "reason": r["error_message"], "process": r["process"]})
+    if args.json:
+        _emit_json([{k: v for k, v in r.items() if k != "settings"} for r in out_rows], out)
+        return 0
+    table(out_rows, [("created_at", "CREATED (UTC)"), ("service_name", "SERVICE"), ("action", "ACTION"),
+                     ("settings", "SETTINGS"), ("reason", "REASON")], out)
+    return 0
+
+
+def _settings_text(d: Any) -> str:
+    """``5/60s`` (failure threshold / open period), with ``x2`` backoff and ``~0.2`` jitter when set."""
+    if not isinstance(d, dict) or "threshold" not in d:
+        return "?"
+    text = f"{d.get('threshold')}/{d.get('timeout'):g}s" if isinstance(d.get("timeout"), int | float) else "?"
+    if isinstance(d.get("backoff"), int | float) and d["backoff"] != 1:
+        text += f" x{d['backoff']:g}"
+    if isinstance(d.get("jitter"), int | float) and d["jitter"]:
+        text += f" ~{d['jitter']:g}"
+    return text
+
+
 def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
     from circuitry.analysis.replay import Settings
     from circuitry.runners.analyst import analyse_stored
@@ -709,6 +745,11 @@ def _parser() -> argparse.ArgumentParser:
     patterns = add("patterns", "detected failure patterns, newest first")
     patterns.add_argument("--service", metavar="NAME")
     patterns.add_argument("--limit", type=_whole(1, _MAX_COUNT), default=20)
+    adjustments = add("adjustments", "changes of settings made by automatic adjustment, newest first")
+    adjustments.add_argument("--service", metavar="NAME")
+    adjustments.add_argument("--since", type=_time_text, default="30d",
+                             help="1h, 30m, 2d, epoch seconds or ISO 8601 (default: 30d)")
+    adjustments.add_argument("--limit", type=_whole(1, _MAX_COUNT), default=50)
     rec = add("recommend", "classify a circuit's recent history and recommend settings")
     rec.add_argument("--service", required=True, metavar="NAME")
     rec.add_argument("--window", type=_seconds(_MAX_WINDOW, why=" (per-second counts are kept for an hour)"),
@@ -770,6 +811,7 @@ def _parser() -> argparse.ArgumentParser:
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "status": cmd_status, "watch": cmd_watch, "alerts": cmd_alerts, "ack": cmd_ack, "patterns": cmd_patterns,
+    "adjustments": cmd_adjustments,
     "recommend": cmd_recommend, "reset": cmd_control, "open": cmd_control, "close": cmd_control,
     "export": cmd_export, "webhooks": cmd_webhooks, "migrate": cmd_migrate, "demo": cmd_demo,
     "dashboard": cmd_dashboard,
