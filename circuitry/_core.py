@@ -510,18 +510,16 @@ class CircuitBreaker(Gate):
         """The outcome rule, for every case the gate does not settle itself (see :meth:`exit`)."""
         started = None if type(token) is int else token.started  # type: ignore[union-attr]
         duration = None if started is None else self._now() - started
-        try:
+        try:  # the verdict first: only the predicates run here (the recording, and the hooks it runs, after)
             if exc is None:
+                verdict = "success"
                 if result is not NO_RESULT:
                     if inspect.iscoroutine(result):
-                        self._unawaited(token)
-                        return
-                    predicate = self._policy.result_is_failure
-                    failed = predicate is not None and self._judge(predicate, result)
-                    if failed:
-                        self.record_failure(token, _BadResultError(result), duration)
-                        return
-                verdict = "success"
+                        verdict = "unawaited"
+                    else:
+                        predicate = self._policy.result_is_failure
+                        if predicate is not None and self._judge(predicate, result):
+                            verdict, exc = "failure", _BadResultError(result)
             elif isinstance(exc, Exception):
                 # this circuit refused a call made inside its own (a protected function calling itself while
                 # it held the probe; or its tasks, in a TaskGroup): no word from the service, no failure of it
@@ -538,6 +536,8 @@ class CircuitBreaker(Gate):
             self.record_failure(token, exc, duration)
         elif verdict == "ignored":
             self.record_ignored(token)
+        elif verdict == "unawaited":
+            self._unawaited(token)
         else:
             self.release(token)
 
