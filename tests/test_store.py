@@ -714,6 +714,29 @@ def test_after_a_deletion_the_read_model_and_the_analyst_use_the_new_file(make: 
     store.close()
 
 
+def test_a_quiet_circuits_first_failure_is_shared_within_a_cycle(make: Any, clock: FakeClock) -> None:
+    """A circuit quiet for a while is sampled every few seconds, and its failure log looked at every second:
+    its first failures reached the other processes up to a second late (across processes a threshold of 5
+    let about 8 failures through). With few circuits the log is looked at every cycle."""
+    from circuitry.store.rollups import QUIET_AFTER
+
+    reg, store = make()
+    b = reg.get("svc", failure_threshold=10**6, on=Boom)
+    assert store.flush()
+    link = b.linked
+    writer = store.writer
+    with store.mem:  # (the writer's own cycle waits meanwhile: only the cycle below samples)
+        link.hot, link.quiet = False, QUIET_AFTER + 1
+        writer.forget(link)
+        b.record_failure(b.admit(), Boom())
+        tick = time.monotonic()
+        writer._last_cold = tick  # sampled every circuit just now ...
+        writer._last_scan = tick - 0.03  # ... and looked at the failure logs a cycle ago
+        writer._sample_all(clock.time(), full=False)
+        assert not link.failure_log and link.hot  # its failure is on its way to the database
+    assert store.flush()
+
+
 def test_a_full_queue_drops_rows_counts_them_and_records_it(make: Any, db: Path) -> None:
     reg, store = make(queue_size=100, busy_timeout=0.05, failure_rows_per_second=10_000)
     reg.get("faulty", failure_threshold=10**6, on=Boom)

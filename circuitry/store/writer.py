@@ -32,7 +32,12 @@ if TYPE_CHECKING:
 __all__ = ["Writer"]
 
 _COLD_SAMPLE: Final = 5.0  # seconds between samples of a circuit without calls lately
-_FAILURE_SCAN: Final = 1.0  # seconds between looks at every quiet circuit's failure log
+# Seconds between looks at every quiet circuit's failure log: a look costs about the same whatever the
+# number of circuits -- every cycle for a hundred of them, every second for ten thousand. (Every second
+# for any number, a quiet circuit's first failures reached the other processes up to a second late, and
+# across processes a threshold of 5 let about 8 failures through after a quiet spell.)
+_FAILURE_SCAN: Final = 1.0
+_SCAN_PER_CIRCUIT: Final = 1e-4
 
 
 class Writer:
@@ -211,13 +216,14 @@ class Writer:
 
     def _sample_all(self, now: float, full: bool) -> None:
         """Sample the circuits with calls lately every cycle; look at every circuit's failure log every
-        second and sample every circuit every few seconds (so ten thousand quiet circuits cost little)."""
+        cycle to every second (see ``_FAILURE_SCAN``) and sample every circuit every few seconds (so ten
+        thousand quiet circuits cost little)."""
         tick = time.monotonic()
         links: Sequence[Link]
         if full or tick - self._last_cold >= _COLD_SAMPLE:
             self._last_cold = self._last_scan = tick
             links = self.store.links()
-        elif tick - self._last_scan >= _FAILURE_SCAN:
+        elif tick - self._last_scan >= min(_FAILURE_SCAN, len(self.store._links) * _SCAN_PER_CIRCUIT):
             self._last_scan = tick
             links = [*self._hot, *(link for link in self.store.links() if link.failure_log and not link.hot)]
         else:
