@@ -274,6 +274,7 @@ class CircuitBreaker(Gate):
         "_wall",
         "_window",
         "clock",
+        "given_policy",
     )
 
     def __init__(self, name: str, policy: Policy | None = None, *, clock: Clock | None = None,
@@ -310,6 +311,9 @@ class CircuitBreaker(Gate):
         self._probe_seq = 0
         self._probe_ok = 0
         self._link: StoreLink | None = None  # the store's link, when persistence is attached
+        #: The policy the application gave (a registry keeps it up to date): ``policy`` differs from it
+        #: after an automatic adjustment. ``None``: a registry made the breaker for a lookup without one.
+        self.given_policy: Policy | None = policy
         self._apply_policy(policy)
 
     # -- configuration ------------------------------------------------------------------------------

@@ -76,11 +76,6 @@ class Registry:
         self.breakers: dict[str, CircuitBreaker] = {}
         self._declared: dict[str, Policy] = {}  # policies of decorated names not called yet
         self._inherited: set[str] = set()  # declared by the registry this one replaced as the default
-        # The policy the application gave for each breaker (by a call, a decorator or reconfigure()): what a
-        # policy given again is held against. The breaker's own may differ: automatic adjustment and
-        # apply_recommendation() change it, and a lookup giving the policy it was declared with is no
-        # conflict then. A breaker made by a lookup without a policy has none here: the first one given sets it.
-        self._given: dict[str, Policy] = {}
         self._store: Store | None = None
         # A store to open when the first breaker is made (the default registry's): importing
         # circuitry, or decorating a function, opens nothing.
@@ -120,17 +115,20 @@ class Registry:
                             raise RegistryConflictError(_conflict_message(name, declared, policy))
                         declared = None  # a declaration of the registry replaced: this one's own wins
                     self._inherited.discard(name)
+                    # What a policy given again is held against is the policy the application gave (by a call,
+                    # a decorator or reconfigure()), kept on the breaker: its own may differ (an adjustment,
+                    # apply_recommendation()). A breaker made by a lookup without one has none: the first
+                    # policy given sets it.
                     given = policy or declared
-                    if given is not None:
-                        self._given[name] = given
                     breaker = CircuitBreaker(name, given or Policy(), clock=self.clock,
                                              dispatcher=self.dispatcher, rng=self._rng)
+                    breaker.given_policy = given
                     store = self._store if self._store_factory is None else self._open_pending_store()
                     if store is not None:
                         _adopt(store, breaker)
                     self.breakers[name] = breaker
                     return breaker
-        if policy is not None and policy is not self._given.get(name):
+        if policy is not None and policy is not breaker.given_policy:
             with self._lock:
                 self._settle(name, breaker, policy)
         return breaker
@@ -138,7 +136,8 @@ class Registry:
     def given_policy(self, name: str) -> Policy | None:
         """The policy the application gave for ``name`` (``None``: none yet). The breaker's own
         (``registry[name].policy``) differs from it after an adjustment."""
-        return self._given.get(name)
+        breaker = self.breakers.get(name)
+        return None if breaker is None else breaker.given_policy
 
     def declare(self, name: str, policy: Policy) -> None:
         """Record the policy ``name`` will be created with, without creating it (no I/O: decorating a
@@ -164,10 +163,10 @@ class Registry:
         breaker's own, which an adjustment may have changed. The same policy, with a reloaded module's
         classes (``importlib.reload``), becomes the breaker's too, its adjusted settings kept: else the
         breaker would go on testing exceptions against the old classes, and count none of the new ones."""
-        given = self._given.get(name)
+        given = breaker.given_policy
         if given is not None and not policy.same_as(given):
             raise RegistryConflictError(_conflict_message(name, given, policy))
-        self._given[name] = policy
+        breaker.given_policy = policy
         if given is None:
             breaker.reconfigure(policy)
         elif not policy.same_as(given, by_name=False):
@@ -192,7 +191,7 @@ class Registry:
             self._declared.pop(name, None)
         breaker = self.get(name)
         with self._lock:
-            self._given[name] = policy
+            breaker.given_policy = policy
         breaker.reconfigure(policy)
         return breaker
 
@@ -226,7 +225,6 @@ class Registry:
         with self._lock:
             breaker = self.breakers.pop(name, None)
             self._declared.pop(name, None)
-            self._given.pop(name, None)
             store = self._store
         if breaker is not None and store is not None:
             store.forget(breaker)
@@ -237,7 +235,6 @@ class Registry:
             dropped = list(self.breakers.values())
             self.breakers.clear()
             self._declared.clear()
-            self._given.clear()
             store = self._store
         if store is not None:
             for breaker in dropped:

@@ -257,6 +257,30 @@ def test_auto_apply_moves_one_confirmed_bounded_step_and_every_process_follows(m
     assert len(store_a.query("SELECT id FROM circuit_breaker_events WHERE event_type = 'adjustment'")) == 1
 
 
+def test_an_adjustment_is_followed_by_every_process_of_the_same_code_only(make: Any, tmp_path: Path) -> None:
+    """A worker with auto_apply off ran its own settings beside the adjusted ones (the change was then
+    judged on that mixed fleet); a worker whose code now gives other settings (changed and deployed) was
+    put back to the old adjusted ones at its first analysis. The first follows now; the second keeps its
+    code's settings."""
+    (reg_a, store_a), (reg_b, store_b), (reg_c, store_c) = (
+        make(auto_apply=True, analysis_interval=60.0), make(analysis_interval=60.0), make(analysis_interval=60.0))
+    a = reg_a.get("outages", failure_threshold=5, recovery_timeout=60)
+    b = reg_b.get("outages", failure_threshold=5, recovery_timeout=60)  # auto_apply off
+    c = reg_c.get("outages", failure_threshold=5, recovery_timeout=90)  # the code was changed here
+    assert store_a.flush() and store_b.flush() and store_c.flush()
+    outages(tmp_path / "a.db", "outages", NOW)
+    Analyst.attach(store_a).run_once(NOW - 60)
+    Analyst.attach(store_a).run_once(NOW)
+    assert a.policy.recovery_timeout == 30
+    (given,) = [json.loads(r["additional_data"])["given"] for r in store_a.query(
+        "SELECT additional_data FROM circuit_breaker_events WHERE event_type = 'adjustment'")]
+    assert (given["threshold"], given["timeout"]) == (5, 60.0)
+    Analyst.attach(store_b).run_once(NOW + 1)
+    assert b.policy.recovery_timeout == 30  # followed without auto_apply
+    Analyst.attach(store_c).run_once(NOW + 2)
+    assert c.policy.recovery_timeout == 90  # its code's settings, not the adjustment of other ones
+
+
 def test_a_change_made_on_censored_advice_is_judged_with_the_healthy_share_it_recorded(
         make: Any, tmp_path: Path) -> None:
     reg, store = make(auto_apply=True, analysis_interval=60.0)

@@ -90,7 +90,15 @@ def analyse_stored(read: ReadModel, name: str, *, now: float, window: float, set
 
 def settings_of(breaker: CircuitBreaker) -> Settings:
     """The replay's view of ``breaker``'s policy (threshold, open period, backoff and its cap, jitter)."""
-    p = breaker.policy
+    return _settings_of(breaker.policy)
+
+
+def _given(breaker: CircuitBreaker) -> dict[str, Any]:
+    """The settings of the policy the application gave ``breaker`` (see ``CircuitBreaker.given_policy``)."""
+    return _plain_settings(_settings_of(breaker.given_policy or breaker.policy))
+
+
+def _settings_of(p: Any) -> Settings:
     return Settings(p.failure_threshold, float(p.recovery_timeout), float(p.backoff_factor),
                     None if p.max_recovery_timeout is None else float(p.max_recovery_timeout), float(p.jitter))
 
@@ -307,8 +315,10 @@ class Analyst:
             name = link.name
             if only is not None and name not in only:
                 continue
-            if self.auto_apply:
-                self._follow(link.breaker, now)  # settings adjusted by any process, this one's included
+            # Settings adjusted by any process, this one's included -- followed with auto_apply off too:
+            # a worker without it (a rolling change of settings) ran its own beside the adjusted ones, and
+            # the change was judged on that mixed fleet.
+            self._follow(link.breaker, now)
             if not self.records.claim(name, kind, period, now, span):
                 continue  # another process analyses this circuit this period
             analysis = self.analyse(link.breaker, now)
@@ -390,7 +400,7 @@ class Analyst:
         name = breaker.name
         current = settings_of(breaker)
         p = self.adjust_policy
-        history = self._adjustments(name, now)
+        history = self._adjustments(name, now, _given(breaker))
         recent = self._recent(name, now, current, analysis.window_end)
         d = decide(current, analysis.recommendation, now=now, history=history, recent=recent, policy=p)
         if d.action == "hold":
@@ -399,7 +409,7 @@ class Analyst:
         # probes saw, before and after alike (see measure_cost).
         healthy = d.refused_healthy
         before = self._measure(name, now - p.evaluation, now, healthy)
-        data = {"action": d.action, "reason": d.reason, "before": _plain_settings(current),
+        data = {"action": d.action, "reason": d.reason, "given": _given(breaker), "before": _plain_settings(current),
                 "after": _plain_settings(d.settings), "evidence": d.evidence, "refused_healthy": healthy,
                 "cost_before": {"seconds": before.seconds, "calls": before.calls, "cost": before.cost}}
         self.records.event(name, ADJUSTMENT_EVENT, data, now, message=d.reason[:500])
@@ -422,12 +432,15 @@ class Analyst:
             r["data"] = json_object(r["additional_data"])
         return rows
 
-    def _adjustments(self, name: str, now: float) -> list[Adjustment]:
-        """The circuit's earlier changes (any process's), with their measured costs."""
+    def _adjustments(self, name: str, now: float, given: dict[str, Any] | None = None) -> list[Adjustment]:
+        """The circuit's earlier changes (any process's; with ``given``, those made from the settings the
+        code gives now), with their measured costs."""
         p = self.adjust_policy
         out: list[Adjustment] = []
         for r in self._rows_of(name, now - 10.0 * max(p.cooldown, p.evaluation), now):
             d = r["data"]
+            if given is not None and d.get("given", given) != given:
+                continue
             before, after = _settings(d.get("before")), _settings(d.get("after"))
             if before is None or after is None or d.get("action") not in ("adjust", "rollback"):
                 continue
@@ -470,6 +483,14 @@ class Analyst:
         if not rows:
             return
         last = rows[-1]
+        if last["data"].get("given", _given(breaker)) != _given(breaker):
+            # Made from other settings than the code of this process gives (settings changed in the code
+            # and deployed): not followed -- a redeploy's new settings were put back to the old adjusted
+            # ones at the first analysis. The adjuster starts afresh from the code's.
+            self._followed[name] = float(last["ts"])
+            _log("info", "circuitry.adjustment_not_followed", circuit=name,
+                 note="the adjustment started from other settings than the ones this process's code gives")
+            return
         current = settings_of(breaker)
         after = _settings(last["data"].get("after"), current.jitter)
         self._followed[name] = float(last["ts"])
