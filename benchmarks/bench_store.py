@@ -9,7 +9,7 @@ Five measurements, each in fresh database files in a temporary folder:
    record failures as fast as the loop can for ``--seconds``; then ``flush()``. Persisted = the failures
    the database's rows account for (``sum(occurrences)`` of ``failure`` rows) divided by the time from
    the first failure to the end of the flush. Run twice: with the default ``failure_rows_per_second``
-   (100 rows a second per circuit, the rest of a second's failures in one row carrying their number)
+   (100 rows a second per circuit, then one row per writer cycle carrying the number of its failures)
    and with every failure its own row (``failure_rows_per_second=10**6``). A sampler thread records the
    backlog (``len(store.rows)``) every 5 ms.
 2. **Cross-process visibility**: this process makes ``--transitions`` transitions (alternating

@@ -98,8 +98,8 @@ class SharedStore:
             file is locked), so that a process starting during an outage keeps the circuit open; 0 never
             waits (the breakers then take the stored states a writer cycle later, running closed meanwhile).
         clock: The wall clock of timestamps (inject the registry's fake clock in tests).
-        failure_rows_per_second: Failure rows written one by one per circuit and second; the rest of
-            a second's failures go into one row carrying their number (``occurrences``).
+        failure_rows_per_second: Failure rows written one by one per circuit and second; past it, a
+            writer cycle's failures go into one row carrying their number (``occurrences``).
         second_retention: Seconds of per-second counts to keep (default ``max(2 * analysis_window, 3600)``).
         exit_timeout: The most seconds interpreter exit waits for the last writes.
         analysis_interval: Seconds between two analyses of a circuit's history by the analyst that runs
