@@ -334,7 +334,7 @@ class Registry:
         rec = self.recommendation(name)
         if rec is None:
             return False
-        from circuitry.runners.analyst import apply
+        from circuitry.runners.adjuster import apply
 
         return apply(self.get(name), rec)
 
@@ -379,7 +379,7 @@ def _start_runners(store: Store) -> None:
     attach(store)
 
 
-#: The settings an adjustment changes (circuitry.runners.analyst): kept when a reload swaps the policy's classes.
+#: The settings an adjustment changes (circuitry.runners.adjuster): kept when a reload swaps the policy's classes.
 _ADJUSTABLE = ("failure_threshold", "recovery_timeout", "backoff_factor", "max_recovery_timeout", "jitter")
 
 

@@ -121,6 +121,22 @@ def test_a_change_that_made_things_worse_is_rolled_back() -> None:
     assert decide(current, rec(has=False), now=3000.0, history=[close]).action == "hold"
 
 
+def test_a_change_is_not_rolled_back_for_what_the_service_did_after_it() -> None:
+    """The service got worse after a change (an escalation began): the measured cost per call rose whatever
+    the settings, and the change was rolled back (and blocked for five hours) -- in a review's run the
+    same stretches cost x2.1 more with no change at all. Replayed over the stretch after it, the settings
+    before it would have cost more: the change stays. Where the replay agrees it was worse, it goes."""
+    before = MeasuredCost(1800.0, 10_000, 100.0)
+    worse = MeasuredCost(1800.0, 10_000, 150.0)
+    current = Settings(3, 30.0)
+    escalation = Adjustment(1000.0, "adjust", Settings(5, 60.0), current, before, worse, replayed=(0.020, 0.015))
+    assert decide(current, rec(has=False), now=2800.0, history=[escalation]).action == "hold"
+    bad = replace(escalation, replayed=(0.010, 0.015))
+    d = decide(current, rec(has=False), now=2800.0, history=[bad])
+    assert d.action == "rollback" and "the settings before it cost 0.0100 per call" in d.reason
+    assert d.evidence["replayed"] == [0.010, 0.015]
+
+
 def test_a_change_after_a_stretch_that_cost_nothing_is_judged_against_a_floor() -> None:
     # Nothing went wrong in the 30 minutes before the change: any cost at all after it was "more than 10 %
     # worse" than zero, so one minute of an outage the breaker opened on (20 calls let through of 9000)

@@ -21,7 +21,9 @@ from circuitry.analysis.adjust import AdjustPolicy, decide, measure_cost
 from circuitry.analysis.history import MinuteRollup
 from circuitry.analysis.recommend import Recommendation
 from circuitry.analysis.replay import Settings
-from circuitry.runners.analyst import Analyst, _plain_settings, _reconfigure, _rollups, _settings, apply, settings_of
+from circuitry.runners.adjuster import _plain_settings, _reconfigure, _settings, apply, settings_of
+from circuitry.runners.analyst import Analyst
+from circuitry.runners.stored import rollups_of
 from circuitry.store import SQLiteStore
 from circuitry.testing import FakeClock
 
@@ -302,7 +304,7 @@ def test_a_change_made_on_censored_advice_is_judged_with_the_healthy_share_it_re
             [(at, json.dumps({**change, "refused_healthy": 0.4})),
              (at + 1.0, json.dumps({**change, "refused_healthy": None})),
              (at + 2.0, json.dumps({**change, "refused_healthy": "0.4"}))])  # not ours: the coarse measure
-    got = Analyst.attach(store)._adjustments("blips", NOW)
+    got = Analyst.attach(store).adjuster.adjustments("blips", NOW)
     assert [a.refused_healthy for a in got] == [0.4, None, None]
     censored, coarse, odd = (a.cost_after for a in got)
     assert censored is not None and coarse is not None and odd is not None
@@ -336,12 +338,37 @@ def test_a_change_is_judged_on_the_evaluation_stretch_after_it_not_on_an_outage_
     analyst = Analyst.attach(store)
     nothing = Recommendation(8, 30.0, None, 0.9, "steady", "n/a", False, 8, 30.0, 50)
     nows = (at + evaluation, at + evaluation + 600.0, NOW)  # analyses after it, the last in the outage
-    judged = [analyst._adjustments("svc", now) for now in nows]
+    judged = [analyst.adjuster.adjustments("svc", now) for now in nows]
     verdicts = [decide(Settings(8, 30.0), nothing, now=now, history=got).action
                 for now, got in zip(nows, judged, strict=True)]
     assert verdicts == ["hold"] * 3  # kept at its evaluation, and never re-judged after
     # Every analysis after it measures the same stretch: its 30 minutes, no more.
     assert [got.cost_after for (got,) in judged] == [measure_cost(healthy[:30])] * 3
+    assert [got.replayed for (got,) in judged] == [None] * 3  # no per-second rows left to replay: measured only
+
+
+def test_a_change_about_to_be_judged_is_replayed_over_the_stretch_after_it(make: Any, tmp_path: Path) -> None:
+    """Both settings are priced on the same stretch after the change (the per-second rows of its 30 minutes),
+    so the verdict does not blame the change for what the service did meanwhile."""
+    reg, store = make(auto_apply=True, analysis_interval=60.0)
+    reg.get("svc", failure_threshold=3, recovery_timeout=30)
+    assert store.flush()
+    at = (int(NOW) // 60 - 40) * 60.0
+    change = {"action": "adjust", "reason": "test", "before": {"threshold": 10, "timeout": 60.0},
+              "after": {"threshold": 3, "timeout": 30.0}, "evidence": {}, "refused_healthy": None,
+              "cost_before": {"seconds": 1800.0, "calls": 9000, "cost": 10.0}}
+    write_history(tmp_path / "a.db", "svc", bursts(at, 6, 12, random.Random(3)), 300, at, at + 1800.0)
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute("INSERT INTO circuit_breaker_events (service_name, event_type, to_state, ts, additional_data) "
+                     "VALUES ('svc', 'adjustment', 'closed', ?, ?)", (at, json.dumps(change)))
+    adjuster = Analyst.attach(store).adjuster
+    assert adjuster.adjustments("svc", at + 600.0)[-1].replayed is None  # not judged yet: not replayed
+    (got,) = adjuster.adjustments("svc", at + 1800.0)
+    assert got.replayed is not None
+    old, new = got.replayed
+    # Bursts of 12 failures among 5 calls a second: a threshold of 3 trips on each and refuses healthy calls
+    # for 30 s; one of 10 rarely sees 10 failures in a row.
+    assert 0.0 <= old < new
 
 
 def test_the_analysis_reads_decided_calls_from_the_rollups(make: Any, clock: FakeClock) -> None:
@@ -360,7 +387,7 @@ def test_the_analysis_reads_decided_calls_from_the_rollups(make: Any, clock: Fak
     rows = store.query("SELECT calls, rejections FROM circuit_breaker_metrics WHERE service_name = 'svc'")
     assert [(r["calls"], r["rejections"]) for r in rows] == [(51, 50)]
     now = clock.time()
-    (m,) = _rollups(store.read, "svc", now - 600, now + 60)
+    (m,) = rollups_of(store.read, "svc", now - 600, now + 60)
     assert (m.calls, m.successes, m.failures, m.rejections) == (1, 0, 1, refused)
 
 

@@ -101,7 +101,7 @@ def test_an_adjusted_circuit_is_still_named_with_the_policy_the_code_gives(regis
     failover loop, which names its circuits per request."""
     from dataclasses import replace
 
-    from circuitry.runners.analyst import _reconfigure, settings_of
+    from circuitry.runners.adjuster import _reconfigure, settings_of
 
     b = registry.get("payments", failure_threshold=5, recovery_timeout=60, on=ConnectionError)
     adjusted = replace(settings_of(b), threshold=6, timeout=15.0)

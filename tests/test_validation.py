@@ -285,7 +285,7 @@ def test_auto_apply_takes_a_bool_or_an_adjust_policy(tmp_path: Path) -> None:
 
     store = SQLiteStore(tmp_path / "a.db", auto_apply=AdjustPolicy(cooldown=3600.0))
     analyst = Analyst.attach(store)
-    assert analyst.auto_apply and analyst.adjust_policy.cooldown == 3600.0
+    assert analyst.auto_apply and analyst.adjuster.policy.cooldown == 3600.0
     assert not Analyst.attach(SQLiteStore(tmp_path / "b.db")).auto_apply
     with pytest.raises(ConfigurationError, match="auto_apply must be a bool or an AdjustPolicy"):
         SQLiteStore(tmp_path / "c.db", auto_apply="yes")  # type: ignore[arg-type]

@@ -32,8 +32,11 @@ The rules, with their :class:`AdjustPolicy` tunables:
 * **Rollback** -- once a change has been in force for ``evaluation`` seconds, its measured cost per call
   over those ``evaluation`` seconds (:attr:`Adjustment.cost_after`; the runner measures that stretch and
   no other) is compared with the cost per call before it: with at least ``min_measured_calls`` calls in
-  each, worse by more than ``rollback_margin`` and above ``rollback_floor`` per call, the previous
-  settings come back (a rolled-back change is not retried for ``10 * cooldown``). The stretch is fixed,
+  each, worse by more than ``rollback_margin`` and above ``rollback_floor`` per call -- and, replayed over
+  those same seconds (:func:`replayed_costs`), worse than the settings before it would have been by more
+  than ``rollback_margin`` -- the previous settings come back (no setting moves again the way it undid
+  for ``10 * cooldown``). The replay tells a bad change from a service that got worse after it: measured
+  alone, every change made before an escalation looked bad. The stretch is fixed,
   so the change is judged once: every later analysis reads the same stretch and comes to the same
   verdict, and an outage hours later, which the change has nothing to do with, cannot undo it. A change
   kept then (or with too few calls to judge) is settled. The floor makes a stretch before that cost
@@ -57,7 +60,8 @@ from typing import Any, Literal
 from circuitry.analysis.censored import LOCKED_PROBES
 from circuitry.analysis.history import MinuteRollup
 from circuitry.analysis.recommend import Recommendation
-from circuitry.analysis.replay import Settings, Transition
+from circuitry.analysis.replay import Settings, Transition, impute, replay
+from circuitry.analysis.series import Series
 from circuitry.exceptions import ConfigurationError
 
 __all__ = ["AdjustPolicy", "Adjustment", "Decision", "MeasuredCost", "decide", "measure_cost", "refused_stretches"]
@@ -165,6 +169,9 @@ class Adjustment:
         refused_healthy: For a change made on censored advice, the healthy share both costs price refused
             calls at (:func:`measure_cost`; the decision's ``evidence["refused_healthy"]``); ``None``: the
             coarse measure.
+        replayed: The cost per call of the settings before it and of the settings it applied, both replayed
+            over the same :attr:`AdjustPolicy.evaluation` seconds after it (:func:`replayed_costs`);
+            ``None``: not replayed.
     """
 
     at: float
@@ -174,6 +181,7 @@ class Adjustment:
     cost_before: MeasuredCost | None = None
     cost_after: MeasuredCost | None = None
     refused_healthy: float | None = None
+    replayed: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +320,17 @@ def measure_cost(minutes: Iterable[MinuteRollup], refused_healthy: float | None 
     return MeasuredCost(seconds, calls, cost)
 
 
+def replayed_costs(series: Series, transitions: Sequence[Transition], rejections: dict[int, int] | None,
+                   before: Settings, after: Settings) -> tuple[float, float] | None:
+    """The cost per call of ``before`` and of ``after``, both replayed (common random numbers) over the
+    stretch ``series`` holds -- what the breaker let through there, the calls it refused filled in
+    (:func:`~circuitry.analysis.replay.impute`). ``None`` for a stretch without calls."""
+    full = impute(series, transitions, rejections or None)
+    if full.total_calls <= 0:
+        return None
+    return tuple(replay(full, s).total() / full.total_calls for s in (before, after))  # type: ignore[return-value]
+
+
 def _sign(a: float, b: float) -> int:
     return (b > a) - (b < a)
 
@@ -355,18 +374,25 @@ def decide(
     jitter_only = last is not None and replace(last.after, jitter=last.before.jitter) == last.before
     if last is not None and last.kind == "adjust" and not jitter_only and now - last.at >= p.evaluation:
         before, after = last.cost_before, last.cost_after
+        # Worse measured, and worse than the old settings would have done on the same stretch: the service
+        # may have got worse meanwhile (an escalation begins), and then every change made before it looked
+        # bad -- the replay of both settings over the stretch after the change tells the two apart.
+        r_old, r_new = last.replayed if last.replayed is not None else (0.0, math.inf)
         if (before is not None and after is not None and before.calls >= p.min_measured_calls
                 and after.calls >= p.min_measured_calls
                 and after.per_call > max(before.per_call * (1.0 + p.rollback_margin), p.rollback_floor)
-                and after.per_call - before.per_call > 1e-9):
+                and after.per_call - before.per_call > 1e-9 and r_new > r_old * (1.0 + p.rollback_margin)):
+            replayed = ("" if last.replayed is None else
+                        f"; replayed over that stretch, the settings before it cost {r_old:.4f} per call and the "
+                        f"change {r_new:.4f}")
             return Decision("rollback", last.before,
                             f"the change at {last.at:.0f} made things worse: {after.per_call:.4f} instead of "
                             f"{before.per_call:.4f} per call over the {p.evaluation:.0f} s after it (limit "
-                            f"+{p.rollback_margin:.0%}, and above {p.rollback_floor:g}); back to the settings "
-                            "before it",
+                            f"+{p.rollback_margin:.0%}, and above {p.rollback_floor:g}){replayed}; back to the "
+                            "settings before it",
                             {"change_at": last.at, "cost_per_call_before": before.per_call,
                              "cost_per_call_after": after.per_call, "calls_before": before.calls,
-                             "calls_after": after.calls})
+                             "calls_after": after.calls, "replayed": list(last.replayed or ()) or None})
     def holding(reason: str, **evidence: Any) -> Decision:
         return Decision("hold", current, reason, evidence)
 

@@ -292,7 +292,7 @@ def _settings_text(d: Any) -> str:
 
 def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
     from circuitry.analysis.replay import Settings
-    from circuitry.runners.analyst import analyse_stored
+    from circuitry.runners.stored import analyse_stored
 
     now = time.time()
     reader = _reader(args)
