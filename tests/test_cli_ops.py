@@ -19,6 +19,7 @@ from circuitry.store.outbox import Outbox
 from circuitry.tools.cli import main, parse_time
 
 from .conftest import eventually
+from .test_adjust import rec
 
 
 def run(*argv: str) -> tuple[int, str]:
@@ -100,6 +101,41 @@ def test_adjustments_lists_the_changes_newest_first(db: Path) -> None:
     got = json.loads(out)
     assert [r["action"] for r in got] == ["rollback", "adjust"] and got[1]["after"]["threshold"] == 6
     assert run("adjustments", "--db", str(db), "--service", "search")[1].count("\n") <= 2  # none for it
+
+
+def test_adjustments_undo_puts_every_process_back_to_its_codes_settings(tmp_path: Path) -> None:
+    """An operator could not undo an adjustment: the circuit goes back to the settings its code gives, in
+    every process, and the adjuster does not make that change again soon."""
+    from circuitry.analysis.adjust import decide
+    from circuitry.runners.adjuster import settings_of
+    from circuitry.runners.analyst import Analyst
+    from circuitry.store.records import Records
+
+    path = tmp_path / "live.db"
+    store = SQLiteStore(path, poll_interval=0.01, analysis_interval=3600)
+    reg = Registry(hooks=[], store=store)
+    b = reg.get("payments", failure_threshold=5, recovery_timeout=60)
+    reg.get("search")
+    assert store.flush()
+    records = Records(store.backend, "host-a:1")
+    given = {"threshold": 5, "timeout": 60.0, "backoff": 1.0, "max_timeout": None, "jitter": 0.0}
+    records.event("payments", "adjustment", {"action": "adjust", "given": given, "before": given,
+                                             "after": {**given, "threshold": 6, "timeout": 30.0}},
+                  time.time() - 5, message="a step")
+    records.close()
+    analyst = Analyst.attach(store)
+    analyst.run_once()
+    assert (b.policy.failure_threshold, b.policy.recovery_timeout) == (6, 30.0)  # followed
+    code, out = run("adjustments", "--db", str(path), "--undo", "payments")
+    assert code == 0 and "payments: 6/30s -> 5/60s" in out, out
+    analyst.run_once(time.time() + 3600)
+    assert (b.policy.failure_threshold, b.policy.recovery_timeout) == (5, 60.0)  # every process follows
+    advice = rec(threshold=6, timeout=30.0)  # the same change advised again, confirmed
+    history = analyst.adjuster.adjustments("payments", time.time())
+    d = decide(settings_of(b), advice, now=time.time() + 3600, history=history, recent=[advice])
+    assert d.action == "hold" and "rolled back recently" in d.reason
+    store.close()
+    assert run("adjustments", "--db", str(path), "--undo", "search")[0] == 2  # nothing to undo
 
 
 def test_demo_speaks_json(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""Operators' writes to the shared state: reset a circuit, force it open, force it closed — from the
-command line or the dashboard, while the application runs.
+"""Operators' writes to the shared state: reset a circuit, force it open, force it closed, undo what
+automatic adjustment changed — from the command line or the dashboard, while the application runs.
 
 Written once for every backend, the way :mod:`circuitry.store.sharing` writes rows: a compare-and-set
 of the circuit's row (``UPDATE … WHERE version = ?``) to the manual state, the next ``change_seq`` so
@@ -19,7 +19,7 @@ from circuitry.exceptions import ConfigurationError, StoreError
 from circuitry.store.backend import Backend
 from circuitry.store.sharing import INSERT_EVENT, NEXT_SEQ, STATE_COLUMNS, iso, row_tuple
 
-__all__ = ["ACTIONS", "UnknownCircuitError", "actor", "set_state"]
+__all__ = ["ACTIONS", "UnknownCircuitError", "actor", "set_state", "undo_adjustment"]
 
 Action = Literal["reset", "open", "close"]
 #: What each action writes: ``reset`` closes the circuit and starts counting afresh, ``open`` refuses
@@ -129,3 +129,50 @@ def _alert(backend: Backend, name: str, frm: str, to: str, now: float, by: str, 
             error_message=str(exc)[:500])
     finally:
         records.close()
+
+
+def undo_adjustment(backend: Backend, name: str, *, by: str, timeout: float = 5.0) -> dict[str, Any]:
+    """Put circuit ``name`` back to the settings its code gives, undoing automatic adjustment: an
+    ``adjustment`` row (``rollback``, reason "undone by ...") that every process follows within an analysis
+    interval, as it follows the adjuster's own; the adjuster then does not make that change again for
+    ``10 * cooldown``, as after its own rollbacks.
+
+    Returns:
+        ``{"service_name", "before", "after", "by", "at"}`` (settings as the rows keep them).
+
+    Raises:
+        UnknownCircuitError: No circuit of that name has an adjustment to undo.
+        StoreError: The database could not be read or written.
+    """
+    import json
+
+    conn = backend.connect("analyst", timeout=timeout)
+    try:
+        with conn.transaction():
+            now = conn.now()
+            got = conn.execute("SELECT additional_data FROM circuit_breaker_events WHERE service_name = ? AND "
+                               "event_type = 'adjustment' ORDER BY id DESC LIMIT 1", (name,))
+            try:
+                last = json.loads(got[0][0]) if got else None
+            except (TypeError, ValueError):
+                last = None
+            if not isinstance(last, dict) or not isinstance(last.get("after"), dict):
+                raise UnknownCircuitError(name)
+            # The code's settings, as the row recorded them; rows made before it did: the first "before"
+            # of the chain is not known here, so the last change alone is undone.
+            target = last.get("given") if isinstance(last.get("given"), dict) else last.get("before")
+            if not isinstance(target, dict):
+                raise UnknownCircuitError(name)
+            data = {"action": "rollback", "reason": f"undone by {by}", "by": by, "before": last["after"],
+                    "after": target, "given": last.get("given", target), "evidence": {}}
+            conn.execute(INSERT_EVENT, row_tuple(name, "adjustment", None, None, None, f"undone by {by}", data,
+                                                 now, by))
+        return {"service_name": name, "before": last["after"], "after": target, "by": by, "at": now}
+    except StoreError:
+        raise
+    except Exception as exc:
+        if backend.classify(exc) is None:
+            raise
+        raise StoreError(f"cannot write to {backend.location}: {exc}") from exc
+    finally:
+        conn.close()

@@ -260,6 +260,20 @@ def cmd_adjustments(args: argparse.Namespace, out: TextIO) -> int:
 
     now = time.time()
     reader = _reader(args)
+    if args.undo:
+        from circuitry.store.control import UnknownCircuitError, actor, undo_adjustment
+
+        name = known(reader, args.undo)
+        try:
+            done = undo_adjustment(reader.backend, name, by=actor("circuitry-cli"))
+        except UnknownCircuitError:
+            raise UsageError(f"{name}: no adjustment to undo") from None
+        if args.json:
+            _emit_json(done, out)
+        else:
+            out.write(f"{name}: {_settings_text(done['before'])} -> {_settings_text(done['after'])} (the settings its "
+                      "code gives); every process follows within an analysis interval\n")
+        return 0
     service = known(reader, args.service) if args.service else None
     rows = reader.events(service, parse_time(args.since, now), now, event_type="adjustment")[::-1][:args.limit]
     out_rows = []
@@ -750,6 +764,8 @@ def _parser() -> argparse.ArgumentParser:
     adjustments.add_argument("--since", type=_time_text, default="30d",
                              help="1h, 30m, 2d, epoch seconds or ISO 8601 (default: 30d)")
     adjustments.add_argument("--limit", type=_whole(1, _MAX_COUNT), default=50)
+    adjustments.add_argument("--undo", metavar="NAME", help="put circuit NAME back to the settings its code gives "
+                             "(every process follows; the adjuster does not redo that change for a while)")
     rec = add("recommend", "classify a circuit's recent history and recommend settings")
     rec.add_argument("--service", required=True, metavar="NAME")
     rec.add_argument("--window", type=_seconds(_MAX_WINDOW, why=" (per-second counts are kept for an hour)"),
