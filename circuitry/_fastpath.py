@@ -25,7 +25,9 @@ stay exact under any number of threads without a lock.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import itertools
+import sys
 import types
 from collections import deque
 from collections.abc import Callable
@@ -221,15 +223,19 @@ class WithBase:
     Contract: ``ref.breakers`` is a dict of gates by name (read on every entry), and a subclass
     defines ``_create()``, which makes the gate when the name is missing. Each entry keeps
     (gate, token, the enclosing entry) in a context variable: per thread and per task, never on the
-    shared object, which many tasks may enter at once.
+    shared object, which many tasks may enter at once. An ``async with`` in an async generator keeps its
+    entries by the generator's frame instead: asyncio closes an abandoned one in a task of its own, and
+    the entry left in its consumer's context was popped by the consumer's next exit (a stale token's
+    failure then opened the circuit) and piled up there, one per abandoned generator.
     """
 
-    __slots__ = ("_entries", "_ref", "name")
+    __slots__ = ("_agen", "_entries", "_ref", "name")
 
     def __init__(self, name: str, ref: Any) -> None:
         self.name = name
         self._ref = ref
         self._entries: contextvars.ContextVar[tuple[Any, ...] | None] = contextvars.ContextVar(f"circuitry:{name}")
+        self._agen: dict[types.FrameType, list[tuple[Any, Any]]] = {}
 
     def _create(self) -> Any:  # pragma: no cover - the subclass defines it
         raise NotImplementedError
@@ -250,11 +256,24 @@ class WithBase:
 
     async def __aenter__(self) -> Any:
         g = self._ref.breakers.get(self.name) or self._create()
+        frame = sys._getframe(1)  # the code running `async with` (this coroutine's caller)
+        if frame.f_code.co_flags & inspect.CO_ASYNC_GENERATOR:
+            self._agen.setdefault(frame, []).append((g, g.enter()))
+            return g
         self._entries.set((g, g.enter(), self._entries.get(None)))
         return g
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: types.TracebackType | None) -> None:
+        if self._agen:
+            frame = sys._getframe(1)
+            held = self._agen.get(frame)
+            if held:
+                g, token = held.pop()
+                if not held:
+                    del self._agen[frame]
+                g.exit(token, exc)
+                return
         entry = self._entries.get(None)
         if entry is None:
             raise RuntimeError(f"{self!r}: __aexit__ without a matching __aenter__")

@@ -651,8 +651,7 @@ typedef struct {
     Py_ssize_t cap;     /* a power of two, or 0 before the first entry */
     Py_ssize_t used;    /* slots in use: flows with at least one entry */
     Py_ssize_t open;    /* entries, nested ones included */
-    PyObject *agen_var; /* a ContextVar of the entries made in async generators (see agen_frame), or NULL */
-    Py_ssize_t agen_open; /* entries held there */
+    Py_ssize_t agen_open; /* entries keyed by an async generator's frame (see agen_frame) */
 } WithBase;
 
 #define MIN_CAP 8
@@ -806,7 +805,6 @@ with_traverse(WithBase *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->name);
     Py_VISIT(self->ref);
-    Py_VISIT(self->agen_var);
     for (Py_ssize_t i = 0; i < self->cap; i++) {
         if (self->slots[i].flow == NULL) {
             continue;
@@ -825,11 +823,10 @@ with_clear(WithBase *self)
 {
     Py_CLEAR(self->name);
     Py_CLEAR(self->ref);
-    Py_CLEAR(self->agen_var);
     Entry *slots = self->slots;
     Py_ssize_t cap = self->cap;
     self->slots = NULL;
-    self->cap = self->used = self->open = 0;
+    self->cap = self->used = self->open = self->agen_open = 0;
     for (Py_ssize_t i = 0; i < cap; i++) {
         Entry *outer = slots[i].outer;
         if (slots[i].flow != NULL) {
@@ -895,87 +892,28 @@ fields_missing(WithBase *self)
     return NULL;
 }
 
-/* Whether the code running `async with` is an async generator's. asyncio closes an async generator
- * its consumer abandoned (`break` out of `async for`) in a task of its own, whose context is a copy:
- * an entry keyed by the consumer's context is not found there, and the probe it holds stayed taken
- * until probe_timeout (the entry, and the context it holds, for good). Such entries are kept in a
- * context variable instead, as the pure-Python faces keep every entry: a copy of the context carries
- * them. (Only there: a context variable costs a `with` block most of its time.) */
-static int
+/* The frame of the code running `async with` when it is an async generator's (borrowed), else NULL.
+ * asyncio closes an async generator its consumer abandoned (`break` out of `async for`) in a task of its
+ * own, whose context is another: an entry keyed by the consumer's context was not found there, and the
+ * probe it held stayed taken until probe_timeout (the entry, and the context it holds, for good). An
+ * async generator's entries are keyed by its frame instead, which is the same wherever it runs. (Only
+ * there: reading the frame makes CPython build its frame object, which a plain `with` should not pay.) */
+static PyObject *
 agen_frame(void)
 {
     PyFrameObject *f = PyEval_GetFrame();  /* borrowed: the frame of the `async with` statement */
     if (f == NULL) {
-        return 0;
+        return NULL;
     }
     PyCodeObject *code = PyFrame_GetCode(f);
     int r = (code->co_flags & CO_ASYNC_GENERATOR) != 0;
     Py_DECREF(code);
-    return r;
-}
-
-/* Records an entry in the async generators' context variable; steals b and token (on failure too). */
-static int
-agen_push(WithBase *self, PyObject *b, PyObject *token)
-{
-    int rc = -1;
-    PyObject *outer = NULL, *entry = NULL, *set = NULL;
-    if (self->agen_var == NULL && (self->agen_var = PyContextVar_New("circuitry:agen", NULL)) == NULL) {
-        goto done;
-    }
-    if (PyContextVar_Get(self->agen_var, Py_None, &outer) < 0) {
-        goto done;
-    }
-    if ((entry = PyTuple_Pack(3, b, token, outer)) == NULL || (set = PyContextVar_Set(self->agen_var, entry)) == NULL) {
-        goto done;
-    }
-    self->agen_open++;
-    self->open++;
-    rc = 0;
-done:
-    Py_XDECREF(set);
-    Py_XDECREF(entry);
-    Py_XDECREF(outer);
-    Py_DECREF(b);
-    Py_DECREF(token);
-    return rc;
-}
-
-/* Takes the innermost entry of the async generators' context variable into *out (new references to b
- * and token; out->flow NULL). Returns 0, or -1 when there is none (no error set) or -2 on an error. */
-static int
-agen_pop(WithBase *self, Entry *out)
-{
-    PyObject *entry = NULL;
-    if (self->agen_var == NULL) {
-        return -1;
-    }
-    if (PyContextVar_Get(self->agen_var, NULL, &entry) < 0) {
-        return -2;
-    }
-    if (entry == NULL || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3) {
-        Py_XDECREF(entry);
-        return -1;
-    }
-    PyObject *set = PyContextVar_Set(self->agen_var, PyTuple_GET_ITEM(entry, 2));
-    if (set == NULL) {
-        Py_DECREF(entry);
-        return -2;
-    }
-    Py_DECREF(set);
-    out->flow = NULL;
-    out->outer = NULL;
-    out->b = Py_NewRef(PyTuple_GET_ITEM(entry, 0));
-    out->token = Py_NewRef(PyTuple_GET_ITEM(entry, 1));
-    Py_DECREF(entry);
-    self->agen_open--;
-    self->open--;
-    return 0;
+    return r ? (PyObject *)f : NULL;
 }
 
 /* __enter__: the gate (new reference), after recording the entry. */
 static PyObject *
-with_enter_impl(WithBase *self, int in_agen)
+with_enter_impl(WithBase *self, PyObject *agen)
 {
     if (self->ref == NULL || self->name == NULL) {
         return fields_missing(self);
@@ -1002,18 +940,11 @@ with_enter_impl(WithBase *self, int in_agen)
         Py_DECREF(g);
         return NULL;
     }
-    if (in_agen) {
-        if (agen_push(self, Py_NewRef(g), Py_NewRef(token)) == 0) {
-            Py_DECREF(token);
-            return g;
-        }
-    }
-    else {
-        PyObject *flow = current_flow();
-        if (flow != NULL && table_push(self, flow, Py_NewRef(g), Py_NewRef(token)) == 0) {
-            Py_DECREF(token);
-            return g;
-        }
+    PyObject *flow = agen != NULL ? agen : current_flow();
+    if (flow != NULL && table_push(self, flow, Py_NewRef(g), Py_NewRef(token)) == 0) {
+        self->agen_open += agen != NULL;
+        Py_DECREF(token);
+        return g;
     }
     /* the permit was taken: report it cancelled (giving back a probe) before raising the error */
     PyObject *type, *value, *tb;
@@ -1032,14 +963,14 @@ with_enter_impl(WithBase *self, int in_agen)
 
 /* __exit__: report the block's outcome to the gate of this flow's innermost entry. */
 static int
-with_exit_impl(WithBase *self, PyObject *exc, const char *method, int in_agen)
+with_exit_impl(WithBase *self, PyObject *exc, const char *method, PyObject *agen)
 {
     Entry entry;
-    int got = in_agen ? agen_pop(self, &entry) : -1;
-    if (got == -2) {
-        return -1;
+    int got = agen != NULL ? table_pop(self, agen, &entry) : -1;
+    if (got == 0) {
+        self->agen_open--;
     }
-    PyObject *flow = got == 0 ? Py_None : current_flow();
+    PyObject *flow = got == 0 ? agen : current_flow();
     if (flow == NULL) {
         return -1;
     }
@@ -1064,7 +995,7 @@ with_exit_impl(WithBase *self, PyObject *exc, const char *method, int in_agen)
 static PyObject *
 with_enter(WithBase *self, PyObject *unused)
 {
-    return with_enter_impl(self, 0);
+    return with_enter_impl(self, NULL);
 }
 
 static PyObject *
@@ -1074,7 +1005,7 @@ with_exit(WithBase *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "__exit__ expected 3 arguments, got %zd", nargs);
         return NULL;
     }
-    if (with_exit_impl(self, args[1], "__exit__", 0) < 0) {
+    if (with_exit_impl(self, args[1], "__exit__", NULL) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -1099,7 +1030,7 @@ with_aexit(WithBase *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "__aexit__ expected 3 arguments, got %zd", nargs);
         return NULL;
     }
-    if (with_exit_impl(self, args[1], "__aexit__", self->agen_open > 0 && agen_frame()) < 0) {
+    if (with_exit_impl(self, args[1], "__aexit__", self->agen_open > 0 ? agen_frame() : NULL) < 0) {
         return NULL;
     }
     return ready_new(Py_None);

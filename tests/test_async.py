@@ -118,6 +118,46 @@ async def test_an_async_generator_abandoned_inside_async_with_gives_its_probe_ba
     assert getattr(face, "_open_entries", 0) == 0
 
 
+async def test_abandoned_async_generators_leave_nothing_in_their_consumers_context(registry: Registry) -> None:
+    """Each abandoned generator's entry stayed in its consumer's context (a chain of 1,000 entries after
+    1,000 of them), and an async generator consuming them popped the stale one at its own exit: its own
+    call's outcome went to another token."""
+    import contextvars
+
+    face = circuit("rows", failure_threshold=1, recovery_timeout=60)
+
+    async def rows() -> Any:
+        async with face:
+            yield 1
+            yield 2
+
+    for _ in range(200):
+        async for _ in rows():
+            break
+        await asyncio.sleep(0)
+    for _ in range(3):
+        gc.collect()
+        await asyncio.sleep(0)
+    left = [v for k, v in contextvars.copy_context().items() if k.name.startswith("circuitry:rows") and v]
+    assert left == [] and getattr(face, "_open_entries", 0) == 0
+
+    async def outer() -> Any:
+        async with face:  # its own call, made before a reset: stale when it fails
+            face.breaker.reset()
+            async for _ in rows():  # admitted after the reset, abandoned
+                break
+            for _ in range(3):
+                gc.collect()
+                await asyncio.sleep(0)
+            yield "x"
+            raise OSError("the stale call fails")
+
+    with pytest.raises(OSError):
+        async for _ in outer():
+            pass
+    assert face.breaker.state is CircuitState.CLOSED  # a stale call's failure changes nothing
+
+
 async def test_cancellation_is_not_counted_and_releases_the_probe(registry: Registry, clock: FakeClock) -> None:
     started = asyncio.Event()
 
