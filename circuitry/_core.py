@@ -311,9 +311,9 @@ class CircuitBreaker(Gate):
         self._probe_seq = 0
         self._probe_ok = 0
         self._link: StoreLink | None = None  # the store's link, when persistence is attached
-        #: The policy the application gave (a registry keeps it up to date): ``policy`` differs from it
-        #: after an automatic adjustment. ``None``: a registry made the breaker for a lookup without one.
-        self.given_policy: Policy | None = policy
+        #: The policy the application gave (a registry keeps it up to date; the defaults for a breaker a
+        #: lookup without a policy made): ``policy`` differs from it after an automatic adjustment.
+        self.given_policy: Policy = policy
         self._apply_policy(policy)
 
     # -- configuration ------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ class Registry:
         # The faces read this dict directly on every call: it must only ever be mutated in place.
         self.breakers: dict[str, CircuitBreaker] = {}
         self._declared: dict[str, Policy] = {}  # policies of decorated names not called yet
+        self._unset: set[str] = set()  # breakers made by a lookup without a policy: the first one given sets it
         self._inherited: set[str] = set()  # declared by the registry this one replaced as the default
         self._store: Store | None = None
         # A store to open when the first breaker is made (the default registry's): importing
@@ -120,9 +121,10 @@ class Registry:
                     # apply_recommendation()). A breaker made by a lookup without one has none: the first
                     # policy given sets it.
                     given = policy or declared
+                    if given is None:
+                        self._unset.add(name)
                     breaker = CircuitBreaker(name, given or Policy(), clock=self.clock,
                                              dispatcher=self.dispatcher, rng=self._rng)
-                    breaker.given_policy = given
                     store = self._store if self._store_factory is None else self._open_pending_store()
                     if store is not None:
                         _adopt(store, breaker)
@@ -137,7 +139,7 @@ class Registry:
         """The policy the application gave for ``name`` (``None``: none yet). The breaker's own
         (``registry[name].policy``) differs from it after an adjustment."""
         breaker = self.breakers.get(name)
-        return None if breaker is None else breaker.given_policy
+        return None if breaker is None or name in self._unset else breaker.given_policy
 
     def declare(self, name: str, policy: Policy) -> None:
         """Record the policy ``name`` will be created with, without creating it (no I/O: decorating a
@@ -164,10 +166,12 @@ class Registry:
         classes (``importlib.reload``), becomes the breaker's too, its adjusted settings kept: else the
         breaker would go on testing exceptions against the old classes, and count none of the new ones."""
         given = breaker.given_policy
-        if given is not None and not policy.same_as(given):
+        unset = name in self._unset
+        if not unset and not policy.same_as(given):
             raise RegistryConflictError(_conflict_message(name, given, policy))
+        self._unset.discard(name)
         breaker.given_policy = policy
-        if given is None:
+        if unset:
             breaker.reconfigure(policy)
         elif not policy.same_as(given, by_name=False):
             current = breaker.policy
@@ -191,6 +195,7 @@ class Registry:
             self._declared.pop(name, None)
         breaker = self.get(name)
         with self._lock:
+            self._unset.discard(name)
             breaker.given_policy = policy
         breaker.reconfigure(policy)
         return breaker
@@ -225,6 +230,7 @@ class Registry:
         with self._lock:
             breaker = self.breakers.pop(name, None)
             self._declared.pop(name, None)
+            self._unset.discard(name)
             store = self._store
         if breaker is not None and store is not None:
             store.forget(breaker)
@@ -235,6 +241,7 @@ class Registry:
             dropped = list(self.breakers.values())
             self.breakers.clear()
             self._declared.clear()
+            self._unset.clear()
             store = self._store
         if store is not None:
             for breaker in dropped:

@@ -197,6 +197,17 @@ def test_part_of_a_rolled_back_change_is_not_retried_soon_either() -> None:
                   policy=p).action == "adjust"
 
 
+def test_a_rolled_back_backoff_is_not_retried_soon() -> None:
+    """A change that added backoff x2 was rolled back, and applied again half an hour later: only the
+    threshold's and the open period's directions were compared."""
+    change = Adjustment(1000.0, "adjust", Settings(5, 60.0), Settings(5, 60.0, 2.0, 600.0))
+    rollback = Adjustment(3000.0, "rollback", Settings(5, 60.0, 2.0, 600.0), Settings(5, 60.0))
+    r = rec(threshold=5, timeout=60.0, backoff=2.0)
+    d = decide(Settings(5, 60.0), r, now=3000.0 + 1800.0, history=[change, rollback], recent=[r],
+               policy=AdjustPolicy(cooldown=600.0))
+    assert d.action == "hold" and "rolled back recently" in d.reason
+
+
 def test_probes_locked_in_phase_get_jitter_first_and_alone() -> None:
     locked = replace(rec(threshold=3, timeout=30.0), locked_probes=4)
     d = decide(CURRENT, locked, now=10_000.0, recent=[locked])

@@ -283,6 +283,29 @@ def test_an_adjustment_is_followed_by_every_process_of_the_same_code_only(make: 
     assert c.policy.recovery_timeout == 90  # its code's settings, not the adjustment of other ones
 
 
+def test_a_circuit_on_the_defaults_is_adjusted_and_followed_like_any_other(make: Any, tmp_path: Path) -> None:
+    """A circuit named without a policy (``@circuit("pay")``): the settings its code gives are the defaults.
+    They were taken to be whatever the breaker ran, so after the first step the adjusted ones were the
+    code's: the cooldown and the history were lost (60 -> 30 s, then 30 -> 15 s two minutes later), and a
+    process still on the defaults stopped following."""
+    (reg_a, store_a), (reg_b, store_b) = make(auto_apply=True, analysis_interval=60.0), make(analysis_interval=60.0)
+    a, b = reg_a.get("outages"), reg_b.get("outages")
+    assert store_a.flush() and store_b.flush()
+    outages(tmp_path / "a.db", "outages", NOW)
+    analyst = Analyst.attach(store_a)
+    analyst.run_once(NOW - 60)
+    analyst.run_once(NOW)
+    assert a.policy.recovery_timeout == 30
+    analyst.run_once(NOW + 120)
+    analyst.run_once(NOW + 180)
+    assert a.policy.recovery_timeout == 30  # within the cooldown: no second step
+    Analyst.attach(store_b).run_once(NOW + 181)
+    assert b.policy.recovery_timeout == 30  # followed
+    givens = [json.loads(r["additional_data"])["given"]["timeout"] for r in store_a.query(
+        "SELECT additional_data FROM circuit_breaker_events WHERE event_type = 'adjustment'")]
+    assert givens == [60.0]
+
+
 def test_a_change_made_on_censored_advice_is_judged_with_the_healthy_share_it_recorded(
         make: Any, tmp_path: Path) -> None:
     reg, store = make(auto_apply=True, analysis_interval=60.0)
@@ -634,6 +657,17 @@ def test_processes_with_different_intervals_share_the_analyses(make: Any, clock:
     assert runs_a == 60 and runs_b == 60  # one analysis per 30 s period between them
 
 
+def test_analysis_periods_under_a_second_are_periods_of_their_own(make: Any, clock: FakeClock) -> None:
+    """Periods were named by the second they start at: with an interval of 0.5 s two periods had one name,
+    and the second analysis of each second was refused its claim."""
+    reg, store = make(analysis_interval=0.5)
+    reg.get("svc")
+    assert store.flush()
+    analyst = Analyst.attach(store)
+    start = float(int(clock.time()) + 10)
+    assert [len(analyst.run_once(start + k * 0.5)) for k in range(4)] == [1, 1, 1, 1]
+
+
 def test_flapping_counts_the_trips_of_every_process(make: Any, clock: FakeClock) -> None:
     """Two processes trip one circuit in turn, four times in four seconds: each process's alert engine
     heard of the two trips it wrote, so neither raised ``flapping`` (three trips in ten minutes). The
@@ -761,6 +795,22 @@ def test_a_circuit_that_opens_is_analysed_at_once(make: Any, tmp_path: Path) -> 
         return store.query("SELECT pattern_type FROM circuit_breaker_failure_patterns WHERE service_name = 'bursty'")
 
     assert eventually(lambda: stored() == [{"pattern_type": "burst"}])
+
+
+def test_a_circuit_with_little_history_raises_no_likely_to_open(make: Any, clock: FakeClock) -> None:
+    """A circuit that tripped in its first seconds was "likely to open" (50 %, from that one trip) the moment
+    it closed: the alert waits for three horizons of history."""
+    reg, store = make()
+    b = reg.get("young", failure_threshold=1, recovery_timeout=5)
+    b.record_success(b.admit())
+    b.record_failure(b.admit(), Boom())
+    clock.advance(5)
+    assert store.flush()
+    b.record_success(b.admit())
+    assert store.flush()
+    analysis = Analyst.attach(store).run_once(clock.time() + 1)["young"]
+    assert analysis.prediction is not None and analysis.prediction.open_probability >= 0.5
+    assert [a["alert_type"] for a in store.alerts("young") if a["alert_type"] == "likely_to_open"] == []
 
 
 def test_a_closed_circuit_predicted_to_trip_raises_likely_to_open(make: Any, tmp_path: Path) -> None:

@@ -143,6 +143,8 @@ def test_demo_runs_and_writes_a_database(tmp_path: Path) -> None:
     # twenty minutes of service time, fast-forwarded: enough history for a label (not "none (too little data)")
     assert re.search(r"failure pattern of the twenty minutes: (burst|steady|intermittent|escalating) "
                      r"\(confidence", proc.stdout), proc.stdout[-800:]
+    # the advice replays the twenty minutes there are, not an hour (its rates "per hour" were a third)
+    assert re.search(r"replaying the last 1[12]\d\d s", proc.stdout) or "No change" in proc.stdout, proc.stdout[-800:]
     with sqlite3.connect(tmp_path / "demo.db") as conn:
         failures = conn.execute("SELECT count(*) FROM circuit_breaker_events WHERE event_type = 'failure'")
         assert failures.fetchone()[0] > 0

@@ -442,10 +442,11 @@ def decide(
     waiting = too_soon(2.0 * p.cooldown if reverses else p.cooldown)
     if waiting is not None:
         return waiting
+    moves = (*way, _sign(current.backoff, target.backoff))
     for h in history:  # (a rollback goes from ``before`` to ``after``: the change it undid went the other way)
-        undone = _direction(h.after, h.before)
+        undone = (*_direction(h.after, h.before), _sign(h.after.backoff, h.before.backoff))
         if h.kind == "rollback" and now - h.at < 10.0 * p.cooldown and any(
-                u != 0 and u == w for u, w in zip(undone, way, strict=True)):
+                u != 0 and u == w for u, w in zip(undone, moves, strict=True)):
             return holding("the same change was rolled back recently", rolled_back_at=h.at)
     # 4. One bounded step towards the target brought within the bounds, outside the dead band. The step
     #    limit comes last: settings outside the bounds move towards them by at most max_step a change.

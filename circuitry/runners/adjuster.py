@@ -42,7 +42,7 @@ def settings_of(breaker: CircuitBreaker) -> Settings:
 
 def _given(breaker: CircuitBreaker) -> dict[str, Any]:
     """The settings of the policy the application gave ``breaker`` (see ``CircuitBreaker.given_policy``)."""
-    return _plain_settings(_settings_of(breaker.given_policy or breaker.policy))
+    return _plain_settings(_settings_of(breaker.given_policy))
 
 
 def _settings_of(p: Any) -> Settings:

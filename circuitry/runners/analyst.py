@@ -182,10 +182,10 @@ class Analyst:
         return self._run_once(now, only=None, kind="periodic", span=self.interval)
 
     def _run_once(self, now: float, *, only: set[str] | None, kind: str, span: float) -> dict[str, Analysis]:
-        # A period is named by the second it starts at, so that processes with different intervals claim
+        # A period is named by the moment it starts at, so that processes with different intervals claim
         # comparable periods (numbered, a worker with a 60 s interval never beat one with 30 s: 1 analysis
         # of 120 an hour in a review's run).
-        period = int(now // span * span)
+        period = int(now // span * span * 1000.0)  # (milliseconds: an interval may be under a second)
         results: dict[str, Analysis] = {}
         alerts: list[Alert] = []
         muted = self.store.muted
@@ -214,7 +214,11 @@ class Analyst:
             if name not in muted:
                 if rec.has_recommendations:
                     alerts.extend(self.engine.recommendation(name, rec.as_seed_dict(), now))
-                if prediction is not None:
+                # "Likely to open" rests on the circuit's past trips: a circuit with less history than three
+                # horizons (15 minutes) has too few of them -- one that tripped in its first seconds was
+                # "likely to open" at 50 % from that one trip.
+                if prediction is not None and now - analysis.window_start >= min(
+                        self.window, 3.0 * prediction.horizon_seconds):
                     alerts.extend(self.engine.prediction(name, prediction.as_dict(), now,
                                                          state=link.breaker.state))
             if self.auto_apply and kind == "periodic":

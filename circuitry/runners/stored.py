@@ -48,9 +48,11 @@ def analyse_stored(read: ReadModel, name: str, *, now: float, window: float, set
     """
     since = now - max(window, replay)
     rows = read.series(name, since, now)
+    if rows:  # a circuit younger than the window: its history starts at its first call, not before (the
+        # label needs a minute of it, MIN_SPAN; the replay priced 20 minutes "per hour" over 60)
+        since = max(since, float(rows[0][0]))
+        window = max(1.0, min(window, now - since))
     series = Series.from_rows(rows, start=since, end=now)
-    if rows:  # a circuit younger than the window: its history starts at its first call, not before
-        window = max(1.0, min(window, now - rows[0][0]))  # (a label needs a minute of it: MIN_SPAN)
     transitions = transitions_of(read, name, since - 3600.0, now)
     history = rollups_of(read, name, now - ROLLUP_SPAN, now)
     return analyse(series, now=now, current_threshold=settings.threshold, current_timeout=settings.timeout,

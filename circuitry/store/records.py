@@ -32,7 +32,7 @@ class Records(OwnedConnection):
     """The analyst's writes, on one connection of its own (opened on first use; one thread at a time)."""
 
     def claim(self, service: str, kind: str, period: int, now: float, span: float = 60.0) -> bool:
-        """Take the period starting at second ``period`` (``span`` seconds long) of ``service``'s ``kind``
+        """Take the period starting at ``period`` (epoch milliseconds; ``span`` seconds long) of ``service``'s ``kind``
         of analysis for this process; False if another process took it (or a later one) first. A claim
         dated more than a period in the future (the clock stepped back) is taken over: it held off every
         analysis for as long as the step."""
