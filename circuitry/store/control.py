@@ -10,13 +10,14 @@ episode go with it. An application process that adopts the row logs it as a remo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Final, Literal
 
 from circuitry.exceptions import ConfigurationError, StoreError
-from circuitry.store.backend import Backend
+from circuitry.store.backend import Backend, Connection
 from circuitry.store.sharing import INSERT_EVENT, NEXT_SEQ, STATE_COLUMNS, iso, row_tuple
 
 __all__ = ["ACTIONS", "UnknownCircuitError", "actor", "set_state", "undo_adjustment"]
@@ -65,8 +66,7 @@ def set_state(backend: Backend, name: str, action: str, *, by: str, timeout: flo
     to = ACTIONS.get(action)
     if to is None:
         raise ConfigurationError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
-    conn = backend.connect("analyst", timeout=timeout)
-    try:
+    with _writing(backend, timeout) as conn:
         for _ in range(max(1, attempts)):
             with conn.transaction():
                 now = conn.now()
@@ -91,6 +91,15 @@ def set_state(backend: Backend, name: str, action: str, *, by: str, timeout: flo
             return {"service_name": name, "from_state": frm, "to_state": to, "version": moved[0][0],
                     "changed": frm != to, "by": by, "at": now}
         raise StoreError(f"circuit {name!r} kept changing; {action} was not applied (try again)")
+
+
+@contextlib.contextmanager
+def _writing(backend: Backend, timeout: float) -> Iterator[Connection]:
+    """An operator's connection, closed after: a database error becomes a :class:`StoreError` naming the
+    database."""
+    conn = backend.connect("analyst", timeout=timeout)
+    try:
+        yield conn
     except StoreError:
         raise
     except Exception as exc:
@@ -146,33 +155,23 @@ def undo_adjustment(backend: Backend, name: str, *, by: str, timeout: float = 5.
     """
     import json
 
-    conn = backend.connect("analyst", timeout=timeout)
-    try:
-        with conn.transaction():
-            now = conn.now()
-            got = conn.execute("SELECT additional_data FROM circuit_breaker_events WHERE service_name = ? AND "
-                               "event_type = 'adjustment' ORDER BY id DESC LIMIT 1", (name,))
-            try:
-                last = json.loads(got[0][0]) if got else None
-            except (TypeError, ValueError):
-                last = None
-            if not isinstance(last, dict) or not isinstance(last.get("after"), dict):
-                raise UnknownCircuitError(name)
-            # The code's settings, as the row recorded them; rows made before it did: the first "before"
-            # of the chain is not known here, so the last change alone is undone.
-            target = last.get("given") if isinstance(last.get("given"), dict) else last.get("before")
-            if not isinstance(target, dict):
-                raise UnknownCircuitError(name)
-            data = {"action": "rollback", "reason": f"undone by {by}", "by": by, "before": last["after"],
-                    "after": target, "given": last.get("given", target), "evidence": {}}
-            conn.execute(INSERT_EVENT, row_tuple(name, "adjustment", None, None, None, f"undone by {by}", data,
-                                                 now, by))
-        return {"service_name": name, "before": last["after"], "after": target, "by": by, "at": now}
-    except StoreError:
-        raise
-    except Exception as exc:
-        if backend.classify(exc) is None:
-            raise
-        raise StoreError(f"cannot write to {backend.location}: {exc}") from exc
-    finally:
-        conn.close()
+    with _writing(backend, timeout) as conn, conn.transaction():
+        now = conn.now()
+        got = conn.execute("SELECT additional_data FROM circuit_breaker_events WHERE service_name = ? AND "
+                           "event_type = 'adjustment' ORDER BY id DESC LIMIT 1", (name,))
+        try:
+            last = json.loads(got[0][0]) if got else None
+        except (TypeError, ValueError):
+            last = None
+        if not isinstance(last, dict) or not isinstance(last.get("after"), dict):
+            raise UnknownCircuitError(name)
+        # The code's settings, as the row recorded them; rows made before it did: the first "before"
+        # of the chain is not known here, so the last change alone is undone.
+        target = last.get("given") if isinstance(last.get("given"), dict) else last.get("before")
+        if not isinstance(target, dict):
+            raise UnknownCircuitError(name)
+        data = {"action": "rollback", "reason": f"undone by {by}", "by": by, "before": last["after"],
+                "after": target, "given": last.get("given", target), "evidence": {}}
+        conn.execute(INSERT_EVENT, row_tuple(name, "adjustment", None, None, None, f"undone by {by}", data,
+                                             now, by))
+    return {"service_name": name, "before": last["after"], "after": target, "by": by, "at": now}
