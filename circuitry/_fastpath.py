@@ -258,7 +258,8 @@ class WithBase:
         g = self._ref.breakers.get(self.name) or self._create()
         frame = sys._getframe(1)  # the code running `async with` (this coroutine's caller)
         if frame.f_code.co_flags & inspect.CO_ASYNC_GENERATOR:
-            self._agen.setdefault(frame, []).append((g, g.enter()))
+            token = g.enter()  # (first: a refusal leaves nothing keyed by the frame)
+            self._agen.setdefault(frame, []).append((g, token))
             return g
         self._entries.set((g, g.enter(), self._entries.get(None)))
         return g

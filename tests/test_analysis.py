@@ -367,7 +367,34 @@ def test_a_change_is_judged_on_the_evaluation_stretch_after_it_not_on_an_outage_
     assert verdicts == ["hold"] * 3  # kept at its evaluation, and never re-judged after
     # Every analysis after it measures the same stretch: its 30 minutes, no more.
     assert [got.cost_after for (got,) in judged] == [measure_cost(healthy[:30])] * 3
-    assert [got.replayed for (got,) in judged] == [None] * 3  # no per-second rows left to replay: measured only
+    # No per-second rows to replay (they are kept an hour): nothing says the old settings would have done
+    # better, and every analysis after the stretch reaches the same verdict.
+    assert [got.replayed for (got,) in judged] == [(0.0, 0.0)] * 3
+
+
+def test_a_change_judged_without_its_replay_is_not_rolled_back(make: Any, tmp_path: Path) -> None:
+    """Every analysis re-judges the last change; once the per-second rows of the stretch after it were gone
+    (kept an hour), the measure alone decided and rolled back a change the replay had kept: the verdict
+    changed from one analysis to the next. Without the replay, nothing says the old settings were better."""
+    reg, store = make(auto_apply=True, analysis_interval=60.0)
+    reg.get("svc", failure_threshold=8, recovery_timeout=30)
+    assert store.flush()
+    first = int(NOW) // 60 - 120
+    at = first * 60.0
+    worse = [MinuteRollup(m, 300, 100, 200) for m in range(first, first + 60)]  # failing: 2 in 3 calls after it
+    change = {"action": "adjust", "reason": "test", "before": {"threshold": 5, "timeout": 60.0},
+              "after": {"threshold": 8, "timeout": 30.0}, "evidence": {}, "refused_healthy": None,
+              "cost_before": {"seconds": 1800.0, "calls": 9000, "cost": 90.0}}  # 0.01 per call before it
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.executemany(
+            "INSERT INTO circuit_breaker_metrics (service_name, minute, bucket_start, calls, successes, failures) "
+            "VALUES ('svc', ?, '', ?, ?, ?)", [(m.minute, m.calls, m.successes, m.failures) for m in worse])
+        conn.execute("INSERT INTO circuit_breaker_events (service_name, event_type, to_state, ts, additional_data) "
+                     "VALUES ('svc', 'adjustment', 'closed', ?, ?)", (at, json.dumps(change)))
+    history = Analyst.attach(store).adjuster.adjustments("svc", NOW)
+    assert history[-1].cost_after is not None and history[-1].cost_after.per_call > 0.05  # measured: worse
+    nothing = Recommendation(8, 30.0, None, 0.9, "steady", "n/a", False, 8, 30.0, 50)
+    assert decide(Settings(8, 30.0), nothing, now=NOW, history=history).action == "hold"
 
 
 def test_a_change_about_to_be_judged_is_replayed_over_the_stretch_after_it(make: Any, tmp_path: Path) -> None:

@@ -158,6 +158,23 @@ async def test_abandoned_async_generators_leave_nothing_in_their_consumers_conte
     assert face.breaker.state is CircuitState.CLOSED  # a stale call's failure changes nothing
 
 
+async def test_a_refused_async_with_in_an_async_generator_keeps_nothing(registry: Registry) -> None:
+    """The pure-Python face keyed an empty entry by the generator's frame before the refusal: every refused
+    generator's frame, and its locals, stayed referenced by the circuit."""
+    face = circuit("refusing", failure_threshold=1, recovery_timeout=60)
+    face.breaker.force_open()
+
+    async def rows() -> Any:
+        async with face:
+            yield 1
+
+    for _ in range(20):
+        with pytest.raises(CircuitOpenError):
+            async for _ in rows():
+                pass
+    assert not getattr(face, "_agen", None) and getattr(face, "_open_entries", 0) == 0
+
+
 async def test_cancellation_is_not_counted_and_releases_the_probe(registry: Registry, clock: FakeClock) -> None:
     started = asyncio.Event()
 

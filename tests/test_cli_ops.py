@@ -138,6 +138,32 @@ def test_adjustments_undo_puts_every_process_back_to_its_codes_settings(tmp_path
     assert run("adjustments", "--db", str(path), "--undo", "search")[0] == 2  # nothing to undo
 
 
+def test_undoing_a_change_recorded_before_the_codes_settings_were_undoes_that_change(tmp_path: Path) -> None:
+    """Adjustment rows of an earlier release carry no "given": the undo row took the last change's "before"
+    for the code's settings, and every process then declined to follow it (the CLI said it had worked)."""
+    from circuitry.runners.analyst import Analyst
+    from circuitry.store.records import Records
+
+    path = tmp_path / "old.db"
+    store = SQLiteStore(path, poll_interval=0.01, analysis_interval=3600)
+    b = Registry(hooks=[], store=store).get("payments", failure_threshold=5, recovery_timeout=60)
+    assert store.flush()
+    records = Records(store.backend, "host-a:1")
+    for k, (before, after) in enumerate([((5, 60.0), (6, 30.0)), ((6, 30.0), (7, 15.0))]):
+        records.event("payments", "adjustment", {
+            "action": "adjust", "before": {"threshold": before[0], "timeout": before[1]},
+            "after": {"threshold": after[0], "timeout": after[1]}}, time.time() - 10 + k, message="step")
+    records.close()
+    analyst = Analyst.attach(store)
+    analyst.run_once()
+    assert (b.policy.failure_threshold, b.policy.recovery_timeout) == (7, 15.0)
+    code, out = run("adjustments", "--db", str(path), "--undo", "payments")
+    assert code == 0 and "7/15s -> 6/30s (the last change undone)" in out, out
+    analyst.run_once(time.time() + 3600)
+    assert (b.policy.failure_threshold, b.policy.recovery_timeout) == (6, 30.0)  # followed
+    store.close()
+
+
 def test_demo_speaks_json(tmp_path: Path) -> None:
     code, out = run("demo", "--db", str(tmp_path / "demo.db"), "--json")
     summary = json.loads(out)

@@ -171,7 +171,8 @@ class Adjustment:
             coarse measure.
         replayed: The cost per call of the settings before it and of the settings it applied, both replayed
             over the same :attr:`AdjustPolicy.evaluation` seconds after it (:func:`replayed_costs`);
-            ``None``: not replayed.
+            ``None``: not replayed (the measure decides alone). The runner gives ``(0, 0)`` for a stretch
+            it can no longer replay (its per-second rows are gone): then nothing shows the change worse.
     """
 
     at: float

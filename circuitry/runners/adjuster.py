@@ -187,8 +187,11 @@ class Adjuster:
             out.append(Adjustment(at, d["action"], before, after, cost_before, cost_after, healthy))
         last = out[-1] if out else None
         if last is not None and last.kind == "adjust" and now - last.at >= p.evaluation:  # about to be judged
-            out[-1] = replace(last, replayed=self._replayed(name, last.at, last.at + p.evaluation, last.before,
-                                                             last.after))
+            # Without the replay (its per-second rows are kept an hour: every analysis re-judges the last
+            # change, and a later one found them gone), nothing says the old settings would have done
+            # better: no rollback -- the verdict must be the same at every analysis after the stretch.
+            replayed = self._replayed(name, last.at, last.at + p.evaluation, last.before, last.after)
+            out[-1] = replace(last, replayed=replayed if replayed is not None else (0.0, 0.0))
         return out
 
     def _replayed(self, name: str, since: float, until: float, before: Settings,

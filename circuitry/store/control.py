@@ -141,13 +141,15 @@ def _alert(backend: Backend, name: str, frm: str, to: str, now: float, by: str, 
 
 
 def undo_adjustment(backend: Backend, name: str, *, by: str, timeout: float = 5.0) -> dict[str, Any]:
-    """Put circuit ``name`` back to the settings its code gives, undoing automatic adjustment: an
+    """Put circuit ``name`` back to the settings its code gives, undoing automatic adjustment (where the
+    last change was recorded before adjustments recorded those settings: undo that change alone): an
     ``adjustment`` row (``rollback``, reason "undone by ...") that every process follows within an analysis
     interval, as it follows the adjuster's own; the adjuster then does not make that change again for
     ``10 * cooldown``, as after its own rollbacks.
 
     Returns:
-        ``{"service_name", "before", "after", "by", "at"}`` (settings as the rows keep them).
+        ``{"service_name", "before", "after", "by", "at", "code_settings"}`` (settings as the rows keep
+        them; ``code_settings``: whether ``after`` is the code's settings or the last change's ``before``).
 
     Raises:
         UnknownCircuitError: No circuit of that name has an adjustment to undo.
@@ -167,11 +169,15 @@ def undo_adjustment(backend: Backend, name: str, *, by: str, timeout: float = 5.
             raise UnknownCircuitError(name)
         # The code's settings, as the row recorded them; rows made before it did: the first "before"
         # of the chain is not known here, so the last change alone is undone.
-        target = last.get("given") if isinstance(last.get("given"), dict) else last.get("before")
+        given = last.get("given") if isinstance(last.get("given"), dict) else None
+        target = given if given is not None else last.get("before")
         if not isinstance(target, dict):
             raise UnknownCircuitError(name)
         data = {"action": "rollback", "reason": f"undone by {by}", "by": by, "before": last["after"],
-                "after": target, "given": last.get("given", target), "evidence": {}}
+                "after": target, "evidence": {}}
+        if given is not None:  # (a row without it is followed by every process, whatever its code gives)
+            data["given"] = given
         conn.execute(INSERT_EVENT, row_tuple(name, "adjustment", None, None, None, f"undone by {by}", data,
                                              now, by))
-    return {"service_name": name, "before": last["after"], "after": target, "by": by, "at": now}
+    return {"service_name": name, "before": last["after"], "after": target, "by": by, "at": now,
+            "code_settings": given is not None}

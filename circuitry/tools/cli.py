@@ -271,8 +271,9 @@ def cmd_adjustments(args: argparse.Namespace, out: TextIO) -> int:
         if args.json:
             _emit_json(done, out)
         else:
-            out.write(f"{name}: {_settings_text(done['before'])} -> {_settings_text(done['after'])} (the settings its "
-                      "code gives); every process follows within an analysis interval\n")
+            what = "the settings its code gives" if done["code_settings"] else "the last change undone"
+            out.write(f"{name}: {_settings_text(done['before'])} -> {_settings_text(done['after'])} ({what}); every "
+                      "process follows within an analysis interval\n")
         return 0
     service = known(reader, args.service) if args.service else None
     rows = reader.events(service, parse_time(args.since, now), now, event_type="adjustment")[::-1][:args.limit]
